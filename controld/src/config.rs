@@ -1,0 +1,215 @@
+//! The config file: read it (once, size-capped), deserialize all of it, validate all of it, and
+//! report every problem at once with its key path and file:line:column.
+
+mod file;
+mod locate;
+pub mod model;
+mod validate;
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub use locate::KeyPath;
+pub use model::*;
+pub use validate::{DEFAULT_BODY_LIMIT_BYTES, parse_size};
+
+use file::{FileConfig, TableKind, known_keys};
+use locate::{Locator, Target};
+
+/// A config file larger than this is refused before it is parsed.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// One problem in a config file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// `sites[2].upstreams[0]`; empty for syntax errors.
+    pub key_path: String,
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem has no place in the file (a missing section, say).
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.key_path.is_empty() {
+            write!(f, ": {}", self.key_path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("config {path} is not UTF-8")]
+    NotUtf8 { path: PathBuf },
+    #[error("{}", Diagnostics(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl LoadError {
+    /// Every diagnostic, one per problem; an I/O failure becomes a single diagnostic.
+    pub fn diagnostics(&self, path: &Path) -> Vec<Diagnostic> {
+        match self {
+            LoadError::Invalid(d) => d.clone(),
+            other => vec![Diagnostic {
+                key_path: String::new(),
+                file: path.to_owned(),
+                line: 0,
+                column: 0,
+                message: other.to_string(),
+            }],
+        }
+    }
+}
+
+struct Diagnostics<'a>(&'a [Diagnostic]);
+
+impl fmt::Display for Diagnostics<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `path` with one open and one bounded read, then parses it.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = read(path)?;
+    parse(&text, path)
+}
+
+/// Reads the file once, refusing one over [`MAX_CONFIG_BYTES`].
+pub fn read(path: &Path) -> Result<String, LoadError> {
+    let io = |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(LoadError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| LoadError::NotUtf8 {
+        path: path.to_owned(),
+    })
+}
+
+/// Parses and validates config text; `file` names it in diagnostics.
+pub fn parse(text: &str, file: &Path) -> Result<Config, LoadError> {
+    let locator = Locator::new(text);
+    let at = |key_path: String, (line, column): (u32, u32), message: String| Diagnostic {
+        key_path,
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    };
+
+    // Syntax: every error the parser can recover from, at once.
+    let (_, syntax) = toml::de::DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        let diagnostics = syntax
+            .iter()
+            .map(|e| {
+                let pos = e.span().map_or((0, 0), |s| locator.line_col_of(s.start));
+                at(String::new(), pos, e.message().trim().to_owned())
+            })
+            .collect();
+        return Err(LoadError::Invalid(diagnostics));
+    }
+
+    // Shape: types and unknown keys. serde stops at the first type error, but every unknown key
+    // seen up to there is reported.
+    let mut unknown = Vec::new();
+    let parsed = toml::Deserializer::parse(text).and_then(|de| {
+        serde_ignored::deserialize(de, |path| unknown.push(KeyPath::from_ignored(&path)))
+    });
+    let mut diagnostics: Vec<Diagnostic> = unknown
+        .iter()
+        .map(|path| {
+            at(
+                path.to_string(),
+                locator.line_col(path, Target::Key),
+                unknown_key_message(path),
+            )
+        })
+        .collect();
+    let file_config: FileConfig = match parsed {
+        Ok(c) => c,
+        Err(e) => {
+            let offset = e.span().map(|s| s.start);
+            let key_path = offset
+                .map(|o| locator.path_at(o).to_string())
+                .unwrap_or_default();
+            let pos = offset.map_or((0, 0), |o| locator.line_col_of(o));
+            diagnostics.push(at(key_path, pos, e.message().trim().to_owned()));
+            return Err(LoadError::Invalid(diagnostics));
+        }
+    };
+
+    // Meaning: every rule, every problem.
+    let config = validate::validate(file_config);
+    if let Err(problems) = &config {
+        diagnostics.extend(problems.iter().map(|p| {
+            at(
+                p.path.to_string(),
+                locator.line_col(&p.path, Target::Value),
+                p.message.clone(),
+            )
+        }));
+    }
+    match config {
+        Ok(config) if diagnostics.is_empty() => Ok(config),
+        _ => Err(LoadError::Invalid(diagnostics)),
+    }
+}
+
+fn unknown_key_message(path: &KeyPath) -> String {
+    let Some(locate::Segment::Key(key)) = path.segments().last() else {
+        return "unknown key".to_owned();
+    };
+    let parent = path.parent();
+    let hint = TableKind::of(&parent.keys())
+        .map(known_keys)
+        .and_then(|known| closest(key, known))
+        .map(|k| format!("; did you mean `{k}`?"))
+        .unwrap_or_default();
+    format!("unknown key `{key}`{hint}")
+}
+
+/// The known key closest to `key`, when it is close enough to be a typo.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests;

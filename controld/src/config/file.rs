@@ -1,0 +1,232 @@
+//! The config file as written: serde structs that mirror the TOML, before any validation.
+//!
+//! Unknown keys are not silently ignored: the loader records every key no struct here names and
+//! reports each as an error (see `config::load`), so these structs do not deny them one at a time.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct FileConfig {
+    pub body_limit_bytes: Option<SizeValue>,
+    pub rate_limit: Option<RateLimitFile>,
+    pub logging: LoggingFile,
+    pub sites: Vec<SiteFile>,
+    pub control: ControlFile,
+    pub proxy: ProxyFile,
+    pub acme: Option<AcmeFile>,
+}
+
+/// `[rate_limit]` and `sites[].rate_limit`: both keys are required when the table is present.
+#[derive(Debug, Deserialize)]
+pub struct RateLimitFile {
+    pub requests_per_second: i64,
+    pub burst: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LoggingFile {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+/// `[[sites]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SiteFile {
+    pub hostnames: Vec<String>,
+    pub upstreams: Vec<String>,
+    pub tls: Option<TlsFile>,
+    pub rate_limit: Option<RateLimitFile>,
+    pub body_limit_bytes: Option<SizeValue>,
+}
+
+/// `tls = "acme"` or `tls = { cert_file = "...", key_file = "..." }`.
+#[derive(Debug)]
+pub enum TlsFile {
+    Mode(String),
+    Files(TlsFilesFile),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct TlsFilesFile {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ControlFile {
+    pub socket: Option<String>,
+    pub state_dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ProxyFile {
+    pub shutdown_timeout: Option<String>,
+    pub admin_address: Option<String>,
+    pub listeners: Vec<ListenerFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ListenerFile {
+    pub name: Option<String>,
+    pub address: Option<String>,
+    pub tls: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AcmeFile {
+    pub directory_url: Option<String>,
+    pub contact: Vec<String>,
+    pub challenge: Option<String>,
+    pub ca_roots: Option<String>,
+}
+
+/// A size: a number of bytes, or a string such as "512k", "10m", "1g" (powers of 1024).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SizeValue {
+    Bytes(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = SizeValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"a size in bytes (10485760) or a string such as "10m""#)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeValue, E> {
+                Ok(SizeValue::Bytes(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SizeValue, E> {
+                Ok(SizeValue::Bytes(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeValue, E> {
+                Ok(SizeValue::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TlsVisitor;
+        impl<'de> Visitor<'de> for TlsVisitor {
+            type Value = TlsFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#""acme" or a table { cert_file = "...", key_file = "..." }"#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TlsFile, E> {
+                Ok(TlsFile::Mode(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TlsFile, A::Error> {
+                TlsFilesFile::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(TlsFile::Files)
+            }
+        }
+        deserializer.deserialize_any(TlsVisitor)
+    }
+}
+
+/// The keys a table accepts, read from the serde derive itself so that the list of known keys
+/// (used for "did you mean" hints) can never drift from the structs above.
+pub fn known_keys(table: TableKind) -> &'static [&'static str] {
+    match table {
+        TableKind::Root => fields_of::<FileConfig>(),
+        TableKind::RateLimit => fields_of::<RateLimitFile>(),
+        TableKind::Logging => fields_of::<LoggingFile>(),
+        TableKind::Site => fields_of::<SiteFile>(),
+        TableKind::SiteTls => fields_of::<TlsFilesFile>(),
+        TableKind::Control => fields_of::<ControlFile>(),
+        TableKind::Proxy => fields_of::<ProxyFile>(),
+        TableKind::Listener => fields_of::<ListenerFile>(),
+        TableKind::Acme => fields_of::<AcmeFile>(),
+    }
+}
+
+/// Which table of the file a key path points into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    Root,
+    RateLimit,
+    Logging,
+    Site,
+    SiteTls,
+    Control,
+    Proxy,
+    Listener,
+    Acme,
+}
+
+impl TableKind {
+    /// The table that holds the last key of `parents` (a key path without array indexes).
+    pub fn of(parents: &[&str]) -> Option<TableKind> {
+        Some(match parents {
+            [] => TableKind::Root,
+            ["rate_limit"] | ["sites", "rate_limit"] => TableKind::RateLimit,
+            ["logging"] => TableKind::Logging,
+            ["sites"] => TableKind::Site,
+            ["sites", "tls"] => TableKind::SiteTls,
+            ["control"] => TableKind::Control,
+            ["proxy"] => TableKind::Proxy,
+            ["proxy", "listeners"] => TableKind::Listener,
+            ["acme"] => TableKind::Acme,
+            _ => return None,
+        })
+    }
+}
+
+/// Asks a derived `Deserialize` for its field names by feeding it a deserializer that records
+/// them and stops.
+fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct FieldsDeserializer<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for FieldsDeserializer<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldsDeserializer(&mut fields));
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_keys_come_from_the_structs() {
+        assert!(known_keys(TableKind::RateLimit).contains(&"requests_per_second"));
+        assert!(known_keys(TableKind::Root).contains(&"sites"));
+        assert!(known_keys(TableKind::Listener).contains(&"address"));
+        assert!(known_keys(TableKind::SiteTls).contains(&"key_file"));
+    }
+}

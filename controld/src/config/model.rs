@@ -1,0 +1,245 @@
+//! The validated configuration: types that cannot hold a wrong value. Built only by
+//! `config::validate`; everything downstream (reloader, snapshot, diff) works on these.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole, valid config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub dynamic: DynamicConfig,
+    pub statics: StaticConfig,
+}
+
+/// The part applied live on every reload: the heart of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicConfig {
+    pub sites: Vec<Site>,
+    /// `None`: no rate limit unless a site sets its own.
+    pub rate_limit: Option<RateLimit>,
+    pub body_limit_bytes: u64,
+    /// A tracing filter directive ("info", "proxyd=debug,warn").
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// Never empty; unique across all sites.
+    pub hostnames: Vec<Hostname>,
+    /// Never empty.
+    pub upstreams: Vec<UpstreamUrl>,
+    pub tls: SiteTls,
+    pub rate_limit: Option<RateLimit>,
+    pub body_limit_bytes: Option<u64>,
+}
+
+impl Site {
+    /// How reports and diffs name a site: its first hostname.
+    pub fn name(&self) -> &str {
+        self.hostnames.first().map(Hostname::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SiteTls {
+    None,
+    Files {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+    Acme,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests_per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+/// A lower-case DNS name without port or trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hostname(String);
+
+impl Hostname {
+    /// Checks and normalizes (lower-cases) a hostname.
+    pub fn parse(raw: &str) -> Result<Hostname, String> {
+        let name = raw.to_ascii_lowercase();
+        if name.is_empty() || name.len() > 253 {
+            return Err(format!(
+                "invalid hostname {raw:?}: must be 1 to 253 characters"
+            ));
+        }
+        for label in name.split('.') {
+            let valid = !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !valid {
+                return Err(format!(
+                    "invalid hostname {raw:?}: labels are 1 to 63 letters, digits or '-', \
+                     separated by '.', without a port"
+                ));
+            }
+        }
+        Ok(Hostname(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Hostname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An upstream origin: `http://host:port` or `https://host:port`, normalized (explicit port,
+/// no path).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamUrl(String);
+
+impl UpstreamUrl {
+    pub fn parse(raw: &str) -> Result<UpstreamUrl, String> {
+        let url = url::Url::parse(raw).map_err(|e| format!("invalid upstream URL {raw:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "invalid upstream URL {raw:?}: the scheme must be http or https"
+            ));
+        }
+        let Some(host) = url.host_str() else {
+            return Err(format!("invalid upstream URL {raw:?}: no host"));
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "invalid upstream URL {raw:?}: credentials are not allowed in the URL"
+            ));
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "invalid upstream URL {raw:?}: only scheme, host and port are allowed (no path or query)"
+            ));
+        }
+        let port = url.port_or_known_default().unwrap_or(80);
+        Ok(UpstreamUrl(format!("{}://{}:{}", url.scheme(), host, port)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Settings that take effect only when a daemon starts. A reload that changes one applies the
+/// dynamic part and warns, naming each changed field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticConfig {
+    pub control: ControlConfig,
+    pub proxy: ProxyConfig,
+    pub log_format: LogFormat,
+    pub acme: Option<AcmeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub shutdown_timeout: Duration,
+    pub admin_address: Option<SocketAddr>,
+    /// Never empty; names and addresses unique.
+    pub listeners: Vec<ListenerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    pub directory_url: String,
+    pub contact: Vec<String>,
+    pub challenge: AcmeChallenge,
+    pub ca_roots: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    Http01,
+    TlsAlpn01,
+}
+
+impl AcmeChallenge {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::Http01 => "http-01",
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_are_normalized_and_checked() {
+        assert_eq!(
+            Hostname::parse("WWW.Example.com").unwrap().as_str(),
+            "www.example.com"
+        );
+        assert!(Hostname::parse("example.com:80").is_err());
+        assert!(Hostname::parse("-bad.example").is_err());
+        assert!(Hostname::parse("a..b").is_err());
+        assert!(Hostname::parse("").is_err());
+    }
+
+    #[test]
+    fn upstream_urls_are_normalized_and_checked() {
+        assert_eq!(
+            UpstreamUrl::parse("http://127.0.0.1").unwrap().as_str(),
+            "http://127.0.0.1:80"
+        );
+        assert_eq!(
+            UpstreamUrl::parse("https://up.internal/").unwrap().as_str(),
+            "https://up.internal:443"
+        );
+        assert!(UpstreamUrl::parse("ftp://x").is_err());
+        assert!(UpstreamUrl::parse("http://x/path").is_err());
+        assert!(UpstreamUrl::parse("http://u:p@x").is_err());
+        assert!(UpstreamUrl::parse("127.0.0.1:80").is_err());
+    }
+}

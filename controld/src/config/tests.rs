@@ -1,0 +1,269 @@
+//! Config parsing and validation, checked against the diagnostics an operator would read.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[[proxy.listeners]]
+name = "http"
+address = "127.0.0.1:8080"
+
+[[sites]]
+hostnames = ["example.com"]
+upstreams = ["http://127.0.0.1:9000"]
+"#;
+
+fn diagnostics(text: &str) -> Vec<Diagnostic> {
+    match parse(text, Path::new("proxy.toml")) {
+        Ok(c) => panic!("expected errors, got {c:?}"),
+        Err(LoadError::Invalid(d)) => d,
+        Err(e) => panic!("unexpected {e}"),
+    }
+}
+
+fn rendered(text: &str) -> Vec<String> {
+    diagnostics(text).iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let c = parse(MINIMAL, Path::new("proxy.toml")).unwrap();
+    assert_eq!(c.dynamic.body_limit_bytes, 10 * 1024 * 1024);
+    assert_eq!(c.dynamic.rate_limit, None);
+    assert_eq!(c.dynamic.log_level, "info");
+    assert_eq!(c.statics.log_format, LogFormat::Json);
+    assert_eq!(
+        c.statics.control.socket,
+        PathBuf::from("/run/controld/control.sock")
+    );
+    assert_eq!(
+        c.statics.control.state_dir,
+        PathBuf::from("/var/lib/controld")
+    );
+    assert_eq!(
+        c.statics.proxy.shutdown_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(
+        c.dynamic.sites[0].upstreams[0].as_str(),
+        "http://127.0.0.1:9000"
+    );
+}
+
+#[test]
+fn the_design_example_is_valid() {
+    let text = r#"
+body_limit_bytes = "10m"
+[rate_limit]
+requests_per_second = 100
+burst = 200
+[logging]
+level = "info"
+format = "json"
+[[sites]]
+hostnames = ["example.com", "www.example.com"]
+upstreams = ["http://127.0.0.1:8080", "http://127.0.0.1:8081"]
+tls = "acme"
+[[sites]]
+hostnames = ["static.example.com"]
+upstreams = ["http://127.0.0.1:8082"]
+tls = { cert_file = "/etc/certs/s.pem", key_file = "/etc/certs/s.key" }
+rate_limit = { requests_per_second = 5, burst = 10 }
+body_limit_bytes = 1024
+[control]
+socket = "/run/controld/control.sock"
+state_dir = "/var/lib/controld"
+[proxy]
+shutdown_timeout = "30s"
+admin_address = "127.0.0.1:9901"
+[[proxy.listeners]]
+name = "http"
+address = "0.0.0.0:80"
+[[proxy.listeners]]
+name = "https"
+address = "0.0.0.0:443"
+tls = true
+[acme]
+directory_url = "https://acme-v02.api.letsencrypt.org/directory"
+contact = ["mailto:ops@example.com"]
+challenge = "http-01"
+"#;
+    let c = parse(text, Path::new("proxy.toml")).unwrap();
+    assert_eq!(c.dynamic.sites.len(), 2);
+    assert_eq!(c.dynamic.sites[1].body_limit_bytes, Some(1024));
+    assert_eq!(c.dynamic.sites[0].tls, SiteTls::Acme);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_place() {
+    let text = r#"
+[rate_limit]
+requests_per_second = 0
+burst = -1
+
+[[proxy.listeners]]
+name = "http"
+address = "127.0.0.1:8080"
+
+[[proxy.listeners]]
+name = "http"
+address = "127.0.0.1:8080"
+
+[[sites]]
+hostnames = ["a.example"]
+upstreams = ["ftp://127.0.0.1"]
+
+[[sites]]
+hostnames = ["A.example"]
+upstreams = ["http://127.0.0.1:9000"]
+"#;
+    let got = rendered(text);
+    let expected = [
+        "proxy.toml:3:23: rate_limit.requests_per_second: must be greater than 0",
+        "proxy.toml:4:9: rate_limit.burst: must be greater than 0",
+        "proxy.toml:11:8: proxy.listeners[1].name: listener name \"http\" is already used by proxy.listeners[0]",
+        "proxy.toml:12:11: proxy.listeners[1].address: address 127.0.0.1:8080 is already used",
+        "proxy.toml:16:14: sites[0].upstreams[0]: invalid upstream URL \"ftp://127.0.0.1\"",
+        "proxy.toml:19:14: sites[1].hostnames[0]: hostname \"a.example\" is already used by sites[0].hostnames[0]",
+    ];
+    assert_eq!(got.len(), expected.len(), "{got:#?}");
+    for (g, e) in got.iter().zip(expected) {
+        assert!(g.starts_with(e), "{g:?} should start with {e:?}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_errors_with_a_close_spelling() {
+    let text = format!(
+        "{MINIMAL}\n[rate_limit]\nreqests_per_second = 1\nburst = 1\nrequests_per_second = 1\n"
+    );
+    let got = rendered(&text);
+    assert_eq!(
+        got,
+        [
+            "proxy.toml:11:1: rate_limit.reqests_per_second: unknown key `reqests_per_second`; did you mean `requests_per_second`?"
+        ]
+    );
+
+    let text = MINIMAL.replace("upstreams =", "upstream =") + "\n[logging]\nformt = \"text\"\n";
+    let got = rendered(&text);
+    assert!(
+        got.iter()
+            .any(|d| d
+                .contains("sites[0].upstream: unknown key `upstream`; did you mean `upstreams`?")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|d| d.contains("logging.formt: unknown key `formt`; did you mean `format`?")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|d| d.contains("sites[0]: a site needs at least one entry in `upstreams`")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn syntax_and_type_errors_are_located() {
+    let got = rendered("[proxy\nname = 1\n");
+    assert!(got[0].starts_with("proxy.toml:1:"), "{got:#?}");
+
+    let got = rendered(&format!(
+        "{MINIMAL}\n[rate_limit]\nrequests_per_second = \"fast\"\nburst = 1\n"
+    ));
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with("proxy.toml:11:23: rate_limit.requests_per_second: invalid type"),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn durations_sizes_and_addresses_are_checked() {
+    let text = MINIMAL.replace("address = \"127.0.0.1:8080\"", "address = \"localhost:80\"")
+        + "body_limit_bytes = \"10q\"\n"; // lands in the last table: a site key
+    let got = rendered(&text);
+    assert!(
+        got.iter()
+            .any(|d| d.contains("proxy.listeners[0].address: invalid address \"localhost:80\"")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|d| d.contains("sites[0].body_limit_bytes: invalid size \"10q\"")),
+        "{got:#?}"
+    );
+
+    let text = format!("[proxy]\nshutdown_timeout = \"30\"\n{MINIMAL}");
+    let got = rendered(&text);
+    assert!(
+        got.iter()
+            .any(|d| d
+                .starts_with("proxy.toml:2:20: proxy.shutdown_timeout: invalid duration \"30\"")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn site_tls_must_be_consistent() {
+    let text = MINIMAL.replace("upstreams = [", "tls = \"acme\"\nupstreams = [");
+    let got = rendered(&text);
+    assert!(
+        got.iter()
+            .any(|d| d.contains("sites[0].tls: tls = \"acme\" needs an [acme] section")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter().any(|d| d.contains(
+            "sites[0].tls: this site wants TLS, but no [[proxy.listeners]] has tls = true"
+        )),
+        "{got:#?}"
+    );
+
+    let text = MINIMAL.replace(
+        "upstreams = [",
+        "tls = { cert_file = \"c.pem\" }\nupstreams = [",
+    );
+    let got = rendered(&text);
+    assert!(
+        got.iter()
+            .any(|d| d.contains("sites[0].tls.key_file: `key_file` is required")),
+        "{got:#?}"
+    );
+
+    let text = MINIMAL.replace("upstreams = [", "tls = \"files\"\nupstreams = [");
+    let got = rendered(&text);
+    assert!(
+        got.iter()
+            .any(|d| d.contains("sites[0].tls: invalid tls \"files\"")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn a_config_without_listeners_or_hostnames_is_refused() {
+    let got = rendered("[[sites]]\nhostnames = []\nupstreams = [\"http://127.0.0.1:1\"]\n");
+    assert!(
+        got.iter()
+            .any(|d| d.contains("proxy.listeners: at least one [[proxy.listeners]] is required")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|d| d.contains("sites[0]: a site needs at least one entry in `hostnames`")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn an_oversized_file_is_refused_before_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.toml");
+    std::fs::write(&path, vec![b'#'; (MAX_CONFIG_BYTES + 1) as usize]).unwrap();
+    assert!(matches!(load(&path), Err(LoadError::TooLarge { .. })));
+    assert!(matches!(
+        load(&dir.path().join("missing.toml")),
+        Err(LoadError::Read { .. })
+    ));
+}

@@ -1,0 +1,491 @@
+//! Turns the file as written into the validated model, collecting every problem with its key
+//! path instead of stopping at the first.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::file::{FileConfig, ListenerFile, RateLimitFile, SiteFile, SizeValue, TlsFile};
+use super::locate::KeyPath;
+use super::model::*;
+
+/// Default `body_limit_bytes`: 10 MiB.
+pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_SOCKET: &str = "/run/controld/control.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/controld";
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A problem found by validation, before it is located in the file.
+#[derive(Debug)]
+pub struct Problem {
+    pub path: KeyPath,
+    pub message: String,
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: KeyPath, message: impl Into<String>) {
+        self.0.push(Problem {
+            path,
+            message: message.into(),
+        });
+    }
+}
+
+/// Validates all of `file`; returns every problem found.
+pub fn validate(file: FileConfig) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems::default();
+    let root = KeyPath::root();
+
+    let body_limit_bytes = match &file.body_limit_bytes {
+        Some(size) => body_limit(size, &root.key("body_limit_bytes"), &mut p),
+        None => DEFAULT_BODY_LIMIT_BYTES,
+    };
+    let rate_limit = file
+        .rate_limit
+        .as_ref()
+        .and_then(|rl| rate_limit(rl, &root.key("rate_limit"), &mut p));
+    let log_level = file
+        .logging
+        .level
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&log_level) {
+        p.push(
+            root.key("logging").key("level"),
+            format!("invalid log level {log_level:?}: {e}"),
+        );
+    }
+    let log_format = match file.logging.format.as_deref() {
+        None | Some("json") => LogFormat::Json,
+        Some("text") => LogFormat::Text,
+        Some(other) => {
+            p.push(
+                root.key("logging").key("format"),
+                format!("invalid log format {other:?}: expected \"json\" or \"text\""),
+            );
+            LogFormat::Json
+        }
+    };
+
+    let statics = StaticConfig {
+        control: control(&file, &mut p),
+        proxy: proxy(&file, &mut p),
+        log_format,
+        acme: acme(&file, &mut p),
+    };
+    let sites = sites(&file.sites, &statics, &mut p);
+
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    Ok(Config {
+        dynamic: DynamicConfig {
+            sites,
+            rate_limit,
+            body_limit_bytes,
+            log_level,
+        },
+        statics,
+    })
+}
+
+fn body_limit(size: &SizeValue, path: &KeyPath, p: &mut Problems) -> u64 {
+    match parse_size(size) {
+        Ok(0) => {
+            p.push(path.clone(), "must be greater than 0");
+            0
+        }
+        Ok(n) => n,
+        Err(e) => {
+            p.push(path.clone(), e);
+            0
+        }
+    }
+}
+
+/// Parses a size: bytes, or a number followed by k, m or g (powers of 1024; "kb", "kib", "mb",
+/// "mib", ... and upper case are accepted too).
+pub fn parse_size(size: &SizeValue) -> Result<u64, String> {
+    let text = match size {
+        SizeValue::Bytes(n) => {
+            return u64::try_from(*n).map_err(|_| format!("invalid size {n}: must not be negative"));
+        }
+        SizeValue::Text(t) => t,
+    };
+    let invalid = || {
+        format!(
+            "invalid size {text:?}: expected a number of bytes, or a number followed by k, m or g (\"10m\")"
+        )
+    };
+    let lower = text.trim().to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(digits_end);
+    let number: u64 = digits.parse().map_err(|_| invalid())?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("invalid size {text:?}: too large"))
+}
+
+fn rate_limit(rl: &RateLimitFile, path: &KeyPath, p: &mut Problems) -> Option<RateLimit> {
+    let positive = |value: i64, key: &str, p: &mut Problems| {
+        let n = u32::try_from(value).ok().and_then(NonZeroU32::new);
+        if n.is_none() {
+            p.push(
+                path.key(key),
+                format!(
+                    "must be greater than 0 and at most {} (got {value})",
+                    u32::MAX
+                ),
+            );
+        }
+        n
+    };
+    let requests_per_second = positive(rl.requests_per_second, "requests_per_second", p);
+    let burst = positive(rl.burst, "burst", p);
+    Some(RateLimit {
+        requests_per_second: requests_per_second?,
+        burst: burst?,
+    })
+}
+
+fn duration(text: &str, path: KeyPath, p: &mut Problems) -> Duration {
+    match humantime::parse_duration(text) {
+        Ok(d) => d,
+        Err(e) => {
+            p.push(path, format!("invalid duration {text:?}: {e} (write it with a unit, like \"30s\" or \"1m 30s\")"));
+            Duration::ZERO
+        }
+    }
+}
+
+fn socket_addr(text: &str, path: KeyPath, p: &mut Problems) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            p.push(path, format!("invalid address {text:?}: expected ip:port, like \"0.0.0.0:80\" or \"[::]:443\""));
+            None
+        }
+    }
+}
+
+fn non_empty_path(text: Option<&str>, default: &str, path: KeyPath, p: &mut Problems) -> PathBuf {
+    let text = text.unwrap_or(default);
+    if text.is_empty() {
+        p.push(path, "must not be empty");
+    }
+    PathBuf::from(text)
+}
+
+fn control(file: &FileConfig, p: &mut Problems) -> ControlConfig {
+    let at = KeyPath::root().key("control");
+    let socket = non_empty_path(
+        file.control.socket.as_deref(),
+        DEFAULT_SOCKET,
+        at.key("socket"),
+        p,
+    );
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        p.push(
+            at.key("socket"),
+            format!("a Unix socket path may have at most {MAX_SOCKET_PATH} bytes"),
+        );
+    }
+    let state_dir = non_empty_path(
+        file.control.state_dir.as_deref(),
+        DEFAULT_STATE_DIR,
+        at.key("state_dir"),
+        p,
+    );
+    ControlConfig { socket, state_dir }
+}
+
+fn proxy(file: &FileConfig, p: &mut Problems) -> ProxyConfig {
+    let at = KeyPath::root().key("proxy");
+    let shutdown_timeout = match &file.proxy.shutdown_timeout {
+        Some(text) => duration(text, at.key("shutdown_timeout"), p),
+        None => DEFAULT_SHUTDOWN_TIMEOUT,
+    };
+    let admin_address = file
+        .proxy
+        .admin_address
+        .as_deref()
+        .and_then(|text| socket_addr(text, at.key("admin_address"), p));
+    if file.proxy.listeners.is_empty() {
+        p.push(
+            at.key("listeners"),
+            "at least one [[proxy.listeners]] is required",
+        );
+    }
+    let mut names = HashMap::new();
+    let mut addresses = HashMap::new();
+    let mut listeners = Vec::new();
+    for (i, l) in file.proxy.listeners.iter().enumerate() {
+        let lp = at.key("listeners").index(i);
+        if let Some(listener) = listener(l, &lp, p) {
+            if let Some(first) = names.insert(listener.name.clone(), i) {
+                p.push(
+                    lp.key("name"),
+                    format!(
+                        "listener name {:?} is already used by proxy.listeners[{first}]",
+                        listener.name
+                    ),
+                );
+            }
+            // Port 0 asks the kernel for a free port: two such listeners do not collide.
+            if listener.address.port() != 0 {
+                if let Some(first) = addresses.insert(listener.address, i) {
+                    p.push(
+                        lp.key("address"),
+                        format!(
+                            "address {} is already used by proxy.listeners[{first}]",
+                            listener.address
+                        ),
+                    );
+                }
+            }
+            listeners.push(listener);
+        }
+    }
+    ProxyConfig {
+        shutdown_timeout,
+        admin_address,
+        listeners,
+    }
+}
+
+fn listener(l: &ListenerFile, at: &KeyPath, p: &mut Problems) -> Option<ListenerConfig> {
+    let name = match l.name.as_deref() {
+        None => {
+            p.push(at.clone(), "missing key `name`");
+            None
+        }
+        Some(n)
+            if n.is_empty()
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            p.push(
+                at.key("name"),
+                format!("invalid listener name {n:?}: use letters, digits, '-' or '_'"),
+            );
+            None
+        }
+        Some(n) => Some(n.to_owned()),
+    };
+    let address = match l.address.as_deref() {
+        None => {
+            p.push(at.clone(), "missing key `address`");
+            None
+        }
+        Some(text) => socket_addr(text, at.key("address"), p),
+    };
+    Some(ListenerConfig {
+        name: name?,
+        address: address?,
+        tls: l.tls,
+    })
+}
+
+fn acme(file: &FileConfig, p: &mut Problems) -> Option<AcmeConfig> {
+    let acme = file.acme.as_ref()?;
+    let at = KeyPath::root().key("acme");
+    let directory_url = match acme.directory_url.as_deref() {
+        None => {
+            p.push(at.clone(), "missing key `directory_url`");
+            String::new()
+        }
+        Some(text) => {
+            match url::Url::parse(text) {
+                Ok(u) if matches!(u.scheme(), "https" | "http") => {}
+                _ => p.push(
+                    at.key("directory_url"),
+                    format!("invalid URL {text:?}: expected https://..."),
+                ),
+            }
+            text.to_owned()
+        }
+    };
+    for (i, c) in acme.contact.iter().enumerate() {
+        if !c.starts_with("mailto:") || c.len() <= "mailto:".len() {
+            p.push(
+                at.key("contact").index(i),
+                format!("invalid contact {c:?}: expected \"mailto:ops@example.com\""),
+            );
+        }
+    }
+    let challenge = match acme.challenge.as_deref() {
+        None | Some("http-01") => AcmeChallenge::Http01,
+        Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+        Some(other) => {
+            p.push(
+                at.key("challenge"),
+                format!("invalid challenge {other:?}: expected \"http-01\" or \"tls-alpn-01\""),
+            );
+            AcmeChallenge::Http01
+        }
+    };
+    let ca_roots = acme
+        .ca_roots
+        .as_deref()
+        .map(|r| non_empty_path(Some(r), "", at.key("ca_roots"), p));
+    Some(AcmeConfig {
+        directory_url,
+        contact: acme.contact.clone(),
+        challenge,
+        ca_roots,
+    })
+}
+
+fn sites(files: &[SiteFile], statics: &StaticConfig, p: &mut Problems) -> Vec<Site> {
+    let mut seen: HashMap<Hostname, KeyPath> = HashMap::new();
+    let mut sites = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let at = KeyPath::root().key("sites").index(i);
+        if let Some(site) = site(file, &at, statics, &mut seen, p) {
+            sites.push(site);
+        }
+    }
+    sites
+}
+
+fn site(
+    file: &SiteFile,
+    at: &KeyPath,
+    statics: &StaticConfig,
+    seen: &mut HashMap<Hostname, KeyPath>,
+    p: &mut Problems,
+) -> Option<Site> {
+    if file.hostnames.is_empty() {
+        p.push(at.clone(), "a site needs at least one entry in `hostnames`");
+    }
+    let mut hostnames = Vec::new();
+    for (j, raw) in file.hostnames.iter().enumerate() {
+        let hp = at.key("hostnames").index(j);
+        match Hostname::parse(raw) {
+            Ok(h) => match seen.get(&h) {
+                Some(first) => p.push(
+                    hp,
+                    format!("hostname {:?} is already used by {first}", h.as_str()),
+                ),
+                None => {
+                    seen.insert(h.clone(), hp);
+                    hostnames.push(h);
+                }
+            },
+            Err(e) => p.push(hp, e),
+        }
+    }
+    if file.upstreams.is_empty() {
+        p.push(at.clone(), "a site needs at least one entry in `upstreams`");
+    }
+    let mut upstreams = Vec::new();
+    let mut distinct = HashSet::new();
+    for (j, raw) in file.upstreams.iter().enumerate() {
+        match UpstreamUrl::parse(raw) {
+            Ok(u) if !distinct.insert(u.clone()) => p.push(
+                at.key("upstreams").index(j),
+                format!("upstream {u} is listed twice"),
+            ),
+            Ok(u) => upstreams.push(u),
+            Err(e) => p.push(at.key("upstreams").index(j), e),
+        }
+    }
+    let tls = site_tls(file.tls.as_ref(), &at.key("tls"), statics, p);
+    let rate_limit = file
+        .rate_limit
+        .as_ref()
+        .and_then(|rl| rate_limit(rl, &at.key("rate_limit"), p));
+    let body_limit_bytes = file
+        .body_limit_bytes
+        .as_ref()
+        .map(|s| body_limit(s, &at.key("body_limit_bytes"), p));
+    Some(Site {
+        hostnames,
+        upstreams,
+        tls,
+        rate_limit,
+        body_limit_bytes,
+    })
+}
+
+fn site_tls(
+    tls: Option<&TlsFile>,
+    at: &KeyPath,
+    statics: &StaticConfig,
+    p: &mut Problems,
+) -> SiteTls {
+    let tls = match tls {
+        None => return SiteTls::None,
+        Some(TlsFile::Mode(mode)) if mode == "acme" => {
+            if statics.acme.is_none() {
+                p.push(at.clone(), "tls = \"acme\" needs an [acme] section");
+            }
+            SiteTls::Acme
+        }
+        Some(TlsFile::Mode(other)) => {
+            p.push(at.clone(), format!("invalid tls {other:?}: expected \"acme\" or {{ cert_file = \"...\", key_file = \"...\" }}"));
+            return SiteTls::None;
+        }
+        Some(TlsFile::Files(files)) => {
+            let mut file = |value: &Option<String>, key: &str| match value.as_deref() {
+                Some(v) if !v.is_empty() => PathBuf::from(v),
+                _ => {
+                    p.push(
+                        at.key(key),
+                        format!("`{key}` is required and must not be empty"),
+                    );
+                    PathBuf::new()
+                }
+            };
+            let cert_file = file(&files.cert_file, "cert_file");
+            let key_file = file(&files.key_file, "key_file");
+            SiteTls::Files {
+                cert_file,
+                key_file,
+            }
+        }
+    };
+    if !statics.proxy.listeners.iter().any(|l| l.tls) {
+        p.push(
+            at.clone(),
+            "this site wants TLS, but no [[proxy.listeners]] has tls = true",
+        );
+    }
+    tls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size(&SizeValue::Bytes(1024)), Ok(1024));
+        assert_eq!(parse_size(&SizeValue::Text("10m".into())), Ok(10 << 20));
+        assert_eq!(parse_size(&SizeValue::Text("512KiB".into())), Ok(512 << 10));
+        assert_eq!(parse_size(&SizeValue::Text("1g".into())), Ok(1 << 30));
+        assert_eq!(parse_size(&SizeValue::Text("2048".into())), Ok(2048));
+        assert!(parse_size(&SizeValue::Text("10x".into())).is_err());
+        assert!(parse_size(&SizeValue::Text("m".into())).is_err());
+        assert!(parse_size(&SizeValue::Bytes(-1)).is_err());
+        assert!(parse_size(&SizeValue::Text("99999999999999g".into())).is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! The wire contract shared by controld, proxyd and proxyctl: generated gRPC types and services,
+//! and the one way to reach controld's Unix socket.
+//!
+//! Generated types stop at each crate's edge: controld converts its validated model into these
+//! types, proxyd converts them into its own validated runtime with `TryFrom`.
+
+pub mod uds;
+
+/// `proxy.v1`: the Subscribe stream between controld and proxyd, and the Admin service.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("proxy.v1");
+}
+
+/// The build version every binary reports (Hello, Status, `--version`).
+pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,48 @@
+//! Exit codes (DESIGN §8): the one place that says what each outcome means to a calling script.
+
+use std::process::ExitCode;
+
+/// How proxyctl ends. Scripts and systemd's `ExecReload=` read these numbers, so they never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 0: the operation did what was asked.
+    Ok,
+    /// 1: the operation failed (reload rejected, a data plane refused or missed the new version,
+    /// status degraded).
+    Failed,
+    /// 3: the daemon is not running (its socket file is missing or nobody listens on it).
+    NotRunning,
+    /// 69 (EX_UNAVAILABLE): the daemon could not be reached or did not answer.
+    Unavailable,
+}
+
+impl Exit {
+    /// The process exit status. 2 (usage) is left to clap, which exits by itself.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Failed => 1,
+            Exit::NotRunning => 3,
+            Exit::Unavailable => 69,
+        }
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_match_the_design() {
+        assert_eq!(Exit::Ok.code(), 0);
+        assert_eq!(Exit::Failed.code(), 1);
+        assert_eq!(Exit::NotRunning.code(), 3);
+        assert_eq!(Exit::Unavailable.code(), 69);
+    }
+}
