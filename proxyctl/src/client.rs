@@ -12,6 +12,8 @@ use proto::v1::{ReloadReply, ReloadRequest, StatusReply, StatusRequest};
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
+use crate::output::one_line;
+
 /// Connecting never waits longer than this, even with a long `--timeout`: a local socket either
 /// answers at once or is not going to.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,12 +50,22 @@ pub enum Error {
 impl Error {
     /// True when controld is not running at all (DESIGN §8 exit code 3 for `status`).
     pub fn is_not_running(&self) -> bool {
-        matches!(self, Error::Connect { not_running: true, .. })
+        matches!(
+            self,
+            Error::Connect {
+                not_running: true,
+                ..
+            }
+        )
     }
 }
 
 fn running_hint(not_running: bool) -> &'static str {
-    if not_running { " (is controld running?)" } else { "" }
+    if not_running {
+        " (is controld running?)"
+    } else {
+        ""
+    }
 }
 
 /// A connected Admin client with the deadline every call gets.
@@ -75,8 +87,11 @@ impl Admin {
         };
         // The outer timer is a backstop: tonic's connect timeout covers the socket connect, this
         // also covers the HTTP/2 handshake with a peer that accepted but never speaks.
-        match tokio::time::timeout(connect_timeout, proto::uds::connect(socket, connect_timeout))
-            .await
+        match tokio::time::timeout(
+            connect_timeout,
+            proto::uds::connect(socket, connect_timeout),
+        )
+        .await
         {
             Ok(Ok(channel)) => Ok(Admin {
                 client: AdminClient::new(channel),
@@ -153,7 +168,9 @@ fn rpc_error(socket: &Path, call: &'static str, timeout: Duration, status: &Stat
     let text = one_line(status.message());
     let message = match (code, text.is_empty()) {
         (Code::Unavailable, _) => format!("connection lost: {}", or_unknown(&text)),
-        (Code::Unimplemented, _) => format!("{call} is not supported (is controld older than proxyctl?)"),
+        (Code::Unimplemented, _) => {
+            format!("{call} is not supported (is controld older than proxyctl?)")
+        }
         (_, true) => code.description().to_owned(),
         (_, false) => format!("{text} ({})", code.description().to_lowercase()),
     };
@@ -166,16 +183,11 @@ fn rpc_error(socket: &Path, call: &'static str, timeout: Duration, status: &Stat
 }
 
 fn or_unknown(text: &str) -> &str {
-    if text.is_empty() { "unknown reason" } else { text }
-}
-
-/// Joins a multi-line message so an error stays one line on stderr.
-fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+    if text.is_empty() {
+        "unknown reason"
+    } else {
+        text
+    }
 }
 
 /// Finds the operating system's reason in a transport error's chain, and whether it means that
@@ -305,7 +317,10 @@ mod tests {
             panic!("connected to a socket that does not exist");
         };
         assert!(err.is_not_running(), "{err}");
-        assert!(err.to_string().contains("No such file or directory"), "{err}");
+        assert!(
+            err.to_string().contains("No such file or directory"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -1,1 +1,239 @@
-fn main() {}
+//! proxyctl: the operator's and deploy script's handle on controld (DESIGN §9). This file parses
+//! the command line, calls controld's Admin service, prints the answer and picks the exit code.
+
+mod client;
+mod exit;
+#[cfg(test)]
+mod fixtures;
+mod json;
+mod output;
+mod reload;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use proto::v1::ReloadRequest;
+
+use crate::client::Admin;
+use crate::exit::Exit;
+
+/// Reload and inspect the reverse proxy through controld's control socket.
+///
+/// Exit codes: 0 ok; 1 operation failed (reload rejected or not applied by every data plane,
+/// status degraded); 2 usage; 3 controld not running (status); 69 controld unreachable.
+#[derive(Debug, Parser)]
+#[command(name = "proxyctl", version = proto::BUILD_VERSION)]
+struct Cli {
+    /// controld's Admin socket.
+    #[arg(
+        long,
+        global = true,
+        env = "PROXYCTL_SOCKET",
+        default_value = "/run/controld/control.sock",
+        value_name = "PATH"
+    )]
+    socket: PathBuf,
+
+    /// Print the answer as one JSON object on stdout (errors stay text on stderr).
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Deadline for the whole call, e.g. "30s", "2m"; connecting waits at most 5s of it.
+    #[arg(long, global = true, default_value = "30s", value_name = "D", value_parser = parse_timeout)]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Re-read the config file and publish it; waits until every data plane applied or refused it.
+    Reload {
+        /// Validate and show what would change, without publishing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Publish a new version even when the file did not change.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show controld and every connected data plane; exits 1 when any is out of sync.
+    Status,
+    /// Print proxyctl's version.
+    Version,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if timeout.is_zero() {
+        return Err("must be longer than 0s".to_owned());
+    }
+    Ok(timeout)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    run(&cli).await.into()
+}
+
+async fn run(cli: &Cli) -> Exit {
+    match cli.command {
+        Command::Reload { dry_run, force } => {
+            run_reload(cli, ReloadRequest { dry_run, force }).await
+        }
+        Command::Status => run_status(cli).await,
+        Command::Version => {
+            if cli.json {
+                emit_json(&json::Version {
+                    proxyctl: proto::BUILD_VERSION,
+                })
+            } else {
+                output::text(&format!("proxyctl {}\n", proto::BUILD_VERSION));
+                Exit::Ok
+            }
+        }
+    }
+}
+
+async fn run_reload(cli: &Cli, request: ReloadRequest) -> Exit {
+    let reply = match connect(cli).await {
+        Ok(mut admin) => admin.reload(request).await,
+        Err(err) => Err(err),
+    };
+    match reply {
+        Ok(reply) if cli.json => emit_json(&json::Reload::from(&reply)).and(reload::exit(&reply)),
+        Ok(reply) => {
+            output::text(&reload::render(&reply));
+            reload::exit(&reply)
+        }
+        Err(err) => fail(
+            &err,
+            Command::Reload {
+                dry_run: request.dry_run,
+                force: request.force,
+            },
+        ),
+    }
+}
+
+async fn run_status(cli: &Cli) -> Exit {
+    let reply = match connect(cli).await {
+        Ok(mut admin) => admin.status().await,
+        Err(err) => Err(err),
+    };
+    match reply {
+        Ok(reply) if cli.json => emit_json(&json::Status::from(&reply)).and(status::exit(&reply)),
+        Ok(reply) => {
+            output::text(&status::render(&reply));
+            status::exit(&reply)
+        }
+        Err(err) => fail(&err, Command::Status),
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Admin, client::Error> {
+    Admin::connect(&cli.socket, cli.timeout).await
+}
+
+/// Prints a failure to reach controld and picks its exit code.
+fn fail(err: &client::Error, command: Command) -> Exit {
+    output::error(err);
+    error_exit(err, &command)
+}
+
+/// DESIGN §8 gives "not running" (3) its own code for `status` only: for `reload` a missing
+/// daemon is as unreachable (69) as a broken one, which is what `ExecReload=` expects.
+fn error_exit(err: &client::Error, command: &Command) -> Exit {
+    match command {
+        Command::Status if err.is_not_running() => Exit::NotRunning,
+        _ => Exit::Unavailable,
+    }
+}
+
+/// Prints `value` as JSON; `Ok` here means only that printing worked.
+fn emit_json<T: serde::Serialize>(value: &T) -> Exit {
+    match output::json(value) {
+        Ok(()) => Exit::Ok,
+        Err(err) => {
+            output::error(&format_args!("cannot encode the answer as JSON: {err}"));
+            Exit::Failed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn connect_error(not_running: bool) -> client::Error {
+        client::Error::Connect {
+            socket: PathBuf::from("/run/controld/control.sock"),
+            reason: "No such file or directory".into(),
+            not_running,
+        }
+    }
+
+    #[test]
+    fn missing_daemon_is_3_for_status_and_69_for_reload() {
+        let missing = connect_error(true);
+        assert_eq!(error_exit(&missing, &Command::Status), Exit::NotRunning);
+        let reload = Command::Reload {
+            dry_run: false,
+            force: false,
+        };
+        assert_eq!(error_exit(&missing, &reload), Exit::Unavailable);
+        let broken = connect_error(false);
+        assert_eq!(error_exit(&broken, &Command::Status), Exit::Unavailable);
+        let timeout = client::Error::Timeout {
+            socket: Path::new("/s").to_owned(),
+            call: "status",
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(error_exit(&timeout, &Command::Status), Exit::Unavailable);
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "proxyctl",
+            "reload",
+            "--json",
+            "--socket",
+            "/tmp/s",
+            "--timeout",
+            "2s",
+            "--dry-run",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.socket, Path::new("/tmp/s"));
+        assert_eq!(cli.timeout, Duration::from_secs(2));
+        assert!(matches!(
+            cli.command,
+            Command::Reload {
+                dry_run: true,
+                force: false
+            }
+        ));
+    }
+
+    #[test]
+    fn timeout_must_be_a_positive_duration() {
+        assert_eq!(parse_timeout("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("soon").is_err());
+        assert!(Cli::try_parse_from(["proxyctl", "--timeout", "x", "status"]).is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -116,7 +116,8 @@ fn body_limit(size: &SizeValue, path: &KeyPath, p: &mut Problems) -> u64 {
 pub fn parse_size(size: &SizeValue) -> Result<u64, String> {
     let text = match size {
         SizeValue::Bytes(n) => {
-            return u64::try_from(*n).map_err(|_| format!("invalid size {n}: must not be negative"));
+            return u64::try_from(*n)
+                .map_err(|_| format!("invalid size {n}: must not be negative"));
         }
         SizeValue::Text(t) => t,
     };

@@ -1,0 +1,273 @@
+//! What changed between two configs: the typed diff a reload reports and logs.
+
+use std::collections::BTreeMap;
+
+use proto::v1 as pb;
+
+use crate::config::{Config, RateLimit, Site, StaticConfig};
+
+/// One changed field, with both values rendered for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldChange {
+    pub field: String,
+    pub old: String,
+    pub new: String,
+}
+
+/// Sites are named by their first hostname.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigDiff {
+    pub sites_added: Vec<String>,
+    pub sites_removed: Vec<String>,
+    pub sites_modified: Vec<String>,
+    /// Dynamic settings outside sites: global limits and the log level.
+    pub limits_changed: Vec<FieldChange>,
+    /// Settings that take effect only when a daemon restarts.
+    pub static_changed: Vec<FieldChange>,
+}
+
+impl ConfigDiff {
+    pub fn between(old: &Config, new: &Config) -> ConfigDiff {
+        let old_sites: BTreeMap<&str, &Site> =
+            old.dynamic.sites.iter().map(|s| (s.name(), s)).collect();
+        let new_sites: BTreeMap<&str, &Site> =
+            new.dynamic.sites.iter().map(|s| (s.name(), s)).collect();
+        let mut diff = ConfigDiff::default();
+        for (name, site) in &new_sites {
+            match old_sites.get(name) {
+                None => diff.sites_added.push((*name).to_owned()),
+                Some(old) if old != site => diff.sites_modified.push((*name).to_owned()),
+                Some(_) => {}
+            }
+        }
+        diff.sites_removed = old_sites
+            .keys()
+            .filter(|n| !new_sites.contains_key(*n))
+            .map(|n| (*n).to_owned())
+            .collect();
+        diff.limits_changed = changes(&limit_fields(old), &limit_fields(new));
+        diff.static_changed = changes(&static_fields(&old.statics), &static_fields(&new.statics));
+        diff
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == ConfigDiff::default()
+    }
+
+    /// One line for logs and status: "1 site added: a.example; rate_limit 10/s burst 5 → none".
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (verb, names) in [
+            ("added", &self.sites_added),
+            ("removed", &self.sites_removed),
+            ("modified", &self.sites_modified),
+        ] {
+            if !names.is_empty() {
+                let noun = if names.len() == 1 { "site" } else { "sites" };
+                parts.push(format!(
+                    "{} {noun} {verb}: {}",
+                    names.len(),
+                    names.join(", ")
+                ));
+            }
+        }
+        parts.extend(
+            self.limits_changed
+                .iter()
+                .map(|c| format!("{} {} → {}", c.field, c.old, c.new)),
+        );
+        parts.extend(
+            self.static_changed
+                .iter()
+                .map(|c| format!("{} changed (restart needed)", c.field)),
+        );
+        if parts.is_empty() {
+            "no content change".to_owned()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    /// One warning per changed static field.
+    pub fn static_warnings(&self) -> Vec<String> {
+        self.static_changed
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} changed from {} to {}: it takes effect only when the daemon restarts",
+                    c.field, c.old, c.new
+                )
+            })
+            .collect()
+    }
+
+    pub fn to_proto(&self) -> pb::ConfigDiff {
+        let fields = |v: &[FieldChange]| {
+            v.iter()
+                .map(|c| pb::FieldChange {
+                    field: c.field.clone(),
+                    old_value: c.old.clone(),
+                    new_value: c.new.clone(),
+                })
+                .collect()
+        };
+        pb::ConfigDiff {
+            sites_added: self.sites_added.clone(),
+            sites_removed: self.sites_removed.clone(),
+            sites_modified: self.sites_modified.clone(),
+            limits_changed: fields(&self.limits_changed),
+            static_changed: fields(&self.static_changed),
+        }
+    }
+}
+
+fn changes(old: &[(&'static str, String)], new: &[(&'static str, String)]) -> Vec<FieldChange> {
+    old.iter()
+        .zip(new)
+        .filter(|(o, n)| o.1 != n.1)
+        .map(|(o, n)| FieldChange {
+            field: o.0.to_owned(),
+            old: o.1.clone(),
+            new: n.1.clone(),
+        })
+        .collect()
+}
+
+fn rate(rl: Option<RateLimit>) -> String {
+    match rl {
+        Some(rl) => format!("{}/s burst {}", rl.requests_per_second, rl.burst),
+        None => "none".to_owned(),
+    }
+}
+
+fn limit_fields(c: &Config) -> Vec<(&'static str, String)> {
+    vec![
+        ("body_limit_bytes", c.dynamic.body_limit_bytes.to_string()),
+        ("rate_limit", rate(c.dynamic.rate_limit)),
+        ("logging.level", c.dynamic.log_level.clone()),
+    ]
+}
+
+fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
+    let listeners = s
+        .proxy
+        .listeners
+        .iter()
+        .map(|l| {
+            format!(
+                "{}={}{}",
+                l.name,
+                l.address,
+                if l.tls { " (tls)" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let acme = s.acme.as_ref();
+    let none = || "none".to_owned();
+    vec![
+        ("control.socket", s.control.socket.display().to_string()),
+        (
+            "control.state_dir",
+            s.control.state_dir.display().to_string(),
+        ),
+        (
+            "proxy.shutdown_timeout",
+            humantime::format_duration(s.proxy.shutdown_timeout).to_string(),
+        ),
+        (
+            "proxy.admin_address",
+            s.proxy.admin_address.map_or_else(none, |a| a.to_string()),
+        ),
+        ("proxy.listeners", listeners),
+        ("logging.format", s.log_format.as_str().to_owned()),
+        (
+            "acme.directory_url",
+            acme.map_or_else(none, |a| a.directory_url.clone()),
+        ),
+        (
+            "acme.contact",
+            acme.map_or_else(none, |a| a.contact.join(", ")),
+        ),
+        (
+            "acme.challenge",
+            acme.map_or_else(none, |a| a.challenge.as_str().to_owned()),
+        ),
+        (
+            "acme.ca_roots",
+            acme.and_then(|a| a.ca_roots.as_ref())
+                .map_or_else(none, |p| p.display().to_string()),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(extra: &str, sites: &str) -> Config {
+        let text = format!(
+            "{extra}\n[[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:8080\"\n{sites}"
+        );
+        crate::config::parse(&text, Path::new("t.toml")).unwrap()
+    }
+
+    const A: &str =
+        "[[sites]]\nhostnames = [\"a.example\"]\nupstreams = [\"http://127.0.0.1:1\"]\n";
+    const B: &str =
+        "[[sites]]\nhostnames = [\"b.example\"]\nupstreams = [\"http://127.0.0.1:2\"]\n";
+    const B2: &str =
+        "[[sites]]\nhostnames = [\"b.example\"]\nupstreams = [\"http://127.0.0.1:3\"]\n";
+    const C: &str =
+        "[[sites]]\nhostnames = [\"c.example\"]\nupstreams = [\"http://127.0.0.1:4\"]\n";
+
+    #[test]
+    fn sites_added_removed_and_modified() {
+        let old = config("", &format!("{A}{B}"));
+        let new = config("", &format!("{B2}{C}"));
+        let d = ConfigDiff::between(&old, &new);
+        assert_eq!(d.sites_added, ["c.example"]);
+        assert_eq!(d.sites_removed, ["a.example"]);
+        assert_eq!(d.sites_modified, ["b.example"]);
+        assert!(d.limits_changed.is_empty() && d.static_changed.is_empty());
+        assert_eq!(
+            d.summary(),
+            "1 site added: c.example; 1 site removed: a.example; 1 site modified: b.example"
+        );
+    }
+
+    #[test]
+    fn limits_and_static_fields_are_named_with_both_values() {
+        let old = config("[rate_limit]\nrequests_per_second = 10\nburst = 5\n", A);
+        let new = config(
+            "body_limit_bytes = 5\n[proxy]\nshutdown_timeout = \"5s\"\n",
+            A,
+        );
+        let d = ConfigDiff::between(&old, &new);
+        assert_eq!(
+            d.limits_changed,
+            [
+                FieldChange {
+                    field: "body_limit_bytes".into(),
+                    old: "10485760".into(),
+                    new: "5".into()
+                },
+                FieldChange {
+                    field: "rate_limit".into(),
+                    old: "10/s burst 5".into(),
+                    new: "none".into()
+                },
+            ]
+        );
+        assert_eq!(d.static_changed.len(), 1);
+        assert_eq!(
+            d.static_warnings(),
+            [
+                "proxy.shutdown_timeout changed from 30s to 5s: it takes effect only when the daemon restarts"
+            ]
+        );
+        assert!(ConfigDiff::between(&old, &old).is_empty());
+    }
+}

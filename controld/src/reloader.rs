@@ -1,0 +1,263 @@
+//! The Reloader: the only writer of configuration. Every reload goes read → deserialize →
+//! validate → diff → version → record → publish → wait for the data planes, under one mutex.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::config::{self, Config, Diagnostic};
+use crate::dataplanes::{DataPlanes, PlaneOutcome};
+use crate::diff::ConfigDiff;
+use crate::error::Error;
+use crate::snapshot::Content;
+use crate::state::{Published, StateDir};
+
+/// The snapshot being served: what every new subscriber gets first.
+#[derive(Debug)]
+pub struct Current {
+    pub version: u64,
+    pub config: Config,
+    pub content: Content,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReloadOptions {
+    /// Report what would happen; publish nothing.
+    pub dry_run: bool,
+    /// Publish a new version even when the content did not change.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Unchanged,
+    Rejected,
+    DryRun,
+}
+
+/// Everything a reload has to say; Admin.Reload sends it as is.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    pub outcome: Outcome,
+    pub previous_version: u64,
+    /// The version serving after the reload.
+    pub version: u64,
+    pub diagnostics: Vec<Diagnostic>,
+    pub diff: ConfigDiff,
+    pub warnings: Vec<String>,
+    pub data_planes: Vec<PlaneOutcome>,
+    pub duration: Duration,
+}
+
+impl ReloadReport {
+    /// One line for status and logs.
+    pub fn summary(&self) -> String {
+        match self.outcome {
+            Outcome::Rejected => self
+                .diagnostics
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            _ => self.diff.summary(),
+        }
+    }
+}
+
+/// The last reload requested since start.
+#[derive(Debug, Clone)]
+pub struct LastReload {
+    pub at: SystemTime,
+    pub outcome: Outcome,
+    pub summary: String,
+    pub version: u64,
+}
+
+/// Called with the new `logging.level` after every applied reload.
+pub type LogLevelHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+pub struct Reloader {
+    config_path: PathBuf,
+    /// Serializes reloads: a second request waits here, then re-reads the file.
+    lock: tokio::sync::Mutex<()>,
+    current: watch::Sender<Arc<Current>>,
+    state: StateDir,
+    planes: Arc<DataPlanes>,
+    ack_timeout: Duration,
+    last: Mutex<Option<LastReload>>,
+    log_level_hook: Option<LogLevelHook>,
+}
+
+impl Reloader {
+    /// Takes the config loaded at startup and gives it a version: the recorded one when the
+    /// content is unchanged since the last run, the next one otherwise.
+    pub fn start(
+        config_path: &Path,
+        config: Config,
+        planes: Arc<DataPlanes>,
+        ack_timeout: Duration,
+        log_level_hook: Option<LogLevelHook>,
+    ) -> Result<Reloader, Error> {
+        let state = StateDir::open(&config.statics.control.state_dir)?;
+        let content = Content::build(&config);
+        let version = match state.last_published()? {
+            Some(last) if last.hash == content.hash => last.version,
+            Some(last) => last.version + 1,
+            None => 1,
+        };
+        state.record(&Published {
+            version,
+            hash: content.hash.clone(),
+        })?;
+        tracing::info!(version, hash = %content.hash, config = %config_path.display(), "serving config");
+        let current = Arc::new(Current {
+            version,
+            config,
+            content,
+        });
+        Ok(Reloader {
+            config_path: config_path.to_owned(),
+            lock: tokio::sync::Mutex::new(()),
+            current: watch::channel(current).0,
+            state,
+            planes,
+            ack_timeout,
+            last: Mutex::new(None),
+            log_level_hook,
+        })
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The snapshot being served now.
+    pub fn current(&self) -> Arc<Current> {
+        self.current.borrow().clone()
+    }
+
+    /// Follows every published snapshot (the Subscribe streams use it).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Current>> {
+        self.current.subscribe()
+    }
+
+    pub fn last_reload(&self) -> Option<LastReload> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads the config file and publishes it if it is valid and changed. Reloads run one at
+    /// a time; one that waited reads the file after the previous one finished, so it applies
+    /// the latest content.
+    pub async fn reload(&self, options: ReloadOptions) -> ReloadReport {
+        let started = Instant::now();
+        let _serialized = self.lock.lock().await;
+        let mut report = self.reload_locked(options).await;
+        report.duration = started.elapsed();
+        if !options.dry_run {
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastReload {
+                at: SystemTime::now(),
+                outcome: report.outcome,
+                summary: report.summary(),
+                version: report.version,
+            });
+        }
+        report
+    }
+
+    async fn reload_locked(&self, options: ReloadOptions) -> ReloadReport {
+        let current = self.current();
+        let mut report = ReloadReport {
+            outcome: Outcome::Rejected,
+            previous_version: current.version,
+            version: current.version,
+            diagnostics: Vec::new(),
+            diff: ConfigDiff::default(),
+            warnings: Vec::new(),
+            data_planes: Vec::new(),
+            duration: Duration::ZERO,
+        };
+        let config = match config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                report.diagnostics = e.diagnostics(&self.config_path);
+                tracing::warn!(config = %self.config_path.display(), version = current.version,
+                    problems = report.diagnostics.len(), "reload rejected; the current version keeps serving");
+                for d in &report.diagnostics {
+                    tracing::warn!("{d}");
+                }
+                return report;
+            }
+        };
+        report.diff = ConfigDiff::between(&current.config, &config);
+        report.warnings = report.diff.static_warnings();
+        let content = Content::build(&config);
+        if options.dry_run {
+            report.outcome = Outcome::DryRun;
+            return report;
+        }
+        if content.hash == current.content.hash && !options.force {
+            report.outcome = Outcome::Unchanged;
+            return report;
+        }
+        let version = current.version + 1;
+        if let Err(e) = self.state.record(&Published {
+            version,
+            hash: content.hash.clone(),
+        }) {
+            report.diagnostics = vec![Diagnostic {
+                key_path: "control.state_dir".to_owned(),
+                file: self.state.path().to_owned(),
+                line: 0,
+                column: 0,
+                message: format!("cannot record version {version}, so nothing was published: {e}"),
+            }];
+            tracing::error!(error = %e, version, "reload failed: cannot record the new version");
+            return report;
+        }
+        self.log_changes(&report.diff, current.version, version);
+        if let Some(hook) = &self.log_level_hook {
+            hook(&config.dynamic.log_level);
+        }
+        let waiting = self.planes.connected();
+        self.current.send_replace(Arc::new(Current {
+            version,
+            config,
+            content,
+        }));
+        report.outcome = Outcome::Applied;
+        report.version = version;
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        report.data_planes = self.planes.wait_for(version, &waiting, deadline).await;
+        report
+    }
+
+    fn log_changes(&self, diff: &ConfigDiff, old: u64, new: u64) {
+        tracing::info!(old_version = old, new_version = new, changes = %diff.summary(), "publishing new config version");
+        for site in &diff.sites_added {
+            tracing::info!(site = %site, "site added");
+        }
+        for site in &diff.sites_removed {
+            tracing::info!(site = %site, "site removed");
+        }
+        for site in &diff.sites_modified {
+            tracing::info!(site = %site, "site modified");
+        }
+        for c in &diff.limits_changed {
+            tracing::info!(field = %c.field, old = %c.old, new = %c.new, "setting changed");
+        }
+        for w in diff.static_warnings() {
+            tracing::warn!("{w}");
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for the wire.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests;

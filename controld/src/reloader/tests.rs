@@ -1,0 +1,274 @@
+//! The reload flow of the seed, proven on a real file and a real state directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::dataplanes::{Plane, PlaneResult};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        let f = Fixture { dir, path };
+        f.write("http://127.0.0.1:9001", "");
+        f
+    }
+
+    fn write(&self, upstream: &str, extra: &str) {
+        let text = format!(
+            "{extra}\n[control]\nstate_dir = \"{}\"\n[[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n\
+             [[sites]]\nhostnames = [\"a.example\"]\nupstreams = [\"{upstream}\"]\n",
+            self.dir.path().join("state").display()
+        );
+        std::fs::write(&self.path, text).unwrap();
+    }
+
+    fn reloader(&self, planes: Arc<DataPlanes>) -> Reloader {
+        let config = config::load(&self.path).unwrap();
+        Reloader::start(&self.path, config, planes, Duration::from_secs(5), None).unwrap()
+    }
+}
+
+fn upstream(current: &Current) -> String {
+    current.config.dynamic.sites[0].upstreams[0].to_string()
+}
+
+fn plane(name: &str) -> Plane {
+    Plane {
+        node_id: name.into(),
+        pid: 1,
+        build_version: "test".into(),
+        applied_version: 0,
+        sent_version: 0,
+        last_nack: None,
+        listeners: vec![],
+        connected_at_unix_ms: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_valid_edit_is_published_and_visible_after_the_swap() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    let mut rx = r.subscribe();
+    assert_eq!(r.current().version, 1);
+
+    f.write("http://127.0.0.1:9002", "");
+    let report = r.reload(ReloadOptions::default()).await;
+    assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
+    assert_eq!((report.previous_version, report.version), (1, 2));
+    assert_eq!(report.diff.sites_modified, ["a.example"]);
+    assert!(rx.has_changed().unwrap());
+    let seen = rx.borrow_and_update().clone();
+    assert_eq!(
+        (seen.version, upstream(&seen)),
+        (2, "http://127.0.0.1:9002".to_owned())
+    );
+    assert_eq!(seen.content.versioned(2).version, 2);
+}
+
+#[tokio::test]
+async fn an_invalid_edit_is_rejected_and_the_old_snapshot_stays() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    let mut rx = r.subscribe();
+    rx.borrow_and_update();
+
+    f.write(
+        "ftp://nope",
+        "[rate_limit]\nrequests_per_second = 0\nburst = 1\n",
+    );
+    let report = r.reload(ReloadOptions::default()).await;
+    assert_eq!(report.outcome, Outcome::Rejected);
+    assert_eq!(report.version, 1);
+    let messages: Vec<_> = report.diagnostics.iter().map(ToString::to_string).collect();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert!(messages[0].contains("rate_limit.requests_per_second: must be greater than 0"));
+    assert!(messages[1].contains("sites[0].upstreams[0]: invalid upstream URL"));
+    assert!(!rx.has_changed().unwrap(), "nothing may be published");
+    assert_eq!(upstream(&r.current()), "http://127.0.0.1:9001");
+    assert_eq!(r.last_reload().unwrap().outcome, Outcome::Rejected);
+}
+
+#[tokio::test]
+async fn identical_content_is_a_no_op_unless_forced() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    let mut rx = r.subscribe();
+    rx.borrow_and_update();
+
+    // Comments and whitespace do not change the content.
+    std::fs::write(
+        &f.path,
+        format!("# a comment\n{}", std::fs::read_to_string(&f.path).unwrap()),
+    )
+    .unwrap();
+    let report = r.reload(ReloadOptions::default()).await;
+    assert_eq!((report.outcome, report.version), (Outcome::Unchanged, 1));
+    assert!(report.diff.is_empty());
+    assert!(!rx.has_changed().unwrap());
+
+    let report = r
+        .reload(ReloadOptions {
+            force: true,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!((report.outcome, report.version), (Outcome::Applied, 2));
+    assert!(rx.has_changed().unwrap());
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_the_diff_and_publishes_nothing() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    f.write("http://127.0.0.1:9002", "");
+    let report = r
+        .reload(ReloadOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!((report.outcome, report.version), (Outcome::DryRun, 1));
+    assert_eq!(report.diff.sites_modified, ["a.example"]);
+    assert_eq!(r.current().version, 1);
+    assert!(r.last_reload().is_none());
+}
+
+#[tokio::test]
+async fn static_changes_are_named_in_warnings_and_the_dynamic_part_applies() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    f.write(
+        "http://127.0.0.1:9002",
+        "[proxy]\nshutdown_timeout = \"5s\"\n[logging]\nformat = \"text\"\n",
+    );
+    let report = r.reload(ReloadOptions::default()).await;
+    assert_eq!(report.outcome, Outcome::Applied);
+    let fields: Vec<_> = report
+        .diff
+        .static_changed
+        .iter()
+        .map(|c| c.field.as_str())
+        .collect();
+    assert_eq!(fields, ["proxy.shutdown_timeout", "logging.format"]);
+    assert_eq!(report.warnings.len(), 2);
+    assert!(
+        report.warnings[0].starts_with("proxy.shutdown_timeout changed from 30s to 5s"),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(upstream(&r.current()), "http://127.0.0.1:9002");
+}
+
+#[tokio::test]
+async fn concurrent_reloads_are_serialized_and_the_second_reads_the_latest_file() {
+    let f = Fixture::new();
+    let planes = Arc::new(DataPlanes::default());
+    let r = Arc::new(f.reloader(planes.clone()));
+    // A data plane that answers only when told to keeps the first reload inside the mutex.
+    let reg = planes.register(plane("slow"));
+
+    f.write("http://127.0.0.1:9002", "");
+    let first = tokio::spawn({
+        let r = r.clone();
+        async move { r.reload(ReloadOptions::default()).await }
+    });
+    let mut rx = r.subscribe();
+    rx.wait_for(|c| c.version == 2).await.unwrap();
+
+    let second = tokio::spawn({
+        let r = r.clone();
+        async move { r.reload(ReloadOptions::default()).await }
+    });
+    // The second request is queued behind the first; the file changes while it waits.
+    tokio::task::yield_now().await;
+    f.write("http://127.0.0.1:9003", "");
+    assert!(!second.is_finished());
+    planes.acked(reg.id, 2, vec![]);
+
+    let first = first.await.unwrap();
+    assert_eq!((first.outcome, first.version), (Outcome::Applied, 2));
+    assert_eq!(first.data_planes[0].result, PlaneResult::Acked);
+    rx.wait_for(|c| c.version == 3).await.unwrap();
+    planes.acked(reg.id, 3, vec![]);
+    let second = second.await.unwrap();
+    assert_eq!(
+        (second.outcome, second.previous_version, second.version),
+        (Outcome::Applied, 2, 3)
+    );
+    assert_eq!(upstream(&r.current()), "http://127.0.0.1:9003");
+}
+
+#[tokio::test]
+async fn a_reload_names_what_each_data_plane_did() {
+    let f = Fixture::new();
+    let planes = Arc::new(DataPlanes::default());
+    let r = Arc::new(
+        Reloader::start(
+            &f.path,
+            config::load(&f.path).unwrap(),
+            planes.clone(),
+            Duration::from_millis(300),
+            None,
+        )
+        .unwrap(),
+    );
+    let ok = planes.register(plane("ok"));
+    let refuses = planes.register(plane("refuses"));
+    let _silent = planes.register(plane("silent"));
+    let gone = planes.register(plane("gone"));
+
+    f.write("http://127.0.0.1:9002", "");
+    let task = tokio::spawn({
+        let r = r.clone();
+        async move { r.reload(ReloadOptions::default()).await }
+    });
+    r.subscribe().wait_for(|c| c.version == 2).await.unwrap();
+    planes.acked(ok.id, 2, vec![]);
+    planes.nacked(refuses.id, 2, "no".into(), 1);
+    drop(gone);
+    let report = task.await.unwrap();
+    let results: Vec<_> = report
+        .data_planes
+        .iter()
+        .map(|p| (p.node_id.as_str(), p.result))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("ok", PlaneResult::Acked),
+            ("refuses", PlaneResult::Nacked),
+            ("silent", PlaneResult::TimedOut),
+            ("gone", PlaneResult::Disconnected),
+        ]
+    );
+    assert_eq!(
+        (
+            report.data_planes[1].error.as_str(),
+            report.data_planes[1].serving_version
+        ),
+        ("no", 1)
+    );
+}
+
+#[tokio::test]
+async fn versions_keep_increasing_across_restarts() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    f.write("http://127.0.0.1:9002", "");
+    assert_eq!(r.reload(ReloadOptions::default()).await.version, 2);
+    drop(r);
+
+    // Same content as last published: the version is kept, so data planes see no change.
+    assert_eq!(f.reloader(Arc::default()).current().version, 2);
+    // Content changed while controld was down: the next version.
+    f.write("http://127.0.0.1:9003", "");
+    assert_eq!(f.reloader(Arc::default()).current().version, 3);
+}

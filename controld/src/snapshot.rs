@@ -1,0 +1,98 @@
+//! Builds the wire snapshot from a validated config: the only place controld's model becomes
+//! proto types for the data plane.
+
+use proto::v1 as pb;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, RateLimit, Site, SiteTls};
+
+/// A snapshot's content without its version, and the hash that identifies that content.
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub snapshot: pb::Snapshot,
+    pub hash: String,
+}
+
+impl Content {
+    /// Builds the snapshot content for `config`. The hash covers everything proxyd receives except
+    /// the version, so two files that differ only in comments or key order hash the same.
+    pub fn build(config: &Config) -> Content {
+        let statics = &config.statics;
+        let dynamic = &config.dynamic;
+        let mut snapshot = pb::Snapshot {
+            version: 0,
+            content_hash: String::new(),
+            static_settings: Some(pb::StaticSettings {
+                listeners: statics
+                    .proxy
+                    .listeners
+                    .iter()
+                    .map(|l| pb::Listener {
+                        name: l.name.clone(),
+                        address: l.address.to_string(),
+                        tls: l.tls,
+                    })
+                    .collect(),
+                shutdown_timeout_ms: u64::try_from(statics.proxy.shutdown_timeout.as_millis())
+                    .unwrap_or(u64::MAX),
+                admin_address: statics
+                    .proxy
+                    .admin_address
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                log_format: statics.log_format.as_str().to_owned(),
+            }),
+            dynamic: Some(pb::DynamicConfig {
+                sites: dynamic.sites.iter().map(site).collect(),
+                rate_limit: dynamic.rate_limit.map(rate_limit),
+                body_limit_bytes: dynamic.body_limit_bytes,
+                log_level: dynamic.log_level.clone(),
+            }),
+        };
+        let hash = hex(&Sha256::digest(prost::Message::encode_to_vec(&snapshot)));
+        snapshot.content_hash = hash.clone();
+        Content { snapshot, hash }
+    }
+
+    /// The snapshot as sent, stamped with `version`.
+    pub fn versioned(&self, version: u64) -> pb::Snapshot {
+        pb::Snapshot {
+            version,
+            ..self.snapshot.clone()
+        }
+    }
+}
+
+fn site(site: &Site) -> pb::Site {
+    pb::Site {
+        hostnames: site
+            .hostnames
+            .iter()
+            .map(|h| h.as_str().to_owned())
+            .collect(),
+        upstreams: site
+            .upstreams
+            .iter()
+            .map(|u| u.as_str().to_owned())
+            .collect(),
+        rate_limit: site.rate_limit.map(rate_limit),
+        body_limit_bytes: site.body_limit_bytes,
+        tls: match site.tls {
+            SiteTls::None => pb::SiteTls::None,
+            SiteTls::Files { .. } => pb::SiteTls::Files,
+            SiteTls::Acme => pb::SiteTls::Acme,
+        }
+        .into(),
+    }
+}
+
+fn rate_limit(rl: RateLimit) -> pb::RateLimit {
+    pb::RateLimit {
+        requests_per_second: rl.requests_per_second.get(),
+        burst: rl.burst.get(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

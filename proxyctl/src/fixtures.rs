@@ -1,0 +1,121 @@
+//! Hand-built proto values for the unit tests: replies shaped the way controld sends them.
+
+use proto::v1::{
+    BoundListener, ConfigDiff, ControlPlaneStatus, DataPlaneOutcome, DataPlaneResult,
+    DataPlaneStatus, Diagnostic, FieldChange, LastReload, ReloadOutcome, ReloadReply, StatusReply,
+};
+
+pub fn change(field: &str, old: &str, new: &str) -> FieldChange {
+    FieldChange {
+        field: field.into(),
+        old_value: old.into(),
+        new_value: new.into(),
+    }
+}
+
+/// One site added, one modified, one limit changed.
+pub fn diff() -> ConfigDiff {
+    ConfigDiff {
+        sites_added: vec!["a.example".into()],
+        sites_modified: vec!["b.example".into()],
+        limits_changed: vec![change("rate_limit.burst", "200", "300")],
+        ..ConfigDiff::default()
+    }
+}
+
+pub fn data_plane(node: &str, pid: u32, result: DataPlaneResult, serving: u64) -> DataPlaneOutcome {
+    DataPlaneOutcome {
+        node_id: node.into(),
+        pid,
+        result: result as i32,
+        serving_version: serving,
+        error: String::new(),
+    }
+}
+
+pub fn nacked(node: &str, pid: u32, error: &str, serving: u64) -> DataPlaneOutcome {
+    DataPlaneOutcome {
+        error: error.into(),
+        ..data_plane(node, pid, DataPlaneResult::Nacked, serving)
+    }
+}
+
+/// Version 3 → 4, applied by one data plane in 12 ms.
+pub fn applied() -> ReloadReply {
+    ReloadReply {
+        outcome: ReloadOutcome::Applied as i32,
+        previous_version: 3,
+        version: 4,
+        diagnostics: Vec::new(),
+        diff: Some(diff()),
+        warnings: Vec::new(),
+        data_planes: vec![data_plane("node-a", 4712, DataPlaneResult::Acked, 4)],
+        duration_ms: 12,
+        config_path: "/etc/proxyd/proxy.toml".into(),
+    }
+}
+
+/// Two diagnostics; version 3 stays.
+pub fn rejected() -> ReloadReply {
+    ReloadReply {
+        outcome: ReloadOutcome::Rejected as i32,
+        previous_version: 3,
+        version: 3,
+        diagnostics: vec![
+            Diagnostic {
+                key_path: "sites[2].upstreams[0]".into(),
+                file: "/etc/proxyd/proxy.toml".into(),
+                line: 14,
+                column: 15,
+                message: "invalid URL: relative URL without a base".into(),
+            },
+            Diagnostic {
+                key_path: String::new(),
+                file: "/etc/proxyd/proxy.toml".into(),
+                line: 0,
+                column: 0,
+                message: "expected `=`".into(),
+            },
+        ],
+        diff: None,
+        data_planes: Vec::new(),
+        duration_ms: 1,
+        ..applied()
+    }
+}
+
+/// controld at version 4 with one data plane in sync.
+pub fn status() -> StatusReply {
+    StatusReply {
+        control_plane: Some(ControlPlaneStatus {
+            config_path: "/etc/proxyd/proxy.toml".into(),
+            version: 4,
+            content_hash: "ab12".into(),
+            pid: 4711,
+            build_version: "0.1.0".into(),
+            started_at_unix_ms: 1_795_290_000_000,
+            last_reload: Some(LastReload {
+                // 2026-11-21 19:40:01.250 UTC
+                at_unix_ms: 1_795_290_001_250,
+                outcome: ReloadOutcome::Applied as i32,
+                summary: "1 site modified: b.example".into(),
+                version: 4,
+            }),
+        }),
+        data_planes: vec![DataPlaneStatus {
+            node_id: "node-a".into(),
+            pid: 4712,
+            build_version: "0.1.0".into(),
+            applied_version: 4,
+            desired_version: 4,
+            in_sync: true,
+            last_nack_version: 0,
+            last_nack_error: String::new(),
+            listeners: vec![BoundListener {
+                name: "http".into(),
+                address: "127.0.0.1:8080".into(),
+            }],
+            connected_at_unix_ms: 1_795_290_000_500,
+        }],
+    }
+}

@@ -1,0 +1,288 @@
+//! `--json`: the stable, documented shape of every answer, for scripts. Proto types stop here;
+//! these structs are converted from them and are the contract.
+//!
+//! Rules: field names never change and are only ever added; enums are lower-case strings
+//! (`"applied"`, `"unchanged"`, `"rejected"`, `"dry_run"`; `"acked"`, `"nacked"`, `"timed_out"`,
+//! `"disconnected"`), with `"unspecified"` for a missing value and `"unknown"` for a value newer
+//! than this proxyctl; times are Unix milliseconds; text that may be absent is `null`, never `""`.
+//! The exit code is the same as without `--json`; connection errors go to stderr as text.
+
+use proto::v1 as pb;
+use serde::Serialize;
+
+/// `proxyctl --json reload`.
+#[derive(Debug, Serialize)]
+pub struct Reload {
+    /// `applied`, `unchanged`, `rejected` or `dry_run`.
+    pub outcome: &'static str,
+    /// The version serving before the reload.
+    pub previous_version: u64,
+    /// The version serving after it (equals `previous_version` unless `applied`).
+    pub version: u64,
+    /// The config file controld read.
+    pub config_path: String,
+    pub duration_ms: u64,
+    /// Always present; empty lists when nothing changed.
+    pub diff: Diff,
+    /// One per changed static field (takes effect on restart).
+    pub warnings: Vec<String>,
+    /// Every problem in the file, when `rejected`.
+    pub diagnostics: Vec<Diagnostic>,
+    /// What each data plane did with the new version.
+    pub data_planes: Vec<DataPlaneOutcome>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Diff {
+    /// Sites are named by their first hostname.
+    pub sites_added: Vec<String>,
+    pub sites_removed: Vec<String>,
+    pub sites_modified: Vec<String>,
+    pub limits_changed: Vec<FieldChange>,
+    pub static_changed: Vec<FieldChange>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FieldChange {
+    /// Key path, e.g. `rate_limit.burst`.
+    pub field: String,
+    pub old: String,
+    pub new: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    /// 1-based; 0 when unknown.
+    pub line: u32,
+    pub column: u32,
+    /// `null` for syntax errors.
+    pub key_path: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DataPlaneOutcome {
+    pub node_id: String,
+    pub pid: u32,
+    /// `acked`, `nacked`, `timed_out` or `disconnected`.
+    pub result: &'static str,
+    /// The version the data plane serves now; 0 when it has none.
+    pub serving_version: u64,
+    /// The NACK's reason; `null` otherwise.
+    pub error: Option<String>,
+}
+
+/// `proxyctl --json status`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub control_plane: ControlPlane,
+    pub data_planes: Vec<DataPlane>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ControlPlane {
+    pub pid: u32,
+    pub build_version: String,
+    pub config_path: String,
+    pub version: u64,
+    /// Hex SHA-256 of the serving snapshot's content.
+    pub content_hash: String,
+    pub started_at_unix_ms: u64,
+    /// `null` when no reload was requested since controld started.
+    pub last_reload: Option<LastReload>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LastReload {
+    pub at_unix_ms: u64,
+    /// Same values as `Reload::outcome`.
+    pub outcome: &'static str,
+    /// One line: what changed, or the first diagnostic.
+    pub summary: String,
+    /// The version serving after that reload.
+    pub version: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DataPlane {
+    pub node_id: String,
+    pub pid: u32,
+    pub build_version: String,
+    pub applied_version: u64,
+    pub desired_version: u64,
+    pub in_sync: bool,
+    /// The version it last refused and why; both `null` when it refused none.
+    pub last_nack_version: Option<u64>,
+    pub last_nack_error: Option<String>,
+    pub listeners: Vec<Listener>,
+    pub connected_at_unix_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Listener {
+    pub name: String,
+    /// `ip:port`, with the real port when the config asked for port 0.
+    pub address: String,
+}
+
+/// `proxyctl --json version`: `{"proxyctl": "0.1.0"}`.
+#[derive(Debug, Serialize)]
+pub struct Version {
+    pub proxyctl: &'static str,
+}
+
+/// The JSON (and human) name of a `ReloadOutcome` value.
+pub fn outcome_name(outcome: i32) -> &'static str {
+    match pb::ReloadOutcome::try_from(outcome) {
+        Ok(pb::ReloadOutcome::Unspecified) => "unspecified",
+        Ok(pb::ReloadOutcome::Applied) => "applied",
+        Ok(pb::ReloadOutcome::Unchanged) => "unchanged",
+        Ok(pb::ReloadOutcome::Rejected) => "rejected",
+        Ok(pb::ReloadOutcome::DryRun) => "dry_run",
+        Err(_) => "unknown",
+    }
+}
+
+/// The JSON name of a `DataPlaneResult` value.
+pub fn result_name(result: i32) -> &'static str {
+    match pb::DataPlaneResult::try_from(result) {
+        Ok(pb::DataPlaneResult::Unspecified) => "unspecified",
+        Ok(pb::DataPlaneResult::Acked) => "acked",
+        Ok(pb::DataPlaneResult::Nacked) => "nacked",
+        Ok(pb::DataPlaneResult::TimedOut) => "timed_out",
+        Ok(pb::DataPlaneResult::Disconnected) => "disconnected",
+        Err(_) => "unknown",
+    }
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+impl From<&pb::ReloadReply> for Reload {
+    fn from(reply: &pb::ReloadReply) -> Self {
+        Reload {
+            outcome: outcome_name(reply.outcome),
+            previous_version: reply.previous_version,
+            version: reply.version,
+            config_path: reply.config_path.clone(),
+            duration_ms: reply.duration_ms,
+            diff: reply.diff.as_ref().map(Diff::from).unwrap_or_default(),
+            warnings: reply.warnings.clone(),
+            diagnostics: reply.diagnostics.iter().map(Diagnostic::from).collect(),
+            data_planes: reply
+                .data_planes
+                .iter()
+                .map(DataPlaneOutcome::from)
+                .collect(),
+        }
+    }
+}
+
+impl From<&pb::ConfigDiff> for Diff {
+    fn from(diff: &pb::ConfigDiff) -> Self {
+        Diff {
+            sites_added: diff.sites_added.clone(),
+            sites_removed: diff.sites_removed.clone(),
+            sites_modified: diff.sites_modified.clone(),
+            limits_changed: diff.limits_changed.iter().map(FieldChange::from).collect(),
+            static_changed: diff.static_changed.iter().map(FieldChange::from).collect(),
+        }
+    }
+}
+
+impl From<&pb::FieldChange> for FieldChange {
+    fn from(change: &pb::FieldChange) -> Self {
+        FieldChange {
+            field: change.field.clone(),
+            old: change.old_value.clone(),
+            new: change.new_value.clone(),
+        }
+    }
+}
+
+impl From<&pb::Diagnostic> for Diagnostic {
+    fn from(d: &pb::Diagnostic) -> Self {
+        Diagnostic {
+            file: d.file.clone(),
+            line: d.line,
+            column: d.column,
+            key_path: non_empty(&d.key_path),
+            message: d.message.clone(),
+        }
+    }
+}
+
+impl From<&pb::DataPlaneOutcome> for DataPlaneOutcome {
+    fn from(dp: &pb::DataPlaneOutcome) -> Self {
+        DataPlaneOutcome {
+            node_id: dp.node_id.clone(),
+            pid: dp.pid,
+            result: result_name(dp.result),
+            serving_version: dp.serving_version,
+            error: non_empty(&dp.error),
+        }
+    }
+}
+
+impl From<&pb::StatusReply> for Status {
+    fn from(reply: &pb::StatusReply) -> Self {
+        let control = reply.control_plane.clone().unwrap_or_default();
+        Status {
+            control_plane: ControlPlane::from(&control),
+            data_planes: reply.data_planes.iter().map(DataPlane::from).collect(),
+        }
+    }
+}
+
+impl From<&pb::ControlPlaneStatus> for ControlPlane {
+    fn from(control: &pb::ControlPlaneStatus) -> Self {
+        ControlPlane {
+            pid: control.pid,
+            build_version: control.build_version.clone(),
+            config_path: control.config_path.clone(),
+            version: control.version,
+            content_hash: control.content_hash.clone(),
+            started_at_unix_ms: control.started_at_unix_ms,
+            last_reload: control
+                .last_reload
+                .as_ref()
+                .filter(|last| last.at_unix_ms != 0)
+                .map(|last| LastReload {
+                    at_unix_ms: last.at_unix_ms,
+                    outcome: outcome_name(last.outcome),
+                    summary: last.summary.clone(),
+                    version: last.version,
+                }),
+        }
+    }
+}
+
+impl From<&pb::DataPlaneStatus> for DataPlane {
+    fn from(dp: &pb::DataPlaneStatus) -> Self {
+        let refused = dp.last_nack_version != 0;
+        DataPlane {
+            node_id: dp.node_id.clone(),
+            pid: dp.pid,
+            build_version: dp.build_version.clone(),
+            applied_version: dp.applied_version,
+            desired_version: dp.desired_version,
+            in_sync: dp.in_sync,
+            last_nack_version: refused.then_some(dp.last_nack_version),
+            last_nack_error: refused.then(|| dp.last_nack_error.clone()),
+            listeners: dp
+                .listeners
+                .iter()
+                .map(|l| Listener {
+                    name: l.name.clone(),
+                    address: l.address.clone(),
+                })
+                .collect(),
+            connected_at_unix_ms: dp.connected_at_unix_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+use serde_json::{Value, json};
+
+use super::*;
+use crate::fixtures::{self, nacked};
+
+fn to_value<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap()
+}
+
+#[test]
+fn reload_reply_shape() {
+    let mut reply = fixtures::applied();
+    reply.warnings = vec!["proxy.admin_address changed".into()];
+    reply
+        .data_planes
+        .push(nacked("node-b", 4713, "bad cert", 3));
+    assert_eq!(
+        to_value(&Reload::from(&reply)),
+        json!({
+            "outcome": "applied",
+            "previous_version": 3,
+            "version": 4,
+            "config_path": "/etc/proxyd/proxy.toml",
+            "duration_ms": 12,
+            "diff": {
+                "sites_added": ["a.example"],
+                "sites_removed": [],
+                "sites_modified": ["b.example"],
+                "limits_changed": [{"field": "rate_limit.burst", "old": "200", "new": "300"}],
+                "static_changed": []
+            },
+            "warnings": ["proxy.admin_address changed"],
+            "diagnostics": [],
+            "data_planes": [
+                {"node_id": "node-a", "pid": 4712, "result": "acked",
+                 "serving_version": 4, "error": null},
+                {"node_id": "node-b", "pid": 4713, "result": "nacked",
+                 "serving_version": 3, "error": "bad cert"}
+            ]
+        })
+    );
+}
+
+#[test]
+fn rejected_reply_lists_diagnostics_and_an_empty_diff() {
+    let value = to_value(&Reload::from(&fixtures::rejected()));
+    assert_eq!(value["outcome"], "rejected");
+    assert_eq!(value["diff"]["sites_added"], json!([]));
+    assert_eq!(
+        value["diagnostics"],
+        json!([
+            {"file": "/etc/proxyd/proxy.toml", "line": 14, "column": 15,
+             "key_path": "sites[2].upstreams[0]",
+             "message": "invalid URL: relative URL without a base"},
+            {"file": "/etc/proxyd/proxy.toml", "line": 0, "column": 0,
+             "key_path": null, "message": "expected `=`"}
+        ])
+    );
+}
+
+#[test]
+fn enum_names_are_lower_case() {
+    let outcomes: Vec<_> = (0..=5).map(outcome_name).collect();
+    assert_eq!(
+        outcomes,
+        [
+            "unspecified",
+            "applied",
+            "unchanged",
+            "rejected",
+            "dry_run",
+            "unknown"
+        ]
+    );
+    let results: Vec<_> = (0..=5).map(result_name).collect();
+    assert_eq!(
+        results,
+        [
+            "unspecified",
+            "acked",
+            "nacked",
+            "timed_out",
+            "disconnected",
+            "unknown"
+        ]
+    );
+}
+
+#[test]
+fn status_reply_shape() {
+    let mut reply = fixtures::status();
+    reply.data_planes[0].last_nack_version = 5;
+    reply.data_planes[0].last_nack_error = "bad cert".into();
+    assert_eq!(
+        to_value(&Status::from(&reply)),
+        json!({
+            "control_plane": {
+                "pid": 4711,
+                "build_version": "0.1.0",
+                "config_path": "/etc/proxyd/proxy.toml",
+                "version": 4,
+                "content_hash": "ab12",
+                "started_at_unix_ms": 1_795_290_000_000_u64,
+                "last_reload": {
+                    "at_unix_ms": 1_795_290_001_250_u64,
+                    "outcome": "applied",
+                    "summary": "1 site modified: b.example",
+                    "version": 4
+                }
+            },
+            "data_planes": [{
+                "node_id": "node-a",
+                "pid": 4712,
+                "build_version": "0.1.0",
+                "applied_version": 4,
+                "desired_version": 4,
+                "in_sync": true,
+                "last_nack_version": 5,
+                "last_nack_error": "bad cert",
+                "listeners": [{"name": "http", "address": "127.0.0.1:8080"}],
+                "connected_at_unix_ms": 1_795_290_000_500_u64
+            }]
+        })
+    );
+}
+
+#[test]
+fn status_without_reload_or_nack_uses_null() {
+    let mut reply = fixtures::status();
+    if let Some(control) = reply.control_plane.as_mut() {
+        control.last_reload = None;
+    }
+    let value = to_value(&Status::from(&reply));
+    assert_eq!(value["control_plane"]["last_reload"], Value::Null);
+    assert_eq!(value["data_planes"][0]["last_nack_version"], Value::Null);
+    assert_eq!(value["data_planes"][0]["last_nack_error"], Value::Null);
+}
+
+#[test]
+fn version_shape() {
+    assert_eq!(
+        to_value(&Version { proxyctl: "0.1.0" }),
+        json!({"proxyctl": "0.1.0"})
+    );
+}

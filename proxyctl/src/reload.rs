@@ -1,0 +1,222 @@
+//! `proxyctl reload`: what a `ReloadReply` means to an operator (lines of text) and to a script
+//! (the exit code). Pure functions of the reply; `main` does the talking.
+
+use proto::v1::{
+    ConfigDiff, DataPlaneOutcome, DataPlaneResult, Diagnostic, ReloadOutcome, ReloadReply,
+};
+
+use crate::exit::Exit;
+use crate::output::{self, one_line};
+
+/// Shown in place of a change summary when the new snapshot equals the old one (`--force`).
+const NO_CHANGE: &str = "no content change";
+
+/// The exit code for a reply: 0 when the file is serving everywhere (or nothing had to change,
+/// or a dry run found it valid); 1 when it was rejected or some data plane did not apply it.
+///
+/// An outcome this build does not know counts as failed: a deploy script must not go on
+/// believing a reload worked.
+pub fn exit(reply: &ReloadReply) -> Exit {
+    match ReloadOutcome::try_from(reply.outcome) {
+        Ok(ReloadOutcome::Applied) if every_data_plane_applied(reply) => Exit::Ok,
+        Ok(ReloadOutcome::Unchanged | ReloadOutcome::DryRun) => Exit::Ok,
+        _ => Exit::Failed,
+    }
+}
+
+/// Renders the reply for a terminal, one line per fact, ending in a newline.
+pub fn render(reply: &ReloadReply) -> String {
+    let mut out = Vec::new();
+    match ReloadOutcome::try_from(reply.outcome) {
+        Ok(ReloadOutcome::Applied) => render_applied(reply, &mut out),
+        Ok(ReloadOutcome::Unchanged) => out.push(format!(
+            "unchanged: version {} already matches {} (use --force to publish it again)",
+            reply.version, reply.config_path
+        )),
+        Ok(ReloadOutcome::Rejected) => render_rejected(reply, &mut out),
+        Ok(ReloadOutcome::DryRun) => {
+            out.push(format!(
+                "dry run: version {} would become {} ({})",
+                reply.previous_version,
+                reply.previous_version.saturating_add(1),
+                diff_summary(reply.diff.as_ref())
+            ));
+            push_warnings(reply, &mut out);
+        }
+        Ok(ReloadOutcome::Unspecified) | Err(_) => out.push(format!(
+            "reload outcome unknown to this proxyctl ({}); version {} is serving; \
+             run `proxyctl status` to see what the data planes serve",
+            reply.outcome, reply.version
+        )),
+    }
+    output::lines(&out)
+}
+
+fn render_applied(reply: &ReloadReply, out: &mut Vec<String>) {
+    if every_data_plane_applied(reply) {
+        out.push(format!(
+            "reloaded: version {} → {} ({}) in {} ms",
+            reply.previous_version,
+            reply.version,
+            diff_summary(reply.diff.as_ref()),
+            reply.duration_ms
+        ));
+    } else {
+        out.push(format!(
+            "reload published version {}, but not every data plane applied it:",
+            reply.version
+        ));
+    }
+    out.extend(
+        reply
+            .data_planes
+            .iter()
+            .map(|dp| data_plane_line(dp, reply.version)),
+    );
+    if reply.data_planes.is_empty() {
+        out.push(
+            "note: no data plane is connected; the new version will be sent when one subscribes"
+                .to_owned(),
+        );
+    }
+    push_warnings(reply, out);
+}
+
+fn render_rejected(reply: &ReloadReply, out: &mut Vec<String>) {
+    out.extend(
+        reply
+            .diagnostics
+            .iter()
+            .map(|d| diagnostic_line(d, &reply.config_path)),
+    );
+    out.push(format!(
+        "reload rejected: version {} is still serving",
+        reply.version
+    ));
+}
+
+fn push_warnings(reply: &ReloadReply, out: &mut Vec<String>) {
+    out.extend(reply.warnings.iter().map(|w| format!("warning: {w}")));
+}
+
+fn every_data_plane_applied(reply: &ReloadReply) -> bool {
+    reply
+        .data_planes
+        .iter()
+        .all(|dp| dp.result == DataPlaneResult::Acked as i32)
+}
+
+/// One phrase for everything a diff holds, e.g.
+/// `1 site added: a.example; rate_limit.burst 200 → 300; control.socket changed (restart needed)`.
+pub fn diff_summary(diff: Option<&ConfigDiff>) -> String {
+    let Some(diff) = diff else {
+        return NO_CHANGE.to_owned();
+    };
+    let mut parts = Vec::new();
+    push_sites(&mut parts, &diff.sites_added, "added");
+    push_sites(&mut parts, &diff.sites_removed, "removed");
+    push_sites(&mut parts, &diff.sites_modified, "modified");
+    for change in &diff.limits_changed {
+        parts.push(format!(
+            "{} {} → {}",
+            change.field,
+            value_or_unset(&change.old_value),
+            value_or_unset(&change.new_value)
+        ));
+    }
+    for change in &diff.static_changed {
+        parts.push(format!("{} changed (restart needed)", change.field));
+    }
+    if parts.is_empty() {
+        NO_CHANGE.to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn push_sites(parts: &mut Vec<String>, names: &[String], verb: &str) {
+    let noun = match names.len() {
+        0 => return,
+        1 => "site",
+        _ => "sites",
+    };
+    parts.push(format!(
+        "{} {noun} {verb}: {}",
+        names.len(),
+        names.join(", ")
+    ));
+}
+
+fn value_or_unset(value: &str) -> &str {
+    if value.is_empty() { "(unset)" } else { value }
+}
+
+/// A diagnostic as compilers print them: `file:line:column: key_path: message`. The location is
+/// left out when unknown (line 0), the key path when empty (syntax errors); the message is
+/// verbatim. A diagnostic without a file names the config file that was read.
+pub fn diagnostic_line(diagnostic: &Diagnostic, config_path: &str) -> String {
+    let file = if diagnostic.file.is_empty() {
+        config_path
+    } else {
+        &diagnostic.file
+    };
+    let mut line = file.to_owned();
+    if diagnostic.line > 0 {
+        line.push_str(&format!(":{}", diagnostic.line));
+        if diagnostic.column > 0 {
+            line.push_str(&format!(":{}", diagnostic.column));
+        }
+    }
+    if !line.is_empty() {
+        line.push_str(": ");
+    }
+    if !diagnostic.key_path.is_empty() {
+        line.push_str(&diagnostic.key_path);
+        line.push_str(": ");
+    }
+    line.push_str(&diagnostic.message);
+    line
+}
+
+/// What one data plane did with `version`, indented under the headline:
+/// `  node-a (pid 4712): refused: <error>; still serving version 3`.
+pub fn data_plane_line(dp: &DataPlaneOutcome, version: u64) -> String {
+    let who = format!("  {} (pid {})", dp.node_id, dp.pid);
+    match DataPlaneResult::try_from(dp.result) {
+        Ok(DataPlaneResult::Acked) => format!("{who}: applied version {version}"),
+        Ok(DataPlaneResult::Nacked) => {
+            let error = one_line(&dp.error);
+            let error = if error.is_empty() {
+                "no reason given".to_owned()
+            } else {
+                error
+            };
+            format!(
+                "{who}: refused: {error}; {}",
+                serving(dp.serving_version, "still serving")
+            )
+        }
+        Ok(DataPlaneResult::TimedOut) => {
+            format!(
+                "{who}: timed out; {}",
+                serving(dp.serving_version, "serving")
+            )
+        }
+        Ok(DataPlaneResult::Disconnected) => format!("{who}: disconnected"),
+        Ok(DataPlaneResult::Unspecified) | Err(_) => {
+            format!("{who}: result unknown to this proxyctl ({})", dp.result)
+        }
+    }
+}
+
+/// `still serving version 3`, or the truth when the data plane has no snapshot at all.
+fn serving(version: u64, verb: &str) -> String {
+    if version == 0 {
+        "serving no version yet".to_owned()
+    } else {
+        format!("{verb} version {version}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

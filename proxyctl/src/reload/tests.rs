@@ -1,0 +1,208 @@
+use proto::v1::{ConfigDiff, DataPlaneResult, Diagnostic, ReloadOutcome};
+
+use super::*;
+use crate::fixtures::{self, change, data_plane, nacked};
+
+#[test]
+fn diff_summary_names_every_kind_of_change() {
+    let mut diff = fixtures::diff();
+    diff.sites_removed = vec!["c.example".into(), "d.example".into()];
+    diff.static_changed = vec![change("control.socket", "/a", "/b")];
+    assert_eq!(
+        diff_summary(Some(&diff)),
+        "1 site added: a.example; 2 sites removed: c.example, d.example; \
+         1 site modified: b.example; rate_limit.burst 200 → 300; \
+         control.socket changed (restart needed)"
+    );
+}
+
+#[test]
+fn empty_or_missing_diff_says_no_content_change() {
+    assert_eq!(diff_summary(None), "no content change");
+    assert_eq!(
+        diff_summary(Some(&ConfigDiff::default())),
+        "no content change"
+    );
+}
+
+#[test]
+fn unset_values_are_named() {
+    let diff = ConfigDiff {
+        limits_changed: vec![change("log_level", "", "debug")],
+        ..ConfigDiff::default()
+    };
+    assert_eq!(diff_summary(Some(&diff)), "log_level (unset) → debug");
+}
+
+#[test]
+fn diagnostic_lines_leave_out_what_is_unknown() {
+    let full = Diagnostic {
+        key_path: "rate_limit.burst".into(),
+        file: "/etc/p.toml".into(),
+        line: 3,
+        column: 9,
+        message: "must be > 0".into(),
+    };
+    assert_eq!(
+        diagnostic_line(&full, "/other"),
+        "/etc/p.toml:3:9: rate_limit.burst: must be > 0"
+    );
+    let no_position = Diagnostic {
+        line: 0,
+        column: 0,
+        ..full.clone()
+    };
+    assert_eq!(
+        diagnostic_line(&no_position, "/other"),
+        "/etc/p.toml: rate_limit.burst: must be > 0"
+    );
+    let syntax = Diagnostic {
+        key_path: String::new(),
+        file: String::new(),
+        ..full
+    };
+    assert_eq!(
+        diagnostic_line(&syntax, "/etc/fallback.toml"),
+        "/etc/fallback.toml:3:9: must be > 0"
+    );
+}
+
+#[test]
+fn data_plane_lines() {
+    let acked = data_plane("node-a", 7, DataPlaneResult::Acked, 4);
+    assert_eq!(
+        data_plane_line(&acked, 4),
+        "  node-a (pid 7): applied version 4"
+    );
+    let refused = nacked("node-b", 8, "cannot bind\n0.0.0.0:443", 3);
+    assert_eq!(
+        data_plane_line(&refused, 4),
+        "  node-b (pid 8): refused: cannot bind; 0.0.0.0:443; still serving version 3"
+    );
+    let late = data_plane("node-c", 9, DataPlaneResult::TimedOut, 3);
+    assert_eq!(
+        data_plane_line(&late, 4),
+        "  node-c (pid 9): timed out; serving version 3"
+    );
+    let fresh = data_plane("node-c", 9, DataPlaneResult::TimedOut, 0);
+    assert_eq!(
+        data_plane_line(&fresh, 4),
+        "  node-c (pid 9): timed out; serving no version yet"
+    );
+    let gone = data_plane("node-d", 10, DataPlaneResult::Disconnected, 3);
+    assert_eq!(data_plane_line(&gone, 4), "  node-d (pid 10): disconnected");
+    let future = DataPlaneOutcome { result: 99, ..gone };
+    assert_eq!(
+        data_plane_line(&future, 4),
+        "  node-d (pid 10): result unknown to this proxyctl (99)"
+    );
+}
+
+#[test]
+fn applied_everywhere() {
+    let mut reply = fixtures::applied();
+    reply.warnings = vec!["logging.format changed; restart proxyd to apply it".into()];
+    assert_eq!(
+        render(&reply),
+        "reloaded: version 3 → 4 (1 site added: a.example; 1 site modified: b.example; \
+         rate_limit.burst 200 → 300) in 12 ms\n  node-a (pid 4712): applied version 4\n\
+         warning: logging.format changed; restart proxyd to apply it\n"
+    );
+    assert_eq!(exit(&reply), Exit::Ok);
+}
+
+#[test]
+fn applied_without_data_planes_is_ok_with_a_note() {
+    let mut reply = fixtures::applied();
+    reply.data_planes.clear();
+    let text = render(&reply);
+    assert!(text.starts_with("reloaded: version 3 → 4 ("), "{text}");
+    assert!(text.ends_with(
+        "\nnote: no data plane is connected; the new version will be sent when one subscribes\n"
+    ));
+    assert_eq!(exit(&reply), Exit::Ok);
+}
+
+#[test]
+fn applied_but_refused_somewhere_fails() {
+    let mut reply = fixtures::applied();
+    reply
+        .data_planes
+        .push(nacked("node-b", 4713, "bad cert", 3));
+    reply
+        .data_planes
+        .push(data_plane("node-c", 4714, DataPlaneResult::Disconnected, 3));
+    assert_eq!(
+        render(&reply),
+        "reload published version 4, but not every data plane applied it:\n\
+         \x20 node-a (pid 4712): applied version 4\n\
+         \x20 node-b (pid 4713): refused: bad cert; still serving version 3\n\
+         \x20 node-c (pid 4714): disconnected\n"
+    );
+    assert_eq!(exit(&reply), Exit::Failed);
+    reply.data_planes.truncate(1);
+    reply
+        .data_planes
+        .push(data_plane("node-d", 1, DataPlaneResult::TimedOut, 3));
+    assert_eq!(exit(&reply), Exit::Failed);
+}
+
+#[test]
+fn unchanged_is_ok() {
+    let reply = ReloadReply {
+        outcome: ReloadOutcome::Unchanged as i32,
+        version: 4,
+        previous_version: 4,
+        diff: None,
+        data_planes: Vec::new(),
+        ..fixtures::applied()
+    };
+    assert_eq!(
+        render(&reply),
+        "unchanged: version 4 already matches /etc/proxyd/proxy.toml \
+         (use --force to publish it again)\n"
+    );
+    assert_eq!(exit(&reply), Exit::Ok);
+}
+
+#[test]
+fn rejected_prints_every_diagnostic_and_fails() {
+    let reply = fixtures::rejected();
+    assert_eq!(
+        render(&reply),
+        "/etc/proxyd/proxy.toml:14:15: sites[2].upstreams[0]: invalid URL: relative URL without \
+         a base\n/etc/proxyd/proxy.toml: expected `=`\nreload rejected: version 3 is still serving\n"
+    );
+    assert_eq!(exit(&reply), Exit::Failed);
+}
+
+#[test]
+fn dry_run_shows_the_next_version_and_warnings() {
+    let reply = ReloadReply {
+        outcome: ReloadOutcome::DryRun as i32,
+        version: 3,
+        warnings: vec!["proxy.admin_address changed".into()],
+        data_planes: Vec::new(),
+        ..fixtures::applied()
+    };
+    assert_eq!(
+        render(&reply),
+        "dry run: version 3 would become 4 (1 site added: a.example; 1 site modified: \
+         b.example; rate_limit.burst 200 → 300)\nwarning: proxy.admin_address changed\n"
+    );
+    assert_eq!(exit(&reply), Exit::Ok);
+}
+
+#[test]
+fn unknown_outcomes_fail() {
+    for outcome in [0, 42] {
+        let reply = ReloadReply {
+            outcome,
+            ..fixtures::applied()
+        };
+        assert_eq!(exit(&reply), Exit::Failed);
+        assert!(render(&reply).starts_with(&format!(
+            "reload outcome unknown to this proxyctl ({outcome})"
+        )));
+    }
+}
