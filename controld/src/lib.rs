@@ -1,12 +1,112 @@
 //! controld, the control plane: owns the config file, validates it, versions snapshots and
 //! streams them to data planes over gRPC on a Unix socket.
+//!
+//! `main.rs` loads the config, binds the socket and installs signal handlers; everything else
+//! is here so that tests can run a whole controld in-process.
 
 pub mod config;
 pub mod dataplanes;
 pub mod diff;
 pub mod error;
 pub mod reloader;
+pub mod service;
 pub mod snapshot;
+pub mod socket;
 pub mod state;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
 pub use error::Error;
+pub use reloader::{LogLevelHook, ReloadOptions, Reloader};
+pub use socket::ControlSocket;
+
+/// How long a reload waits for the data planes' answers by default.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How controld runs.
+#[derive(Clone)]
+pub struct Options {
+    pub config_path: PathBuf,
+    /// How long a reload waits for every data plane to ACK or NACK.
+    pub ack_timeout: Duration,
+    /// Applies `logging.level` after each reload (the binary's tracing subscriber).
+    pub log_level_hook: Option<LogLevelHook>,
+}
+
+impl Options {
+    pub fn new(config_path: impl Into<PathBuf>) -> Options {
+        Options { config_path: config_path.into(), ack_timeout: DEFAULT_ACK_TIMEOUT, log_level_hook: None }
+    }
+}
+
+/// A started control plane: config loaded and versioned, ready to serve.
+pub struct Controld {
+    reloader: Arc<Reloader>,
+    planes: Arc<dataplanes::DataPlanes>,
+    started_at: SystemTime,
+}
+
+impl Controld {
+    /// Versions `config` (loaded from `options.config_path`) and opens the state directory.
+    pub fn start(options: &Options, config: Config) -> Result<Controld, Error> {
+        let planes = Arc::new(dataplanes::DataPlanes::default());
+        let reloader = Reloader::start(
+            &options.config_path,
+            config,
+            planes.clone(),
+            options.ack_timeout,
+            options.log_level_hook.clone(),
+        )?;
+        Ok(Controld { reloader: Arc::new(reloader), planes, started_at: SystemTime::now() })
+    }
+
+    /// The Reloader, for SIGHUP.
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
+    /// The control socket path of the config in force (a static setting).
+    pub fn socket_path(&self) -> PathBuf {
+        self.reloader.current().config.statics.control.socket.clone()
+    }
+
+    /// Serves Control and Admin on `socket` until `shutdown` is cancelled, then ends every
+    /// Subscribe stream (data planes keep serving) and removes the socket file.
+    pub async fn serve(&self, mut socket: ControlSocket, shutdown: CancellationToken) -> Result<(), Error> {
+        let Some(listener) = socket.take_listener() else {
+            return Ok(());
+        };
+        let control = service::ControlService {
+            reloader: self.reloader.clone(),
+            planes: self.planes.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let admin = service::AdminService {
+            reloader: self.reloader.clone(),
+            planes: self.planes.clone(),
+            started_at: self.started_at,
+        };
+        tonic::transport::Server::builder()
+            .add_service(proto::v1::control_server::ControlServer::new(control))
+            .add_service(proto::v1::admin_server::AdminServer::new(admin))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
+            .await?;
+        tracing::info!(socket = %socket.path().display(), "control socket closed");
+        drop(socket);
+        Ok(())
+    }
+}
+
+/// Loads the config, binds its control socket and serves until `shutdown`.
+pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
+    let config = config::load(&options.config_path)?;
+    let controld = Controld::start(&options, config)?;
+    let socket = ControlSocket::bind(&controld.socket_path())?;
+    controld.serve(socket, shutdown).await
+}

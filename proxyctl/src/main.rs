@@ -10,6 +10,7 @@ mod output;
 mod reload;
 mod status;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -83,66 +84,70 @@ async fn main() -> ExitCode {
 async fn run(cli: &Cli) -> Exit {
     match cli.command {
         Command::Reload { dry_run, force } => {
-            run_reload(cli, ReloadRequest { dry_run, force }).await
-        }
-        Command::Status => run_status(cli).await,
-        Command::Version => {
-            if cli.json {
-                emit_json(&json::Version {
-                    proxyctl: proto::BUILD_VERSION,
-                })
-            } else {
-                output::text(&format!("proxyctl {}\n", proto::BUILD_VERSION));
-                Exit::Ok
+            let request = ReloadRequest { dry_run, force };
+            match call(cli, |mut admin| async move { admin.reload(request).await }).await {
+                Ok(reply) => answer(
+                    cli,
+                    || json::Reload::from(&reply),
+                    || reload::render(&reply),
+                    reload::exit(&reply),
+                ),
+                Err(err) => fail(&err, &cli.command),
             }
         }
-    }
-}
-
-async fn run_reload(cli: &Cli, request: ReloadRequest) -> Exit {
-    let reply = match connect(cli).await {
-        Ok(mut admin) => admin.reload(request).await,
-        Err(err) => Err(err),
-    };
-    match reply {
-        Ok(reply) if cli.json => emit_json(&json::Reload::from(&reply)).and(reload::exit(&reply)),
-        Ok(reply) => {
-            output::text(&reload::render(&reply));
-            reload::exit(&reply)
-        }
-        Err(err) => fail(
-            &err,
-            Command::Reload {
-                dry_run: request.dry_run,
-                force: request.force,
+        Command::Status => match call(cli, |mut admin| async move { admin.status().await }).await {
+            Ok(reply) => answer(
+                cli,
+                || json::Status::from(&reply),
+                || status::render(&reply),
+                status::exit(&reply),
+            ),
+            Err(err) => fail(&err, &cli.command),
+        },
+        Command::Version => answer(
+            cli,
+            || json::Version {
+                proxyctl: proto::BUILD_VERSION,
             },
+            || format!("proxyctl {}\n", proto::BUILD_VERSION),
+            Exit::Ok,
         ),
     }
 }
 
-async fn run_status(cli: &Cli) -> Exit {
-    let reply = match connect(cli).await {
-        Ok(mut admin) => admin.status().await,
-        Err(err) => Err(err),
-    };
-    match reply {
-        Ok(reply) if cli.json => emit_json(&json::Status::from(&reply)).and(status::exit(&reply)),
-        Ok(reply) => {
-            output::text(&status::render(&reply));
-            status::exit(&reply)
+/// Connects, then makes one call on the connection.
+async fn call<T, F>(cli: &Cli, rpc: impl FnOnce(Admin) -> F) -> Result<T, client::Error>
+where
+    F: Future<Output = Result<T, client::Error>>,
+{
+    rpc(Admin::connect(&cli.socket, cli.timeout).await?).await
+}
+
+/// Prints the answer as JSON or text and ends with `exit`, the answer's own verdict (unless the
+/// JSON cannot be encoded, which our plain structs never are).
+fn answer<J: serde::Serialize>(
+    cli: &Cli,
+    as_json: impl FnOnce() -> J,
+    as_text: impl FnOnce() -> String,
+    exit: Exit,
+) -> Exit {
+    if !cli.json {
+        output::text(&as_text());
+        return exit;
+    }
+    match output::json(&as_json()) {
+        Ok(()) => exit,
+        Err(err) => {
+            output::error(&format_args!("cannot encode the answer as JSON: {err}"));
+            Exit::Failed
         }
-        Err(err) => fail(&err, Command::Status),
     }
 }
 
-async fn connect(cli: &Cli) -> Result<Admin, client::Error> {
-    Admin::connect(&cli.socket, cli.timeout).await
-}
-
 /// Prints a failure to reach controld and picks its exit code.
-fn fail(err: &client::Error, command: Command) -> Exit {
+fn fail(err: &client::Error, command: &Command) -> Exit {
     output::error(err);
-    error_exit(err, &command)
+    error_exit(err, command)
 }
 
 /// DESIGN §8 gives "not running" (3) its own code for `status` only: for `reload` a missing
@@ -151,17 +156,6 @@ fn error_exit(err: &client::Error, command: &Command) -> Exit {
     match command {
         Command::Status if err.is_not_running() => Exit::NotRunning,
         _ => Exit::Unavailable,
-    }
-}
-
-/// Prints `value` as JSON; `Ok` here means only that printing worked.
-fn emit_json<T: serde::Serialize>(value: &T) -> Exit {
-    match output::json(value) {
-        Ok(()) => Exit::Ok,
-        Err(err) => {
-            output::error(&format_args!("cannot encode the answer as JSON: {err}"));
-            Exit::Failed
-        }
     }
 }
 

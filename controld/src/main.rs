@@ -1,0 +1,142 @@
+//! The controld binary: command line, logging, signals. The daemon itself is the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use controld::config::{self, LogFormat};
+use controld::{Controld, ControlSocket, Options, ReloadOptions};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{reload, EnvFilter};
+
+/// Exit code when the daemon refuses to start on a bad config (EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "controld", version, about = "The proxy's control plane")]
+struct Cli {
+    /// The config file controld owns.
+    #[arg(long, global = true, default_value = "/etc/proxyd/proxy.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config file: one line on success, every problem on failure (exit 1).
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => check(&cli.config),
+        None => serve(cli.config),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} sites, {} listeners)",
+                path.display(),
+                c.dynamic.sites.len(),
+                c.statics.proxy.listeners.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for d in e.diagnostics(path) {
+                eprintln!("{d}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(config_path: PathBuf) -> ExitCode {
+    let config = match config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            for d in e.diagnostics(&config_path) {
+                eprintln!("{d}");
+            }
+            eprintln!("controld: refusing to start with an invalid config");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let log_level_hook = init_logging(config.statics.log_format, &config.dynamic.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("controld: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = Options { log_level_hook: Some(log_level_hook), ..Options::new(config_path) };
+    match runtime.block_on(run(options, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "controld stopped");
+            eprintln!("controld: {e}");
+            if e.is_config() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+async fn run(options: Options, config: controld::Config) -> Result<(), controld::Error> {
+    let controld = Controld::start(&options, config)?;
+    let socket = ControlSocket::bind(&controld.socket_path())?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(controld.reloader(), shutdown.clone()));
+    controld.serve(socket, shutdown).await
+}
+
+/// SIGHUP reloads; SIGTERM and SIGINT stop controld (data planes keep serving).
+async fn signals(reloader: Arc<controld::Reloader>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stopping");
+        shutdown.cancel();
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let report = reloader.reload(ReloadOptions::default()).await;
+                tracing::info!(outcome = ?report.outcome, version = report.version, "SIGHUP reload done");
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping");
+    shutdown.cancel();
+}
+
+/// Installs the global subscriber; the returned hook changes the level live.
+fn init_logging(format: LogFormat, level: &str) -> controld::LogLevelHook {
+    use tracing_subscriber::prelude::*;
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => registry.with(fmt.json()).init(),
+        LogFormat::Text => registry.with(fmt).init(),
+    }
+    Arc::new(move |level: &str| match EnvFilter::try_new(level) {
+        Ok(f) => {
+            if handle.reload(f).is_ok() {
+                tracing::info!(level, "log level changed");
+            }
+        }
+        Err(e) => tracing::warn!(level, error = %e, "ignoring an invalid log level"),
+    })
+}

@@ -1,0 +1,206 @@
+//! The gRPC services on the control socket: Control.Subscribe for data planes, Admin for
+//! proxyctl and deploy scripts. Proto types are converted here and nowhere else.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::dataplanes::{DataPlanes, Plane, PlaneResult};
+use crate::reloader::{unix_ms, Current, Outcome, ReloadOptions, ReloadReport, Reloader};
+
+/// How long a new stream may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ControlService {
+    pub reloader: Arc<Reloader>,
+    pub planes: Arc<DataPlanes>,
+    pub shutdown: CancellationToken,
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    type SubscribeStream = SnapshotStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::DataPlaneMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::DataPlaneMessage { msg: Some(pb::data_plane_message::Msg::Hello(h)) }))) => h,
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
+            Ok(_) => return Err(Status::invalid_argument("the first message of Subscribe must be Hello")),
+        };
+        let registration = self.planes.register(Plane {
+            node_id: hello.node_id,
+            pid: hello.pid,
+            build_version: hello.build_version,
+            applied_version: hello.current_version,
+            sent_version: 0,
+            last_nack: None,
+            listeners: Vec::new(),
+            connected_at_unix_ms: unix_ms(SystemTime::now()),
+        });
+        let (tx, rx) = mpsc::channel(4);
+        let planes = self.planes.clone();
+        let mut snapshots = self.reloader.subscribe();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let id = registration.id;
+            let mut next = Some(snapshots.borrow_and_update().clone());
+            loop {
+                if let Some(current) = next.take() {
+                    if tx.send(Ok(snapshot_message(&current))).await.is_err() {
+                        break;
+                    }
+                    planes.sent(id, current.version);
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    changed = snapshots.changed() => match changed {
+                        Ok(()) => next = Some(snapshots.borrow_and_update().clone()),
+                        Err(_) => break,
+                    },
+                    message = inbound.message() => match message {
+                        Ok(Some(m)) => handle_answer(&planes, id, m),
+                        Ok(None) | Err(_) => break,
+                    },
+                }
+            }
+            drop(registration);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn snapshot_message(current: &Current) -> pb::ControlMessage {
+    pb::ControlMessage {
+        msg: Some(pb::control_message::Msg::Snapshot(current.content.versioned(current.version))),
+    }
+}
+
+fn handle_answer(planes: &DataPlanes, id: u64, message: pb::DataPlaneMessage) {
+    use pb::data_plane_message::Msg;
+    match message.msg {
+        Some(Msg::Ack(ack)) => {
+            let listeners = ack.listeners.into_iter().map(|l| (l.name, l.address)).collect();
+            planes.acked(id, ack.version, listeners);
+        }
+        Some(Msg::Nack(nack)) => planes.nacked(id, nack.version, nack.error, nack.serving_version),
+        Some(Msg::Hello(_)) => tracing::warn!("ignoring a second Hello on a Subscribe stream"),
+        None => tracing::warn!("ignoring a data plane message of a kind this controld does not know"),
+    }
+}
+
+pub struct AdminService {
+    pub reloader: Arc<Reloader>,
+    pub planes: Arc<DataPlanes>,
+    pub started_at: SystemTime,
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn reload(&self, request: Request<pb::ReloadRequest>) -> Result<Response<pb::ReloadReply>, Status> {
+        let req = request.into_inner();
+        let report = self.reloader.reload(ReloadOptions { dry_run: req.dry_run, force: req.force }).await;
+        Ok(Response::new(reload_reply(&report, &self.reloader)))
+    }
+
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        let current = self.reloader.current();
+        let last_reload = self.reloader.last_reload().map(|l| pb::LastReload {
+            at_unix_ms: unix_ms(l.at),
+            outcome: outcome(l.outcome).into(),
+            summary: l.summary,
+            version: l.version,
+        });
+        let data_planes = self
+            .planes
+            .list()
+            .into_iter()
+            .map(|p| pb::DataPlaneStatus {
+                in_sync: p.applied_version == current.version,
+                node_id: p.node_id,
+                pid: p.pid,
+                build_version: p.build_version,
+                applied_version: p.applied_version,
+                desired_version: current.version,
+                last_nack_version: p.last_nack.as_ref().map_or(0, |(v, _)| *v),
+                last_nack_error: p.last_nack.map(|(_, e)| e).unwrap_or_default(),
+                listeners: p.listeners.into_iter().map(|(name, address)| pb::BoundListener { name, address }).collect(),
+                connected_at_unix_ms: p.connected_at_unix_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::StatusReply {
+            control_plane: Some(pb::ControlPlaneStatus {
+                config_path: self.reloader.config_path().display().to_string(),
+                version: current.version,
+                content_hash: current.content.hash.clone(),
+                pid: std::process::id(),
+                build_version: proto::BUILD_VERSION.to_owned(),
+                started_at_unix_ms: unix_ms(self.started_at),
+                last_reload,
+            }),
+            data_planes,
+        }))
+    }
+}
+
+fn outcome(o: Outcome) -> pb::ReloadOutcome {
+    match o {
+        Outcome::Applied => pb::ReloadOutcome::Applied,
+        Outcome::Unchanged => pb::ReloadOutcome::Unchanged,
+        Outcome::Rejected => pb::ReloadOutcome::Rejected,
+        Outcome::DryRun => pb::ReloadOutcome::DryRun,
+    }
+}
+
+fn reload_reply(report: &ReloadReport, reloader: &Reloader) -> pb::ReloadReply {
+    pb::ReloadReply {
+        outcome: outcome(report.outcome).into(),
+        previous_version: report.previous_version,
+        version: report.version,
+        diagnostics: report
+            .diagnostics
+            .iter()
+            .map(|d| pb::Diagnostic {
+                key_path: d.key_path.clone(),
+                file: d.file.display().to_string(),
+                line: d.line,
+                column: d.column,
+                message: d.message.clone(),
+            })
+            .collect(),
+        diff: Some(report.diff.to_proto()),
+        warnings: report.warnings.clone(),
+        data_planes: report
+            .data_planes
+            .iter()
+            .map(|p| pb::DataPlaneOutcome {
+                node_id: p.node_id.clone(),
+                pid: p.pid,
+                result: match p.result {
+                    PlaneResult::Acked => pb::DataPlaneResult::Acked,
+                    PlaneResult::Nacked => pb::DataPlaneResult::Nacked,
+                    PlaneResult::TimedOut => pb::DataPlaneResult::TimedOut,
+                    PlaneResult::Disconnected => pb::DataPlaneResult::Disconnected,
+                }
+                .into(),
+                serving_version: p.serving_version,
+                error: p.error.clone(),
+            })
+            .collect(),
+        duration_ms: u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
+        config_path: reloader.config_path().display().to_string(),
+    }
+}
