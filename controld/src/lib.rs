@@ -41,7 +41,11 @@ pub struct Options {
 
 impl Options {
     pub fn new(config_path: impl Into<PathBuf>) -> Options {
-        Options { config_path: config_path.into(), ack_timeout: DEFAULT_ACK_TIMEOUT, log_level_hook: None }
+        Options {
+            config_path: config_path.into(),
+            ack_timeout: DEFAULT_ACK_TIMEOUT,
+            log_level_hook: None,
+        }
     }
 }
 
@@ -63,7 +67,11 @@ impl Controld {
             options.ack_timeout,
             options.log_level_hook.clone(),
         )?;
-        Ok(Controld { reloader: Arc::new(reloader), planes, started_at: SystemTime::now() })
+        Ok(Controld {
+            reloader: Arc::new(reloader),
+            planes,
+            started_at: SystemTime::now(),
+        })
     }
 
     /// The Reloader, for SIGHUP.
@@ -73,12 +81,22 @@ impl Controld {
 
     /// The control socket path of the config in force (a static setting).
     pub fn socket_path(&self) -> PathBuf {
-        self.reloader.current().config.statics.control.socket.clone()
+        self.reloader
+            .current()
+            .config
+            .statics
+            .control
+            .socket
+            .clone()
     }
 
     /// Serves Control and Admin on `socket` until `shutdown` is cancelled, then ends every
     /// Subscribe stream (data planes keep serving) and removes the socket file.
-    pub async fn serve(&self, mut socket: ControlSocket, shutdown: CancellationToken) -> Result<(), Error> {
+    pub async fn serve(
+        &self,
+        mut socket: ControlSocket,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
         let Some(listener) = socket.take_listener() else {
             return Ok(());
         };

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use controld::config::{self, LogFormat};
-use controld::{Controld, ControlSocket, Options, ReloadOptions};
+use controld::{ControlSocket, Controld, Options, ReloadOptions};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::{reload, EnvFilter};
+use tracing_subscriber::{EnvFilter, reload};
 
 /// Exit code when the daemon refuses to start on a bad config (EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -69,20 +69,30 @@ fn serve(config_path: PathBuf) -> ExitCode {
         }
     };
     let log_level_hook = init_logging(config.statics.log_format, &config.dynamic.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("controld: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let options = Options { log_level_hook: Some(log_level_hook), ..Options::new(config_path) };
+    let options = Options {
+        log_level_hook: Some(log_level_hook),
+        ..Options::new(config_path)
+    };
     match runtime.block_on(run(options, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "controld stopped");
             eprintln!("controld: {e}");
-            if e.is_config() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
+            if e.is_config() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -97,10 +107,12 @@ async fn run(options: Options, config: controld::Config) -> Result<(), controld:
 
 /// SIGHUP reloads; SIGTERM and SIGINT stop controld (data planes keep serving).
 async fn signals(reloader: Arc<controld::Reloader>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stopping");
         shutdown.cancel();
         return;

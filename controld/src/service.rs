@@ -7,13 +7,13 @@ use std::time::{Duration, SystemTime};
 
 use proto::v1 as pb;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::dataplanes::{DataPlanes, Plane, PlaneResult};
-use crate::reloader::{unix_ms, Current, Outcome, ReloadOptions, ReloadReport, Reloader};
+use crate::reloader::{Current, Outcome, ReloadOptions, ReloadReport, Reloader, unix_ms};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,10 +36,16 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(pb::DataPlaneMessage { msg: Some(pb::data_plane_message::Msg::Hello(h)) }))) => h,
+            Ok(Ok(Some(pb::DataPlaneMessage {
+                msg: Some(pb::data_plane_message::Msg::Hello(h)),
+            }))) => h,
             Ok(Err(status)) => return Err(status),
             Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
-            Ok(_) => return Err(Status::invalid_argument("the first message of Subscribe must be Hello")),
+            Ok(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of Subscribe must be Hello",
+                ));
+            }
         };
         let registration = self.planes.register(Plane {
             node_id: hello.node_id,
@@ -85,7 +91,9 @@ impl pb::control_server::Control for ControlService {
 
 fn snapshot_message(current: &Current) -> pb::ControlMessage {
     pb::ControlMessage {
-        msg: Some(pb::control_message::Msg::Snapshot(current.content.versioned(current.version))),
+        msg: Some(pb::control_message::Msg::Snapshot(
+            current.content.versioned(current.version),
+        )),
     }
 }
 
@@ -93,12 +101,18 @@ fn handle_answer(planes: &DataPlanes, id: u64, message: pb::DataPlaneMessage) {
     use pb::data_plane_message::Msg;
     match message.msg {
         Some(Msg::Ack(ack)) => {
-            let listeners = ack.listeners.into_iter().map(|l| (l.name, l.address)).collect();
+            let listeners = ack
+                .listeners
+                .into_iter()
+                .map(|l| (l.name, l.address))
+                .collect();
             planes.acked(id, ack.version, listeners);
         }
         Some(Msg::Nack(nack)) => planes.nacked(id, nack.version, nack.error, nack.serving_version),
         Some(Msg::Hello(_)) => tracing::warn!("ignoring a second Hello on a Subscribe stream"),
-        None => tracing::warn!("ignoring a data plane message of a kind this controld does not know"),
+        None => {
+            tracing::warn!("ignoring a data plane message of a kind this controld does not know")
+        }
     }
 }
 
@@ -110,13 +124,25 @@ pub struct AdminService {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
-    async fn reload(&self, request: Request<pb::ReloadRequest>) -> Result<Response<pb::ReloadReply>, Status> {
+    async fn reload(
+        &self,
+        request: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadReply>, Status> {
         let req = request.into_inner();
-        let report = self.reloader.reload(ReloadOptions { dry_run: req.dry_run, force: req.force }).await;
+        let report = self
+            .reloader
+            .reload(ReloadOptions {
+                dry_run: req.dry_run,
+                force: req.force,
+            })
+            .await;
         Ok(Response::new(reload_reply(&report, &self.reloader)))
     }
 
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
         let current = self.reloader.current();
         let last_reload = self.reloader.last_reload().map(|l| pb::LastReload {
             at_unix_ms: unix_ms(l.at),
@@ -137,7 +163,11 @@ impl pb::admin_server::Admin for AdminService {
                 desired_version: current.version,
                 last_nack_version: p.last_nack.as_ref().map_or(0, |(v, _)| *v),
                 last_nack_error: p.last_nack.map(|(_, e)| e).unwrap_or_default(),
-                listeners: p.listeners.into_iter().map(|(name, address)| pb::BoundListener { name, address }).collect(),
+                listeners: p
+                    .listeners
+                    .into_iter()
+                    .map(|(name, address)| pb::BoundListener { name, address })
+                    .collect(),
                 connected_at_unix_ms: p.connected_at_unix_ms,
             })
             .collect();

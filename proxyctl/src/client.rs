@@ -1,5 +1,7 @@
-//! The Admin client: reaches controld's Unix socket and turns every way that can fail into one
-//! [`Error`] that names the step, so `main` can pick the exit code and print one clear line.
+//! The Admin client: reaches controld's Unix socket and names the step that failed.
+//!
+//! Every way a call can fail becomes one [`Error`], so `main` can pick the exit code and print
+//! one clear line.
 
 use std::error::Error as StdError;
 use std::future::Future;

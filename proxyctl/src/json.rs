@@ -1,10 +1,12 @@
-//! `--json`: the stable, documented shape of every answer, for scripts. Proto types stop here;
-//! these structs are converted from them and are the contract.
+//! `--json`: the stable, documented shape of every answer, for scripts.
+//!
+//! Proto types stop here: these structs are converted from them and are the contract.
 //!
 //! Rules: field names never change and are only ever added; enums are lower-case strings
 //! (`"applied"`, `"unchanged"`, `"rejected"`, `"dry_run"`; `"acked"`, `"nacked"`, `"timed_out"`,
 //! `"disconnected"`), with `"unspecified"` for a missing value and `"unknown"` for a value newer
-//! than this proxyctl; times are Unix milliseconds; text that may be absent is `null`, never `""`.
+//! than this proxyctl; times are Unix milliseconds; the optional fields (`key_path`, `error`,
+//! `last_nack_version`, `last_nack_error`, `last_reload`) are `null` when absent.
 //! The exit code is the same as without `--json`; connection errors go to stderr as text.
 
 use proto::v1 as pb;

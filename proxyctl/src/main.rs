@@ -1,5 +1,7 @@
-//! proxyctl: the operator's and deploy script's handle on controld (DESIGN §9). This file parses
-//! the command line, calls controld's Admin service, prints the answer and picks the exit code.
+//! proxyctl's command line (DESIGN §9): parse, call controld's Admin service, print, exit.
+//!
+//! The operator's and deploy scripts' handle on controld. Rendering lives in `reload`, `status`
+//! and `json`; this file only wires them to the client and turns outcomes into exit codes.
 
 mod client;
 mod exit;
@@ -61,7 +63,7 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Show controld and every connected data plane; exits 1 when any is out of sync.
+    /// Show controld and every connected data plane; exits 1 when none is connected or one lags.
     Status,
     /// Print proxyctl's version.
     Version,

@@ -1,5 +1,6 @@
-//! `proxyctl reload`: what a `ReloadReply` means to an operator (lines of text) and to a script
-//! (the exit code). Pure functions of the reply; `main` does the talking.
+//! `proxyctl reload`: a `ReloadReply` as lines for an operator and an exit code for a script.
+//!
+//! Pure functions of the reply; `main` does the talking.
 
 use proto::v1::{
     ConfigDiff, DataPlaneOutcome, DataPlaneResult, Diagnostic, ReloadOutcome, ReloadReply,
@@ -34,15 +35,7 @@ pub fn render(reply: &ReloadReply) -> String {
             reply.version, reply.config_path
         )),
         Ok(ReloadOutcome::Rejected) => render_rejected(reply, &mut out),
-        Ok(ReloadOutcome::DryRun) => {
-            out.push(format!(
-                "dry run: version {} would become {} ({})",
-                reply.previous_version,
-                reply.previous_version.saturating_add(1),
-                diff_summary(reply.diff.as_ref())
-            ));
-            push_warnings(reply, &mut out);
-        }
+        Ok(ReloadOutcome::DryRun) => render_dry_run(reply, &mut out),
         Ok(ReloadOutcome::Unspecified) | Err(_) => out.push(format!(
             "reload outcome unknown to this proxyctl ({}); version {} is serving; \
              run `proxyctl status` to see what the data planes serve",
@@ -95,6 +88,26 @@ fn render_rejected(reply: &ReloadReply, out: &mut Vec<String>) {
     ));
 }
 
+fn render_dry_run(reply: &ReloadReply, out: &mut Vec<String>) {
+    // controld answers DRY_RUN, not UNCHANGED, for a dry run of an unchanged file; "would
+    // become N+1" would then promise a version that a plain reload will not publish.
+    if diff_is_empty(reply.diff.as_ref()) {
+        out.push(format!(
+            "dry run: version {} already matches {}; a reload would change nothing \
+             (use --force to publish it again)",
+            reply.previous_version, reply.config_path
+        ));
+    } else {
+        out.push(format!(
+            "dry run: version {} would become {} ({})",
+            reply.previous_version,
+            reply.previous_version.saturating_add(1),
+            diff_summary(reply.diff.as_ref())
+        ));
+    }
+    push_warnings(reply, out);
+}
+
 fn push_warnings(reply: &ReloadReply, out: &mut Vec<String>) {
     out.extend(reply.warnings.iter().map(|w| format!("warning: {w}")));
 }
@@ -104,6 +117,16 @@ fn every_data_plane_applied(reply: &ReloadReply) -> bool {
         .data_planes
         .iter()
         .all(|dp| dp.result == DataPlaneResult::Acked as i32)
+}
+
+fn diff_is_empty(diff: Option<&ConfigDiff>) -> bool {
+    diff.is_none_or(|d| {
+        d.sites_added.is_empty()
+            && d.sites_removed.is_empty()
+            && d.sites_modified.is_empty()
+            && d.limits_changed.is_empty()
+            && d.static_changed.is_empty()
+    })
 }
 
 /// One phrase for everything a diff holds, e.g.

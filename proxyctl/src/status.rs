@@ -1,5 +1,6 @@
-//! `proxyctl status`: controld and every data plane as a short table, and whether the fleet is
-//! healthy (the exit code). Pure functions of the `StatusReply`; `main` does the talking.
+//! `proxyctl status`: controld and its data planes as a short table, and the fleet's exit code.
+//!
+//! Pure functions of the `StatusReply`; `main` does the talking.
 
 use proto::v1::{ControlPlaneStatus, DataPlaneStatus, LastReload, StatusReply};
 

@@ -1,1 +1,81 @@
-//! placeholder
+//! proxyd, the data plane: subscribes to controld, applies whole snapshots atomically and
+//! proxies HTTP traffic to upstreams. It keeps serving its last good snapshot when controld is
+//! gone.
+
+mod control;
+pub mod convert;
+mod dataplane;
+mod http;
+mod limits;
+mod runtime;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use control::{Identity, backoff};
+pub use dataplane::LogLevelHook;
+
+/// How often idle clients are dropped from the rate limiters.
+const LIMITER_EVICTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How proxyd runs.
+#[derive(Clone)]
+pub struct Options {
+    /// controld's Unix socket.
+    pub control_socket: PathBuf,
+    pub identity: Identity,
+    /// Applies `logging.level` from each snapshot.
+    pub log_level_hook: Option<LogLevelHook>,
+}
+
+impl Options {
+    pub fn new(control_socket: impl Into<PathBuf>, node_id: impl Into<String>) -> Options {
+        Options {
+            control_socket: control_socket.into(),
+            identity: Identity {
+                node_id: node_id.into(),
+                pid: std::process::id(),
+            },
+            log_level_hook: None,
+        }
+    }
+}
+
+/// Runs the data plane until `shutdown`, then stops accepting, drains in-flight requests up to
+/// the snapshot's `shutdown_timeout` and returns.
+pub async fn run(options: Options, shutdown: CancellationToken) {
+    let plane = Arc::new(dataplane::DataPlane::new(
+        shutdown.clone(),
+        options.log_level_hook.clone(),
+    ));
+    let eviction = tokio::spawn(
+        plane
+            .limiters()
+            .evict_until(LIMITER_EVICTION_INTERVAL, shutdown.clone()),
+    );
+    control::run(
+        options.control_socket,
+        options.identity,
+        plane.clone(),
+        shutdown.clone(),
+    )
+    .await;
+    plane.drained().await;
+    let _ = eviction.await;
+    tracing::info!("proxyd stopped");
+}
+
+/// The default node id: `<hostname>-<pid>`.
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!(
+        "{}-{}",
+        if host.is_empty() { "proxyd" } else { host },
+        std::process::id()
+    )
+}

@@ -194,6 +194,33 @@ fn dry_run_shows_the_next_version_and_warnings() {
 }
 
 #[test]
+fn dry_run_of_an_unchanged_file_promises_no_new_version() {
+    let reply = ReloadReply {
+        outcome: ReloadOutcome::DryRun as i32,
+        version: 3,
+        diff: Some(ConfigDiff::default()),
+        data_planes: Vec::new(),
+        ..fixtures::applied()
+    };
+    assert_eq!(
+        render(&reply),
+        "dry run: version 3 already matches /etc/proxyd/proxy.toml; a reload would change \
+         nothing (use --force to publish it again)\n"
+    );
+    assert_eq!(exit(&reply), Exit::Ok);
+}
+
+#[test]
+fn dry_run_of_an_invalid_file_is_rejected() {
+    let reply = ReloadReply {
+        outcome: ReloadOutcome::Rejected as i32,
+        ..fixtures::rejected()
+    };
+    assert!(render(&reply).ends_with("\nreload rejected: version 3 is still serving\n"));
+    assert_eq!(exit(&reply), Exit::Failed);
+}
+
+#[test]
 fn unknown_outcomes_fail() {
     for outcome in [0, 42] {
         let reply = ReloadReply {

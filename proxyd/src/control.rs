@@ -1,0 +1,172 @@
+//! The control client: subscribes to controld, applies each snapshot and answers ACK or NACK.
+//! It reconnects for ever with jittered exponential backoff; traffic never waits for it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::convert::Spec;
+use crate::dataplane::DataPlane;
+
+const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who this data plane is, for controld.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub node_id: String,
+    pub pid: u32,
+}
+
+/// Subscribes to controld at `socket` until `shutdown`.
+pub async fn run(
+    socket: PathBuf,
+    identity: Identity,
+    plane: Arc<DataPlane>,
+    shutdown: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = subscribe(&socket, &identity, &plane) => r,
+        };
+        match result {
+            Ok(Session { received_any }) => {
+                tracing::warn!(socket = %socket.display(), "controld closed the stream; serving version {} meanwhile", plane.version());
+                if received_any {
+                    failures = 0;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(socket = %socket.display(), error = %e, version = plane.version(),
+                "cannot reach controld; still serving the last good snapshot")
+            }
+        }
+        let delay = backoff(failures);
+        failures = failures.saturating_add(1);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// The delay before reconnect attempt `failures + 1`: exponential, capped, with jitter so a
+/// fleet of data planes does not reconnect in step.
+pub fn backoff(failures: u32) -> Duration {
+    let ceiling = BACKOFF_INITIAL
+        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+        .min(BACKOFF_MAX);
+    // Equal jitter: half fixed, half random.
+    let half = ceiling / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+struct Session {
+    received_any: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("connecting: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("subscribing: {0}")]
+    Rpc(#[from] tonic::Status),
+}
+
+async fn subscribe(
+    socket: &std::path::Path,
+    identity: &Identity,
+    plane: &DataPlane,
+) -> Result<Session, SessionError> {
+    let channel = proto::uds::connect(socket, CONNECT_TIMEOUT).await?;
+    let mut client = pb::control_client::ControlClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    let hello = pb::Hello {
+        node_id: identity.node_id.clone(),
+        pid: identity.pid,
+        build_version: proto::BUILD_VERSION.to_owned(),
+        current_version: plane.version(),
+    };
+    let send = |msg| pb::DataPlaneMessage { msg: Some(msg) };
+    // The channel has room: the Hello cannot block.
+    let _ = tx
+        .send(send(pb::data_plane_message::Msg::Hello(hello)))
+        .await;
+    let mut inbound = client
+        .subscribe(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tracing::info!(socket = %socket.display(), "subscribed to controld");
+    let mut session = Session {
+        received_any: false,
+    };
+    while let Some(message) = inbound.message().await? {
+        session.received_any = true;
+        let Some(pb::control_message::Msg::Snapshot(snapshot)) = message.msg else {
+            tracing::warn!("ignoring a control message of a kind this proxyd does not know");
+            continue;
+        };
+        let answer = apply(plane, snapshot).await;
+        if tx.send(send(answer)).await.is_err() {
+            break;
+        }
+    }
+    Ok(session)
+}
+
+async fn apply(plane: &DataPlane, snapshot: pb::Snapshot) -> pb::data_plane_message::Msg {
+    use pb::data_plane_message::Msg;
+    let version = snapshot.version;
+    let result = match Spec::try_from(snapshot) {
+        Ok(spec) => plane.apply(spec).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(bound) => Msg::Ack(pb::Ack {
+            version,
+            listeners: bound
+                .into_iter()
+                .map(|b| pb::BoundListener {
+                    name: b.name,
+                    address: b.address.to_string(),
+                })
+                .collect(),
+        }),
+        Err(error) => {
+            let serving = plane.version();
+            tracing::error!(version, serving, %error, "refusing snapshot; the previous one keeps serving");
+            Msg::Nack(pb::Nack {
+                version,
+                error,
+                serving_version: serving,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        for failures in 0..40 {
+            let d = backoff(failures);
+            let ceiling = BACKOFF_INITIAL
+                .saturating_mul(2u32.saturating_pow(failures.min(16)))
+                .min(BACKOFF_MAX);
+            assert!(d >= ceiling / 2 && d <= ceiling, "{failures}: {d:?}");
+        }
+        assert!(backoff(30) >= BACKOFF_MAX / 2);
+        let samples: std::collections::HashSet<_> = (0..20).map(|_| backoff(5)).collect();
+        assert!(samples.len() > 1, "jitter");
+    }
+}

@@ -1,0 +1,343 @@
+//! The edge of the data plane: a snapshot from the wire becomes a validated [`Spec`] here, with
+//! `TryFrom`, or is refused with a reason that goes back to controld in a NACK. No other module
+//! reads snapshot fields.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use proto::v1 as pb;
+
+/// A snapshot proxyd has checked and can compile into a runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub version: u64,
+    pub hash: String,
+    pub statics: StaticSpec,
+    pub sites: Vec<SiteSpec>,
+    pub rate_limit: Option<RateQuota>,
+    pub body_limit_bytes: u64,
+    pub log_level: String,
+}
+
+/// Settings proxyd takes from the first snapshot it applies and keeps until it restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticSpec {
+    pub listeners: Vec<ListenerSpec>,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteSpec {
+    pub hostnames: Vec<String>,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub rate_limit: Option<RateQuota>,
+    pub body_limit_bytes: Option<u64>,
+}
+
+impl SiteSpec {
+    /// Sites are named by their first hostname, as controld names them.
+    pub fn name(&self) -> &str {
+        self.hostnames.first().map(String::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamSpec {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl UpstreamSpec {
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.authority.port_u16().unwrap_or(80)
+    }
+}
+
+impl std::fmt::Display for UpstreamSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// A per-client-IP quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateQuota {
+    pub requests_per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+/// Why proxyd refuses a snapshot. The text goes back to controld in the NACK.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    #[error("snapshot {version} has no {field}")]
+    Missing { version: u64, field: &'static str },
+    #[error("listener {name:?}: invalid address {address:?}")]
+    ListenerAddress { name: String, address: String },
+    #[error("listener {name:?} asks for TLS, which this proxyd build cannot terminate yet")]
+    TlsListener { name: String },
+    #[error("sites[{index}]: {reason}")]
+    Site { index: usize, reason: String },
+    #[error("hostname {hostname:?} appears in more than one site")]
+    DuplicateHostname { hostname: String },
+    #[error("{field}: a rate limit needs requests_per_second > 0 and burst > 0")]
+    RateLimit { field: String },
+}
+
+impl TryFrom<pb::Snapshot> for Spec {
+    type Error = SnapshotError;
+
+    fn try_from(s: pb::Snapshot) -> Result<Spec, SnapshotError> {
+        let version = s.version;
+        let statics = s.static_settings.ok_or(SnapshotError::Missing {
+            version,
+            field: "static settings",
+        })?;
+        let dynamic = s.dynamic.ok_or(SnapshotError::Missing {
+            version,
+            field: "dynamic config",
+        })?;
+        let listeners = statics
+            .listeners
+            .into_iter()
+            .map(listener)
+            .collect::<Result<Vec<_>, _>>()?;
+        if listeners.is_empty() {
+            return Err(SnapshotError::Missing {
+                version,
+                field: "listener",
+            });
+        }
+        let mut seen = HashSet::new();
+        let mut sites = Vec::with_capacity(dynamic.sites.len());
+        for (index, site) in dynamic.sites.into_iter().enumerate() {
+            let site = site_spec(site).map_err(|reason| SnapshotError::Site { index, reason })?;
+            for h in &site.hostnames {
+                if !seen.insert(h.clone()) {
+                    return Err(SnapshotError::DuplicateHostname {
+                        hostname: h.clone(),
+                    });
+                }
+            }
+            sites.push(site);
+        }
+        Ok(Spec {
+            version,
+            hash: s.content_hash,
+            statics: StaticSpec {
+                listeners,
+                shutdown_timeout: Duration::from_millis(statics.shutdown_timeout_ms),
+            },
+            sites,
+            rate_limit: dynamic
+                .rate_limit
+                .map(|r| quota(r, "rate_limit"))
+                .transpose()?,
+            body_limit_bytes: dynamic.body_limit_bytes,
+            log_level: dynamic.log_level,
+        })
+    }
+}
+
+fn listener(l: pb::Listener) -> Result<ListenerSpec, SnapshotError> {
+    if l.tls {
+        return Err(SnapshotError::TlsListener { name: l.name });
+    }
+    match l.address.parse() {
+        Ok(address) => Ok(ListenerSpec {
+            name: l.name,
+            address,
+        }),
+        Err(_) => Err(SnapshotError::ListenerAddress {
+            name: l.name,
+            address: l.address,
+        }),
+    }
+}
+
+fn quota(r: pb::RateLimit, field: &str) -> Result<RateQuota, SnapshotError> {
+    match (
+        NonZeroU32::new(r.requests_per_second),
+        NonZeroU32::new(r.burst),
+    ) {
+        (Some(requests_per_second), Some(burst)) => Ok(RateQuota {
+            requests_per_second,
+            burst,
+        }),
+        _ => Err(SnapshotError::RateLimit {
+            field: field.to_owned(),
+        }),
+    }
+}
+
+fn site_spec(site: pb::Site) -> Result<SiteSpec, String> {
+    // An enum value this build does not know means the snapshot asks for something it cannot do.
+    match pb::SiteTls::try_from(site.tls) {
+        Ok(pb::SiteTls::None | pb::SiteTls::Files | pb::SiteTls::Acme) => {}
+        Ok(pb::SiteTls::Unspecified) | Err(_) => {
+            return Err(format!("unknown TLS mode {}", site.tls));
+        }
+    }
+    if site.hostnames.is_empty() {
+        return Err("no hostnames".to_owned());
+    }
+    for h in &site.hostnames {
+        if h.is_empty()
+            || h.bytes()
+                .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'))
+        {
+            return Err(format!("invalid hostname {h:?}"));
+        }
+    }
+    if site.upstreams.is_empty() {
+        return Err("no upstreams".to_owned());
+    }
+    let upstreams = site
+        .upstreams
+        .iter()
+        .map(|u| upstream(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rate_limit = site
+        .rate_limit
+        .map(|r| quota(r, "rate_limit"))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    Ok(SiteSpec {
+        hostnames: site.hostnames,
+        upstreams,
+        rate_limit,
+        body_limit_bytes: site.body_limit_bytes,
+    })
+}
+
+fn upstream(raw: &str) -> Result<UpstreamSpec, String> {
+    let uri: http::Uri = raw
+        .parse()
+        .map_err(|e| format!("invalid upstream {raw:?}: {e}"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        return Err(format!(
+            "invalid upstream {raw:?}: expected scheme://host:port"
+        ));
+    };
+    if *scheme != Scheme::HTTP {
+        return Err(format!(
+            "upstream {raw:?}: this proxyd build speaks only http:// to upstreams"
+        ));
+    }
+    Ok(UpstreamSpec {
+        scheme: scheme.clone(),
+        authority: authority.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> pb::Snapshot {
+        pb::Snapshot {
+            version: 3,
+            content_hash: "h".into(),
+            static_settings: Some(pb::StaticSettings {
+                listeners: vec![pb::Listener {
+                    name: "http".into(),
+                    address: "127.0.0.1:0".into(),
+                    tls: false,
+                }],
+                shutdown_timeout_ms: 1500,
+                admin_address: String::new(),
+                log_format: "json".into(),
+            }),
+            dynamic: Some(pb::DynamicConfig {
+                sites: vec![pb::Site {
+                    hostnames: vec!["a.example".into()],
+                    upstreams: vec!["http://127.0.0.1:9000".into()],
+                    rate_limit: Some(pb::RateLimit {
+                        requests_per_second: 1,
+                        burst: 2,
+                    }),
+                    body_limit_bytes: Some(10),
+                    tls: pb::SiteTls::None.into(),
+                }],
+                rate_limit: None,
+                body_limit_bytes: 100,
+                log_level: "info".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_good_snapshot_converts() {
+        let spec = Spec::try_from(snapshot()).unwrap();
+        assert_eq!(spec.statics.shutdown_timeout, Duration::from_millis(1500));
+        assert_eq!(
+            spec.sites[0].upstreams[0].to_string(),
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(spec.sites[0].rate_limit.unwrap().burst.get(), 2);
+    }
+
+    #[test]
+    fn what_this_build_cannot_do_is_refused() {
+        let mut s = snapshot();
+        s.dynamic.as_mut().unwrap().sites[0].tls = 42;
+        assert_eq!(
+            Spec::try_from(s).unwrap_err().to_string(),
+            "sites[0]: unknown TLS mode 42"
+        );
+
+        let mut s = snapshot();
+        s.dynamic.as_mut().unwrap().sites[0].upstreams = vec!["https://127.0.0.1:1".into()];
+        assert!(
+            Spec::try_from(s)
+                .unwrap_err()
+                .to_string()
+                .contains("only http://")
+        );
+
+        let mut s = snapshot();
+        s.static_settings.as_mut().unwrap().listeners[0].tls = true;
+        assert!(matches!(
+            Spec::try_from(s),
+            Err(SnapshotError::TlsListener { .. })
+        ));
+
+        let mut s = snapshot();
+        let site = s.dynamic.as_ref().unwrap().sites[0].clone();
+        s.dynamic.as_mut().unwrap().sites.push(site);
+        assert!(matches!(
+            Spec::try_from(s),
+            Err(SnapshotError::DuplicateHostname { .. })
+        ));
+
+        let mut s = snapshot();
+        s.dynamic.as_mut().unwrap().rate_limit = Some(pb::RateLimit {
+            requests_per_second: 0,
+            burst: 1,
+        });
+        assert!(matches!(
+            Spec::try_from(s),
+            Err(SnapshotError::RateLimit { .. })
+        ));
+
+        let mut s = snapshot();
+        s.dynamic = None;
+        assert!(matches!(
+            Spec::try_from(s),
+            Err(SnapshotError::Missing { .. })
+        ));
+    }
+}

@@ -1,0 +1,207 @@
+//! Applying snapshots: check, compile off the request path, swap in whole. The first snapshot
+//! also binds the listeners; later ones never touch them.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::convert::{ListenerSpec, Spec, StaticSpec};
+use crate::http::Proxy;
+use crate::limits::LimiterStore;
+use crate::runtime::Runtime;
+
+/// How long proxyd waits for an upstream host name to resolve when it checks a snapshot.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Applies `logging.level` (the binary's tracing subscriber).
+pub type LogLevelHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Why a snapshot was not applied; the text goes back in the NACK.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("upstream {upstream}: host {host:?} does not resolve: {reason}")]
+    Unresolvable {
+        upstream: String,
+        host: String,
+        reason: String,
+    },
+    #[error("binding listener {name:?} on {address}: {source}")]
+    Bind {
+        name: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A listener as bound, with its real address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+/// The data plane's state across snapshots.
+pub struct DataPlane {
+    runtime: Arc<ArcSwap<Runtime>>,
+    limiters: Arc<LimiterStore>,
+    proxy: Arc<Proxy>,
+    /// Set by the first applied snapshot.
+    bound: Mutex<Option<(StaticSpec, Vec<Bound>)>>,
+    servers: TaskTracker,
+    shutdown: CancellationToken,
+    log_level_hook: Option<LogLevelHook>,
+}
+
+impl DataPlane {
+    pub fn new(shutdown: CancellationToken, log_level_hook: Option<LogLevelHook>) -> DataPlane {
+        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::empty()));
+        DataPlane {
+            proxy: Arc::new(Proxy::new(runtime.clone())),
+            runtime,
+            limiters: Arc::default(),
+            bound: Mutex::new(None),
+            servers: TaskTracker::new(),
+            shutdown,
+            log_level_hook,
+        }
+    }
+
+    pub fn limiters(&self) -> Arc<LimiterStore> {
+        self.limiters.clone()
+    }
+
+    /// The version serving now; 0 before the first snapshot.
+    pub fn version(&self) -> u64 {
+        self.runtime.load().version
+    }
+
+    fn bound(&self) -> MutexGuard<'_, Option<(StaticSpec, Vec<Bound>)>> {
+        self.bound.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `spec` whole, or leaves everything as it was and says why.
+    pub async fn apply(&self, spec: Spec) -> Result<Vec<Bound>, ApplyError> {
+        let current = self.runtime.load_full();
+        if current.version == spec.version && current.hash == spec.hash {
+            return Ok(self
+                .bound()
+                .as_ref()
+                .map(|(_, b)| b.clone())
+                .unwrap_or_default());
+        }
+        check_upstreams_resolve(&spec).await?;
+        let newly_bound = self.bind_once(&spec.statics)?;
+        let runtime = Runtime::compile(&spec, &self.limiters);
+        self.runtime.store(Arc::new(runtime));
+        if let Some(hook) = &self.log_level_hook {
+            hook(&spec.log_level);
+        }
+        tracing::info!(
+            version = spec.version,
+            previous = current.version,
+            sites = spec.sites.len(),
+            "applied snapshot"
+        );
+        if let Some(listeners) = newly_bound {
+            for (name, listener) in listeners {
+                let serve = crate::server::serve(
+                    name,
+                    listener,
+                    self.proxy.clone(),
+                    spec.statics.shutdown_timeout,
+                    self.shutdown.clone(),
+                );
+                self.servers.spawn(serve);
+            }
+        }
+        Ok(self
+            .bound()
+            .as_ref()
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default())
+    }
+
+    /// Binds the listeners of the first snapshot; later snapshots only get a warning when their
+    /// listeners differ, since listeners are static.
+    fn bind_once(
+        &self,
+        statics: &StaticSpec,
+    ) -> Result<Option<Vec<(String, tokio::net::TcpListener)>>, ApplyError> {
+        let mut bound = self.bound();
+        if let Some((first, _)) = bound.as_ref() {
+            if first != statics {
+                tracing::warn!(
+                    "listener or drain settings changed; they take effect when proxyd restarts"
+                );
+            }
+            return Ok(None);
+        }
+        let mut listeners = Vec::new();
+        let mut addresses = Vec::new();
+        for ListenerSpec { name, address } in &statics.listeners {
+            let bind_err = |source| ApplyError::Bind {
+                name: name.clone(),
+                address: *address,
+                source,
+            };
+            let listener = std::net::TcpListener::bind(address).map_err(bind_err)?;
+            listener.set_nonblocking(true).map_err(bind_err)?;
+            let local = listener.local_addr().map_err(bind_err)?;
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_err)?;
+            tracing::info!(listener = %name, address = %local, "listening");
+            addresses.push(Bound {
+                name: name.clone(),
+                address: local,
+            });
+            listeners.push((name.clone(), listener));
+        }
+        *bound = Some((statics.clone(), addresses));
+        Ok(Some(listeners))
+    }
+
+    /// Waits until every listener has drained (after `shutdown` was cancelled).
+    pub async fn drained(&self) {
+        self.servers.close();
+        self.servers.wait().await;
+    }
+}
+
+/// Like nginx's "host not found in upstream": a snapshot naming an upstream host that does not
+/// resolve here is refused, rather than turning into 502s. Connections still resolve at
+/// connect time, so DNS changes are followed.
+async fn check_upstreams_resolve(spec: &Spec) -> Result<(), ApplyError> {
+    let mut checked = std::collections::HashSet::new();
+    for upstream in spec.sites.iter().flat_map(|s| &s.upstreams) {
+        let host = upstream
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.parse::<std::net::IpAddr>().is_ok() || !checked.insert(host.to_owned()) {
+            continue;
+        }
+        let fail = |reason: String| ApplyError::Unresolvable {
+            upstream: upstream.to_string(),
+            host: host.to_owned(),
+            reason,
+        };
+        match tokio::time::timeout(
+            RESOLVE_TIMEOUT,
+            tokio::net::lookup_host((host, upstream.port())),
+        )
+        .await
+        {
+            Ok(Ok(mut addrs)) => {
+                if addrs.next().is_none() {
+                    return Err(fail("no addresses".to_owned()));
+                }
+            }
+            Ok(Err(e)) => return Err(fail(e.to_string())),
+            Err(_) => return Err(fail(format!("no answer within {RESOLVE_TIMEOUT:?}"))),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The request path: route by host, rate limit, body limit, forward to the site's upstream.
+
+mod error;
+mod headers;
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response, Uri, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub use error::ProxyError;
+
+use crate::runtime::{Runtime, Site};
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
+type UpstreamBody = BoxBody<Bytes, BoxError>;
+
+/// How long an upstream may take to send its response head.
+const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Below the keep-alive timeouts common upstream servers use (nginx 75 s, Node 5 s is the
+/// outlier), so proxyd closes an idle connection before the upstream does.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The HTTP handler every listener shares.
+pub struct Proxy {
+    runtime: Arc<ArcSwap<Runtime>>,
+    client: Client<HttpConnector, UpstreamBody>,
+}
+
+impl Proxy {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
+        // One pool for all upstreams, keyed by scheme and authority: an upstream that a reload
+        // keeps keeps its idle connections; one whose address changes gets new ones.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Proxy { runtime, client }
+    }
+
+    /// Answers one request; never fails: errors become responses in `ProxyError::into_response`.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        // One load per request. `load_full` (an Arc) rather than a guard because the request
+        // awaits the upstream while holding it.
+        let runtime = self.runtime.load_full();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let (site, upstream, response) = match self.forward(&runtime, req, client).await {
+            Ok((site, upstream, r)) => (Some(site), Some(upstream), r),
+            Err((site, e)) => {
+                if matches!(
+                    e,
+                    ProxyError::UpstreamUnreachable { .. }
+                        | ProxyError::UpstreamFailed { .. }
+                        | ProxyError::UpstreamTimeout { .. }
+                ) {
+                    tracing::warn!(error = %e, "upstream request failed");
+                }
+                (site, None, e.into_response())
+            }
+        };
+        tracing::info!(
+            target: "access",
+            client = %client.ip(),
+            %method,
+            path,
+            site = site.as_deref().unwrap_or("-"),
+            upstream = upstream.as_deref().unwrap_or("-"),
+            status = response.status().as_u16(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            config_version = runtime.version,
+        );
+        response
+    }
+
+    async fn forward(
+        &self,
+        runtime: &Runtime,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<(String, String, Response<ResponseBody>), (Option<String>, ProxyError)> {
+        let host = headers::request_host(&req).map_err(|e| (None, e))?;
+        let site = runtime.site(&host).ok_or((None, ProxyError::UnknownHost))?;
+        let fail = |e| (Some(site.name.clone()), e);
+        if let Some(limiter) = &site.limiter {
+            limiter
+                .check(client.ip())
+                .map_err(|retry_after| fail(ProxyError::RateLimited { retry_after }))?;
+        }
+        check_content_length(&req, site).map_err(fail)?;
+
+        let upstream = site.upstream();
+        let upstream_name = upstream.to_string();
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| fail(ProxyError::BadRequest("invalid request target")))?;
+        headers::prepare_upstream_request(&mut parts.headers, &host, client);
+        let body = Limited::new(
+            body,
+            usize::try_from(site.body_limit_bytes).unwrap_or(usize::MAX),
+        )
+        .boxed();
+
+        let sent = tokio::time::timeout(
+            UPSTREAM_RESPONSE_TIMEOUT,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await;
+        let response = match sent {
+            Err(_) => {
+                return Err(fail(ProxyError::UpstreamTimeout {
+                    upstream: upstream_name,
+                    timeout: UPSTREAM_RESPONSE_TIMEOUT,
+                }));
+            }
+            Ok(Err(e)) if caused_by_body_limit(&e) => {
+                return Err(fail(ProxyError::PayloadTooLarge {
+                    limit: site.body_limit_bytes,
+                }));
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(fail(ProxyError::UpstreamUnreachable {
+                    upstream: upstream_name,
+                    reason: error_chain(&e),
+                }));
+            }
+            Ok(Err(e)) => {
+                return Err(fail(ProxyError::UpstreamFailed {
+                    upstream: upstream_name,
+                    reason: error_chain(&e),
+                }));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok((
+            site.name.clone(),
+            upstream_name,
+            Response::from_parts(parts, body.boxed()),
+        ))
+    }
+}
+
+/// 413 before any upstream contact when the declared length is already too large.
+fn check_content_length(req: &Request<Incoming>, site: &Site) -> Result<(), ProxyError> {
+    let Some(value) = req.headers().get(header::CONTENT_LENGTH) else {
+        return Ok(());
+    };
+    // hyper has already rejected malformed or conflicting Content-Length headers.
+    let length = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or(ProxyError::BadRequest("invalid Content-Length"))?;
+    if length > site.body_limit_bytes {
+        return Err(ProxyError::PayloadTooLarge {
+            limit: site.body_limit_bytes,
+        });
+    }
+    Ok(())
+}
+
+fn caused_by_body_limit(e: &(dyn StdError + 'static)) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn error_chain(e: &(dyn StdError + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    text
+}

@@ -1,0 +1,121 @@
+//! Every per-request failure becomes its HTTP response here, and only here.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use super::ResponseBody;
+
+/// Why a request was answered by proxyd itself instead of an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("no site serves this host")]
+    UnknownHost,
+    #[error("rate limited")]
+    RateLimited { retry_after: Duration },
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("upstream {upstream} unreachable: {reason}")]
+    UpstreamUnreachable { upstream: String, reason: String },
+    #[error("upstream {upstream} failed: {reason}")]
+    UpstreamFailed { upstream: String, reason: String },
+    #[error("upstream {upstream} did not answer within {timeout:?}")]
+    UpstreamTimeout { upstream: String, timeout: Duration },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownHost => StatusCode::NOT_FOUND,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The response: a short plain-text body; upstream details stay in the log, not on the wire.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let text = match &self {
+            ProxyError::BadRequest(why) => format!("bad request: {why}\n"),
+            ProxyError::PayloadTooLarge { limit } => {
+                format!("request body larger than {limit} bytes\n")
+            }
+            _ => format!(
+                "{}\n",
+                status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_ascii_lowercase()
+            ),
+        };
+        let mut response = Response::new(
+            Full::new(Bytes::from(text))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let ProxyError::RateLimited { retry_after } = self {
+            // Round up: a client that waits the advertised seconds is then within its budget.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the request may still be on the wire; do not try to read past it.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_rounded_up_to_whole_seconds() {
+        let r = ProxyError::RateLimited {
+            retry_after: Duration::from_millis(1200),
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        let r = ProxyError::RateLimited {
+            retry_after: Duration::from_millis(10),
+        }
+        .into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(
+            ProxyError::UnknownHost.into_response().status(),
+            StatusCode::NOT_FOUND
+        );
+        let e = ProxyError::UpstreamUnreachable {
+            upstream: "u".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(e.into_response().status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            ProxyError::PayloadTooLarge { limit: 1 }
+                .into_response()
+                .status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Rate limiters: state that outlives snapshots. A limiter is keyed by its scope and its quota,
+//! so a reload that leaves both unchanged keeps every client's budget; one that changes the quota
+//! starts a fresh limiter.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use tokio_util::sync::CancellationToken;
+
+use crate::convert::RateQuota;
+
+pub type Limiter = DefaultKeyedRateLimiter<IpAddr>;
+
+/// Which clients share a budget: every site without its own limit shares the global one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Global,
+    Site(String),
+}
+
+/// A limiter and its quota, as a compiled site holds it.
+#[derive(Debug, Clone)]
+pub struct SiteLimiter {
+    limiter: Arc<Limiter>,
+}
+
+impl SiteLimiter {
+    /// `Err(retry_after)` when `client` is over its budget.
+    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        self.limiter
+            .check_key(&client)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+/// Every live limiter, by scope and quota.
+#[derive(Debug, Default)]
+pub struct LimiterStore {
+    limiters: Mutex<HashMap<(Scope, RateQuota), Arc<Limiter>>>,
+}
+
+impl LimiterStore {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(Scope, RateQuota), Arc<Limiter>>> {
+        self.limiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The limiter for `scope` at `quota`: the existing one if there is one.
+    pub fn get(&self, scope: Scope, quota: RateQuota) -> SiteLimiter {
+        let limiter = self
+            .lock()
+            .entry((scope, quota))
+            .or_insert_with(|| {
+                Arc::new(Limiter::keyed(
+                    Quota::per_second(quota.requests_per_second).allow_burst(quota.burst),
+                ))
+            })
+            .clone();
+        SiteLimiter { limiter }
+    }
+
+    /// Forgets limiters the new runtime no longer uses.
+    pub fn retain(&self, in_use: &HashSet<(Scope, RateQuota)>) {
+        self.lock().retain(|key, _| in_use.contains(key));
+    }
+
+    /// Drops the state of clients that are back to a full budget, and frees the memory.
+    pub fn evict_idle(&self) -> usize {
+        let limiters: Vec<_> = self.lock().values().cloned().collect();
+        limiters
+            .iter()
+            .map(|l| {
+                l.retain_recent();
+                l.shrink_to_fit();
+                l.len()
+            })
+            .sum()
+    }
+
+    /// Evicts idle clients every `interval` until `shutdown`.
+    pub async fn evict_until(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let tracked = self.evict_idle();
+                    tracing::debug!(tracked, "evicted idle rate-limit keys");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+
+    fn quota(rps: u32, burst: u32) -> RateQuota {
+        RateQuota {
+            requests_per_second: NonZeroU32::new(rps).unwrap(),
+            burst: NonZeroU32::new(burst).unwrap(),
+        }
+    }
+
+    #[test]
+    fn same_scope_and_quota_share_state_a_new_quota_starts_fresh() {
+        let store = LimiterStore::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = store.get(Scope::Global, quota(1, 1));
+        assert!(a.check(ip).is_ok());
+        let again = store.get(Scope::Global, quota(1, 1));
+        let retry = again.check(ip).unwrap_err();
+        assert!(retry > Duration::ZERO && retry <= Duration::from_secs(1));
+
+        let fresh = store.get(Scope::Global, quota(2, 1));
+        assert!(fresh.check(ip).is_ok());
+        let other_site = store.get(Scope::Site("b".into()), quota(1, 1));
+        assert!(other_site.check(ip).is_ok());
+
+        store.retain(&HashSet::from([(Scope::Global, quota(2, 1))]));
+        assert!(
+            store.get(Scope::Global, quota(1, 1)).check(ip).is_ok(),
+            "a dropped limiter starts over"
+        );
+    }
+
+    #[test]
+    fn idle_keys_are_evicted() {
+        let store = LimiterStore::default();
+        let l = store.get(Scope::Global, quota(1000, 1));
+        for i in 0..10u8 {
+            let _ = l.check(IpAddr::from([192, 0, 2, i]));
+        }
+        // After 1 ms at 1000/s every client is back to a full budget.
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(store.evict_idle(), 0);
+    }
+}

@@ -1,0 +1,84 @@
+//! The proxyd binary: command line, logging, signals. The data plane itself is the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{EnvFilter, reload};
+
+#[derive(Parser)]
+#[command(name = "proxyd", version, about = "The proxy's data plane")]
+struct Cli {
+    /// controld's Unix socket.
+    #[arg(long, default_value = "/run/controld/control.sock")]
+    control_socket: PathBuf,
+    /// This data plane's name in controld's status (default: <hostname>-<pid>).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Log line format until and after the first snapshot.
+    #[arg(long, default_value = "json", value_parser = ["json", "text"])]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_level_hook = init_logging(&cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("proxyd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut options = proxyd::Options::new(
+        cli.control_socket,
+        cli.node_id.unwrap_or_else(proxyd::default_node_id),
+    );
+    options.log_level_hook = Some(log_level_hook);
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        proxyd::run(options, shutdown).await;
+    });
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM and SIGINT: stop accepting, drain, exit.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        shutdown.cancel();
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    shutdown.cancel();
+}
+
+fn init_logging(format: &str) -> proxyd::LogLevelHook {
+    use tracing_subscriber::prelude::*;
+    let (filter, handle) = reload::Layer::new(EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    if format == "text" {
+        registry.with(fmt).init();
+    } else {
+        registry.with(fmt.json()).init();
+    }
+    Arc::new(move |level: &str| {
+        if let Ok(f) = EnvFilter::try_new(level) {
+            let _ = handle.reload(f);
+        }
+    })
+}

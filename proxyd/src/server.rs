@@ -1,0 +1,79 @@
+//! Listeners: accept connections, serve HTTP/1.1 on them, and drain on shutdown.
+//!
+//! Listeners outlive snapshots: they are bound once, from the first snapshot, and a reload never
+//! touches them or the connections they accepted.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::Proxy;
+
+/// How long a client may take to send a request head. hyper enforces this only when a timer is
+/// set on the builder.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `listener` until `shutdown`, then stops accepting, lets in-flight requests finish
+/// (keep-alive off) for up to `drain_timeout`, and drops what is left.
+pub async fn serve(
+    name: String,
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    drain_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    // Cancelled when the drain deadline passes: drops every connection still open.
+    let hard_stop = CancellationToken::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let hard_stop = hard_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => if let Err(e) = result {
+                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                },
+                () = hard_stop.cancelled() => {}
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(listener = %name, "stopped accepting; draining connections");
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(listener = %name, timeout = ?drain_timeout, "drain deadline passed; closing what is left");
+    }
+    hard_stop.cancel();
+}
