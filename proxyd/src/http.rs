@@ -112,6 +112,9 @@ impl Proxy {
         let upstream = site.upstream();
         let upstream_name = upstream.to_string();
         let (mut parts, body) = req.into_parts();
+        let client_version = parts.version;
+        // Upstream connections are pooled HTTP/1.1 whatever the client spoke.
+        parts.version = http::Version::HTTP_11;
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = Uri::builder()
             .scheme(upstream.scheme.clone())
@@ -159,6 +162,7 @@ impl Proxy {
         };
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
+        parts.version = client_version;
         Ok((
             site.name.clone(),
             upstream_name,

@@ -1,1 +1,304 @@
-//! placeholder
+//! The one test harness: controld and proxyd on temporary sockets and 127.0.0.1 port 0, mock
+//! upstreams that record what they received, HTTP helpers, and polling with deadlines.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness: a failed setup step should stop the test right there, loudly"
+)]
+
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use proto::v1 as pb;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+pub use upstream::MockUpstream;
+
+/// How long any wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+pub type TestBody = BoxBody<Bytes, std::convert::Infallible>;
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics with `what` after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A controld and a proxyd running in this process, sharing a temporary directory.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    controld: Option<Daemon>,
+    proxyd: Option<Daemon>,
+    /// proxyd's plain-HTTP listener.
+    pub http: SocketAddr,
+}
+
+struct Daemon {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("daemon stops")
+            .expect("daemon task");
+    }
+}
+
+impl TestEnv {
+    /// Starts both daemons with `body` (sites, limits, ...) and waits until proxyd serves
+    /// version 1.
+    pub async fn start(body: &str) -> TestEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("proxy.toml");
+        let socket = dir.path().join("control.sock");
+        let mut env = TestEnv {
+            config_path,
+            socket,
+            dir,
+            controld: None,
+            proxyd: None,
+            http: ([0, 0, 0, 0], 0).into(),
+        };
+        env.write_config(body);
+        env.start_controld().await;
+        env.start_proxyd();
+        let status = env.wait_for_applied(1).await;
+        env.http = listener_address(&status, "http");
+        env
+    }
+
+    /// The config file: `body` under the fixed part (socket, state dir, one listener on port 0).
+    pub fn config_text(&self, body: &str) -> String {
+        format!(
+            "[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[proxy]\nshutdown_timeout = \"2s\"\n\n\
+             [[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n\n{body}\n",
+            self.socket.display(),
+            self.dir.path().join("state").display(),
+        )
+    }
+
+    pub fn write_config(&self, body: &str) {
+        std::fs::write(&self.config_path, self.config_text(body)).unwrap();
+    }
+
+    pub async fn start_controld(&mut self) {
+        let shutdown = CancellationToken::new();
+        let options = controld::Options::new(&self.config_path);
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = controld::run(options, token).await {
+                panic!("controld failed: {e}");
+            }
+        });
+        self.controld = Some(Daemon { shutdown, task });
+        let socket = self.socket.clone();
+        eventually("controld's socket", || {
+            let socket = socket.clone();
+            async move {
+                tokio::net::UnixStream::connect(&socket)
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
+    }
+
+    pub async fn stop_controld(&mut self) {
+        if let Some(d) = self.controld.take() {
+            d.stop().await;
+        }
+    }
+
+    fn start_proxyd(&mut self) {
+        let shutdown = CancellationToken::new();
+        let options = proxyd::Options::new(&self.socket, "test-proxyd");
+        let task = tokio::spawn(proxyd::run(options, shutdown.clone()));
+        self.proxyd = Some(Daemon { shutdown, task });
+    }
+
+    pub async fn stop_proxyd(&mut self) {
+        if let Some(d) = self.proxyd.take() {
+            d.stop().await;
+        }
+    }
+
+    pub async fn admin(&self) -> pb::admin_client::AdminClient<tonic::transport::Channel> {
+        let channel = proto::uds::connect(&self.socket, DEADLINE).await.unwrap();
+        pb::admin_client::AdminClient::new(channel)
+    }
+
+    pub async fn status(&self) -> pb::StatusReply {
+        self.admin()
+            .await
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits until a data plane reports serving `version`.
+    pub async fn wait_for_applied(&self, version: u64) -> pb::StatusReply {
+        eventually(
+            &format!("a data plane serving version {version}"),
+            || async {
+                let Ok(channel) = proto::uds::connect(&self.socket, DEADLINE).await else {
+                    return None;
+                };
+                let status = pb::admin_client::AdminClient::new(channel)
+                    .status(pb::StatusRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                status
+                    .data_planes
+                    .iter()
+                    .any(|p| p.applied_version == version)
+                    .then_some(status)
+            },
+        )
+        .await
+    }
+
+    /// Runs the real proxyctl binary against this environment's socket.
+    pub async fn proxyctl(&self, args: &[&str]) -> Output {
+        let output = tokio::process::Command::new(binary("proxyctl"))
+            .args(args)
+            .env("PROXYCTL_SOCKET", &self.socket)
+            .output()
+            .await
+            .unwrap();
+        output
+    }
+
+    /// Stops proxyd, then controld.
+    pub async fn stop(mut self) {
+        self.stop_proxyd().await;
+        self.stop_controld().await;
+    }
+}
+
+/// The address a data plane reports for listener `name`.
+pub fn listener_address(status: &pb::StatusReply, name: &str) -> SocketAddr {
+    status
+        .data_planes
+        .iter()
+        .flat_map(|p| &p.listeners)
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("no listener {name} in {status:?}"))
+        .address
+        .parse()
+        .unwrap()
+}
+
+/// A workspace binary built next to the test executable (`cargo build --workspace --bins`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Text of a process's stdout and stderr, for assertions and failure messages.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// One HTTP/1.1 client connection, kept alive across requests.
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<TestBody>,
+}
+
+/// A response with its body read.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        Conn { sender }
+    }
+
+    pub async fn send(&mut self, request: Request<TestBody>) -> Answer {
+        self.sender.ready().await.expect("connection still open");
+        let response: Response<hyper::body::Incoming> =
+            self.sender.send_request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    pub async fn get(&mut self, host: &str, path: &str) -> Answer {
+        self.send(get_request(host, path)).await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+pub fn get_request(host: &str, path: &str) -> Request<TestBody> {
+    Request::get(path)
+        .header(http::header::HOST, host)
+        .body(Empty::new().boxed())
+        .unwrap()
+}
+
+/// GET on a fresh connection.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Answer {
+    Conn::open(addr).await.get(host, path).await
+}

@@ -1,0 +1,116 @@
+//! A mock upstream on 127.0.0.1 port 0 that records every request it received and answers
+//! `upstream <name>`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: HeaderMap,
+    /// `None` when the body did not arrive whole (the client aborted it).
+    pub body: Option<Bytes>,
+}
+
+#[derive(Default)]
+struct Log {
+    heads: AtomicUsize,
+    connections: AtomicUsize,
+    requests: Mutex<Vec<Recorded>>,
+}
+
+pub struct MockUpstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    log: Arc<Log>,
+    shutdown: CancellationToken,
+}
+
+impl MockUpstream {
+    pub async fn start(name: &str) -> MockUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Log::default());
+        let shutdown = CancellationToken::new();
+        let upstream = MockUpstream {
+            name: name.to_owned(),
+            addr,
+            log: log.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                log.connections.fetch_add(1, Ordering::SeqCst);
+                let (log, name) = (log.clone(), name.clone());
+                let service = service_fn(move |req| answer(req, log.clone(), name.clone()));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::spawn(conn);
+            }
+        });
+        upstream
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Request heads received so far (counted on arrival, before the body).
+    pub fn hits(&self) -> usize {
+        self.log.heads.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.log.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.log.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    log: Arc<Log>,
+    name: String,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    log.heads.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.ok().map(|b| b.to_bytes());
+    log.requests.lock().unwrap().push(Recorded {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body: body.clone(),
+    });
+    let text = match body {
+        Some(b) => format!("upstream {name} got {} bytes", b.len()),
+        None => format!("upstream {name} got a broken body"),
+    };
+    Ok(Response::new(Full::new(Bytes::from(text))))
+}
