@@ -99,6 +99,24 @@ impl TestEnv {
         env
     }
 
+    /// Paths and config helpers only, for tests that run the daemons as processes.
+    pub fn paths_only() -> TestEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("proxy.toml");
+        let socket = dir.path().join("control.sock");
+        TestEnv { config_path, socket, dir, controld: None, proxyd: None, http: ([0, 0, 0, 0], 0).into() }
+    }
+
+    /// Waits until something accepts connections on the control socket.
+    pub async fn wait_for_socket(&self) {
+        let socket = self.socket.clone();
+        eventually("controld's socket", || {
+            let socket = socket.clone();
+            async move { tokio::net::UnixStream::connect(&socket).await.ok().map(|_| ()) }
+        })
+        .await;
+    }
+
     /// The config file: `body` under the fixed part (socket, state dir, one listener on port 0).
     pub fn config_text(&self, body: &str) -> String {
         format!(
@@ -301,4 +319,47 @@ pub fn get_request(host: &str, path: &str) -> Request<TestBody> {
 /// GET on a fresh connection.
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Answer {
     Conn::open(addr).await.get(host, path).await
+}
+
+/// A daemon running as a real process; killed if the test ends without stopping it.
+pub struct Process {
+    child: tokio::process::Child,
+}
+
+impl Process {
+    /// Starts workspace binary `name` with `args`. Its logs are dropped unless
+    /// `PROXY_TESTS_LOG` is set, to keep test output readable.
+    pub fn start(name: &str, args: &[&str]) -> Process {
+        let logs = || match std::env::var_os("PROXY_TESTS_LOG") {
+            Some(_) => std::process::Stdio::inherit(),
+            None => std::process::Stdio::null(),
+        };
+        let child = tokio::process::Command::new(binary(name))
+            .args(args)
+            .stdout(logs())
+            .stderr(logs())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Process { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process still running")
+    }
+
+    /// Sends `signal` ("HUP", "TERM", "KILL", ...) through the shell's kill.
+    pub async fn signal(&self, signal: &str) {
+        let status = tokio::process::Command::new("sh")
+            .args(["-c", &format!("kill -{signal} {}", self.pid())])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        tokio::time::timeout(DEADLINE, self.child.wait()).await.expect("process exits").unwrap().code()
+    }
 }
