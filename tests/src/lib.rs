@@ -212,13 +212,12 @@ impl TestEnv {
 
     /// Runs the real proxyctl binary against this environment's socket.
     pub async fn proxyctl(&self, args: &[&str]) -> Output {
-        let output = tokio::process::Command::new(binary("proxyctl"))
+        tokio::process::Command::new(binary("proxyctl"))
             .args(args)
             .env("PROXYCTL_SOCKET", &self.socket)
             .output()
             .await
-            .unwrap();
-        output
+            .unwrap()
     }
 
     /// Stops proxyd, then controld.

@@ -190,8 +190,7 @@ impl<'a> Locator<'a> {
                     let item = items
                         .iter()
                         .enumerate()
-                        .filter(|(_, it)| it.span().start <= offset)
-                        .last();
+                        .rfind(|(_, it)| it.span().start <= offset);
                     let Some((i, it)) = item else { return path };
                     path = path.index(i);
                     value = it.get_ref();

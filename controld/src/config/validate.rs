@@ -250,16 +250,13 @@ fn proxy(file: &FileConfig, p: &mut Problems) -> ProxyConfig {
                 );
             }
             // Port 0 asks the kernel for a free port: two such listeners do not collide.
-            if listener.address.port() != 0 {
-                if let Some(first) = addresses.insert(listener.address, i) {
-                    p.push(
-                        lp.key("address"),
-                        format!(
-                            "address {} is already used by proxy.listeners[{first}]",
-                            listener.address
-                        ),
-                    );
-                }
+            if listener.address.port() != 0
+                && let Some(first) = addresses.insert(listener.address, i)
+            {
+                p.push(
+                    lp.key("address"),
+                    format!("address {} is already used by proxy.listeners[{first}]", listener.address),
+                );
             }
             listeners.push(listener);
         }
