@@ -104,7 +104,14 @@ impl TestEnv {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("proxy.toml");
         let socket = dir.path().join("control.sock");
-        TestEnv { config_path, socket, dir, controld: None, proxyd: None, http: ([0, 0, 0, 0], 0).into() }
+        TestEnv {
+            config_path,
+            socket,
+            dir,
+            controld: None,
+            proxyd: None,
+            http: ([0, 0, 0, 0], 0).into(),
+        }
     }
 
     /// Waits until something accepts connections on the control socket.
@@ -112,7 +119,12 @@ impl TestEnv {
         let socket = self.socket.clone();
         eventually("controld's socket", || {
             let socket = socket.clone();
-            async move { tokio::net::UnixStream::connect(&socket).await.ok().map(|_| ()) }
+            async move {
+                tokio::net::UnixStream::connect(&socket)
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
         })
         .await;
     }
@@ -359,6 +371,10 @@ impl Process {
 
     /// Waits for the process to exit and returns its exit code.
     pub async fn exit_code(&mut self) -> Option<i32> {
-        tokio::time::timeout(DEADLINE, self.child.wait()).await.expect("process exits").unwrap().code()
+        tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("process exits")
+            .unwrap()
+            .code()
     }
 }

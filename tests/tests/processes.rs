@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use proxy_tests::{binary, eventually, get, listener_address, output_text, MockUpstream, Process, TestEnv};
+use proxy_tests::{
+    MockUpstream, Process, TestEnv, binary, eventually, get, listener_address, output_text,
+};
 
 fn site(upstream: &str) -> String {
     format!("[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{upstream}\"]\n")
@@ -23,18 +25,34 @@ async fn controld_check(config: &Path) -> std::process::Output {
 async fn controld_check_and_a_bad_start_use_the_documented_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "[[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n").unwrap();
+    std::fs::write(
+        &good,
+        "[[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
     let out = controld_check(&good).await;
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[[proxy.listeners]]\nnme = \"http\"\naddress = \"nowhere\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[[proxy.listeners]]\nnme = \"http\"\naddress = \"nowhere\"\n",
+    )
+    .unwrap();
     let out = controld_check(&bad).await;
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("bad.toml:2:1: proxy.listeners[0].nme: unknown key `nme`; did you mean `name`?"), "{text}");
-    assert!(text.contains("bad.toml:3:11: proxy.listeners[0].address: invalid address \"nowhere\""), "{text}");
+    assert!(
+        text.contains(
+            "bad.toml:2:1: proxy.listeners[0].nme: unknown key `nme`; did you mean `name`?"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("bad.toml:3:11: proxy.listeners[0].address: invalid address \"nowhere\""),
+        "{text}"
+    );
 
     let mut start = Process::start("controld", &["--config", bad.to_str().unwrap()]);
     assert_eq!(start.exit_code().await, Some(78));
@@ -50,19 +68,35 @@ async fn sighup_reloads_sigterm_stops_controld_and_proxyd_serves_on() {
     let config = env.config_path.to_str().unwrap().to_owned();
     let socket = env.socket.to_str().unwrap().to_owned();
     let mut controld = Process::start("controld", &["--config", &config]);
-    let mut proxyd = Process::start("proxyd", &["--control-socket", &socket, "--node-id", "edge-1"]);
+    let mut proxyd = Process::start(
+        "proxyd",
+        &["--control-socket", &socket, "--node-id", "edge-1"],
+    );
     let status = env.wait_for_applied(1).await;
     let http = listener_address(&status, "http");
-    assert!(get(http, "app.example", "/").await.body.starts_with("upstream a"));
+    assert!(
+        get(http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream a")
+    );
 
     env.write_config(&site(&b.url()));
     controld.signal("HUP").await;
     env.wait_for_applied(2).await;
-    assert!(get(http, "app.example", "/").await.body.starts_with("upstream b"));
+    assert!(
+        get(http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream b")
+    );
 
     controld.signal("TERM").await;
     assert_eq!(controld.exit_code().await, Some(0));
-    assert!(!env.socket.exists(), "a clean stop removes the control socket");
+    assert!(
+        !env.socket.exists(),
+        "a clean stop removes the control socket"
+    );
     // The data plane does not depend on the control plane being alive.
     for _ in 0..20 {
         assert_eq!(get(http, "app.example", "/").await.status, 200);
@@ -81,19 +115,35 @@ async fn a_live_socket_is_never_stolen_and_a_stale_one_is_replaced() {
     env.wait_for_socket().await;
 
     let mut second = Process::start("controld", &["--config", &config]);
-    assert_eq!(second.exit_code().await, Some(1), "a second controld must not take the socket over");
-    assert_eq!(env.status().await.control_plane.unwrap().pid, first.pid(), "the first one still answers");
+    assert_eq!(
+        second.exit_code().await,
+        Some(1),
+        "a second controld must not take the socket over"
+    );
+    assert_eq!(
+        env.status().await.control_plane.unwrap().pid,
+        first.pid(),
+        "the first one still answers"
+    );
 
     first.signal("KILL").await;
     first.exit_code().await;
     assert!(env.socket.exists(), "kill -9 leaves a stale socket behind");
     let mut third = Process::start("controld", &["--config", &config]);
     let pid = third.pid();
-    eventually("the new controld to answer on the replaced socket", || async {
-        let channel = proto::uds::connect(&env.socket, proxy_tests::DEADLINE).await.ok()?;
-        let reply = proto::v1::admin_client::AdminClient::new(channel).status(proto::v1::StatusRequest {}).await.ok()?;
-        (reply.into_inner().control_plane?.pid == pid).then_some(())
-    })
+    eventually(
+        "the new controld to answer on the replaced socket",
+        || async {
+            let channel = proto::uds::connect(&env.socket, proxy_tests::DEADLINE)
+                .await
+                .ok()?;
+            let reply = proto::v1::admin_client::AdminClient::new(channel)
+                .status(proto::v1::StatusRequest {})
+                .await
+                .ok()?;
+            (reply.into_inner().control_plane?.pid == pid).then_some(())
+        },
+    )
     .await;
     third.signal("TERM").await;
     assert_eq!(third.exit_code().await, Some(0));

@@ -255,7 +255,10 @@ fn proxy(file: &FileConfig, p: &mut Problems) -> ProxyConfig {
             {
                 p.push(
                     lp.key("address"),
-                    format!("address {} is already used by proxy.listeners[{first}]", listener.address),
+                    format!(
+                        "address {} is already used by proxy.listeners[{first}]",
+                        listener.address
+                    ),
                 );
             }
             listeners.push(listener);
