@@ -139,7 +139,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, LoadError> {
                 at(String::new(), pos, e.message().trim().to_owned())
             })
             .collect();
-        return Err(LoadError::Invalid(diagnostics));
+        return Err(LoadError::Invalid(in_file_order(diagnostics)));
     }
 
     // Shape: types and unknown keys. serde stops at the first type error, but every unknown key
@@ -167,7 +167,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, LoadError> {
                 .unwrap_or_default();
             let pos = offset.map_or((0, 0), |o| locator.line_col_of(o));
             diagnostics.push(at(key_path, pos, e.message().trim().to_owned()));
-            return Err(LoadError::Invalid(diagnostics));
+            return Err(LoadError::Invalid(in_file_order(diagnostics)));
         }
     };
 
@@ -184,8 +184,16 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, LoadError> {
     }
     match config {
         Ok(config) if diagnostics.is_empty() => Ok(config),
-        _ => Err(LoadError::Invalid(diagnostics)),
+        _ => Err(LoadError::Invalid(in_file_order(diagnostics))),
     }
+}
+
+/// Sorts by place in the file (problems with no place last) and drops exact repeats, which the
+/// parser's error recovery can produce.
+fn in_file_order(mut diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    diagnostics.sort_by_key(|d| (d.line == 0, d.line, d.column));
+    diagnostics.dedup();
+    diagnostics
 }
 
 fn unknown_key_message(path: &KeyPath) -> String {

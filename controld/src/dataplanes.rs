@@ -13,8 +13,11 @@ pub struct Plane {
     pub node_id: String,
     pub pid: u32,
     pub build_version: String,
-    /// The version it reports serving; 0 = none.
+    /// The version it reports serving (from Hello, then from each ACK or NACK); 0 = none.
     pub applied_version: u64,
+    /// The last version it ACKed on this stream. Only an ACK counts as an answer: a Hello's
+    /// version says nothing about a version published after it.
+    pub acked_version: u64,
     /// The last version sent to it.
     pub sent_version: u64,
     /// The last refused version and why.
@@ -114,6 +117,7 @@ impl DataPlanes {
     pub fn acked(&self, id: u64, version: u64, listeners: Vec<(String, String)>) {
         self.update(id, |p| {
             p.applied_version = version;
+            p.acked_version = version;
             p.listeners = listeners;
             if p.last_nack.as_ref().is_some_and(|(v, _)| *v <= version) {
                 p.last_nack = None;
@@ -202,7 +206,7 @@ impl DataPlanes {
 }
 
 fn answer(p: &Plane, version: u64) -> Option<PlaneResult> {
-    if p.applied_version >= version {
+    if p.acked_version >= version {
         Some(PlaneResult::Acked)
     } else if p.last_nack.as_ref().is_some_and(|(v, _)| *v >= version) {
         Some(PlaneResult::Nacked)

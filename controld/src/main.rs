@@ -121,8 +121,12 @@ async fn signals(reloader: Arc<controld::Reloader>, shutdown: CancellationToken)
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                let report = reloader.reload(ReloadOptions::default()).await;
-                tracing::info!(outcome = ?report.outcome, version = report.version, "SIGHUP reload done");
+                // In its own task, so that SIGTERM is not held up by a reload waiting for ACKs.
+                let reloader = reloader.clone();
+                tokio::spawn(async move {
+                    let report = reloader.reload(ReloadOptions::default()).await;
+                    tracing::info!(outcome = ?report.outcome, version = report.version, "SIGHUP reload done");
+                });
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

@@ -43,7 +43,7 @@ pub enum Outcome {
 pub struct ReloadReport {
     pub outcome: Outcome,
     pub previous_version: u64,
-    /// The version serving after the reload.
+    /// The version serving after the reload; for a dry run, the version a reload would publish.
     pub version: u64,
     pub diagnostics: Vec<Diagnostic>,
     pub diff: ConfigDiff,
@@ -193,15 +193,18 @@ impl Reloader {
         report.diff = ConfigDiff::between(&current.config, &config);
         report.warnings = report.diff.static_warnings();
         let content = Content::build(&config);
+        let unchanged = content.hash == current.content.hash && !options.force;
+        let version = current.version + 1;
         if options.dry_run {
             report.outcome = Outcome::DryRun;
+            // The version a real reload would publish.
+            report.version = if unchanged { current.version } else { version };
             return report;
         }
-        if content.hash == current.content.hash && !options.force {
+        if unchanged {
             report.outcome = Outcome::Unchanged;
             return report;
         }
-        let version = current.version + 1;
         if let Err(e) = self.state.record(&Published {
             version,
             hash: content.hash.clone(),

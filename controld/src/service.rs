@@ -52,6 +52,7 @@ impl pb::control_server::Control for ControlService {
             pid: hello.pid,
             build_version: hello.build_version,
             applied_version: hello.current_version,
+            acked_version: 0,
             sent_version: 0,
             last_nack: None,
             listeners: Vec::new(),
@@ -129,13 +130,16 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ReloadReply>, Status> {
         let req = request.into_inner();
-        let report = self
-            .reloader
-            .reload(ReloadOptions {
-                dry_run: req.dry_run,
-                force: req.force,
-            })
-            .await;
+        let options = ReloadOptions {
+            dry_run: req.dry_run,
+            force: req.force,
+        };
+        // A reload runs to its end even if the caller gives up (a short --timeout drops this
+        // handler): its version is published and its outcome recorded either way.
+        let reloader = self.reloader.clone();
+        let report = tokio::spawn(async move { reloader.reload(options).await })
+            .await
+            .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
         Ok(Response::new(reload_reply(&report, &self.reloader)))
     }
 

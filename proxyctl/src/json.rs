@@ -46,7 +46,7 @@ pub struct Diff {
 
 #[derive(Debug, Serialize)]
 pub struct FieldChange {
-    /// Key path, e.g. `rate_limit.burst`.
+    /// Key path, e.g. `body_limit_bytes` or `rate_limit`.
     pub field: String,
     pub old: String,
     pub new: String,

@@ -30,10 +30,14 @@ pub fn render(reply: &ReloadReply) -> String {
     let mut out = Vec::new();
     match ReloadOutcome::try_from(reply.outcome) {
         Ok(ReloadOutcome::Applied) => render_applied(reply, &mut out),
-        Ok(ReloadOutcome::Unchanged) => out.push(format!(
-            "unchanged: version {} already matches {} (use --force to publish it again)",
-            reply.version, reply.config_path
-        )),
+        Ok(ReloadOutcome::Unchanged) => {
+            out.push(format!(
+                "unchanged: version {} already matches {} (use --force to publish it again)",
+                reply.version, reply.config_path
+            ));
+            // Settings the data planes never receive (control.*, acme.*) can still change.
+            push_warnings(reply, &mut out);
+        }
         Ok(ReloadOutcome::Rejected) => render_rejected(reply, &mut out),
         Ok(ReloadOutcome::DryRun) => render_dry_run(reply, &mut out),
         Ok(ReloadOutcome::Unspecified) | Err(_) => out.push(format!(
@@ -89,9 +93,9 @@ fn render_rejected(reply: &ReloadReply, out: &mut Vec<String>) {
 }
 
 fn render_dry_run(reply: &ReloadReply, out: &mut Vec<String>) {
-    // controld answers DRY_RUN, not UNCHANGED, for a dry run of an unchanged file; "would
-    // become N+1" would then promise a version that a plain reload will not publish.
-    if diff_is_empty(reply.diff.as_ref()) {
+    // controld answers a dry run with the version a reload would publish: the same one when the
+    // snapshot's content would not change.
+    if reply.version == reply.previous_version {
         out.push(format!(
             "dry run: version {} already matches {}; a reload would change nothing \
              (use --force to publish it again)",
@@ -101,7 +105,7 @@ fn render_dry_run(reply: &ReloadReply, out: &mut Vec<String>) {
         out.push(format!(
             "dry run: version {} would become {} ({})",
             reply.previous_version,
-            reply.previous_version.saturating_add(1),
+            reply.version,
             diff_summary(reply.diff.as_ref())
         ));
     }
@@ -117,16 +121,6 @@ fn every_data_plane_applied(reply: &ReloadReply) -> bool {
         .data_planes
         .iter()
         .all(|dp| dp.result == DataPlaneResult::Acked as i32)
-}
-
-fn diff_is_empty(diff: Option<&ConfigDiff>) -> bool {
-    diff.is_none_or(|d| {
-        d.sites_added.is_empty()
-            && d.sites_removed.is_empty()
-            && d.sites_modified.is_empty()
-            && d.limits_changed.is_empty()
-            && d.static_changed.is_empty()
-    })
 }
 
 /// One phrase for everything a diff holds, e.g.

@@ -29,6 +29,8 @@ pub enum ApplyError {
         host: String,
         reason: String,
     },
+    #[error("upstream host names did not resolve within {timeout:?}")]
+    ResolveTimeout { timeout: Duration },
     #[error("binding listener {name:?} on {address}: {source}")]
     Bind {
         name: String,
@@ -172,36 +174,48 @@ impl DataPlane {
 
 /// Like nginx's "host not found in upstream": a snapshot naming an upstream host that does not
 /// resolve here is refused, rather than turning into 502s. Connections still resolve at
-/// connect time, so DNS changes are followed.
+/// connect time, so DNS changes are followed. Names resolve concurrently under one deadline.
 async fn check_upstreams_resolve(spec: &Spec) -> Result<(), ApplyError> {
     let mut checked = std::collections::HashSet::new();
+    let mut lookups = tokio::task::JoinSet::new();
     for upstream in spec.sites.iter().flat_map(|s| &s.upstreams) {
         let host = upstream
             .host()
             .trim_start_matches('[')
-            .trim_end_matches(']');
-        if host.parse::<std::net::IpAddr>().is_ok() || !checked.insert(host.to_owned()) {
+            .trim_end_matches(']')
+            .to_owned();
+        if host.parse::<std::net::IpAddr>().is_ok() || !checked.insert(host.clone()) {
             continue;
         }
-        let fail = |reason: String| ApplyError::Unresolvable {
-            upstream: upstream.to_string(),
-            host: host.to_owned(),
-            reason,
-        };
-        match tokio::time::timeout(
-            RESOLVE_TIMEOUT,
-            tokio::net::lookup_host((host, upstream.port())),
-        )
-        .await
-        {
-            Ok(Ok(mut addrs)) => {
-                if addrs.next().is_none() {
-                    return Err(fail("no addresses".to_owned()));
-                }
-            }
-            Ok(Err(e)) => return Err(fail(e.to_string())),
-            Err(_) => return Err(fail(format!("no answer within {RESOLVE_TIMEOUT:?}"))),
-        }
+        let (upstream, port) = (upstream.to_string(), upstream.port());
+        lookups.spawn(async move {
+            let found = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map(Iterator::count);
+            let reason = match found {
+                Ok(0) => "no addresses".to_owned(),
+                Ok(_) => return Ok(()),
+                Err(e) => e.to_string(),
+            };
+            Err(ApplyError::Unresolvable {
+                upstream,
+                host,
+                reason,
+            })
+        });
     }
-    Ok(())
+    let all = async {
+        while let Some(result) = lookups.join_next().await {
+            if let Ok(Err(e)) = result {
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(RESOLVE_TIMEOUT, all).await {
+        Ok(result) => result,
+        Err(_) => Err(ApplyError::ResolveTimeout {
+            timeout: RESOLVE_TIMEOUT,
+        }),
+    }
 }

@@ -51,17 +51,24 @@ fn main() -> ExitCode {
 /// SIGTERM and SIGINT: stop accepting, drain, exit.
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stopping");
         shutdown.cancel();
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); break }
+            // SIGHUP's default action would kill proxyd without draining.
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP ignored: proxyd takes its config from controld; reload with `proxyctl reload`"
+            ),
+        }
     }
     shutdown.cancel();
 }

@@ -318,7 +318,7 @@ fn acme(file: &FileConfig, p: &mut Problems) -> Option<AcmeConfig> {
                 Ok(u) if matches!(u.scheme(), "https" | "http") => {}
                 _ => p.push(
                     at.key("directory_url"),
-                    format!("invalid URL {text:?}: expected https://..."),
+                    format!("invalid URL {text:?}: expected an https:// (or http://) URL"),
                 ),
             }
             text.to_owned()

@@ -45,6 +45,7 @@ fn plane(name: &str) -> Plane {
         pid: 1,
         build_version: "test".into(),
         applied_version: 0,
+        acked_version: 0,
         sent_version: 0,
         last_nack: None,
         listeners: vec![],
@@ -135,10 +136,25 @@ async fn a_dry_run_reports_the_diff_and_publishes_nothing() {
             ..Default::default()
         })
         .await;
-    assert_eq!((report.outcome, report.version), (Outcome::DryRun, 1));
+    assert_eq!(
+        (report.outcome, report.previous_version, report.version),
+        (Outcome::DryRun, 1, 2)
+    );
     assert_eq!(report.diff.sites_modified, ["a.example"]);
     assert_eq!(r.current().version, 1);
     assert!(r.last_reload().is_none());
+    f.write("http://127.0.0.1:9001", "");
+    let report = r
+        .reload(ReloadOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        (report.outcome, report.version),
+        (Outcome::DryRun, 1),
+        "a no-op stays a no-op"
+    );
 }
 
 #[tokio::test]

@@ -180,7 +180,8 @@ fn rejected_prints_every_diagnostic_and_fails() {
 fn dry_run_shows_the_next_version_and_warnings() {
     let reply = ReloadReply {
         outcome: ReloadOutcome::DryRun as i32,
-        version: 3,
+        previous_version: 3,
+        version: 4,
         warnings: vec!["proxy.admin_address changed".into()],
         data_planes: Vec::new(),
         ..fixtures::applied()
@@ -197,6 +198,7 @@ fn dry_run_shows_the_next_version_and_warnings() {
 fn dry_run_of_an_unchanged_file_promises_no_new_version() {
     let reply = ReloadReply {
         outcome: ReloadOutcome::DryRun as i32,
+        previous_version: 3,
         version: 3,
         diff: Some(ConfigDiff::default()),
         data_planes: Vec::new(),
