@@ -4,7 +4,7 @@
 use proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, RateLimit, Site, SiteTls};
+use crate::config::{Config, RateLimit, Route, RouteAction, Site, SiteTls, UpstreamUrl};
 
 /// A snapshot's content without its version, and the hash that identifies that content.
 #[derive(Debug, Clone)]
@@ -70,11 +70,7 @@ fn site(site: &Site) -> pb::Site {
             .iter()
             .map(|h| h.as_str().to_owned())
             .collect(),
-        upstreams: site
-            .upstreams
-            .iter()
-            .map(|u| u.as_str().to_owned())
-            .collect(),
+        upstreams: urls(&site.upstreams),
         rate_limit: site.rate_limit.map(rate_limit),
         body_limit_bytes: site.body_limit_bytes,
         tls: match site.tls {
@@ -83,6 +79,43 @@ fn site(site: &Site) -> pb::Site {
             SiteTls::Acme => pb::SiteTls::Acme,
         }
         .into(),
+        routes: site.routes.iter().map(route).collect(),
+    }
+}
+
+fn urls(upstreams: &[UpstreamUrl]) -> Vec<String> {
+    upstreams.iter().map(|u| u.as_str().to_owned()).collect()
+}
+
+fn route(route: &Route) -> pb::Route {
+    use pb::route::Action;
+    let action = match &route.action {
+        RouteAction::Proxy(upstreams) => Action::Upstreams(pb::UpstreamList {
+            urls: urls(upstreams),
+        }),
+        RouteAction::Redirect { location, status } => Action::Redirect(pb::Redirect {
+            location: location.clone(),
+            status: u32::from(*status),
+        }),
+        RouteAction::Respond {
+            status,
+            body,
+            headers,
+        } => Action::Respond(pb::FixedResponse {
+            status: u32::from(*status),
+            body: body.clone(),
+            headers: headers
+                .iter()
+                .map(|(name, value)| pb::Header {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        }),
+    };
+    pb::Route {
+        path_prefix: route.path_prefix.clone(),
+        action: Some(action),
     }
 }
 

@@ -38,12 +38,42 @@ pub struct ListenerSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteSpec {
     pub hostnames: Vec<String>,
-    pub upstreams: Vec<UpstreamSpec>,
+    /// Longest prefix first; the site's default upstreams are the route for "/".
+    pub routes: Vec<RouteSpec>,
     pub rate_limit: Option<RateQuota>,
     pub body_limit_bytes: Option<u64>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub path_prefix: String,
+    pub action: ActionSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionSpec {
+    /// Never empty.
+    Proxy(Vec<UpstreamSpec>),
+    Redirect {
+        location: String,
+        status: http::StatusCode,
+    },
+    Respond {
+        status: http::StatusCode,
+        body: bytes::Bytes,
+        headers: http::HeaderMap,
+    },
+}
+
 impl SiteSpec {
+    /// Every upstream any route of the site proxies to.
+    pub fn upstreams(&self) -> impl Iterator<Item = &UpstreamSpec> {
+        self.routes.iter().flat_map(|r| match &r.action {
+            ActionSpec::Proxy(upstreams) => upstreams.as_slice(),
+            _ => &[],
+        })
+    }
+
     /// Sites are named by their first hostname, as controld names them.
     pub fn name(&self) -> &str {
         self.hostnames.first().map(String::as_str).unwrap_or("")
@@ -195,21 +225,30 @@ fn site_spec(site: pb::Site) -> Result<SiteSpec, String> {
         return Err("no hostnames".to_owned());
     }
     for h in &site.hostnames {
-        if h.is_empty()
-            || h.bytes()
-                .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'))
-        {
+        if !valid_hostname(h) {
             return Err(format!("invalid hostname {h:?}"));
         }
     }
-    if site.upstreams.is_empty() {
-        return Err("no upstreams".to_owned());
-    }
-    let upstreams = site
-        .upstreams
-        .iter()
-        .map(|u| upstream(u))
+    let mut routes = site
+        .routes
+        .into_iter()
+        .map(route)
         .collect::<Result<Vec<_>, _>>()?;
+    if !site.upstreams.is_empty() {
+        let upstreams = site
+            .upstreams
+            .iter()
+            .map(|u| upstream(u))
+            .collect::<Result<_, _>>()?;
+        routes.push(RouteSpec {
+            path_prefix: "/".to_owned(),
+            action: ActionSpec::Proxy(upstreams),
+        });
+    }
+    if routes.is_empty() {
+        return Err("no upstreams and no routes".to_owned());
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
     let rate_limit = site
         .rate_limit
         .map(|r| quota(r, "rate_limit"))
@@ -217,9 +256,75 @@ fn site_spec(site: pb::Site) -> Result<SiteSpec, String> {
         .map_err(|e| e.to_string())?;
     Ok(SiteSpec {
         hostnames: site.hostnames,
-        upstreams,
+        routes,
         rate_limit,
         body_limit_bytes: site.body_limit_bytes,
+    })
+}
+
+/// Lower-case DNS names, or `*.` followed by one.
+fn valid_hostname(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+fn route(r: pb::Route) -> Result<RouteSpec, String> {
+    use pb::route::Action;
+    let prefix = r.path_prefix;
+    if !prefix.starts_with('/') {
+        return Err(format!("route {prefix:?}: a path prefix starts with '/'"));
+    }
+    let status = |code: u32| {
+        u16::try_from(code)
+            .ok()
+            .and_then(|c| http::StatusCode::from_u16(c).ok())
+            .ok_or_else(|| format!("route {prefix:?}: invalid status {code}"))
+    };
+    let action = match r.action {
+        Some(Action::Upstreams(list)) if !list.urls.is_empty() => ActionSpec::Proxy(
+            list.urls
+                .iter()
+                .map(|u| upstream(u))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(Action::Upstreams(_)) => return Err(format!("route {prefix:?}: no upstreams")),
+        Some(Action::Redirect(redirect)) => {
+            let status = status(redirect.status)?;
+            if !status.is_redirection() {
+                return Err(format!(
+                    "route {prefix:?}: {status} is not a redirect status"
+                ));
+            }
+            ActionSpec::Redirect {
+                location: redirect.location,
+                status,
+            }
+        }
+        Some(Action::Respond(respond)) => {
+            let mut headers = http::HeaderMap::new();
+            for h in respond.headers {
+                let name = http::HeaderName::from_bytes(h.name.as_bytes());
+                let value = http::HeaderValue::from_str(&h.value);
+                let (Ok(name), Ok(value)) = (name, value) else {
+                    return Err(format!("route {prefix:?}: invalid header {:?}", h.name));
+                };
+                headers.append(name, value);
+            }
+            ActionSpec::Respond {
+                status: status(respond.status)?,
+                body: respond.body.into(),
+                headers,
+            }
+        }
+        // A route action this build does not know: refuse rather than guess.
+        None => return Err(format!("route {prefix:?}: no action this proxyd knows")),
+    };
+    Ok(RouteSpec {
+        path_prefix: prefix,
+        action,
     })
 }
 
@@ -271,6 +376,17 @@ mod tests {
                     }),
                     body_limit_bytes: Some(10),
                     tls: pb::SiteTls::None.into(),
+                    routes: vec![pb::Route {
+                        path_prefix: "/api".into(),
+                        action: Some(pb::route::Action::Respond(pb::FixedResponse {
+                            status: 204,
+                            body: String::new(),
+                            headers: vec![pb::Header {
+                                name: "x-a".into(),
+                                value: "1".into(),
+                            }],
+                        })),
+                    }],
                 }],
                 rate_limit: None,
                 body_limit_bytes: 100,
@@ -283,10 +399,14 @@ mod tests {
     fn a_good_snapshot_converts() {
         let spec = Spec::try_from(snapshot()).unwrap();
         assert_eq!(spec.statics.shutdown_timeout, Duration::from_millis(1500));
-        assert_eq!(
-            spec.sites[0].upstreams[0].to_string(),
-            "http://127.0.0.1:9000"
-        );
+        let prefixes: Vec<_> = spec.sites[0]
+            .routes
+            .iter()
+            .map(|r| r.path_prefix.as_str())
+            .collect();
+        assert_eq!(prefixes, ["/api", "/"], "longest prefix first");
+        let upstreams: Vec<_> = spec.sites[0].upstreams().map(ToString::to_string).collect();
+        assert_eq!(upstreams, ["http://127.0.0.1:9000"]);
         assert_eq!(spec.sites[0].rate_limit.unwrap().burst.get(), 2);
     }
 
@@ -332,6 +452,15 @@ mod tests {
             Spec::try_from(s),
             Err(SnapshotError::RateLimit { .. })
         ));
+
+        let mut s = snapshot();
+        s.dynamic.as_mut().unwrap().sites[0].routes[0].action = None;
+        assert!(
+            Spec::try_from(s)
+                .unwrap_err()
+                .to_string()
+                .contains("no action this proxyd knows")
+        );
 
         let mut s = snapshot();
         s.dynamic = None;

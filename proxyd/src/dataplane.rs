@@ -178,7 +178,7 @@ impl DataPlane {
 async fn check_upstreams_resolve(spec: &Spec) -> Result<(), ApplyError> {
     let mut checked = std::collections::HashSet::new();
     let mut lookups = tokio::task::JoinSet::new();
-    for upstream in spec.sites.iter().flat_map(|s| &s.upstreams) {
+    for upstream in spec.sites.iter().flat_map(|s| s.upstreams()) {
         let host = upstream
             .host()
             .trim_start_matches('[')

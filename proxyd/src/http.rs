@@ -2,6 +2,7 @@
 
 mod error;
 mod headers;
+mod respond;
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use error::ProxyError;
 
-use crate::runtime::{Runtime, Site};
+use crate::runtime::{Action, Runtime, Site};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
@@ -99,6 +100,10 @@ impl Proxy {
         req: Request<Incoming>,
         client: SocketAddr,
     ) -> Result<(String, String, Response<ResponseBody>), (Option<String>, ProxyError)> {
+        if req.method() == http::Method::CONNECT {
+            // Not a forward proxy: nothing outside the config is ever dialed.
+            return Err((None, ProxyError::ConnectRefused));
+        }
         let host = headers::request_host(&req).map_err(|e| (None, e))?;
         let site = runtime.site(&host).ok_or((None, ProxyError::UnknownHost))?;
         let fail = |e| (Some(site.name.clone()), e);
@@ -109,7 +114,25 @@ impl Proxy {
         }
         check_content_length(&req, site).map_err(fail)?;
 
-        let upstream = site.upstream();
+        let route = site
+            .route(req.uri().path())
+            .ok_or_else(|| fail(ProxyError::NoRoute))?;
+        let upstreams = match &route.action {
+            Action::Proxy(upstreams) => upstreams,
+            Action::Redirect { location, status } => {
+                let response = respond::redirect(location, *status, &req);
+                return Ok((site.name.clone(), "-".to_owned(), response));
+            }
+            Action::Respond {
+                status,
+                body,
+                headers,
+            } => {
+                let response = respond::fixed(*status, body, headers);
+                return Ok((site.name.clone(), "-".to_owned(), response));
+            }
+        };
+        let upstream = upstreams.pick();
         let upstream_name = upstream.to_string();
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;

@@ -5,30 +5,67 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::convert::{Spec, UpstreamSpec};
+use crate::convert::{ActionSpec, Spec, UpstreamSpec};
 use crate::limits::{LimiterStore, Scope, SiteLimiter};
 
 #[derive(Debug)]
 pub struct Runtime {
     pub version: u64,
     pub hash: String,
+    /// Exact hostnames and `*.suffix` wildcards, each to its site.
     sites: HashMap<String, Arc<Site>>,
 }
 
 #[derive(Debug)]
 pub struct Site {
     pub name: String,
-    upstreams: Vec<UpstreamSpec>,
-    next: AtomicUsize,
+    /// Longest prefix first.
+    routes: Vec<Route>,
     pub body_limit_bytes: u64,
     pub limiter: Option<SiteLimiter>,
 }
 
-impl Site {
-    /// The next upstream, round robin.
-    pub fn upstream(&self) -> &UpstreamSpec {
+#[derive(Debug)]
+pub struct Route {
+    pub path_prefix: String,
+    pub action: Action,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Proxy(Upstreams),
+    Redirect {
+        location: String,
+        status: http::StatusCode,
+    },
+    Respond {
+        status: http::StatusCode,
+        body: bytes::Bytes,
+        headers: http::HeaderMap,
+    },
+}
+
+/// A route's upstreams, picked round robin.
+#[derive(Debug)]
+pub struct Upstreams {
+    list: Vec<UpstreamSpec>,
+    next: AtomicUsize,
+}
+
+impl Upstreams {
+    pub fn pick(&self) -> &UpstreamSpec {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.upstreams[i % self.upstreams.len()]
+        // `convert` guarantees the list is not empty.
+        &self.list[i % self.list.len()]
+    }
+}
+
+impl Site {
+    /// The route for `path`: the longest matching prefix.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(&r.path_prefix))
     }
 }
 
@@ -55,10 +92,35 @@ impl Runtime {
                 in_use.insert((scope.clone(), quota));
                 limiters.get(scope, quota)
             });
+            let routes = s
+                .routes
+                .iter()
+                .map(|r| Route {
+                    path_prefix: r.path_prefix.clone(),
+                    action: match &r.action {
+                        ActionSpec::Proxy(list) => Action::Proxy(Upstreams {
+                            list: list.clone(),
+                            next: AtomicUsize::new(0),
+                        }),
+                        ActionSpec::Redirect { location, status } => Action::Redirect {
+                            location: location.clone(),
+                            status: *status,
+                        },
+                        ActionSpec::Respond {
+                            status,
+                            body,
+                            headers,
+                        } => Action::Respond {
+                            status: *status,
+                            body: body.clone(),
+                            headers: headers.clone(),
+                        },
+                    },
+                })
+                .collect();
             let site = Arc::new(Site {
                 name: s.name().to_owned(),
-                upstreams: s.upstreams.clone(),
-                next: AtomicUsize::new(0),
+                routes,
                 body_limit_bytes: s.body_limit_bytes.unwrap_or(spec.body_limit_bytes),
                 limiter,
             });
@@ -74,8 +136,72 @@ impl Runtime {
         }
     }
 
-    /// The site serving `host` (lower-case, without port).
+    /// The site serving `host` (lower-case, without port): an exact name first, then a wildcard
+    /// for its parent domain (`*.example.com` serves `a.example.com`, not `a.b.example.com`).
     pub fn site(&self, host: &str) -> Option<&Arc<Site>> {
-        self.sites.get(host)
+        if let Some(site) = self.sites.get(host) {
+            return Some(site);
+        }
+        let (_, parent) = host.split_once('.')?;
+        self.sites.get(&format!("*.{parent}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::{RouteSpec, SiteSpec, StaticSpec};
+
+    fn respond(prefix: &str) -> RouteSpec {
+        RouteSpec {
+            path_prefix: prefix.into(),
+            action: ActionSpec::Respond {
+                status: http::StatusCode::OK,
+                body: prefix.to_owned().into(),
+                headers: http::HeaderMap::new(),
+            },
+        }
+    }
+
+    fn runtime() -> Runtime {
+        let spec = Spec {
+            version: 1,
+            hash: "h".into(),
+            statics: StaticSpec {
+                listeners: vec![],
+                shutdown_timeout: std::time::Duration::ZERO,
+            },
+            sites: vec![SiteSpec {
+                hostnames: vec!["example.com".into(), "*.example.com".into()],
+                routes: vec![respond("/api/v2"), respond("/api"), respond("/")],
+                rate_limit: None,
+                body_limit_bytes: None,
+            }],
+            rate_limit: None,
+            body_limit_bytes: 1,
+            log_level: "info".into(),
+        };
+        Runtime::compile(&spec, &LimiterStore::default())
+    }
+
+    #[test]
+    fn exact_names_then_one_label_wildcards() {
+        let rt = runtime();
+        assert!(rt.site("example.com").is_some());
+        assert!(rt.site("www.example.com").is_some());
+        assert!(rt.site("a.b.example.com").is_none());
+        assert!(rt.site("example.org").is_none());
+        assert!(rt.site("com").is_none());
+    }
+
+    #[test]
+    fn the_longest_prefix_wins() {
+        let rt = runtime();
+        let site = rt.site("example.com").unwrap();
+        let prefix = |p| site.route(p).map(|r| r.path_prefix.as_str());
+        assert_eq!(prefix("/api/v2/x"), Some("/api/v2"));
+        assert_eq!(prefix("/api/v1"), Some("/api"));
+        assert_eq!(prefix("/"), Some("/"));
+        assert_eq!(prefix("/other"), Some("/"));
     }
 }

@@ -378,3 +378,14 @@ impl Process {
             .code()
     }
 }
+
+/// Sends `raw` bytes on a fresh connection and returns everything the proxy wrote back until it
+/// closed the connection or [`DEADLINE`] passed. For requests a well-behaved client cannot send.
+pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -44,6 +44,33 @@ pub struct SiteFile {
     pub tls: Option<TlsFile>,
     pub rate_limit: Option<RateLimitFile>,
     pub body_limit_bytes: Option<SizeValue>,
+    pub routes: Vec<RouteFile>,
+}
+
+/// `[[sites.routes]]`: a path prefix and exactly one action.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RouteFile {
+    pub path_prefix: Option<String>,
+    pub upstreams: Option<Vec<String>>,
+    pub redirect: Option<RedirectFile>,
+    pub respond: Option<RespondFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RedirectFile {
+    pub location: Option<String>,
+    pub status: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RespondFile {
+    pub status: Option<i64>,
+    pub body: Option<String>,
+    /// Header name → value; any names, so not checked for unknown keys.
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// `tls = "acme"` or `tls = { cert_file = "...", key_file = "..." }`.
@@ -154,6 +181,9 @@ pub fn known_keys(table: TableKind) -> &'static [&'static str] {
         TableKind::Proxy => fields_of::<ProxyFile>(),
         TableKind::Listener => fields_of::<ListenerFile>(),
         TableKind::Acme => fields_of::<AcmeFile>(),
+        TableKind::Route => fields_of::<RouteFile>(),
+        TableKind::Redirect => fields_of::<RedirectFile>(),
+        TableKind::Respond => fields_of::<RespondFile>(),
     }
 }
 
@@ -169,6 +199,9 @@ pub enum TableKind {
     Proxy,
     Listener,
     Acme,
+    Route,
+    Redirect,
+    Respond,
 }
 
 impl TableKind {
@@ -184,6 +217,9 @@ impl TableKind {
             ["proxy"] => TableKind::Proxy,
             ["proxy", "listeners"] => TableKind::Listener,
             ["acme"] => TableKind::Acme,
+            ["sites", "routes"] => TableKind::Route,
+            ["sites", "routes", "redirect"] => TableKind::Redirect,
+            ["sites", "routes", "respond"] => TableKind::Respond,
             _ => return None,
         })
     }

@@ -29,8 +29,10 @@ pub struct DynamicConfig {
 pub struct Site {
     /// Never empty; unique across all sites.
     pub hostnames: Vec<Hostname>,
-    /// Never empty.
+    /// The default route's upstreams (path prefix "/"); may be empty when `routes` is not.
     pub upstreams: Vec<UpstreamUrl>,
+    /// Path-prefix routes, in file order; prefixes unique within the site.
+    pub routes: Vec<Route>,
     pub tls: SiteTls,
     pub rate_limit: Option<RateLimit>,
     pub body_limit_bytes: Option<u64>,
@@ -41,6 +43,26 @@ impl Site {
     pub fn name(&self) -> &str {
         self.hostnames.first().map(Hostname::as_str).unwrap_or("")
     }
+}
+
+/// Requests whose path starts with `path_prefix` get `action`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub path_prefix: String,
+    pub action: RouteAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Never empty.
+    Proxy(Vec<UpstreamUrl>),
+    /// `location` may hold {scheme}, {host} and {path}.
+    Redirect { location: String, status: u16 },
+    Respond {
+        status: u16,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +81,8 @@ pub struct RateLimit {
     pub burst: NonZeroU32,
 }
 
-/// A lower-case DNS name without port or trailing dot.
+/// A lower-case DNS name without port or trailing dot, or a wildcard `*.example.com` that matches
+/// exactly one more label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Hostname(String);
 
@@ -72,7 +95,16 @@ impl Hostname {
                 "invalid hostname {raw:?}: must be 1 to 253 characters"
             ));
         }
-        for label in name.split('.') {
+        let labels = match name.strip_prefix("*.") {
+            Some(rest) if rest.contains('.') => rest,
+            Some(_) => {
+                return Err(format!(
+                    "invalid hostname {raw:?}: a wildcard needs at least two labels after \"*.\""
+                ));
+            }
+            None => &name,
+        };
+        for label in labels.split('.') {
             let valid = !label.is_empty()
                 && label.len() <= 63
                 && !label.starts_with('-')
@@ -225,6 +257,13 @@ mod tests {
         assert!(Hostname::parse("-bad.example").is_err());
         assert!(Hostname::parse("a..b").is_err());
         assert!(Hostname::parse("").is_err());
+        assert_eq!(
+            Hostname::parse("*.Example.com").unwrap().as_str(),
+            "*.example.com"
+        );
+        assert!(Hostname::parse("*.com").is_err());
+        assert!(Hostname::parse("a.*.example.com").is_err());
+        assert!(Hostname::parse("*").is_err());
     }
 
     #[test]

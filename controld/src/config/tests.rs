@@ -158,8 +158,9 @@ fn unknown_keys_are_errors_with_a_close_spelling() {
         "{got:#?}"
     );
     assert!(
-        got.iter()
-            .any(|d| d.contains("sites[0]: a site needs at least one entry in `upstreams`")),
+        got.iter().any(|d| d.contains(
+            "sites[0]: a site needs `upstreams`, at least one [[sites.routes]], or both"
+        )),
         "{got:#?}"
     );
 }
@@ -266,4 +267,97 @@ fn an_oversized_file_is_refused_before_parsing() {
         load(&dir.path().join("missing.toml")),
         Err(LoadError::Read { .. })
     ));
+}
+
+#[test]
+fn routes_and_wildcards_parse() {
+    let text = r#"
+[[proxy.listeners]]
+name = "http"
+address = "127.0.0.1:8080"
+
+[[sites]]
+hostnames = ["example.com", "*.example.com"]
+upstreams = ["http://127.0.0.1:9000"]
+
+[[sites.routes]]
+path_prefix = "/api/"
+upstreams = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
+
+[[sites.routes]]
+path_prefix = "/old"
+redirect = { location = "https://{host}/new{path}", status = 301 }
+
+[[sites.routes]]
+path_prefix = "/ping"
+respond = { body = "pong\n", headers = { Content-Type = "text/plain" } }
+"#;
+    let c = parse(text, Path::new("proxy.toml")).unwrap();
+    let site = &c.dynamic.sites[0];
+    assert_eq!(site.hostnames[1].as_str(), "*.example.com");
+    assert_eq!(site.routes.len(), 3);
+    assert!(matches!(&site.routes[0].action, RouteAction::Proxy(u) if u.len() == 2));
+    assert_eq!(
+        site.routes[1].action,
+        RouteAction::Redirect {
+            location: "https://{host}/new{path}".into(),
+            status: 301
+        }
+    );
+    assert_eq!(
+        site.routes[2].action,
+        RouteAction::Respond {
+            status: 200,
+            body: "pong\n".into(),
+            headers: vec![("content-type".into(), "text/plain".into())]
+        }
+    );
+}
+
+#[test]
+fn bad_routes_are_reported_each_with_its_place() {
+    let text = r#"
+[[proxy.listeners]]
+name = "http"
+address = "127.0.0.1:8080"
+
+[[sites]]
+hostnames = ["example.com"]
+
+[[sites.routes]]
+path_prefix = "api"
+upstreams = []
+
+[[sites.routes]]
+path_prefix = "/x"
+
+[[sites.routes]]
+path_prefix = "/x"
+respond = { status = 99 }
+redirect = { location = "/y" }
+
+[[sites.routes]]
+path_prefix = "/r"
+redirect = { location = "/y", status = 200 }
+
+[[sites.routes]]
+path_prefx = "/z"
+respond = { headers = { "bad header" = "v" } }
+"#;
+    let got = rendered(text);
+    let expect = [
+        "sites[0].routes[0].path_prefix: invalid path prefix \"api\"",
+        "sites[0].routes[1]: a route needs exactly one of `upstreams`, `redirect` or `respond`",
+        "sites[0].routes[2].path_prefix: path prefix \"/x\" is already routed by sites[0].routes[1]",
+        "sites[0].routes[2]: a route needs exactly one of",
+        "sites[0].routes[3].redirect.status: invalid redirect status 200",
+        "sites[0].routes[4].path_prefx: unknown key `path_prefx`; did you mean `path_prefix`?",
+        "sites[0].routes[4]: missing key `path_prefix`",
+    ];
+    for e in expect {
+        assert!(
+            got.iter().any(|g| g.contains(e)),
+            "missing {e:?} in {got:#?}"
+        );
+    }
 }

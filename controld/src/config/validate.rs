@@ -7,7 +7,9 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::file::{FileConfig, ListenerFile, RateLimitFile, SiteFile, SizeValue, TlsFile};
+use super::file::{
+    FileConfig, ListenerFile, RateLimitFile, RouteFile, SiteFile, SizeValue, TlsFile,
+};
 use super::locate::KeyPath;
 use super::model::*;
 
@@ -394,21 +396,14 @@ fn site(
             Err(e) => p.push(hp, e),
         }
     }
-    if file.upstreams.is_empty() {
-        p.push(at.clone(), "a site needs at least one entry in `upstreams`");
+    if file.upstreams.is_empty() && file.routes.is_empty() {
+        p.push(
+            at.clone(),
+            "a site needs `upstreams`, at least one [[sites.routes]], or both",
+        );
     }
-    let mut upstreams = Vec::new();
-    let mut distinct = HashSet::new();
-    for (j, raw) in file.upstreams.iter().enumerate() {
-        match UpstreamUrl::parse(raw) {
-            Ok(u) if !distinct.insert(u.clone()) => p.push(
-                at.key("upstreams").index(j),
-                format!("upstream {u} is listed twice"),
-            ),
-            Ok(u) => upstreams.push(u),
-            Err(e) => p.push(at.key("upstreams").index(j), e),
-        }
-    }
+    let upstreams = upstream_list(&file.upstreams, &at.key("upstreams"), p);
+    let routes = routes(&file.routes, &at.key("routes"), !upstreams.is_empty(), p);
     let tls = site_tls(file.tls.as_ref(), &at.key("tls"), statics, p);
     let rate_limit = file
         .rate_limit
@@ -421,10 +416,150 @@ fn site(
     Some(Site {
         hostnames,
         upstreams,
+        routes,
         tls,
         rate_limit,
         body_limit_bytes,
     })
+}
+
+fn upstream_list(raws: &[String], at: &KeyPath, p: &mut Problems) -> Vec<UpstreamUrl> {
+    let mut upstreams = Vec::new();
+    let mut distinct = HashSet::new();
+    for (j, raw) in raws.iter().enumerate() {
+        match UpstreamUrl::parse(raw) {
+            Ok(u) if !distinct.insert(u.clone()) => {
+                p.push(at.index(j), format!("upstream {u} is listed twice"))
+            }
+            Ok(u) => upstreams.push(u),
+            Err(e) => p.push(at.index(j), e),
+        }
+    }
+    upstreams
+}
+
+/// `has_default`: the site's own `upstreams` already route "/".
+fn routes(files: &[RouteFile], at: &KeyPath, has_default: bool, p: &mut Problems) -> Vec<Route> {
+    let mut prefixes: HashMap<&str, usize> = HashMap::new();
+    let mut routes = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let rp = at.index(i);
+        let prefix = match file.path_prefix.as_deref() {
+            None => {
+                p.push(rp.clone(), "missing key `path_prefix`");
+                continue;
+            }
+            Some(prefix) if !prefix.starts_with('/') || prefix.contains(char::is_whitespace) => {
+                p.push(
+                    rp.key("path_prefix"),
+                    format!("invalid path prefix {prefix:?}: it starts with '/' and has no spaces"),
+                );
+                continue;
+            }
+            Some(prefix) => prefix,
+        };
+        if prefix == "/" && has_default {
+            p.push(
+                rp.key("path_prefix"),
+                "path prefix \"/\" is already routed by the site's `upstreams`",
+            );
+        }
+        if let Some(first) = prefixes.insert(prefix, i) {
+            p.push(
+                rp.key("path_prefix"),
+                format!(
+                    "path prefix {prefix:?} is already routed by {}",
+                    at.index(first)
+                ),
+            );
+        }
+        if let Some(action) = route_action(file, &rp, p) {
+            routes.push(Route {
+                path_prefix: prefix.to_owned(),
+                action,
+            });
+        }
+    }
+    routes
+}
+
+fn route_action(file: &RouteFile, at: &KeyPath, p: &mut Problems) -> Option<RouteAction> {
+    let given = [
+        file.upstreams.is_some(),
+        file.redirect.is_some(),
+        file.respond.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        p.push(
+            at.clone(),
+            "a route needs exactly one of `upstreams`, `redirect` or `respond`",
+        );
+        return None;
+    }
+    if let Some(raws) = &file.upstreams {
+        if raws.is_empty() {
+            p.push(at.key("upstreams"), "must not be empty");
+        }
+        return Some(RouteAction::Proxy(upstream_list(
+            raws,
+            &at.key("upstreams"),
+            p,
+        )));
+    }
+    if let Some(r) = &file.redirect {
+        let location = r.location.clone().unwrap_or_default();
+        if location.is_empty() {
+            p.push(
+                at.key("redirect"),
+                "`location` is required, e.g. \"https://{host}{path}\"",
+            );
+        }
+        let status = r.status.unwrap_or(308);
+        if ![301, 302, 303, 307, 308].contains(&status) {
+            p.push(
+                at.key("redirect").key("status"),
+                format!("invalid redirect status {status}: use 301, 302, 303, 307 or 308"),
+            );
+        }
+        let status = u16::try_from(status).unwrap_or(308);
+        return Some(RouteAction::Redirect { location, status });
+    }
+    let r = file.respond.as_ref()?;
+    let status = r.status.unwrap_or(200);
+    if !(200..=599).contains(&status) {
+        p.push(
+            at.key("respond").key("status"),
+            format!("invalid status {status}: must be 200 to 599"),
+        );
+    }
+    for (name, value) in &r.headers {
+        let valid = http_token(name)
+            && value
+                .bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+        if !valid {
+            p.push(
+                at.key("respond").key("headers").key(name),
+                format!("invalid header {name:?}: names are tokens, values printable ASCII"),
+            );
+        }
+    }
+    Some(RouteAction::Respond {
+        status: u16::try_from(status).unwrap_or(200),
+        body: r.body.clone().unwrap_or_default(),
+        headers: r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+    })
+}
+
+/// An HTTP token (RFC 9110 §5.6.2), as header names are.
+fn http_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn site_tls(

@@ -15,6 +15,10 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("no site serves this host")]
     UnknownHost,
+    #[error("no route of the site matches this path")]
+    NoRoute,
+    #[error("CONNECT is not supported: proxyd is not a forward proxy")]
+    ConnectRefused,
     #[error("rate limited")]
     RateLimited { retry_after: Duration },
     #[error("request body larger than {limit} bytes")]
@@ -31,7 +35,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::UnknownHost => StatusCode::NOT_FOUND,
+            ProxyError::UnknownHost | ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. } => {

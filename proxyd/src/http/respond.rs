@@ -1,0 +1,79 @@
+//! Responses proxyd writes itself for route actions: redirects and fixed responses.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use super::ResponseBody;
+
+/// A redirect to `location` with its placeholders filled: {scheme}, {host} (the request's Host,
+/// with port) and {path} (path and query).
+pub fn redirect<B>(location: &str, status: StatusCode, req: &Request<B>) -> Response<ResponseBody> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let target = location
+        .replace("{scheme}", "http")
+        .replace("{host}", host)
+        .replace("{path}", path);
+    let mut response = body(status, Bytes::new());
+    match HeaderValue::from_str(&target) {
+        Ok(v) => {
+            response.headers_mut().insert(header::LOCATION, v);
+        }
+        // Only a client-supplied Host or path can make it invalid; hyper has checked both.
+        Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    response
+}
+
+/// A fixed response from the config.
+pub fn fixed(status: StatusCode, text: &Bytes, headers: &HeaderMap) -> Response<ResponseBody> {
+    let mut response = body(status, text.clone());
+    for (name, value) in headers {
+        response.headers_mut().append(name, value.clone());
+    }
+    response
+}
+
+fn body(status: StatusCode, bytes: Bytes) -> Response<ResponseBody> {
+    let mut response = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_fills_the_placeholders() {
+        let req = Request::get("/a/b?c=1")
+            .header(header::HOST, "example.com:8080")
+            .body(())
+            .unwrap();
+        let r = redirect("https://{host}{path}", StatusCode::PERMANENT_REDIRECT, &req);
+        assert_eq!(r.status(), 308);
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "https://example.com:8080/a/b?c=1"
+        );
+    }
+
+    #[test]
+    fn fixed_keeps_status_body_and_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let r = fixed(StatusCode::IM_A_TEAPOT, &Bytes::from_static(b"tea"), &h);
+        assert_eq!(r.status(), 418);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/plain");
+    }
+}
