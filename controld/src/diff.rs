@@ -133,6 +133,17 @@ fn changes(old: &[(&'static str, String)], new: &[(&'static str, String)]) -> Ve
         .collect()
 }
 
+fn list<T: ToString>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".to_owned();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn rate(rl: Option<RateLimit>) -> String {
     match rl {
         Some(rl) => format!("{}/s burst {}", rl.requests_per_second, rl.burst),
@@ -145,6 +156,7 @@ fn limit_fields(c: &Config) -> Vec<(&'static str, String)> {
         ("body_limit_bytes", c.dynamic.body_limit_bytes.to_string()),
         ("rate_limit", rate(c.dynamic.rate_limit)),
         ("logging.level", c.dynamic.log_level.clone()),
+        ("trusted_proxies", list(&c.dynamic.trusted_proxies)),
     ]
 }
 
@@ -180,15 +192,20 @@ fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
             s.proxy.admin_address.map_or_else(none, |a| a.to_string()),
         ),
         ("proxy.listeners", listeners),
+        (
+            "proxy.max_request_headers",
+            s.proxy.max_request_headers.to_string(),
+        ),
+        (
+            "proxy.max_request_header_bytes",
+            s.proxy.max_request_header_bytes.to_string(),
+        ),
         ("logging.format", s.log_format.as_str().to_owned()),
         (
             "acme.directory_url",
             acme.map_or_else(none, |a| a.directory_url.clone()),
         ),
-        (
-            "acme.contact",
-            acme.map_or_else(none, |a| a.contact.join(", ")),
-        ),
+        ("acme.contact", acme.map_or_else(none, |a| list(&a.contact))),
         (
             "acme.challenge",
             acme.map_or_else(none, |a| a.challenge.as_str().to_owned()),

@@ -41,12 +41,19 @@ impl Content {
                     .map(|a| a.to_string())
                     .unwrap_or_default(),
                 log_format: statics.log_format.as_str().to_owned(),
+                max_request_headers: statics.proxy.max_request_headers,
+                max_request_header_bytes: statics.proxy.max_request_header_bytes,
             }),
             dynamic: Some(pb::DynamicConfig {
                 sites: dynamic.sites.iter().map(site).collect(),
                 rate_limit: dynamic.rate_limit.map(rate_limit),
                 body_limit_bytes: dynamic.body_limit_bytes,
                 log_level: dynamic.log_level.clone(),
+                trusted_proxies: dynamic
+                    .trusted_proxies
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
             }),
         };
         let hash = hex(&Sha256::digest(prost::Message::encode_to_vec(&snapshot)));

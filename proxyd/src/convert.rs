@@ -19,6 +19,8 @@ pub struct Spec {
     pub sites: Vec<SiteSpec>,
     pub rate_limit: Option<RateQuota>,
     pub body_limit_bytes: u64,
+    /// Peers whose forwarding headers are kept.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub log_level: String,
 }
 
@@ -27,7 +29,17 @@ pub struct Spec {
 pub struct StaticSpec {
     pub listeners: Vec<ListenerSpec>,
     pub shutdown_timeout: Duration,
+    /// Header fields a request head may have; more is answered 431.
+    pub max_request_headers: usize,
+    /// Bytes a request head may take; more is answered 431.
+    pub max_request_header_bytes: usize,
 }
+
+/// Used when a snapshot leaves the request-head limits at 0.
+const DEFAULT_MAX_REQUEST_HEADERS: usize = 100;
+const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+/// hyper's read buffer cannot be smaller.
+const MIN_HEADER_BYTES: usize = 8192;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerSpec {
@@ -123,6 +135,8 @@ pub enum SnapshotError {
     Site { index: usize, reason: String },
     #[error("hostname {hostname:?} appears in more than one site")]
     DuplicateHostname { hostname: String },
+    #[error("trusted_proxies: invalid CIDR {cidr:?}")]
+    TrustedProxy { cidr: String },
     #[error("{field}: a rate limit needs requests_per_second > 0 and burst > 0")]
     RateLimit { field: String },
 }
@@ -170,6 +184,16 @@ impl TryFrom<pb::Snapshot> for Spec {
             statics: StaticSpec {
                 listeners,
                 shutdown_timeout: Duration::from_millis(statics.shutdown_timeout_ms),
+                max_request_headers: match statics.max_request_headers {
+                    0 => DEFAULT_MAX_REQUEST_HEADERS,
+                    n => usize::try_from(n).unwrap_or(DEFAULT_MAX_REQUEST_HEADERS),
+                },
+                max_request_header_bytes: match statics.max_request_header_bytes {
+                    0 => DEFAULT_MAX_REQUEST_HEADER_BYTES,
+                    n => usize::try_from(n)
+                        .unwrap_or(usize::MAX)
+                        .max(MIN_HEADER_BYTES),
+                },
             },
             sites,
             rate_limit: dynamic
@@ -177,6 +201,14 @@ impl TryFrom<pb::Snapshot> for Spec {
                 .map(|r| quota(r, "rate_limit"))
                 .transpose()?,
             body_limit_bytes: dynamic.body_limit_bytes,
+            trusted_proxies: dynamic
+                .trusted_proxies
+                .iter()
+                .map(|t| {
+                    t.parse()
+                        .map_err(|_| SnapshotError::TrustedProxy { cidr: t.clone() })
+                })
+                .collect::<Result<_, _>>()?,
             log_level: dynamic.log_level,
         })
     }
@@ -365,6 +397,8 @@ mod tests {
                 shutdown_timeout_ms: 1500,
                 admin_address: String::new(),
                 log_format: "json".into(),
+                max_request_headers: 0,
+                max_request_header_bytes: 1,
             }),
             dynamic: Some(pb::DynamicConfig {
                 sites: vec![pb::Site {
@@ -390,6 +424,7 @@ mod tests {
                 }],
                 rate_limit: None,
                 body_limit_bytes: 100,
+                trusted_proxies: vec!["10.0.0.0/8".into(), "::1/128".into()],
                 log_level: "info".into(),
             }),
         }
@@ -408,6 +443,12 @@ mod tests {
         let upstreams: Vec<_> = spec.sites[0].upstreams().map(ToString::to_string).collect();
         assert_eq!(upstreams, ["http://127.0.0.1:9000"]);
         assert_eq!(spec.sites[0].rate_limit.unwrap().burst.get(), 2);
+        assert_eq!(spec.trusted_proxies.len(), 2);
+        assert_eq!(spec.statics.max_request_headers, 100, "0 means the default");
+        assert_eq!(
+            spec.statics.max_request_header_bytes, 8192,
+            "never below hyper's minimum"
+        );
     }
 
     #[test]
@@ -461,6 +502,13 @@ mod tests {
                 .to_string()
                 .contains("no action this proxyd knows")
         );
+
+        let mut s = snapshot();
+        s.dynamic.as_mut().unwrap().trusted_proxies = vec!["10.0.0.0/33".into()];
+        assert!(matches!(
+            Spec::try_from(s),
+            Err(SnapshotError::TrustedProxy { .. })
+        ));
 
         let mut s = snapshot();
         s.dynamic = None;

@@ -114,7 +114,7 @@ impl DataPlane {
                     name,
                     listener,
                     self.proxy.clone(),
-                    spec.statics.shutdown_timeout,
+                    spec.statics.clone(),
                     self.shutdown.clone(),
                 );
                 self.servers.spawn(serve);

@@ -34,6 +34,14 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// outlier), so proxyd closes an idle connection before the upstream does.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// Who sent a request, as the request path needs it.
+pub struct Peer<'a> {
+    pub addr: SocketAddr,
+    /// The peer is a configured trusted proxy: its forwarding headers are kept.
+    pub trusted: bool,
+    pub request_id: &'a http::HeaderValue,
+}
+
 /// The HTTP handler every listener shares.
 pub struct Proxy {
     runtime: Arc<ArcSwap<Runtime>>,
@@ -66,7 +74,14 @@ impl Proxy {
         let runtime = self.runtime.load_full();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let (site, upstream, response) = match self.forward(&runtime, req, client).await {
+        let trusted = runtime.is_trusted(client.ip());
+        let request_id = headers::request_id(req.headers(), trusted);
+        let peer = Peer {
+            addr: client,
+            trusted,
+            request_id: &request_id,
+        };
+        let (site, upstream, mut response) = match self.forward(&runtime, req, &peer).await {
             Ok((site, upstream, r)) => (Some(site), Some(upstream), r),
             Err((site, e)) => {
                 if matches!(
@@ -77,11 +92,15 @@ impl Proxy {
                 ) {
                     tracing::warn!(error = %e, "upstream request failed");
                 }
-                (site, None, e.into_response())
+                (site, None, e.into_response(&request_id))
             }
         };
+        response
+            .headers_mut()
+            .insert(headers::X_REQUEST_ID, request_id.clone());
         tracing::info!(
             target: "access",
+            request_id = request_id.to_str().unwrap_or("-"),
             client = %client.ip(),
             %method,
             path,
@@ -98,8 +117,9 @@ impl Proxy {
         &self,
         runtime: &Runtime,
         req: Request<Incoming>,
-        client: SocketAddr,
+        peer: &Peer<'_>,
     ) -> Result<(String, String, Response<ResponseBody>), (Option<String>, ProxyError)> {
+        let client = peer.addr;
         if req.method() == http::Method::CONNECT {
             // Not a forward proxy: nothing outside the config is ever dialed.
             return Err((None, ProxyError::ConnectRefused));
@@ -145,7 +165,7 @@ impl Proxy {
             .path_and_query(path_and_query)
             .build()
             .map_err(|_| fail(ProxyError::BadRequest("invalid request target")))?;
-        headers::prepare_upstream_request(&mut parts.headers, &host, client);
+        headers::prepare_upstream_request(&mut parts.headers, &host, peer);
         let body = Limited::new(
             body,
             usize::try_from(site.body_limit_bytes).unwrap_or(usize::MAX),

@@ -12,6 +12,7 @@ use crate::limits::{LimiterStore, Scope, SiteLimiter};
 pub struct Runtime {
     pub version: u64,
     pub hash: String,
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Exact hostnames and `*.suffix` wildcards, each to its site.
     sites: HashMap<String, Arc<Site>>,
 }
@@ -75,6 +76,7 @@ impl Runtime {
         Runtime {
             version: 0,
             hash: String::new(),
+            trusted_proxies: Vec::new(),
             sites: HashMap::new(),
         }
     }
@@ -132,8 +134,14 @@ impl Runtime {
         Runtime {
             version: spec.version,
             hash: spec.hash.clone(),
+            trusted_proxies: spec.trusted_proxies.clone(),
             sites,
         }
+    }
+
+    /// A peer whose forwarding headers are kept.
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
     /// The site serving `host` (lower-case, without port): an exact name first, then a wildcard
@@ -170,6 +178,8 @@ mod tests {
             statics: StaticSpec {
                 listeners: vec![],
                 shutdown_timeout: std::time::Duration::ZERO,
+                max_request_headers: 100,
+                max_request_header_bytes: 65536,
             },
             sites: vec![SiteSpec {
                 hostnames: vec!["example.com".into(), "*.example.com".into()],
@@ -179,9 +189,17 @@ mod tests {
             }],
             rate_limit: None,
             body_limit_bytes: 1,
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
             log_level: "info".into(),
         };
         Runtime::compile(&spec, &LimiterStore::default())
+    }
+
+    #[test]
+    fn only_configured_peers_are_trusted() {
+        let rt = runtime();
+        assert!(rt.is_trusted("10.1.2.3".parse().unwrap()));
+        assert!(!rt.is_trusted("192.0.2.1".parse().unwrap()));
     }
 
     #[test]

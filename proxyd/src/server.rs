@@ -14,6 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::convert::StaticSpec;
 use crate::http::Proxy;
 
 /// How long a client may take to send a request head. hyper enforces this only when a timer is
@@ -26,16 +27,20 @@ pub async fn serve(
     name: String,
     listener: TcpListener,
     proxy: Arc<Proxy>,
-    drain_timeout: Duration,
+    statics: StaticSpec,
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
     // Cancelled when the drain deadline passes: drops every connection still open.
     let hard_stop = CancellationToken::new();
     let mut builder = http1::Builder::new();
+    // hyper answers 431 itself when a request head has more fields or bytes than these.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(statics.max_request_headers)
+        .max_buf_size(statics.max_request_header_bytes);
+    let drain_timeout = statics.shutdown_timeout;
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,

@@ -59,6 +59,8 @@ pub struct TestEnv {
     proxyd: Option<Daemon>,
     /// proxyd's plain-HTTP listener.
     pub http: SocketAddr,
+    /// Extra keys for the fixed `[proxy]` table.
+    proxy_extra: String,
 }
 
 struct Daemon {
@@ -80,17 +82,13 @@ impl TestEnv {
     /// Starts both daemons with `body` (sites, limits, ...) and waits until proxyd serves
     /// version 1.
     pub async fn start(body: &str) -> TestEnv {
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("proxy.toml");
-        let socket = dir.path().join("control.sock");
-        let mut env = TestEnv {
-            config_path,
-            socket,
-            dir,
-            controld: None,
-            proxyd: None,
-            http: ([0, 0, 0, 0], 0).into(),
-        };
+        TestEnv::start_with_proxy(body, "").await
+    }
+
+    /// Like [`TestEnv::start`], with `proxy` (keys of the `[proxy]` table) added to the fixed part.
+    pub async fn start_with_proxy(body: &str, proxy: &str) -> TestEnv {
+        let mut env = TestEnv::paths_only();
+        env.proxy_extra = proxy.to_owned();
         env.write_config(body);
         env.start_controld().await;
         env.start_proxyd();
@@ -111,6 +109,7 @@ impl TestEnv {
             controld: None,
             proxyd: None,
             http: ([0, 0, 0, 0], 0).into(),
+            proxy_extra: String::new(),
         }
     }
 
@@ -129,13 +128,15 @@ impl TestEnv {
         .await;
     }
 
-    /// The config file: `body` under the fixed part (socket, state dir, one listener on port 0).
+    /// The config file: `body` first (so it may start with top-level keys), then the fixed part
+    /// (socket, state dir, one listener on port 0). `body` must not open `[control]` or `[proxy]`.
     pub fn config_text(&self, body: &str) -> String {
         format!(
-            "[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[proxy]\nshutdown_timeout = \"2s\"\n\n\
-             [[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n\n{body}\n",
+            "{body}\n\n[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[proxy]\nshutdown_timeout = \"2s\"\n{}\n\
+             [[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n",
             self.socket.display(),
             self.dir.path().join("state").display(),
+            self.proxy_extra,
         )
     }
 

@@ -60,13 +60,13 @@ async fn an_invalid_edit_is_rejected_with_its_diagnostics_and_traffic_is_unchang
     let config = env.config_path.display().to_string();
     assert!(
         text.contains(&format!(
-            "{config}:14:14: sites[0].upstreams[0]: invalid upstream URL \"ftp://127.0.0.1:1\""
+            "{config}:3:14: sites[0].upstreams[0]: invalid upstream URL \"ftp://127.0.0.1:1\""
         )),
         "{text}"
     );
     assert!(
         text.contains(&format!(
-            "{config}:16:23: rate_limit.requests_per_second: must be greater than 0"
+            "{config}:5:23: rate_limit.requests_per_second: must be greater than 0"
         )),
         "{text}"
     );

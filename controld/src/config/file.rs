@@ -13,6 +13,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 #[serde(default)]
 pub struct FileConfig {
     pub body_limit_bytes: Option<SizeValue>,
+    pub trusted_proxies: Vec<String>,
     pub rate_limit: Option<RateLimitFile>,
     pub logging: LoggingFile,
     pub sites: Vec<SiteFile>,
@@ -98,6 +99,8 @@ pub struct ControlFile {
 #[serde(default)]
 pub struct ProxyFile {
     pub shutdown_timeout: Option<String>,
+    pub max_request_headers: Option<i64>,
+    pub max_request_header_bytes: Option<SizeValue>,
     pub admin_address: Option<String>,
     pub listeners: Vec<ListenerFile>,
 }

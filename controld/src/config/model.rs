@@ -21,6 +21,8 @@ pub struct DynamicConfig {
     /// `None`: no rate limit unless a site sets its own.
     pub rate_limit: Option<RateLimit>,
     pub body_limit_bytes: u64,
+    /// Peers whose forwarding headers are kept.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// A tracing filter directive ("info", "proxyd=debug,warn").
     pub log_level: String,
 }
@@ -193,6 +195,8 @@ pub struct ControlConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
     pub shutdown_timeout: Duration,
+    pub max_request_headers: u32,
+    pub max_request_header_bytes: u64,
     pub admin_address: Option<SocketAddr>,
     /// Never empty; names and addresses unique.
     pub listeners: Vec<ListenerConfig>,

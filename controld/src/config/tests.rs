@@ -361,3 +361,56 @@ respond = { headers = { "bad header" = "v" } }
         );
     }
 }
+
+#[test]
+fn trusted_proxies_and_request_head_limits() {
+    let text = format!(
+        "trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]\n\
+         [proxy]\nmax_request_headers = 50\nmax_request_header_bytes = \"16k\"\n{MINIMAL}"
+    );
+    let c = parse(&text, Path::new("proxy.toml")).unwrap();
+    let nets: Vec<_> = c
+        .dynamic
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+    assert_eq!(
+        (
+            c.statics.proxy.max_request_headers,
+            c.statics.proxy.max_request_header_bytes
+        ),
+        (50, 16384)
+    );
+
+    let defaults = parse(MINIMAL, Path::new("proxy.toml")).unwrap();
+    assert_eq!(defaults.statics.proxy.max_request_headers, 100);
+    assert_eq!(defaults.statics.proxy.max_request_header_bytes, 64 * 1024);
+
+    let text = format!(
+        "trusted_proxies = [\"10.0.0.0/33\", \"proxy.example\"]\n\
+         [proxy]\nmax_request_headers = 0\nmax_request_header_bytes = 1024\n{MINIMAL}"
+    );
+    let got = rendered(&text);
+    assert!(
+        got.iter()
+            .any(|d| d.contains("trusted_proxies[0]: invalid CIDR \"10.0.0.0/33\"")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|d| d.contains("trusted_proxies[1]: invalid CIDR \"proxy.example\"")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|d| d.contains("proxy.max_request_headers: must be 1 to 10000")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|d| d.contains("proxy.max_request_header_bytes: must be 8k to 16m")),
+        "{got:#?}"
+    );
+}

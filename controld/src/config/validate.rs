@@ -19,6 +19,10 @@ pub const DEFAULT_SOCKET: &str = "/run/controld/control.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/controld";
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Header fields a request head may have (nginx and HAProxy allow about 100).
+pub const DEFAULT_MAX_REQUEST_HEADERS: u32 = 100;
+/// Bytes a request head may take: 64 KiB, like HAProxy's default buffer.
+pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: u64 = 64 * 1024;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -84,6 +88,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<Problem>> {
         acme: acme(&file, &mut p),
     };
     let sites = sites(&file.sites, &statics, &mut p);
+    let trusted_proxies = trusted_proxies(&file, &mut p);
 
     if !p.0.is_empty() {
         return Err(p.0);
@@ -93,6 +98,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<Problem>> {
             sites,
             rate_limit,
             body_limit_bytes,
+            trusted_proxies,
             log_level,
         },
         statics,
@@ -266,11 +272,65 @@ fn proxy(file: &FileConfig, p: &mut Problems) -> ProxyConfig {
             listeners.push(listener);
         }
     }
+    let max_request_headers = match file.proxy.max_request_headers {
+        None => DEFAULT_MAX_REQUEST_HEADERS,
+        Some(n) => match u32::try_from(n) {
+            Ok(n @ 1..=10_000) => n,
+            _ => {
+                p.push(
+                    at.key("max_request_headers"),
+                    format!("must be 1 to 10000 (got {n})"),
+                );
+                DEFAULT_MAX_REQUEST_HEADERS
+            }
+        },
+    };
+    let max_request_header_bytes = match &file.proxy.max_request_header_bytes {
+        None => DEFAULT_MAX_REQUEST_HEADER_BYTES,
+        Some(size) => match parse_size(size) {
+            // hyper's read buffer cannot be smaller than 8 KiB.
+            Ok(n @ 8192..=16_777_216) => n,
+            Ok(n) => {
+                p.push(
+                    at.key("max_request_header_bytes"),
+                    format!("must be 8k to 16m (got {n} bytes)"),
+                );
+                DEFAULT_MAX_REQUEST_HEADER_BYTES
+            }
+            Err(e) => {
+                p.push(at.key("max_request_header_bytes"), e);
+                DEFAULT_MAX_REQUEST_HEADER_BYTES
+            }
+        },
+    };
     ProxyConfig {
         shutdown_timeout,
+        max_request_headers,
+        max_request_header_bytes,
         admin_address,
         listeners,
     }
+}
+
+fn trusted_proxies(file: &FileConfig, p: &mut Problems) -> Vec<ipnet::IpNet> {
+    let at = KeyPath::root().key("trusted_proxies");
+    let mut nets = Vec::new();
+    for (i, text) in file.trusted_proxies.iter().enumerate() {
+        // A bare address is a /32 or /128.
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net.trunc()),
+            Err(_) => p.push(
+                at.index(i),
+                format!(
+                    "invalid CIDR {text:?}: expected an address or a network like \"10.0.0.0/8\""
+                ),
+            ),
+        }
+    }
+    nets
 }
 
 fn listener(l: &ListenerFile, at: &KeyPath, p: &mut Problems) -> Option<ListenerConfig> {

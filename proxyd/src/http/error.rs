@@ -46,22 +46,24 @@ impl ProxyError {
         }
     }
 
-    /// The response: a short plain-text body; upstream details stay in the log, not on the wire.
-    pub fn into_response(self) -> Response<ResponseBody> {
+    /// The response: a short plain-text body naming the request id; upstream details stay in
+    /// the log, not on the wire.
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let status = self.status();
-        let text = match &self {
-            ProxyError::BadRequest(why) => format!("bad request: {why}\n"),
+        let what = match &self {
+            ProxyError::BadRequest(why) => format!("bad request: {why}"),
             ProxyError::PayloadTooLarge { limit } => {
-                format!("request body larger than {limit} bytes\n")
+                format!("request body larger than {limit} bytes")
             }
-            _ => format!(
-                "{}\n",
-                status
-                    .canonical_reason()
-                    .unwrap_or("error")
-                    .to_ascii_lowercase()
-            ),
+            _ => status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase(),
         };
+        let text = format!(
+            "{what} (request id {})\n",
+            request_id.to_str().unwrap_or("-")
+        );
         let mut response = Response::new(
             Full::new(Bytes::from(text))
                 .map_err(|never| match never {})
@@ -95,30 +97,36 @@ mod tests {
         let r = ProxyError::RateLimited {
             retry_after: Duration::from_millis(1200),
         }
-        .into_response();
+        .into_response(&HeaderValue::from_static("test-id"));
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
         let r = ProxyError::RateLimited {
             retry_after: Duration::from_millis(10),
         }
-        .into_response();
+        .into_response(&HeaderValue::from_static("test-id"));
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]
     fn statuses() {
         assert_eq!(
-            ProxyError::UnknownHost.into_response().status(),
+            ProxyError::UnknownHost
+                .into_response(&HeaderValue::from_static("test-id"))
+                .status(),
             StatusCode::NOT_FOUND
         );
         let e = ProxyError::UpstreamUnreachable {
             upstream: "u".into(),
             reason: "r".into(),
         };
-        assert_eq!(e.into_response().status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            e.into_response(&HeaderValue::from_static("test-id"))
+                .status(),
+            StatusCode::BAD_GATEWAY
+        );
         assert_eq!(
             ProxyError::PayloadTooLarge { limit: 1 }
-                .into_response()
+                .into_response(&HeaderValue::from_static("test-id"))
                 .status(),
             StatusCode::PAYLOAD_TOO_LARGE
         );

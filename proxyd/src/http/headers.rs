@@ -1,11 +1,9 @@
 //! Request and response headers at the proxy boundary: Host, hop-by-hop headers, X-Forwarded-*.
 
-use std::net::SocketAddr;
-
 use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::ProxyError;
+use super::{Peer, ProxyError};
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus the
 /// non-standard ones clients still send.
@@ -69,20 +67,75 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Prepares a client's headers for the upstream. Client-supplied X-Forwarded-* values are
-/// replaced: proxyd does not trust any proxy in front of it yet.
-pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &str, client: SocketAddr) {
-    strip_hop_by_hop(headers);
-    let original_host = headers.get(header::HOST).cloned();
-    headers.remove("forwarded");
-    headers.remove("x-forwarded-for");
-    headers.remove("x-forwarded-host");
-    if let Ok(ip) = HeaderValue::from_str(&client.ip().to_string()) {
-        headers.insert("x-forwarded-for", ip);
+/// The request id header, kept from trusted proxies and generated otherwise.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The request's id: a trusted proxy's `X-Request-Id` when it is sane (1 to 128 visible ASCII
+/// characters), else 32 fresh hex digits.
+pub fn request_id(headers: &HeaderMap, trusted: bool) -> HeaderValue {
+    if trusted
+        && let Some(id) = headers.get(&X_REQUEST_ID)
+        && (1..=128).contains(&id.len())
+        && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return id.clone();
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(h) = original_host.or_else(|| HeaderValue::from_str(host).ok()) {
-        headers.insert("x-forwarded-host", h);
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// Prepares a client's headers for the upstream: hop-by-hop headers out; X-Forwarded-For /
+/// -Proto / -Host, Forwarded and X-Request-Id set. What a trusted proxy sent is kept (and the
+/// peer appended to the chains); anyone else's is replaced.
+pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &str, peer: &Peer<'_>) {
+    strip_hop_by_hop(headers);
+    let ip = peer.addr.ip();
+    let original_host = headers.get(header::HOST).cloned();
+    if !peer.trusted {
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &header::FORWARDED,
+        ] {
+            headers.remove(name);
+        }
+    }
+    append_to_chain(headers, X_FORWARDED_FOR, &ip.to_string());
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST)
+        && let Some(h) = original_host.or_else(|| HeaderValue::from_str(host).ok())
+    {
+        headers.insert(X_FORWARDED_HOST, h);
+    }
+    // RFC 7239: IPv6 addresses are quoted and bracketed; the host is quoted.
+    let node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    append_to_chain(
+        headers,
+        header::FORWARDED,
+        &format!("for={node};host=\"{host}\";proto=http"),
+    );
+    headers.insert(X_REQUEST_ID, peer.request_id.clone());
+}
+
+/// Appends `item` to a comma-separated header, folding several fields of it into one.
+fn append_to_chain(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let mut chain: Vec<&str> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    chain.push(item);
+    if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
+        headers.insert(name, value);
     }
 }
 
@@ -132,7 +185,13 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert(header::HOST, HeaderValue::from_static("a.example"));
-        prepare_upstream_request(&mut h, "a.example", "192.0.2.7:5555".parse().unwrap());
+        let id = HeaderValue::from_static("id-1");
+        let peer = Peer {
+            addr: "192.0.2.7:5555".parse().unwrap(),
+            trusted: false,
+            request_id: &id,
+        };
+        prepare_upstream_request(&mut h, "a.example", &peer);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert!(
             !names.contains(&"x-secret")
@@ -142,5 +201,45 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-host"], "a.example");
         assert_eq!(h["x-kept"], "1");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;host=\"a.example\";proto=http"
+        );
+        assert_eq!(h["x-request-id"], "id-1");
+    }
+
+    #[test]
+    fn a_trusted_proxy_s_chain_is_extended_and_its_request_id_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("for=198.51.100.1"),
+        );
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        let id = request_id(&h, true);
+        assert_eq!(id, "abc-123");
+        let peer = Peer {
+            addr: "[2001:db8::1]:443".parse().unwrap(),
+            trusted: true,
+            request_id: &id,
+        };
+        prepare_upstream_request(&mut h, "a.example", &peer);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 2001:db8::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(
+            h["forwarded"],
+            "for=198.51.100.1, for=\"[2001:db8::1]\";host=\"a.example\";proto=http"
+        );
+
+        assert_ne!(
+            request_id(&h, false),
+            "abc-123",
+            "an untrusted client's id is replaced"
+        );
+        let mut bad = HeaderMap::new();
+        bad.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&bad, true).len(), 32);
     }
 }

@@ -1,0 +1,108 @@
+//! Headers at the proxy boundary, end to end: what the upstream may and may not see, trusted
+//! proxies, request ids, and request heads too large for the limits.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use proxy_tests::{MockUpstream, TestEnv, raw_exchange};
+
+fn site(upstream: &str) -> String {
+    format!("[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{upstream}\"]\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hop_by_hop_and_spoofed_headers_never_reach_the_upstream() {
+    let app = MockUpstream::start("app").await;
+    let env = TestEnv::start(&site(&app.url())).await;
+
+    let request = "GET /x HTTP/1.1\r\nHost: app.example\r\n\
+        Connection: close, X-Secret\r\nConnection: X-Other\r\nX-Secret: 1\r\nX-Other: 2\r\n\
+        Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+        Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\n\
+        X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\n\
+        Forwarded: for=6.6.6.6\r\nX-Request-Id: forged\r\nX-Kept: yes\r\n\r\n";
+    let answer = raw_exchange(env.http, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let seen = &app.requests()[0].headers;
+    for name in [
+        "x-secret",
+        "x-other",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(
+            !seen.contains_key(name),
+            "{name} reached the upstream: {seen:?}"
+        );
+    }
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-host"], "app.example");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(
+        seen["forwarded"],
+        "for=127.0.0.1;host=\"app.example\";proto=http"
+    );
+    assert_eq!(seen["x-kept"], "yes");
+    let id = seen["x-request-id"].to_str().unwrap();
+    assert_ne!(id, "forged");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains(&format!("x-request-id: {id}")),
+        "the client sees the same id: {answer}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_proxy_s_forwarding_headers_are_kept_and_extended() {
+    let app = MockUpstream::start("app").await;
+    let env = TestEnv::start(&format!(
+        "trusted_proxies = [\"127.0.0.1/32\"]\n{}",
+        site(&app.url())
+    ))
+    .await;
+
+    let request = "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\
+        X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-Proto: https\r\nX-Request-Id: edge-42\r\n\r\n";
+    let answer = raw_exchange(env.http, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = &app.requests()[0].headers;
+    assert_eq!(seen["x-forwarded-for"], "198.51.100.7, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-request-id"], "edge-42");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_heads_over_the_limits_get_431_and_the_proxy_keeps_serving() {
+    let app = MockUpstream::start("app").await;
+    let env = TestEnv::start_with_proxy(
+        &site(&app.url()),
+        "max_request_headers = 10\nmax_request_header_bytes = \"8k\"\n",
+    )
+    .await;
+
+    let many: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let request = format!("GET / HTTP/1.1\r\nHost: app.example\r\n{many}Connection: close\r\n\r\n");
+    let answer = raw_exchange(env.http, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    let big = "a".repeat(10 * 1024);
+    let request =
+        format!("GET / HTTP/1.1\r\nHost: app.example\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
+    let answer = raw_exchange(env.http, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    assert_eq!(app.hits(), 0);
+    let ok = raw_exchange(
+        env.http,
+        b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    env.stop().await;
+}
