@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 pub use error::ProxyError;
 
@@ -116,7 +116,7 @@ impl Proxy {
     async fn forward(
         &self,
         runtime: &Runtime,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: &Peer<'_>,
     ) -> Result<(String, String, Response<ResponseBody>), (Option<String>, ProxyError)> {
         let client = peer.addr;
@@ -154,10 +154,21 @@ impl Proxy {
         };
         let upstream = upstreams.pick();
         let upstream_name = upstream.to_string();
+        // An HTTP/1.1 Upgrade (WebSocket, ...) is passed on, and tunnelled once the upstream
+        // switches protocols.
+        let upgrade = headers::upgrade_protocol(&req);
+        let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
         // Upstream connections are pooled HTTP/1.1 whatever the client spoke.
         parts.version = http::Version::HTTP_11;
+        // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
+        if !parts.headers.contains_key(http::header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(value) = http::HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(http::header::HOST, value);
+        }
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = Uri::builder()
             .scheme(upstream.scheme.clone())
@@ -166,6 +177,9 @@ impl Proxy {
             .build()
             .map_err(|_| fail(ProxyError::BadRequest("invalid request target")))?;
         headers::prepare_upstream_request(&mut parts.headers, &host, peer);
+        if let Some(protocol) = upgrade {
+            headers::restore_upgrade(&mut parts.headers, protocol);
+        }
         let body = Limited::new(
             body,
             usize::try_from(site.body_limit_bytes).unwrap_or(usize::MAX),
@@ -203,14 +217,47 @@ impl Proxy {
             }
             Ok(Ok(r)) => r,
         };
+        let mut response = response;
+        let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        let switched_to = switched
+            .then(|| headers::upgrade_protocol(&response))
+            .flatten();
+        if let (Some(client_side), Some(_)) = (client_side, &switched_to) {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_side, upstream_side, upstream_name.clone()));
+        }
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = switched_to {
+            headers::restore_upgrade(&mut parts.headers, protocol);
+        }
         parts.version = client_version;
         Ok((
             site.name.clone(),
             upstream_name,
             Response::from_parts(parts, body.boxed()),
         ))
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and its upstream until either
+/// side closes. The tunnel holds no runtime: reloads do not touch it.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    name: String,
+) {
+    let (client, upstream) = match (client.await, upstream.await) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(upstream = %name, error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(upstream = %name, up, down, "tunnel closed"),
+        Err(e) => tracing::debug!(upstream = %name, error = %e, "tunnel ended with an error"),
     }
 }
 

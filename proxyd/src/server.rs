@@ -1,4 +1,4 @@
-//! Listeners: accept connections, serve HTTP/1.1 on them, and drain on shutdown.
+//! Listeners: accept connections, serve HTTP/1.1 and h2c on them, and drain on shutdown.
 //!
 //! Listeners outlive snapshots: they are bound once, from the first snapshot, and a reload never
 //! touches them or the connections they accepted.
@@ -7,9 +7,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,13 +33,19 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     // Cancelled when the drain deadline passes: drops every connection still open.
     let hard_stop = CancellationToken::new();
-    let mut builder = http1::Builder::new();
+    // HTTP/1.1, and HTTP/2 with prior knowledge (h2c), told apart by the connection preface.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper answers 431 itself when a request head has more fields or bytes than these.
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_headers(statics.max_request_headers)
         .max_buf_size(statics.max_request_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(statics.max_request_header_bytes).unwrap_or(u32::MAX));
     let drain_timeout = statics.shutdown_timeout;
     loop {
         let accepted = tokio::select! {
@@ -61,7 +67,8 @@ pub async fn serve(
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
         let hard_stop = hard_stop.clone();
         tokio::spawn(async move {
             tokio::select! {

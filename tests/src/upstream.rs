@@ -62,7 +62,8 @@ impl MockUpstream {
                 let (log, name) = (log.clone(), name.clone());
                 let service = service_fn(move |req| answer(req, log.clone(), name.clone()));
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
                 tokio::spawn(conn);
             }
         });
@@ -95,11 +96,14 @@ impl Drop for MockUpstream {
 }
 
 async fn answer(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     log: Arc<Log>,
     name: String,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     log.heads.fetch_add(1, Ordering::SeqCst);
+    if let Some(protocol) = req.headers().get(http::header::UPGRADE).cloned() {
+        return Ok(echo_upgrade(&mut req, protocol, &log));
+    }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.ok().map(|b| b.to_bytes());
     log.requests.lock().unwrap().push(Recorded {
@@ -113,4 +117,32 @@ async fn answer(
         None => format!("upstream {name} got a broken body"),
     };
     Ok(Response::new(Full::new(Bytes::from(text))))
+}
+
+/// Switches protocols and echoes every byte back, for tunnel tests.
+fn echo_upgrade(
+    req: &mut Request<Incoming>,
+    protocol: http::HeaderValue,
+    log: &Log,
+) -> Response<Full<Bytes>> {
+    log.requests.lock().unwrap().push(Recorded {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        headers: req.headers().clone(),
+        body: None,
+    });
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+        let _ = tokio::io::copy(&mut reader, &mut writer).await;
+    });
+    Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, protocol)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }

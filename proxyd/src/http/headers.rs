@@ -50,6 +50,52 @@ pub fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
     Ok(host)
 }
 
+/// The protocol an HTTP/1.1 message asks to switch to: its `Upgrade` header, when a
+/// `Connection` header names `upgrade`.
+pub fn upgrade_protocol(message: &impl HasHeaders) -> Option<HeaderValue> {
+    let headers = message.headers();
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if !asks || message.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    headers.get(header::UPGRADE).cloned()
+}
+
+/// Requests and responses alike.
+pub trait HasHeaders {
+    fn headers(&self) -> &HeaderMap;
+    fn version(&self) -> http::Version;
+}
+
+impl<B> HasHeaders for Request<B> {
+    fn headers(&self) -> &HeaderMap {
+        Request::headers(self)
+    }
+    fn version(&self) -> http::Version {
+        Request::version(self)
+    }
+}
+
+impl<B> HasHeaders for http::Response<B> {
+    fn headers(&self) -> &HeaderMap {
+        http::Response::headers(self)
+    }
+    fn version(&self) -> http::Version {
+        http::Response::version(self)
+    }
+}
+
+/// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
+pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
 /// Removes hop-by-hop headers, including every header the Connection headers name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let nominated: Vec<HeaderName> = headers
