@@ -10,6 +10,9 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use proto::v1 as pb;
 
+/// The name under which the ACK reports the admin listener; no `[[proxy.listeners]]` may use it.
+pub use proto::ADMIN_LISTENER_NAME;
+
 /// A snapshot proxyd has checked and can compile into a runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
@@ -27,6 +30,8 @@ pub struct Spec {
 pub struct StaticSpec {
     pub listeners: Vec<ListenerSpec>,
     pub shutdown_timeout: Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; `None`: nowhere.
+    pub admin_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +92,10 @@ pub enum SnapshotError {
     Missing { version: u64, field: &'static str },
     #[error("listener {name:?}: invalid address {address:?}")]
     ListenerAddress { name: String, address: String },
+    #[error("listener name {name:?} is reserved for the admin listener")]
+    ReservedListenerName { name: String },
+    #[error("invalid admin address {address:?}: expected ip:port")]
+    AdminAddress { address: String },
     #[error("listener {name:?} asks for TLS, which this proxyd build cannot terminate yet")]
     TlsListener { name: String },
     #[error("sites[{index}]: {reason}")]
@@ -140,6 +149,7 @@ impl TryFrom<pb::Snapshot> for Spec {
             statics: StaticSpec {
                 listeners,
                 shutdown_timeout: Duration::from_millis(statics.shutdown_timeout_ms),
+                admin_address: admin_address(statics.admin_address)?,
             },
             sites,
             rate_limit: dynamic
@@ -153,6 +163,10 @@ impl TryFrom<pb::Snapshot> for Spec {
 }
 
 fn listener(l: pb::Listener) -> Result<ListenerSpec, SnapshotError> {
+    // The ACK reports the admin listener under this name.
+    if l.name == ADMIN_LISTENER_NAME {
+        return Err(SnapshotError::ReservedListenerName { name: l.name });
+    }
     if l.tls {
         return Err(SnapshotError::TlsListener { name: l.name });
     }
@@ -165,6 +179,17 @@ fn listener(l: pb::Listener) -> Result<ListenerSpec, SnapshotError> {
             name: l.name,
             address: l.address,
         }),
+    }
+}
+
+/// Empty means no admin listener.
+fn admin_address(text: String) -> Result<Option<SocketAddr>, SnapshotError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.parse() {
+        Ok(address) => Ok(Some(address)),
+        Err(_) => Err(SnapshotError::AdminAddress { address: text }),
     }
 }
 
@@ -288,6 +313,15 @@ mod tests {
             "http://127.0.0.1:9000"
         );
         assert_eq!(spec.sites[0].rate_limit.unwrap().burst.get(), 2);
+        assert_eq!(spec.statics.admin_address, None, "empty means none");
+
+        let mut s = snapshot();
+        s.static_settings.as_mut().unwrap().admin_address = "127.0.0.1:9901".into();
+        let spec = Spec::try_from(s).unwrap();
+        assert_eq!(
+            spec.statics.admin_address,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9901)))
+        );
     }
 
     #[test]
@@ -331,6 +365,20 @@ mod tests {
         assert!(matches!(
             Spec::try_from(s),
             Err(SnapshotError::RateLimit { .. })
+        ));
+
+        let mut s = snapshot();
+        s.static_settings.as_mut().unwrap().listeners[0].name = "admin".into();
+        assert_eq!(
+            Spec::try_from(s).unwrap_err().to_string(),
+            "listener name \"admin\" is reserved for the admin listener"
+        );
+
+        let mut s = snapshot();
+        s.static_settings.as_mut().unwrap().admin_address = "localhost:9901".into();
+        assert!(matches!(
+            Spec::try_from(s),
+            Err(SnapshotError::AdminAddress { .. })
         ));
 
         let mut s = snapshot();

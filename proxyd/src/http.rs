@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use error::ProxyError;
 
+use crate::metrics::Metrics;
 use crate::runtime::{Runtime, Site};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -37,10 +38,11 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub struct Proxy {
     runtime: Arc<ArcSwap<Runtime>>,
     client: Client<HttpConnector, UpstreamBody>,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Proxy {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
@@ -50,7 +52,11 @@ impl Proxy {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Proxy { runtime, client }
+        Proxy {
+            runtime,
+            client,
+            metrics,
+        }
     }
 
     /// Answers one request; never fails: errors become responses in `ProxyError::into_response`.
@@ -60,6 +66,7 @@ impl Proxy {
         client: SocketAddr,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
+        let in_flight = self.metrics.in_flight();
         // One load per request. `load_full` (an Arc) rather than a guard because the request
         // awaits the upstream while holding it.
         let runtime = self.runtime.load_full();
@@ -68,6 +75,7 @@ impl Proxy {
         let (site, upstream, response) = match self.forward(&runtime, req, client).await {
             Ok((site, upstream, r)) => (Some(site), Some(upstream), r),
             Err((site, e)) => {
+                self.metrics.request_failed(site.as_deref(), &e);
                 if matches!(
                     e,
                     ProxyError::UpstreamUnreachable { .. }
@@ -79,6 +87,9 @@ impl Proxy {
                 (site, None, e.into_response())
             }
         };
+        let elapsed = started.elapsed();
+        self.metrics
+            .request_finished(site.as_deref(), response.status(), elapsed);
         tracing::info!(
             target: "access",
             client = %client.ip(),
@@ -87,10 +98,12 @@ impl Proxy {
             site = site.as_deref().unwrap_or("-"),
             upstream = upstream.as_deref().unwrap_or("-"),
             status = response.status().as_u16(),
-            duration_ms = started.elapsed().as_millis() as u64,
+            // Known when the upstream sent Content-Length, and for proxyd's own answers.
+            bytes = hyper::body::Body::size_hint(response.body()).exact(),
+            duration_ms = elapsed.as_millis() as u64,
             config_version = runtime.version,
         );
-        response
+        in_flight.until_body_ends(response)
     }
 
     async fn forward(

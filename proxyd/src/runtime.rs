@@ -74,6 +74,11 @@ impl Runtime {
         }
     }
 
+    /// Every site's name; a site with several hostnames appears once per hostname.
+    pub fn site_names(&self) -> impl Iterator<Item = &str> {
+        self.sites.values().map(|s| s.name.as_str())
+    }
+
     /// The site serving `host` (lower-case, without port).
     pub fn site(&self, host: &str) -> Option<&Arc<Site>> {
         self.sites.get(host)

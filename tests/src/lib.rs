@@ -59,7 +59,14 @@ pub struct TestEnv {
     proxyd: Option<Daemon>,
     /// proxyd's plain-HTTP listener.
     pub http: SocketAddr,
+    /// proxyd's admin listener, when the config has `proxy.admin_address`.
+    pub admin: Option<SocketAddr>,
+    /// Extra lines for the fixed `[proxy]` table.
+    proxy_keys: String,
 }
+
+/// `proxy_keys` for [`TestEnv::start_with`]: an admin listener on a free port.
+pub const ADMIN_ON_PORT_0: &str = "admin_address = \"127.0.0.1:0\"";
 
 struct Daemon {
     shutdown: CancellationToken,
@@ -80,22 +87,20 @@ impl TestEnv {
     /// Starts both daemons with `body` (sites, limits, ...) and waits until proxyd serves
     /// version 1.
     pub async fn start(body: &str) -> TestEnv {
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("proxy.toml");
-        let socket = dir.path().join("control.sock");
-        let mut env = TestEnv {
-            config_path,
-            socket,
-            dir,
-            controld: None,
-            proxyd: None,
-            http: ([0, 0, 0, 0], 0).into(),
-        };
+        TestEnv::start_with("", body).await
+    }
+
+    /// Like [`TestEnv::start`], with `proxy_keys` (e.g. [`ADMIN_ON_PORT_0`]) added to the fixed
+    /// `[proxy]` table of this and every later config this environment writes.
+    pub async fn start_with(proxy_keys: &str, body: &str) -> TestEnv {
+        let mut env = TestEnv::paths_only();
+        env.proxy_keys = proxy_keys.to_owned();
         env.write_config(body);
         env.start_controld().await;
         env.start_proxyd();
         let status = env.wait_for_applied(1).await;
         env.http = listener_address(&status, "http");
+        env.admin = find_listener(&status, "admin");
         env
     }
 
@@ -111,6 +116,8 @@ impl TestEnv {
             controld: None,
             proxyd: None,
             http: ([0, 0, 0, 0], 0).into(),
+            admin: None,
+            proxy_keys: String::new(),
         }
     }
 
@@ -129,13 +136,18 @@ impl TestEnv {
         .await;
     }
 
-    /// The config file: `body` under the fixed part (socket, state dir, one listener on port 0).
+    /// The config file: `body` under the fixed part (socket, state dir, `[proxy]` with this
+    /// environment's extra keys, one listener on port 0).
     pub fn config_text(&self, body: &str) -> String {
         format!(
-            "[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[proxy]\nshutdown_timeout = \"2s\"\n\n\
+            "[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[proxy]\nshutdown_timeout = \"2s\"\n{}\n\
              [[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n\n{body}\n",
             self.socket.display(),
             self.dir.path().join("state").display(),
+            match self.proxy_keys.as_str() {
+                "" => String::new(),
+                keys => format!("{keys}\n"),
+            },
         )
     }
 
@@ -232,6 +244,21 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// GET `path` on proxyd's admin listener.
+    pub async fn admin_get(&self, path: &str) -> Answer {
+        let admin = self
+            .admin
+            .expect("no admin listener: start with TestEnv::start_with(ADMIN_ON_PORT_0, ..)");
+        get(admin, "localhost", path).await
+    }
+
+    /// proxyd's `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        let answer = self.admin_get("/metrics").await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body
+    }
+
     /// Stops proxyd, then controld.
     pub async fn stop(mut self) {
         self.stop_proxyd().await;
@@ -241,15 +268,30 @@ impl TestEnv {
 
 /// The address a data plane reports for listener `name`.
 pub fn listener_address(status: &pb::StatusReply, name: &str) -> SocketAddr {
+    find_listener(status, name).unwrap_or_else(|| panic!("no listener {name} in {status:?}"))
+}
+
+fn find_listener(status: &pb::StatusReply, name: &str) -> Option<SocketAddr> {
     status
         .data_planes
         .iter()
         .flat_map(|p| &p.listeners)
         .find(|l| l.name == name)
-        .unwrap_or_else(|| panic!("no listener {name} in {status:?}"))
-        .address
-        .parse()
-        .unwrap()
+        .map(|l| l.address.parse().unwrap())
+}
+
+/// The value of one series in a Prometheus text page, e.g.
+/// `metric(&text, r#"proxy_requests_total{site="a.example",status_class="2xx"}"#)`, with its
+/// labels written in the order proxyd encodes them. `None` when the series is absent.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 /// A workspace binary built next to the test executable (`cargo build --workspace --bins`).
