@@ -14,3 +14,7 @@ pub mod v1 {
 
 /// The build version every binary reports (Hello, Status, `--version`).
 pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The name under which a data plane's ACK (and so `Status`) reports its admin listener
+/// (`/healthz`, `/readyz`, `/metrics`). Reserved: no `[[proxy.listeners]]` may take it.
+pub const ADMIN_LISTENER_NAME: &str = "admin";

@@ -141,6 +141,7 @@ async fn apply(plane: &DataPlane, snapshot: pb::Snapshot) -> pb::data_plane_mess
                 .collect(),
         }),
         Err(error) => {
+            plane.metrics().snapshot_refused();
             let serving = plane.version();
             tracing::error!(version, serving, %error, "refusing snapshot; the previous one keeps serving");
             Msg::Nack(pb::Nack {

@@ -10,6 +10,9 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use proto::v1 as pb;
 
+/// The name under which the ACK reports the admin listener; no `[[proxy.listeners]]` may use it.
+pub use proto::ADMIN_LISTENER_NAME;
+
 /// A snapshot proxyd has checked and can compile into a runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
@@ -33,6 +36,8 @@ pub struct StaticSpec {
     pub max_request_headers: usize,
     /// Bytes a request head may take; more is answered 431.
     pub max_request_header_bytes: usize,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; `None`: nowhere.
+    pub admin_address: Option<SocketAddr>,
 }
 
 /// Used when a snapshot leaves the request-head limits at 0.
@@ -129,6 +134,10 @@ pub enum SnapshotError {
     Missing { version: u64, field: &'static str },
     #[error("listener {name:?}: invalid address {address:?}")]
     ListenerAddress { name: String, address: String },
+    #[error("listener name {name:?} is reserved for the admin listener")]
+    ReservedListenerName { name: String },
+    #[error("invalid admin address {address:?}: expected ip:port")]
+    AdminAddress { address: String },
     #[error("listener {name:?} asks for TLS, which this proxyd build cannot terminate yet")]
     TlsListener { name: String },
     #[error("sites[{index}]: {reason}")]
@@ -194,6 +203,7 @@ impl TryFrom<pb::Snapshot> for Spec {
                         .unwrap_or(usize::MAX)
                         .max(MIN_HEADER_BYTES),
                 },
+                admin_address: admin_address(statics.admin_address)?,
             },
             sites,
             rate_limit: dynamic
@@ -215,6 +225,10 @@ impl TryFrom<pb::Snapshot> for Spec {
 }
 
 fn listener(l: pb::Listener) -> Result<ListenerSpec, SnapshotError> {
+    // The ACK reports the admin listener under this name.
+    if l.name == ADMIN_LISTENER_NAME {
+        return Err(SnapshotError::ReservedListenerName { name: l.name });
+    }
     if l.tls {
         return Err(SnapshotError::TlsListener { name: l.name });
     }
@@ -227,6 +241,17 @@ fn listener(l: pb::Listener) -> Result<ListenerSpec, SnapshotError> {
             name: l.name,
             address: l.address,
         }),
+    }
+}
+
+/// Empty means no admin listener.
+fn admin_address(text: String) -> Result<Option<SocketAddr>, SnapshotError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.parse() {
+        Ok(address) => Ok(Some(address)),
+        Err(_) => Err(SnapshotError::AdminAddress { address: text }),
     }
 }
 
@@ -449,6 +474,15 @@ mod tests {
             spec.statics.max_request_header_bytes, 8192,
             "never below hyper's minimum"
         );
+        assert_eq!(spec.statics.admin_address, None, "empty means none");
+
+        let mut s = snapshot();
+        s.static_settings.as_mut().unwrap().admin_address = "127.0.0.1:9901".into();
+        let spec = Spec::try_from(s).unwrap();
+        assert_eq!(
+            spec.statics.admin_address,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9901)))
+        );
     }
 
     #[test]
@@ -508,6 +542,20 @@ mod tests {
         assert!(matches!(
             Spec::try_from(s),
             Err(SnapshotError::TrustedProxy { .. })
+        ));
+
+        let mut s = snapshot();
+        s.static_settings.as_mut().unwrap().listeners[0].name = "admin".into();
+        assert_eq!(
+            Spec::try_from(s).unwrap_err().to_string(),
+            "listener name \"admin\" is reserved for the admin listener"
+        );
+
+        let mut s = snapshot();
+        s.static_settings.as_mut().unwrap().admin_address = "localhost:9901".into();
+        assert!(matches!(
+            Spec::try_from(s),
+            Err(SnapshotError::AdminAddress { .. })
         ));
 
         let mut s = snapshot();

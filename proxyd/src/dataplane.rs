@@ -1,7 +1,9 @@
 //! Applying snapshots: check, compile off the request path, swap in whole. The first snapshot
-//! also binds the listeners; later ones never touch them.
+//! also binds the listeners and the admin listener; later ones never touch them.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -9,9 +11,11 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::convert::{ListenerSpec, Spec, StaticSpec};
+use crate::admin::AdminState;
+use crate::convert::{ADMIN_LISTENER_NAME, ListenerSpec, SiteSpec, Spec, StaticSpec};
 use crate::http::Proxy;
 use crate::limits::LimiterStore;
+use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 
 /// How long proxyd waits for an upstream host name to resolve when it checks a snapshot.
@@ -46,10 +50,20 @@ pub struct Bound {
     pub address: SocketAddr,
 }
 
+/// Sockets the first snapshot bound, before they are served.
+struct Sockets {
+    listeners: Vec<(String, tokio::net::TcpListener)>,
+    admin: Option<tokio::net::TcpListener>,
+}
+
 /// The data plane's state across snapshots.
 pub struct DataPlane {
     runtime: Arc<ArcSwap<Runtime>>,
     limiters: Arc<LimiterStore>,
+    /// Outlives every runtime, so counters survive reloads.
+    metrics: Arc<Metrics>,
+    /// Set once a snapshot is applied and its listeners serve: `/readyz`.
+    ready: Arc<AtomicBool>,
     proxy: Arc<Proxy>,
     /// Set by the first applied snapshot.
     bound: Mutex<Option<(StaticSpec, Vec<Bound>)>>,
@@ -61,10 +75,13 @@ pub struct DataPlane {
 impl DataPlane {
     pub fn new(shutdown: CancellationToken, log_level_hook: Option<LogLevelHook>) -> DataPlane {
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::empty()));
+        let metrics = Arc::new(Metrics::new());
         DataPlane {
-            proxy: Arc::new(Proxy::new(runtime.clone())),
+            proxy: Arc::new(Proxy::new(runtime.clone(), metrics.clone())),
             runtime,
             limiters: Arc::default(),
+            metrics,
+            ready: Arc::default(),
             bound: Mutex::new(None),
             servers: TaskTracker::new(),
             shutdown,
@@ -74,6 +91,10 @@ impl DataPlane {
 
     pub fn limiters(&self) -> Arc<LimiterStore> {
         self.limiters.clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The version serving now; 0 before the first snapshot.
@@ -99,6 +120,8 @@ impl DataPlane {
         let newly_bound = self.bind_once(&spec.statics)?;
         let runtime = Runtime::compile(&spec, &self.limiters);
         self.runtime.store(Arc::new(runtime));
+        self.metrics.snapshot_applied(spec.version);
+        forget_removed_sites(&self.metrics, &current, &spec);
         if let Some(hook) = &self.log_level_hook {
             hook(&spec.log_level);
         }
@@ -108,17 +131,8 @@ impl DataPlane {
             sites = spec.sites.len(),
             "applied snapshot"
         );
-        if let Some(listeners) = newly_bound {
-            for (name, listener) in listeners {
-                let serve = crate::server::serve(
-                    name,
-                    listener,
-                    self.proxy.clone(),
-                    spec.statics.clone(),
-                    self.shutdown.clone(),
-                );
-                self.servers.spawn(serve);
-            }
+        if let Some(sockets) = newly_bound {
+            self.serve(sockets, &spec.statics);
         }
         Ok(self
             .bound()
@@ -127,48 +141,101 @@ impl DataPlane {
             .unwrap_or_default())
     }
 
-    /// Binds the listeners of the first snapshot; later snapshots only get a warning when their
-    /// listeners differ, since listeners are static.
-    fn bind_once(
-        &self,
-        statics: &StaticSpec,
-    ) -> Result<Option<Vec<(String, tokio::net::TcpListener)>>, ApplyError> {
+    /// Serves what the first snapshot bound, until shutdown.
+    fn serve(&self, sockets: Sockets, statics: &StaticSpec) {
+        for (name, listener) in sockets.listeners {
+            let serve = crate::server::serve(
+                name,
+                listener,
+                self.proxy.clone(),
+                statics.clone(),
+                self.shutdown.clone(),
+            );
+            self.servers.spawn(serve);
+        }
+        self.ready.store(true, Ordering::Release);
+        if let Some(listener) = sockets.admin {
+            let state = AdminState {
+                metrics: self.metrics.clone(),
+                ready: self.ready.clone(),
+            };
+            let serve = crate::admin::serve(listener, Arc::new(state), self.shutdown.clone());
+            self.servers.spawn(serve);
+        }
+    }
+
+    /// Binds the listeners and the admin listener of the first snapshot; later snapshots only
+    /// get a warning when theirs differ, since they are static.
+    fn bind_once(&self, statics: &StaticSpec) -> Result<Option<Sockets>, ApplyError> {
         let mut bound = self.bound();
         if let Some((first, _)) = bound.as_ref() {
             if first != statics {
                 tracing::warn!(
-                    "listener or drain settings changed; they take effect when proxyd restarts"
+                    "listener, admin or drain settings changed; they take effect when proxyd restarts"
                 );
             }
             return Ok(None);
         }
-        let mut listeners = Vec::new();
+        let mut sockets = Sockets {
+            listeners: Vec::new(),
+            admin: None,
+        };
         let mut addresses = Vec::new();
         for ListenerSpec { name, address } in &statics.listeners {
-            let bind_err = |source| ApplyError::Bind {
-                name: name.clone(),
-                address: *address,
-                source,
-            };
-            let listener = std::net::TcpListener::bind(address).map_err(bind_err)?;
-            listener.set_nonblocking(true).map_err(bind_err)?;
-            let local = listener.local_addr().map_err(bind_err)?;
-            let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_err)?;
-            tracing::info!(listener = %name, address = %local, "listening");
+            let (listener, local) = bind(name, *address)?;
             addresses.push(Bound {
                 name: name.clone(),
                 address: local,
             });
-            listeners.push((name.clone(), listener));
+            sockets.listeners.push((name.clone(), listener));
+        }
+        if let Some(address) = statics.admin_address {
+            let (listener, local) = bind(ADMIN_LISTENER_NAME, address)?;
+            addresses.push(Bound {
+                name: ADMIN_LISTENER_NAME.to_owned(),
+                address: local,
+            });
+            sockets.admin = Some(listener);
         }
         *bound = Some((statics.clone(), addresses));
-        Ok(Some(listeners))
+        Ok(Some(sockets))
     }
 
     /// Waits until every listener has drained (after `shutdown` was cancelled).
     pub async fn drained(&self) {
         self.servers.close();
         self.servers.wait().await;
+    }
+}
+
+/// Binds listener `name` on `address`; returns it with its real address (port 0 resolved).
+fn bind(
+    name: &str,
+    address: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), ApplyError> {
+    let bind_err = |source| ApplyError::Bind {
+        name: name.to_owned(),
+        address,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(address).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    let local = listener.local_addr().map_err(bind_err)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_err)?;
+    tracing::info!(listener = %name, address = %local, "listening");
+    Ok((listener, local))
+}
+
+/// Drops the metric series of the sites `previous` served and `next` does not, so `/metrics`
+/// does not keep every site name that ever existed.
+fn forget_removed_sites(metrics: &Metrics, previous: &Runtime, next: &Spec) {
+    let kept: HashSet<&str> = next.sites.iter().map(SiteSpec::name).collect();
+    let gone: HashSet<&str> = previous
+        .site_names()
+        .filter(|name| !kept.contains(name))
+        .collect();
+    for site in gone {
+        metrics.forget_site(site);
     }
 }
 

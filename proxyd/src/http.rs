@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 pub use error::ProxyError;
 
+use crate::metrics::Metrics;
 use crate::runtime::{Action, Runtime, Site};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -46,10 +47,11 @@ pub struct Peer<'a> {
 pub struct Proxy {
     runtime: Arc<ArcSwap<Runtime>>,
     client: Client<HttpConnector, UpstreamBody>,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Proxy {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
@@ -59,7 +61,11 @@ impl Proxy {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Proxy { runtime, client }
+        Proxy {
+            runtime,
+            client,
+            metrics,
+        }
     }
 
     /// Answers one request; never fails: errors become responses in `ProxyError::into_response`.
@@ -69,6 +75,7 @@ impl Proxy {
         client: SocketAddr,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
+        let in_flight = self.metrics.in_flight();
         // One load per request. `load_full` (an Arc) rather than a guard because the request
         // awaits the upstream while holding it.
         let runtime = self.runtime.load_full();
@@ -84,6 +91,7 @@ impl Proxy {
         let (site, upstream, mut response) = match self.forward(&runtime, req, &peer).await {
             Ok((site, upstream, r)) => (Some(site), Some(upstream), r),
             Err((site, e)) => {
+                self.metrics.request_failed(site.as_deref(), &e);
                 if matches!(
                     e,
                     ProxyError::UpstreamUnreachable { .. }
@@ -98,6 +106,9 @@ impl Proxy {
         response
             .headers_mut()
             .insert(headers::X_REQUEST_ID, request_id.clone());
+        let elapsed = started.elapsed();
+        self.metrics
+            .request_finished(site.as_deref(), response.status(), elapsed);
         tracing::info!(
             target: "access",
             request_id = request_id.to_str().unwrap_or("-"),
@@ -107,10 +118,12 @@ impl Proxy {
             site = site.as_deref().unwrap_or("-"),
             upstream = upstream.as_deref().unwrap_or("-"),
             status = response.status().as_u16(),
-            duration_ms = started.elapsed().as_millis() as u64,
+            // Known when the upstream sent Content-Length, and for proxyd's own answers.
+            bytes = hyper::body::Body::size_hint(response.body()).exact(),
+            duration_ms = elapsed.as_millis() as u64,
             config_version = runtime.version,
         );
-        response
+        in_flight.until_body_ends(response)
     }
 
     async fn forward(

@@ -2,11 +2,13 @@
 //! proxies HTTP traffic to upstreams. It keeps serving its last good snapshot when controld is
 //! gone.
 
+mod admin;
 mod control;
 pub mod convert;
 mod dataplane;
 mod http;
 mod limits;
+mod metrics;
 mod runtime;
 mod server;
 

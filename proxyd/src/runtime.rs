@@ -144,6 +144,11 @@ impl Runtime {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
+    /// Every site's name; a site with several hostnames appears once per hostname.
+    pub fn site_names(&self) -> impl Iterator<Item = &str> {
+        self.sites.values().map(|s| s.name.as_str())
+    }
+
     /// The site serving `host` (lower-case, without port): an exact name first, then a wildcard
     /// for its parent domain (`*.example.com` serves `a.example.com`, not `a.b.example.com`).
     pub fn site(&self, host: &str) -> Option<&Arc<Site>> {
@@ -180,6 +185,7 @@ mod tests {
                 shutdown_timeout: std::time::Duration::ZERO,
                 max_request_headers: 100,
                 max_request_header_bytes: 65536,
+                admin_address: None,
             },
             sites: vec![SiteSpec {
                 hostnames: vec!["example.com".into(), "*.example.com".into()],

@@ -59,9 +59,14 @@ pub struct TestEnv {
     proxyd: Option<Daemon>,
     /// proxyd's plain-HTTP listener.
     pub http: SocketAddr,
-    /// Extra keys for the fixed `[proxy]` table.
-    proxy_extra: String,
+    /// proxyd's admin listener, when the config has `proxy.admin_address`.
+    pub admin: Option<SocketAddr>,
+    /// Extra lines for the fixed `[proxy]` table.
+    proxy_keys: String,
 }
+
+/// `proxy_keys` for [`TestEnv::start_with`]: an admin listener on a free port.
+pub const ADMIN_ON_PORT_0: &str = "admin_address = \"127.0.0.1:0\"";
 
 struct Daemon {
     shutdown: CancellationToken,
@@ -82,18 +87,20 @@ impl TestEnv {
     /// Starts both daemons with `body` (sites, limits, ...) and waits until proxyd serves
     /// version 1.
     pub async fn start(body: &str) -> TestEnv {
-        TestEnv::start_with_proxy(body, "").await
+        TestEnv::start_with("", body).await
     }
 
-    /// Like [`TestEnv::start`], with `proxy` (keys of the `[proxy]` table) added to the fixed part.
-    pub async fn start_with_proxy(body: &str, proxy: &str) -> TestEnv {
+    /// Like [`TestEnv::start`], with `proxy_keys` (e.g. [`ADMIN_ON_PORT_0`]) added to the fixed
+    /// `[proxy]` table of this and every later config this environment writes.
+    pub async fn start_with(proxy_keys: &str, body: &str) -> TestEnv {
         let mut env = TestEnv::paths_only();
-        env.proxy_extra = proxy.to_owned();
+        env.proxy_keys = proxy_keys.to_owned();
         env.write_config(body);
         env.start_controld().await;
         env.start_proxyd();
         let status = env.wait_for_applied(1).await;
         env.http = listener_address(&status, "http");
+        env.admin = find_listener(&status, "admin");
         env
     }
 
@@ -109,7 +116,8 @@ impl TestEnv {
             controld: None,
             proxyd: None,
             http: ([0, 0, 0, 0], 0).into(),
-            proxy_extra: String::new(),
+            admin: None,
+            proxy_keys: String::new(),
         }
     }
 
@@ -129,14 +137,18 @@ impl TestEnv {
     }
 
     /// The config file: `body` first (so it may start with top-level keys), then the fixed part
-    /// (socket, state dir, one listener on port 0). `body` must not open `[control]` or `[proxy]`.
+    /// (socket, state dir, `[proxy]` with this environment's extra keys, one listener on port 0).
+    /// `body` must not open `[control]` or `[proxy]`.
     pub fn config_text(&self, body: &str) -> String {
         format!(
             "{body}\n\n[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[proxy]\nshutdown_timeout = \"2s\"\n{}\n\
              [[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n",
             self.socket.display(),
             self.dir.path().join("state").display(),
-            self.proxy_extra,
+            match self.proxy_keys.as_str() {
+                "" => String::new(),
+                keys => format!("{keys}\n"),
+            },
         )
     }
 
@@ -233,6 +245,21 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// GET `path` on proxyd's admin listener.
+    pub async fn admin_get(&self, path: &str) -> Answer {
+        let admin = self
+            .admin
+            .expect("no admin listener: start with TestEnv::start_with(ADMIN_ON_PORT_0, ..)");
+        get(admin, "localhost", path).await
+    }
+
+    /// proxyd's `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        let answer = self.admin_get("/metrics").await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body
+    }
+
     /// Stops proxyd, then controld.
     pub async fn stop(mut self) {
         self.stop_proxyd().await;
@@ -242,15 +269,30 @@ impl TestEnv {
 
 /// The address a data plane reports for listener `name`.
 pub fn listener_address(status: &pb::StatusReply, name: &str) -> SocketAddr {
+    find_listener(status, name).unwrap_or_else(|| panic!("no listener {name} in {status:?}"))
+}
+
+fn find_listener(status: &pb::StatusReply, name: &str) -> Option<SocketAddr> {
     status
         .data_planes
         .iter()
         .flat_map(|p| &p.listeners)
         .find(|l| l.name == name)
-        .unwrap_or_else(|| panic!("no listener {name} in {status:?}"))
-        .address
-        .parse()
-        .unwrap()
+        .map(|l| l.address.parse().unwrap())
+}
+
+/// The value of one series in a Prometheus text page, e.g.
+/// `metric(&text, r#"proxy_requests_total{site="a.example",status_class="2xx"}"#)`, with its
+/// labels written in the order proxyd encodes them. `None` when the series is absent.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 /// A workspace binary built next to the test executable (`cargo build --workspace --bins`).

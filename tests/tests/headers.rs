@@ -80,9 +80,9 @@ async fn a_trusted_proxy_s_forwarding_headers_are_kept_and_extended() {
 #[tokio::test(flavor = "multi_thread")]
 async fn request_heads_over_the_limits_get_431_and_the_proxy_keeps_serving() {
     let app = MockUpstream::start("app").await;
-    let env = TestEnv::start_with_proxy(
+    let env = TestEnv::start_with(
+        "max_request_headers = 10\nmax_request_header_bytes = \"8k\"",
         &site(&app.url()),
-        "max_request_headers = 10\nmax_request_header_bytes = \"8k\"\n",
     )
     .await;
 

@@ -181,6 +181,28 @@ fn syntax_and_type_errors_are_located() {
 }
 
 #[test]
+fn the_admin_listener_name_is_reserved_and_its_address_not_shared() {
+    let got = rendered(&MINIMAL.replace("name = \"http\"", "name = \"admin\""));
+    assert_eq!(
+        got,
+        [
+            "proxy.toml:3:8: proxy.listeners[0].name: listener name \"admin\" is reserved: \
+             proxyd reports its admin listener (proxy.admin_address) under it"
+        ],
+    );
+
+    let got = rendered(&format!(
+        "[proxy]\nadmin_address = \"127.0.0.1:8080\"\n{MINIMAL}"
+    ));
+    assert_eq!(
+        got,
+        [
+            "proxy.toml:2:17: proxy.admin_address: address 127.0.0.1:8080 is already used by proxy.listeners[0]"
+        ],
+    );
+}
+
+#[test]
 fn durations_sizes_and_addresses_are_checked() {
     let text = MINIMAL.replace("address = \"127.0.0.1:8080\"", "address = \"localhost:80\"")
         + "body_limit_bytes = \"10q\"\n"; // lands in the last table: a site key

@@ -303,6 +303,15 @@ fn proxy(file: &FileConfig, p: &mut Problems) -> ProxyConfig {
             }
         },
     };
+    if let Some(admin) = admin_address
+        && admin.port() != 0
+        && let Some(first) = addresses.get(&admin)
+    {
+        p.push(
+            at.key("admin_address"),
+            format!("address {admin} is already used by proxy.listeners[{first}]"),
+        );
+    }
     ProxyConfig {
         shutdown_timeout,
         max_request_headers,
@@ -348,6 +357,15 @@ fn listener(l: &ListenerFile, at: &KeyPath, p: &mut Problems) -> Option<Listener
             p.push(
                 at.key("name"),
                 format!("invalid listener name {n:?}: use letters, digits, '-' or '_'"),
+            );
+            None
+        }
+        Some(n) if n == proto::ADMIN_LISTENER_NAME => {
+            p.push(
+                at.key("name"),
+                format!(
+                    "listener name {n:?} is reserved: proxyd reports its admin listener (proxy.admin_address) under it"
+                ),
             );
             None
         }

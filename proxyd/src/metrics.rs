@@ -1,0 +1,443 @@
+//! Metrics: one Prometheus registry for the life of the process. It lives beside the swapped
+//! `Runtime`, never inside it, so a reload does not reset a counter; the request path records
+//! into it and the admin listener encodes it for `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::http::{ProxyError, ResponseBody};
+
+/// The `site` label of a request no site matched (unknown or invalid host). Labels carry
+/// configured site names only, never the raw Host header, so their number stays bounded.
+pub const NO_SITE: &str = "-";
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds of the request duration buckets, in seconds (`+Inf` is added).
+const DURATION_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Every value of the `status_class` label.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// Every value of the `kind` label of `proxy_upstream_errors_total`.
+const UPSTREAM_ERROR_KINDS: [&str; 3] = ["unreachable", "failed", "timeout"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabels {
+    site: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    site: String,
+    status_class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    site: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SnapshotLabels {
+    result: &'static str,
+}
+
+type DurationFamily = Family<SiteLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric proxyd exports. Cheap handles (atomics behind `Arc`s) registered once.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: DurationFamily,
+    in_flight: Gauge,
+    rate_limited: Family<SiteLabels, Counter>,
+    body_too_large: Family<SiteLabels, Counter>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    config_version: Gauge,
+    last_apply_successful: Gauge,
+    last_apply_success_timestamp: Gauge<f64, AtomicU64>,
+    snapshots: Family<SnapshotLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("proxy"),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            in_flight: Gauge::default(),
+            rate_limited: Family::default(),
+            body_too_large: Family::default(),
+            upstream_errors: Family::default(),
+            config_version: Gauge::default(),
+            last_apply_successful: Gauge::default(),
+            last_apply_success_timestamp: Gauge::default(),
+            snapshots: Family::default(),
+        };
+        m.register();
+        // Both results exist from the start, so `rate()` and alerts see the first refusal.
+        for result in ["applied", "refused"] {
+            m.snapshots
+                .get_or_create(&SnapshotLabels { result })
+                .inc_by(0);
+        }
+        m
+    }
+
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "requests",
+            "Requests answered, by site and status class",
+            self.requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time from the request head to the response head, by site",
+            Unit::Seconds,
+            self.duration.clone(),
+        );
+        r.register(
+            "requests_in_flight",
+            "Requests whose response is not fully sent yet",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Requests refused with 429 by a rate limit, by site",
+            self.rate_limited.clone(),
+        );
+        r.register(
+            "body_too_large",
+            "Requests refused with 413 by a body limit, by site",
+            self.body_too_large.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Requests that failed at the upstream (unreachable, failed, timeout), by site",
+            self.upstream_errors.clone(),
+        );
+        r.register(
+            "config_version",
+            "Version of the snapshot serving now; 0 before the first",
+            self.config_version.clone(),
+        );
+        r.register(
+            "config_last_apply_successful",
+            "1 when the last snapshot received was applied, 0 when it was refused or none was applied yet",
+            self.last_apply_successful.clone(),
+        );
+        r.register_with_unit(
+            "config_last_apply_success_timestamp",
+            "Unix time of the last applied snapshot",
+            Unit::Seconds,
+            self.last_apply_success_timestamp.clone(),
+        );
+        r.register(
+            "snapshots",
+            "Snapshots received from controld, by result (applied, refused)",
+            self.snapshots.clone(),
+        );
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Counts a finished request: its status class and how long its response head took.
+    /// `site` is `None` when no site matched.
+    pub fn request_finished(&self, site: Option<&str>, status: StatusCode, elapsed: Duration) {
+        let site = site.unwrap_or(NO_SITE);
+        self.duration
+            .get_or_create(&SiteLabels {
+                site: site.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                site: site.to_owned(),
+                status_class: status_class(status),
+            })
+            .inc();
+    }
+
+    /// Counts why proxyd answered a request itself, for the errors that have their own counter.
+    pub fn request_failed(&self, site: Option<&str>, error: &ProxyError) {
+        let site = site.unwrap_or(NO_SITE).to_owned();
+        let kind = match error {
+            ProxyError::RateLimited { .. } => {
+                self.rate_limited.get_or_create(&SiteLabels { site }).inc();
+                return;
+            }
+            ProxyError::PayloadTooLarge { .. } => {
+                self.body_too_large
+                    .get_or_create(&SiteLabels { site })
+                    .inc();
+                return;
+            }
+            ProxyError::UpstreamUnreachable { .. } => "unreachable",
+            ProxyError::UpstreamFailed { .. } => "failed",
+            ProxyError::UpstreamTimeout { .. } => "timeout",
+            // Counted by `proxy_requests_total` alone.
+            _ => return,
+        };
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels { site, kind })
+            .inc();
+    }
+
+    /// A snapshot was applied and `version` serves now.
+    pub fn snapshot_applied(&self, version: u64) {
+        self.config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.last_apply_successful.set(1);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_apply_success_timestamp.set(now.as_secs_f64());
+        self.snapshots
+            .get_or_create(&SnapshotLabels { result: "applied" })
+            .inc();
+    }
+
+    /// A snapshot was refused (NACK); the previous one keeps serving.
+    pub fn snapshot_refused(&self) {
+        self.last_apply_successful.set(0);
+        self.snapshots
+            .get_or_create(&SnapshotLabels { result: "refused" })
+            .inc();
+    }
+
+    /// Drops every series labelled with `site`, so `/metrics` does not grow with each site a
+    /// reload renames or removes. A request still running on the old runtime may record it
+    /// once more; the next removal of that name, or a restart, drops it again.
+    pub fn forget_site(&self, site: &str) {
+        let labels = SiteLabels {
+            site: site.to_owned(),
+        };
+        self.duration.remove(&labels);
+        self.rate_limited.remove(&labels);
+        self.body_too_large.remove(&labels);
+        for status_class in STATUS_CLASSES {
+            self.requests.remove(&RequestLabels {
+                site: site.to_owned(),
+                status_class,
+            });
+        }
+        for kind in UPSTREAM_ERROR_KINDS {
+            self.upstream_errors.remove(&UpstreamErrorLabels {
+                site: site.to_owned(),
+                kind,
+            });
+        }
+    }
+
+    /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// "2xx" for 200 to 299, and so on; "other" for the 600 to 999 an upstream may send.
+pub fn status_class(status: StatusCode) -> &'static str {
+    let class = usize::from(status.as_u16() / 100);
+    STATUS_CLASSES
+        .get(class.wrapping_sub(1))
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Holds one request in `proxy_requests_in_flight`; dropping it takes the request out.
+#[must_use = "the request counts as in flight only while the guard lives"]
+pub struct InFlight(Gauge);
+
+impl InFlight {
+    /// Keeps the request counted until its response body has been sent or dropped, rather
+    /// than only until the response head is ready.
+    pub fn until_body_ends(self, response: Response<ResponseBody>) -> Response<ResponseBody> {
+        // The closure owns the guard: it is dropped with the body, which hyper does once the
+        // last frame is written or the connection goes away.
+        response.map(|body| {
+            body.map_frame(move |frame| {
+                let _guard: &InFlight = &self;
+                frame
+            })
+            .boxed()
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn status_classes() {
+        let class = |code: u16| status_class(StatusCode::from_u16(code).unwrap());
+        assert_eq!(class(100), "1xx");
+        assert_eq!(class(200), "2xx");
+        assert_eq!(class(304), "3xx");
+        assert_eq!(class(404), "4xx");
+        assert_eq!(class(429), "4xx");
+        assert_eq!(class(599), "5xx");
+        assert_eq!(class(600), "other");
+        assert_eq!(class(999), "other");
+    }
+
+    #[test]
+    fn requests_are_counted_by_site_and_class_with_no_site_as_dash() {
+        let m = Metrics::new();
+        let ms = Duration::from_millis(3);
+        m.request_finished(Some("a.example"), StatusCode::OK, ms);
+        m.request_finished(Some("a.example"), StatusCode::CREATED, ms);
+        m.request_finished(None, StatusCode::NOT_FOUND, ms);
+        m.request_failed(
+            Some("a.example"),
+            &ProxyError::UpstreamTimeout {
+                upstream: "u".into(),
+                timeout: ms,
+            },
+        );
+        m.request_failed(None, &ProxyError::UnknownHost);
+        let text = m.encode().unwrap();
+        let get = |series: &str| sample(&text, series);
+        assert_eq!(
+            get(r#"proxy_requests_total{site="a.example",status_class="2xx"}"#),
+            Some("2")
+        );
+        assert_eq!(
+            get(r#"proxy_requests_total{site="-",status_class="4xx"}"#),
+            Some("1")
+        );
+        assert_eq!(
+            get(r#"proxy_upstream_errors_total{site="a.example",kind="timeout"}"#),
+            Some("1")
+        );
+        assert_eq!(
+            get(r#"proxy_request_duration_seconds_bucket{le="0.005",site="a.example"}"#),
+            Some("2")
+        );
+        assert_eq!(get(r#"proxy_snapshots_total{result="refused"}"#), Some("0"));
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_forgotten_site_loses_every_series_and_others_keep_theirs() {
+        let m = Metrics::new();
+        for site in ["gone.example", "kept.example"] {
+            m.request_finished(Some(site), StatusCode::OK, Duration::ZERO);
+            m.request_finished(Some(site), StatusCode::BAD_GATEWAY, Duration::ZERO);
+            m.request_failed(
+                Some(site),
+                &ProxyError::RateLimited {
+                    retry_after: Duration::ZERO,
+                },
+            );
+            m.request_failed(Some(site), &ProxyError::PayloadTooLarge { limit: 1 });
+            m.request_failed(
+                Some(site),
+                &ProxyError::UpstreamFailed {
+                    upstream: "u".into(),
+                    reason: "r".into(),
+                },
+            );
+        }
+        m.forget_site("gone.example");
+        let text = m.encode().unwrap();
+        assert!(!text.contains("gone.example"), "{text}");
+        assert_eq!(
+            sample(
+                &text,
+                r#"proxy_requests_total{site="kept.example",status_class="5xx"}"#
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, r#"proxy_rate_limited_total{site="kept.example"}"#),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn snapshots_set_the_config_gauges() {
+        let m = Metrics::new();
+        m.snapshot_applied(7);
+        m.snapshot_refused();
+        let text = m.encode().unwrap();
+        assert_eq!(sample(&text, "proxy_config_version"), Some("7"));
+        assert_eq!(
+            sample(&text, "proxy_config_last_apply_successful"),
+            Some("0")
+        );
+        assert_eq!(
+            sample(&text, r#"proxy_snapshots_total{result="applied"}"#),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, r#"proxy_snapshots_total{result="refused"}"#),
+            Some("1")
+        );
+        let stamp: f64 = sample(&text, "proxy_config_last_apply_success_timestamp_seconds")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(stamp > 1.6e9, "{stamp}");
+    }
+
+    #[tokio::test]
+    async fn in_flight_lasts_until_the_body_is_done() {
+        let m = Metrics::new();
+        let guard = m.in_flight();
+        assert_eq!(m.in_flight.get(), 1);
+        let response = guard.until_body_ends(
+            ProxyError::UnknownHost.into_response(&http::HeaderValue::from_static("id")),
+        );
+        assert_eq!(
+            m.in_flight.get(),
+            1,
+            "the head alone does not end the request"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(!body.is_empty());
+        assert_eq!(m.in_flight.get(), 0);
+    }
+}
