@@ -133,6 +133,10 @@ fn changes(old: &[(&'static str, String)], new: &[(&'static str, String)]) -> Ve
         .collect()
 }
 
+fn human(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 fn list<T: ToString>(items: &[T]) -> String {
     if items.is_empty() {
         return "none".to_owned();
@@ -157,6 +161,10 @@ fn limit_fields(c: &Config) -> Vec<(&'static str, String)> {
         ("rate_limit", rate(c.dynamic.rate_limit)),
         ("logging.level", c.dynamic.log_level.clone()),
         ("trusted_proxies", list(&c.dynamic.trusted_proxies)),
+        (
+            "upstream_response_timeout",
+            human(c.dynamic.upstream_response_timeout),
+        ),
     ]
 }
 
@@ -199,6 +207,18 @@ fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
         (
             "proxy.max_request_header_bytes",
             s.proxy.max_request_header_bytes.to_string(),
+        ),
+        (
+            "proxy.request_header_timeout",
+            human(s.proxy.request_header_timeout),
+        ),
+        (
+            "proxy.upstream_connect_timeout",
+            human(s.proxy.upstream_connect_timeout),
+        ),
+        (
+            "proxy.upstream_idle_timeout",
+            human(s.proxy.upstream_idle_timeout),
         ),
         ("logging.format", s.log_format.as_str().to_owned()),
         (

@@ -43,12 +43,16 @@ impl Content {
                 log_format: statics.log_format.as_str().to_owned(),
                 max_request_headers: statics.proxy.max_request_headers,
                 max_request_header_bytes: statics.proxy.max_request_header_bytes,
+                request_header_timeout_ms: millis(statics.proxy.request_header_timeout),
+                upstream_connect_timeout_ms: millis(statics.proxy.upstream_connect_timeout),
+                upstream_idle_timeout_ms: millis(statics.proxy.upstream_idle_timeout),
             }),
             dynamic: Some(pb::DynamicConfig {
                 sites: dynamic.sites.iter().map(site).collect(),
                 rate_limit: dynamic.rate_limit.map(rate_limit),
                 body_limit_bytes: dynamic.body_limit_bytes,
                 log_level: dynamic.log_level.clone(),
+                upstream_response_timeout_ms: millis(dynamic.upstream_response_timeout),
                 trusted_proxies: dynamic
                     .trusted_proxies
                     .iter()
@@ -87,7 +91,12 @@ fn site(site: &Site) -> pb::Site {
         }
         .into(),
         routes: site.routes.iter().map(route).collect(),
+        upstream_response_timeout_ms: site.upstream_response_timeout.map(millis),
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn urls(upstreams: &[UpstreamUrl]) -> Vec<String> {

@@ -22,6 +22,8 @@ pub struct Spec {
     pub sites: Vec<SiteSpec>,
     pub rate_limit: Option<RateQuota>,
     pub body_limit_bytes: u64,
+    /// For sites without their own.
+    pub upstream_response_timeout: Duration,
     /// Peers whose forwarding headers are kept.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub log_level: String,
@@ -38,11 +40,20 @@ pub struct StaticSpec {
     pub max_request_header_bytes: usize,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; `None`: nowhere.
     pub admin_address: Option<SocketAddr>,
+    /// How long a client may take to send a request head.
+    pub request_header_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub upstream_idle_timeout: Duration,
 }
 
 /// Used when a snapshot leaves the request-head limits at 0.
 const DEFAULT_MAX_REQUEST_HEADERS: usize = 100;
 const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// hyper's read buffer cannot be smaller.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -59,6 +70,7 @@ pub struct SiteSpec {
     pub routes: Vec<RouteSpec>,
     pub rate_limit: Option<RateQuota>,
     pub body_limit_bytes: Option<u64>,
+    pub upstream_response_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +216,18 @@ impl TryFrom<pb::Snapshot> for Spec {
                         .max(MIN_HEADER_BYTES),
                 },
                 admin_address: admin_address(statics.admin_address)?,
+                request_header_timeout: millis_or(
+                    statics.request_header_timeout_ms,
+                    DEFAULT_REQUEST_HEADER_TIMEOUT,
+                ),
+                upstream_connect_timeout: millis_or(
+                    statics.upstream_connect_timeout_ms,
+                    DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+                ),
+                upstream_idle_timeout: millis_or(
+                    statics.upstream_idle_timeout_ms,
+                    DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+                ),
             },
             sites,
             rate_limit: dynamic
@@ -211,6 +235,10 @@ impl TryFrom<pb::Snapshot> for Spec {
                 .map(|r| quota(r, "rate_limit"))
                 .transpose()?,
             body_limit_bytes: dynamic.body_limit_bytes,
+            upstream_response_timeout: millis_or(
+                dynamic.upstream_response_timeout_ms,
+                DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
+            ),
             trusted_proxies: dynamic
                 .trusted_proxies
                 .iter()
@@ -221,6 +249,14 @@ impl TryFrom<pb::Snapshot> for Spec {
                 .collect::<Result<_, _>>()?,
             log_level: dynamic.log_level,
         })
+    }
+}
+
+/// A timeout from the wire; 0 means "the default".
+fn millis_or(ms: u64, default: Duration) -> Duration {
+    match ms {
+        0 => default,
+        ms => Duration::from_millis(ms),
     }
 }
 
@@ -316,6 +352,10 @@ fn site_spec(site: pb::Site) -> Result<SiteSpec, String> {
         routes,
         rate_limit,
         body_limit_bytes: site.body_limit_bytes,
+        upstream_response_timeout: site
+            .upstream_response_timeout_ms
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis),
     })
 }
 
@@ -424,6 +464,9 @@ mod tests {
                 log_format: "json".into(),
                 max_request_headers: 0,
                 max_request_header_bytes: 1,
+                request_header_timeout_ms: 0,
+                upstream_connect_timeout_ms: 250,
+                upstream_idle_timeout_ms: 0,
             }),
             dynamic: Some(pb::DynamicConfig {
                 sites: vec![pb::Site {
@@ -446,8 +489,10 @@ mod tests {
                             }],
                         })),
                     }],
+                    upstream_response_timeout_ms: Some(700),
                 }],
                 rate_limit: None,
+                upstream_response_timeout_ms: 0,
                 body_limit_bytes: 100,
                 trusted_proxies: vec!["10.0.0.0/8".into(), "::1/128".into()],
                 log_level: "info".into(),
@@ -469,6 +514,20 @@ mod tests {
         assert_eq!(upstreams, ["http://127.0.0.1:9000"]);
         assert_eq!(spec.sites[0].rate_limit.unwrap().burst.get(), 2);
         assert_eq!(spec.trusted_proxies.len(), 2);
+        assert_eq!(
+            spec.statics.request_header_timeout,
+            Duration::from_secs(30),
+            "0 means the default"
+        );
+        assert_eq!(
+            spec.statics.upstream_connect_timeout,
+            Duration::from_millis(250)
+        );
+        assert_eq!(spec.upstream_response_timeout, Duration::from_secs(60));
+        assert_eq!(
+            spec.sites[0].upstream_response_timeout,
+            Some(Duration::from_millis(700))
+        );
         assert_eq!(spec.statics.max_request_headers, 100, "0 means the default");
         assert_eq!(
             spec.statics.max_request_header_bytes, 8192,

@@ -64,7 +64,6 @@ pub struct DataPlane {
     metrics: Arc<Metrics>,
     /// Set once a snapshot is applied and its listeners serve: `/readyz`.
     ready: Arc<AtomicBool>,
-    proxy: Arc<Proxy>,
     /// Set by the first applied snapshot.
     bound: Mutex<Option<(StaticSpec, Vec<Bound>)>>,
     servers: TaskTracker,
@@ -77,7 +76,6 @@ impl DataPlane {
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::empty()));
         let metrics = Arc::new(Metrics::new());
         DataPlane {
-            proxy: Arc::new(Proxy::new(runtime.clone(), metrics.clone())),
             runtime,
             limiters: Arc::default(),
             metrics,
@@ -143,11 +141,17 @@ impl DataPlane {
 
     /// Serves what the first snapshot bound, until shutdown.
     fn serve(&self, sockets: Sockets, statics: &StaticSpec) {
+        // The upstream client's timeouts are static: one proxy for the life of the process.
+        let proxy = Arc::new(Proxy::new(
+            self.runtime.clone(),
+            self.metrics.clone(),
+            statics,
+        ));
         for (name, listener) in sockets.listeners {
             let serve = crate::server::serve(
                 name,
                 listener,
-                self.proxy.clone(),
+                proxy.clone(),
                 statics.clone(),
                 self.shutdown.clone(),
             );

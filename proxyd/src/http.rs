@@ -7,7 +7,7 @@ mod respond;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -21,19 +21,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 pub use error::ProxyError;
 
+use crate::convert::StaticSpec;
 use crate::metrics::Metrics;
 use crate::runtime::{Action, Runtime, Site};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
 type UpstreamBody = BoxBody<Bytes, BoxError>;
-
-/// How long an upstream may take to send its response head.
-const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Below the keep-alive timeouts common upstream servers use (nginx 75 s, Node 5 s is the
-/// outlier), so proxyd closes an idle connection before the upstream does.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Who sent a request, as the request path needs it.
 pub struct Peer<'a> {
@@ -51,14 +45,18 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) -> Proxy {
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        metrics: Arc<Metrics>,
+        statics: &StaticSpec,
+    ) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
+        connector.set_connect_timeout(Some(statics.upstream_connect_timeout));
         // One pool for all upstreams, keyed by scheme and authority: an upstream that a reload
         // keeps keeps its idle connections; one whose address changes gets new ones.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_idle_timeout(statics.upstream_idle_timeout)
             .pool_timer(TokioTimer::new())
             .build(connector);
         Proxy {
@@ -200,7 +198,7 @@ impl Proxy {
         .boxed();
 
         let sent = tokio::time::timeout(
-            UPSTREAM_RESPONSE_TIMEOUT,
+            site.upstream_response_timeout,
             self.client.request(Request::from_parts(parts, body)),
         )
         .await;
@@ -208,7 +206,7 @@ impl Proxy {
             Err(_) => {
                 return Err(fail(ProxyError::UpstreamTimeout {
                     upstream: upstream_name,
-                    timeout: UPSTREAM_RESPONSE_TIMEOUT,
+                    timeout: site.upstream_response_timeout,
                 }));
             }
             Ok(Err(e)) if caused_by_body_limit(&e) => {

@@ -24,6 +24,8 @@ pub struct Site {
     routes: Vec<Route>,
     pub body_limit_bytes: u64,
     pub limiter: Option<SiteLimiter>,
+    /// How long an upstream may take to send its response head.
+    pub upstream_response_timeout: std::time::Duration,
 }
 
 #[derive(Debug)]
@@ -125,6 +127,9 @@ impl Runtime {
                 routes,
                 body_limit_bytes: s.body_limit_bytes.unwrap_or(spec.body_limit_bytes),
                 limiter,
+                upstream_response_timeout: s
+                    .upstream_response_timeout
+                    .unwrap_or(spec.upstream_response_timeout),
             });
             for h in &s.hostnames {
                 sites.insert(h.clone(), site.clone());
@@ -186,15 +191,20 @@ mod tests {
                 max_request_headers: 100,
                 max_request_header_bytes: 65536,
                 admin_address: None,
+                request_header_timeout: std::time::Duration::from_secs(1),
+                upstream_connect_timeout: std::time::Duration::from_secs(1),
+                upstream_idle_timeout: std::time::Duration::from_secs(1),
             },
             sites: vec![SiteSpec {
                 hostnames: vec!["example.com".into(), "*.example.com".into()],
                 routes: vec![respond("/api/v2"), respond("/api"), respond("/")],
                 rate_limit: None,
                 body_limit_bytes: None,
+                upstream_response_timeout: None,
             }],
             rate_limit: None,
             body_limit_bytes: 1,
+            upstream_response_timeout: std::time::Duration::from_secs(1),
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
             log_level: "info".into(),
         };

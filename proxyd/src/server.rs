@@ -17,10 +17,6 @@ use tokio_util::sync::CancellationToken;
 use crate::convert::StaticSpec;
 use crate::http::Proxy;
 
-/// How long a client may take to send a request head. hyper enforces this only when a timer is
-/// set on the builder.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Serves `listener` until `shutdown`, then stops accepting, lets in-flight requests finish
 /// (keep-alive off) for up to `drain_timeout`, and drops what is left.
 pub async fn serve(
@@ -39,7 +35,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(statics.request_header_timeout)
         .max_headers(statics.max_request_headers)
         .max_buf_size(statics.max_request_header_bytes);
     builder

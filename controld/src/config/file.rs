@@ -14,6 +14,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 pub struct FileConfig {
     pub body_limit_bytes: Option<SizeValue>,
     pub trusted_proxies: Vec<String>,
+    pub upstream_response_timeout: Option<String>,
     pub rate_limit: Option<RateLimitFile>,
     pub logging: LoggingFile,
     pub sites: Vec<SiteFile>,
@@ -45,6 +46,7 @@ pub struct SiteFile {
     pub tls: Option<TlsFile>,
     pub rate_limit: Option<RateLimitFile>,
     pub body_limit_bytes: Option<SizeValue>,
+    pub upstream_response_timeout: Option<String>,
     pub routes: Vec<RouteFile>,
 }
 
@@ -100,6 +102,9 @@ pub struct ControlFile {
 pub struct ProxyFile {
     pub shutdown_timeout: Option<String>,
     pub max_request_headers: Option<i64>,
+    pub request_header_timeout: Option<String>,
+    pub upstream_connect_timeout: Option<String>,
+    pub upstream_idle_timeout: Option<String>,
     pub max_request_header_bytes: Option<SizeValue>,
     pub admin_address: Option<String>,
     pub listeners: Vec<ListenerFile>,

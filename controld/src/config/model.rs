@@ -23,6 +23,8 @@ pub struct DynamicConfig {
     pub body_limit_bytes: u64,
     /// Peers whose forwarding headers are kept.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// For sites without their own.
+    pub upstream_response_timeout: Duration,
     /// A tracing filter directive ("info", "proxyd=debug,warn").
     pub log_level: String,
 }
@@ -38,6 +40,7 @@ pub struct Site {
     pub tls: SiteTls,
     pub rate_limit: Option<RateLimit>,
     pub body_limit_bytes: Option<u64>,
+    pub upstream_response_timeout: Option<Duration>,
 }
 
 impl Site {
@@ -196,6 +199,9 @@ pub struct ControlConfig {
 pub struct ProxyConfig {
     pub shutdown_timeout: Duration,
     pub max_request_headers: u32,
+    pub request_header_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
     pub max_request_header_bytes: u64,
     pub admin_address: Option<SocketAddr>,
     /// Never empty; names and addresses unique.

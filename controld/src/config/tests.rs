@@ -436,3 +436,50 @@ fn trusted_proxies_and_request_head_limits() {
         "{got:#?}"
     );
 }
+
+#[test]
+fn timeouts_have_defaults_and_must_be_positive() {
+    let c = parse(MINIMAL, Path::new("proxy.toml")).unwrap();
+    let secs = std::time::Duration::from_secs;
+    assert_eq!(c.dynamic.upstream_response_timeout, secs(60));
+    let p = &c.statics.proxy;
+    assert_eq!(
+        (
+            p.request_header_timeout,
+            p.upstream_connect_timeout,
+            p.upstream_idle_timeout
+        ),
+        (secs(30), secs(5), secs(4))
+    );
+
+    let text = format!(
+        "upstream_response_timeout = \"2s\"\n[proxy]\nrequest_header_timeout = \"10s\"\n\
+         upstream_connect_timeout = \"1s\"\nupstream_idle_timeout = \"50s\"\n{}",
+        MINIMAL.replace(
+            "upstreams = [",
+            "upstream_response_timeout = \"500ms\"\nupstreams = ["
+        )
+    );
+    let c = parse(&text, Path::new("proxy.toml")).unwrap();
+    assert_eq!(c.dynamic.upstream_response_timeout, secs(2));
+    assert_eq!(
+        c.dynamic.sites[0].upstream_response_timeout,
+        Some(std::time::Duration::from_millis(500))
+    );
+    assert_eq!(c.statics.proxy.upstream_idle_timeout, secs(50));
+
+    let text = format!(
+        "upstream_response_timeout = \"0s\"\n[proxy]\nupstream_connect_timeout = \"soon\"\n{MINIMAL}"
+    );
+    let got = rendered(&text);
+    assert!(
+        got.iter()
+            .any(|d| d.contains("upstream_response_timeout: must be greater than 0")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|d| d.contains("proxy.upstream_connect_timeout: invalid duration \"soon\"")),
+        "{got:#?}"
+    );
+}

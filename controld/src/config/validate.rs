@@ -19,6 +19,13 @@ pub const DEFAULT_SOCKET: &str = "/run/controld/control.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/controld";
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// How long a client may take to send a request head (slowloris protection).
+pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Below the keep-alive timeouts common upstream servers use (nginx 75 s, Apache 5 s, Node 5 s),
+/// so proxyd closes an idle pooled connection before the upstream does.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Header fields a request head may have (nginx and HAProxy allow about 100).
 pub const DEFAULT_MAX_REQUEST_HEADERS: u32 = 100;
 /// Bytes a request head may take: 64 KiB, like HAProxy's default buffer.
@@ -89,6 +96,10 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<Problem>> {
     };
     let sites = sites(&file.sites, &statics, &mut p);
     let trusted_proxies = trusted_proxies(&file, &mut p);
+    let upstream_response_timeout = match &file.upstream_response_timeout {
+        Some(t) => positive_duration(t, root.key("upstream_response_timeout"), &mut p),
+        None => DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
+    };
 
     if !p.0.is_empty() {
         return Err(p.0);
@@ -99,6 +110,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<Problem>> {
             rate_limit,
             body_limit_bytes,
             trusted_proxies,
+            upstream_response_timeout,
             log_level,
         },
         statics,
@@ -182,6 +194,25 @@ fn duration(text: &str, path: KeyPath, p: &mut Problems) -> Duration {
             Duration::ZERO
         }
     }
+}
+
+/// A duration that must be more than zero (a zero timeout would fail every request).
+fn positive_duration(text: &str, path: KeyPath, p: &mut Problems) -> Duration {
+    let d = duration(text, path.clone(), p);
+    if d.is_zero() && humantime::parse_duration(text).is_ok() {
+        p.push(path, "must be greater than 0");
+    }
+    d
+}
+
+fn timeout_or(
+    text: &Option<String>,
+    default: Duration,
+    path: KeyPath,
+    p: &mut Problems,
+) -> Duration {
+    text.as_deref()
+        .map_or(default, |t| positive_duration(t, path, p))
 }
 
 fn socket_addr(text: &str, path: KeyPath, p: &mut Problems) -> Option<SocketAddr> {
@@ -315,6 +346,24 @@ fn proxy(file: &FileConfig, p: &mut Problems) -> ProxyConfig {
     ProxyConfig {
         shutdown_timeout,
         max_request_headers,
+        request_header_timeout: timeout_or(
+            &file.proxy.request_header_timeout,
+            DEFAULT_REQUEST_HEADER_TIMEOUT,
+            at.key("request_header_timeout"),
+            p,
+        ),
+        upstream_connect_timeout: timeout_or(
+            &file.proxy.upstream_connect_timeout,
+            DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+            at.key("upstream_connect_timeout"),
+            p,
+        ),
+        upstream_idle_timeout: timeout_or(
+            &file.proxy.upstream_idle_timeout,
+            DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            at.key("upstream_idle_timeout"),
+            p,
+        ),
         max_request_header_bytes,
         admin_address,
         listeners,
@@ -491,6 +540,10 @@ fn site(
         .body_limit_bytes
         .as_ref()
         .map(|s| body_limit(s, &at.key("body_limit_bytes"), p));
+    let upstream_response_timeout = file
+        .upstream_response_timeout
+        .as_deref()
+        .map(|t| positive_duration(t, at.key("upstream_response_timeout"), p));
     Some(Site {
         hostnames,
         upstreams,
@@ -498,6 +551,7 @@ fn site(
         tls,
         rate_limit,
         body_limit_bytes,
+        upstream_response_timeout,
     })
 }
 
