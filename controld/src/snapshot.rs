@@ -4,7 +4,9 @@
 use proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, RateLimit, Route, RouteAction, Site, SiteTls, UpstreamUrl};
+use crate::config::{
+    Config, LoadBalancing, PoolConfig, RateLimit, Route, RouteAction, Site, SiteTls, Upstream,
+};
 
 /// A snapshot's content without its version, and the hash that identifies that content.
 #[derive(Debug, Clone)]
@@ -82,6 +84,8 @@ fn site(site: &Site) -> pb::Site {
             .map(|h| h.as_str().to_owned())
             .collect(),
         upstreams: urls(&site.upstreams),
+        upstream_weights: weights(&site.upstreams),
+        pool: Some(pool(&site.pool)),
         rate_limit: site.rate_limit.map(rate_limit),
         body_limit_bytes: site.body_limit_bytes,
         tls: match site.tls {
@@ -99,8 +103,39 @@ fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn urls(upstreams: &[UpstreamUrl]) -> Vec<String> {
+fn urls(upstreams: &[Upstream]) -> Vec<String> {
     upstreams.iter().map(|u| u.as_str().to_owned()).collect()
+}
+
+/// Empty when every weight is 1, so that unweighted sites hash as before.
+fn weights(upstreams: &[Upstream]) -> Vec<u32> {
+    if upstreams.iter().all(|u| u.weight == 1) {
+        return Vec::new();
+    }
+    upstreams.iter().map(|u| u.weight).collect()
+}
+
+fn pool(pool: &PoolConfig) -> pb::UpstreamPool {
+    pb::UpstreamPool {
+        load_balancing: match pool.load_balancing {
+            LoadBalancing::RoundRobin => pb::LoadBalancing::RoundRobin,
+            LoadBalancing::WeightedRoundRobin => pb::LoadBalancing::WeightedRoundRobin,
+            LoadBalancing::LeastRequests => pb::LoadBalancing::LeastRequests,
+        }
+        .into(),
+        retries: pool.retries,
+        health_check: pool.health_check.as_ref().map(|h| pb::HealthCheck {
+            path: h.path.clone(),
+            interval_ms: millis(h.interval),
+            timeout_ms: millis(h.timeout),
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+        }),
+        passive_health: pool.passive_health.map(|p| pb::PassiveHealth {
+            consecutive_failures: p.consecutive_failures,
+            cooldown_ms: millis(p.cooldown),
+        }),
+    }
 }
 
 fn route(route: &Route) -> pb::Route {
@@ -108,6 +143,7 @@ fn route(route: &Route) -> pb::Route {
     let action = match &route.action {
         RouteAction::Proxy(upstreams) => Action::Upstreams(pb::UpstreamList {
             urls: urls(upstreams),
+            weights: weights(upstreams),
         }),
         RouteAction::Redirect { location, status } => Action::Redirect(pb::Redirect {
             location: location.clone(),

@@ -68,9 +68,49 @@ pub struct SiteSpec {
     pub hostnames: Vec<String>,
     /// Longest prefix first; the site's default upstreams are the route for "/".
     pub routes: Vec<RouteSpec>,
+    pub pool: PoolSpec,
     pub rate_limit: Option<RateQuota>,
     pub body_limit_bytes: Option<u64>,
     pub upstream_response_timeout: Option<Duration>,
+}
+
+/// An upstream and its share of a route's traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightedUpstream {
+    pub spec: UpstreamSpec,
+    pub weight: u32,
+}
+
+/// How a site's routes balance and check their upstreams.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PoolSpec {
+    pub policy: Policy,
+    pub retries: u32,
+    pub health_check: Option<HealthCheckSpec>,
+    pub passive: Option<PassiveHealthSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    #[default]
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheckSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveHealthSpec {
+    pub consecutive_failures: u32,
+    pub cooldown: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +122,7 @@ pub struct RouteSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionSpec {
     /// Never empty.
-    Proxy(Vec<UpstreamSpec>),
+    Proxy(Vec<WeightedUpstream>),
     Redirect {
         location: String,
         status: http::StatusCode,
@@ -97,10 +137,13 @@ pub enum ActionSpec {
 impl SiteSpec {
     /// Every upstream any route of the site proxies to.
     pub fn upstreams(&self) -> impl Iterator<Item = &UpstreamSpec> {
-        self.routes.iter().flat_map(|r| match &r.action {
-            ActionSpec::Proxy(upstreams) => upstreams.as_slice(),
-            _ => &[],
-        })
+        self.routes
+            .iter()
+            .flat_map(|r| match &r.action {
+                ActionSpec::Proxy(upstreams) => upstreams.as_slice(),
+                _ => &[],
+            })
+            .map(|u| &u.spec)
     }
 
     /// Sites are named by their first hostname, as controld names them.
@@ -328,11 +371,7 @@ fn site_spec(site: pb::Site) -> Result<SiteSpec, String> {
         .map(route)
         .collect::<Result<Vec<_>, _>>()?;
     if !site.upstreams.is_empty() {
-        let upstreams = site
-            .upstreams
-            .iter()
-            .map(|u| upstream(u))
-            .collect::<Result<_, _>>()?;
+        let upstreams = weighted(&site.upstreams, &site.upstream_weights)?;
         routes.push(RouteSpec {
             path_prefix: "/".to_owned(),
             action: ActionSpec::Proxy(upstreams),
@@ -350,6 +389,7 @@ fn site_spec(site: pb::Site) -> Result<SiteSpec, String> {
     Ok(SiteSpec {
         hostnames: site.hostnames,
         routes,
+        pool: pool(site.pool)?,
         rate_limit,
         body_limit_bytes: site.body_limit_bytes,
         upstream_response_timeout: site
@@ -381,12 +421,9 @@ fn route(r: pb::Route) -> Result<RouteSpec, String> {
             .ok_or_else(|| format!("route {prefix:?}: invalid status {code}"))
     };
     let action = match r.action {
-        Some(Action::Upstreams(list)) if !list.urls.is_empty() => ActionSpec::Proxy(
-            list.urls
-                .iter()
-                .map(|u| upstream(u))
-                .collect::<Result<_, _>>()?,
-        ),
+        Some(Action::Upstreams(list)) if !list.urls.is_empty() => {
+            ActionSpec::Proxy(weighted(&list.urls, &list.weights)?)
+        }
         Some(Action::Upstreams(_)) => return Err(format!("route {prefix:?}: no upstreams")),
         Some(Action::Redirect(redirect)) => {
             let status = status(redirect.status)?;
@@ -422,6 +459,73 @@ fn route(r: pb::Route) -> Result<RouteSpec, String> {
     Ok(RouteSpec {
         path_prefix: prefix,
         action,
+    })
+}
+
+/// URLs with their weights (index for index; none = all 1).
+fn weighted(urls: &[String], weights: &[u32]) -> Result<Vec<WeightedUpstream>, String> {
+    if !weights.is_empty() && weights.len() != urls.len() {
+        return Err(format!(
+            "{} weights for {} upstreams",
+            weights.len(),
+            urls.len()
+        ));
+    }
+    urls.iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let weight = weights.get(i).copied().unwrap_or(1);
+            if weight == 0 {
+                return Err(format!("upstream {url:?}: weight 0"));
+            }
+            Ok(WeightedUpstream {
+                spec: upstream(url)?,
+                weight,
+            })
+        })
+        .collect()
+}
+
+fn pool(pool: Option<pb::UpstreamPool>) -> Result<PoolSpec, String> {
+    let Some(pool) = pool else {
+        return Ok(PoolSpec::default());
+    };
+    let policy = match pb::LoadBalancing::try_from(pool.load_balancing) {
+        Ok(pb::LoadBalancing::RoundRobin) => Policy::RoundRobin,
+        Ok(pb::LoadBalancing::WeightedRoundRobin) => Policy::WeightedRoundRobin,
+        Ok(pb::LoadBalancing::LeastRequests) => Policy::LeastRequests,
+        Ok(pb::LoadBalancing::Unspecified) | Err(_) => {
+            return Err(format!(
+                "unknown load balancing policy {}",
+                pool.load_balancing
+            ));
+        }
+    };
+    let health_check = match pool.health_check {
+        None => None,
+        Some(h) if h.interval_ms == 0 || h.timeout_ms == 0 || !h.path.starts_with('/') => {
+            return Err("invalid health check".to_owned());
+        }
+        Some(h) => Some(HealthCheckSpec {
+            path: h.path,
+            interval: Duration::from_millis(h.interval_ms),
+            timeout: Duration::from_millis(h.timeout_ms),
+            healthy_threshold: h.healthy_threshold.max(1),
+            unhealthy_threshold: h.unhealthy_threshold.max(1),
+        }),
+    };
+    let passive = pool
+        .passive_health
+        .filter(|p| p.consecutive_failures > 0)
+        .map(|p| PassiveHealthSpec {
+            consecutive_failures: p.consecutive_failures,
+            cooldown: Duration::from_millis(p.cooldown_ms),
+        });
+    Ok(PoolSpec {
+        policy,
+        retries: pool.retries,
+        health_check,
+        passive,
     })
 }
 
@@ -490,6 +594,16 @@ mod tests {
                         })),
                     }],
                     upstream_response_timeout_ms: Some(700),
+                    upstream_weights: vec![],
+                    pool: Some(pb::UpstreamPool {
+                        load_balancing: pb::LoadBalancing::LeastRequests.into(),
+                        retries: 2,
+                        health_check: None,
+                        passive_health: Some(pb::PassiveHealth {
+                            consecutive_failures: 0,
+                            cooldown_ms: 5,
+                        }),
+                    }),
                 }],
                 rate_limit: None,
                 upstream_response_timeout_ms: 0,
@@ -514,6 +628,12 @@ mod tests {
         assert_eq!(upstreams, ["http://127.0.0.1:9000"]);
         assert_eq!(spec.sites[0].rate_limit.unwrap().burst.get(), 2);
         assert_eq!(spec.trusted_proxies.len(), 2);
+        let pool = &spec.sites[0].pool;
+        assert_eq!(
+            (pool.policy, pool.retries, pool.passive),
+            (Policy::LeastRequests, 2, None),
+            "0 failures: no ejection"
+        );
         assert_eq!(
             spec.statics.request_header_timeout,
             Duration::from_secs(30),
@@ -616,6 +736,28 @@ mod tests {
             Spec::try_from(s),
             Err(SnapshotError::AdminAddress { .. })
         ));
+
+        let mut s = snapshot();
+        s.dynamic.as_mut().unwrap().sites[0]
+            .pool
+            .as_mut()
+            .unwrap()
+            .load_balancing = 9;
+        assert!(
+            Spec::try_from(s)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown load balancing policy 9")
+        );
+
+        let mut s = snapshot();
+        s.dynamic.as_mut().unwrap().sites[0].upstream_weights = vec![1, 2];
+        assert!(
+            Spec::try_from(s)
+                .unwrap_err()
+                .to_string()
+                .contains("2 weights for 1 upstreams")
+        );
 
         let mut s = snapshot();
         s.dynamic = None;

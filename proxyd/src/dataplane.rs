@@ -17,6 +17,7 @@ use crate::http::Proxy;
 use crate::limits::LimiterStore;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
+use crate::upstreams::UpstreamStore;
 
 /// How long proxyd waits for an upstream host name to resolve when it checks a snapshot.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,6 +61,8 @@ struct Sockets {
 pub struct DataPlane {
     runtime: Arc<ArcSwap<Runtime>>,
     limiters: Arc<LimiterStore>,
+    /// Health, ejections and load of every upstream, across snapshots.
+    upstreams: UpstreamStore,
     /// Outlives every runtime, so counters survive reloads.
     metrics: Arc<Metrics>,
     /// Set once a snapshot is applied and its listeners serve: `/readyz`.
@@ -78,6 +81,7 @@ impl DataPlane {
         DataPlane {
             runtime,
             limiters: Arc::default(),
+            upstreams: UpstreamStore::new(metrics.clone(), shutdown.clone()),
             metrics,
             ready: Arc::default(),
             bound: Mutex::new(None),
@@ -116,7 +120,7 @@ impl DataPlane {
         }
         check_upstreams_resolve(&spec).await?;
         let newly_bound = self.bind_once(&spec.statics)?;
-        let runtime = Runtime::compile(&spec, &self.limiters);
+        let runtime = Runtime::compile(&spec, &self.limiters, &self.upstreams);
         self.runtime.store(Arc::new(runtime));
         self.metrics.snapshot_applied(spec.version);
         forget_removed_sites(&self.metrics, &current, &spec);

@@ -148,8 +148,8 @@ impl Proxy {
         let route = site
             .route(req.uri().path())
             .ok_or_else(|| fail(ProxyError::NoRoute))?;
-        let upstreams = match &route.action {
-            Action::Proxy(upstreams) => upstreams,
+        let pool = match &route.action {
+            Action::Proxy(pool) => pool,
             Action::Redirect { location, status } => {
                 let response = respond::redirect(location, *status, &req);
                 return Ok((site.name.clone(), "-".to_owned(), response));
@@ -163,8 +163,6 @@ impl Proxy {
                 return Ok((site.name.clone(), "-".to_owned(), response));
             }
         };
-        let upstream = upstreams.pick();
-        let upstream_name = upstream.to_string();
         // An HTTP/1.1 Upgrade (WebSocket, ...) is passed on, and tunnelled once the upstream
         // switches protocols.
         let upgrade = headers::upgrade_protocol(&req);
@@ -180,53 +178,100 @@ impl Proxy {
         {
             parts.headers.insert(http::header::HOST, value);
         }
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| fail(ProxyError::BadRequest("invalid request target")))?;
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
         headers::prepare_upstream_request(&mut parts.headers, &host, peer);
         if let Some(protocol) = upgrade {
             headers::restore_upgrade(&mut parts.headers, protocol);
         }
-        let body = Limited::new(
-            body,
-            usize::try_from(site.body_limit_bytes).unwrap_or(usize::MAX),
-        )
-        .boxed();
-
-        let sent = tokio::time::timeout(
-            site.upstream_response_timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await;
-        let response = match sent {
-            Err(_) => {
-                return Err(fail(ProxyError::UpstreamTimeout {
-                    upstream: upstream_name,
-                    timeout: site.upstream_response_timeout,
-                }));
+        // Only a request whose body is known to be empty can be sent again: nothing of it is
+        // lost with the first attempt.
+        let bodiless = hyper::body::Body::is_end_stream(&body);
+        let idempotent = matches!(
+            parts.method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::TRACE
+                | http::Method::PUT
+                | http::Method::DELETE
+        );
+        let limit = usize::try_from(site.body_limit_bytes).unwrap_or(usize::MAX);
+        let mut body = Some(Limited::new(body, limit).boxed());
+        let mut tried = Vec::new();
+        let mut last_error = None;
+        let (response, upstream_name) = loop {
+            let Some((index, upstream)) = pool.pick(&tried) else {
+                return Err(fail(last_error.unwrap_or(ProxyError::NoHealthyUpstream)));
+            };
+            if !tried.is_empty() {
+                self.metrics.retried(&site.name);
             }
-            Ok(Err(e)) if caused_by_body_limit(&e) => {
-                return Err(fail(ProxyError::PayloadTooLarge {
-                    limit: site.body_limit_bytes,
-                }));
+            tried.push(index);
+            let upstream_name = upstream.name.clone();
+            let uri = Uri::builder()
+                .scheme(upstream.spec.scheme.clone())
+                .authority(upstream.spec.authority.clone())
+                .path_and_query(path_and_query.as_str())
+                .build()
+                .map_err(|_| fail(ProxyError::BadRequest("invalid request target")))?;
+            let mut request = Request::new(body.take().unwrap_or_else(empty_body));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            let outstanding = upstream.start();
+            let sent =
+                tokio::time::timeout(site.upstream_response_timeout, self.client.request(request))
+                    .await;
+            drop(outstanding);
+            let error = match sent {
+                Ok(Ok(response)) => {
+                    upstream.succeeded();
+                    break (response, upstream_name);
+                }
+                // Not the upstream's fault, and not worth another upstream.
+                Ok(Err(e)) if caused_by_body_limit(&e) => {
+                    return Err(fail(ProxyError::PayloadTooLarge {
+                        limit: site.body_limit_bytes,
+                    }));
+                }
+                // The request may be in progress there: never sent twice.
+                Err(_) => {
+                    upstream.failed(pool.passive);
+                    return Err(fail(ProxyError::UpstreamTimeout {
+                        upstream: upstream_name,
+                        timeout: site.upstream_response_timeout,
+                    }));
+                }
+                Ok(Err(e)) => {
+                    upstream.failed(pool.passive);
+                    let retryable = bodiless && (e.is_connect() || idempotent);
+                    let error = if e.is_connect() {
+                        ProxyError::UpstreamUnreachable {
+                            upstream: upstream_name,
+                            reason: error_chain(&e),
+                        }
+                    } else {
+                        ProxyError::UpstreamFailed {
+                            upstream: upstream_name,
+                            reason: error_chain(&e),
+                        }
+                    };
+                    if !retryable {
+                        return Err(fail(error));
+                    }
+                    error
+                }
+            };
+            tracing::debug!(error = %error, "upstream attempt failed");
+            if tried.len() > pool.retries as usize {
+                return Err(fail(error));
             }
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(fail(ProxyError::UpstreamUnreachable {
-                    upstream: upstream_name,
-                    reason: error_chain(&e),
-                }));
-            }
-            Ok(Err(e)) => {
-                return Err(fail(ProxyError::UpstreamFailed {
-                    upstream: upstream_name,
-                    reason: error_chain(&e),
-                }));
-            }
-            Ok(Ok(r)) => r,
+            last_error = Some(error);
         };
         let mut response = response;
         let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
@@ -270,6 +315,12 @@ async fn tunnel(
         Ok((up, down)) => tracing::debug!(upstream = %name, up, down, "tunnel closed"),
         Err(e) => tracing::debug!(upstream = %name, error = %e, "tunnel ended with an error"),
     }
+}
+
+fn empty_body() -> UpstreamBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// 413 before any upstream contact when the declared length is already too large.

@@ -11,6 +11,7 @@ mod limits;
 mod metrics;
 mod runtime;
 mod server;
+mod upstreams;
 
 use std::path::PathBuf;
 use std::sync::Arc;

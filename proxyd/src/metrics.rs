@@ -52,6 +52,11 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SnapshotLabels {
     result: &'static str,
 }
@@ -71,6 +76,8 @@ pub struct Metrics {
     last_apply_successful: Gauge,
     last_apply_success_timestamp: Gauge<f64, AtomicU64>,
     snapshots: Family<SnapshotLabels, Counter>,
+    upstream_healthy: Family<UpstreamLabels, Gauge>,
+    retries: Family<SiteLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -93,6 +100,8 @@ impl Metrics {
             last_apply_successful: Gauge::default(),
             last_apply_success_timestamp: Gauge::default(),
             snapshots: Family::default(),
+            upstream_healthy: Family::default(),
+            retries: Family::default(),
         };
         m.register();
         // Both results exist from the start, so `rate()` and alerts see the first refusal.
@@ -154,6 +163,16 @@ impl Metrics {
             self.last_apply_success_timestamp.clone(),
         );
         r.register(
+            "upstream_healthy",
+            "1 when the upstream gets traffic, 0 when a health check or passive ejection holds it back",
+            self.upstream_healthy.clone(),
+        );
+        r.register(
+            "retries",
+            "Requests sent again to another upstream after a failure that was safe to retry, by site",
+            self.retries.clone(),
+        );
+        r.register(
             "snapshots",
             "Snapshots received from controld, by result (applied, refused)",
             self.snapshots.clone(),
@@ -208,6 +227,31 @@ impl Metrics {
             .inc();
     }
 
+    /// Whether `upstream` gets traffic now.
+    pub fn upstream_health(&self, upstream: &str, healthy: bool) {
+        self.upstream_healthy
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .set(i64::from(healthy));
+    }
+
+    /// Drops the series of an upstream no site uses any more.
+    pub fn forget_upstream(&self, upstream: &str) {
+        self.upstream_healthy.remove(&UpstreamLabels {
+            upstream: upstream.to_owned(),
+        });
+    }
+
+    /// A request was sent again to another upstream.
+    pub fn retried(&self, site: &str) {
+        self.retries
+            .get_or_create(&SiteLabels {
+                site: site.to_owned(),
+            })
+            .inc();
+    }
+
     /// A snapshot was applied and `version` serves now.
     pub fn snapshot_applied(&self, version: u64) {
         self.config_version
@@ -238,6 +282,7 @@ impl Metrics {
             site: site.to_owned(),
         };
         self.duration.remove(&labels);
+        self.retries.remove(&labels);
         self.rate_limited.remove(&labels);
         self.body_too_large.remove(&labels);
         for status_class in STATUS_CLASSES {

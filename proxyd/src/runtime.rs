@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::convert::{ActionSpec, Spec, UpstreamSpec};
+use crate::convert::{ActionSpec, PassiveHealthSpec, Policy, PoolSpec, Spec, WeightedUpstream};
 use crate::limits::{LimiterStore, Scope, SiteLimiter};
+use crate::upstreams::{Upstream, UpstreamStore};
 
 #[derive(Debug)]
 pub struct Runtime {
@@ -36,7 +37,7 @@ pub struct Route {
 
 #[derive(Debug)]
 pub enum Action {
-    Proxy(Upstreams),
+    Proxy(Pool),
     Redirect {
         location: String,
         status: http::StatusCode,
@@ -48,19 +49,84 @@ pub enum Action {
     },
 }
 
-/// A route's upstreams, picked round robin.
+/// A route's upstreams and how to choose among them.
 #[derive(Debug)]
-pub struct Upstreams {
-    list: Vec<UpstreamSpec>,
+pub struct Pool {
+    /// Never empty (`convert` guarantees it).
+    upstreams: Vec<Arc<Upstream>>,
+    /// For weighted round robin: indexes into `upstreams`, interleaved by weight.
+    schedule: Vec<usize>,
+    policy: Policy,
     next: AtomicUsize,
+    /// Further upstreams a failed request may be sent to, when that is safe.
+    pub retries: u32,
+    pub passive: Option<PassiveHealthSpec>,
 }
 
-impl Upstreams {
-    pub fn pick(&self) -> &UpstreamSpec {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        // `convert` guarantees the list is not empty.
-        &self.list[i % self.list.len()]
+impl Pool {
+    fn new(list: &[WeightedUpstream], spec: &PoolSpec, store: &UpstreamStore) -> Pool {
+        Pool {
+            upstreams: list.iter().map(|u| store.get(&u.spec)).collect(),
+            schedule: smooth_weighted_schedule(&list.iter().map(|u| u.weight).collect::<Vec<_>>()),
+            policy: spec.policy,
+            next: AtomicUsize::new(0),
+            retries: spec.retries,
+            passive: spec.passive,
+        }
     }
+
+    /// The next upstream to try, skipping unavailable ones and those in `tried`; `None` when
+    /// none is left.
+    pub fn pick(&self, tried: &[usize]) -> Option<(usize, &Arc<Upstream>)> {
+        let usable = |i: &usize| !tried.contains(i) && self.upstreams[*i].available();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let index = match self.policy {
+            Policy::RoundRobin => (0..self.upstreams.len())
+                .map(|k| (start + k) % self.upstreams.len())
+                .find(usable),
+            Policy::WeightedRoundRobin => (0..self.schedule.len())
+                .map(|k| self.schedule[(start + k) % self.schedule.len()])
+                .find(usable),
+            Policy::LeastRequests => {
+                // Power of two choices: two random candidates, the less loaded wins.
+                let candidates: Vec<usize> = (0..self.upstreams.len()).filter(usable).collect();
+                match candidates.len() {
+                    0 => None,
+                    1 => Some(candidates[0]),
+                    n => {
+                        let a = candidates[fastrand::usize(..n)];
+                        let mut b = candidates[fastrand::usize(..n - 1)];
+                        if b == a {
+                            b = candidates[n - 1];
+                        }
+                        let load = |i: usize| self.upstreams[i].outstanding();
+                        Some(if load(b) < load(a) { b } else { a })
+                    }
+                }
+            }
+        }?;
+        Some((index, &self.upstreams[index]))
+    }
+}
+
+/// Nginx's smooth weighted round robin, unrolled: weights 5, 1, 1 give a, a, b, a, c, a, a rather
+/// than five a's in a row.
+fn smooth_weighted_schedule(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::new();
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(weights) {
+            *c += i64::from(*w);
+        }
+        let Some(best) = (0..current.len()).max_by_key(|i| (current[*i], std::cmp::Reverse(*i)))
+        else {
+            break;
+        };
+        current[best] -= total;
+        schedule.push(best);
+    }
+    schedule
 }
 
 impl Site {
@@ -84,7 +150,7 @@ impl Runtime {
     }
 
     /// Compiles `spec`, reusing the limiters of sites whose scope and quota did not change.
-    pub fn compile(spec: &Spec, limiters: &LimiterStore) -> Runtime {
+    pub fn compile(spec: &Spec, limiters: &LimiterStore, upstreams: &UpstreamStore) -> Runtime {
         let mut sites = HashMap::new();
         let mut in_use = HashSet::new();
         for s in &spec.sites {
@@ -102,10 +168,9 @@ impl Runtime {
                 .map(|r| Route {
                     path_prefix: r.path_prefix.clone(),
                     action: match &r.action {
-                        ActionSpec::Proxy(list) => Action::Proxy(Upstreams {
-                            list: list.clone(),
-                            next: AtomicUsize::new(0),
-                        }),
+                        ActionSpec::Proxy(list) => {
+                            Action::Proxy(Pool::new(list, &s.pool, upstreams))
+                        }
                         ActionSpec::Redirect { location, status } => Action::Redirect {
                             location: location.clone(),
                             status: *status,
@@ -136,6 +201,19 @@ impl Runtime {
             }
         }
         limiters.retain(&in_use);
+        let in_use = spec
+            .sites
+            .iter()
+            .flat_map(|s| s.upstreams())
+            .map(ToString::to_string)
+            .collect();
+        let checks = spec
+            .sites
+            .iter()
+            .filter_map(|s| s.pool.health_check.as_ref().map(|h| (s, h)))
+            .flat_map(|(s, h)| s.upstreams().map(move |u| (u.to_string(), h.clone())))
+            .collect();
+        upstreams.retain(&in_use, &checks);
         Runtime {
             version: spec.version,
             hash: spec.hash.clone(),
@@ -201,6 +279,7 @@ mod tests {
                 rate_limit: None,
                 body_limit_bytes: None,
                 upstream_response_timeout: None,
+                pool: PoolSpec::default(),
             }],
             rate_limit: None,
             body_limit_bytes: 1,
@@ -208,7 +287,9 @@ mod tests {
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
             log_level: "info".into(),
         };
-        Runtime::compile(&spec, &LimiterStore::default())
+        let store =
+            UpstreamStore::new(Arc::new(crate::metrics::Metrics::new()), Default::default());
+        Runtime::compile(&spec, &LimiterStore::default(), &store)
     }
 
     #[test]
@@ -216,6 +297,13 @@ mod tests {
         let rt = runtime();
         assert!(rt.is_trusted("10.1.2.3".parse().unwrap()));
         assert!(!rt.is_trusted("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin_interleaves() {
+        assert_eq!(smooth_weighted_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_weighted_schedule(&[1, 1]), [0, 1]);
+        assert_eq!(smooth_weighted_schedule(&[2, 1]).len(), 3);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Recorded {
 
 #[derive(Default)]
 struct Log {
+    /// The status every answer has (0 means 200).
+    status: std::sync::atomic::AtomicU16,
     heads: AtomicUsize,
     connections: AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
@@ -41,7 +43,12 @@ pub struct MockUpstream {
 
 impl MockUpstream {
     pub async fn start(name: &str) -> MockUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        MockUpstream::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Like [`MockUpstream::start`], on a given address (to bring a dead upstream back).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> MockUpstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Log::default());
         let shutdown = CancellationToken::new();
@@ -72,6 +79,11 @@ impl MockUpstream {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Answers every later request with `status`.
+    pub fn set_status(&self, status: u16) {
+        self.log.status.store(status, Ordering::SeqCst);
     }
 
     /// Request heads received so far (counted on arrival, before the body).
@@ -116,7 +128,12 @@ async fn answer(
         Some(b) => format!("upstream {name} got {} bytes", b.len()),
         None => format!("upstream {name} got a broken body"),
     };
-    Ok(Response::new(Full::new(Bytes::from(text))))
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    let status = log.status.load(Ordering::SeqCst);
+    if status != 0 {
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    }
+    Ok(response)
 }
 
 /// Switches protocols and echoes every byte back, for tunnel tests.

@@ -42,7 +42,11 @@ pub struct LoggingFile {
 #[serde(default)]
 pub struct SiteFile {
     pub hostnames: Vec<String>,
-    pub upstreams: Vec<String>,
+    pub upstreams: Vec<UpstreamEntry>,
+    pub load_balancing: Option<String>,
+    pub retries: Option<i64>,
+    pub health_check: Option<HealthCheckFile>,
+    pub passive_health: Option<PassiveHealthFile>,
     pub tls: Option<TlsFile>,
     pub rate_limit: Option<RateLimitFile>,
     pub body_limit_bytes: Option<SizeValue>,
@@ -55,7 +59,7 @@ pub struct SiteFile {
 #[serde(default)]
 pub struct RouteFile {
     pub path_prefix: Option<String>,
-    pub upstreams: Option<Vec<String>>,
+    pub upstreams: Option<Vec<UpstreamEntry>>,
     pub redirect: Option<RedirectFile>,
     pub respond: Option<RespondFile>,
 }
@@ -74,6 +78,59 @@ pub struct RespondFile {
     pub body: Option<String>,
     /// Header name → value; any names, so not checked for unknown keys.
     pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// An upstream: `"http://host:port"`, or `{ url = "http://host:port", weight = 3 }`.
+#[derive(Debug)]
+pub enum UpstreamEntry {
+    Url(String),
+    Table(UpstreamTableFile),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct UpstreamTableFile {
+    pub url: Option<String>,
+    pub weight: Option<i64>,
+}
+
+/// `[sites.health_check]`: active checks of every upstream of the site.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HealthCheckFile {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub unhealthy_threshold: Option<i64>,
+}
+
+/// `[sites.passive_health]`: ejection after consecutive failures of real requests.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PassiveHealthFile {
+    pub consecutive_failures: Option<i64>,
+    pub cooldown: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for UpstreamEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = UpstreamEntry;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"a URL or a table { url = "...", weight = N }"#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<UpstreamEntry, E> {
+                Ok(UpstreamEntry::Url(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<UpstreamEntry, A::Error> {
+                UpstreamTableFile::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(UpstreamEntry::Table)
+            }
+        }
+        deserializer.deserialize_any(EntryVisitor)
+    }
 }
 
 /// `tls = "acme"` or `tls = { cert_file = "...", key_file = "..." }`.
@@ -192,6 +249,9 @@ pub fn known_keys(table: TableKind) -> &'static [&'static str] {
         TableKind::Route => fields_of::<RouteFile>(),
         TableKind::Redirect => fields_of::<RedirectFile>(),
         TableKind::Respond => fields_of::<RespondFile>(),
+        TableKind::Upstream => fields_of::<UpstreamTableFile>(),
+        TableKind::HealthCheck => fields_of::<HealthCheckFile>(),
+        TableKind::PassiveHealth => fields_of::<PassiveHealthFile>(),
     }
 }
 
@@ -210,6 +270,9 @@ pub enum TableKind {
     Route,
     Redirect,
     Respond,
+    Upstream,
+    HealthCheck,
+    PassiveHealth,
 }
 
 impl TableKind {
@@ -228,6 +291,9 @@ impl TableKind {
             ["sites", "routes"] => TableKind::Route,
             ["sites", "routes", "redirect"] => TableKind::Redirect,
             ["sites", "routes", "respond"] => TableKind::Respond,
+            ["sites", "upstreams"] | ["sites", "routes", "upstreams"] => TableKind::Upstream,
+            ["sites", "health_check"] => TableKind::HealthCheck,
+            ["sites", "passive_health"] => TableKind::PassiveHealth,
             _ => return None,
         })
     }

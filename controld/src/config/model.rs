@@ -34,7 +34,9 @@ pub struct Site {
     /// Never empty; unique across all sites.
     pub hostnames: Vec<Hostname>,
     /// The default route's upstreams (path prefix "/"); may be empty when `routes` is not.
-    pub upstreams: Vec<UpstreamUrl>,
+    pub upstreams: Vec<Upstream>,
+    /// How every route of the site balances and checks its upstreams.
+    pub pool: PoolConfig,
     /// Path-prefix routes, in file order; prefixes unique within the site.
     pub routes: Vec<Route>,
     pub tls: SiteTls,
@@ -60,7 +62,7 @@ pub struct Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteAction {
     /// Never empty.
-    Proxy(Vec<UpstreamUrl>),
+    Proxy(Vec<Upstream>),
     /// `location` may hold {scheme}, {host} and {path}.
     Redirect { location: String, status: u16 },
     Respond {
@@ -68,6 +70,59 @@ pub enum RouteAction {
         body: String,
         headers: Vec<(String, String)>,
     },
+}
+
+/// An upstream and its share of the traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub url: UpstreamUrl,
+    /// 1 unless the site balances with weighted round robin.
+    pub weight: u32,
+}
+
+impl Upstream {
+    pub fn as_str(&self) -> &str {
+        self.url.as_str()
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.url.fmt(f)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub load_balancing: LoadBalancing,
+    /// Further upstreams tried when one fails in a way that is safe to retry.
+    pub retries: u32,
+    pub health_check: Option<HealthCheck>,
+    /// `None`: requests never eject an upstream.
+    pub passive_health: Option<PassiveHealth>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadBalancing {
+    RoundRobin,
+    WeightedRoundRobin,
+    /// Power of two choices on outstanding requests.
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveHealth {
+    pub consecutive_failures: u32,
+    pub cooldown: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -483,3 +483,83 @@ fn timeouts_have_defaults_and_must_be_positive() {
         "{got:#?}"
     );
 }
+
+#[test]
+fn pools_weights_and_health_checks() {
+    let text = MINIMAL.replace(
+        "upstreams = [\"http://127.0.0.1:9000\"]",
+        "upstreams = [\"http://127.0.0.1:9000\", { url = \"http://127.0.0.1:9001\", weight = 3 }]\n\
+         load_balancing = \"weighted_round_robin\"\nretries = 2\n\
+         [sites.health_check]\npath = \"/healthz\"\ninterval = \"2s\"\n\
+         [sites.passive_health]\nconsecutive_failures = 0",
+    );
+    let c = parse(&text, Path::new("proxy.toml")).unwrap();
+    let site = &c.dynamic.sites[0];
+    assert_eq!(
+        site.upstreams.iter().map(|u| u.weight).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    assert_eq!(
+        (site.pool.load_balancing, site.pool.retries),
+        (LoadBalancing::WeightedRoundRobin, 2)
+    );
+    let hc = site.pool.health_check.as_ref().unwrap();
+    assert_eq!(
+        (
+            hc.path.as_str(),
+            hc.interval,
+            hc.healthy_threshold,
+            hc.unhealthy_threshold
+        ),
+        ("/healthz", std::time::Duration::from_secs(2), 2, 3)
+    );
+    assert_eq!(
+        site.pool.passive_health, None,
+        "0 failures turns ejection off"
+    );
+
+    let defaults = parse(MINIMAL, Path::new("proxy.toml")).unwrap();
+    let pool = &defaults.dynamic.sites[0].pool;
+    assert_eq!(
+        (
+            pool.load_balancing,
+            pool.retries,
+            pool.health_check.is_none()
+        ),
+        (LoadBalancing::RoundRobin, 1, true)
+    );
+    assert_eq!(pool.passive_health.unwrap().consecutive_failures, 5);
+
+    let text = MINIMAL.replace(
+        "upstreams = [\"http://127.0.0.1:9000\"]",
+        "upstreams = [{ url = \"http://127.0.0.1:9000\", weight = 0 }, { weight = 2 }, { url = \"http://x:1\", wieght = 2 }]\n\
+         load_balancing = \"fastest\"\nretries = 9\n\
+         [sites.health_check]\npath = \"healthz\"\ninterval = \"1s\"\ntimeout = \"2s\"",
+    );
+    let got = rendered(&text);
+    for e in [
+        "sites[0].upstreams[0].weight: must be 1 to 1000 (got 0)",
+        "sites[0].upstreams[1]: missing key `url`",
+        "sites[0].upstreams[2].wieght: unknown key `wieght`; did you mean `weight`?",
+        "sites[0].load_balancing: invalid policy \"fastest\"",
+        "sites[0].retries: must be 0 to 5 (got 9)",
+        "sites[0].health_check.path: invalid path \"healthz\"",
+        "sites[0].health_check.timeout: must not be longer than `interval`",
+    ] {
+        assert!(
+            got.iter().any(|g| g.contains(e)),
+            "missing {e:?} in {got:#?}"
+        );
+    }
+
+    let text = MINIMAL.replace(
+        "upstreams = [\"http://127.0.0.1:9000\"]",
+        "upstreams = [{ url = \"http://127.0.0.1:9000\", weight = 2 }]",
+    );
+    let got = rendered(&text);
+    assert!(
+        got.iter()
+            .any(|g| g.contains("upstream weights need load_balancing = \"weighted_round_robin\"")),
+        "{got:#?}"
+    );
+}

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::{
-    FileConfig, ListenerFile, RateLimitFile, RouteFile, SiteFile, SizeValue, TlsFile,
+    FileConfig, HealthCheckFile, ListenerFile, RateLimitFile, RouteFile, SiteFile, SizeValue,
+    TlsFile, UpstreamEntry,
 };
 use super::locate::KeyPath;
 use super::model::*;
@@ -19,6 +20,13 @@ pub const DEFAULT_SOCKET: &str = "/run/controld/control.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/controld";
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Further upstreams tried when one fails safely (connect errors, idempotent requests).
+pub const DEFAULT_RETRIES: u32 = 1;
+/// Like Envoy's outlier detection: five failures in a row eject an upstream for a while.
+pub const DEFAULT_PASSIVE_HEALTH: PassiveHealth = PassiveHealth {
+    consecutive_failures: 5,
+    cooldown: Duration::from_secs(10),
+};
 /// How long a client may take to send a request head (slowloris protection).
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -531,6 +539,21 @@ fn site(
     }
     let upstreams = upstream_list(&file.upstreams, &at.key("upstreams"), p);
     let routes = routes(&file.routes, &at.key("routes"), !upstreams.is_empty(), p);
+    let pool = pool(file, at, p);
+    let weighted = upstreams
+        .iter()
+        .chain(routes.iter().flat_map(|r| match &r.action {
+            RouteAction::Proxy(list) => list.as_slice(),
+            _ => &[],
+        }));
+    if pool.load_balancing != LoadBalancing::WeightedRoundRobin
+        && weighted.clone().any(|u| u.weight != 1)
+    {
+        p.push(
+            at.key("load_balancing"),
+            "upstream weights need load_balancing = \"weighted_round_robin\"",
+        );
+    }
     let tls = site_tls(file.tls.as_ref(), &at.key("tls"), statics, p);
     let rate_limit = file
         .rate_limit
@@ -547,6 +570,7 @@ fn site(
     Some(Site {
         hostnames,
         upstreams,
+        pool,
         routes,
         tls,
         rate_limit,
@@ -555,19 +579,149 @@ fn site(
     })
 }
 
-fn upstream_list(raws: &[String], at: &KeyPath, p: &mut Problems) -> Vec<UpstreamUrl> {
+fn upstream_list(entries: &[UpstreamEntry], at: &KeyPath, p: &mut Problems) -> Vec<Upstream> {
     let mut upstreams = Vec::new();
     let mut distinct = HashSet::new();
-    for (j, raw) in raws.iter().enumerate() {
+    for (j, entry) in entries.iter().enumerate() {
+        let (raw, weight, url_at) = match entry {
+            UpstreamEntry::Url(raw) => (Some(raw), None, at.index(j)),
+            UpstreamEntry::Table(t) => (t.url.as_ref(), t.weight, at.index(j).key("url")),
+        };
+        let Some(raw) = raw else {
+            p.push(at.index(j), "missing key `url`");
+            continue;
+        };
+        let weight = match weight {
+            None => 1,
+            Some(w @ 1..=1000) => w as u32,
+            Some(w) => {
+                p.push(
+                    at.index(j).key("weight"),
+                    format!("must be 1 to 1000 (got {w})"),
+                );
+                1
+            }
+        };
         match UpstreamUrl::parse(raw) {
             Ok(u) if !distinct.insert(u.clone()) => {
-                p.push(at.index(j), format!("upstream {u} is listed twice"))
+                p.push(url_at, format!("upstream {u} is listed twice"))
             }
-            Ok(u) => upstreams.push(u),
-            Err(e) => p.push(at.index(j), e),
+            Ok(url) => upstreams.push(Upstream { url, weight }),
+            Err(e) => p.push(url_at, e),
         }
     }
     upstreams
+}
+
+/// Load balancing, retries and health checking of a site.
+fn pool(file: &SiteFile, at: &KeyPath, p: &mut Problems) -> PoolConfig {
+    let load_balancing = match file.load_balancing.as_deref() {
+        None | Some("round_robin") => LoadBalancing::RoundRobin,
+        Some("weighted_round_robin") => LoadBalancing::WeightedRoundRobin,
+        Some("least_requests") => LoadBalancing::LeastRequests,
+        Some(other) => {
+            p.push(
+                at.key("load_balancing"),
+                format!(
+                    "invalid policy {other:?}: expected \"round_robin\", \"weighted_round_robin\" \
+                     or \"least_requests\""
+                ),
+            );
+            LoadBalancing::RoundRobin
+        }
+    };
+    let retries = match file.retries {
+        None => DEFAULT_RETRIES,
+        Some(n @ 0..=5) => n as u32,
+        Some(n) => {
+            p.push(at.key("retries"), format!("must be 0 to 5 (got {n})"));
+            DEFAULT_RETRIES
+        }
+    };
+    let health_check = file
+        .health_check
+        .as_ref()
+        .map(|h| health_check(h, &at.key("health_check"), p));
+    let passive_health = match &file.passive_health {
+        None => Some(DEFAULT_PASSIVE_HEALTH),
+        Some(f) => {
+            let pat = at.key("passive_health");
+            let failures = count(
+                f.consecutive_failures,
+                5,
+                0,
+                &pat.key("consecutive_failures"),
+                p,
+            );
+            let cooldown = timeout_or(
+                &f.cooldown,
+                DEFAULT_PASSIVE_HEALTH.cooldown,
+                pat.key("cooldown"),
+                p,
+            );
+            (failures > 0).then_some(PassiveHealth {
+                consecutive_failures: failures,
+                cooldown,
+            })
+        }
+    };
+    PoolConfig {
+        load_balancing,
+        retries,
+        health_check,
+        passive_health,
+    }
+}
+
+fn health_check(file: &HealthCheckFile, at: &KeyPath, p: &mut Problems) -> HealthCheck {
+    let path = file.path.clone().unwrap_or_else(|| "/".to_owned());
+    if !path.starts_with('/') || path.contains(char::is_whitespace) {
+        p.push(
+            at.key("path"),
+            format!("invalid path {path:?}: it starts with '/' and has no spaces"),
+        );
+    }
+    let interval = timeout_or(
+        &file.interval,
+        Duration::from_secs(5),
+        at.key("interval"),
+        p,
+    );
+    let timeout = timeout_or(&file.timeout, Duration::from_secs(2), at.key("timeout"), p);
+    if timeout > interval {
+        p.push(at.key("timeout"), "must not be longer than `interval`");
+    }
+    HealthCheck {
+        path,
+        interval,
+        timeout,
+        healthy_threshold: count(
+            file.healthy_threshold,
+            2,
+            1,
+            &at.key("healthy_threshold"),
+            p,
+        ),
+        unhealthy_threshold: count(
+            file.unhealthy_threshold,
+            3,
+            1,
+            &at.key("unhealthy_threshold"),
+            p,
+        ),
+    }
+}
+
+/// A small count: `default` when absent, `min` to 100 otherwise.
+fn count(value: Option<i64>, default: u32, min: u32, at: &KeyPath, p: &mut Problems) -> u32 {
+    match value {
+        None => default,
+        Some(n) if (i64::from(min)..=100).contains(&n) => n as u32,
+        Some(n) => {
+            p.push(at.clone(), format!("must be {min} to 100 (got {n})"));
+            default
+        }
+    }
 }
 
 /// `has_default`: the site's own `upstreams` already route "/".

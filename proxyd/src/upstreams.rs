@@ -1,0 +1,306 @@
+//! Upstream state that outlives snapshots: health, ejections and outstanding requests, keyed by
+//! the upstream's URL, and the active health checks that update it. A reload that keeps an
+//! upstream keeps its state; one that removes it drops the state, its checks and its metrics.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::sync::CancellationToken;
+
+use crate::convert::{HealthCheckSpec, PassiveHealthSpec, UpstreamSpec};
+use crate::metrics::Metrics;
+
+/// One upstream's live state, shared by every route and site that uses it.
+pub struct Upstream {
+    pub spec: UpstreamSpec,
+    /// Its metrics label and store key.
+    pub name: String,
+    outstanding: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since `epoch` until which passive health keeps it out; 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+    /// Set by active health checks; true when there are none.
+    checks_pass: AtomicBool,
+    epoch: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("available", &self.available())
+            .field("outstanding", &self.outstanding())
+            .finish()
+    }
+}
+
+impl Upstream {
+    fn new(spec: UpstreamSpec, metrics: Arc<Metrics>) -> Upstream {
+        let name = spec.to_string();
+        metrics.upstream_health(&name, true);
+        Upstream {
+            spec,
+            name,
+            outstanding: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            checks_pass: AtomicBool::new(true),
+            epoch: Instant::now(),
+            metrics,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether it should get traffic now.
+    pub fn available(&self) -> bool {
+        self.checks_pass.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as outstanding until the guard drops.
+    pub fn start(self: &Arc<Self>) -> Outstanding {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(self.clone())
+    }
+
+    /// The upstream answered (any status: a 5xx is the application's answer, not a transport
+    /// failure).
+    pub fn succeeded(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// The exchange failed (connect error, reset, timeout). Enough failures in a row eject it
+    /// for the cooldown.
+    pub fn failed(&self, passive: Option<PassiveHealthSpec>) {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let Some(passive) = passive else { return };
+        if failures >= passive.consecutive_failures {
+            let until = self
+                .now_ms()
+                .saturating_add(u64::try_from(passive.cooldown.as_millis()).unwrap_or(u64::MAX));
+            self.ejected_until_ms.store(until, Ordering::Relaxed);
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.name, failures, cooldown = ?passive.cooldown, "upstream ejected");
+            self.metrics.upstream_health(&self.name, false);
+            let (metrics, name) = (self.metrics.clone(), self.name.clone());
+            // Report it back once the cooldown ends (the ejection itself ends by time alone).
+            tokio::spawn(async move {
+                tokio::time::sleep(passive.cooldown).await;
+                metrics.upstream_health(&name, true);
+            });
+        }
+    }
+
+    fn set_checks_pass(&self, pass: bool) {
+        if self.checks_pass.swap(pass, Ordering::Relaxed) != pass {
+            if pass {
+                tracing::info!(upstream = %self.name, "upstream healthy again");
+            } else {
+                tracing::warn!(upstream = %self.name, "upstream failed its health checks");
+            }
+            self.metrics.upstream_health(&self.name, pass);
+        }
+    }
+}
+
+/// Keeps a request counted in [`Upstream::outstanding`].
+#[derive(Debug)]
+pub struct Outstanding(Arc<Upstream>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every live upstream and the health checks running against them.
+pub struct UpstreamStore {
+    upstreams: Mutex<HashMap<String, Arc<Upstream>>>,
+    checks: Mutex<HashMap<(String, HealthCheckSpec), CancellationToken>>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl UpstreamStore {
+    pub fn new(metrics: Arc<Metrics>, shutdown: CancellationToken) -> UpstreamStore {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        // Health checks open a fresh connection each time, as a new client would.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        UpstreamStore {
+            upstreams: Mutex::default(),
+            checks: Mutex::default(),
+            metrics,
+            shutdown,
+            client,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Upstream>>> {
+        self.upstreams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state of `spec`: the existing one if a previous snapshot had it.
+    pub fn get(&self, spec: &UpstreamSpec) -> Arc<Upstream> {
+        self.lock()
+            .entry(spec.to_string())
+            .or_insert_with(|| Arc::new(Upstream::new(spec.clone(), self.metrics.clone())))
+            .clone()
+    }
+
+    /// Keeps the state of the upstreams in `in_use`, drops the others (and their metrics), and
+    /// runs exactly the health checks in `checks`.
+    pub fn retain(&self, in_use: &HashSet<String>, checks: &HashSet<(String, HealthCheckSpec)>) {
+        self.lock().retain(|name, _| {
+            let keep = in_use.contains(name);
+            if !keep {
+                self.metrics.forget_upstream(name);
+            }
+            keep
+        });
+        let mut running = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|key, token| {
+            let keep = checks.contains(key);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        let checked: HashSet<&String> = checks.iter().map(|(name, _)| name).collect();
+        for (name, upstream) in self.lock().iter() {
+            if !checked.contains(name) {
+                // No check any more: nothing holds it back but passive health.
+                upstream.set_checks_pass(true);
+            }
+        }
+        for key in checks {
+            if running.contains_key(key) {
+                continue;
+            }
+            let Some(upstream) = self.lock().get(&key.0).cloned() else {
+                continue;
+            };
+            let token = self.shutdown.child_token();
+            tokio::spawn(check_until(
+                upstream,
+                key.1.clone(),
+                self.client.clone(),
+                token.clone(),
+            ));
+            running.insert(key.clone(), token);
+        }
+    }
+}
+
+/// Checks `upstream` every interval until `stop`, flipping it at the thresholds.
+async fn check_until(
+    upstream: Arc<Upstream>,
+    check: HealthCheckSpec,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    stop: CancellationToken,
+) {
+    let uri = format!("{}{}", upstream.spec, check.path);
+    let (mut passes, mut fails) = (0u32, 0u32);
+    let mut tick = tokio::time::interval(check.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ok = probe(&client, &uri, check.timeout).await;
+        if ok {
+            (passes, fails) = (passes.saturating_add(1), 0);
+            if passes >= check.healthy_threshold {
+                upstream.set_checks_pass(true);
+            }
+        } else {
+            (passes, fails) = (0, fails.saturating_add(1));
+            if fails >= check.unhealthy_threshold {
+                upstream.set_checks_pass(false);
+            }
+        }
+    }
+}
+
+/// One GET; a 2xx or 3xx answer within `timeout` passes.
+async fn probe(client: &Client<HttpConnector, Empty<Bytes>>, uri: &str, timeout: Duration) -> bool {
+    let Ok(request) = http::Request::get(uri)
+        .header(http::header::USER_AGENT, "proxyd-health-check")
+        .body(Empty::new())
+    else {
+        return false;
+    };
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Ok(Ok(response)) => response.status().is_success() || response.status().is_redirection(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Arc<Upstream> {
+        let spec = UpstreamSpec {
+            scheme: http::uri::Scheme::HTTP,
+            authority: "127.0.0.1:1".parse().unwrap(),
+        };
+        Arc::new(Upstream::new(spec, Arc::new(Metrics::new())))
+    }
+
+    #[tokio::test]
+    async fn consecutive_failures_eject_for_the_cooldown_and_a_success_resets_the_count() {
+        let u = upstream();
+        let passive = Some(PassiveHealthSpec {
+            consecutive_failures: 3,
+            cooldown: Duration::from_millis(50),
+        });
+        u.failed(passive);
+        u.failed(passive);
+        u.succeeded();
+        u.failed(passive);
+        u.failed(passive);
+        assert!(u.available(), "the success in between reset the count");
+        u.failed(passive);
+        assert!(!u.available());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(u.available(), "back after the cooldown");
+        u.failed(None);
+        u.failed(None);
+        u.failed(None);
+        u.failed(None);
+        assert!(u.available(), "without passive health nothing ejects");
+    }
+
+    #[test]
+    fn outstanding_requests_are_counted_until_the_guard_drops() {
+        let u = upstream();
+        let a = u.start();
+        let b = u.start();
+        assert_eq!(u.outstanding(), 2);
+        drop(a);
+        assert_eq!(u.outstanding(), 1);
+        drop(b);
+        assert_eq!(u.outstanding(), 0);
+    }
+}
