@@ -29,11 +29,68 @@ pub struct SiteLimiter {
 }
 
 impl SiteLimiter {
-    /// `Err(retry_after)` when `client` is over its budget.
+    /// `Err(retry_after)` when `client` is over its budget. IPv6 clients are keyed by their /64:
+    /// one host usually holds a whole /64, and keying by address would let it rotate through
+    /// 2^64 fresh budgets.
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        if self.limiter.len() >= MAX_TRACKED_CLIENTS {
+            self.evict_now();
+        }
         self.limiter
-            .check_key(&client)
+            .check_key(&client_key(client))
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+impl SiteLimiter {
+    /// Over the cap between two eviction rounds: evict now rather than grow, at most once a
+    /// second so that a flood of distinct clients cannot turn every request into a full scan.
+    #[cold]
+    fn evict_now(&self) {
+        static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        static LAST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = u64::try_from(
+            STARTED
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        let last = LAST_MS.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && LAST_MS
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.limiter.retain_recent();
+            tracing::warn!(
+                tracked = self.limiter.len(),
+                "rate limiter over its tracked-client cap; evicted idle clients early"
+            );
+        }
+    }
+}
+
+/// Clients one limiter tracks before it evicts idle ones on the request path instead of waiting
+/// for the eviction task. Clients that are all still within their burst stay tracked, so this
+/// is a soft cap: memory follows the clients that are really active.
+pub const MAX_TRACKED_CLIENTS: usize = 100_000;
+
+/// The rate-limit key of a client: its IPv4 address (IPv4-mapped IPv6 included), or its IPv6 /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !u128::from(u64::MAX),
+            )),
+        },
     }
 }
 
@@ -128,6 +185,26 @@ mod tests {
         assert!(
             store.get(Scope::Global, quota(1, 1)).check(ip).is_ok(),
             "a dropped limiter starts over"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_budget_per_64() {
+        let store = LimiterStore::default();
+        let l = store.get(Scope::Global, quota(1, 1));
+        assert!(l.check("2001:db8:1:2::1".parse().unwrap()).is_ok());
+        assert!(
+            l.check("2001:db8:1:2:ffff::9".parse().unwrap()).is_err(),
+            "same /64"
+        );
+        assert!(
+            l.check("2001:db8:1:3::1".parse().unwrap()).is_ok(),
+            "another /64"
+        );
+        assert!(l.check("::ffff:192.0.2.9".parse().unwrap()).is_ok());
+        assert!(
+            l.check("192.0.2.9".parse().unwrap()).is_err(),
+            "mapped IPv4 is the IPv4 client"
         );
     }
 
