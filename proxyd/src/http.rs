@@ -29,6 +29,17 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
 type UpstreamBody = BoxBody<Bytes, BoxError>;
 
+/// What the request path decided, for the access log and metrics, whether it ended in a
+/// response or an error.
+#[derive(Debug, Default)]
+struct Outcome {
+    site: Option<String>,
+    /// The matched route's path prefix.
+    route: Option<String>,
+    /// The last upstream tried.
+    upstream: Option<String>,
+}
+
 /// Who sent a request, as the request path needs it.
 pub struct Peer<'a> {
     pub addr: SocketAddr,
@@ -86,10 +97,11 @@ impl Proxy {
             trusted,
             request_id: &request_id,
         };
-        let (site, upstream, mut response) = match self.forward(&runtime, req, &peer).await {
-            Ok((site, upstream, r)) => (Some(site), Some(upstream), r),
-            Err((site, e)) => {
-                self.metrics.request_failed(site.as_deref(), &e);
+        let mut out = Outcome::default();
+        let mut response = match self.forward(&runtime, req, &peer, &mut out).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.request_failed(out.site.as_deref(), &e);
                 if matches!(
                     e,
                     ProxyError::UpstreamUnreachable { .. }
@@ -98,9 +110,14 @@ impl Proxy {
                 ) {
                     tracing::warn!(error = %e, "upstream request failed");
                 }
-                (site, None, e.into_response(&request_id))
+                e.into_response(&request_id)
             }
         };
+        let Outcome {
+            site,
+            route,
+            upstream,
+        } = out;
         response
             .headers_mut()
             .insert(headers::X_REQUEST_ID, request_id.clone());
@@ -114,6 +131,7 @@ impl Proxy {
             %method,
             path,
             site = site.as_deref().unwrap_or("-"),
+            route = route.as_deref().unwrap_or("-"),
             upstream = upstream.as_deref().unwrap_or("-"),
             status = response.status().as_u16(),
             // Known when the upstream sent Content-Length, and for proxyd's own answers.
@@ -129,30 +147,30 @@ impl Proxy {
         runtime: &Runtime,
         mut req: Request<Incoming>,
         peer: &Peer<'_>,
-    ) -> Result<(String, String, Response<ResponseBody>), (Option<String>, ProxyError)> {
+        out: &mut Outcome,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
         let client = peer.addr;
         if req.method() == http::Method::CONNECT {
             // Not a forward proxy: nothing outside the config is ever dialed.
-            return Err((None, ProxyError::ConnectRefused));
+            return Err(ProxyError::ConnectRefused);
         }
-        let host = headers::request_host(&req).map_err(|e| (None, e))?;
-        let site = runtime.site(&host).ok_or((None, ProxyError::UnknownHost))?;
-        let fail = |e| (Some(site.name.clone()), e);
+        let host = headers::request_host(&req)?;
+        let site = runtime.site(&host).ok_or(ProxyError::UnknownHost)?;
+        out.site = Some(site.name.clone());
         if let Some(limiter) = &site.limiter {
             limiter
                 .check(client.ip())
-                .map_err(|retry_after| fail(ProxyError::RateLimited { retry_after }))?;
+                .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
         }
-        check_content_length(&req, site).map_err(fail)?;
+        check_content_length(&req, site)?;
 
-        let route = site
-            .route(req.uri().path())
-            .ok_or_else(|| fail(ProxyError::NoRoute))?;
+        let route = site.route(req.uri().path()).ok_or(ProxyError::NoRoute)?;
+        out.route = Some(route.path_prefix.clone());
         let pool = match &route.action {
             Action::Proxy(pool) => pool,
             Action::Redirect { location, status } => {
                 let response = respond::redirect(location, *status, &req);
-                return Ok((site.name.clone(), "-".to_owned(), response));
+                return Ok(response);
             }
             Action::Respond {
                 status,
@@ -160,7 +178,7 @@ impl Proxy {
                 headers,
             } => {
                 let response = respond::fixed(*status, body, headers);
-                return Ok((site.name.clone(), "-".to_owned(), response));
+                return Ok(response);
             }
         };
         // An HTTP/1.1 Upgrade (WebSocket, ...) is passed on, and tunnelled once the upstream
@@ -205,19 +223,20 @@ impl Proxy {
         let mut last_error = None;
         let (response, upstream_name) = loop {
             let Some((index, upstream)) = pool.pick(&tried) else {
-                return Err(fail(last_error.unwrap_or(ProxyError::NoHealthyUpstream)));
+                return Err(last_error.unwrap_or(ProxyError::NoHealthyUpstream));
             };
             if !tried.is_empty() {
                 self.metrics.retried(&site.name);
             }
             tried.push(index);
             let upstream_name = upstream.name.clone();
+            out.upstream = Some(upstream_name.clone());
             let uri = Uri::builder()
                 .scheme(upstream.spec.scheme.clone())
                 .authority(upstream.spec.authority.clone())
                 .path_and_query(path_and_query.as_str())
                 .build()
-                .map_err(|_| fail(ProxyError::BadRequest("invalid request target")))?;
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
             let mut request = Request::new(body.take().unwrap_or_else(empty_body));
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = uri;
@@ -235,17 +254,17 @@ impl Proxy {
                 }
                 // Not the upstream's fault, and not worth another upstream.
                 Ok(Err(e)) if caused_by_body_limit(&e) => {
-                    return Err(fail(ProxyError::PayloadTooLarge {
+                    return Err(ProxyError::PayloadTooLarge {
                         limit: site.body_limit_bytes,
-                    }));
+                    });
                 }
                 // The request may be in progress there: never sent twice.
                 Err(_) => {
                     upstream.failed(pool.passive);
-                    return Err(fail(ProxyError::UpstreamTimeout {
+                    return Err(ProxyError::UpstreamTimeout {
                         upstream: upstream_name,
                         timeout: site.upstream_response_timeout,
-                    }));
+                    });
                 }
                 Ok(Err(e)) => {
                     upstream.failed(pool.passive);
@@ -262,14 +281,14 @@ impl Proxy {
                         }
                     };
                     if !retryable {
-                        return Err(fail(error));
+                        return Err(error);
                     }
                     error
                 }
             };
             tracing::debug!(error = %error, "upstream attempt failed");
             if tried.len() > pool.retries as usize {
-                return Err(fail(error));
+                return Err(error);
             }
             last_error = Some(error);
         };
@@ -288,11 +307,7 @@ impl Proxy {
             headers::restore_upgrade(&mut parts.headers, protocol);
         }
         parts.version = client_version;
-        Ok((
-            site.name.clone(),
-            upstream_name,
-            Response::from_parts(parts, body.boxed()),
-        ))
+        Ok(Response::from_parts(parts, body.boxed()))
     }
 }
 
