@@ -173,6 +173,16 @@ async fn a_slow_header_sender_is_cut_at_the_header_timeout_while_others_are_serv
         "{took:?}"
     );
     assert_eq!(ok.hits(), 5, "the slow request never reached the upstream");
+
+    // The same deadline closes a keep-alive connection that sits idle between requests.
+    let mut idle = proxy_tests::Conn::open(env.http).await;
+    assert_eq!(idle.get("ok.example", "/").await.status, 200);
+    let started = Instant::now();
+    eventually("the idle keep-alive connection to be closed", || async {
+        idle.is_closed().then_some(())
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
     env.stop().await;
 }
 
