@@ -120,6 +120,8 @@ impl DataPlane {
         }
         check_upstreams_resolve(&spec).await?;
         let newly_bound = self.bind_once(&spec.statics)?;
+        // Upstream clients take their timeouts from the first snapshot (they are static).
+        self.upstreams.configure(&spec.statics);
         let runtime = Runtime::compile(&spec, &self.limiters, &self.upstreams);
         self.runtime.store(Arc::new(runtime));
         self.metrics.snapshot_applied(spec.version);
@@ -145,12 +147,7 @@ impl DataPlane {
 
     /// Serves what the first snapshot bound, until shutdown.
     fn serve(&self, sockets: Sockets, statics: &StaticSpec) {
-        // The upstream client's timeouts are static: one proxy for the life of the process.
-        let proxy = Arc::new(Proxy::new(
-            self.runtime.clone(),
-            self.metrics.clone(),
-            statics,
-        ));
+        let proxy = Arc::new(Proxy::new(self.runtime.clone(), self.metrics.clone()));
         for (name, listener) in sockets.listeners {
             let serve = crate::server::serve(
                 name,

@@ -15,19 +15,16 @@ use http::{Request, Response, Uri, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 pub use error::ProxyError;
 
-use crate::convert::StaticSpec;
 use crate::metrics::Metrics;
 use crate::runtime::{Action, Runtime, Site};
+use crate::upstreams::UpstreamBody;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
-type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 /// What the request path decided, for the access log and metrics, whether it ended in a
 /// response or an error.
@@ -51,30 +48,12 @@ pub struct Peer<'a> {
 /// The HTTP handler every listener shares.
 pub struct Proxy {
     runtime: Arc<ArcSwap<Runtime>>,
-    client: Client<HttpConnector, UpstreamBody>,
     metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(
-        runtime: Arc<ArcSwap<Runtime>>,
-        metrics: Arc<Metrics>,
-        statics: &StaticSpec,
-    ) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(statics.upstream_connect_timeout));
-        // One pool for all upstreams, keyed by scheme and authority: an upstream that a reload
-        // keeps keeps its idle connections; one whose address changes gets new ones.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(statics.upstream_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Proxy {
-            runtime,
-            client,
-            metrics,
-        }
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) -> Proxy {
+        Proxy { runtime, metrics }
     }
 
     /// Answers one request; never fails: errors become responses in `ProxyError::into_response`.
@@ -243,9 +222,11 @@ impl Proxy {
             *request.version_mut() = parts.version;
             *request.headers_mut() = parts.headers.clone();
             let outstanding = upstream.start();
-            let sent =
-                tokio::time::timeout(site.upstream_response_timeout, self.client.request(request))
-                    .await;
+            let sent = tokio::time::timeout(
+                site.upstream_response_timeout,
+                upstream.client.request(request),
+            )
+            .await;
             drop(outstanding);
             let error = match sent {
                 Ok(Ok(response)) => {

@@ -14,12 +14,34 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
-use crate::convert::{HealthCheckSpec, PassiveHealthSpec, UpstreamSpec};
+use crate::convert::{HealthCheckSpec, PassiveHealthSpec, StaticSpec, UpstreamSpec};
 use crate::metrics::Metrics;
+
+/// The body type proxyd sends upstream.
+pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, crate::http::BoxError>;
+
+/// Connection settings every upstream client shares; static, from the first snapshot.
+#[derive(Debug, Clone, Copy)]
+struct ClientSettings {
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(4),
+        }
+    }
+}
 
 /// One upstream's live state, shared by every route and site that uses it.
 pub struct Upstream {
     pub spec: UpstreamSpec,
+    /// Its own connection pool: kept with the upstream across reloads, and dropped with it, which
+    /// closes its idle connections at once.
+    pub client: Client<HttpConnector, UpstreamBody>,
     /// Its metrics label and store key.
     pub name: String,
     outstanding: AtomicUsize,
@@ -43,11 +65,19 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    fn new(spec: UpstreamSpec, metrics: Arc<Metrics>) -> Upstream {
+    fn new(spec: UpstreamSpec, metrics: Arc<Metrics>, settings: ClientSettings) -> Upstream {
         let name = spec.to_string();
         metrics.upstream_health(&name, true);
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         Upstream {
             spec,
+            client,
             name,
             outstanding: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -135,6 +165,7 @@ pub struct UpstreamStore {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     client: Client<HttpConnector, Empty<Bytes>>,
+    settings: std::sync::OnceLock<ClientSettings>,
 }
 
 impl UpstreamStore {
@@ -152,7 +183,17 @@ impl UpstreamStore {
             metrics,
             shutdown,
             client,
+            settings: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the upstream clients' connect and idle timeouts; only the first call counts, as
+    /// they are static settings.
+    pub fn configure(&self, statics: &StaticSpec) {
+        let _ = self.settings.set(ClientSettings {
+            connect_timeout: statics.upstream_connect_timeout,
+            idle_timeout: statics.upstream_idle_timeout,
+        });
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Upstream>>> {
@@ -163,7 +204,10 @@ impl UpstreamStore {
     pub fn get(&self, spec: &UpstreamSpec) -> Arc<Upstream> {
         self.lock()
             .entry(spec.to_string())
-            .or_insert_with(|| Arc::new(Upstream::new(spec.clone(), self.metrics.clone())))
+            .or_insert_with(|| {
+                let settings = self.settings.get().copied().unwrap_or_default();
+                Arc::new(Upstream::new(spec.clone(), self.metrics.clone(), settings))
+            })
             .clone()
     }
 
@@ -265,7 +309,11 @@ mod tests {
             scheme: http::uri::Scheme::HTTP,
             authority: "127.0.0.1:1".parse().unwrap(),
         };
-        Arc::new(Upstream::new(spec, Arc::new(Metrics::new())))
+        Arc::new(Upstream::new(
+            spec,
+            Arc::new(Metrics::new()),
+            ClientSettings::default(),
+        ))
     }
 
     #[tokio::test]

@@ -31,6 +31,8 @@ struct Log {
     status: std::sync::atomic::AtomicU16,
     heads: AtomicUsize,
     connections: AtomicUsize,
+    /// Connections accepted and not closed yet.
+    open: AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
 }
 
@@ -66,12 +68,17 @@ impl MockUpstream {
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                 };
                 log.connections.fetch_add(1, Ordering::SeqCst);
-                let (log, name) = (log.clone(), name.clone());
-                let service = service_fn(move |req| answer(req, log.clone(), name.clone()));
+                log.open.fetch_add(1, Ordering::SeqCst);
+                let (conn_log, name) = (log.clone(), name.clone());
+                let service = service_fn(move |req| answer(req, conn_log.clone(), name.clone()));
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades();
-                tokio::spawn(conn);
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    log.open.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         upstream
@@ -89,6 +96,11 @@ impl MockUpstream {
     /// Request heads received so far (counted on arrival, before the body).
     pub fn hits(&self) -> usize {
         self.log.heads.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections open right now.
+    pub fn open_connections(&self) -> usize {
+        self.log.open.load(Ordering::SeqCst)
     }
 
     /// TCP connections accepted so far.

@@ -181,3 +181,45 @@ async fn a_no_op_reload_changes_nothing_and_force_publishes_again() {
     env.wait_for_applied(2).await;
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_upstream_address_gets_new_connections_and_the_old_ones_close() {
+    let old = MockUpstream::start("old").await;
+    let new = MockUpstream::start("new").await;
+    // A long pool idle timeout: the old connection must close because its upstream is gone,
+    // not because it idled out.
+    let env = TestEnv::start_with(
+        "upstream_idle_timeout = \"5m\"",
+        &site("app.example", &old.url()),
+    )
+    .await;
+    for _ in 0..3 {
+        assert!(
+            get(env.http, "app.example", "/")
+                .await
+                .body
+                .starts_with("upstream old")
+        );
+    }
+    assert_eq!(
+        (old.connections(), old.open_connections()),
+        (1, 1),
+        "one pooled connection, reused"
+    );
+
+    env.write_config(&site("app.example", &new.url()));
+    let out = env.proxyctl(&["reload"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(
+        get(env.http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream new")
+    );
+    proxy_tests::eventually("the old upstream's idle connection to close", || async {
+        (old.open_connections() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(new.connections(), 1);
+    env.stop().await;
+}
