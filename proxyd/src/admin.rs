@@ -34,19 +34,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(listener = "admin", error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = crate::server::accept(&listener, "admin", &shutdown).await {
         let state = state.clone();
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let response = answer(req.method(), req.uri().path(), &state);

@@ -17,6 +17,31 @@ use tokio_util::sync::CancellationToken;
 use crate::convert::StaticSpec;
 use crate::http::Proxy;
 
+/// The next connection, with `TCP_NODELAY` set; `None` once `shutdown` is cancelled.
+pub async fn accept(
+    listener: &TcpListener,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, peer));
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown`, then stops accepting, lets in-flight requests finish
 /// (keep-alive off) for up to `drain_timeout`, and drops what is left.
 pub async fn serve(
@@ -43,21 +68,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(statics.max_request_header_bytes).unwrap_or(u32::MAX));
     let drain_timeout = statics.shutdown_timeout;
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!(listener = %name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = accept(&listener, &name, &shutdown).await {
         let proxy = proxy.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
