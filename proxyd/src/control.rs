@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::convert::Spec;
 use crate::dataplane::DataPlane;
+use crate::saved::SavedSnapshot;
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -29,13 +30,14 @@ pub async fn run(
     socket: PathBuf,
     identity: Identity,
     plane: Arc<DataPlane>,
+    saved: Option<SavedSnapshot>,
     shutdown: CancellationToken,
 ) {
     let mut failures: u32 = 0;
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = subscribe(&socket, &identity, &plane) => r,
+            r = subscribe(&socket, &identity, &plane, saved.as_ref()) => r,
         };
         match result {
             Ok(Session { received_any }) => {
@@ -85,6 +87,7 @@ async fn subscribe(
     socket: &std::path::Path,
     identity: &Identity,
     plane: &DataPlane,
+    saved: Option<&SavedSnapshot>,
 ) -> Result<Session, SessionError> {
     let channel = proto::uds::connect(socket, CONNECT_TIMEOUT).await?;
     let mut client = pb::control_client::ControlClient::new(channel);
@@ -114,7 +117,7 @@ async fn subscribe(
             tracing::warn!("ignoring a control message of a kind this proxyd does not know");
             continue;
         };
-        let answer = apply(plane, snapshot).await;
+        let answer = apply(plane, snapshot, saved).await;
         if tx.send(send(answer)).await.is_err() {
             break;
         }
@@ -122,13 +125,27 @@ async fn subscribe(
     Ok(session)
 }
 
-async fn apply(plane: &DataPlane, snapshot: pb::Snapshot) -> pb::data_plane_message::Msg {
+/// Applies `snapshot` and says ACK or NACK; a newly applied one is saved for the next boot.
+async fn apply(
+    plane: &DataPlane,
+    snapshot: pb::Snapshot,
+    saved: Option<&SavedSnapshot>,
+) -> pb::data_plane_message::Msg {
     use pb::data_plane_message::Msg;
     let version = snapshot.version;
+    let before = plane.version();
+    let copy = saved.map(|_| snapshot.clone());
     let result = match Spec::try_from(snapshot) {
         Ok(spec) => plane.apply(spec).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
+    if let (Ok(_), Some(saved), Some(copy)) = (&result, saved, copy)
+        && version != before
+        && let Err(e) = saved.save(&copy)
+    {
+        // Serving it is what matters; a failed save only costs the next cold boot.
+        tracing::warn!(path = %saved.path().display(), error = %e, version, "cannot save the applied snapshot");
+    }
     match result {
         Ok(bound) => Msg::Ack(pb::Ack {
             version,
@@ -150,6 +167,27 @@ async fn apply(plane: &DataPlane, snapshot: pb::Snapshot) -> pb::data_plane_mess
                 serving_version: serving,
             })
         }
+    }
+}
+
+/// Boots from the snapshot saved by an earlier run, before controld is reached. Returns the
+/// version now serving, if any.
+pub async fn apply_saved(plane: &DataPlane, saved: &SavedSnapshot) -> Option<u64> {
+    let snapshot = match saved.load() {
+        Ok(Some(s)) => s,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring the saved snapshot; waiting for controld");
+            return None;
+        }
+    };
+    let version = snapshot.version;
+    match apply(plane, snapshot, None).await {
+        pb::data_plane_message::Msg::Ack(_) => {
+            tracing::info!(version, path = %saved.path().display(), "serving the saved snapshot until controld answers");
+            Some(version)
+        }
+        _ => None,
     }
 }
 

@@ -10,6 +10,7 @@ mod http;
 mod limits;
 mod metrics;
 mod runtime;
+mod saved;
 mod server;
 mod upstreams;
 
@@ -33,6 +34,9 @@ pub struct Options {
     pub identity: Identity,
     /// Applies `logging.level` from each snapshot.
     pub log_level_hook: Option<LogLevelHook>,
+    /// Where the last applied snapshot is saved, to serve it at the next start if controld is
+    /// unreachable then. `None`: nothing is saved.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -44,6 +48,7 @@ impl Options {
                 pid: std::process::id(),
             },
             log_level_hook: None,
+            state_dir: None,
         }
     }
 }
@@ -60,10 +65,21 @@ pub async fn run(options: Options, shutdown: CancellationToken) {
             .limiters()
             .evict_until(LIMITER_EVICTION_INTERVAL, shutdown.clone()),
     );
+    let saved = options.state_dir.as_deref().and_then(|dir| match saved::SavedSnapshot::open(dir) {
+        Ok(saved) => Some(saved),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot use the state directory; snapshots are not saved");
+            None
+        }
+    });
+    if let Some(saved) = &saved {
+        control::apply_saved(&plane, saved).await;
+    }
     control::run(
         options.control_socket,
         options.identity,
         plane.clone(),
+        saved,
         shutdown.clone(),
     )
     .await;

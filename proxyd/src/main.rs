@@ -14,6 +14,10 @@ struct Cli {
     /// controld's Unix socket.
     #[arg(long, default_value = "/run/controld/control.sock")]
     control_socket: PathBuf,
+    /// Where proxyd saves the last applied snapshot, and serves it from when it starts while
+    /// controld is unreachable (0700; the file is 0600).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// This data plane's name in controld's status (default: <hostname>-<pid>).
     #[arg(long)]
     node_id: Option<String>,
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         cli.node_id.unwrap_or_else(proxyd::default_node_id),
     );
     options.log_level_hook = Some(log_level_hook);
+    options.state_dir = cli.state_dir;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));

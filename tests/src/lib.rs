@@ -378,6 +378,8 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Answer {
 /// A daemon running as a real process; killed if the test ends without stopping it.
 pub struct Process {
     child: tokio::process::Child,
+    /// stderr lines, for [`Process::start_logged`].
+    lines: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
 }
 
 impl Process {
@@ -395,7 +397,58 @@ impl Process {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        Process { child }
+        Process { child, lines: None }
+    }
+
+    /// Like [`Process::start`], keeping its stderr (the daemons' logs) for
+    /// [`Process::wait_for_log`].
+    pub fn start_logged(name: &str, args: &[&str]) -> Process {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(binary(name))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if std::env::var_os("PROXY_TESTS_LOG").is_some() {
+                    eprintln!("{line}");
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Process {
+            child,
+            lines: Some(rx),
+        }
+    }
+
+    /// Waits for a log line containing every one of `needles`, and returns it.
+    pub async fn wait_for_log(&mut self, needles: &[&str]) -> String {
+        let lines = self
+            .lines
+            .as_mut()
+            .expect("start the process with start_logged");
+        let found = tokio::time::timeout(DEADLINE, async {
+            while let Some(line) = lines.recv().await {
+                if needles.iter().all(|n| line.contains(n)) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!("no log line with {needles:?}"),
+        }
     }
 
     pub fn pid(&self) -> u32 {

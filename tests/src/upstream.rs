@@ -128,6 +128,15 @@ async fn answer(
     if let Some(protocol) = req.headers().get(http::header::UPGRADE).cloned() {
         return Ok(echo_upgrade(&mut req, protocol, &log));
     }
+    // `/sleep/<ms>...` answers after that long: a slow upstream for drain tests.
+    if let Some(ms) = req
+        .uri()
+        .path()
+        .strip_prefix("/sleep/")
+        .and_then(|rest| rest.split('/').next()?.parse().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.ok().map(|b| b.to_bytes());
     log.requests.lock().unwrap().push(Recorded {
