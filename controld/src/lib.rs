@@ -8,6 +8,7 @@ pub mod config;
 pub mod dataplanes;
 pub mod diff;
 pub mod error;
+mod notify;
 pub mod reloader;
 pub mod service;
 pub mod snapshot;
@@ -110,6 +111,12 @@ impl Controld {
             planes: self.planes.clone(),
             started_at: self.started_at,
         };
+        notify::ready(self.reloader.current().version);
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            notify::stopping();
+        });
         tonic::transport::Server::builder()
             .add_service(proto::v1::control_server::ControlServer::new(control))
             .add_service(proto::v1::admin_server::AdminServer::new(admin))

@@ -153,8 +153,19 @@ impl Reloader {
     pub async fn reload(&self, options: ReloadOptions) -> ReloadReport {
         let started = Instant::now();
         let _serialized = self.lock.lock().await;
+        if !options.dry_run {
+            crate::notify::reloading();
+        }
         let mut report = self.reload_locked(options).await;
         report.duration = started.elapsed();
+        if !options.dry_run {
+            crate::notify::reloaded(&match report.outcome {
+                Outcome::Rejected => {
+                    format!("reload rejected; serving config version {}", report.version)
+                }
+                _ => format!("serving config version {}", report.version),
+            });
+        }
         if !options.dry_run {
             *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastReload {
                 at: SystemTime::now(),

@@ -160,6 +160,7 @@ async fn apply(
         Err(error) => {
             plane.metrics().snapshot_refused();
             let serving = plane.version();
+            crate::notify::refused(version, serving);
             tracing::error!(version, serving, %error, "refusing snapshot; the previous one keeps serving");
             Msg::Nack(pb::Nack {
                 version,

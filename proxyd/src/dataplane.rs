@@ -138,6 +138,7 @@ impl DataPlane {
         if let Some(sockets) = newly_bound {
             self.serve(sockets, &spec.statics);
         }
+        crate::notify::serving(spec.version);
         Ok(self
             .bound()
             .as_ref()

@@ -9,6 +9,7 @@ mod dataplane;
 mod http;
 mod limits;
 mod metrics;
+mod notify;
 mod runtime;
 mod saved;
 mod server;
@@ -83,6 +84,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) {
         shutdown.clone(),
     )
     .await;
+    notify::stopping();
     plane.drained().await;
     let _ = eviction.await;
     tracing::info!("proxyd stopped");

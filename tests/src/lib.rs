@@ -386,12 +386,18 @@ impl Process {
     /// Starts workspace binary `name` with `args`. Its logs are dropped unless
     /// `PROXY_TESTS_LOG` is set, to keep test output readable.
     pub fn start(name: &str, args: &[&str]) -> Process {
+        Process::start_with_env(name, args, &[])
+    }
+
+    /// Like [`Process::start`], with extra environment variables.
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &Path)]) -> Process {
         let logs = || match std::env::var_os("PROXY_TESTS_LOG") {
             Some(_) => std::process::Stdio::inherit(),
             None => std::process::Stdio::null(),
         };
         let child = tokio::process::Command::new(binary(name))
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(logs())
             .stderr(logs())
             .kill_on_drop(true)

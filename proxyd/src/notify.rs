@@ -1,0 +1,26 @@
+//! systemd readiness notifications (`Type=notify`). Each call is a no-op when proxyd does not run
+//! under systemd (no `NOTIFY_SOCKET`).
+
+use sd_notify::NotifyState;
+
+fn send(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Listeners bound and a snapshot applied: READY=1 the first time, then STATUS updates.
+pub fn serving(version: u64) {
+    let status = format!("serving config version {version}");
+    send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+}
+
+/// A snapshot was refused; the previous one keeps serving.
+pub fn refused(version: u64, serving: u64) {
+    let status = format!("refused config version {version}; serving version {serving}");
+    send(&[NotifyState::Status(&status)]);
+}
+
+pub fn stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+}
