@@ -191,6 +191,8 @@ fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
             "control.state_dir",
             s.control.state_dir.display().to_string(),
         ),
+        ("control.allowed_uids", list(&s.control.allowed_uids)),
+        ("control.allowed_gids", list(&s.control.allowed_gids)),
         (
             "proxy.shutdown_timeout",
             humantime::format_duration(s.proxy.shutdown_timeout).to_string(),

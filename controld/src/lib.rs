@@ -4,6 +4,7 @@
 //! `main.rs` loads the config, binds the socket and installs signal handlers; everything else
 //! is here so that tests can run a whole controld in-process.
 
+pub mod access;
 pub mod config;
 pub mod dataplanes;
 pub mod diff;
@@ -54,6 +55,8 @@ impl Options {
 pub struct Controld {
     reloader: Arc<Reloader>,
     planes: Arc<dataplanes::DataPlanes>,
+    /// From the config at start: the allow-list is static.
+    access: access::Access,
     started_at: SystemTime,
 }
 
@@ -61,6 +64,7 @@ impl Controld {
     /// Versions `config` (loaded from `options.config_path`) and opens the state directory.
     pub fn start(options: &Options, config: Config) -> Result<Controld, Error> {
         let planes = Arc::new(dataplanes::DataPlanes::default());
+        let access = access::Access::new(&config.statics.control);
         let reloader = Reloader::start(
             &options.config_path,
             config,
@@ -71,6 +75,7 @@ impl Controld {
         Ok(Controld {
             reloader: Arc::new(reloader),
             planes,
+            access,
             started_at: SystemTime::now(),
         })
     }
@@ -104,11 +109,13 @@ impl Controld {
         let control = service::ControlService {
             reloader: self.reloader.clone(),
             planes: self.planes.clone(),
+            access: self.access.clone(),
             shutdown: shutdown.clone(),
         };
         let admin = service::AdminService {
             reloader: self.reloader.clone(),
             planes: self.planes.clone(),
+            access: self.access.clone(),
             started_at: self.started_at,
         };
         notify::ready(self.reloader.current().version);

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::{Access, audit};
 use crate::dataplanes::{DataPlanes, Plane, PlaneResult};
 use crate::reloader::{Current, Outcome, ReloadOptions, ReloadReport, Reloader, unix_ms};
 
@@ -21,6 +22,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ControlService {
     pub reloader: Arc<Reloader>,
     pub planes: Arc<DataPlanes>,
+    pub access: Access,
     pub shutdown: CancellationToken,
 }
 
@@ -34,6 +36,8 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<Streaming<pb::DataPlaneMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        // Snapshots will carry private keys: only trusted users may subscribe.
+        self.access.authorize(&request, "Subscribe")?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::DataPlaneMessage {
@@ -120,6 +124,7 @@ fn handle_answer(planes: &DataPlanes, id: u64, message: pb::DataPlaneMessage) {
 pub struct AdminService {
     pub reloader: Arc<Reloader>,
     pub planes: Arc<DataPlanes>,
+    pub access: Access,
     pub started_at: SystemTime,
 }
 
@@ -129,6 +134,11 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ReloadReply>, Status> {
+        // A dry run changes nothing: anyone who can connect may ask for one.
+        let caller = match request.get_ref().dry_run {
+            true => None,
+            false => Some(self.access.authorize(&request, "Reload")?),
+        };
         let req = request.into_inner();
         let options = ReloadOptions {
             dry_run: req.dry_run,
@@ -140,6 +150,13 @@ impl pb::admin_server::Admin for AdminService {
         let report = tokio::spawn(async move { reloader.reload(options).await })
             .await
             .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
+        if let Some(caller) = caller {
+            let outcome = format!(
+                "{:?}, version {} → {}",
+                report.outcome, report.previous_version, report.version
+            );
+            audit("Reload", &caller, &outcome.to_ascii_lowercase());
+        }
         Ok(Response::new(reload_reply(&report, &self.reloader)))
     }
 

@@ -152,6 +152,8 @@ pub struct TlsFilesFile {
 pub struct ControlFile {
     pub socket: Option<String>,
     pub state_dir: Option<String>,
+    pub allowed_uids: Vec<i64>,
+    pub allowed_gids: Vec<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

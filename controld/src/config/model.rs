@@ -248,6 +248,10 @@ pub struct StaticConfig {
 pub struct ControlConfig {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
+    /// Besides root and controld's own user: who may make changing calls and subscribe.
+    pub allowed_uids: Vec<u32>,
+    /// Primary groups (as SO_PEERCRED reports them) allowed the same.
+    pub allowed_gids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -563,3 +563,23 @@ fn pools_weights_and_health_checks() {
         "{got:#?}"
     );
 }
+
+#[test]
+fn control_allow_lists() {
+    let text = format!("[control]\nallowed_uids = [1000, 1001]\nallowed_gids = [-1]\n{MINIMAL}");
+    let got = rendered(&text);
+    assert!(
+        got.iter()
+            .any(|g| g.contains("control.allowed_gids[0]: invalid id -1")),
+        "{got:#?}"
+    );
+    let text = format!("[control]\nallowed_uids = [1000]\nallowed_gids = [50]\n{MINIMAL}");
+    let c = parse(&text, Path::new("proxy.toml")).unwrap();
+    assert_eq!(
+        (
+            c.statics.control.allowed_uids.clone(),
+            c.statics.control.allowed_gids.clone()
+        ),
+        (vec![1000], vec![50])
+    );
+}

@@ -261,7 +261,27 @@ fn control(file: &FileConfig, p: &mut Problems) -> ControlConfig {
         at.key("state_dir"),
         p,
     );
-    ControlConfig { socket, state_dir }
+    let ids = |values: &[i64], key: &str, p: &mut Problems| -> Vec<u32> {
+        let mut ids = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            match u32::try_from(*v) {
+                Ok(id) => ids.push(id),
+                Err(_) => p.push(
+                    at.key(key).index(i),
+                    format!("invalid id {v}: must be 0 to {}", u32::MAX),
+                ),
+            }
+        }
+        ids
+    };
+    let allowed_uids = ids(&file.control.allowed_uids, "allowed_uids", p);
+    let allowed_gids = ids(&file.control.allowed_gids, "allowed_gids", p);
+    ControlConfig {
+        socket,
+        state_dir,
+        allowed_uids,
+        allowed_gids,
+    }
 }
 
 fn proxy(file: &FileConfig, p: &mut Problems) -> ProxyConfig {
