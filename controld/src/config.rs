@@ -93,8 +93,14 @@ impl fmt::Display for Diagnostics<'_> {
 
 /// Reads `path` with one open and one bounded read, then parses it.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
+    load_with_text(path).map(|(config, _)| config)
+}
+
+/// Like [`load`], also returning the text that was read (for the version history).
+pub fn load_with_text(path: &Path) -> Result<(Config, String), LoadError> {
     let text = read(path)?;
-    parse(&text, path)
+    let config = parse(&text, path)?;
+    Ok((config, text))
 }
 
 /// Reads the file once, refusing one over [`MAX_CONFIG_BYTES`].

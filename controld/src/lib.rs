@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplanes;
 pub mod diff;
 pub mod error;
+pub mod history;
 mod notify;
 pub mod reloader;
 pub mod service;
@@ -62,12 +63,14 @@ pub struct Controld {
 
 impl Controld {
     /// Versions `config` (loaded from `options.config_path`) and opens the state directory.
-    pub fn start(options: &Options, config: Config) -> Result<Controld, Error> {
+    /// `config_text` is the file's text `config` was parsed from, for the version history.
+    pub fn start(options: &Options, config: Config, config_text: &str) -> Result<Controld, Error> {
         let planes = Arc::new(dataplanes::DataPlanes::default());
         let access = access::Access::new(&config.statics.control);
         let reloader = Reloader::start(
             &options.config_path,
             config,
+            config_text,
             planes.clone(),
             options.ack_timeout,
             options.log_level_hook.clone(),
@@ -137,8 +140,8 @@ impl Controld {
 
 /// Loads the config, binds its control socket and serves until `shutdown`.
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
-    let config = config::load(&options.config_path)?;
-    let controld = Controld::start(&options, config)?;
+    let (config, text) = config::load_with_text(&options.config_path)?;
+    let controld = Controld::start(&options, config, &text)?;
     let socket = ControlSocket::bind(&controld.socket_path())?;
     controld.serve(socket, shutdown).await
 }

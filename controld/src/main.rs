@@ -58,8 +58,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn serve(config_path: PathBuf) -> ExitCode {
-    let config = match config::load(&config_path) {
-        Ok(c) => c,
+    let (config, text) = match config::load_with_text(&config_path) {
+        Ok(loaded) => loaded,
         Err(e) => {
             for d in e.diagnostics(&config_path) {
                 eprintln!("{d}");
@@ -83,7 +83,7 @@ fn serve(config_path: PathBuf) -> ExitCode {
         log_level_hook: Some(log_level_hook),
         ..Options::new(config_path)
     };
-    match runtime.block_on(run(options, config)) {
+    match runtime.block_on(run(options, config, text)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "controld stopped");
@@ -97,8 +97,12 @@ fn serve(config_path: PathBuf) -> ExitCode {
     }
 }
 
-async fn run(options: Options, config: controld::Config) -> Result<(), controld::Error> {
-    let controld = Controld::start(&options, config)?;
+async fn run(
+    options: Options,
+    config: controld::Config,
+    text: String,
+) -> Result<(), controld::Error> {
+    let controld = Controld::start(&options, config, &text)?;
     let socket = ControlSocket::bind(&controld.socket_path())?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(controld.reloader(), shutdown.clone()));
@@ -124,7 +128,8 @@ async fn signals(reloader: Arc<controld::Reloader>, shutdown: CancellationToken)
                 // In its own task, so that SIGTERM is not held up by a reload waiting for ACKs.
                 let reloader = reloader.clone();
                 tokio::spawn(async move {
-                    let report = reloader.reload(ReloadOptions::default()).await;
+                    let origin = controld::reloader::Origin { source: "sighup".to_owned(), uid: None, pid: None };
+                let report = reloader.reload(ReloadOptions { origin, ..ReloadOptions::default() }).await;
                     tracing::info!(outcome = ?report.outcome, version = report.version, "SIGHUP reload done");
                 });
             }

@@ -11,6 +11,7 @@ use crate::config::{self, Config, Diagnostic};
 use crate::dataplanes::{DataPlanes, PlaneOutcome};
 use crate::diff::ConfigDiff;
 use crate::error::Error;
+use crate::history::{Entry, History};
 use crate::snapshot::Content;
 use crate::state::{Published, StateDir};
 
@@ -22,12 +23,42 @@ pub struct Current {
     pub content: Content,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ReloadOptions {
     /// Report what would happen; publish nothing.
     pub dry_run: bool,
     /// Publish a new version even when the content did not change.
     pub force: bool,
+    /// Who asked, for the history.
+    pub origin: Origin,
+}
+
+/// Where a published version came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// "startup", "reload", "sighup" or "rollback to N".
+    pub source: String,
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+impl Default for Origin {
+    fn default() -> Origin {
+        Origin {
+            source: "reload".to_owned(),
+            uid: None,
+            pid: None,
+        }
+    }
+}
+
+/// Why a rollback could not even be attempted.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("version {0} is not in the history (only the last {limit} are kept)", limit = crate::history::HISTORY_LIMIT)]
+    UnknownVersion(u64),
+    #[error("there is no earlier version to roll back to")]
+    NothingEarlier,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +115,7 @@ pub struct Reloader {
     lock: tokio::sync::Mutex<()>,
     current: watch::Sender<Arc<Current>>,
     state: StateDir,
+    history: History,
     planes: Arc<DataPlanes>,
     ack_timeout: Duration,
     last: Mutex<Option<LastReload>>,
@@ -96,13 +128,16 @@ impl Reloader {
     pub fn start(
         config_path: &Path,
         config: Config,
+        config_text: &str,
         planes: Arc<DataPlanes>,
         ack_timeout: Duration,
         log_level_hook: Option<LogLevelHook>,
     ) -> Result<Reloader, Error> {
         let state = StateDir::open(&config.statics.control.state_dir)?;
+        let history = History::open(&config.statics.control.state_dir)?;
         let content = Content::build(&config);
-        let version = match state.last_published()? {
+        let last = state.last_published()?;
+        let version = match &last {
             Some(last) if last.hash == content.hash => last.version,
             Some(last) => last.version + 1,
             None => 1,
@@ -111,6 +146,20 @@ impl Reloader {
             version,
             hash: content.hash.clone(),
         })?;
+        if last.is_none_or(|l| l.version != version) {
+            let entry = Entry {
+                version,
+                hash: content.hash.clone(),
+                at_unix_ms: unix_ms(SystemTime::now()),
+                source: "startup".to_owned(),
+                uid: None,
+                pid: None,
+                summary: "published at startup".to_owned(),
+            };
+            if let Err(e) = history.record(&entry, config_text) {
+                tracing::warn!(error = %e, version, "cannot record the version in the history");
+            }
+        }
         tracing::info!(version, hash = %content.hash, config = %config_path.display(), "serving config");
         let current = Arc::new(Current {
             version,
@@ -122,6 +171,7 @@ impl Reloader {
             lock: tokio::sync::Mutex::new(()),
             current: watch::channel(current).0,
             state,
+            history,
             planes,
             ack_timeout,
             last: Mutex::new(None),
@@ -153,10 +203,78 @@ impl Reloader {
     pub async fn reload(&self, options: ReloadOptions) -> ReloadReport {
         let started = Instant::now();
         let _serialized = self.lock.lock().await;
+        self.around(&options, started, async {
+            let current = self.current();
+            match config::load_with_text(&self.config_path) {
+                Ok((config, text)) => self.publish(current, config, &text, &options).await,
+                Err(e) => self.rejected(&current, e.diagnostics(&self.config_path)),
+            }
+        })
+        .await
+    }
+
+    /// Publishes the config `version` was built from again, as a new version; `None`: the
+    /// version before the one serving. The config file is not touched.
+    pub async fn rollback(
+        &self,
+        version: Option<u64>,
+        origin: Origin,
+    ) -> Result<ReloadReport, RollbackError> {
+        let started = Instant::now();
+        let _serialized = self.lock.lock().await;
+        let current = self.current();
+        let target = match version {
+            Some(v) => v,
+            None => self
+                .history
+                .list()
+                .into_iter()
+                .map(|e| e.version)
+                .find(|v| *v < current.version)
+                .ok_or(RollbackError::NothingEarlier)?,
+        };
+        let text = self
+            .history
+            .config_text(target)
+            .ok_or(RollbackError::UnknownVersion(target))?;
+        let options = ReloadOptions {
+            dry_run: false,
+            force: false,
+            origin: Origin {
+                source: format!("rollback to {target}"),
+                ..origin
+            },
+        };
+        let path = self.history.config_path(target);
+        let report = self
+            .around(&options, started, async {
+                match config::parse(&text, &path) {
+                    Ok(config) => self.publish(current, config, &text, &options).await,
+                    // Rules may have tightened since that version was published.
+                    Err(e) => self.rejected(&current, e.diagnostics(&path)),
+                }
+            })
+            .await;
+        Ok(report)
+    }
+
+    /// The recorded versions, newest first.
+    pub fn history(&self) -> Vec<Entry> {
+        self.history.list()
+    }
+
+    /// What every reload and rollback does around its work: systemd notifications, timing and
+    /// the "last reload" status.
+    async fn around(
+        &self,
+        options: &ReloadOptions,
+        started: Instant,
+        work: impl std::future::Future<Output = ReloadReport>,
+    ) -> ReloadReport {
         if !options.dry_run {
             crate::notify::reloading();
         }
-        let mut report = self.reload_locked(options).await;
+        let mut report = work.await;
         report.duration = started.elapsed();
         if !options.dry_run {
             crate::notify::reloaded(&match report.outcome {
@@ -165,8 +283,6 @@ impl Reloader {
                 }
                 _ => format!("serving config version {}", report.version),
             });
-        }
-        if !options.dry_run {
             *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastReload {
                 at: SystemTime::now(),
                 outcome: report.outcome,
@@ -177,9 +293,8 @@ impl Reloader {
         report
     }
 
-    async fn reload_locked(&self, options: ReloadOptions) -> ReloadReport {
-        let current = self.current();
-        let mut report = ReloadReport {
+    fn empty_report(current: &Current) -> ReloadReport {
+        ReloadReport {
             outcome: Outcome::Rejected,
             previous_version: current.version,
             version: current.version,
@@ -188,19 +303,34 @@ impl Reloader {
             warnings: Vec::new(),
             data_planes: Vec::new(),
             duration: Duration::ZERO,
-        };
-        let config = match config::load(&self.config_path) {
-            Ok(c) => c,
-            Err(e) => {
-                report.diagnostics = e.diagnostics(&self.config_path);
-                tracing::warn!(config = %self.config_path.display(), version = current.version,
-                    problems = report.diagnostics.len(), "reload rejected; the current version keeps serving");
-                for d in &report.diagnostics {
-                    tracing::warn!("{d}");
-                }
-                return report;
-            }
-        };
+        }
+    }
+
+    fn rejected(&self, current: &Current, diagnostics: Vec<Diagnostic>) -> ReloadReport {
+        tracing::warn!(
+            version = current.version,
+            problems = diagnostics.len(),
+            "reload rejected; the current version keeps serving"
+        );
+        for d in &diagnostics {
+            tracing::warn!("{d}");
+        }
+        ReloadReport {
+            diagnostics,
+            ..Reloader::empty_report(current)
+        }
+    }
+
+    /// Diffs `config` against the serving snapshot and, unless it is a dry run or changes
+    /// nothing, versions, records and publishes it, then waits for the data planes.
+    async fn publish(
+        &self,
+        current: Arc<Current>,
+        config: Config,
+        text: &str,
+        options: &ReloadOptions,
+    ) -> ReloadReport {
+        let mut report = Reloader::empty_report(&current);
         report.diff = ConfigDiff::between(&current.config, &config);
         report.warnings = report.diff.static_warnings();
         let content = Content::build(&config);
@@ -229,6 +359,26 @@ impl Reloader {
             }];
             tracing::error!(error = %e, version, "reload failed: cannot record the new version");
             return report;
+        }
+        let entry = Entry {
+            version,
+            hash: content.hash.clone(),
+            at_unix_ms: unix_ms(SystemTime::now()),
+            source: options.origin.source.clone(),
+            uid: options.origin.uid,
+            pid: options.origin.pid,
+            summary: report.diff.summary(),
+        };
+        if let Err(e) = self.history.record(&entry, text) {
+            // The version is published either way; only its history entry is missing.
+            tracing::warn!(error = %e, version, "cannot record the version in the history");
+        }
+        if options.origin.source.starts_with("rollback") {
+            report.warnings.push(format!(
+                "{} on disk differs from what now runs ({}); the next reload publishes the file again",
+                self.config_path.display(),
+                options.origin.source
+            ));
         }
         self.log_changes(&report.diff, current.version, version);
         if let Some(hook) = &self.log_level_hook {

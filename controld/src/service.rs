@@ -14,7 +14,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::{Access, audit};
 use crate::dataplanes::{DataPlanes, Plane, PlaneResult};
-use crate::reloader::{Current, Outcome, ReloadOptions, ReloadReport, Reloader, unix_ms};
+use crate::reloader::{
+    Current, Origin, Outcome, ReloadOptions, ReloadReport, Reloader, RollbackError, unix_ms,
+};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -143,6 +145,11 @@ impl pb::admin_server::Admin for AdminService {
         let options = ReloadOptions {
             dry_run: req.dry_run,
             force: req.force,
+            origin: Origin {
+                source: "reload".to_owned(),
+                uid: caller.and_then(|c| c.uid),
+                pid: caller.and_then(|c| c.pid),
+            },
         };
         // A reload runs to its end even if the caller gives up (a short --timeout drops this
         // handler): its version is published and its outcome recorded either way.
@@ -158,6 +165,64 @@ impl pb::admin_server::Admin for AdminService {
             audit("Reload", &caller, &outcome.to_ascii_lowercase());
         }
         Ok(Response::new(reload_reply(&report, &self.reloader)))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::ReloadReply>, Status> {
+        let caller = self.access.authorize(&request, "Rollback")?;
+        let version = request.into_inner().version;
+        let origin = Origin {
+            source: String::new(),
+            uid: caller.uid,
+            pid: caller.pid,
+        };
+        // Like a reload, it runs to its end even if the caller gives up.
+        let reloader = self.reloader.clone();
+        let result = tokio::spawn(async move { reloader.rollback(version, origin).await })
+            .await
+            .map_err(|e| Status::internal(format!("rollback task failed: {e}")))?;
+        let report = match result {
+            Ok(report) => report,
+            Err(e) => {
+                audit("Rollback", &caller, &format!("refused: {e}"));
+                return Err(match e {
+                    RollbackError::UnknownVersion(_) => Status::not_found(e.to_string()),
+                    RollbackError::NothingEarlier => Status::failed_precondition(e.to_string()),
+                });
+            }
+        };
+        let outcome = format!(
+            "{:?}, version {} → {}",
+            report.outcome, report.previous_version, report.version
+        );
+        audit("Rollback", &caller, &outcome.to_ascii_lowercase());
+        Ok(Response::new(reload_reply(&report, &self.reloader)))
+    }
+
+    async fn history(
+        &self,
+        _: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryReply>, Status> {
+        let entries = self
+            .reloader
+            .history()
+            .into_iter()
+            .map(|e| pb::HistoryEntry {
+                version: e.version,
+                content_hash: e.hash,
+                at_unix_ms: e.at_unix_ms,
+                source: e.source,
+                uid: e.uid,
+                pid: e.pid,
+                summary: e.summary,
+            })
+            .collect();
+        Ok(Response::new(pb::HistoryReply {
+            entries,
+            current_version: self.reloader.current().version,
+        }))
     }
 
     async fn status(

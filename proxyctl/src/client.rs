@@ -1,7 +1,9 @@
 //! The Admin client: reaches controld's Unix socket and names the step that failed.
 //!
 //! Every way a call can fail becomes one [`Error`], so `main` can pick the exit code and print
-//! one clear line.
+//! one clear line. Two kinds matter to a script: controld could not be reached or did not answer
+//! ([`Error::Connect`], [`Error::Timeout`], [`Error::Rpc`]: exit 69, try again later), or it
+//! answered and refused the operation ([`Error::Refused`]: exit 1, trying again will not help).
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -10,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proto::v1::admin_client::AdminClient;
-use proto::v1::{ReloadReply, ReloadRequest, StatusReply, StatusRequest};
+use proto::v1::{
+    HistoryReply, HistoryRequest, ReloadReply, ReloadRequest, RollbackRequest, StatusReply,
+    StatusRequest,
+};
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
@@ -39,10 +44,21 @@ pub enum Error {
         call: &'static str,
         timeout: Duration,
     },
-    /// The call itself failed: controld answered with an error status or the connection broke.
+    /// The call itself failed: the connection broke, or controld answered with an error status
+    /// that says nothing about the request (UNAVAILABLE, INTERNAL, UNIMPLEMENTED, ...).
     #[error("{call} failed: controld at {}: {message}", .socket.display())]
     Rpc {
         socket: PathBuf,
+        call: &'static str,
+        code: Code,
+        message: String,
+    },
+    /// controld is fine and refused this request: the caller may not make changes
+    /// (PERMISSION_DENIED), the version is unknown (NOT_FOUND), there is nothing to roll back to
+    /// (FAILED_PRECONDITION), or the request is malformed (INVALID_ARGUMENT). `message` is
+    /// controld's own, on one line.
+    #[error("{call}: {message}")]
+    Refused {
         call: &'static str,
         code: Code,
         message: String,
@@ -59,6 +75,12 @@ impl Error {
                 ..
             }
         )
+    }
+
+    /// True when controld answered and refused the operation (DESIGN §8 exit code 1), rather
+    /// than being unreachable (69).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Error::Refused { .. })
     }
 }
 
@@ -128,6 +150,20 @@ impl Admin {
         finish(&self.socket, "status", self.timeout, answer).await
     }
 
+    /// `Admin.History`.
+    pub async fn history(&mut self) -> Result<HistoryReply, Error> {
+        let request = self.request(HistoryRequest {});
+        let answer = self.client.history(request);
+        finish(&self.socket, "history", self.timeout, answer).await
+    }
+
+    /// `Admin.Rollback`: its reply is a reload's.
+    pub async fn rollback(&mut self, request: RollbackRequest) -> Result<ReloadReply, Error> {
+        let request = self.request(request);
+        let answer = self.client.rollback(request);
+        finish(&self.socket, "rollback", self.timeout, answer).await
+    }
+
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         // Tells controld the deadline too, so it can give up on its side.
@@ -168,6 +204,18 @@ fn rpc_error(socket: &Path, call: &'static str, timeout: Duration, status: &Stat
         };
     }
     let text = one_line(status.message());
+    if refuses_the_request(code) {
+        let message = if text.is_empty() {
+            code.description().to_owned()
+        } else {
+            text
+        };
+        return Error::Refused {
+            call,
+            code,
+            message,
+        };
+    }
     let message = match (code, text.is_empty()) {
         (Code::Unavailable, _) => format!("connection lost: {}", or_unknown(&text)),
         (Code::Unimplemented, _) => {
@@ -182,6 +230,16 @@ fn rpc_error(socket: &Path, call: &'static str, timeout: Duration, status: &Stat
         code,
         message,
     }
+}
+
+/// The codes with which controld answers "not this request": the operation failed, and the daemon
+/// is reachable and well. Every other code (UNAVAILABLE, INTERNAL, ...) says nothing about the
+/// request and stays "unreachable".
+fn refuses_the_request(code: Code) -> bool {
+    matches!(
+        code,
+        Code::PermissionDenied | Code::NotFound | Code::FailedPrecondition | Code::InvalidArgument
+    )
 }
 
 fn or_unknown(text: &str) -> &str {
@@ -303,12 +361,64 @@ mod tests {
 
     #[test]
     fn rpc_errors_stay_on_one_line() {
-        let status = Status::permission_denied("uid 1000\nmay not reload");
+        let status = Status::internal("snapshot store\nis broken");
         let err = rpc_error(Path::new("/s"), "reload", Duration::from_secs(1), &status);
-        let line = err.to_string();
-        assert!(!line.contains('\n'), "{line}");
-        assert!(line.starts_with("reload failed: controld at /s: uid 1000; may not reload ("));
+        assert_eq!(
+            err.to_string(),
+            "reload failed: controld at /s: snapshot store; is broken (internal error)"
+        );
         assert!(!err.is_not_running());
+        assert!(!err.is_refused());
+    }
+
+    #[test]
+    fn refusals_name_the_call_and_keep_controlds_message() {
+        let socket = Path::new("/s");
+        let timeout = Duration::from_secs(1);
+        let cases = [
+            (
+                "reload",
+                Status::permission_denied("uid 1000\nmay not reload"),
+                "reload: uid 1000; may not reload",
+            ),
+            (
+                "rollback",
+                Status::not_found("version 9 is not in the history"),
+                "rollback: version 9 is not in the history",
+            ),
+            (
+                "rollback",
+                Status::failed_precondition("there is no earlier version to roll back to"),
+                "rollback: there is no earlier version to roll back to",
+            ),
+            (
+                "rollback",
+                Status::invalid_argument(""),
+                "rollback: Client specified an invalid argument",
+            ),
+        ];
+        for (call, status, line) in cases {
+            let err = rpc_error(socket, call, timeout, &status);
+            assert!(err.is_refused(), "{err:?}");
+            assert!(!err.is_not_running());
+            assert_eq!(err.to_string(), line);
+        }
+    }
+
+    #[test]
+    fn unreachable_statuses_are_not_refusals() {
+        let socket = Path::new("/s");
+        let timeout = Duration::from_secs(1);
+        for status in [
+            Status::unavailable("broken pipe"),
+            Status::deadline_exceeded("late"),
+            Status::unimplemented(""),
+            Status::internal("oops"),
+            Status::unknown("h2 protocol error"),
+        ] {
+            let err = rpc_error(socket, "history", timeout, &status);
+            assert!(!err.is_refused(), "{err:?}");
+        }
     }
 
     #[tokio::test]

@@ -7,12 +7,14 @@ use std::process::ExitCode;
 pub enum Exit {
     /// 0: the operation did what was asked.
     Ok,
-    /// 1: the operation failed (reload rejected, a data plane refused or missed the new version,
-    /// status degraded).
+    /// 1: the operation failed (reload or rollback rejected, a data plane refused or missed the
+    /// new version, status degraded), or controld refused the request (not allowed, unknown
+    /// version, nothing to roll back to).
     Failed,
     /// 3: the daemon is not running (its socket file is missing or nobody listens on it).
     NotRunning,
-    /// 69 (EX_UNAVAILABLE): the daemon could not be reached or did not answer.
+    /// 69 (EX_UNAVAILABLE): the daemon could not be reached, did not answer in time, or the
+    /// connection broke.
     Unavailable,
 }
 

@@ -2,7 +2,8 @@
 
 use proto::v1::{
     BoundListener, ConfigDiff, ControlPlaneStatus, DataPlaneOutcome, DataPlaneResult,
-    DataPlaneStatus, Diagnostic, FieldChange, LastReload, ReloadOutcome, ReloadReply, StatusReply,
+    DataPlaneStatus, Diagnostic, FieldChange, HistoryEntry, HistoryReply, LastReload,
+    ReloadOutcome, ReloadReply, StatusReply,
 };
 
 pub fn change(field: &str, old: &str, new: &str) -> FieldChange {
@@ -117,5 +118,49 @@ pub fn status() -> StatusReply {
             }],
             connected_at_unix_ms: 1_795_290_000_500,
         }],
+    }
+}
+
+/// Versions 7 (a rollback to 5, serving), 6 (a reload by uid 1000) and 5 (startup), newest first.
+pub fn history() -> HistoryReply {
+    let entry =
+        |version: u64, at_unix_ms: u64, source: &str, uid, pid, summary: &str| HistoryEntry {
+            version,
+            content_hash: format!("hash{version}"),
+            at_unix_ms,
+            source: source.into(),
+            uid,
+            pid,
+            summary: summary.into(),
+        };
+    HistoryReply {
+        entries: vec![
+            // 2026-11-21 19:40:01 UTC
+            entry(
+                7,
+                1_795_290_001_000,
+                "rollback to 5",
+                Some(0),
+                Some(812),
+                "1 site modified: a.example",
+            ),
+            entry(
+                6,
+                1_795_289_940_000,
+                "reload",
+                Some(1000),
+                Some(4242),
+                "rate_limit 10/s burst 5 → none",
+            ),
+            entry(
+                5,
+                1_795_289_400_000,
+                "startup",
+                None,
+                None,
+                "no content change",
+            ),
+        ],
+        current_version: 7,
     }
 }

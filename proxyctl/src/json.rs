@@ -6,13 +6,14 @@
 //! (`"applied"`, `"unchanged"`, `"rejected"`, `"dry_run"`; `"acked"`, `"nacked"`, `"timed_out"`,
 //! `"disconnected"`), with `"unspecified"` for a missing value and `"unknown"` for a value newer
 //! than this proxyctl; times are Unix milliseconds; the optional fields (`key_path`, `error`,
-//! `last_nack_version`, `last_nack_error`, `last_reload`) are `null` when absent.
+//! `last_nack_version`, `last_nack_error`, `last_reload`, a history entry's `uid` and `pid`) are
+//! `null` when absent. `rollback` answers with the same object as `reload`.
 //! The exit code is the same as without `--json`; connection errors go to stderr as text.
 
 use proto::v1 as pb;
 use serde::Serialize;
 
-/// `proxyctl --json reload`.
+/// `proxyctl --json reload` and `proxyctl --json rollback`.
 #[derive(Debug, Serialize)]
 pub struct Reload {
     /// `applied`, `unchanged`, `rejected` or `dry_run`.
@@ -128,6 +129,31 @@ pub struct Listener {
     pub address: String,
 }
 
+/// `proxyctl --json history`.
+#[derive(Debug, Serialize)]
+pub struct History {
+    /// The version serving now.
+    pub current_version: u64,
+    /// Newest first; controld keeps the last 50.
+    pub entries: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    /// Hex SHA-256 of the version's content.
+    pub content_hash: String,
+    /// When it was published.
+    pub at_unix_ms: u64,
+    /// `startup`, `reload`, `sighup` or `rollback to N`.
+    pub source: String,
+    /// Who asked over the socket; `null` for startup and SIGHUP.
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+    /// What changed against the version before it.
+    pub summary: String,
+}
+
 /// `proxyctl --json version`: `{"proxyctl": "0.1.0"}`.
 #[derive(Debug, Serialize)]
 pub struct Version {
@@ -177,6 +203,27 @@ impl From<&pb::ReloadReply> for Reload {
                 .data_planes
                 .iter()
                 .map(DataPlaneOutcome::from)
+                .collect(),
+        }
+    }
+}
+
+impl From<&pb::HistoryReply> for History {
+    fn from(reply: &pb::HistoryReply) -> Self {
+        History {
+            current_version: reply.current_version,
+            entries: reply
+                .entries
+                .iter()
+                .map(|entry| HistoryEntry {
+                    version: entry.version,
+                    content_hash: entry.content_hash.clone(),
+                    at_unix_ms: entry.at_unix_ms,
+                    source: entry.source.clone(),
+                    uid: entry.uid,
+                    pid: entry.pid,
+                    summary: entry.summary.clone(),
+                })
                 .collect(),
         }
     }

@@ -1,12 +1,14 @@
 //! proxyctl's command line (DESIGN §9): parse, call controld's Admin service, print, exit.
 //!
-//! The operator's and deploy scripts' handle on controld. Rendering lives in `reload`, `status`
-//! and `json`; this file only wires them to the client and turns outcomes into exit codes.
+//! The operator's and deploy scripts' handle on controld. Rendering lives in `reload` (also for
+//! `rollback`), `status`, `history` and `json`; this file only wires them to the client and turns
+//! outcomes into exit codes.
 
 mod client;
 mod exit;
 #[cfg(test)]
 mod fixtures;
+mod history;
 mod json;
 mod output;
 mod reload;
@@ -18,15 +20,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use proto::v1::ReloadRequest;
+use proto::v1::{ReloadRequest, RollbackRequest};
 
 use crate::client::Admin;
 use crate::exit::Exit;
+use crate::reload::Operation;
 
-/// Reload and inspect the reverse proxy through controld's control socket.
+/// Reload, roll back and inspect the reverse proxy through controld's control socket.
 ///
-/// Exit codes: 0 ok; 1 operation failed (reload rejected or not applied by every data plane,
-/// status degraded); 2 usage; 3 controld not running (status); 69 controld unreachable.
+/// Exit codes: 0 ok; 1 operation failed (reload or rollback rejected or not applied by every data
+/// plane, refused by controld: not allowed, unknown version, nothing to roll back to; status
+/// degraded); 2 usage; 3 controld not running (status); 69 controld unreachable or no answer.
 #[derive(Debug, Parser)]
 #[command(name = "proxyctl", version = proto::BUILD_VERSION)]
 struct Cli {
@@ -65,6 +69,14 @@ enum Command {
     },
     /// Show controld and every connected data plane; exits 1 when none is connected or one lags.
     Status,
+    /// List the versions published recently, newest first; `*` marks the serving one.
+    History,
+    /// Publish an earlier version's config again, as a new version; the file on disk is untouched.
+    Rollback {
+        /// The version to restore (see `history`); default: the one before the serving version.
+        #[arg(value_name = "VERSION", value_parser = clap::value_parser!(u64).range(1..))]
+        version: Option<u64>,
+    },
     /// Print proxyctl's version.
     Version,
 }
@@ -91,7 +103,20 @@ async fn run(cli: &Cli) -> Exit {
                 Ok(reply) => answer(
                     cli,
                     || json::Reload::from(&reply),
-                    || reload::render(&reply),
+                    || reload::render(&reply, Operation::Reload),
+                    reload::exit(&reply),
+                ),
+                Err(err) => fail(&err, &cli.command),
+            }
+        }
+        Command::Rollback { version } => {
+            let request = RollbackRequest { version };
+            let rollback = |mut admin: Admin| async move { admin.rollback(request).await };
+            match call(cli, rollback).await {
+                Ok(reply) => answer(
+                    cli,
+                    || json::Reload::from(&reply),
+                    || reload::render(&reply, Operation::Rollback { restores: version }),
                     reload::exit(&reply),
                 ),
                 Err(err) => fail(&err, &cli.command),
@@ -106,6 +131,17 @@ async fn run(cli: &Cli) -> Exit {
             ),
             Err(err) => fail(&err, &cli.command),
         },
+        Command::History => {
+            match call(cli, |mut admin| async move { admin.history().await }).await {
+                Ok(reply) => answer(
+                    cli,
+                    || json::History::from(&reply),
+                    || history::render(&reply),
+                    Exit::Ok,
+                ),
+                Err(err) => fail(&err, &cli.command),
+            }
+        }
         Command::Version => answer(
             cli,
             || json::Version {
@@ -146,15 +182,20 @@ fn answer<J: serde::Serialize>(
     }
 }
 
-/// Prints a failure to reach controld and picks its exit code.
+/// Prints why a call failed and picks its exit code.
 fn fail(err: &client::Error, command: &Command) -> Exit {
     output::error(err);
     error_exit(err, command)
 }
 
-/// DESIGN §8 gives "not running" (3) its own code for `status` only: for `reload` a missing
-/// daemon is as unreachable (69) as a broken one, which is what `ExecReload=` expects.
+/// A request controld refused (not allowed, unknown version, nothing to roll back to) is an
+/// operation that failed (1), for every command: retrying will not help. DESIGN §8 gives "not
+/// running" (3) its own code for `status` only: for `reload` a missing daemon is as unreachable
+/// (69) as a broken one, which is what `ExecReload=` expects.
 fn error_exit(err: &client::Error, command: &Command) -> Exit {
+    if err.is_refused() {
+        return Exit::Failed;
+    }
     match command {
         Command::Status if err.is_not_running() => Exit::NotRunning,
         _ => Exit::Unavailable,
@@ -192,6 +233,61 @@ mod tests {
             timeout: Duration::from_secs(1),
         };
         assert_eq!(error_exit(&timeout, &Command::Status), Exit::Unavailable);
+    }
+
+    #[test]
+    fn refusals_exit_1_for_every_command() {
+        let refused = |code| client::Error::Refused {
+            call: "rollback",
+            code,
+            message: "version 9 is not in the history".into(),
+        };
+        let commands = [
+            Command::Reload {
+                dry_run: false,
+                force: false,
+            },
+            Command::Rollback { version: Some(9) },
+            Command::Rollback { version: None },
+            Command::Status,
+            Command::History,
+        ];
+        for command in &commands {
+            for code in [
+                tonic::Code::PermissionDenied,
+                tonic::Code::NotFound,
+                tonic::Code::FailedPrecondition,
+                tonic::Code::InvalidArgument,
+            ] {
+                assert_eq!(error_exit(&refused(code), command), Exit::Failed);
+            }
+            let lost = client::Error::Rpc {
+                socket: PathBuf::from("/s"),
+                call: "rollback",
+                code: tonic::Code::Unavailable,
+                message: "connection lost".into(),
+            };
+            assert_eq!(error_exit(&lost, command), Exit::Unavailable);
+        }
+    }
+
+    #[test]
+    fn rollback_takes_an_optional_positive_version() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.command);
+        assert!(matches!(
+            parse(&["proxyctl", "rollback", "5"]),
+            Ok(Command::Rollback { version: Some(5) })
+        ));
+        assert!(matches!(
+            parse(&["proxyctl", "rollback"]),
+            Ok(Command::Rollback { version: None })
+        ));
+        assert!(parse(&["proxyctl", "rollback", "0"]).is_err());
+        assert!(parse(&["proxyctl", "rollback", "latest"]).is_err());
+        assert!(matches!(
+            parse(&["proxyctl", "history", "--json"]),
+            Ok(Command::History)
+        ));
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! `proxyctl reload`: a `ReloadReply` as lines for an operator and an exit code for a script.
+//! `proxyctl reload` and `proxyctl rollback`: a `ReloadReply` as lines for an operator and an exit
+//! code for a script.
 //!
-//! Pure functions of the reply; `main` does the talking.
+//! Both calls answer with the same reply, so they share one renderer; only the lines that name
+//! the operation differ ([`Operation`]). Pure functions of the reply; `main` does the talking.
 
 use proto::v1::{
     ConfigDiff, DataPlaneOutcome, DataPlaneResult, Diagnostic, ReloadOutcome, ReloadReply,
@@ -12,8 +14,72 @@ use crate::output::{self, one_line};
 /// Shown in place of a change summary when the new snapshot equals the old one (`--force`).
 const NO_CHANGE: &str = "no content change";
 
-/// The exit code for a reply: 0 when the file is serving everywhere (or nothing had to change,
-/// or a dry run found it valid); 1 when it was rejected or some data plane did not apply it.
+/// Which call the reply answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `proxyctl reload`: the config file was read again.
+    Reload,
+    /// `proxyctl rollback [VERSION]`: an earlier version's config was published again.
+    /// `restores` is the version the operator named; `None` when controld picked the one before
+    /// the serving version, which the reply does not say.
+    Rollback { restores: Option<u64> },
+}
+
+impl Operation {
+    /// The operation's name in headlines: `reload rejected: ...`.
+    fn name(self) -> &'static str {
+        match self {
+            Operation::Reload => "reload",
+            Operation::Rollback { .. } => "rollback",
+        }
+    }
+
+    /// The headline when every data plane applied the new version:
+    /// `reloaded: version 3 → 4 (<diff>) in 12 ms` or
+    /// `rolled back: version 7 → 8 (restores version 5; <diff>) in 9 ms`.
+    fn applied_line(self, reply: &ReloadReply) -> String {
+        let summary = diff_summary(reply.diff.as_ref());
+        let (done, what) = match self {
+            Operation::Reload => ("reloaded", summary),
+            Operation::Rollback { restores: None } => ("rolled back", summary),
+            Operation::Rollback {
+                restores: Some(restored),
+            } => (
+                "rolled back",
+                format!("restores version {restored}; {summary}"),
+            ),
+        };
+        format!(
+            "{done}: version {} → {} ({what}) in {} ms",
+            reply.previous_version, reply.version, reply.duration_ms
+        )
+    }
+
+    /// The headline when nothing was published because nothing would change.
+    fn unchanged_line(self, reply: &ReloadReply) -> String {
+        match self {
+            Operation::Reload => format!(
+                "unchanged: version {} already matches {} (use --force to publish it again)",
+                reply.version, reply.config_path
+            ),
+            Operation::Rollback { restores: None } => format!(
+                "unchanged: version {} already has that content; nothing was published",
+                reply.version
+            ),
+            Operation::Rollback {
+                restores: Some(restored),
+            } => format!(
+                "unchanged: version {} already has the content of version {restored}; \
+                 nothing was published",
+                reply.version
+            ),
+        }
+    }
+}
+
+/// The exit code for a reload's or a rollback's reply: 0 when the new version is serving
+/// everywhere (or nothing had to change, or a dry run found the file valid); 1 when it was
+/// rejected or some data plane did not apply it.
 ///
 /// An outcome this build does not know counts as failed: a deploy script must not go on
 /// believing a reload worked.
@@ -25,42 +91,37 @@ pub fn exit(reply: &ReloadReply) -> Exit {
     }
 }
 
-/// Renders the reply for a terminal, one line per fact, ending in a newline.
-pub fn render(reply: &ReloadReply) -> String {
+/// Renders the reply to `operation` for a terminal, one line per fact, ending in a newline.
+pub fn render(reply: &ReloadReply, operation: Operation) -> String {
     let mut out = Vec::new();
     match ReloadOutcome::try_from(reply.outcome) {
-        Ok(ReloadOutcome::Applied) => render_applied(reply, &mut out),
-        Ok(ReloadOutcome::Unchanged) => {
-            out.push(format!(
-                "unchanged: version {} already matches {} (use --force to publish it again)",
-                reply.version, reply.config_path
-            ));
-            // Settings the data planes never receive (control.*, acme.*) can still change.
-            push_warnings(reply, &mut out);
-        }
-        Ok(ReloadOutcome::Rejected) => render_rejected(reply, &mut out),
+        Ok(ReloadOutcome::Applied) => render_applied(reply, operation, &mut out),
+        Ok(ReloadOutcome::Unchanged) => out.push(operation.unchanged_line(reply)),
+        Ok(ReloadOutcome::Rejected) => render_rejected(reply, operation, &mut out),
+        // Only a reload has a dry run; controld never answers a rollback with one.
         Ok(ReloadOutcome::DryRun) => render_dry_run(reply, &mut out),
         Ok(ReloadOutcome::Unspecified) | Err(_) => out.push(format!(
-            "reload outcome unknown to this proxyctl ({}); version {} is serving; \
+            "{} outcome unknown to this proxyctl ({}); version {} is serving; \
              run `proxyctl status` to see what the data planes serve",
-            reply.outcome, reply.version
+            operation.name(),
+            reply.outcome,
+            reply.version
         )),
     }
+    // Whatever the outcome, every warning controld sent is shown, last: a static setting that
+    // changed (even when nothing was published: control.* and acme.* never reach the data
+    // planes), or after a rollback, that the file on disk no longer matches what runs.
+    out.extend(reply.warnings.iter().map(|w| format!("warning: {w}")));
     output::lines(&out)
 }
 
-fn render_applied(reply: &ReloadReply, out: &mut Vec<String>) {
+fn render_applied(reply: &ReloadReply, operation: Operation, out: &mut Vec<String>) {
     if every_data_plane_applied(reply) {
-        out.push(format!(
-            "reloaded: version {} → {} ({}) in {} ms",
-            reply.previous_version,
-            reply.version,
-            diff_summary(reply.diff.as_ref()),
-            reply.duration_ms
-        ));
+        out.push(operation.applied_line(reply));
     } else {
         out.push(format!(
-            "reload published version {}, but not every data plane applied it:",
+            "{} published version {}, but not every data plane applied it:",
+            operation.name(),
             reply.version
         ));
     }
@@ -76,10 +137,9 @@ fn render_applied(reply: &ReloadReply, out: &mut Vec<String>) {
                 .to_owned(),
         );
     }
-    push_warnings(reply, out);
 }
 
-fn render_rejected(reply: &ReloadReply, out: &mut Vec<String>) {
+fn render_rejected(reply: &ReloadReply, operation: Operation, out: &mut Vec<String>) {
     out.extend(
         reply
             .diagnostics
@@ -87,7 +147,8 @@ fn render_rejected(reply: &ReloadReply, out: &mut Vec<String>) {
             .map(|d| diagnostic_line(d, &reply.config_path)),
     );
     out.push(format!(
-        "reload rejected: version {} is still serving",
+        "{} rejected: version {} is still serving",
+        operation.name(),
         reply.version
     ));
 }
@@ -109,11 +170,6 @@ fn render_dry_run(reply: &ReloadReply, out: &mut Vec<String>) {
             diff_summary(reply.diff.as_ref())
         ));
     }
-    push_warnings(reply, out);
-}
-
-fn push_warnings(reply: &ReloadReply, out: &mut Vec<String>) {
-    out.extend(reply.warnings.iter().map(|w| format!("warning: {w}")));
 }
 
 fn every_data_plane_applied(reply: &ReloadReply) -> bool {

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use proto::v1::admin_server::{Admin, AdminServer};
 use proto::v1::{
-    DataPlaneOutcome, DataPlaneResult, ReloadOutcome, ReloadReply, ReloadRequest, StatusReply,
-    StatusRequest,
+    ConfigDiff, DataPlaneOutcome, DataPlaneResult, HistoryEntry, HistoryReply, HistoryRequest,
+    ReloadOutcome, ReloadReply, ReloadRequest, RollbackRequest, StatusReply, StatusRequest,
 };
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
@@ -30,7 +30,8 @@ enum Answer {
 /// Every Reload request the fake got, with its `grpc-timeout` header.
 type Seen = Arc<Mutex<Vec<(ReloadRequest, Option<String>)>>>;
 
-/// A controld stand-in that records every Reload request it gets.
+/// A controld stand-in that records every Reload request it gets. History and Rollback give
+/// fixed answers: versions 1 and 2 (serving) exist, so only version 1 can be restored.
 struct Fake {
     reload: Answer,
     status: StatusReply,
@@ -61,6 +62,72 @@ impl Admin for Fake {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         Ok(Response::new(self.status.clone()))
+    }
+
+    async fn history(&self, _: Request<HistoryRequest>) -> Result<Response<HistoryReply>, Status> {
+        Ok(Response::new(history()))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<RollbackRequest>,
+    ) -> Result<Response<ReloadReply>, Status> {
+        match request.get_ref().version {
+            None | Some(1) => Ok(Response::new(rolled_back())),
+            Some(version) => Err(Status::not_found(format!(
+                "version {version} is not in the history"
+            ))),
+        }
+    }
+}
+
+/// Version 2 (a reload by uid 1000, serving) and version 1 (startup).
+fn history() -> HistoryReply {
+    HistoryReply {
+        entries: vec![
+            HistoryEntry {
+                version: 2,
+                content_hash: "bb".into(),
+                // 2026-11-21 19:40:01 UTC
+                at_unix_ms: 1_795_290_001_000,
+                source: "reload".into(),
+                uid: Some(1000),
+                pid: Some(4242),
+                summary: "1 site added: a.example".into(),
+            },
+            HistoryEntry {
+                version: 1,
+                content_hash: "aa".into(),
+                at_unix_ms: 1_795_289_400_000,
+                source: "startup".into(),
+                uid: None,
+                pid: None,
+                summary: "no content change".into(),
+            },
+        ],
+        current_version: 2,
+    }
+}
+
+/// Version 2 → 3 with version 1's content, applied by one data plane.
+fn rolled_back() -> ReloadReply {
+    ReloadReply {
+        previous_version: 2,
+        version: 3,
+        diff: Some(ConfigDiff {
+            sites_removed: vec!["a.example".into()],
+            ..ConfigDiff::default()
+        }),
+        warnings: vec!["/etc/proxyd/proxy.toml differs from what now runs".into()],
+        data_planes: vec![DataPlaneOutcome {
+            node_id: "node-0".into(),
+            pid: 100,
+            result: DataPlaneResult::Acked as i32,
+            serving_version: 3,
+            error: String::new(),
+        }],
+        duration_ms: 5,
+        ..applied(&[])
     }
 }
 
@@ -207,21 +274,75 @@ async fn status_is_degraded_without_data_planes() {
 }
 
 #[tokio::test]
-async fn a_refused_call_is_unreachable_with_one_line() {
+async fn a_refused_call_fails_with_one_line() {
     let env = Env::start(
         Answer::Deny("uid 1000 may not reload"),
         StatusReply::default(),
     )
     .await;
     let out = env.proxyctl(&["reload"]).await;
-    assert_eq!(out.status.code(), Some(69));
-    let err = stderr(&out);
-    assert!(
-        err.starts_with("proxyctl: reload failed: controld at "),
-        "{err}"
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "refused is failed, not unreachable"
     );
-    assert!(err.contains("uid 1000 may not reload"), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(stderr(&out), "proxyctl: reload: uid 1000 may not reload\n");
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn history_lists_versions_newest_first() {
+    let env = Env::start(Answer::Deny("unused"), StatusReply::default()).await;
+    let out = env.proxyctl(&["history"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "VERSION  PUBLISHED                SOURCE   BY        SUMMARY\n\
+         2*       2026-11-21 19:40:01 UTC  reload   uid 1000  1 site added: a.example\n\
+         1        2026-11-21 19:30:00 UTC  startup  -         no content change\n"
+    );
+    let json = env.proxyctl(&["history", "--json"]).await;
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["current_version"], 2);
+    assert_eq!(value["entries"][0]["uid"], 1000);
+    assert_eq!(value["entries"][1]["pid"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn rollback_restores_a_version_and_an_unknown_one_fails() {
+    let env = Env::start(Answer::Deny("unused"), StatusReply::default()).await;
+    let out = env.proxyctl(&["rollback", "1"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "rolled back: version 2 → 3 (restores version 1; 1 site removed: a.example) in 5 ms\n\
+         \x20 node-0 (pid 100): applied version 3\n\
+         warning: /etc/proxyd/proxy.toml differs from what now runs\n"
+    );
+
+    let default = env.proxyctl(&["rollback", "--json"]).await;
+    assert_eq!(default.status.code(), Some(0), "{}", stderr(&default));
+    let value: serde_json::Value = serde_json::from_slice(&default.stdout).unwrap();
+    assert_eq!(value["outcome"], "applied");
+    assert_eq!(value["previous_version"], 2);
+    assert_eq!(value["version"], 3);
+    assert_eq!(
+        value["warnings"],
+        serde_json::json!(["/etc/proxyd/proxy.toml differs from what now runs"])
+    );
+
+    let unknown = env.proxyctl(&["rollback", "9"]).await;
+    assert_eq!(
+        unknown.status.code(),
+        Some(1),
+        "NOT_FOUND is a failed operation"
+    );
+    assert_eq!(
+        stderr(&unknown),
+        "proxyctl: rollback: version 9 is not in the history\n"
+    );
+    assert!(unknown.stdout.is_empty());
 }
 
 #[tokio::test]

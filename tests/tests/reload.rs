@@ -223,3 +223,94 @@ async fn a_changed_upstream_address_gets_new_connections_and_the_old_ones_close(
     assert_eq!(new.connections(), 1);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_restores_the_earlier_routing_and_history_shows_who_did_what() {
+    let a = MockUpstream::start("a").await;
+    let b = MockUpstream::start("b").await;
+    let env = TestEnv::start(&site("app.example", &a.url())).await;
+    env.write_config(&site("app.example", &b.url()));
+    let out = env.proxyctl(&["reload"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(
+        get(env.http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream b")
+    );
+
+    let out = env.proxyctl(&["rollback", "1"]).await;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.starts_with(
+            "rolled back: version 2 → 3 (restores version 1; 1 site modified: app.example)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("differs from what now runs"), "{text}");
+    assert!(
+        get(env.http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream a")
+    );
+
+    let out = env.proxyctl(&["--json", "history"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["current_version"], 3);
+    let sources: Vec<_> = json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["source"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sources, ["rollback to 1", "reload", "startup"]);
+    assert_eq!(json["entries"][0]["uid"], 0, "the caller's uid is recorded");
+
+    let out = env.proxyctl(&["rollback", "42"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(output_text(&out).contains("version 42 is not in the history"));
+
+    // The next reload publishes the file again.
+    let out = env.proxyctl(&["reload"]).await;
+    assert!(
+        output_text(&out).starts_with("reloaded: version 3 → 4"),
+        "{}",
+        output_text(&out)
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_reloads_from_several_processes_end_in_one_consistent_version() {
+    let a = MockUpstream::start("a").await;
+    let env = TestEnv::start(&site("app.example", &a.url())).await;
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        runs.push(
+            tokio::process::Command::new(proxy_tests::binary("proxyctl"))
+                .args(["--json", "reload", "--force"])
+                .env("PROXYCTL_SOCKET", &env.socket)
+                .output(),
+        );
+    }
+    let mut versions = Vec::new();
+    for run in runs {
+        let out = run.await.unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        versions.push((
+            json["previous_version"].as_u64().unwrap(),
+            json["version"].as_u64().unwrap(),
+        ));
+    }
+    versions.sort_unstable();
+    // Serialized: each reload went from the previous one's version to the next.
+    assert_eq!(versions, (1..=6).map(|v| (v, v + 1)).collect::<Vec<_>>());
+    let status = env.wait_for_applied(7).await;
+    assert_eq!(status.control_plane.unwrap().version, 7);
+    assert!(status.data_planes[0].in_sync);
+    env.stop().await;
+}

@@ -30,8 +30,16 @@ impl Fixture {
     }
 
     fn reloader(&self, planes: Arc<DataPlanes>) -> Reloader {
-        let config = config::load(&self.path).unwrap();
-        Reloader::start(&self.path, config, planes, Duration::from_secs(5), None).unwrap()
+        let (config, text) = config::load_with_text(&self.path).unwrap();
+        Reloader::start(
+            &self.path,
+            config,
+            &text,
+            planes,
+            Duration::from_secs(5),
+            None,
+        )
+        .unwrap()
     }
 }
 
@@ -230,6 +238,7 @@ async fn a_reload_names_what_each_data_plane_did() {
         Reloader::start(
             &f.path,
             config::load(&f.path).unwrap(),
+            &std::fs::read_to_string(&f.path).unwrap(),
             planes.clone(),
             Duration::from_millis(300),
             None,
@@ -287,4 +296,71 @@ async fn versions_keep_increasing_across_restarts() {
     // Content changed while controld was down: the next version.
     f.write("http://127.0.0.1:9003", "");
     assert_eq!(f.reloader(Arc::default()).current().version, 3);
+}
+
+#[tokio::test]
+async fn rollback_publishes_an_earlier_config_as_a_new_version_and_history_lists_it() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    f.write("http://127.0.0.1:9002", "");
+    assert_eq!(r.reload(ReloadOptions::default()).await.version, 2);
+
+    let report = r
+        .rollback(
+            None,
+            Origin {
+                source: String::new(),
+                uid: Some(0),
+                pid: Some(7),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.outcome, report.previous_version, report.version),
+        (Outcome::Applied, 2, 3)
+    );
+    assert_eq!(
+        upstream(&r.current()),
+        "http://127.0.0.1:9001",
+        "version 1's routing is back"
+    );
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("on disk differs from what now runs (rollback to 1)")),
+        "{:?}",
+        report.warnings
+    );
+
+    let history = r.history();
+    let sources: Vec<_> = history
+        .iter()
+        .map(|e| (e.version, e.source.as_str()))
+        .collect();
+    assert_eq!(
+        sources,
+        [(3, "rollback to 1"), (2, "reload"), (1, "startup")]
+    );
+    assert_eq!((history[0].uid, history[0].pid), (Some(0), Some(7)));
+    assert_eq!(history[1].summary, "1 site modified: a.example");
+
+    // Rolling back to what already serves changes nothing.
+    let report = r.rollback(Some(3), Origin::default()).await.unwrap();
+    assert_eq!((report.outcome, report.version), (Outcome::Unchanged, 3));
+    assert!(matches!(
+        r.rollback(Some(99), Origin::default()).await,
+        Err(RollbackError::UnknownVersion(99))
+    ));
+}
+
+#[tokio::test]
+async fn there_is_nothing_to_roll_back_to_on_a_fresh_state_dir() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    assert!(matches!(
+        r.rollback(None, Origin::default()).await,
+        Err(RollbackError::NothingEarlier)
+    ));
 }

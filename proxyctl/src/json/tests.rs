@@ -137,6 +137,37 @@ fn status_without_reload_or_nack_uses_null() {
 }
 
 #[test]
+fn history_shape() {
+    let mut reply = fixtures::history();
+    reply.entries.truncate(2);
+    reply.entries[1].pid = None;
+    assert_eq!(
+        to_value(&History::from(&reply)),
+        json!({
+            "current_version": 7,
+            "entries": [
+                {"version": 7, "content_hash": "hash7", "at_unix_ms": 1_795_290_001_000_u64,
+                 "source": "rollback to 5", "uid": 0, "pid": 812,
+                 "summary": "1 site modified: a.example"},
+                {"version": 6, "content_hash": "hash6", "at_unix_ms": 1_795_289_940_000_u64,
+                 "source": "reload", "uid": 1000, "pid": null,
+                 "summary": "rate_limit 10/s burst 5 → none"}
+            ]
+        })
+    );
+}
+
+#[test]
+fn startup_entries_have_null_uid_and_pid_and_empty_history_an_empty_list() {
+    let value = to_value(&History::from(&fixtures::history()));
+    assert_eq!(value["entries"][2]["source"], "startup");
+    assert_eq!(value["entries"][2]["uid"], Value::Null);
+    assert_eq!(value["entries"][2]["pid"], Value::Null);
+    let empty = to_value(&History::from(&proto::v1::HistoryReply::default()));
+    assert_eq!(empty, json!({"current_version": 0, "entries": []}));
+}
+
+#[test]
 fn version_shape() {
     assert_eq!(
         to_value(&Version { proxyctl: "0.1.0" }),

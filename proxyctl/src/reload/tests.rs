@@ -103,7 +103,7 @@ fn applied_everywhere() {
     let mut reply = fixtures::applied();
     reply.warnings = vec!["logging.format changed; restart proxyd to apply it".into()];
     assert_eq!(
-        render(&reply),
+        render(&reply, Operation::Reload),
         "reloaded: version 3 → 4 (1 site added: a.example; 1 site modified: b.example; \
          rate_limit.burst 200 → 300) in 12 ms\n  node-a (pid 4712): applied version 4\n\
          warning: logging.format changed; restart proxyd to apply it\n"
@@ -115,7 +115,7 @@ fn applied_everywhere() {
 fn applied_without_data_planes_is_ok_with_a_note() {
     let mut reply = fixtures::applied();
     reply.data_planes.clear();
-    let text = render(&reply);
+    let text = render(&reply, Operation::Reload);
     assert!(text.starts_with("reloaded: version 3 → 4 ("), "{text}");
     assert!(text.ends_with(
         "\nnote: no data plane is connected; the new version will be sent when one subscribes\n"
@@ -133,7 +133,7 @@ fn applied_but_refused_somewhere_fails() {
         .data_planes
         .push(data_plane("node-c", 4714, DataPlaneResult::Disconnected, 3));
     assert_eq!(
-        render(&reply),
+        render(&reply, Operation::Reload),
         "reload published version 4, but not every data plane applied it:\n\
          \x20 node-a (pid 4712): applied version 4\n\
          \x20 node-b (pid 4713): refused: bad cert; still serving version 3\n\
@@ -158,7 +158,7 @@ fn unchanged_is_ok() {
         ..fixtures::applied()
     };
     assert_eq!(
-        render(&reply),
+        render(&reply, Operation::Reload),
         "unchanged: version 4 already matches /etc/proxyd/proxy.toml \
          (use --force to publish it again)\n"
     );
@@ -169,7 +169,7 @@ fn unchanged_is_ok() {
 fn rejected_prints_every_diagnostic_and_fails() {
     let reply = fixtures::rejected();
     assert_eq!(
-        render(&reply),
+        render(&reply, Operation::Reload),
         "/etc/proxyd/proxy.toml:14:15: sites[2].upstreams[0]: invalid URL: relative URL without \
          a base\n/etc/proxyd/proxy.toml: expected `=`\nreload rejected: version 3 is still serving\n"
     );
@@ -187,7 +187,7 @@ fn dry_run_shows_the_next_version_and_warnings() {
         ..fixtures::applied()
     };
     assert_eq!(
-        render(&reply),
+        render(&reply, Operation::Reload),
         "dry run: version 3 would become 4 (1 site added: a.example; 1 site modified: \
          b.example; rate_limit.burst 200 → 300)\nwarning: proxy.admin_address changed\n"
     );
@@ -205,7 +205,7 @@ fn dry_run_of_an_unchanged_file_promises_no_new_version() {
         ..fixtures::applied()
     };
     assert_eq!(
-        render(&reply),
+        render(&reply, Operation::Reload),
         "dry run: version 3 already matches /etc/proxyd/proxy.toml; a reload would change \
          nothing (use --force to publish it again)\n"
     );
@@ -218,7 +218,10 @@ fn dry_run_of_an_invalid_file_is_rejected() {
         outcome: ReloadOutcome::Rejected as i32,
         ..fixtures::rejected()
     };
-    assert!(render(&reply).ends_with("\nreload rejected: version 3 is still serving\n"));
+    assert!(
+        render(&reply, Operation::Reload)
+            .ends_with("\nreload rejected: version 3 is still serving\n")
+    );
     assert_eq!(exit(&reply), Exit::Failed);
 }
 
@@ -230,8 +233,146 @@ fn unknown_outcomes_fail() {
             ..fixtures::applied()
         };
         assert_eq!(exit(&reply), Exit::Failed);
-        assert!(render(&reply).starts_with(&format!(
+        assert!(render(&reply, Operation::Reload).starts_with(&format!(
             "reload outcome unknown to this proxyctl ({outcome})"
         )));
     }
+}
+
+const ROLLBACK_TO_5: Operation = Operation::Rollback { restores: Some(5) };
+const ROLLBACK: Operation = Operation::Rollback { restores: None };
+
+/// Version 7 → 8, applied by one data plane, with the warning controld adds to every rollback.
+fn rolled_back() -> ReloadReply {
+    ReloadReply {
+        previous_version: 7,
+        version: 8,
+        diff: Some(ConfigDiff {
+            sites_modified: vec!["a.example".into()],
+            ..ConfigDiff::default()
+        }),
+        warnings: vec![
+            "/etc/proxyd/proxy.toml differs from what now runs; the next reload \
+                        publishes the file"
+                .into(),
+        ],
+        data_planes: vec![data_plane("node-a", 4712, DataPlaneResult::Acked, 8)],
+        duration_ms: 9,
+        ..fixtures::applied()
+    }
+}
+
+#[test]
+fn rollback_lead_line_names_the_restored_version() {
+    let reply = rolled_back();
+    assert_eq!(
+        render(&reply, ROLLBACK_TO_5),
+        "rolled back: version 7 → 8 (restores version 5; 1 site modified: a.example) in 9 ms\n\
+         \x20 node-a (pid 4712): applied version 8\n\
+         warning: /etc/proxyd/proxy.toml differs from what now runs; the next reload publishes \
+         the file\n"
+    );
+    assert_eq!(exit(&reply), Exit::Ok);
+}
+
+#[test]
+fn rollback_lead_line_without_a_requested_version() {
+    let mut reply = rolled_back();
+    assert_eq!(
+        ROLLBACK.applied_line(&reply),
+        "rolled back: version 7 → 8 (1 site modified: a.example) in 9 ms"
+    );
+    reply.diff = None;
+    assert_eq!(
+        ROLLBACK_TO_5.applied_line(&reply),
+        "rolled back: version 7 → 8 (restores version 5; no content change) in 9 ms"
+    );
+    assert_eq!(
+        Operation::Reload.applied_line(&reply),
+        "reloaded: version 7 → 8 (no content change) in 9 ms"
+    );
+}
+
+#[test]
+fn rollback_not_applied_everywhere_fails_and_keeps_the_warning() {
+    let mut reply = rolled_back();
+    reply
+        .data_planes
+        .push(nacked("node-b", 4713, "bad cert", 7));
+    assert_eq!(
+        render(&reply, ROLLBACK_TO_5),
+        "rollback published version 8, but not every data plane applied it:\n\
+         \x20 node-a (pid 4712): applied version 8\n\
+         \x20 node-b (pid 4713): refused: bad cert; still serving version 7\n\
+         warning: /etc/proxyd/proxy.toml differs from what now runs; the next reload publishes \
+         the file\n"
+    );
+    assert_eq!(exit(&reply), Exit::Failed);
+}
+
+#[test]
+fn rollback_without_data_planes_notes_it() {
+    let mut reply = rolled_back();
+    reply.data_planes.clear();
+    let text = render(&reply, ROLLBACK);
+    assert!(text.starts_with("rolled back: version 7 → 8 ("), "{text}");
+    assert!(
+        text.contains("\nnote: no data plane is connected;"),
+        "{text}"
+    );
+    assert_eq!(exit(&reply), Exit::Ok);
+}
+
+#[test]
+fn rollback_to_the_serving_content_is_unchanged() {
+    let reply = ReloadReply {
+        outcome: ReloadOutcome::Unchanged as i32,
+        previous_version: 7,
+        version: 7,
+        diff: None,
+        data_planes: Vec::new(),
+        ..rolled_back()
+    };
+    let text = render(&reply, ROLLBACK_TO_5);
+    assert!(
+        text.starts_with(
+            "unchanged: version 7 already has the content of version 5; nothing was published\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("the next reload publishes the file\n"),
+        "{text}"
+    );
+    assert!(
+        render(&reply, ROLLBACK)
+            .starts_with("unchanged: version 7 already has that content; nothing was published\n")
+    );
+    assert_eq!(exit(&reply), Exit::Ok);
+}
+
+#[test]
+fn rejected_and_unknown_outcomes_name_the_rollback() {
+    let rejected = fixtures::rejected();
+    assert!(
+        render(&rejected, ROLLBACK).ends_with("\nrollback rejected: version 3 is still serving\n")
+    );
+    assert_eq!(exit(&rejected), Exit::Failed);
+    let future = ReloadReply {
+        outcome: 42,
+        warnings: Vec::new(),
+        ..rolled_back()
+    };
+    assert!(
+        render(&future, ROLLBACK_TO_5)
+            .starts_with("rollback outcome unknown to this proxyctl (42)")
+    );
+    assert_eq!(exit(&future), Exit::Failed);
+}
+
+#[test]
+fn warnings_come_last_whatever_the_outcome() {
+    let mut reply = fixtures::rejected();
+    reply.warnings = vec!["w".into()];
+    assert!(render(&reply, Operation::Reload).ends_with("still serving\nwarning: w\n"));
 }

@@ -1,0 +1,152 @@
+//! The versions controld published, kept in `state_dir/history`: for each one the config text it
+//! was built from and who published it, so that `History` can list them and `Rollback` can
+//! publish an earlier one again. Bounded to the last [`HISTORY_LIMIT`] versions.
+
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::state::write_atomically;
+
+/// How many published versions are kept.
+pub const HISTORY_LIMIT: usize = 50;
+
+/// One published version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub version: u64,
+    pub hash: String,
+    pub at_unix_ms: u64,
+    /// "startup", "reload", "sighup" or "rollback to N".
+    pub source: String,
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+    /// What changed against the version before it.
+    pub summary: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct History {
+    dir: PathBuf,
+}
+
+impl History {
+    /// Opens `state_dir/history`, creating it with mode 0700.
+    pub fn open(state_dir: &Path) -> Result<History, Error> {
+        let dir = state_dir.join("history");
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| Error::StateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        Ok(History { dir })
+    }
+
+    /// Where the config text of `version` is kept (also how diagnostics name it).
+    pub fn config_path(&self, version: u64) -> PathBuf {
+        self.dir.join(format!("{version}.toml"))
+    }
+
+    /// Records `entry` with the config text it was built from, then forgets the oldest versions
+    /// beyond the limit.
+    pub fn record(&self, entry: &Entry, config_text: &str) -> Result<(), Error> {
+        let meta = serde_json::to_vec_pretty(entry).map_err(|e| Error::StateCorrupt {
+            path: self.dir.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomically(
+            &self.dir,
+            &format!("{}.toml", entry.version),
+            config_text.as_bytes(),
+        )?;
+        write_atomically(&self.dir, &format!("{}.json", entry.version), &meta)?;
+        for old in self.versions().into_iter().skip(HISTORY_LIMIT) {
+            let _ = fs::remove_file(self.dir.join(format!("{old}.json")));
+            let _ = fs::remove_file(self.config_path(old));
+        }
+        Ok(())
+    }
+
+    /// Every recorded version, newest first. An entry that cannot be read is skipped (and
+    /// logged): history is for operators, never a reason to fail.
+    pub fn list(&self) -> Vec<Entry> {
+        self.versions()
+            .into_iter()
+            .filter_map(|v| {
+                let path = self.dir.join(format!("{v}.json"));
+                match fs::read(&path).map(|b| serde_json::from_slice::<Entry>(&b)) {
+                    Ok(Ok(entry)) => Some(entry),
+                    Ok(Err(e)) => {
+                        tracing::warn!(path = %path.display(), error = %e, "skipping a corrupt history entry");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable history entry");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The config text `version` was built from, if it is still kept.
+    pub fn config_text(&self, version: u64) -> Option<String> {
+        fs::read_to_string(self.config_path(version)).ok()
+    }
+
+    /// Recorded version numbers, newest first.
+    fn versions(&self) -> Vec<u64> {
+        let mut versions: Vec<u64> = fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+        versions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(version: u64) -> Entry {
+        Entry {
+            version,
+            hash: format!("h{version}"),
+            at_unix_ms: version,
+            source: "reload".into(),
+            uid: Some(0),
+            pid: None,
+            summary: String::new(),
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_versions_with_their_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let history = History::open(tmp.path()).unwrap();
+        for v in 1..=(HISTORY_LIMIT as u64 + 3) {
+            history
+                .record(&entry(v), &format!("# version {v}\n"))
+                .unwrap();
+        }
+        let list = history.list();
+        assert_eq!(list.len(), HISTORY_LIMIT);
+        assert_eq!(list[0], entry(HISTORY_LIMIT as u64 + 3), "newest first");
+        assert_eq!(
+            history.config_text(HISTORY_LIMIT as u64 + 3).unwrap(),
+            format!("# version {}\n", HISTORY_LIMIT + 3)
+        );
+        assert_eq!(history.config_text(1), None, "the oldest were forgotten");
+    }
+}

@@ -1,0 +1,53 @@
+//! `proxyctl history`: the versions controld published recently, newest first, as a short table.
+//!
+//! Pure functions of the `HistoryReply`; `main` does the talking.
+
+use proto::v1::{HistoryEntry, HistoryReply};
+
+use crate::output::{self, align, format_unix_ms, one_line};
+
+/// Renders the reply for a terminal, ending in a newline. The serving version carries a `*`.
+pub fn render(reply: &HistoryReply) -> String {
+    if reply.entries.is_empty() {
+        return output::lines(&["no versions recorded".to_owned()]);
+    }
+    let header = ["VERSION", "PUBLISHED", "SOURCE", "BY", "SUMMARY"];
+    let mut rows = vec![header.map(str::to_owned).to_vec()];
+    // controld sends them newest first already; the table shows them in the order they came.
+    rows.extend(
+        reply
+            .entries
+            .iter()
+            .map(|entry| row(entry, reply.current_version)),
+    );
+    output::lines(&align(&rows))
+}
+
+fn row(entry: &HistoryEntry, current_version: u64) -> Vec<String> {
+    let marker = if entry.version == current_version {
+        "*"
+    } else {
+        ""
+    };
+    vec![
+        format!("{}{marker}", entry.version),
+        format_unix_ms(entry.at_unix_ms),
+        or_dash(one_line(&entry.source)),
+        entry
+            .uid
+            .map_or_else(|| "-".to_owned(), |uid| format!("uid {uid}")),
+        or_dash(one_line(&entry.summary)),
+    ]
+}
+
+/// `-` for an empty cell, so that every column stays readable.
+fn or_dash(text: String) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests;
