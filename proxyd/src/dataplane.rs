@@ -71,11 +71,17 @@ pub struct DataPlane {
     bound: Mutex<Option<(StaticSpec, Vec<Bound>)>>,
     servers: TaskTracker,
     shutdown: CancellationToken,
+    /// Cancelled for a fast stop: drains end at once.
+    abort: CancellationToken,
     log_level_hook: Option<LogLevelHook>,
 }
 
 impl DataPlane {
-    pub fn new(shutdown: CancellationToken, log_level_hook: Option<LogLevelHook>) -> DataPlane {
+    pub fn new(
+        shutdown: CancellationToken,
+        abort: CancellationToken,
+        log_level_hook: Option<LogLevelHook>,
+    ) -> DataPlane {
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::empty()));
         let metrics = Arc::new(Metrics::new());
         DataPlane {
@@ -87,6 +93,7 @@ impl DataPlane {
             bound: Mutex::new(None),
             servers: TaskTracker::new(),
             shutdown,
+            abort,
             log_level_hook,
         }
     }
@@ -156,6 +163,7 @@ impl DataPlane {
                 proxy.clone(),
                 statics.clone(),
                 self.shutdown.clone(),
+                self.abort.clone(),
             );
             self.servers.spawn(serve);
         }

@@ -38,6 +38,8 @@ pub struct Options {
     /// Where the last applied snapshot is saved, to serve it at the next start if controld is
     /// unreachable then. `None`: nothing is saved.
     pub state_dir: Option<PathBuf>,
+    /// Cancel it together with `shutdown` for a fast stop: in-flight requests are not waited for.
+    pub fast_stop: CancellationToken,
 }
 
 impl Options {
@@ -50,6 +52,7 @@ impl Options {
             },
             log_level_hook: None,
             state_dir: None,
+            fast_stop: CancellationToken::new(),
         }
     }
 }
@@ -59,6 +62,7 @@ impl Options {
 pub async fn run(options: Options, shutdown: CancellationToken) {
     let plane = Arc::new(dataplane::DataPlane::new(
         shutdown.clone(),
+        options.fast_stop.clone(),
         options.log_level_hook.clone(),
     ));
     let eviction = tokio::spawn(

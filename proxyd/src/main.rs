@@ -45,16 +45,18 @@ fn main() -> ExitCode {
     );
     options.log_level_hook = Some(log_level_hook);
     options.state_dir = cli.state_dir;
+    let fast_stop = options.fast_stop.clone();
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
+        tokio::spawn(signals(shutdown.clone(), fast_stop));
         proxyd::run(options, shutdown).await;
     });
     ExitCode::SUCCESS
 }
 
 /// SIGTERM and SIGINT: stop accepting, drain, exit.
-async fn signals(shutdown: CancellationToken) {
+/// SIGTERM drains; SIGINT stops fast (in-flight requests are cut); SIGHUP is ignored.
+async fn signals(shutdown: CancellationToken, fast_stop: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -68,7 +70,11 @@ async fn signals(shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
-            _ = int.recv() => { tracing::info!("SIGINT: draining"); break }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: fast stop");
+                fast_stop.cancel();
+                break
+            }
             // SIGHUP's default action would kill proxyd without draining.
             _ = hup.recv() => tracing::warn!(
                 "SIGHUP ignored: proxyd takes its config from controld; reload with `proxyctl reload`"

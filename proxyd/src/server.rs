@@ -43,13 +43,15 @@ pub async fn accept(
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting, lets in-flight requests finish
-/// (keep-alive off) for up to `drain_timeout`, and drops what is left.
+/// (keep-alive off) for up to `drain_timeout`, and drops what is left; `abort` (a fast stop)
+/// cuts the drain short.
 pub async fn serve(
     name: String,
     listener: TcpListener,
     proxy: Arc<Proxy>,
     statics: StaticSpec,
     shutdown: CancellationToken,
+    abort: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
     // Cancelled when the drain deadline passes: drops every connection still open.
@@ -88,11 +90,11 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!(listener = %name, "stopped accepting; draining connections");
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(listener = %name, timeout = ?drain_timeout, "drain deadline passed; closing what is left");
+    tokio::select! {
+        drained = tokio::time::timeout(drain_timeout, graceful.shutdown()) => if drained.is_err() {
+            tracing::warn!(listener = %name, timeout = ?drain_timeout, "drain deadline passed; closing what is left");
+        },
+        () = abort.cancelled() => tracing::warn!(listener = %name, "fast stop: closing every connection"),
     }
     hard_stop.cancel();
 }

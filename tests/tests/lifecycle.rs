@@ -184,3 +184,30 @@ async fn proxyd_restarted_while_controld_is_down_serves_its_saved_snapshot() {
             .starts_with("upstream other")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_stops_fast_without_waiting_for_the_drain() {
+    let app = MockUpstream::start("app").await;
+    let env = TestEnv::paths_only();
+    env.write_config(&site(&app.url())); // shutdown_timeout = "2s"
+    let state = env.dir.path().join("proxyd-state");
+    let (_controld, mut proxyd, http) = start(&env, state.to_str().unwrap()).await;
+
+    let stuck = tokio::spawn(proxy_tests::raw_exchange(
+        http,
+        b"GET /sleep/60000 HTTP/1.1\r\nHost: app.example\r\n\r\n",
+    ));
+    eventually("the stuck request to reach the upstream", || async {
+        (app.hits() == 1).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    proxyd.signal("INT").await;
+    assert_eq!(proxyd.exit_code().await, Some(0));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "a fast stop does not wait for the 2 s drain: {took:?}"
+    );
+    stuck.await.unwrap();
+}
