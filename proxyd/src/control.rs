@@ -108,6 +108,15 @@ async fn subscribe(
         .await?
         .into_inner();
     tracing::info!(socket = %socket.display(), "subscribed to controld");
+    plane.metrics().control_plane(true);
+    // Whichever way this session ends, controld is gone until the next one.
+    struct Disconnected<'a>(&'a DataPlane);
+    impl Drop for Disconnected<'_> {
+        fn drop(&mut self) {
+            self.0.metrics().control_plane(false);
+        }
+    }
+    let _disconnected = Disconnected(plane);
     let mut session = Session {
         received_any: false,
     };

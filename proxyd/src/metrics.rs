@@ -78,6 +78,7 @@ pub struct Metrics {
     snapshots: Family<SnapshotLabels, Counter>,
     upstream_healthy: Family<UpstreamLabels, Gauge>,
     retries: Family<SiteLabels, Counter>,
+    control_plane_connected: Gauge,
 }
 
 impl Default for Metrics {
@@ -102,6 +103,7 @@ impl Metrics {
             snapshots: Family::default(),
             upstream_healthy: Family::default(),
             retries: Family::default(),
+            control_plane_connected: Gauge::default(),
         };
         m.register();
         // Both results exist from the start, so `rate()` and alerts see the first refusal.
@@ -173,6 +175,11 @@ impl Metrics {
             self.retries.clone(),
         );
         r.register(
+            "control_plane_connected",
+            "1 while proxyd is subscribed to controld, 0 while it serves on without it",
+            self.control_plane_connected.clone(),
+        );
+        r.register(
             "snapshots",
             "Snapshots received from controld, by result (applied, refused)",
             self.snapshots.clone(),
@@ -241,6 +248,11 @@ impl Metrics {
         self.upstream_healthy.remove(&UpstreamLabels {
             upstream: upstream.to_owned(),
         });
+    }
+
+    /// Whether the Subscribe stream to controld is up.
+    pub fn control_plane(&self, connected: bool) {
+        self.control_plane_connected.set(i64::from(connected));
     }
 
     /// A request was sent again to another upstream.

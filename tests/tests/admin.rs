@@ -167,6 +167,11 @@ async fn counters_survive_reloads_and_a_removed_sites_series_disappear() {
     );
     assert!(!text.contains("old.example"), "{text}");
     assert_eq!(
+        metric(&text, "proxy_control_plane_connected"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
         metric(&text, r#"proxy_snapshots_total{result="applied"}"#),
         Some(2.0)
     );
