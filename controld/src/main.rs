@@ -14,7 +14,21 @@ use tracing_subscriber::{EnvFilter, reload};
 const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(name = "controld", version, about = "The proxy's control plane")]
+#[command(
+    name = "controld",
+    version,
+    about = "The proxy's control plane: owns the config file and streams validated, versioned \
+             snapshots to the data planes (proxyd)",
+    after_help = "Examples:
+  controld check --config /etc/proxyd/proxy.toml    validate; every problem with file:line:col
+  controld --config /etc/proxyd/proxy.toml          run (SIGHUP reloads, SIGTERM stops)
+
+Exit codes:
+  0   stopped cleanly; check: the file is valid
+  1   check: the file is invalid; run: another failure (state directory, socket in use)
+  2   usage error
+  78  refused to start: the config file is invalid (systemd: RestartPreventExitStatus=78)"
+)]
 struct Cli {
     /// The config file controld owns.
     #[arg(long, global = true, default_value = "/etc/proxyd/proxy.toml")]

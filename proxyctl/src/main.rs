@@ -32,7 +32,27 @@ use crate::reload::Operation;
 /// plane, refused by controld: not allowed, unknown version, nothing to roll back to; status
 /// degraded); 2 usage; 3 controld not running (status); 69 controld unreachable or no answer.
 #[derive(Debug, Parser)]
-#[command(name = "proxyctl", version = proto::BUILD_VERSION)]
+#[command(
+    name = "proxyctl",
+    version = proto::BUILD_VERSION,
+    after_help = "Examples:
+  proxyctl status                          controld and every data plane, one table
+  proxyctl reload --dry-run                what the file on disk would change
+  proxyctl reload                          publish it; returns once every data plane applied it
+  proxyctl --json reload | jq .version     the same, for scripts
+  proxyctl history                         the versions published recently
+  proxyctl rollback 12                     publish version 12's config again, as a new version
+  proxyctl completions bash > /etc/bash_completion.d/proxyctl
+
+Exit codes:
+  0   ok
+  1   operation failed: rejected, refused by a data plane or by controld; status degraded
+  2   usage error
+  3   controld not running (status)
+  69  controld unreachable, or no answer within --timeout
+
+The socket: --socket PATH, or PROXYCTL_SOCKET (default /run/controld/control.sock)."
+)]
 struct Cli {
     /// controld's Admin socket.
     #[arg(
@@ -79,6 +99,11 @@ enum Command {
     },
     /// Print proxyctl's version.
     Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -141,6 +166,11 @@ async fn run(cli: &Cli) -> Exit {
                 ),
                 Err(err) => fail(&err, &cli.command),
             }
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "proxyctl", &mut std::io::stdout());
+            Exit::Ok
         }
         Command::Version => answer(
             cli,

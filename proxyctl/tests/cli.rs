@@ -376,3 +376,19 @@ async fn usage_errors_exit_2() {
     let out = proxyctl(Path::new("/nonexistent"), &["reload", "--bogus"]).await;
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn completions_and_help_need_no_daemon() {
+    let nowhere = Path::new("/nonexistent/control.sock");
+    let out = proxyctl(nowhere, &["completions", "bash"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("_proxyctl()"), "{}", stdout(&out));
+    let out = proxyctl(nowhere, &["--help"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let help = stdout(&out);
+    assert!(
+        help.contains("Exit codes:") && help.contains("69  controld unreachable"),
+        "{help}"
+    );
+    assert!(help.contains("rollback"), "{help}");
+}

@@ -9,7 +9,16 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, reload};
 
 #[derive(Parser)]
-#[command(name = "proxyd", version, about = "The proxy's data plane")]
+#[command(
+    name = "proxyd",
+    version,
+    about = "The proxy's data plane: applies snapshots from controld and proxies traffic",
+    after_help = "Examples:
+  proxyd --control-socket /run/controld/control.sock --state-dir /var/lib/proxyd
+
+Signals: SIGTERM drains (up to proxy.shutdown_timeout), SIGINT stops at once, SIGHUP is ignored.
+Exit codes: 0 stopped; 2 usage error."
+)]
 struct Cli {
     /// controld's Unix socket.
     #[arg(long, default_value = "/run/controld/control.sock")]
