@@ -122,15 +122,14 @@ impl Controld {
             started_at: self.started_at,
         };
         notify::ready(self.reloader.current().version);
-        let stopping = shutdown.clone();
-        tokio::spawn(async move {
-            stopping.cancelled().await;
-            notify::stopping();
-        });
         tonic::transport::Server::builder()
             .add_service(proto::v1::control_server::ControlServer::new(control))
             .add_service(proto::v1::admin_server::AdminServer::new(admin))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                shutdown.cancelled().await;
+                // Before the server winds down, so it cannot be lost to the process exiting.
+                notify::stopping();
+            })
             .await?;
         tracing::info!(socket = %socket.path().display(), "control socket closed");
         drop(socket);

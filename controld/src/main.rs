@@ -124,13 +124,34 @@ async fn run(
 }
 
 /// SIGHUP reloads; SIGTERM and SIGINT stop controld (data planes keep serving).
-async fn signals(reloader: Arc<controld::Reloader>, shutdown: CancellationToken) {
+///
+/// The handlers are installed when this is called, not when the future first runs: a signal sent
+/// right after READY=1 must not meet the default action (SIGHUP's would kill controld).
+fn signals(
+    reloader: Arc<controld::Reloader>,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+    );
+    async move { watch_signals(handlers, reloader, shutdown).await }
+}
+
+type Handlers = (
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+);
+
+async fn watch_signals(
+    handlers: Handlers,
+    reloader: Arc<controld::Reloader>,
+    shutdown: CancellationToken,
+) {
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = handlers else {
         tracing::error!("cannot install signal handlers; stopping");
         shutdown.cancel();
         return;

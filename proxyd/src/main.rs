@@ -65,13 +65,33 @@ fn main() -> ExitCode {
 
 /// SIGTERM and SIGINT: stop accepting, drain, exit.
 /// SIGTERM drains; SIGINT stops fast (in-flight requests are cut); SIGHUP is ignored.
-async fn signals(shutdown: CancellationToken, fast_stop: CancellationToken) {
+///
+/// The handlers are installed when this is called, before proxyd can tell anyone it is ready.
+fn signals(
+    shutdown: CancellationToken,
+    fast_stop: CancellationToken,
+) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
-    ) else {
+    );
+    async move { watch_signals(handlers, shutdown, fast_stop).await }
+}
+
+type Handlers = (
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+);
+
+async fn watch_signals(
+    handlers: Handlers,
+    shutdown: CancellationToken,
+    fast_stop: CancellationToken,
+) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
         tracing::error!("cannot install signal handlers; stopping");
         shutdown.cancel();
         return;
