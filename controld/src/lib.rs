@@ -141,6 +141,6 @@ impl Controld {
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
     let (config, text) = config::load_with_text(&options.config_path)?;
     let controld = Controld::start(&options, config, &text)?;
-    let socket = ControlSocket::bind(&controld.socket_path())?;
+    let socket = socket::bind(&controld.socket_path())?;
     controld.serve(socket, shutdown).await
 }

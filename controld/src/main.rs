@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use controld::config::{self, LogFormat};
-use controld::{ControlSocket, Controld, Options, ReloadOptions};
+use controld::{Controld, Options, ReloadOptions};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, reload};
 
@@ -117,7 +117,7 @@ async fn run(
     text: String,
 ) -> Result<(), controld::Error> {
     let controld = Controld::start(&options, config, &text)?;
-    let socket = ControlSocket::bind(&controld.socket_path())?;
+    let socket = controld::socket::bind(&controld.socket_path())?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(controld.reloader(), shutdown.clone()));
     controld.serve(socket, shutdown).await
