@@ -17,9 +17,11 @@ trap 'exit 130' INT TERM
 
 "$bin/demo-origin" 127.0.0.1:8081 & pids+=($!)
 "$bin/controld" --config examples/quickstart.toml & pids+=($!)
-"$bin/proxyd" --control-socket .quickstart/control.sock --node-id quickstart --log-format text & pids+=($!)
+"$bin/proxyd" --control-socket .quickstart/control.sock --admin-socket .quickstart/proxyd.sock \
+    --state-dir .quickstart/proxyd --node-id quickstart --log-format text & pids+=($!)
 
 export PROXYCTL_SOCKET=.quickstart/control.sock
+export PROXYCTL_DATA_PLANE_SOCKET=.quickstart/proxyd.sock
 for _ in $(seq 1 100); do
     if "$bin/proxyctl" status >/dev/null 2>&1; then break; fi
     sleep 0.1

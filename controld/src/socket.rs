@@ -20,8 +20,13 @@ pub fn bind(path: &Path) -> Result<ControlSocket, Error> {
             tracing::info!(socket = %path.display(), "control socket bound");
             Ok(socket)
         }
-        Err(e) if e.kind() == ErrorKind::AddrInUse => Err(Error::SocketInUse { path: path.to_owned() }),
-        Err(source) => Err(Error::Socket { path: path.to_owned(), source }),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => Err(Error::SocketInUse {
+            path: path.to_owned(),
+        }),
+        Err(source) => Err(Error::Socket {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -42,10 +47,7 @@ mod tests {
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o660
         );
-        assert!(matches!(
-            bind(&path),
-            Err(Error::SocketInUse { .. })
-        ));
+        assert!(matches!(bind(&path), Err(Error::SocketInUse { .. })));
 
         // A crash leaves the file behind with nobody listening.
         let stale = std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).unwrap();
@@ -58,10 +60,7 @@ mod tests {
         drop(second);
 
         fs::write(&path, "not a socket").unwrap();
-        assert!(matches!(
-            bind(&path),
-            Err(Error::Socket { .. })
-        ));
+        assert!(matches!(bind(&path), Err(Error::Socket { .. })));
         assert!(
             fs::read_to_string(&path).is_ok(),
             "a regular file is never removed"

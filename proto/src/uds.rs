@@ -54,7 +54,10 @@ impl BoundSocket {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
-        DirBuilder::new().recursive(true).mode(0o750).create(&parent)?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&parent)?;
         let replaced_stale = probe_existing(path)?;
 
         static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -115,10 +118,16 @@ fn probe_existing(path: &Path) -> std::io::Result<bool> {
         Err(e) => return Err(e),
     };
     if !meta.file_type().is_socket() {
-        return Err(Error::new(ErrorKind::AlreadyExists, "a file that is not a socket is in the way"));
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "a file that is not a socket is in the way",
+        ));
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(Error::new(ErrorKind::AddrInUse, "in use by a running process; refusing to take it over")),
+        Ok(_) => Err(Error::new(
+            ErrorKind::AddrInUse,
+            "in use by a running process; refusing to take it over",
+        )),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(true),
         Err(e) => Err(e),
     }

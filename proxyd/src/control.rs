@@ -108,12 +108,12 @@ async fn subscribe(
         .await?
         .into_inner();
     tracing::info!(socket = %socket.display(), "subscribed to controld");
-    plane.metrics().control_plane(true);
+    plane.set_control_connected(true);
     // Whichever way this session ends, controld is gone until the next one.
     struct Disconnected<'a>(&'a DataPlane);
     impl Drop for Disconnected<'_> {
         fn drop(&mut self) {
-            self.0.metrics().control_plane(false);
+            self.0.set_control_connected(false);
         }
     }
     let _disconnected = Disconnected(plane);
@@ -127,6 +127,10 @@ async fn subscribe(
             continue;
         };
         let answer = apply(plane, snapshot, saved).await;
+        if matches!(answer, pb::data_plane_message::Msg::Ack(_)) {
+            // Whatever serves now, controld has confirmed it.
+            plane.set_from_saved(false);
+        }
         if tx.send(send(answer)).await.is_err() {
             break;
         }
@@ -195,6 +199,7 @@ pub async fn apply_saved(plane: &DataPlane, saved: &SavedSnapshot) -> Option<u64
     match apply(plane, snapshot, None).await {
         pb::data_plane_message::Msg::Ack(_) => {
             tracing::info!(version, path = %saved.path().display(), "serving the saved snapshot until controld answers");
+            plane.set_from_saved(true);
             Some(version)
         }
         _ => None,

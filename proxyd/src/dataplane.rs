@@ -74,6 +74,28 @@ pub struct DataPlane {
     /// Cancelled for a fast stop: drains end at once.
     abort: CancellationToken,
     log_level_hook: Option<LogLevelHook>,
+    /// The Subscribe stream to controld is up.
+    control_connected: AtomicBool,
+    /// Serving a snapshot saved by an earlier run that controld has not confirmed yet.
+    from_saved: AtomicBool,
+    started_at: std::time::SystemTime,
+}
+
+/// What this data plane serves now, for its own admin socket.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub version: u64,
+    pub hash: String,
+    pub control_connected: bool,
+    pub from_saved: bool,
+    pub listeners: Vec<Bound>,
+    /// (URL, gets traffic, outstanding requests)
+    pub upstreams: Vec<(String, bool, usize)>,
+    pub ready: bool,
+    pub draining: bool,
+    pub started_at: std::time::SystemTime,
+    /// The drain deadline in force.
+    pub drain_timeout: Option<Duration>,
 }
 
 impl DataPlane {
@@ -95,6 +117,9 @@ impl DataPlane {
             shutdown,
             abort,
             log_level_hook,
+            control_connected: AtomicBool::new(false),
+            from_saved: AtomicBool::new(false),
+            started_at: std::time::SystemTime::now(),
         }
     }
 
@@ -104,6 +129,38 @@ impl DataPlane {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn set_control_connected(&self, connected: bool) {
+        self.control_connected.store(connected, Ordering::Relaxed);
+        self.metrics.control_plane(connected);
+    }
+
+    pub fn set_from_saved(&self, saved: bool) {
+        self.from_saved.store(saved, Ordering::Relaxed);
+    }
+
+    /// What this data plane serves now.
+    pub fn report(&self) -> Report {
+        let runtime = self.runtime.load();
+        let bound = self.bound();
+        Report {
+            version: runtime.version,
+            hash: runtime.hash.clone(),
+            control_connected: self.control_connected.load(Ordering::Relaxed),
+            from_saved: self.from_saved.load(Ordering::Relaxed),
+            listeners: bound.as_ref().map(|(_, b)| b.clone()).unwrap_or_default(),
+            upstreams: self.upstreams.list(),
+            ready: self.ready.load(Ordering::Relaxed),
+            draining: self.shutdown.is_cancelled(),
+            started_at: self.started_at,
+            drain_timeout: bound.as_ref().map(|(s, _)| s.shutdown_timeout),
+        }
+    }
+
+    /// Starts the drain, as SIGTERM does.
+    pub fn drain(&self) {
+        self.shutdown.cancel();
     }
 
     /// The version serving now; 0 before the first snapshot.

@@ -8,6 +8,7 @@ pub mod convert;
 mod dataplane;
 mod http;
 mod limits;
+mod local;
 mod metrics;
 mod notify;
 mod runtime;
@@ -40,6 +41,8 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// Cancel it together with `shutdown` for a fast stop: in-flight requests are not waited for.
     pub fast_stop: CancellationToken,
+    /// proxyd's own admin socket (Status, Drain); `None`: none.
+    pub admin_socket: Option<PathBuf>,
 }
 
 impl Options {
@@ -53,6 +56,7 @@ impl Options {
             log_level_hook: None,
             state_dir: None,
             fast_stop: CancellationToken::new(),
+            admin_socket: None,
         }
     }
 }
@@ -77,6 +81,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) {
             None
         }
     });
+    // Bound before controld is tried: status and drain must work while it is down.
+    let admin = options.admin_socket.as_deref().and_then(|path| {
+        local::start(path, plane.clone(), options.identity.clone(), shutdown.clone())
+            .inspect_err(|e| tracing::error!(socket = %path.display(), error = %e, "cannot bind the admin socket"))
+            .ok()
+    });
     if let Some(saved) = &saved {
         control::apply_saved(&plane, saved).await;
     }
@@ -90,6 +100,9 @@ pub async fn run(options: Options, shutdown: CancellationToken) {
     .await;
     notify::stopping();
     plane.drained().await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     let _ = eviction.await;
     tracing::info!("proxyd stopped");
 }

@@ -27,6 +27,10 @@ struct Cli {
     /// controld is unreachable (0700; the file is 0600).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// proxyd's own admin socket (status, drain), for proxyctl status/health/shutdown while
+    /// controld is down. Empty: none.
+    #[arg(long, default_value = "/run/proxyd/admin.sock")]
+    admin_socket: String,
     /// This data plane's name in controld's status (default: <hostname>-<pid>).
     #[arg(long)]
     node_id: Option<String>,
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
     );
     options.log_level_hook = Some(log_level_hook);
     options.state_dir = cli.state_dir;
+    options.admin_socket = (!cli.admin_socket.is_empty()).then(|| PathBuf::from(cli.admin_socket));
     let fast_stop = options.fast_stop.clone();
     runtime.block_on(async {
         let shutdown = CancellationToken::new();

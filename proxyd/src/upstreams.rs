@@ -211,6 +211,17 @@ impl UpstreamStore {
             .clone()
     }
 
+    /// Every live upstream: (URL, gets traffic, outstanding requests), sorted by URL.
+    pub fn list(&self) -> Vec<(String, bool, usize)> {
+        let mut list: Vec<_> = self
+            .lock()
+            .values()
+            .map(|u| (u.name.clone(), u.available(), u.outstanding()))
+            .collect();
+        list.sort();
+        list
+    }
+
     /// Keeps the state of the upstreams in `in_use`, drops the others (and their metrics), and
     /// runs exactly the health checks in `checks`.
     pub fn retain(&self, in_use: &HashSet<String>, checks: &HashSet<(String, HealthCheckSpec)>) {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,10 +22,27 @@ async fn start(env: &TestEnv, state: &str) -> (Process, Process, SocketAddr) {
     let controld = Process::start("controld", &["--config", &config]);
     let proxyd = Process::start_logged(
         "proxyd",
-        &["--control-socket", &socket, "--state-dir", state],
+        &[
+            "--control-socket",
+            &socket,
+            "--state-dir",
+            state,
+            "--admin-socket",
+            &admin_socket(env),
+        ],
     );
     let status = env.wait_for_applied(1).await;
     (controld, proxyd, listener_address(&status, "http"))
+}
+
+/// proxyd's own admin socket in `env`'s directory.
+fn admin_socket(env: &TestEnv) -> String {
+    env.dir
+        .path()
+        .join("proxyd.sock")
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// The address in a `listening` log line of listener `http`.
@@ -162,7 +180,14 @@ async fn proxyd_restarted_while_controld_is_down_serves_its_saved_snapshot() {
     let socket = env.socket.to_str().unwrap().to_owned();
     let mut proxyd = Process::start_logged(
         "proxyd",
-        &["--control-socket", &socket, "--state-dir", state],
+        &[
+            "--control-socket",
+            &socket,
+            "--state-dir",
+            state,
+            "--admin-socket",
+            &admin_socket(&env),
+        ],
     );
     let line = proxyd.wait_for_log(&["listening", "\"http\""]).await;
     let http = listening_address(&line);
@@ -170,6 +195,17 @@ async fn proxyd_restarted_while_controld_is_down_serves_its_saved_snapshot() {
     let answer = get(http, "app.example", "/").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert!(answer.body.starts_with("upstream app"));
+    // proxyd's own admin socket answers while controld is down, and says what it serves.
+    let local = local_status(&env).await;
+    assert_eq!(
+        (
+            local.applied_version,
+            local.from_saved_snapshot,
+            local.control_plane_connected,
+            local.ready
+        ),
+        (1, true, false, true)
+    );
 
     // controld comes back with a new version: it replaces the saved one.
     let other = MockUpstream::start("other").await;
@@ -183,6 +219,43 @@ async fn proxyd_restarted_while_controld_is_down_serves_its_saved_snapshot() {
             .body
             .starts_with("upstream other")
     );
+    let local = local_status(&env).await;
+    assert_eq!(
+        (
+            local.applied_version,
+            local.from_saved_snapshot,
+            local.control_plane_connected
+        ),
+        (2, false, true)
+    );
+
+    // Drain through the admin socket: proxyd stops like on SIGTERM.
+    let channel = proto::uds::connect(Path::new(&admin_socket(&env)), proxy_tests::DEADLINE)
+        .await
+        .unwrap();
+    let reply = proto::v1::data_plane_client::DataPlaneClient::new(channel)
+        .drain(proto::v1::DrainRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.deadline_ms, 2000);
+    assert_eq!(proxyd.exit_code().await, Some(0));
+    assert!(
+        !Path::new(&admin_socket(&env)).exists(),
+        "the admin socket is removed on exit"
+    );
+}
+
+/// proxyd's answer on its own admin socket.
+async fn local_status(env: &TestEnv) -> proto::v1::DataPlaneStatusReply {
+    let channel = proto::uds::connect(Path::new(&admin_socket(env)), proxy_tests::DEADLINE)
+        .await
+        .unwrap();
+    proto::v1::data_plane_client::DataPlaneClient::new(channel)
+        .status(proto::v1::DataPlaneStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -70,7 +70,14 @@ async fn sighup_reloads_sigterm_stops_controld_and_proxyd_serves_on() {
     let mut controld = Process::start("controld", &["--config", &config]);
     let mut proxyd = Process::start(
         "proxyd",
-        &["--control-socket", &socket, "--node-id", "edge-1"],
+        &[
+            "--control-socket",
+            &socket,
+            "--node-id",
+            "edge-1",
+            "--admin-socket",
+            "",
+        ],
     );
     let status = env.wait_for_applied(1).await;
     let http = listener_address(&status, "http");

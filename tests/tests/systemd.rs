@@ -66,7 +66,7 @@ async fn controld_and_proxyd_tell_systemd_when_they_are_ready_reloading_and_stop
     let socket = env.socket.to_str().unwrap().to_owned();
     let mut proxyd = Process::start_with_env(
         "proxyd",
-        &["--control-socket", &socket],
+        &["--control-socket", &socket, "--admin-socket", ""],
         &[("NOTIFY_SOCKET", &notify_path)],
     );
     let ready = next(&notify).await;

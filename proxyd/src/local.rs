@@ -1,0 +1,126 @@
+//! proxyd's own admin socket: the `DataPlane` gRPC service (Status, Drain) on a Unix socket, so
+//! that `proxyctl status`, `health` and `shutdown` work while controld is down. Like the control
+//! socket it is 0660 and bound without a loose-permission window; Drain is allowed only to root
+//! and proxyd's own user (peer credentials).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use proto::v1 as pb;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::control::Identity;
+use crate::dataplane::DataPlane;
+
+struct Service {
+    plane: Arc<DataPlane>,
+    identity: Identity,
+    own_uid: Option<u32>,
+}
+
+#[tonic::async_trait]
+impl pb::data_plane_server::DataPlane for Service {
+    async fn status(
+        &self,
+        _: Request<pb::DataPlaneStatusRequest>,
+    ) -> Result<Response<pb::DataPlaneStatusReply>, Status> {
+        let r = self.plane.report();
+        Ok(Response::new(pb::DataPlaneStatusReply {
+            node_id: self.identity.node_id.clone(),
+            pid: self.identity.pid,
+            build_version: proto::BUILD_VERSION.to_owned(),
+            applied_version: r.version,
+            content_hash: r.hash,
+            control_plane_connected: r.control_connected,
+            from_saved_snapshot: r.from_saved,
+            listeners: r
+                .listeners
+                .into_iter()
+                .map(|b| pb::BoundListener {
+                    name: b.name,
+                    address: b.address.to_string(),
+                })
+                .collect(),
+            upstreams: r
+                .upstreams
+                .into_iter()
+                .map(|(url, healthy, outstanding)| pb::UpstreamStatus {
+                    url,
+                    healthy,
+                    outstanding: outstanding as u64,
+                })
+                .collect(),
+            ready: r.ready,
+            draining: r.draining,
+            started_at_unix_ms: r
+                .started_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainReply>, Status> {
+        let cred = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred);
+        let uid = cred.map(|c| c.uid());
+        let allowed = uid.is_some_and(|u| u == 0 || Some(u) == self.own_uid);
+        tracing::info!(target: "audit", call = "Drain", uid, pid = cred.and_then(|c| c.pid()),
+            outcome = if allowed { "draining" } else { "denied" });
+        if !allowed {
+            return Err(Status::permission_denied(format!(
+                "Drain is not allowed for uid {}: only root and proxyd's own user may stop it",
+                uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+            )));
+        }
+        let deadline_ms = self
+            .plane
+            .report()
+            .drain_timeout
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        tracing::info!("drain requested on the admin socket");
+        self.plane.drain();
+        Ok(Response::new(pb::DrainReply { deadline_ms }))
+    }
+}
+
+/// Binds `path` and serves until `shutdown`; the socket file is removed then.
+pub fn start(
+    path: &Path,
+    plane: Arc<DataPlane>,
+    identity: Identity,
+    shutdown: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut socket = proto::uds::BoundSocket::bind(path)?;
+    if socket.replaced_stale {
+        tracing::warn!(socket = %path.display(), "replaced a stale admin socket left by a previous run");
+    }
+    tracing::info!(socket = %path.display(), "admin socket bound");
+    let listener = socket.take_listener();
+    let own_uid = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
+    let service = Service {
+        plane,
+        identity,
+        own_uid,
+    };
+    Ok(tokio::spawn(async move {
+        let Some(listener) = listener else { return };
+        let served = tonic::transport::Server::builder()
+            .add_service(pb::data_plane_server::DataPlaneServer::new(service))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "admin socket stopped");
+        }
+        drop(socket);
+    }))
+}
