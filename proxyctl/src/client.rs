@@ -1,20 +1,25 @@
-//! The Admin client: reaches controld's Unix socket and names the step that failed.
+//! The clients: reach controld's Admin socket or proxyd's own DataPlane socket, and name the step
+//! that failed.
 //!
-//! Every way a call can fail becomes one [`Error`], so `main` can pick the exit code and print
-//! one clear line. Two kinds matter to a script: controld could not be reached or did not answer
-//! ([`Error::Connect`], [`Error::Timeout`], [`Error::Rpc`]: exit 69, try again later), or it
-//! answered and refused the operation ([`Error::Refused`]: exit 1, trying again will not help).
+//! Every way a call can fail becomes one [`Error`], naming the daemon it was for, so `main` can
+//! pick the exit code and print one clear line. Three kinds matter to a script: the daemon is not
+//! running at all ([`Error::is_not_running`]: exit 3 for `status`, `health` and `shutdown`), it
+//! could not be reached or did not answer ([`Error::Connect`], [`Error::Timeout`],
+//! [`Error::Rpc`]: exit 69, try again later), or it answered and refused the operation
+//! ([`Error::Refused`]: exit 1, trying again will not help).
 
 use std::error::Error as StdError;
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proto::v1::admin_client::AdminClient;
+use proto::v1::data_plane_client::DataPlaneClient;
 use proto::v1::{
-    HistoryReply, HistoryRequest, ReloadReply, ReloadRequest, RollbackRequest, StatusReply,
-    StatusRequest,
+    DataPlaneStatusReply, DataPlaneStatusRequest, DrainReply, DrainRequest, HistoryReply,
+    HistoryRequest, ReloadReply, ReloadRequest, RollbackRequest, StatusReply, StatusRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
@@ -25,38 +30,59 @@ use crate::output::one_line;
 /// answers at once or is not going to.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why talking to controld failed.
+/// Which daemon a call goes to; errors name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    /// The control plane, on its Admin socket (`--socket`).
+    Controld,
+    /// The local data plane, on its own DataPlane socket (`--data-plane-socket`).
+    Proxyd,
+}
+
+impl fmt::Display for Daemon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Daemon::Controld => "controld",
+            Daemon::Proxyd => "proxyd",
+        })
+    }
+}
+
+/// Why talking to a daemon failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No connection to the socket. `not_running` is set when the socket file is missing or
-    /// nobody listens on it: controld is simply not running.
-    #[error("cannot reach controld at {}: {reason}{}", .socket.display(), running_hint(*.not_running))]
+    /// nobody listens on it: the daemon is simply not running.
+    #[error("cannot reach {daemon} at {}: {reason}{}", .socket.display(), running_hint(*.daemon, *.not_running))]
     Connect {
+        daemon: Daemon,
         socket: PathBuf,
         reason: String,
         not_running: bool,
     },
     /// Connected, but no answer arrived within `--timeout`.
-    #[error("{call}: no answer from controld at {} within {} (see --timeout)",
+    #[error("{call}: no answer from {daemon} at {} within {} (see --timeout)",
         .socket.display(), humantime::format_duration(*.timeout))]
     Timeout {
+        daemon: Daemon,
         socket: PathBuf,
         call: &'static str,
         timeout: Duration,
     },
-    /// The call itself failed: the connection broke, or controld answered with an error status
+    /// The call itself failed: the connection broke, or the daemon answered with an error status
     /// that says nothing about the request (UNAVAILABLE, INTERNAL, UNIMPLEMENTED, ...).
-    #[error("{call} failed: controld at {}: {message}", .socket.display())]
+    #[error("{call} failed: {daemon} at {}: {message}", .socket.display())]
     Rpc {
+        daemon: Daemon,
         socket: PathBuf,
         call: &'static str,
         code: Code,
         message: String,
     },
-    /// controld is fine and refused this request: the caller may not make changes
+    /// The daemon is fine and refused this request: the caller may not make changes
     /// (PERMISSION_DENIED), the version is unknown (NOT_FOUND), there is nothing to roll back to
-    /// (FAILED_PRECONDITION), or the request is malformed (INVALID_ARGUMENT). `message` is
-    /// controld's own, on one line.
+    /// (FAILED_PRECONDITION), or the request is malformed (INVALID_ARGUMENT). `message` is the
+    /// daemon's own, on one line.
     #[error("{call}: {message}")]
     Refused {
         call: &'static str,
@@ -66,7 +92,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// True when controld is not running at all (DESIGN §8 exit code 3 for `status`).
+    /// True when the daemon is not running at all (DESIGN §8 exit code 3 for `status`, `health`
+    /// and `shutdown`).
     pub fn is_not_running(&self) -> bool {
         matches!(
             self,
@@ -77,34 +104,39 @@ impl Error {
         )
     }
 
-    /// True when controld answered and refused the operation (DESIGN §8 exit code 1), rather
+    /// True when the daemon answered and refused the operation (DESIGN §8 exit code 1), rather
     /// than being unreachable (69).
     pub fn is_refused(&self) -> bool {
         matches!(self, Error::Refused { .. })
     }
 }
 
-fn running_hint(not_running: bool) -> &'static str {
+fn running_hint(daemon: Daemon, not_running: bool) -> String {
     if not_running {
-        " (is controld running?)"
+        format!(" (is {daemon} running?)")
     } else {
-        ""
+        String::new()
     }
 }
 
-/// A connected Admin client with the deadline every call gets.
-pub struct Admin {
-    client: AdminClient<Channel>,
+/// The socket a client talks to, and the deadline every call on it gets.
+struct Target {
+    daemon: Daemon,
     socket: PathBuf,
     timeout: Duration,
 }
 
-impl Admin {
+impl Target {
     /// Connects to `socket`; `timeout` is the deadline of each later call and, capped at 5 s,
     /// of the connection itself.
-    pub async fn connect(socket: &Path, timeout: Duration) -> Result<Admin, Error> {
+    async fn connect(
+        daemon: Daemon,
+        socket: &Path,
+        timeout: Duration,
+    ) -> Result<(Target, Channel), Error> {
         let connect_timeout = timeout.min(MAX_CONNECT_TIMEOUT);
         let failed = |reason: String, not_running: bool| Error::Connect {
+            daemon,
             socket: socket.to_owned(),
             reason,
             not_running,
@@ -117,11 +149,14 @@ impl Admin {
         )
         .await
         {
-            Ok(Ok(channel)) => Ok(Admin {
-                client: AdminClient::new(channel),
-                socket: socket.to_owned(),
-                timeout,
-            }),
+            Ok(Ok(channel)) => Ok((
+                Target {
+                    daemon,
+                    socket: socket.to_owned(),
+                    timeout,
+                },
+                channel,
+            )),
             Ok(Err(err)) => {
                 let (reason, not_running) = describe_connect_failure(&err);
                 Err(failed(reason, not_running))
@@ -136,68 +171,143 @@ impl Admin {
         }
     }
 
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        // Tells the daemon the deadline too, so it can give up on its side.
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    /// Waits for a call with the whole deadline and names what went wrong.
+    async fn finish<T>(
+        &self,
+        call: &'static str,
+        answer: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(rpc_error(
+                self.daemon,
+                &self.socket,
+                call,
+                self.timeout,
+                &status,
+            )),
+            Err(_) => Err(Error::Timeout {
+                daemon: self.daemon,
+                socket: self.socket.clone(),
+                call,
+                timeout: self.timeout,
+            }),
+        }
+    }
+}
+
+/// A connected Admin client (controld) with the deadline every call gets.
+pub struct Admin {
+    client: AdminClient<Channel>,
+    target: Target,
+}
+
+impl Admin {
+    /// Connects to controld's `socket`; `timeout` is the deadline of each later call and, capped
+    /// at 5 s, of the connection itself.
+    pub async fn connect(socket: &Path, timeout: Duration) -> Result<Admin, Error> {
+        let (target, channel) = Target::connect(Daemon::Controld, socket, timeout).await?;
+        Ok(Admin {
+            client: AdminClient::new(channel),
+            target,
+        })
+    }
+
     /// `Admin.Reload`.
     pub async fn reload(&mut self, request: ReloadRequest) -> Result<ReloadReply, Error> {
-        let request = self.request(request);
+        let request = self.target.request(request);
         let answer = self.client.reload(request);
-        finish(&self.socket, "reload", self.timeout, answer).await
+        self.target.finish("reload", answer).await
     }
 
     /// `Admin.Status`.
     pub async fn status(&mut self) -> Result<StatusReply, Error> {
-        let request = self.request(StatusRequest {});
+        let request = self.target.request(StatusRequest {});
         let answer = self.client.status(request);
-        finish(&self.socket, "status", self.timeout, answer).await
+        self.target.finish("status", answer).await
     }
 
     /// `Admin.History`.
     pub async fn history(&mut self) -> Result<HistoryReply, Error> {
-        let request = self.request(HistoryRequest {});
+        let request = self.target.request(HistoryRequest {});
         let answer = self.client.history(request);
-        finish(&self.socket, "history", self.timeout, answer).await
+        self.target.finish("history", answer).await
     }
 
     /// `Admin.Rollback`: its reply is a reload's.
     pub async fn rollback(&mut self, request: RollbackRequest) -> Result<ReloadReply, Error> {
-        let request = self.request(request);
+        let request = self.target.request(request);
         let answer = self.client.rollback(request);
-        finish(&self.socket, "rollback", self.timeout, answer).await
-    }
-
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        // Tells controld the deadline too, so it can give up on its side.
-        request.set_timeout(self.timeout);
-        request
+        self.target.finish("rollback", answer).await
     }
 }
 
-/// Waits for a call with the whole deadline and names what went wrong.
-async fn finish<T>(
-    socket: &Path,
-    call: &'static str,
-    timeout: Duration,
-    answer: impl Future<Output = Result<Response<T>, Status>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(timeout, answer).await {
-        Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(rpc_error(socket, call, timeout, &status)),
-        Err(_) => Err(Error::Timeout {
-            socket: socket.to_owned(),
-            call,
-            timeout,
-        }),
+/// A connected DataPlane client (the local proxyd) with the deadline every call gets.
+pub struct DataPlane {
+    client: DataPlaneClient<Channel>,
+    target: Target,
+}
+
+impl DataPlane {
+    /// Connects to proxyd's own `socket`; `timeout` as for [`Admin::connect`].
+    pub async fn connect(socket: &Path, timeout: Duration) -> Result<DataPlane, Error> {
+        let (target, channel) = Target::connect(Daemon::Proxyd, socket, timeout).await?;
+        Ok(DataPlane {
+            client: DataPlaneClient::new(channel),
+            target,
+        })
+    }
+
+    /// `DataPlane.Status`.
+    pub async fn status(&mut self) -> Result<DataPlaneStatusReply, Error> {
+        let request = self.target.request(DataPlaneStatusRequest {});
+        let answer = self.client.status(request);
+        self.target.finish("status", answer).await
+    }
+
+    /// `DataPlane.Drain`: answers once the drain has started.
+    pub async fn drain(&mut self) -> Result<DrainReply, Error> {
+        let request = self.target.request(DrainRequest {});
+        let answer = self.client.drain(request);
+        self.target.finish("shutdown", answer).await
+    }
+}
+
+/// Whether something still accepts connections on `socket` (not whether it speaks gRPC): how
+/// `shutdown --wait` sees that proxyd has exited. `false` once the file is gone or nobody
+/// listens on it; other failures (no permission, ...) count as still there.
+pub async fn accepts_connections(socket: &Path) -> bool {
+    match tokio::net::UnixStream::connect(socket).await {
+        Ok(_) => true,
+        Err(err) => !matches!(
+            err.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+        ),
     }
 }
 
 /// Turns an error status into an [`Error`] whose message fits on one line.
-fn rpc_error(socket: &Path, call: &'static str, timeout: Duration, status: &Status) -> Error {
+fn rpc_error(
+    daemon: Daemon,
+    socket: &Path,
+    call: &'static str,
+    timeout: Duration,
+    status: &Status,
+) -> Error {
     let socket = socket.to_owned();
     let code = status.code();
     // tonic's own client-side deadline reports itself as CANCELLED "Timeout expired".
     let tonic_timer = code == Code::Cancelled && status.message() == "Timeout expired";
     if code == Code::DeadlineExceeded || tonic_timer {
         return Error::Timeout {
+            daemon,
             socket,
             call,
             timeout,
@@ -219,12 +329,13 @@ fn rpc_error(socket: &Path, call: &'static str, timeout: Duration, status: &Stat
     let message = match (code, text.is_empty()) {
         (Code::Unavailable, _) => format!("connection lost: {}", or_unknown(&text)),
         (Code::Unimplemented, _) => {
-            format!("{call} is not supported (is controld older than proxyctl?)")
+            format!("{call} is not supported (is {daemon} older than proxyctl?)")
         }
         (_, true) => code.description().to_owned(),
         (_, false) => format!("{text} ({})", code.description().to_lowercase()),
     };
     Error::Rpc {
+        daemon,
         socket,
         call,
         code,
@@ -232,7 +343,7 @@ fn rpc_error(socket: &Path, call: &'static str, timeout: Duration, status: &Stat
     }
 }
 
-/// The codes with which controld answers "not this request": the operation failed, and the daemon
+/// The codes with which a daemon answers "not this request": the operation failed, and the daemon
 /// is reachable and well. Every other code (UNAVAILABLE, INTERNAL, ...) says nothing about the
 /// request and stays "unreachable".
 fn refuses_the_request(code: Code) -> bool {
@@ -330,6 +441,7 @@ mod tests {
     #[test]
     fn connect_error_line_reads_well() {
         let err = Error::Connect {
+            daemon: Daemon::Controld,
             socket: PathBuf::from("/run/controld/control.sock"),
             reason: "No such file or directory".into(),
             not_running: true,
@@ -347,14 +459,14 @@ mod tests {
         let socket = Path::new("/s");
         let timeout = Duration::from_secs(30);
         let tonic_timer = Status::cancelled("Timeout expired");
-        let err = rpc_error(socket, "reload", timeout, &tonic_timer);
+        let err = rpc_error(Daemon::Controld, socket, "reload", timeout, &tonic_timer);
         assert_eq!(
             err.to_string(),
             "reload: no answer from controld at /s within 30s (see --timeout)"
         );
         let server = Status::deadline_exceeded("late");
         assert!(matches!(
-            rpc_error(socket, "reload", timeout, &server),
+            rpc_error(Daemon::Controld, socket, "reload", timeout, &server),
             Error::Timeout { .. }
         ));
     }
@@ -362,7 +474,13 @@ mod tests {
     #[test]
     fn rpc_errors_stay_on_one_line() {
         let status = Status::internal("snapshot store\nis broken");
-        let err = rpc_error(Path::new("/s"), "reload", Duration::from_secs(1), &status);
+        let err = rpc_error(
+            Daemon::Controld,
+            Path::new("/s"),
+            "reload",
+            Duration::from_secs(1),
+            &status,
+        );
         assert_eq!(
             err.to_string(),
             "reload failed: controld at /s: snapshot store; is broken (internal error)"
@@ -398,7 +516,7 @@ mod tests {
             ),
         ];
         for (call, status, line) in cases {
-            let err = rpc_error(socket, call, timeout, &status);
+            let err = rpc_error(Daemon::Controld, socket, call, timeout, &status);
             assert!(err.is_refused(), "{err:?}");
             assert!(!err.is_not_running());
             assert_eq!(err.to_string(), line);
@@ -416,7 +534,7 @@ mod tests {
             Status::internal("oops"),
             Status::unknown("h2 protocol error"),
         ] {
-            let err = rpc_error(socket, "history", timeout, &status);
+            let err = rpc_error(Daemon::Controld, socket, "history", timeout, &status);
             assert!(!err.is_refused(), "{err:?}");
         }
     }
@@ -445,5 +563,73 @@ mod tests {
         };
         assert!(err.is_not_running(), "{err}");
         assert!(err.to_string().contains("Connection refused"), "{err}");
+    }
+
+    #[test]
+    fn proxyd_errors_name_proxyd() {
+        let err = Error::Connect {
+            daemon: Daemon::Proxyd,
+            socket: PathBuf::from("/run/proxyd/admin.sock"),
+            reason: "Connection refused".into(),
+            not_running: true,
+        };
+        assert_eq!(
+            err.to_string(),
+            "cannot reach proxyd at /run/proxyd/admin.sock: Connection refused \
+             (is proxyd running?)"
+        );
+        let socket = Path::new("/run/proxyd/admin.sock");
+        let timeout = Duration::from_secs(2);
+        let old = rpc_error(
+            Daemon::Proxyd,
+            socket,
+            "status",
+            timeout,
+            &Status::unimplemented(""),
+        );
+        assert_eq!(
+            old.to_string(),
+            "status failed: proxyd at /run/proxyd/admin.sock: status is not supported \
+             (is proxyd older than proxyctl?)"
+        );
+        let late = rpc_error(
+            Daemon::Proxyd,
+            socket,
+            "shutdown",
+            timeout,
+            &Status::deadline_exceeded(""),
+        );
+        assert_eq!(
+            late.to_string(),
+            "shutdown: no answer from proxyd at /run/proxyd/admin.sock within 2s (see --timeout)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_data_plane_socket_says_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("admin.sock");
+        let Err(err) = DataPlane::connect(&socket, Duration::from_secs(1)).await else {
+            panic!("connected to a socket that does not exist");
+        };
+        assert!(err.is_not_running(), "{err}");
+        assert!(
+            err.to_string().starts_with("cannot reach proxyd at "),
+            "{err}"
+        );
+        assert!(!accepts_connections(&socket).await);
+    }
+
+    #[tokio::test]
+    async fn a_listening_socket_accepts_connections_and_a_stale_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("admin.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        assert!(accepts_connections(&socket).await);
+        drop(listener);
+        assert!(
+            !accepts_connections(&socket).await,
+            "stale file, nobody listens"
+        );
     }
 }

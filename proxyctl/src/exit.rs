@@ -8,10 +8,14 @@ pub enum Exit {
     /// 0: the operation did what was asked.
     Ok,
     /// 1: the operation failed (reload or rollback rejected, a data plane refused or missed the
-    /// new version, status degraded), or controld refused the request (not allowed, unknown
-    /// version, nothing to roll back to).
+    /// new version, status degraded or controld down while the local proxyd answers, health: the
+    /// local proxyd is not ready or draining, `shutdown --wait`: proxyd still running at the
+    /// deadline), or a daemon refused the request (not allowed, unknown version, nothing to roll
+    /// back to).
     Failed,
-    /// 3: the daemon is not running (its socket file is missing or nobody listens on it).
+    /// 3: the daemon is not running (its socket file is missing or nobody listens on it): for
+    /// `status` neither controld nor the local proxyd answers; for `health` and `shutdown`, the
+    /// local proxyd.
     NotRunning,
     /// 69 (EX_UNAVAILABLE): the daemon could not be reached, did not answer in time, or the
     /// connection broke.

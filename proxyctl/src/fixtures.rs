@@ -1,9 +1,10 @@
-//! Hand-built proto values for the unit tests: replies shaped the way controld sends them.
+//! Hand-built proto values for the unit tests: replies shaped the way controld (and, for
+//! [`local`], proxyd's own socket) sends them.
 
 use proto::v1::{
     BoundListener, ConfigDiff, ControlPlaneStatus, DataPlaneOutcome, DataPlaneResult,
-    DataPlaneStatus, Diagnostic, FieldChange, HistoryEntry, HistoryReply, LastReload,
-    ReloadOutcome, ReloadReply, StatusReply,
+    DataPlaneStatus, DataPlaneStatusReply, Diagnostic, FieldChange, HistoryEntry, HistoryReply,
+    LastReload, ReloadOutcome, ReloadReply, StatusReply, UpstreamStatus,
 };
 
 pub fn change(field: &str, old: &str, new: &str) -> FieldChange {
@@ -162,5 +163,44 @@ pub fn history() -> HistoryReply {
             ),
         ],
         current_version: 7,
+    }
+}
+
+/// The local proxyd `edge-1` serving version 4, connected to controld and ready, with two
+/// upstreams of which one is ejected.
+pub fn local() -> DataPlaneStatusReply {
+    DataPlaneStatusReply {
+        node_id: "edge-1".into(),
+        pid: 812,
+        build_version: "0.1.0".into(),
+        applied_version: 4,
+        content_hash: "ab12".into(),
+        control_plane_connected: true,
+        from_saved_snapshot: false,
+        listeners: vec![
+            BoundListener {
+                name: "http".into(),
+                address: "127.0.0.1:8080".into(),
+            },
+            BoundListener {
+                name: "admin".into(),
+                address: "127.0.0.1:9901".into(),
+            },
+        ],
+        upstreams: vec![
+            UpstreamStatus {
+                url: "http://10.0.0.5:8080".into(),
+                healthy: true,
+                outstanding: 3,
+            },
+            UpstreamStatus {
+                url: "http://10.0.0.6:8080".into(),
+                healthy: false,
+                outstanding: 0,
+            },
+        ],
+        ready: true,
+        draining: false,
+        started_at_unix_ms: 1_795_290_000_100,
     }
 }

@@ -6,8 +6,9 @@
 //! (`"applied"`, `"unchanged"`, `"rejected"`, `"dry_run"`; `"acked"`, `"nacked"`, `"timed_out"`,
 //! `"disconnected"`), with `"unspecified"` for a missing value and `"unknown"` for a value newer
 //! than this proxyctl; times are Unix milliseconds; the optional fields (`key_path`, `error`,
-//! `last_nack_version`, `last_nack_error`, `last_reload`, a history entry's `uid` and `pid`) are
-//! `null` when absent. `rollback` answers with the same object as `reload`.
+//! `last_nack_version`, `last_nack_error`, `last_reload`, a history entry's `uid` and `pid`,
+//! `status`'s `control_plane` and `local_data_plane`, `health`'s `reason`, `shutdown`'s `stopped`)
+//! are `null` when absent. `rollback` answers with the same object as `reload`.
 //! The exit code is the same as without `--json`; connection errors go to stderr as text.
 
 use proto::v1 as pb;
@@ -76,11 +77,16 @@ pub struct DataPlaneOutcome {
     pub error: Option<String>,
 }
 
-/// `proxyctl --json status`.
+/// `proxyctl --json status`: what controld and the local proxyd said.
 #[derive(Debug, Serialize)]
 pub struct Status {
-    pub control_plane: ControlPlane,
+    /// `null` when controld did not answer (the reason goes to stderr).
+    pub control_plane: Option<ControlPlane>,
+    /// Every data plane connected to controld; `[]` when controld did not answer.
     pub data_planes: Vec<DataPlane>,
+    /// The proxyd on `--data-plane-socket`, asked directly; `null` when it did not answer (no
+    /// socket there: the data planes may run elsewhere).
+    pub local_data_plane: Option<LocalDataPlane>,
 }
 
 #[derive(Debug, Serialize)]
@@ -127,6 +133,63 @@ pub struct Listener {
     pub name: String,
     /// `ip:port`, with the real port when the config asked for port 0.
     pub address: String,
+}
+
+/// What the local proxyd says about itself (`DataPlane.Status`).
+#[derive(Debug, Serialize)]
+pub struct LocalDataPlane {
+    pub node_id: String,
+    pub pid: u32,
+    pub build_version: String,
+    /// The version serving now; 0 when none.
+    pub applied_version: u64,
+    /// Hex SHA-256 of the serving snapshot's content.
+    pub content_hash: String,
+    /// Its Subscribe stream to controld is up.
+    pub control_plane_connected: bool,
+    /// Serving a snapshot saved by an earlier run, not (yet) confirmed by controld.
+    pub from_saved_snapshot: bool,
+    /// A snapshot is applied and the listeners are bound.
+    pub ready: bool,
+    /// A drain has begun.
+    pub draining: bool,
+    pub started_at_unix_ms: u64,
+    pub listeners: Vec<Listener>,
+    pub upstreams: Vec<Upstream>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Upstream {
+    /// `scheme://host:port`.
+    pub url: String,
+    /// Gets traffic: passes its health checks and is not ejected.
+    pub healthy: bool,
+    /// Requests waiting for its response head now.
+    pub outstanding: u64,
+}
+
+/// `proxyctl --json health`.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    /// Ready and not draining: the exit code is 0 exactly when this is true.
+    pub healthy: bool,
+    /// The version serving now; 0 when none.
+    pub applied_version: u64,
+    pub control_plane_connected: bool,
+    /// Why it is not healthy; `null` when it is.
+    pub reason: Option<String>,
+}
+
+/// `proxyctl --json shutdown`.
+#[derive(Debug, Serialize)]
+pub struct Shutdown {
+    /// The proxyd that is draining.
+    pub node_id: String,
+    pub pid: u32,
+    /// How long in-flight requests may take to finish.
+    pub deadline_ms: u64,
+    /// With `--wait`: whether proxyd stopped within `--timeout`; `null` without `--wait`.
+    pub stopped: Option<bool>,
 }
 
 /// `proxyctl --json history`.
@@ -275,12 +338,19 @@ impl From<&pb::DataPlaneOutcome> for DataPlaneOutcome {
     }
 }
 
-impl From<&pb::StatusReply> for Status {
-    fn from(reply: &pb::StatusReply) -> Self {
-        let control = reply.control_plane.clone().unwrap_or_default();
+impl Status {
+    /// From controld's answer and the local proxyd's; either may be missing.
+    pub fn new(
+        control: Option<&pb::StatusReply>,
+        local: Option<&pb::DataPlaneStatusReply>,
+    ) -> Status {
         Status {
-            control_plane: ControlPlane::from(&control),
-            data_planes: reply.data_planes.iter().map(DataPlane::from).collect(),
+            control_plane: control
+                .map(|reply| ControlPlane::from(&reply.control_plane.clone().unwrap_or_default())),
+            data_planes: control
+                .map(|reply| reply.data_planes.iter().map(DataPlane::from).collect())
+                .unwrap_or_default(),
+            local_data_plane: local.map(LocalDataPlane::from),
         }
     }
 }
@@ -320,15 +390,44 @@ impl From<&pb::DataPlaneStatus> for DataPlane {
             in_sync: dp.in_sync,
             last_nack_version: refused.then_some(dp.last_nack_version),
             last_nack_error: refused.then(|| dp.last_nack_error.clone()),
-            listeners: dp
-                .listeners
+            listeners: dp.listeners.iter().map(Listener::from).collect(),
+            connected_at_unix_ms: dp.connected_at_unix_ms,
+        }
+    }
+}
+
+impl From<&pb::BoundListener> for Listener {
+    fn from(l: &pb::BoundListener) -> Self {
+        Listener {
+            name: l.name.clone(),
+            address: l.address.clone(),
+        }
+    }
+}
+
+impl From<&pb::DataPlaneStatusReply> for LocalDataPlane {
+    fn from(dp: &pb::DataPlaneStatusReply) -> Self {
+        LocalDataPlane {
+            node_id: dp.node_id.clone(),
+            pid: dp.pid,
+            build_version: dp.build_version.clone(),
+            applied_version: dp.applied_version,
+            content_hash: dp.content_hash.clone(),
+            control_plane_connected: dp.control_plane_connected,
+            from_saved_snapshot: dp.from_saved_snapshot,
+            ready: dp.ready,
+            draining: dp.draining,
+            started_at_unix_ms: dp.started_at_unix_ms,
+            listeners: dp.listeners.iter().map(Listener::from).collect(),
+            upstreams: dp
+                .upstreams
                 .iter()
-                .map(|l| Listener {
-                    name: l.name.clone(),
-                    address: l.address.clone(),
+                .map(|u| Upstream {
+                    url: u.url.clone(),
+                    healthy: u.healthy,
+                    outstanding: u.outstanding,
                 })
                 .collect(),
-            connected_at_unix_ms: dp.connected_at_unix_ms,
         }
     }
 }

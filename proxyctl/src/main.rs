@@ -1,17 +1,22 @@
-//! proxyctl's command line (DESIGN §9): parse, call controld's Admin service, print, exit.
+//! proxyctl's command line (DESIGN §9): parse, call controld's Admin service or the local
+//! proxyd's DataPlane service, print, exit.
 //!
-//! The operator's and deploy scripts' handle on controld. Rendering lives in `reload` (also for
-//! `rollback`), `status`, `history` and `json`; this file only wires them to the client and turns
+//! The operator's and deploy scripts' handle on controld, and on the proxyd of this host through
+//! its own socket, which answers while controld is down: `status` asks both, `health` and
+//! `shutdown` only proxyd. Rendering lives in `reload` (also for `rollback`), `status`,
+//! `history`, `health`, `shutdown` and `json`; this file only wires them to the clients and turns
 //! outcomes into exit codes.
 
 mod client;
 mod exit;
 #[cfg(test)]
 mod fixtures;
+mod health;
 mod history;
 mod json;
 mod output;
 mod reload;
+mod shutdown;
 mod status;
 
 use std::future::Future;
@@ -22,36 +27,47 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use proto::v1::{ReloadRequest, RollbackRequest};
 
-use crate::client::Admin;
+use crate::client::{Admin, DataPlane};
 use crate::exit::Exit;
 use crate::reload::Operation;
+use crate::status::{Local, Report};
 
-/// Reload, roll back and inspect the reverse proxy through controld's control socket.
+/// Reload, roll back and inspect the reverse proxy through controld's control socket and the
+/// local proxyd's own socket.
 ///
 /// Exit codes: 0 ok; 1 operation failed (reload or rollback rejected or not applied by every data
-/// plane, refused by controld: not allowed, unknown version, nothing to roll back to; status
-/// degraded); 2 usage; 3 controld not running (status); 69 controld unreachable or no answer.
+/// plane, refused by controld or proxyd: not allowed, unknown version, nothing to roll back to;
+/// status degraded or controld down; health: not ready or draining; shutdown --wait: proxyd
+/// still running at --timeout); 2 usage; 3 not running (status: neither controld nor proxyd
+/// answers; health, shutdown: proxyd); 69 controld (health, shutdown: proxyd) unreachable or no
+/// answer.
 #[derive(Debug, Parser)]
 #[command(
     name = "proxyctl",
     version = proto::BUILD_VERSION,
     after_help = "Examples:
-  proxyctl status                          controld and every data plane, one table
+  proxyctl status                          controld, every data plane and this host's proxyd
   proxyctl reload --dry-run                what the file on disk would change
   proxyctl reload                          publish it; returns once every data plane applied it
   proxyctl --json reload | jq .version     the same, for scripts
   proxyctl history                         the versions published recently
   proxyctl rollback 12                     publish version 12's config again, as a new version
+  proxyctl health                          is this host's proxyd serving? (asks proxyd only)
+  proxyctl shutdown --wait --timeout 2m    drain this host's proxyd and wait until it exited
   proxyctl completions bash > /etc/bash_completion.d/proxyctl
 
 Exit codes:
   0   ok
-  1   operation failed: rejected, refused by a data plane or by controld; status degraded
+  1   operation failed: rejected, refused by a data plane, by controld or by proxyd;
+      status degraded (also: controld down while proxyd answers); health: not ready or
+      draining; shutdown --wait: proxyd still running after --timeout
   2   usage error
-  3   controld not running (status)
-  69  controld unreachable, or no answer within --timeout
+  3   not running: status: neither controld nor proxyd answers; health, shutdown: proxyd
+  69  controld unreachable (proxyd for health, shutdown), or no answer within --timeout
 
-The socket: --socket PATH, or PROXYCTL_SOCKET (default /run/controld/control.sock)."
+The sockets: --socket PATH, or PROXYCTL_SOCKET (controld, default /run/controld/control.sock);
+--data-plane-socket PATH, or PROXYCTL_DATA_PLANE_SOCKET (this host's proxyd, default
+/run/proxyd/admin.sock; status, health and shutdown use it, and work while controld is down)."
 )]
 struct Cli {
     /// controld's Admin socket.
@@ -64,11 +80,22 @@ struct Cli {
     )]
     socket: PathBuf,
 
+    /// The local proxyd's own socket (`proxyd --admin-socket`), for status, health and shutdown.
+    #[arg(
+        long,
+        global = true,
+        env = "PROXYCTL_DATA_PLANE_SOCKET",
+        default_value = "/run/proxyd/admin.sock",
+        value_name = "PATH"
+    )]
+    data_plane_socket: PathBuf,
+
     /// Print the answer as one JSON object on stdout (errors stay text on stderr).
     #[arg(long, global = true)]
     json: bool,
 
     /// Deadline for the whole call, e.g. "30s", "2m"; connecting waits at most 5s of it.
+    /// `shutdown --wait` waits this long again for proxyd to exit.
     #[arg(long, global = true, default_value = "30s", value_name = "D", value_parser = parse_timeout)]
     timeout: Duration,
 
@@ -87,8 +114,20 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Show controld and every connected data plane; exits 1 when none is connected or one lags.
+    /// Show controld, every connected data plane and this host's proxyd; exits 1 when degraded
+    /// (no data plane, one lags, the local one is not ready or cut off, controld is down).
     Status,
+    /// Ask this host's proxyd (only) whether it serves: exits 0 ready, 1 not ready or draining,
+    /// 3 not running. For scripts and load-balancer checks.
+    Health,
+    /// Drain this host's proxyd (like SIGTERM): it stops accepting, lets in-flight requests
+    /// finish, then exits.
+    Shutdown {
+        /// Then wait until proxyd has exited (its socket no longer accepts connections), at most
+        /// --timeout; exits 1 if it is still running then.
+        #[arg(long)]
+        wait: bool,
+    },
     /// List the versions published recently, newest first; `*` marks the serving one.
     History,
     /// Publish an earlier version's config again, as a new version; the file on disk is untouched.
@@ -147,15 +186,26 @@ async fn run(cli: &Cli) -> Exit {
                 Err(err) => fail(&err, &cli.command),
             }
         }
-        Command::Status => match call(cli, |mut admin| async move { admin.status().await }).await {
-            Ok(reply) => answer(
-                cli,
-                || json::Status::from(&reply),
-                || status::render(&reply),
-                status::exit(&reply),
-            ),
-            Err(err) => fail(&err, &cli.command),
-        },
+        Command::Status => {
+            // Both at once: a daemon that does not answer costs its timeout only once.
+            let (control, local) = tokio::join!(
+                call(cli, |mut admin| async move { admin.status().await }),
+                call_data_plane(cli, |mut dp| async move { dp.status().await }),
+            );
+            status(cli, control, local)
+        }
+        Command::Health => {
+            match call_data_plane(cli, |mut dp| async move { dp.status().await }).await {
+                Ok(reply) => answer(
+                    cli,
+                    || health::to_json(&reply),
+                    || health::render(&reply),
+                    health::exit(&reply),
+                ),
+                Err(err) => fail(&err, &cli.command),
+            }
+        }
+        Command::Shutdown { wait } => shutdown(cli, wait).await,
         Command::History => {
             match call(cli, |mut admin| async move { admin.history().await }).await {
                 Ok(reply) => answer(
@@ -183,12 +233,109 @@ async fn run(cli: &Cli) -> Exit {
     }
 }
 
-/// Connects, then makes one call on the connection.
+/// Connects to controld, then makes one call on the connection.
 async fn call<T, F>(cli: &Cli, rpc: impl FnOnce(Admin) -> F) -> Result<T, client::Error>
 where
     F: Future<Output = Result<T, client::Error>>,
 {
     rpc(Admin::connect(&cli.socket, cli.timeout).await?).await
+}
+
+/// Connects to the local proxyd, then makes its calls on the connection.
+async fn call_data_plane<T, F>(
+    cli: &Cli,
+    rpc: impl FnOnce(DataPlane) -> F,
+) -> Result<T, client::Error>
+where
+    F: Future<Output = Result<T, client::Error>>,
+{
+    rpc(DataPlane::connect(&cli.data_plane_socket, cli.timeout).await?).await
+}
+
+/// `status` from both answers. A missing local proxyd is normal (the data planes may run
+/// elsewhere); a missing controld is degraded when proxyd answers, and today's error (3 when not
+/// running) when it does not either.
+fn status(
+    cli: &Cli,
+    control: Result<proto::v1::StatusReply, client::Error>,
+    local: Result<proto::v1::DataPlaneStatusReply, client::Error>,
+) -> Exit {
+    let local = match local {
+        Ok(reply) => Local::Answered(reply),
+        Err(err) if err.is_not_running() => Local::Absent {
+            socket: cli.data_plane_socket.clone(),
+        },
+        Err(err) => Local::Failed {
+            reason: err.to_string(),
+        },
+    };
+    let control = match control {
+        Ok(reply) => Some(reply),
+        Err(err) => {
+            let Local::Answered(_) = local else {
+                let exit = fail(&err, &cli.command);
+                if let Local::Failed { reason } = &local {
+                    output::error(reason);
+                }
+                return exit;
+            };
+            // The answer below says controld is down; stderr says why, also under --json.
+            output::error(&err);
+            None
+        }
+    };
+    let report = Report {
+        control,
+        control_socket: cli.socket.clone(),
+        local,
+    };
+    answer(
+        cli,
+        || json::Status::new(report.control.as_ref(), report.local_reply()),
+        || report.render(),
+        report.exit(),
+    )
+}
+
+/// `shutdown [--wait]`: learns the node's name, starts the drain, and with `--wait` watches the
+/// socket until proxyd has gone (at most `--timeout`).
+async fn shutdown(cli: &Cli, wait: bool) -> Exit {
+    // The connection closes when this returns, so that it does not hold up proxyd's shutdown.
+    let drain = |mut dp: DataPlane| async move {
+        let status = dp.status().await?;
+        let drain = dp.drain().await?;
+        Ok((status, drain))
+    };
+    let (status, drain) = match call_data_plane(cli, drain).await {
+        Ok(answers) => answers,
+        Err(err) => return fail(&err, &cli.command),
+    };
+    if !cli.json {
+        // At once: the operator sees the drain start while --wait waits.
+        output::text(&output::lines(&[shutdown::draining_line(&status, &drain)]));
+    }
+    let stopped = if wait {
+        Some(shutdown::wait_until_stopped(&cli.data_plane_socket, cli.timeout).await)
+    } else {
+        None
+    };
+    let exit = if stopped == Some(false) {
+        output::error(&format_args!(
+            "proxyd at {} still accepts connections after {} (see --timeout)",
+            cli.data_plane_socket.display(),
+            humantime::format_duration(cli.timeout)
+        ));
+        Exit::Failed
+    } else {
+        Exit::Ok
+    };
+    if cli.json {
+        return json_answer(&shutdown::to_json(&status, &drain, stopped), exit);
+    }
+    if stopped == Some(true) {
+        output::text("stopped\n");
+    }
+    exit
 }
 
 /// Prints the answer as JSON or text and ends with `exit`, the answer's own verdict (unless the
@@ -203,7 +350,12 @@ fn answer<J: serde::Serialize>(
         output::text(&as_text());
         return exit;
     }
-    match output::json(&as_json()) {
+    json_answer(&as_json(), exit)
+}
+
+/// Prints the answer as JSON and ends with `exit`, or with 1 if it cannot be encoded.
+fn json_answer<J: serde::Serialize>(value: &J, exit: Exit) -> Exit {
+    match output::json(value) {
         Ok(()) => exit,
         Err(err) => {
             output::error(&format_args!("cannot encode the answer as JSON: {err}"));
@@ -218,16 +370,19 @@ fn fail(err: &client::Error, command: &Command) -> Exit {
     error_exit(err, command)
 }
 
-/// A request controld refused (not allowed, unknown version, nothing to roll back to) is an
+/// A request a daemon refused (not allowed, unknown version, nothing to roll back to) is an
 /// operation that failed (1), for every command: retrying will not help. DESIGN §8 gives "not
-/// running" (3) its own code for `status` only: for `reload` a missing daemon is as unreachable
-/// (69) as a broken one, which is what `ExecReload=` expects.
+/// running" (3) its own code for the commands that ask whether something runs (`status`,
+/// `health`, `shutdown`): for `reload` a missing daemon is as unreachable (69) as a broken one,
+/// which is what `ExecReload=` expects.
 fn error_exit(err: &client::Error, command: &Command) -> Exit {
     if err.is_refused() {
         return Exit::Failed;
     }
     match command {
-        Command::Status if err.is_not_running() => Exit::NotRunning,
+        Command::Status | Command::Health | Command::Shutdown { .. } if err.is_not_running() => {
+            Exit::NotRunning
+        }
         _ => Exit::Unavailable,
     }
 }
@@ -240,6 +395,7 @@ mod tests {
 
     fn connect_error(not_running: bool) -> client::Error {
         client::Error::Connect {
+            daemon: client::Daemon::Controld,
             socket: PathBuf::from("/run/controld/control.sock"),
             reason: "No such file or directory".into(),
             not_running,
@@ -258,11 +414,39 @@ mod tests {
         let broken = connect_error(false);
         assert_eq!(error_exit(&broken, &Command::Status), Exit::Unavailable);
         let timeout = client::Error::Timeout {
+            daemon: client::Daemon::Controld,
             socket: Path::new("/s").to_owned(),
             call: "status",
             timeout: Duration::from_secs(1),
         };
         assert_eq!(error_exit(&timeout, &Command::Status), Exit::Unavailable);
+    }
+
+    #[test]
+    fn a_missing_proxyd_is_3_for_health_and_shutdown() {
+        let missing = client::Error::Connect {
+            daemon: client::Daemon::Proxyd,
+            socket: PathBuf::from("/run/proxyd/admin.sock"),
+            reason: "Connection refused".into(),
+            not_running: true,
+        };
+        assert_eq!(error_exit(&missing, &Command::Health), Exit::NotRunning);
+        let shutdown = Command::Shutdown { wait: false };
+        assert_eq!(error_exit(&missing, &shutdown), Exit::NotRunning);
+        let denied = client::Error::Connect {
+            daemon: client::Daemon::Proxyd,
+            socket: PathBuf::from("/run/proxyd/admin.sock"),
+            reason: "Permission denied".into(),
+            not_running: false,
+        };
+        assert_eq!(error_exit(&denied, &Command::Health), Exit::Unavailable);
+        assert_eq!(error_exit(&denied, &shutdown), Exit::Unavailable);
+        let refused = client::Error::Refused {
+            call: "shutdown",
+            code: tonic::Code::PermissionDenied,
+            message: "uid 1000 may not drain proxyd".into(),
+        };
+        assert_eq!(error_exit(&refused, &shutdown), Exit::Failed);
     }
 
     #[test]
@@ -281,6 +465,8 @@ mod tests {
             Command::Rollback { version: None },
             Command::Status,
             Command::History,
+            Command::Health,
+            Command::Shutdown { wait: true },
         ];
         for command in &commands {
             for code in [
@@ -292,6 +478,7 @@ mod tests {
                 assert_eq!(error_exit(&refused(code), command), Exit::Failed);
             }
             let lost = client::Error::Rpc {
+                daemon: client::Daemon::Controld,
                 socket: PathBuf::from("/s"),
                 call: "rollback",
                 code: tonic::Code::Unavailable,
@@ -342,6 +529,31 @@ mod tests {
                 dry_run: true,
                 force: false
             }
+        ));
+    }
+
+    #[test]
+    fn the_data_plane_socket_has_a_default_and_a_flag() {
+        let cli = Cli::try_parse_from(["proxyctl", "health"]).unwrap();
+        if std::env::var_os("PROXYCTL_DATA_PLANE_SOCKET").is_none() {
+            assert_eq!(cli.data_plane_socket, Path::new("/run/proxyd/admin.sock"));
+        }
+        let cli = Cli::try_parse_from([
+            "proxyctl",
+            "shutdown",
+            "--wait",
+            "--data-plane-socket",
+            "/tmp/dp.sock",
+            "--timeout",
+            "2m",
+        ])
+        .unwrap();
+        assert_eq!(cli.data_plane_socket, Path::new("/tmp/dp.sock"));
+        assert_eq!(cli.timeout, Duration::from_secs(120));
+        assert!(matches!(cli.command, Command::Shutdown { wait: true }));
+        assert!(matches!(
+            Cli::try_parse_from(["proxyctl", "shutdown"]).map(|cli| cli.command),
+            Ok(Command::Shutdown { wait: false })
         ));
     }
 

@@ -1,22 +1,118 @@
-//! `proxyctl status`: controld and its data planes as a short table, and the fleet's exit code.
+//! `proxyctl status`: controld and its data planes as a short table, then what the local proxyd
+//! says about itself on its own socket (so that status still works while controld is down), and
+//! the fleet's exit code.
 //!
-//! Pure functions of the `StatusReply`; `main` does the talking.
+//! Pure functions of the replies ([`Report`]); `main` does the talking.
 
-use proto::v1::{ControlPlaneStatus, DataPlaneStatus, LastReload, StatusReply};
+use std::path::PathBuf;
+
+use proto::v1::{
+    BoundListener, ControlPlaneStatus, DataPlaneStatus, DataPlaneStatusReply, LastReload,
+    StatusReply, UpstreamStatus,
+};
 
 use crate::exit::Exit;
 use crate::json;
 use crate::output::{self, align, format_unix_ms, one_line};
 
-/// 0 when at least one data plane is connected and every one serves the desired version;
-/// 1 (degraded) otherwise.
-pub fn exit(reply: &StatusReply) -> Exit {
+/// What `proxyctl status` learned. `main` builds one only when at least one daemon answered;
+/// when neither did it prints controld's error instead.
+#[derive(Debug)]
+pub struct Report {
+    /// controld's answer; `None` when it did not answer (its error went to stderr).
+    pub control: Option<StatusReply>,
+    /// controld's socket, named when controld did not answer.
+    pub control_socket: PathBuf,
+    /// The proxyd on `--data-plane-socket`.
+    pub local: Local,
+}
+
+/// What became of asking the local proxyd.
+#[derive(Debug)]
+pub enum Local {
+    /// It answered.
+    Answered(DataPlaneStatusReply),
+    /// Nothing there (no socket file, or nobody listens on it). Not an error: the data planes
+    /// may run on other hosts.
+    Absent { socket: PathBuf },
+    /// Something is there but the call failed (no permission, no answer, ...): the error line.
+    /// Noted, but it does not change the exit code: only an answer can.
+    Failed { reason: String },
+}
+
+impl Report {
+    /// The local proxyd's answer, if it gave one.
+    pub fn local_reply(&self) -> Option<&DataPlaneStatusReply> {
+        match &self.local {
+            Local::Answered(reply) => Some(reply),
+            Local::Absent { .. } | Local::Failed { .. } => None,
+        }
+    }
+
+    /// 0 only when controld answered, every data plane it knows is in sync (and there is at
+    /// least one), and the local proxyd, if it answered, is ready, not draining and connected to
+    /// controld; 1 (degraded) otherwise, also when only the local proxyd answered.
+    pub fn exit(&self) -> Exit {
+        let Some(control) = &self.control else {
+            return Exit::Failed;
+        };
+        let local_ok = self.local_reply().is_none_or(local_is_healthy);
+        if control_exit(control) == Exit::Ok && local_ok {
+            Exit::Ok
+        } else {
+            Exit::Failed
+        }
+    }
+
+    /// Renders the report for a terminal, ending in a newline: controld's view (today's table),
+    /// then, after a blank line, the local data plane's own.
+    pub fn render(&self) -> String {
+        let mut out = match &self.control {
+            Some(reply) => control_lines(reply),
+            None => vec![format!(
+                "controld   not running (or unreachable at {})",
+                self.control_socket.display()
+            )],
+        };
+        match &self.local {
+            Local::Answered(reply) => {
+                out.push(String::new());
+                out.extend(local_section(reply));
+            }
+            Local::Absent { socket } => {
+                // Silence is right when controld knows data planes elsewhere; with none at all,
+                // the missing socket may be why.
+                if self
+                    .control
+                    .as_ref()
+                    .is_some_and(|c| c.data_planes.is_empty())
+                {
+                    out.push(format!(
+                        "note: no data plane socket at {}",
+                        socket.display()
+                    ));
+                }
+            }
+            Local::Failed { reason } => out.push(format!("note: {reason}")),
+        }
+        output::lines(&out)
+    }
+}
+
+/// The local proxyd is serving and following controld.
+fn local_is_healthy(dp: &DataPlaneStatusReply) -> bool {
+    dp.ready && !dp.draining && dp.control_plane_connected
+}
+
+/// controld's part alone: 0 when at least one data plane is connected and every one serves the
+/// desired version; 1 (degraded) otherwise.
+fn control_exit(reply: &StatusReply) -> Exit {
     let healthy = !reply.data_planes.is_empty() && reply.data_planes.iter().all(|dp| dp.in_sync);
     if healthy { Exit::Ok } else { Exit::Failed }
 }
 
-/// Renders the reply for a terminal, ending in a newline.
-pub fn render(reply: &StatusReply) -> String {
+/// controld's part alone: what `status` printed before it also asked the local proxyd.
+fn control_lines(reply: &StatusReply) -> Vec<String> {
     let control = reply.control_plane.clone().unwrap_or_default();
     let mut out = vec![
         control_line(&control),
@@ -28,7 +124,70 @@ pub fn render(reply: &StatusReply) -> String {
         out.extend(data_plane_table(&reply.data_planes));
         out.extend(reply.data_planes.iter().filter_map(nack_line));
     }
-    output::lines(&out)
+    out
+}
+
+/// The local data plane as it sees itself: its headline, its listeners, and its upstreams
+/// when it has any.
+pub fn local_section(dp: &DataPlaneStatusReply) -> Vec<String> {
+    let mut out = vec![
+        local_line(dp),
+        format!("listeners  {}", listener_list(&dp.listeners)),
+    ];
+    if !dp.upstreams.is_empty() {
+        out.extend(upstream_table(&dp.upstreams));
+    }
+    out
+}
+
+/// `proxyd edge-1  pid 812  version 4  controld connected  ready`; the states that need
+/// attention in capitals (`controld NOT connected`, `NOT ready`), plus `serving a saved
+/// snapshot` and `draining` when they apply.
+pub fn local_line(dp: &DataPlaneStatusReply) -> String {
+    let version = if dp.applied_version == 0 {
+        "no version yet".to_owned()
+    } else {
+        format!("version {}", dp.applied_version)
+    };
+    let mut parts = vec![
+        format!("proxyd {}", one_line(&dp.node_id)),
+        format!("pid {}", dp.pid),
+        version,
+        if dp.control_plane_connected {
+            "controld connected"
+        } else {
+            "controld NOT connected"
+        }
+        .to_owned(),
+    ];
+    if dp.from_saved_snapshot {
+        parts.push("serving a saved snapshot".to_owned());
+    }
+    parts.push(
+        if dp.draining {
+            "draining"
+        } else if dp.ready {
+            "ready"
+        } else {
+            "NOT ready"
+        }
+        .to_owned(),
+    );
+    parts.join("  ")
+}
+
+/// `UPSTREAM  HEALTHY  OUTSTANDING`, one row per upstream, columns lined up.
+pub fn upstream_table(upstreams: &[UpstreamStatus]) -> Vec<String> {
+    let header = ["UPSTREAM", "HEALTHY", "OUTSTANDING"];
+    let mut rows = vec![header.map(str::to_owned).to_vec()];
+    rows.extend(upstreams.iter().map(|u| {
+        vec![
+            one_line(&u.url),
+            if u.healthy { "yes" } else { "no" }.to_owned(),
+            u.outstanding.to_string(),
+        ]
+    }));
+    align(&rows)
 }
 
 fn control_line(control: &ControlPlaneStatus) -> String {
@@ -81,10 +240,15 @@ pub fn data_plane_table(data_planes: &[DataPlaneStatus]) -> Vec<String> {
 }
 
 fn listeners(dp: &DataPlaneStatus) -> String {
-    if dp.listeners.is_empty() {
+    listener_list(&dp.listeners)
+}
+
+/// `http=127.0.0.1:8080, admin=127.0.0.1:9901`, or `-` for none.
+fn listener_list(listeners: &[BoundListener]) -> String {
+    if listeners.is_empty() {
         return "-".to_owned();
     }
-    dp.listeners
+    listeners
         .iter()
         .map(|l| format!("{}={}", l.name, l.address))
         .collect::<Vec<_>>()

@@ -1,5 +1,6 @@
-//! The real proxyctl binary against a fake controld on a temporary Unix socket: flags reach the
-//! server, answers reach stdout, and every outcome maps to its exit code (DESIGN §8).
+//! The real proxyctl binary against a fake controld and a fake proxyd (its DataPlane service) on
+//! temporary Unix sockets: flags reach the servers, answers reach stdout, and every outcome maps
+//! to its exit code (DESIGN §8).
 
 #![allow(
     clippy::unwrap_used,
@@ -8,13 +9,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::v1::admin_server::{Admin, AdminServer};
+use proto::v1::data_plane_server::{DataPlane, DataPlaneServer};
 use proto::v1::{
-    ConfigDiff, DataPlaneOutcome, DataPlaneResult, HistoryEntry, HistoryReply, HistoryRequest,
-    ReloadOutcome, ReloadReply, ReloadRequest, RollbackRequest, StatusReply, StatusRequest,
+    BoundListener, ConfigDiff, ControlPlaneStatus, DataPlaneOutcome, DataPlaneResult,
+    DataPlaneStatus, DataPlaneStatusReply, DataPlaneStatusRequest, DrainReply, DrainRequest,
+    HistoryEntry, HistoryReply, HistoryRequest, ReloadOutcome, ReloadReply, ReloadRequest,
+    RollbackRequest, StatusReply, StatusRequest, UpstreamStatus,
 };
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
@@ -131,47 +136,193 @@ fn rolled_back() -> ReloadReply {
     }
 }
 
+/// What the fake proxyd answers to Drain.
+#[derive(Clone, Copy)]
+enum Drain {
+    /// Starts the drain with this deadline (ms) and keeps serving.
+    Start(u64),
+    /// Starts the drain, then stops serving 200 ms later, the way proxyd exits.
+    StartThenExit(u64),
+    Deny(&'static str),
+}
+
+/// A proxyd stand-in for its own DataPlane socket; counts the Drain calls.
+struct FakeDataPlane {
+    status: DataPlaneStatusReply,
+    drain: Drain,
+    drains: Arc<AtomicUsize>,
+    exit: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+#[tonic::async_trait]
+impl DataPlane for FakeDataPlane {
+    async fn status(
+        &self,
+        _: Request<DataPlaneStatusRequest>,
+    ) -> Result<Response<DataPlaneStatusReply>, Status> {
+        Ok(Response::new(self.status.clone()))
+    }
+
+    async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+        self.drains.fetch_add(1, Ordering::SeqCst);
+        let deadline_ms = match self.drain {
+            Drain::Deny(why) => return Err(Status::permission_denied(why)),
+            Drain::Start(deadline_ms) => deadline_ms,
+            Drain::StartThenExit(deadline_ms) => {
+                if let Some(exit) = self.exit.lock().unwrap().take() {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = exit.send(());
+                    });
+                }
+                deadline_ms
+            }
+        };
+        Ok(Response::new(DrainReply { deadline_ms }))
+    }
+}
+
+/// A temporary directory with room for both sockets; each fake is started on demand, so that a
+/// test can leave either daemon "not running" (its socket file missing).
 struct Env {
     _dir: tempfile::TempDir,
     socket: PathBuf,
+    data_plane_socket: PathBuf,
     seen: Seen,
+    drains: Arc<AtomicUsize>,
 }
 
 impl Env {
+    /// controld only; no proxyd socket.
     async fn start(reload: Answer, status: StatusReply) -> Env {
+        let env = Env::empty();
+        env.serve_admin(reload, status);
+        env
+    }
+
+    /// Neither daemon running.
+    fn empty() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("control.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let seen = Arc::default();
+        Env {
+            socket: dir.path().join("control.sock"),
+            data_plane_socket: dir.path().join("admin.sock"),
+            _dir: dir,
+            seen: Arc::default(),
+            drains: Arc::default(),
+        }
+    }
+
+    fn serve_admin(&self, reload: Answer, status: StatusReply) {
+        let listener = tokio::net::UnixListener::bind(&self.socket).unwrap();
         let fake = Fake {
             reload,
             status,
-            seen: Arc::clone(&seen),
+            seen: Arc::clone(&self.seen),
         };
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(AdminServer::new(fake))
                 .serve_with_incoming(UnixListenerStream::new(listener)),
         );
-        Env {
-            _dir: dir,
-            socket,
-            seen,
-        }
+    }
+
+    fn serve_data_plane(&self, status: DataPlaneStatusReply, drain: Drain) {
+        let listener = tokio::net::UnixListener::bind(&self.data_plane_socket).unwrap();
+        let (exit, exited) = tokio::sync::oneshot::channel::<()>();
+        let fake = FakeDataPlane {
+            status,
+            drain,
+            drains: Arc::clone(&self.drains),
+            exit: Mutex::new(Some(exit)),
+        };
+        let socket = self.data_plane_socket.clone();
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(DataPlaneServer::new(fake))
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                    let _ = exited.await;
+                })
+                .await;
+            // proxyd removes its socket when it exits.
+            let _ = std::fs::remove_file(socket);
+        });
     }
 
     async fn proxyctl(&self, args: &[&str]) -> Output {
-        proxyctl(&self.socket, args).await
+        run(&self.socket, &self.data_plane_socket, args).await
     }
 }
 
-/// Runs the binary with `PROXYCTL_SOCKET` pointing at `socket`.
+/// Runs the binary with `PROXYCTL_SOCKET` pointing at `socket` and no proxyd socket.
 async fn proxyctl(socket: &Path, args: &[&str]) -> Output {
+    run(socket, Path::new("/nonexistent/proxyd/admin.sock"), args).await
+}
+
+/// Runs the binary with both sockets set through the environment.
+async fn run(socket: &Path, data_plane_socket: &Path, args: &[&str]) -> Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_proxyctl"));
-    command.args(args).env("PROXYCTL_SOCKET", socket);
+    command
+        .args(args)
+        .env("PROXYCTL_SOCKET", socket)
+        .env("PROXYCTL_DATA_PLANE_SOCKET", data_plane_socket);
     tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
         .unwrap()
+}
+
+/// controld at version 4 with `edge-1` connected and in sync.
+fn fleet() -> StatusReply {
+    StatusReply {
+        control_plane: Some(ControlPlaneStatus {
+            config_path: "/etc/proxyd/proxy.toml".into(),
+            version: 4,
+            content_hash: "ab12".into(),
+            pid: 811,
+            build_version: "0.1.0".into(),
+            started_at_unix_ms: 1_795_290_000_000,
+            last_reload: None,
+        }),
+        data_planes: vec![DataPlaneStatus {
+            node_id: "edge-1".into(),
+            pid: 812,
+            build_version: "0.1.0".into(),
+            applied_version: 4,
+            desired_version: 4,
+            in_sync: true,
+            listeners: vec![http_listener()],
+            connected_at_unix_ms: 1_795_290_000_500,
+            ..DataPlaneStatus::default()
+        }],
+    }
+}
+
+fn http_listener() -> BoundListener {
+    BoundListener {
+        name: "http".into(),
+        address: "127.0.0.1:8080".into(),
+    }
+}
+
+/// proxyd `edge-1` serving version 4, connected to controld and ready, with one upstream.
+fn local() -> DataPlaneStatusReply {
+    DataPlaneStatusReply {
+        node_id: "edge-1".into(),
+        pid: 812,
+        build_version: "0.1.0".into(),
+        applied_version: 4,
+        content_hash: "ab12".into(),
+        control_plane_connected: true,
+        from_saved_snapshot: false,
+        listeners: vec![http_listener()],
+        upstreams: vec![UpstreamStatus {
+            url: "http://10.0.0.5:8080".into(),
+            healthy: true,
+            outstanding: 2,
+        }],
+        ready: true,
+        draining: false,
+        started_at_unix_ms: 1_795_290_000_100,
+    }
 }
 
 fn stdout(output: &Output) -> String {
@@ -270,7 +421,247 @@ async fn status_is_degraded_without_data_planes() {
     let env = Env::start(Answer::Deny("unused"), StatusReply::default()).await;
     let out = env.proxyctl(&["status"]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).ends_with("last reload  none since start\nno data plane connected\n"));
+    let note = format!(
+        "last reload  none since start\nno data plane connected\n\
+         note: no data plane socket at {}\n",
+        env.data_plane_socket.display()
+    );
+    assert!(stdout(&out).ends_with(&note), "{}", stdout(&out));
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn status_without_a_local_data_plane_is_todays_and_healthy() {
+    let env = Env::start(Answer::Deny("unused"), fleet()).await;
+    let out = env.proxyctl(&["status"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "controld   pid 811  v0.1.0  version 4  config /etc/proxyd/proxy.toml\n\
+         last reload  none since start\n\
+         DATA PLANE  PID  APPLIED  DESIRED  IN SYNC  LISTENERS\n\
+         edge-1      812  4        4        yes      http=127.0.0.1:8080\n"
+    );
+    assert!(out.stderr.is_empty(), "a missing proxyd socket is no error");
+}
+
+#[tokio::test]
+async fn status_with_both_adds_this_data_plane() {
+    let env = Env::start(Answer::Deny("unused"), fleet()).await;
+    env.serve_data_plane(local(), Drain::Start(30_000));
+    let out = env.proxyctl(&["status"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "controld   pid 811  v0.1.0  version 4  config /etc/proxyd/proxy.toml\n\
+         last reload  none since start\n\
+         DATA PLANE  PID  APPLIED  DESIRED  IN SYNC  LISTENERS\n\
+         edge-1      812  4        4        yes      http=127.0.0.1:8080\n\
+         \n\
+         proxyd edge-1  pid 812  version 4  controld connected  ready\n\
+         listeners  http=127.0.0.1:8080\n\
+         UPSTREAM              HEALTHY  OUTSTANDING\n\
+         http://10.0.0.5:8080  yes      2\n"
+    );
+
+    let json = env.proxyctl(&["status", "--json"]).await;
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["control_plane"]["version"], 4);
+    assert_eq!(value["data_planes"][0]["node_id"], "edge-1");
+    assert_eq!(value["local_data_plane"]["node_id"], "edge-1");
+    assert_eq!(value["local_data_plane"]["ready"], true);
+    assert_eq!(
+        value["local_data_plane"]["upstreams"],
+        serde_json::json!([{"url": "http://10.0.0.5:8080", "healthy": true, "outstanding": 2}])
+    );
+}
+
+#[tokio::test]
+async fn status_is_degraded_when_the_local_data_plane_is_not_ready() {
+    let env = Env::start(Answer::Deny("unused"), fleet()).await;
+    let mut starting = local();
+    starting.ready = false;
+    env.serve_data_plane(starting, Drain::Start(30_000));
+    let out = env.proxyctl(&["status"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("proxyd edge-1  pid 812  version 4  controld connected  NOT ready\n"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn status_with_controld_down_shows_the_data_plane_and_is_degraded() {
+    let env = Env::empty();
+    let mut cut_off = local();
+    cut_off.control_plane_connected = false;
+    cut_off.from_saved_snapshot = true;
+    env.serve_data_plane(cut_off, Drain::Start(30_000));
+    let out = env.proxyctl(&["status"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "controld   not running (or unreachable at {})\n\
+             \n\
+             proxyd edge-1  pid 812  version 4  controld NOT connected  \
+             serving a saved snapshot  ready\n\
+             listeners  http=127.0.0.1:8080\n\
+             UPSTREAM              HEALTHY  OUTSTANDING\n\
+             http://10.0.0.5:8080  yes      2\n",
+            env.socket.display()
+        )
+    );
+    assert!(
+        stderr(&out).contains("(is controld running?)"),
+        "{}",
+        stderr(&out)
+    );
+
+    let json = env.proxyctl(&["--json", "status"]).await;
+    assert_eq!(json.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["control_plane"], serde_json::Value::Null);
+    assert_eq!(value["data_planes"], serde_json::json!([]));
+    assert_eq!(value["local_data_plane"]["control_plane_connected"], false);
+    assert_eq!(value["local_data_plane"]["from_saved_snapshot"], true);
+}
+
+#[tokio::test]
+async fn health_is_0_when_ready() {
+    let env = Env::empty();
+    env.serve_data_plane(local(), Drain::Start(30_000));
+    let out = env.proxyctl(&["health"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "ok: serving version 4\n");
+    let json = env.proxyctl(&["health", "--json"]).await;
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["healthy"], true);
+    assert_eq!(value["applied_version"], 4);
+    assert_eq!(value["control_plane_connected"], true);
+}
+
+#[tokio::test]
+async fn health_is_1_when_not_ready_or_draining() {
+    let env = Env::empty();
+    let mut starting = local();
+    starting.ready = false;
+    starting.applied_version = 0;
+    env.serve_data_plane(starting, Drain::Start(30_000));
+    let out = env.proxyctl(&["health"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "not ready: no snapshot applied yet\n");
+    let json = env.proxyctl(&["health", "--json"]).await;
+    assert_eq!(json.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["healthy"], false);
+    assert_eq!(value["reason"], "not ready: no snapshot applied yet");
+
+    let draining_env = Env::empty();
+    let mut draining = local();
+    draining.draining = true;
+    draining_env.serve_data_plane(draining, Drain::Start(30_000));
+    let out = draining_env.proxyctl(&["health"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "draining: proxyd edge-1 is shutting down\n");
+}
+
+#[tokio::test]
+async fn health_is_3_without_proxyd_even_with_controld() {
+    let env = Env::start(Answer::Deny("unused"), fleet()).await;
+    let out = env.proxyctl(&["health"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "proxyctl: cannot reach proxyd at {}: No such file or directory \
+             (is proxyd running?)\n",
+            env.data_plane_socket.display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn shutdown_starts_the_drain() {
+    let env = Env::empty();
+    env.serve_data_plane(local(), Drain::Start(30_000));
+    let out = env.proxyctl(&["shutdown"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "draining: proxyd edge-1 stops accepting; in-flight requests have up to 30s to finish\n"
+    );
+    assert_eq!(env.drains.load(Ordering::SeqCst), 1);
+
+    let json = env.proxyctl(&["shutdown", "--json"]).await;
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({"node_id": "edge-1", "pid": 812, "deadline_ms": 30_000,
+                           "stopped": null})
+    );
+}
+
+#[tokio::test]
+async fn shutdown_wait_returns_once_proxyd_has_exited() {
+    let env = Env::empty();
+    env.serve_data_plane(local(), Drain::StartThenExit(5_000));
+    let out = env
+        .proxyctl(&["shutdown", "--wait", "--timeout", "10s"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "draining: proxyd edge-1 stops accepting; in-flight requests have up to 5s to finish\n\
+         stopped\n"
+    );
+    // Gone now: health and shutdown say "not running".
+    assert_eq!(env.proxyctl(&["health"]).await.status.code(), Some(3));
+    assert_eq!(env.proxyctl(&["shutdown"]).await.status.code(), Some(3));
+}
+
+#[tokio::test]
+async fn shutdown_wait_fails_when_proxyd_outlives_the_timeout() {
+    let env = Env::empty();
+    env.serve_data_plane(local(), Drain::Start(30_000));
+    let out = env
+        .proxyctl(&["shutdown", "--wait", "--timeout", "300ms", "--json"])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["stopped"], false);
+    assert!(
+        stderr(&out).contains("still accepts connections after 300ms"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn shutdown_refused_is_1_and_missing_is_3() {
+    let env = Env::empty();
+    env.serve_data_plane(local(), Drain::Deny("uid 1000 may not drain proxyd"));
+    let out = env.proxyctl(&["shutdown"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "proxyctl: shutdown: uid 1000 may not drain proxyd\n"
+    );
+    assert!(out.stdout.is_empty());
+
+    let nothing = Env::empty();
+    let out = nothing.proxyctl(&["shutdown"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).ends_with("(is proxyd running?)\n"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]
@@ -391,4 +782,10 @@ async fn completions_and_help_need_no_daemon() {
         "{help}"
     );
     assert!(help.contains("rollback"), "{help}");
+    assert!(
+        help.contains("health")
+            && help.contains("shutdown")
+            && help.contains("--data-plane-socket"),
+        "{help}"
+    );
 }

@@ -121,6 +121,11 @@ impl TestEnv {
         }
     }
 
+    /// proxyd's own admin socket (in-process proxyd serves it there).
+    pub fn proxyd_socket(&self) -> PathBuf {
+        self.dir.path().join("proxyd.sock")
+    }
+
     /// Waits until something accepts connections on the control socket.
     pub async fn wait_for_socket(&self) {
         let socket = self.socket.clone();
@@ -187,7 +192,8 @@ impl TestEnv {
 
     fn start_proxyd(&mut self) {
         let shutdown = CancellationToken::new();
-        let options = proxyd::Options::new(&self.socket, "test-proxyd");
+        let mut options = proxyd::Options::new(&self.socket, "test-proxyd");
+        options.admin_socket = Some(self.proxyd_socket());
         let task = tokio::spawn(proxyd::run(options, shutdown.clone()));
         self.proxyd = Some(Daemon { shutdown, task });
     }
@@ -240,6 +246,7 @@ impl TestEnv {
         tokio::process::Command::new(binary("proxyctl"))
             .args(args)
             .env("PROXYCTL_SOCKET", &self.socket)
+            .env("PROXYCTL_DATA_PLANE_SOCKET", self.proxyd_socket())
             .output()
             .await
             .unwrap()

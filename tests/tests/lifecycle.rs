@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use proxy_tests::{Conn, MockUpstream, Process, TestEnv, eventually, get, listener_address};
+use proxy_tests::{
+    Conn, MockUpstream, Process, TestEnv, eventually, get, listener_address, output_text,
+};
 
 fn site(upstream: &str) -> String {
     format!("[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{upstream}\"]\n")
@@ -205,6 +207,24 @@ async fn proxyd_restarted_while_controld_is_down_serves_its_saved_snapshot() {
             local.ready
         ),
         (1, true, false, true)
+    );
+    let out = env.proxyctl(&["status"]).await;
+    let text = output_text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "controld down is degraded: {text}"
+    );
+    assert!(
+        text.contains("controld   not running") && text.contains("serving a saved snapshot"),
+        "{text}"
+    );
+    let out = env.proxyctl(&["health"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "it serves: {}",
+        output_text(&out)
     );
 
     // controld comes back with a new version: it replaces the saved one.

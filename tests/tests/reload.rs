@@ -314,3 +314,39 @@ async fn concurrent_reloads_from_several_processes_end_in_one_consistent_version
     assert!(status.data_planes[0].in_sync);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_shutdown_go_to_the_data_plane_itself() {
+    let a = MockUpstream::start("a").await;
+    let env = TestEnv::start(&site("app.example", &a.url())).await;
+    let out = env.proxyctl(&["status"]).await;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("proxyd test-proxyd") && text.contains("controld connected  ready"),
+        "{text}"
+    );
+    let out = env.proxyctl(&["--json", "health"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (json["healthy"].as_bool(), json["applied_version"].as_u64()),
+        (Some(true), Some(1))
+    );
+
+    let out = env.proxyctl(&["shutdown", "--wait"]).await;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("draining: proxyd test-proxyd") && text.contains("stopped"),
+        "{text}"
+    );
+    let out = env.proxyctl(&["health"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "not running any more: {}",
+        output_text(&out)
+    );
+    env.stop().await;
+}

@@ -92,7 +92,7 @@ fn status_reply_shape() {
     reply.data_planes[0].last_nack_version = 5;
     reply.data_planes[0].last_nack_error = "bad cert".into();
     assert_eq!(
-        to_value(&Status::from(&reply)),
+        to_value(&Status::new(Some(&reply), None)),
         json!({
             "control_plane": {
                 "pid": 4711,
@@ -119,7 +119,8 @@ fn status_reply_shape() {
                 "last_nack_error": "bad cert",
                 "listeners": [{"name": "http", "address": "127.0.0.1:8080"}],
                 "connected_at_unix_ms": 1_795_290_000_500_u64
-            }]
+            }],
+            "local_data_plane": null
         })
     );
 }
@@ -130,10 +131,57 @@ fn status_without_reload_or_nack_uses_null() {
     if let Some(control) = reply.control_plane.as_mut() {
         control.last_reload = None;
     }
-    let value = to_value(&Status::from(&reply));
+    let value = to_value(&Status::new(Some(&reply), None));
     assert_eq!(value["control_plane"]["last_reload"], Value::Null);
     assert_eq!(value["data_planes"][0]["last_nack_version"], Value::Null);
     assert_eq!(value["data_planes"][0]["last_nack_error"], Value::Null);
+}
+
+#[test]
+fn status_with_the_local_data_plane_adds_it() {
+    let value = to_value(&Status::new(
+        Some(&fixtures::status()),
+        Some(&fixtures::local()),
+    ));
+    // What was there before is unchanged.
+    assert_eq!(
+        value["control_plane"],
+        to_value(&Status::new(Some(&fixtures::status()), None))["control_plane"]
+    );
+    assert_eq!(value["data_planes"][0]["node_id"], "node-a");
+    assert_eq!(
+        value["local_data_plane"],
+        json!({
+            "node_id": "edge-1",
+            "pid": 812,
+            "build_version": "0.1.0",
+            "applied_version": 4,
+            "content_hash": "ab12",
+            "control_plane_connected": true,
+            "from_saved_snapshot": false,
+            "ready": true,
+            "draining": false,
+            "started_at_unix_ms": 1_795_290_000_100_u64,
+            "listeners": [
+                {"name": "http", "address": "127.0.0.1:8080"},
+                {"name": "admin", "address": "127.0.0.1:9901"}
+            ],
+            "upstreams": [
+                {"url": "http://10.0.0.5:8080", "healthy": true, "outstanding": 3},
+                {"url": "http://10.0.0.6:8080", "healthy": false, "outstanding": 0}
+            ]
+        })
+    );
+}
+
+#[test]
+fn status_with_controld_down_has_null_control_plane_and_no_data_planes() {
+    let value = to_value(&Status::new(None, Some(&fixtures::local())));
+    assert_eq!(value["control_plane"], Value::Null);
+    assert_eq!(value["data_planes"], json!([]));
+    assert_eq!(value["local_data_plane"]["node_id"], "edge-1");
+    let keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["control_plane", "data_planes", "local_data_plane"]);
 }
 
 #[test]

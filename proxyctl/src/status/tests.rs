@@ -1,7 +1,32 @@
+use std::path::Path;
+
 use proto::v1::ReloadOutcome;
 
 use super::*;
 use crate::fixtures;
+
+/// controld's part alone, as `status` printed it before it asked the local proxyd too.
+fn render(reply: &StatusReply) -> String {
+    output::lines(&control_lines(reply))
+}
+
+fn exit(reply: &StatusReply) -> Exit {
+    control_exit(reply)
+}
+
+fn report(control: Option<StatusReply>, local: Local) -> Report {
+    Report {
+        control,
+        control_socket: Path::new("/run/controld/control.sock").to_owned(),
+        local,
+    }
+}
+
+fn absent() -> Local {
+    Local::Absent {
+        socket: Path::new("/run/proxyd/admin.sock").to_owned(),
+    }
+}
 
 #[test]
 fn healthy_fleet_renders_as_a_table() {
@@ -77,4 +102,151 @@ fn several_listeners_are_listed() {
         address: "[::1]:8443".into(),
     });
     assert_eq!(listeners(&dp), "http=127.0.0.1:8080, https=[::1]:8443");
+}
+
+const LOCAL_SECTION: &str = "\n\
+    proxyd edge-1  pid 812  version 4  controld connected  ready\n\
+    listeners  http=127.0.0.1:8080, admin=127.0.0.1:9901\n\
+    UPSTREAM              HEALTHY  OUTSTANDING\n\
+    http://10.0.0.5:8080  yes      3\n\
+    http://10.0.0.6:8080  no       0\n";
+
+#[test]
+fn both_answering_adds_the_local_section_after_todays_table() {
+    let report = report(Some(fixtures::status()), Local::Answered(fixtures::local()));
+    assert_eq!(
+        report.render(),
+        format!("{}{LOCAL_SECTION}", render(&fixtures::status()))
+    );
+    assert_eq!(report.exit(), Exit::Ok);
+}
+
+#[test]
+fn the_local_line_names_every_state_that_needs_attention() {
+    let mut dp = fixtures::local();
+    assert_eq!(
+        local_line(&dp),
+        "proxyd edge-1  pid 812  version 4  controld connected  ready"
+    );
+    dp.control_plane_connected = false;
+    dp.from_saved_snapshot = true;
+    assert_eq!(
+        local_line(&dp),
+        "proxyd edge-1  pid 812  version 4  controld NOT connected  serving a saved snapshot  ready"
+    );
+    dp.draining = true;
+    assert!(local_line(&dp).ends_with("  serving a saved snapshot  draining"));
+    let starting = proto::v1::DataPlaneStatusReply {
+        node_id: "edge-2".into(),
+        pid: 9,
+        ..Default::default()
+    };
+    assert_eq!(
+        local_line(&starting),
+        "proxyd edge-2  pid 9  no version yet  controld NOT connected  NOT ready"
+    );
+}
+
+#[test]
+fn the_upstream_table_lines_up_and_is_left_out_without_upstreams() {
+    let dp = fixtures::local();
+    assert_eq!(
+        upstream_table(&dp.upstreams),
+        [
+            "UPSTREAM              HEALTHY  OUTSTANDING",
+            "http://10.0.0.5:8080  yes      3",
+            "http://10.0.0.6:8080  no       0",
+        ]
+    );
+    let mut bare = dp;
+    bare.upstreams.clear();
+    bare.listeners.clear();
+    assert_eq!(
+        local_section(&bare),
+        [
+            "proxyd edge-1  pid 812  version 4  controld connected  ready",
+            "listeners  -",
+        ]
+    );
+}
+
+#[test]
+fn controld_down_but_proxyd_answering_is_degraded() {
+    let mut dp = fixtures::local();
+    dp.control_plane_connected = false;
+    let down = report(None, Local::Answered(dp));
+    let text = down.render();
+    assert!(
+        text.starts_with(
+            "controld   not running (or unreachable at /run/controld/control.sock)\n\n\
+             proxyd edge-1  pid 812  version 4  controld NOT connected  ready\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(down.exit(), Exit::Failed);
+    // Even a perfectly healthy local data plane cannot make up for controld.
+    let healthy_local = report(None, Local::Answered(fixtures::local()));
+    assert_eq!(healthy_local.exit(), Exit::Failed);
+}
+
+fn report_with_local(dp: proto::v1::DataPlaneStatusReply) -> Report {
+    report(Some(fixtures::status()), Local::Answered(dp))
+}
+
+#[test]
+fn a_local_data_plane_that_is_not_serving_or_cut_off_degrades_the_status() {
+    let mut not_ready = fixtures::local();
+    not_ready.ready = false;
+    assert_eq!(report_with_local(not_ready).exit(), Exit::Failed);
+    let mut cut_off = fixtures::local();
+    cut_off.control_plane_connected = false;
+    assert_eq!(report_with_local(cut_off).exit(), Exit::Failed);
+    let mut draining = fixtures::local();
+    draining.draining = true;
+    assert_eq!(report_with_local(draining).exit(), Exit::Failed);
+    // A healthy local data plane does not hide a lagging one elsewhere.
+    let mut lagging = fixtures::status();
+    lagging.data_planes[0].in_sync = false;
+    let report = report(Some(lagging), Local::Answered(fixtures::local()));
+    assert_eq!(report.exit(), Exit::Failed);
+}
+
+#[test]
+fn a_missing_local_socket_keeps_todays_output_and_exit() {
+    let healthy = report(Some(fixtures::status()), absent());
+    assert_eq!(healthy.render(), render(&fixtures::status()));
+    assert_eq!(healthy.exit(), Exit::Ok);
+    let mut lagging = fixtures::status();
+    lagging.data_planes[0].in_sync = false;
+    assert_eq!(report(Some(lagging), absent()).exit(), Exit::Failed);
+}
+
+#[test]
+fn a_missing_local_socket_is_noted_only_without_any_data_plane() {
+    let mut empty = fixtures::status();
+    empty.data_planes.clear();
+    let report = report(Some(empty), absent());
+    assert!(
+        report.render().ends_with(
+            "no data plane connected\nnote: no data plane socket at /run/proxyd/admin.sock\n"
+        ),
+        "{}",
+        report.render()
+    );
+    assert_eq!(report.exit(), Exit::Failed);
+}
+
+#[test]
+fn a_local_data_plane_that_fails_is_noted_but_does_not_decide() {
+    let report = report(
+        Some(fixtures::status()),
+        Local::Failed {
+            reason: "cannot reach proxyd at /run/proxyd/admin.sock: Permission denied".into(),
+        },
+    );
+    assert!(report.render().ends_with(
+        "node-a      4712  4        4        yes      http=127.0.0.1:8080\n\
+         note: cannot reach proxyd at /run/proxyd/admin.sock: Permission denied\n"
+    ));
+    assert_eq!(report.exit(), Exit::Ok);
 }
