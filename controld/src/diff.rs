@@ -194,6 +194,12 @@ fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
         ("control.allowed_uids", list(&s.control.allowed_uids)),
         ("control.allowed_gids", list(&s.control.allowed_gids)),
         (
+            "control.metrics_address",
+            s.control
+                .metrics_address
+                .map_or_else(none, |a| a.to_string()),
+        ),
+        (
             "proxy.shutdown_timeout",
             humantime::format_duration(s.proxy.shutdown_timeout).to_string(),
         ),

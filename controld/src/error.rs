@@ -24,6 +24,11 @@ pub enum Error {
     },
     #[error("control socket {path} is in use by a running process; refusing to take it over")]
     SocketInUse { path: PathBuf },
+    #[error("binding the metrics listener on {address}: {source}")]
+    Metrics {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("serving gRPC on the control socket: {0}")]
     Serve(#[from] tonic::transport::Error),
 }

@@ -10,6 +10,7 @@ pub mod dataplanes;
 pub mod diff;
 pub mod error;
 pub mod history;
+pub mod metrics;
 mod notify;
 pub mod reloader;
 pub mod service;
@@ -99,6 +100,34 @@ impl Controld {
             .clone()
     }
 
+    /// Binds `control.metrics_address` (static) and serves `/metrics` there until `shutdown`.
+    async fn serve_metrics(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<std::net::SocketAddr>, Error> {
+        let Some(address) = self
+            .reloader
+            .current()
+            .config
+            .statics
+            .control
+            .metrics_address
+        else {
+            return Ok(None);
+        };
+        let err = |source| Error::Metrics { address, source };
+        let listener = tokio::net::TcpListener::bind(address).await.map_err(err)?;
+        let bound = listener.local_addr().map_err(err)?;
+        tracing::info!(address = %bound, "serving metrics");
+        tokio::spawn(metrics::serve(
+            listener,
+            self.reloader.clone(),
+            self.planes.clone(),
+            shutdown.clone(),
+        ));
+        Ok(Some(bound))
+    }
+
     /// Serves Control and Admin on `socket` until `shutdown` is cancelled, then ends every
     /// Subscribe stream (data planes keep serving) and removes the socket file.
     pub async fn serve(
@@ -120,6 +149,12 @@ impl Controld {
             planes: self.planes.clone(),
             access: self.access.clone(),
             started_at: self.started_at,
+            metrics_address: None,
+        };
+        let metrics_address = self.serve_metrics(&shutdown).await?;
+        let admin = service::AdminService {
+            metrics_address,
+            ..admin
         };
         notify::ready(self.reloader.current().version);
         tonic::transport::Server::builder()

@@ -119,6 +119,7 @@ pub struct Reloader {
     planes: Arc<DataPlanes>,
     ack_timeout: Duration,
     last: Mutex<Option<LastReload>>,
+    metrics: crate::metrics::Metrics,
     log_level_hook: Option<LogLevelHook>,
 }
 
@@ -175,8 +176,13 @@ impl Reloader {
             planes,
             ack_timeout,
             last: Mutex::new(None),
+            metrics: crate::metrics::Metrics::default(),
             log_level_hook,
         })
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     pub fn config_path(&self) -> &Path {
@@ -283,6 +289,7 @@ impl Reloader {
                 }
                 _ => format!("serving config version {}", report.version),
             });
+            self.metrics.reloaded(report.outcome);
             *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastReload {
                 at: SystemTime::now(),
                 outcome: report.outcome,

@@ -128,6 +128,8 @@ pub struct AdminService {
     pub planes: Arc<DataPlanes>,
     pub access: Access,
     pub started_at: SystemTime,
+    /// Where `/metrics` is served, when it is.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[tonic::async_trait]
@@ -266,6 +268,10 @@ impl pb::admin_server::Admin for AdminService {
                 build_version: proto::BUILD_VERSION.to_owned(),
                 started_at_unix_ms: unix_ms(self.started_at),
                 last_reload,
+                metrics_address: self
+                    .metrics_address
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
             }),
             data_planes,
         }))

@@ -103,6 +103,7 @@ pub fn status() -> StatusReply {
                 summary: "1 site modified: b.example".into(),
                 version: 4,
             }),
+            metrics_address: String::new(),
         }),
         data_planes: vec![DataPlaneStatus {
             node_id: "node-a".into(),

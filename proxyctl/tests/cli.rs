@@ -281,6 +281,7 @@ fn fleet() -> StatusReply {
             build_version: "0.1.0".into(),
             started_at_unix_ms: 1_795_290_000_000,
             last_reload: None,
+            metrics_address: String::new(),
         }),
         data_planes: vec![DataPlaneStatus {
             node_id: "edge-1".into(),

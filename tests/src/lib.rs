@@ -63,6 +63,8 @@ pub struct TestEnv {
     pub admin: Option<SocketAddr>,
     /// Extra lines for the fixed `[proxy]` table.
     proxy_keys: String,
+    /// Extra lines for the fixed `[control]` table.
+    control_keys: String,
 }
 
 /// `proxy_keys` for [`TestEnv::start_with`]: an admin listener on a free port.
@@ -93,7 +95,17 @@ impl TestEnv {
     /// Like [`TestEnv::start`], with `proxy_keys` (e.g. [`ADMIN_ON_PORT_0`]) added to the fixed
     /// `[proxy]` table of this and every later config this environment writes.
     pub async fn start_with(proxy_keys: &str, body: &str) -> TestEnv {
+        TestEnv::launch("", proxy_keys, body).await
+    }
+
+    /// Like [`TestEnv::start`], with `control_keys` added to the fixed `[control]` table.
+    pub async fn start_with_control(control_keys: &str, body: &str) -> TestEnv {
+        TestEnv::launch(control_keys, "", body).await
+    }
+
+    async fn launch(control_keys: &str, proxy_keys: &str, body: &str) -> TestEnv {
         let mut env = TestEnv::paths_only();
+        env.control_keys = control_keys.to_owned();
         env.proxy_keys = proxy_keys.to_owned();
         env.write_config(body);
         env.start_controld().await;
@@ -118,6 +130,7 @@ impl TestEnv {
             http: ([0, 0, 0, 0], 0).into(),
             admin: None,
             proxy_keys: String::new(),
+            control_keys: String::new(),
         }
     }
 
@@ -146,10 +159,11 @@ impl TestEnv {
     /// `body` must not open `[control]` or `[proxy]`.
     pub fn config_text(&self, body: &str) -> String {
         format!(
-            "{body}\n\n[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[proxy]\nshutdown_timeout = \"2s\"\n{}\n\
+            "{body}\n\n[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{}\n[proxy]\nshutdown_timeout = \"2s\"\n{}\n\
              [[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n",
             self.socket.display(),
             self.dir.path().join("state").display(),
+            self.control_keys,
             match self.proxy_keys.as_str() {
                 "" => String::new(),
                 keys => format!("{keys}\n"),

@@ -200,3 +200,77 @@ async fn counters_survive_reloads_and_a_removed_sites_series_disappear() {
     assert_eq!(requests(&text, "app.example", "2xx"), Some(3.0));
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controld_exports_reloads_by_result_and_its_data_planes() {
+    let app = MockUpstream::start("app").await;
+    let site = format!(
+        "[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{}\"]\n",
+        app.url()
+    );
+    let env = TestEnv::start_with_control("metrics_address = \"127.0.0.1:0\"", &site).await;
+    let address: std::net::SocketAddr = env
+        .status()
+        .await
+        .control_plane
+        .unwrap()
+        .metrics_address
+        .parse()
+        .unwrap();
+    let page = || async { get(address, "localhost", "/metrics").await.body };
+
+    let text = page().await;
+    assert_eq!(
+        metric(&text, "proxy_control_config_version"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "proxy_control_data_planes"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "proxy_control_data_planes_in_sync"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"proxy_reloads_total{result="applied"}"#),
+        Some(0.0),
+        "{text}"
+    );
+
+    let out = env.proxyctl(&["reload", "--force"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    std::fs::write(&env.config_path, "broken = [").unwrap();
+    let out = env.proxyctl(&["reload"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+
+    let text = page().await;
+    assert_eq!(
+        metric(&text, r#"proxy_reloads_total{result="applied"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"proxy_reloads_total{result="rejected"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "proxy_config_last_reload_successful"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "proxy_control_config_version"),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("proxy_config_last_reload_success_timestamp_seconds"),
+        "{text}"
+    );
+    env.stop().await;
+}

@@ -154,6 +154,7 @@ pub struct ControlFile {
     pub state_dir: Option<String>,
     pub allowed_uids: Vec<i64>,
     pub allowed_gids: Vec<i64>,
+    pub metrics_address: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -252,6 +252,8 @@ pub struct ControlConfig {
     pub allowed_uids: Vec<u32>,
     /// Primary groups (as SO_PEERCRED reports them) allowed the same.
     pub allowed_gids: Vec<u32>,
+    /// Where controld serves `/metrics`; `None`: nowhere.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

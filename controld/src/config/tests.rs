@@ -583,3 +583,24 @@ fn control_allow_lists() {
         (vec![1000], vec![50])
     );
 }
+
+#[test]
+fn a_metrics_address_is_an_ip_and_port() {
+    let c = parse(
+        &format!("[control]\nmetrics_address = \"127.0.0.1:9902\"\n{MINIMAL}"),
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.statics.control.metrics_address,
+        Some("127.0.0.1:9902".parse().unwrap())
+    );
+    let got = rendered(&format!(
+        "[control]\nmetrics_address = \"localhost\"\n{MINIMAL}"
+    ));
+    assert!(
+        got.iter()
+            .any(|g| g.contains("control.metrics_address: invalid address")),
+        "{got:#?}"
+    );
+}

@@ -276,11 +276,17 @@ fn control(file: &FileConfig, p: &mut Problems) -> ControlConfig {
     };
     let allowed_uids = ids(&file.control.allowed_uids, "allowed_uids", p);
     let allowed_gids = ids(&file.control.allowed_gids, "allowed_gids", p);
+    let metrics_address = file
+        .control
+        .metrics_address
+        .as_deref()
+        .and_then(|text| socket_addr(text, at.key("metrics_address"), p));
     ControlConfig {
         socket,
         state_dir,
         allowed_uids,
         allowed_gids,
+        metrics_address,
     }
 }
 
