@@ -203,5 +203,6 @@ pub fn local() -> DataPlaneStatusReply {
         ready: true,
         draining: false,
         started_at_unix_ms: 1_795_290_000_100,
+        open_connections: 0,
     }
 }

@@ -154,6 +154,8 @@ pub struct LocalDataPlane {
     /// A drain has begun.
     pub draining: bool,
     pub started_at_unix_ms: u64,
+    /// Client connections open now.
+    pub open_connections: u64,
     pub listeners: Vec<Listener>,
     pub upstreams: Vec<Upstream>,
 }
@@ -418,6 +420,7 @@ impl From<&pb::DataPlaneStatusReply> for LocalDataPlane {
             ready: dp.ready,
             draining: dp.draining,
             started_at_unix_ms: dp.started_at_unix_ms,
+            open_connections: dp.open_connections,
             listeners: dp.listeners.iter().map(Listener::from).collect(),
             upstreams: dp
                 .upstreams

@@ -132,7 +132,11 @@ fn control_lines(reply: &StatusReply) -> Vec<String> {
 pub fn local_section(dp: &DataPlaneStatusReply) -> Vec<String> {
     let mut out = vec![
         local_line(dp),
-        format!("listeners  {}", listener_list(&dp.listeners)),
+        format!(
+            "listeners  {}  ({} open connections)",
+            listener_list(&dp.listeners),
+            dp.open_connections
+        ),
     ];
     if !dp.upstreams.is_empty() {
         out.extend(upstream_table(&dp.upstreams));

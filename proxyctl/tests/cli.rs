@@ -323,6 +323,7 @@ fn local() -> DataPlaneStatusReply {
         ready: true,
         draining: false,
         started_at_unix_ms: 1_795_290_000_100,
+        open_connections: 0,
     }
 }
 
@@ -460,7 +461,7 @@ async fn status_with_both_adds_this_data_plane() {
          edge-1      812  4        4        yes      http=127.0.0.1:8080\n\
          \n\
          proxyd edge-1  pid 812  version 4  controld connected  ready\n\
-         listeners  http=127.0.0.1:8080\n\
+         listeners  http=127.0.0.1:8080  (0 open connections)\n\
          UPSTREAM              HEALTHY  OUTSTANDING\n\
          http://10.0.0.5:8080  yes      2\n"
     );
@@ -509,7 +510,7 @@ async fn status_with_controld_down_shows_the_data_plane_and_is_degraded() {
              \n\
              proxyd edge-1  pid 812  version 4  controld NOT connected  \
              serving a saved snapshot  ready\n\
-             listeners  http=127.0.0.1:8080\n\
+             listeners  http=127.0.0.1:8080  (0 open connections)\n\
              UPSTREAM              HEALTHY  OUTSTANDING\n\
              http://10.0.0.5:8080  yes      2\n",
             env.socket.display()

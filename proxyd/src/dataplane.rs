@@ -93,6 +93,7 @@ pub struct Report {
     pub upstreams: Vec<(String, bool, usize)>,
     pub ready: bool,
     pub draining: bool,
+    pub open_connections: u64,
     pub started_at: std::time::SystemTime,
     /// The drain deadline in force.
     pub drain_timeout: Option<Duration>,
@@ -153,6 +154,7 @@ impl DataPlane {
             upstreams: self.upstreams.list(),
             ready: self.ready.load(Ordering::Relaxed),
             draining: self.shutdown.is_cancelled(),
+            open_connections: self.metrics.open_connections(),
             started_at: self.started_at,
             drain_timeout: bound.as_ref().map(|(s, _)| s.shutdown_timeout),
         }

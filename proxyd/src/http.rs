@@ -56,6 +56,11 @@ impl Proxy {
         Proxy { runtime, metrics }
     }
 
+    /// Counts a client connection as open until the guard drops.
+    pub fn connection_opened(&self) -> crate::metrics::ConnectionOpen {
+        self.metrics.connection_opened()
+    }
+
     /// Answers one request; never fails: errors become responses in `ProxyError::into_response`.
     pub async fn handle(
         &self,

@@ -57,6 +57,7 @@ impl pb::data_plane_server::DataPlane for Service {
                 .collect(),
             ready: r.ready,
             draining: r.draining,
+            open_connections: r.open_connections,
             started_at_unix_ms: r
                 .started_at
                 .duration_since(UNIX_EPOCH)

@@ -79,6 +79,7 @@ pub struct Metrics {
     upstream_healthy: Family<UpstreamLabels, Gauge>,
     retries: Family<SiteLabels, Counter>,
     control_plane_connected: Gauge,
+    connections_open: Gauge,
 }
 
 impl Default for Metrics {
@@ -104,6 +105,7 @@ impl Metrics {
             upstream_healthy: Family::default(),
             retries: Family::default(),
             control_plane_connected: Gauge::default(),
+            connections_open: Gauge::default(),
         };
         m.register();
         // Both results exist from the start, so `rate()` and alerts see the first refusal.
@@ -173,6 +175,11 @@ impl Metrics {
             "retries",
             "Requests sent again to another upstream after a failure that was safe to retry, by site",
             self.retries.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Client connections open now, on every listener",
+            self.connections_open.clone(),
         );
         r.register(
             "control_plane_connected",
@@ -248,6 +255,16 @@ impl Metrics {
         self.upstream_healthy.remove(&UpstreamLabels {
             upstream: upstream.to_owned(),
         });
+    }
+
+    /// Counts a client connection as open until the guard drops.
+    pub fn connection_opened(&self) -> ConnectionOpen {
+        self.connections_open.inc();
+        ConnectionOpen(self.connections_open.clone())
+    }
+
+    pub fn open_connections(&self) -> u64 {
+        u64::try_from(self.connections_open.get()).unwrap_or(0)
     }
 
     /// Whether the Subscribe stream to controld is up.
@@ -334,6 +351,15 @@ pub fn status_class(status: StatusCode) -> &'static str {
 
 /// Holds one request in `proxy_requests_in_flight`; dropping it takes the request out.
 #[must_use = "the request counts as in flight only while the guard lives"]
+/// Keeps a client connection counted in `proxy_connections_open`.
+pub struct ConnectionOpen(Gauge);
+
+impl Drop for ConnectionOpen {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub struct InFlight(Gauge);
 
 impl InFlight {

@@ -71,6 +71,7 @@ pub async fn serve(
         .max_header_list_size(u32::try_from(statics.max_request_header_bytes).unwrap_or(u32::MAX));
     let drain_timeout = statics.shutdown_timeout;
     while let Some((stream, peer)) = accept(&listener, &name, &shutdown).await {
+        let open = proxy.connection_opened();
         let proxy = proxy.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
@@ -80,6 +81,7 @@ pub async fn serve(
         let connection = graceful.watch(connection.into_owned());
         let hard_stop = hard_stop.clone();
         tokio::spawn(async move {
+            let _open = open;
             tokio::select! {
                 result = connection => if let Err(e) = result {
                     tracing::debug!(client = %peer, error = %e, "connection ended with an error");

@@ -326,6 +326,12 @@ async fn health_and_shutdown_go_to_the_data_plane_itself() {
         text.contains("proxyd test-proxyd") && text.contains("controld connected  ready"),
         "{text}"
     );
+    let mut open = Conn::open(env.http).await;
+    assert_eq!(open.get("app.example", "/").await.status, 200);
+    let out = env.proxyctl(&["--json", "status"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["local_data_plane"]["open_connections"], 1, "{json}");
+    drop(open);
     let out = env.proxyctl(&["--json", "health"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

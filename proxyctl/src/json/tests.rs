@@ -162,6 +162,7 @@ fn status_with_the_local_data_plane_adds_it() {
             "ready": true,
             "draining": false,
             "started_at_unix_ms": 1_795_290_000_100_u64,
+            "open_connections": 0,
             "listeners": [
                 {"name": "http", "address": "127.0.0.1:8080"},
                 {"name": "admin", "address": "127.0.0.1:9901"}

@@ -106,7 +106,7 @@ fn several_listeners_are_listed() {
 
 const LOCAL_SECTION: &str = "\n\
     proxyd edge-1  pid 812  version 4  controld connected  ready\n\
-    listeners  http=127.0.0.1:8080, admin=127.0.0.1:9901\n\
+    listeners  http=127.0.0.1:8080, admin=127.0.0.1:9901  (0 open connections)\n\
     UPSTREAM              HEALTHY  OUTSTANDING\n\
     http://10.0.0.5:8080  yes      3\n\
     http://10.0.0.6:8080  no       0\n";
@@ -165,7 +165,7 @@ fn the_upstream_table_lines_up_and_is_left_out_without_upstreams() {
         local_section(&bare),
         [
             "proxyd edge-1  pid 812  version 4  controld connected  ready",
-            "listeners  -",
+            "listeners  -  (0 open connections)",
         ]
     );
 }
