@@ -1,4 +1,7 @@
-//! Compiles the .proto files with protox (pure Rust), so no system `protoc` is needed.
+//! Compiles the .proto files with protox (pure Rust), so no system `protoc` is needed, and keeps
+//! the encoded descriptor set for gRPC reflection and the compatibility guard.
+
+use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = ["proto/proxy/v1/control.proto"];
@@ -6,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let fds = protox::compile(files, ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("proxy_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

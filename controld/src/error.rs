@@ -29,6 +29,8 @@ pub enum Error {
         address: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("building the gRPC reflection service: {0}")]
+    Reflection(String),
     #[error("serving gRPC on the control socket: {0}")]
     Serve(#[from] tonic::transport::Error),
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod history;
 pub mod metrics;
 mod notify;
+mod redact;
 pub mod reloader;
 pub mod service;
 pub mod snapshot;
@@ -150,6 +151,7 @@ impl Controld {
             access: self.access.clone(),
             started_at: self.started_at,
             metrics_address: None,
+            shutdown: shutdown.clone(),
         };
         let metrics_address = self.serve_metrics(&shutdown).await?;
         let admin = service::AdminService {
@@ -157,9 +159,25 @@ impl Controld {
             ..admin
         };
         notify::ready(self.reloader.current().version);
+        // Discoverable with standard tools: `grpcurl -unix <socket> list`, and health probes
+        // through grpc.health.v1 with no custom client.
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Reflection(e.to_string()))?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<proto::v1::admin_server::AdminServer<service::AdminService>>()
+            .await;
+        health
+            .set_serving::<proto::v1::control_server::ControlServer<service::ControlService>>()
+            .await;
         tonic::transport::Server::builder()
             .add_service(proto::v1::control_server::ControlServer::new(control))
             .add_service(proto::v1::admin_server::AdminServer::new(admin))
+            .add_service(reflection)
+            .add_service(health_service)
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                 shutdown.cancelled().await;
                 // Before the server winds down, so it cannot be lost to the process exiting.

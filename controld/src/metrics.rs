@@ -114,7 +114,7 @@ impl Metrics {
             Outcome::Applied => "applied",
             Outcome::Unchanged => "unchanged",
             Outcome::Rejected => "rejected",
-            Outcome::DryRun => return,
+            Outcome::DryRun | Outcome::Conflict => return,
         };
         self.reloads.get_or_create(&ResultLabels { result }).inc();
         let ok = outcome != Outcome::Rejected;

@@ -31,6 +31,8 @@ pub struct ReloadOptions {
     pub force: bool,
     /// Who asked, for the history.
     pub origin: Origin,
+    /// Optimistic concurrency: reload only if this version is still serving.
+    pub if_version: Option<u64>,
 }
 
 /// Where a published version came from.
@@ -67,6 +69,8 @@ pub enum Outcome {
     Unchanged,
     Rejected,
     DryRun,
+    /// `if_version` did not match: another writer published first; nothing was read.
+    Conflict,
 }
 
 /// Everything a reload has to say; Admin.Reload sends it as is.
@@ -95,6 +99,17 @@ impl ReloadReport {
             _ => self.diff.summary(),
         }
     }
+}
+
+/// What `Reloader::validate` found.
+#[derive(Debug, Clone)]
+pub struct ValidateReport {
+    pub diagnostics: Vec<Diagnostic>,
+    pub diff: ConfigDiff,
+    pub warnings: Vec<String>,
+    pub current_version: u64,
+    /// The version a reload of the text would publish.
+    pub next_version: u64,
 }
 
 /// The last reload requested since start.
@@ -209,6 +224,13 @@ impl Reloader {
     pub async fn reload(&self, options: ReloadOptions) -> ReloadReport {
         let started = Instant::now();
         let _serialized = self.lock.lock().await;
+        let current = self.current();
+        if options.if_version.is_some_and(|v| v != current.version) {
+            return ReloadReport {
+                outcome: Outcome::Conflict,
+                ..Reloader::empty_report(&current)
+            };
+        }
         self.around(&options, started, async {
             let current = self.current();
             match config::load_with_text(&self.config_path) {
@@ -246,6 +268,7 @@ impl Reloader {
         let options = ReloadOptions {
             dry_run: false,
             force: false,
+            if_version: None,
             origin: Origin {
                 source: format!("rollback to {target}"),
                 ..origin
@@ -262,6 +285,35 @@ impl Reloader {
             })
             .await;
         Ok(report)
+    }
+
+    /// Checks `text` exactly as a reload of it would be checked, and diffs it against the
+    /// running snapshot; publishes nothing.
+    pub fn validate(&self, text: &str, file: &Path) -> ValidateReport {
+        let current = self.current();
+        let mut report = ValidateReport {
+            diagnostics: Vec::new(),
+            diff: ConfigDiff::default(),
+            warnings: Vec::new(),
+            current_version: current.version,
+            next_version: current.version,
+        };
+        match config::parse(text, file) {
+            Ok(config) => {
+                report.diff = ConfigDiff::between(&current.config, &config);
+                report.warnings = report.diff.static_warnings();
+                if Content::build(&config).hash != current.content.hash {
+                    report.next_version = current.version + 1;
+                }
+            }
+            Err(e) => report.diagnostics = e.diagnostics(file),
+        }
+        report
+    }
+
+    /// The config text `version` was built from, if the history still has it.
+    pub fn config_text(&self, version: u64) -> Option<String> {
+        self.history.config_text(version)
     }
 
     /// The recorded versions, newest first.

@@ -130,6 +130,7 @@ pub struct AdminService {
     pub started_at: SystemTime,
     /// Where `/metrics` is served, when it is.
     pub metrics_address: Option<std::net::SocketAddr>,
+    pub shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -147,6 +148,7 @@ impl pb::admin_server::Admin for AdminService {
         let options = ReloadOptions {
             dry_run: req.dry_run,
             force: req.force,
+            if_version: req.if_version,
             origin: Origin {
                 source: "reload".to_owned(),
                 uid: caller.and_then(|c| c.uid),
@@ -166,7 +168,74 @@ impl pb::admin_server::Admin for AdminService {
             );
             audit("Reload", &caller, &outcome.to_ascii_lowercase());
         }
+        if report.outcome == Outcome::Conflict {
+            return Err(Status::failed_precondition(format!(
+                "version is now {}: another writer published first; nothing was reloaded",
+                report.version
+            )));
+        }
         Ok(Response::new(reload_reply(&report, &self.reloader)))
+    }
+
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateReply>, Status> {
+        let req = request.into_inner();
+        let name = if req.file_name.is_empty() {
+            "candidate.toml".to_owned()
+        } else {
+            req.file_name
+        };
+        let report = self
+            .reloader
+            .validate(&req.config_text, std::path::Path::new(&name));
+        Ok(Response::new(pb::ValidateReply {
+            valid: report.diagnostics.is_empty(),
+            diagnostics: report.diagnostics.iter().map(diagnostic).collect(),
+            diff: Some(report.diff.to_proto()),
+            warnings: report.warnings,
+            current_version: report.current_version,
+            next_version: report.next_version,
+        }))
+    }
+
+    async fn get_config(
+        &self,
+        _: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::GetConfigReply>, Status> {
+        let current = self.reloader.current();
+        let text = self
+            .reloader
+            .config_text(current.version)
+            .unwrap_or_default();
+        Ok(Response::new(pb::GetConfigReply {
+            version: current.version,
+            content_hash: current.content.hash.clone(),
+            config_text: crate::redact::redact(&text),
+            snapshot: Some(crate::redact::snapshot(
+                current.content.versioned(current.version),
+            )),
+            config_path: self.reloader.config_path().display().to_string(),
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        request: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownReply>, Status> {
+        let caller = self.access.authorize(&request, "Shutdown")?;
+        audit("Shutdown", &caller, "stopping");
+        tracing::info!("shutdown requested on the control socket");
+        // Answer first: the server stops taking calls once the token is cancelled.
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            shutdown.cancel();
+        });
+        Ok(Response::new(pb::ShutdownReply {
+            version: self.reloader.current().version,
+        }))
     }
 
     async fn rollback(
@@ -284,6 +353,8 @@ fn outcome(o: Outcome) -> pb::ReloadOutcome {
         Outcome::Unchanged => pb::ReloadOutcome::Unchanged,
         Outcome::Rejected => pb::ReloadOutcome::Rejected,
         Outcome::DryRun => pb::ReloadOutcome::DryRun,
+        // Answered as FAILED_PRECONDITION before a reply is built.
+        Outcome::Conflict => pb::ReloadOutcome::Unspecified,
     }
 }
 
@@ -292,17 +363,7 @@ fn reload_reply(report: &ReloadReport, reloader: &Reloader) -> pb::ReloadReply {
         outcome: outcome(report.outcome).into(),
         previous_version: report.previous_version,
         version: report.version,
-        diagnostics: report
-            .diagnostics
-            .iter()
-            .map(|d| pb::Diagnostic {
-                key_path: d.key_path.clone(),
-                file: d.file.display().to_string(),
-                line: d.line,
-                column: d.column,
-                message: d.message.clone(),
-            })
-            .collect(),
+        diagnostics: report.diagnostics.iter().map(diagnostic).collect(),
         diff: Some(report.diff.to_proto()),
         warnings: report.warnings.clone(),
         data_planes: report
@@ -324,5 +385,15 @@ fn reload_reply(report: &ReloadReport, reloader: &Reloader) -> pb::ReloadReply {
             .collect(),
         duration_ms: u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
         config_path: reloader.config_path().display().to_string(),
+    }
+}
+
+fn diagnostic(d: &crate::config::Diagnostic) -> pb::Diagnostic {
+    pb::Diagnostic {
+        key_path: d.key_path.clone(),
+        file: d.file.display().to_string(),
+        line: d.line,
+        column: d.column,
+        message: d.message.clone(),
     }
 }

@@ -12,6 +12,10 @@ pub mod v1 {
     tonic::include_proto!("proxy.v1");
 }
 
+/// The encoded `FileDescriptorSet` of `proxy.v1`, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/proxy_descriptor.bin"));
+
 /// The build version every binary reports (Hello, Status, `--version`).
 pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
 

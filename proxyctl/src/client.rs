@@ -18,8 +18,9 @@ use std::time::Duration;
 use proto::v1::admin_client::AdminClient;
 use proto::v1::data_plane_client::DataPlaneClient;
 use proto::v1::{
-    DataPlaneStatusReply, DataPlaneStatusRequest, DrainReply, DrainRequest, HistoryReply,
-    HistoryRequest, ReloadReply, ReloadRequest, RollbackRequest, StatusReply, StatusRequest,
+    DataPlaneStatusReply, DataPlaneStatusRequest, DrainReply, DrainRequest, GetConfigReply,
+    GetConfigRequest, HistoryReply, HistoryRequest, ReloadReply, ReloadRequest, RollbackRequest,
+    StatusReply, StatusRequest, ValidateReply, ValidateRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
@@ -81,8 +82,9 @@ pub enum Error {
     },
     /// The daemon is fine and refused this request: the caller may not make changes
     /// (PERMISSION_DENIED), the version is unknown (NOT_FOUND), there is nothing to roll back to
-    /// (FAILED_PRECONDITION), or the request is malformed (INVALID_ARGUMENT). `message` is the
-    /// daemon's own, on one line.
+    /// or another writer published first (`reload --if-version`) (FAILED_PRECONDITION), or the
+    /// request is malformed (INVALID_ARGUMENT). `message` is the daemon's own, on one line:
+    /// `reload: version is now 13: another writer published first; nothing was reloaded`.
     #[error("{call}: {message}")]
     Refused {
         call: &'static str,
@@ -247,6 +249,20 @@ impl Admin {
         let answer = self.client.rollback(request);
         self.target.finish("rollback", answer).await
     }
+
+    /// `Admin.Validate`, for `check --remote`: nothing is applied.
+    pub async fn validate(&mut self, request: ValidateRequest) -> Result<ValidateReply, Error> {
+        let request = self.target.request(request);
+        let answer = self.client.validate(request);
+        self.target.finish("check", answer).await
+    }
+
+    /// `Admin.GetConfig`, for `config show`.
+    pub async fn get_config(&mut self) -> Result<GetConfigReply, Error> {
+        let request = self.target.request(GetConfigRequest {});
+        let answer = self.client.get_config(request);
+        self.target.finish("config show", answer).await
+    }
 }
 
 /// A connected DataPlane client (the local proxyd) with the deadline every call gets.
@@ -381,7 +397,7 @@ fn describe_connect_failure(err: &(dyn StdError + 'static)) -> (String, bool) {
 }
 
 /// The OS message without Rust's " (os error 2)" suffix: "No such file or directory".
-fn describe_io(err: &io::Error) -> String {
+pub fn describe_io(err: &io::Error) -> String {
     let text = err.to_string();
     match err.raw_os_error() {
         Some(code) => text
@@ -508,6 +524,13 @@ mod tests {
                 "rollback",
                 Status::failed_precondition("there is no earlier version to roll back to"),
                 "rollback: there is no earlier version to roll back to",
+            ),
+            (
+                "reload",
+                Status::failed_precondition(
+                    "version is now 13: another writer published first; nothing was reloaded",
+                ),
+                "reload: version is now 13: another writer published first; nothing was reloaded",
             ),
             (
                 "rollback",

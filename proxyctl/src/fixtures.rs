@@ -3,8 +3,9 @@
 
 use proto::v1::{
     BoundListener, ConfigDiff, ControlPlaneStatus, DataPlaneOutcome, DataPlaneResult,
-    DataPlaneStatus, DataPlaneStatusReply, Diagnostic, FieldChange, HistoryEntry, HistoryReply,
-    LastReload, ReloadOutcome, ReloadReply, StatusReply, UpstreamStatus,
+    DataPlaneStatus, DataPlaneStatusReply, Diagnostic, FieldChange, GetConfigReply, HistoryEntry,
+    HistoryReply, LastReload, ReloadOutcome, ReloadReply, Snapshot, StatusReply, UpstreamStatus,
+    ValidateReply,
 };
 
 pub fn change(field: &str, old: &str, new: &str) -> FieldChange {
@@ -204,5 +205,61 @@ pub fn local() -> DataPlaneStatusReply {
         draining: false,
         started_at_unix_ms: 1_795_290_000_100,
         open_connections: 0,
+    }
+}
+
+/// `Admin.Validate` finds the candidate valid: version 4 would become 5 with [`diff`], and one
+/// static field would change.
+pub fn validated() -> ValidateReply {
+    ValidateReply {
+        valid: true,
+        diagnostics: Vec::new(),
+        diff: Some(diff()),
+        warnings: vec!["proxy.admin_address changed; it takes effect on restart".into()],
+        current_version: 4,
+        next_version: 5,
+    }
+}
+
+/// `Admin.Validate` finds two problems in `new.toml`; the second one has no file of its own.
+pub fn invalid() -> ValidateReply {
+    ValidateReply {
+        valid: false,
+        diagnostics: vec![
+            Diagnostic {
+                key_path: "sites[0].upstreams[0]".into(),
+                file: "new.toml".into(),
+                line: 7,
+                column: 14,
+                message: "invalid URL: relative URL without a base".into(),
+            },
+            Diagnostic {
+                key_path: "rate_limit.burst".into(),
+                file: String::new(),
+                line: 0,
+                column: 0,
+                message: "must be > 0".into(),
+            },
+        ],
+        diff: Some(ConfigDiff::default()),
+        warnings: Vec::new(),
+        current_version: 4,
+        next_version: 4,
+    }
+}
+
+/// `Admin.GetConfig` at version 4, its text still in the history.
+pub fn config() -> GetConfigReply {
+    GetConfigReply {
+        version: 4,
+        content_hash: "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12".into(),
+        config_text:
+            "[[sites]]\nhostnames = [\"a.example\"]\nupstreams = [\"http://10.0.0.5:8080\"]\n"
+                .into(),
+        snapshot: Some(Snapshot {
+            version: 4,
+            ..Snapshot::default()
+        }),
+        config_path: "/etc/proxyd/proxy.toml".into(),
     }
 }

@@ -1,15 +1,33 @@
 //! `--json`: the stable, documented shape of every answer, for scripts.
 //!
-//! Proto types stop here: these structs are converted from them and are the contract.
+//! Proto types (and controld's own config types, for a local `check`) stop here: these structs
+//! are converted from them and are the contract. One object per command:
 //!
-//! Rules: field names never change and are only ever added; enums are lower-case strings
-//! (`"applied"`, `"unchanged"`, `"rejected"`, `"dry_run"`; `"acked"`, `"nacked"`, `"timed_out"`,
-//! `"disconnected"`), with `"unspecified"` for a missing value and `"unknown"` for a value newer
-//! than this proxyctl; times are Unix milliseconds; the optional fields (`key_path`, `error`,
-//! `last_nack_version`, `last_nack_error`, `last_reload`, a history entry's `uid` and `pid`,
-//! `status`'s `control_plane` and `local_data_plane`, `health`'s `reason`, `shutdown`'s `stopped`)
-//! are `null` when absent. `rollback` answers with the same object as `reload`.
-//! The exit code is the same as without `--json`; connection errors go to stderr as text.
+//! | command | object |
+//! |---|---|
+//! | `reload`, `rollback` | [`Reload`] |
+//! | `check FILE` | [`Check`] |
+//! | `check --remote FILE` | [`RemoteCheck`] |
+//! | `config show` | [`ConfigShow`] |
+//! | `status` | [`Status`] |
+//! | `health` | [`Health`] |
+//! | `shutdown` | [`Shutdown`] |
+//! | `history` | [`History`] |
+//! | `version` | [`Version`] |
+//!
+//! Rules: fields are only ever added, never renamed, retyped or removed, so a script that reads
+//! a field today reads it tomorrow; the order of the fields is not part of the contract. Enums
+//! are lower-case strings (`"applied"`, `"unchanged"`, `"rejected"`, `"dry_run"`; `"acked"`,
+//! `"nacked"`, `"timed_out"`, `"disconnected"`), with `"unspecified"` for a missing value and
+//! `"unknown"` for a value newer than this proxyctl; times are Unix milliseconds; the optional
+//! fields (`key_path`, `error`, `last_nack_version`, `last_nack_error`, `last_reload`, a history
+//! entry's `uid` and `pid`, `status`'s `control_plane` and `local_data_plane`, `health`'s
+//! `reason`, `shutdown`'s `stopped`, a local `check`'s `sites` and `listeners`) are `null` when
+//! absent. Lists are always present, `[]` when empty; `diff` is always an object. `rollback`
+//! answers with the same object as `reload`; a diagnostic and a diff have the same shape in
+//! every answer that holds one.
+//! The exit code is the same as without `--json`; failures to reach a daemon, and a file
+//! `check --remote` cannot read, go to stderr as text with nothing on stdout.
 
 use proto::v1 as pb;
 use serde::Serialize;
@@ -75,6 +93,52 @@ pub struct DataPlaneOutcome {
     pub serving_version: u64,
     /// The NACK's reason; `null` otherwise.
     pub error: Option<String>,
+}
+
+/// `proxyctl --json check FILE`: the file checked here, by the code controld itself runs.
+#[derive(Debug, Serialize)]
+pub struct Check {
+    /// No diagnostics: the exit code is 0 exactly when this is true.
+    pub valid: bool,
+    /// Every problem in the file; `[]` when valid. A file that cannot be read is one diagnostic.
+    pub diagnostics: Vec<Diagnostic>,
+    /// How many sites the file declares; `null` when it is invalid.
+    pub sites: Option<usize>,
+    /// How many listeners (`[[proxy.listeners]]`) it declares; `null` when it is invalid.
+    pub listeners: Option<usize>,
+}
+
+/// `proxyctl --json check --remote FILE`: what the running controld says about the file.
+#[derive(Debug, Serialize)]
+pub struct RemoteCheck {
+    /// No diagnostics: the exit code is 0 exactly when this is true.
+    pub valid: bool,
+    /// The version serving now.
+    pub current_version: u64,
+    /// The version a reload of the file would publish; `current_version` when it would change
+    /// nothing (and when the file is invalid).
+    pub next_version: u64,
+    /// What a reload would change (same shape as `reload`'s); empty lists when invalid.
+    pub diff: Diff,
+    /// One per static field it would change (takes effect on restart).
+    pub warnings: Vec<String>,
+    /// Every problem, named after FILE as given on the command line; `[]` when valid.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// `proxyctl --json config show`: the serving version's config.
+#[derive(Debug, Serialize)]
+pub struct ConfigShow {
+    /// The version serving now.
+    pub version: u64,
+    /// Hex SHA-256 of the serving snapshot's content.
+    pub content_hash: String,
+    /// The file controld reads on reload; it may differ from `config_text` after a rollback or
+    /// an edit not reloaded yet.
+    pub config_path: String,
+    /// The text the serving version was built from, secret-looking values replaced by
+    /// `<redacted>`; `""` when it is no longer in controld's history.
+    pub config_text: String,
 }
 
 /// `proxyctl --json status`: what controld and the local proxyd said.
@@ -324,6 +388,44 @@ impl From<&pb::Diagnostic> for Diagnostic {
             column: d.column,
             key_path: non_empty(&d.key_path),
             message: d.message.clone(),
+        }
+    }
+}
+
+/// A diagnostic from a local check: the same shape as controld's.
+impl From<&controld::config::Diagnostic> for Diagnostic {
+    fn from(d: &controld::config::Diagnostic) -> Self {
+        Diagnostic {
+            file: d.file.display().to_string(),
+            line: d.line,
+            column: d.column,
+            key_path: non_empty(&d.key_path),
+            message: d.message.clone(),
+        }
+    }
+}
+
+impl RemoteCheck {
+    /// `valid` is what the exit code says: see [`crate::check::remote_is_valid`].
+    pub fn new(reply: &pb::ValidateReply, valid: bool) -> Self {
+        RemoteCheck {
+            valid,
+            current_version: reply.current_version,
+            next_version: reply.next_version,
+            diff: reply.diff.as_ref().map(Diff::from).unwrap_or_default(),
+            warnings: reply.warnings.clone(),
+            diagnostics: reply.diagnostics.iter().map(Diagnostic::from).collect(),
+        }
+    }
+}
+
+impl From<&pb::GetConfigReply> for ConfigShow {
+    fn from(reply: &pb::GetConfigReply) -> Self {
+        ConfigShow {
+            version: reply.version,
+            content_hash: reply.content_hash.clone(),
+            config_path: reply.config_path.clone(),
+            config_text: reply.config_text.clone(),
         }
     }
 }

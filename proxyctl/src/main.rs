@@ -3,11 +3,14 @@
 //!
 //! The operator's and deploy scripts' handle on controld, and on the proxyd of this host through
 //! its own socket, which answers while controld is down: `status` asks both, `health` and
-//! `shutdown` only proxyd. Rendering lives in `reload` (also for `rollback`), `status`,
+//! `shutdown` only proxyd, and `check` without `--remote` neither (it runs controld's own config
+//! code here). Rendering lives in `reload` (also for `rollback`), `check`, `config`, `status`,
 //! `history`, `health`, `shutdown` and `json`; this file only wires them to the clients and turns
 //! outcomes into exit codes.
 
+mod check;
 mod client;
+mod config;
 mod exit;
 #[cfg(test)]
 mod fixtures;
@@ -20,12 +23,12 @@ mod shutdown;
 mod status;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use proto::v1::{ReloadRequest, RollbackRequest};
+use proto::v1::{ReloadRequest, RollbackRequest, ValidateRequest};
 
 use crate::client::{Admin, DataPlane};
 use crate::exit::Exit;
@@ -36,7 +39,8 @@ use crate::status::{Local, Report};
 /// local proxyd's own socket.
 ///
 /// Exit codes: 0 ok; 1 operation failed (reload or rollback rejected or not applied by every data
-/// plane, refused by controld or proxyd: not allowed, unknown version, nothing to roll back to;
+/// plane, refused by controld or proxyd: not allowed, unknown version, nothing to roll back to,
+/// reload --if-version: another version serves now; check: the file is invalid or unreadable;
 /// status degraded or controld down; health: not ready or draining; shutdown --wait: proxyd
 /// still running at --timeout); 2 usage; 3 not running (status: neither controld nor proxyd
 /// answers; health, shutdown: proxyd); 69 controld (health, shutdown: proxyd) unreachable or no
@@ -47,9 +51,13 @@ use crate::status::{Local, Report};
     version = proto::BUILD_VERSION,
     after_help = "Examples:
   proxyctl status                          controld, every data plane and this host's proxyd
+  proxyctl check new.toml                  validate a file here, with controld's own checks
+  proxyctl check --remote new.toml         ask the running controld what it would change
   proxyctl reload --dry-run                what the file on disk would change
   proxyctl reload                          publish it; returns once every data plane applied it
   proxyctl --json reload | jq .version     the same, for scripts
+  proxyctl reload --if-version 12          only if version 12 still serves (else exit 1)
+  proxyctl config show                     the config text the serving version was built from
   proxyctl history                         the versions published recently
   proxyctl rollback 12                     publish version 12's config again, as a new version
   proxyctl health                          is this host's proxyd serving? (asks proxyd only)
@@ -59,11 +67,15 @@ use crate::status::{Local, Report};
 Exit codes:
   0   ok
   1   operation failed: rejected, refused by a data plane, by controld or by proxyd;
-      status degraded (also: controld down while proxyd answers); health: not ready or
-      draining; shutdown --wait: proxyd still running after --timeout
+      reload --if-version: another version serves now; check: the file is invalid (or
+      unreadable); status degraded (also: controld down while proxyd answers); health: not
+      ready or draining; shutdown --wait: proxyd still running after --timeout
   2   usage error
   3   not running: status: neither controld nor proxyd answers; health, shutdown: proxyd
   69  controld unreachable (proxyd for health, shutdown), or no answer within --timeout
+
+--json: every command prints one JSON object on stdout; its fields are only ever added, never
+renamed or removed.
 
 The sockets: --socket PATH, or PROXYCTL_SOCKET (controld, default /run/controld/control.sock);
 --data-plane-socket PATH, or PROXYCTL_DATA_PLANE_SOCKET (this host's proxyd, default
@@ -113,6 +125,27 @@ enum Command {
         /// Publish a new version even when the file did not change.
         #[arg(long)]
         force: bool,
+        /// Reload only if VERSION still serves (see `status`); if another writer published
+        /// first, publish nothing and exit 1 ("version is now N").
+        #[arg(long, value_name = "VERSION")]
+        if_version: Option<u64>,
+    },
+    /// Check a config file without applying it: here, with controld's own validation (no daemon
+    /// needed), or with --remote by the running controld, which also says what a reload of it
+    /// would change. Exits 0 when valid, 1 when not (every problem is printed).
+    Check {
+        /// The config file to check.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Send the file to the running controld (Admin.Validate) and show what a reload of it
+        /// would change against the serving version; nothing is applied.
+        #[arg(long)]
+        remote: bool,
+    },
+    /// The running config, as controld has it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Show controld, every connected data plane and this host's proxyd; exits 1 when degraded
     /// (no data plane, one lags, the local one is not ready or cut off, controld is down).
@@ -145,6 +178,13 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the config text the serving version was built from (secret-looking values
+    /// redacted), under a `# version N (sha256 ...) from PATH` comment.
+    Show,
+}
+
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     if timeout.is_zero() {
@@ -161,8 +201,16 @@ async fn main() -> ExitCode {
 
 async fn run(cli: &Cli) -> Exit {
     match cli.command {
-        Command::Reload { dry_run, force } => {
-            let request = ReloadRequest { dry_run, force };
+        Command::Reload {
+            dry_run,
+            force,
+            if_version,
+        } => {
+            let request = ReloadRequest {
+                dry_run,
+                force,
+                if_version,
+            };
             match call(cli, |mut admin| async move { admin.reload(request).await }).await {
                 Ok(reply) => answer(
                     cli,
@@ -186,6 +234,28 @@ async fn run(cli: &Cli) -> Exit {
                 Err(err) => fail(&err, &cli.command),
             }
         }
+        Command::Check {
+            ref file,
+            remote: false,
+        } => {
+            let report = check::local(file);
+            answer(cli, || report.to_json(), || report.render(), report.exit())
+        }
+        Command::Check {
+            ref file,
+            remote: true,
+        } => check_remote(cli, file).await,
+        Command::Config {
+            command: ConfigCommand::Show,
+        } => match call(cli, |mut admin| async move { admin.get_config().await }).await {
+            Ok(reply) => answer(
+                cli,
+                || json::ConfigShow::from(&reply),
+                || config::render_show(&reply),
+                Exit::Ok,
+            ),
+            Err(err) => fail(&err, &cli.command),
+        },
         Command::Status => {
             // Both at once: a daemon that does not answer costs its timeout only once.
             let (control, local) = tokio::join!(
@@ -297,6 +367,37 @@ fn status(
     )
 }
 
+/// `check --remote FILE`: reads FILE here and has controld validate its text; the diagnostics
+/// name FILE as given.
+async fn check_remote(cli: &Cli, file: &Path) -> Exit {
+    let config_text = match check::read(file) {
+        Ok(text) => text,
+        Err(err) => {
+            output::error(&err);
+            return Exit::Failed;
+        }
+    };
+    let file_name = file.display().to_string();
+    let request = ValidateRequest {
+        config_text,
+        file_name: file_name.clone(),
+    };
+    match call(
+        cli,
+        |mut admin| async move { admin.validate(request).await },
+    )
+    .await
+    {
+        Ok(reply) => answer(
+            cli,
+            || json::RemoteCheck::new(&reply, check::remote_is_valid(&reply)),
+            || check::render_remote(&reply, &file_name),
+            check::remote_exit(&reply),
+        ),
+        Err(err) => fail(&err, &cli.command),
+    }
+}
+
 /// `shutdown [--wait]`: learns the node's name, starts the drain, and with `--wait` watches the
 /// socket until proxyd has gone (at most `--timeout`).
 async fn shutdown(cli: &Cli, wait: bool) -> Exit {
@@ -389,8 +490,6 @@ fn error_exit(err: &client::Error, command: &Command) -> Exit {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     fn connect_error(not_running: bool) -> client::Error {
@@ -409,8 +508,18 @@ mod tests {
         let reload = Command::Reload {
             dry_run: false,
             force: false,
+            if_version: None,
         };
         assert_eq!(error_exit(&missing, &reload), Exit::Unavailable);
+        let check = Command::Check {
+            file: PathBuf::from("proxy.toml"),
+            remote: true,
+        };
+        assert_eq!(error_exit(&missing, &check), Exit::Unavailable);
+        let show = Command::Config {
+            command: ConfigCommand::Show,
+        };
+        assert_eq!(error_exit(&missing, &show), Exit::Unavailable);
         let broken = connect_error(false);
         assert_eq!(error_exit(&broken, &Command::Status), Exit::Unavailable);
         let timeout = client::Error::Timeout {
@@ -460,6 +569,14 @@ mod tests {
             Command::Reload {
                 dry_run: false,
                 force: false,
+                if_version: Some(3),
+            },
+            Command::Check {
+                file: PathBuf::from("proxy.toml"),
+                remote: true,
+            },
+            Command::Config {
+                command: ConfigCommand::Show,
             },
             Command::Rollback { version: Some(9) },
             Command::Rollback { version: None },
@@ -527,9 +644,49 @@ mod tests {
             cli.command,
             Command::Reload {
                 dry_run: true,
-                force: false
+                force: false,
+                if_version: None,
             }
         ));
+    }
+
+    #[test]
+    fn reload_takes_if_version() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.command);
+        assert!(matches!(
+            parse(&["proxyctl", "reload", "--if-version", "12"]),
+            Ok(Command::Reload {
+                if_version: Some(12),
+                dry_run: false,
+                force: false,
+            })
+        ));
+        assert!(parse(&["proxyctl", "reload", "--if-version"]).is_err());
+        assert!(parse(&["proxyctl", "reload", "--if-version", "twelve"]).is_err());
+    }
+
+    #[test]
+    fn check_takes_a_file_and_config_show_is_a_subcommand() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.command);
+        let Ok(Command::Check { file, remote }) = parse(&["proxyctl", "check", "new.toml"]) else {
+            panic!("check FILE");
+        };
+        assert_eq!((file.as_path(), remote), (Path::new("new.toml"), false));
+        assert!(matches!(
+            parse(&["proxyctl", "check", "--remote", "new.toml", "--json"]),
+            Ok(Command::Check { remote: true, .. })
+        ));
+        assert!(parse(&["proxyctl", "check"]).is_err(), "FILE is required");
+        assert!(matches!(
+            parse(&["proxyctl", "config", "show", "--json"]),
+            Ok(Command::Config {
+                command: ConfigCommand::Show
+            })
+        ));
+        assert!(
+            parse(&["proxyctl", "config"]).is_err(),
+            "config needs a subcommand"
+        );
     }
 
     #[test]

@@ -17,9 +17,10 @@ use proto::v1::admin_server::{Admin, AdminServer};
 use proto::v1::data_plane_server::{DataPlane, DataPlaneServer};
 use proto::v1::{
     BoundListener, ConfigDiff, ControlPlaneStatus, DataPlaneOutcome, DataPlaneResult,
-    DataPlaneStatus, DataPlaneStatusReply, DataPlaneStatusRequest, DrainReply, DrainRequest,
-    HistoryEntry, HistoryReply, HistoryRequest, ReloadOutcome, ReloadReply, ReloadRequest,
-    RollbackRequest, StatusReply, StatusRequest, UpstreamStatus,
+    DataPlaneStatus, DataPlaneStatusReply, DataPlaneStatusRequest, Diagnostic, DrainReply,
+    DrainRequest, GetConfigReply, GetConfigRequest, HistoryEntry, HistoryReply, HistoryRequest,
+    ReloadOutcome, ReloadReply, ReloadRequest, RollbackRequest, ShutdownReply, ShutdownRequest,
+    Snapshot, StatusReply, StatusRequest, UpstreamStatus, ValidateReply, ValidateRequest,
 };
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
@@ -35,12 +36,22 @@ enum Answer {
 /// Every Reload request the fake got, with its `grpc-timeout` header.
 type Seen = Arc<Mutex<Vec<(ReloadRequest, Option<String>)>>>;
 
-/// A controld stand-in that records every Reload request it gets. History and Rollback give
-/// fixed answers: versions 1 and 2 (serving) exist, so only version 1 can be restored.
+/// Every Validate request the fake got.
+type Validated = Arc<Mutex<Vec<ValidateRequest>>>;
+
+/// The version the fake's Reload, Validate and GetConfig take as serving.
+const SERVING: u64 = 4;
+
+/// A controld stand-in that records every Reload and Validate request it gets. History and
+/// Rollback give fixed answers: versions 1 and 2 (serving) exist, so only version 1 can be
+/// restored. Reload with an `if_version` other than [`SERVING`] is refused the way controld
+/// refuses it; Validate finds a text with `not-a-url` in it invalid, any other valid
+/// ([`validated`]); GetConfig answers [`running_config`].
 struct Fake {
     reload: Answer,
     status: StatusReply,
     seen: Seen,
+    validated: Validated,
 }
 
 #[tonic::async_trait]
@@ -58,6 +69,13 @@ impl Admin for Fake {
             .lock()
             .unwrap()
             .push((*request.get_ref(), deadline));
+        if let Some(expected) = request.get_ref().if_version
+            && expected != SERVING
+        {
+            return Err(Status::failed_precondition(format!(
+                "version is now {SERVING}: another writer published first; nothing was reloaded"
+            )));
+        }
         match &self.reload {
             Answer::Reply(reply) => Ok(Response::new(ReloadReply::clone(reply))),
             Answer::Deny(why) => Err(Status::permission_denied(*why)),
@@ -83,6 +101,80 @@ impl Admin for Fake {
                 "version {version} is not in the history"
             ))),
         }
+    }
+
+    async fn validate(
+        &self,
+        request: Request<ValidateRequest>,
+    ) -> Result<Response<ValidateReply>, Status> {
+        let request = request.into_inner();
+        self.validated.lock().unwrap().push(request.clone());
+        if request.config_text.contains("not-a-url") {
+            return Ok(Response::new(rejected_candidate(&request.file_name)));
+        }
+        Ok(Response::new(validated()))
+    }
+
+    async fn get_config(
+        &self,
+        _: Request<GetConfigRequest>,
+    ) -> Result<Response<GetConfigReply>, Status> {
+        Ok(Response::new(running_config()))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownReply>, Status> {
+        Ok(Response::new(ShutdownReply { version: SERVING }))
+    }
+}
+
+/// A valid candidate: version 4 would become 5 by adding `b.example`, and one static field
+/// would change.
+fn validated() -> ValidateReply {
+    ValidateReply {
+        valid: true,
+        diagnostics: Vec::new(),
+        diff: Some(ConfigDiff {
+            sites_added: vec!["b.example".into()],
+            ..ConfigDiff::default()
+        }),
+        warnings: vec!["proxy.admin_address changed; it takes effect on restart".into()],
+        current_version: SERVING,
+        next_version: SERVING + 1,
+    }
+}
+
+/// An invalid candidate: one problem, in the file the request named.
+fn rejected_candidate(file_name: &str) -> ValidateReply {
+    ValidateReply {
+        valid: false,
+        diagnostics: vec![Diagnostic {
+            key_path: "sites[0].upstreams[0]".into(),
+            file: file_name.into(),
+            line: 3,
+            column: 13,
+            message: "invalid URL: relative URL without a base".into(),
+        }],
+        diff: Some(ConfigDiff::default()),
+        warnings: Vec::new(),
+        current_version: SERVING,
+        next_version: SERVING,
+    }
+}
+
+/// Version 4's config as GetConfig returns it.
+fn running_config() -> GetConfigReply {
+    GetConfigReply {
+        version: SERVING,
+        content_hash: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+        config_text: "[[sites]]\nhostnames = [\"a.example\"]\n".into(),
+        snapshot: Some(Snapshot {
+            version: SERVING,
+            ..Snapshot::default()
+        }),
+        config_path: "/etc/proxyd/proxy.toml".into(),
     }
 }
 
@@ -185,10 +277,11 @@ impl DataPlane for FakeDataPlane {
 /// A temporary directory with room for both sockets; each fake is started on demand, so that a
 /// test can leave either daemon "not running" (its socket file missing).
 struct Env {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     socket: PathBuf,
     data_plane_socket: PathBuf,
     seen: Seen,
+    validated: Validated,
     drains: Arc<AtomicUsize>,
 }
 
@@ -206,8 +299,9 @@ impl Env {
         Env {
             socket: dir.path().join("control.sock"),
             data_plane_socket: dir.path().join("admin.sock"),
-            _dir: dir,
+            dir,
             seen: Arc::default(),
+            validated: Arc::default(),
             drains: Arc::default(),
         }
     }
@@ -218,6 +312,7 @@ impl Env {
             reload,
             status,
             seen: Arc::clone(&self.seen),
+            validated: Arc::clone(&self.validated),
         };
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -382,7 +477,8 @@ async fn applied_reload_prints_the_change_and_exits_0() {
         seen[0].0,
         ReloadRequest {
             dry_run: false,
-            force: true
+            force: true,
+            if_version: None,
         }
     );
     assert!(seen[0].1.is_some(), "the deadline travels to controld");
@@ -790,4 +886,241 @@ async fn completions_and_help_need_no_daemon() {
             && help.contains("--data-plane-socket"),
         "{help}"
     );
+    assert!(
+        help.contains("proxyctl check --remote")
+            && help.contains("--if-version")
+            && help.contains("proxyctl config show"),
+        "{help}"
+    );
+}
+
+/// A valid config with one site, and one whose upstream is no URL.
+const VALID_CONFIG: &str = "[[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:8080\"\n\n\
+                            [[sites]]\nhostnames = [\"b.example\"]\n\
+                            upstreams = [\"http://127.0.0.1:9000\"]\n";
+const INVALID_CONFIG: &str =
+    "[[sites]]\nhostnames = [\"b.example\"]\nupstreams = [\"not-a-url\"]\n";
+
+#[tokio::test]
+async fn check_remote_shows_what_a_reload_would_change() {
+    let env = Env::start(Answer::Deny("unused"), StatusReply::default()).await;
+    let file = env.dir.path().join("new.toml");
+    std::fs::write(&file, VALID_CONFIG).unwrap();
+    let file = file.to_str().unwrap();
+
+    let out = env.proxyctl(&["check", "--remote", file]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "valid: version 4 would become 5 (1 site added: b.example)\n\
+         warning: proxy.admin_address changed; it takes effect on restart\n"
+    );
+    let seen = env.validated.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [ValidateRequest {
+            config_text: VALID_CONFIG.into(),
+            file_name: file.into(),
+        }],
+        "the text and the name as given travel to controld"
+    );
+
+    let json = env.proxyctl(&["--json", "check", "--remote", file]).await;
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({
+            "valid": true,
+            "current_version": 4,
+            "next_version": 5,
+            "diff": {"sites_added": ["b.example"], "sites_removed": [], "sites_modified": [],
+                     "limits_changed": [], "static_changed": []},
+            "warnings": ["proxy.admin_address changed; it takes effect on restart"],
+            "diagnostics": []
+        })
+    );
+}
+
+#[tokio::test]
+async fn check_remote_of_an_invalid_file_exits_1_with_every_problem() {
+    let env = Env::start(Answer::Deny("unused"), StatusReply::default()).await;
+    let dir = env.dir.path();
+    std::fs::write(dir.join("bad.toml"), INVALID_CONFIG).unwrap();
+    // Relative to the working directory: the diagnostics name FILE as given.
+    let run_in = |args: &'static [&'static str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_proxyctl"));
+        command
+            .args(args)
+            .current_dir(dir)
+            .env("PROXYCTL_SOCKET", &env.socket);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let out = run_in(&["check", "--remote", "bad.toml"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "bad.toml:3:13: sites[0].upstreams[0]: invalid URL: relative URL without a base\n\
+         invalid (1 problem): a reload of it would be rejected; version 4 would keep serving\n"
+    );
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+
+    let json = run_in(&["check", "--remote", "bad.toml", "--json"])
+        .await
+        .unwrap();
+    assert_eq!(json.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["valid"], false);
+    assert_eq!(value["next_version"], 4);
+    assert_eq!(
+        value["diagnostics"],
+        serde_json::json!([{"file": "bad.toml", "line": 3, "column": 13,
+                            "key_path": "sites[0].upstreams[0]",
+                            "message": "invalid URL: relative URL without a base"}])
+    );
+}
+
+#[tokio::test]
+async fn check_remote_of_a_missing_file_is_1_and_asks_nobody() {
+    let env = Env::start(Answer::Deny("unused"), StatusReply::default()).await;
+    let missing = env.dir.path().join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    let out = env
+        .proxyctl(&["--json", "check", "--remote", missing])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "proxyctl: check: reading {missing}: No such file or directory
+"
+        )
+    );
+    assert!(out.stdout.is_empty());
+    assert!(env.validated.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn check_remote_without_controld_is_69() {
+    let env = Env::empty();
+    let file = env.dir.path().join("new.toml");
+    std::fs::write(&file, VALID_CONFIG).unwrap();
+    let out = env
+        .proxyctl(&["check", "--remote", file.to_str().unwrap()])
+        .await;
+    assert_eq!(out.status.code(), Some(69), "not 3: that is status-only");
+    assert!(
+        stderr(&out).ends_with(
+            "(is controld running?)
+"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn check_without_remote_needs_no_daemon() {
+    let env = Env::empty();
+    let good = env.dir.path().join("good.toml");
+    std::fs::write(&good, VALID_CONFIG).unwrap();
+    let good = good.to_str().unwrap();
+    let out = env.proxyctl(&["check", good]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{good}: ok (1 sites, 1 listeners)
+"
+        )
+    );
+    let json = env.proxyctl(&["check", good, "--json"]).await;
+    assert_eq!(json.status.code(), Some(0));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({"valid": true, "diagnostics": [], "sites": 1, "listeners": 1})
+    );
+
+    let bad = env.dir.path().join("bad.toml");
+    std::fs::write(&bad, INVALID_CONFIG).unwrap();
+    let bad = bad.to_str().unwrap();
+    let out = env.proxyctl(&["check", bad]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("{bad}:3:")) && text.contains(": sites[0].upstreams[0]: "),
+        "{text}"
+    );
+    let json = env.proxyctl(&["check", bad, "--json"]).await;
+    assert_eq!(json.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["valid"], false);
+    assert_eq!(value["sites"], serde_json::Value::Null);
+    assert_eq!(value["diagnostics"][0]["file"], bad);
+}
+
+#[tokio::test]
+async fn reload_if_version_conflict_fails_with_controlds_message() {
+    let env = Env::start(
+        Answer::Reply(Box::new(applied(&[DataPlaneResult::Acked]))),
+        StatusReply::default(),
+    )
+    .await;
+    let out = env.proxyctl(&["reload", "--if-version", "3"]).await;
+    assert_eq!(out.status.code(), Some(1), "a refusal, not unreachable");
+    assert_eq!(
+        stderr(&out),
+        "proxyctl: reload: version is now 4: another writer published first; \
+         nothing was reloaded\n"
+    );
+    assert!(out.stdout.is_empty());
+
+    let json = env
+        .proxyctl(&["--json", "reload", "--if-version", "3"])
+        .await;
+    assert_eq!(json.status.code(), Some(1));
+    assert!(json.stdout.is_empty(), "errors never go to stdout");
+
+    let out = env.proxyctl(&["reload", "--if-version", "4"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let seen: Vec<_> = env
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(request, _)| request.if_version)
+        .collect();
+    assert_eq!(seen, [Some(3), Some(3), Some(4)]);
+}
+
+#[tokio::test]
+async fn config_show_prints_the_serving_text() {
+    let env = Env::start(Answer::Deny("unused"), StatusReply::default()).await;
+    let out = env.proxyctl(&["config", "show"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "# version 4 (sha256 0123456789ab) from /etc/proxyd/proxy.toml\n\
+         [[sites]]\n\
+         hostnames = [\"a.example\"]\n"
+    );
+
+    let json = env.proxyctl(&["config", "show", "--json"]).await;
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({
+            "version": 4,
+            "content_hash": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "config_path": "/etc/proxyd/proxy.toml",
+            "config_text": "[[sites]]\nhostnames = [\"a.example\"]\n"
+        })
+    );
+
+    let nowhere = Env::empty();
+    let out = nowhere.proxyctl(&["config", "show"]).await;
+    assert_eq!(out.status.code(), Some(69));
 }

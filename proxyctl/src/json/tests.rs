@@ -223,3 +223,93 @@ fn version_shape() {
         json!({"proxyctl": "0.1.0"})
     );
 }
+
+#[test]
+fn remote_check_shape() {
+    let reply = fixtures::validated();
+    assert_eq!(
+        to_value(&RemoteCheck::new(&reply, true)),
+        json!({
+            "valid": true,
+            "current_version": 4,
+            "next_version": 5,
+            "diff": {
+                "sites_added": ["a.example"],
+                "sites_removed": [],
+                "sites_modified": ["b.example"],
+                "limits_changed": [{"field": "rate_limit.burst", "old": "200", "new": "300"}],
+                "static_changed": []
+            },
+            "warnings": ["proxy.admin_address changed; it takes effect on restart"],
+            "diagnostics": []
+        })
+    );
+}
+
+#[test]
+fn remote_check_invalid_lists_diagnostics_like_reload() {
+    let mut reply = fixtures::invalid();
+    reply.diff = None;
+    let value = to_value(&RemoteCheck::new(&reply, false));
+    assert_eq!(value["valid"], false);
+    assert_eq!(value["current_version"], 4);
+    assert_eq!(value["next_version"], 4);
+    assert_eq!(
+        value["diff"],
+        json!({"sites_added": [], "sites_removed": [], "sites_modified": [],
+               "limits_changed": [], "static_changed": []})
+    );
+    assert_eq!(
+        value["diagnostics"],
+        json!([
+            {"file": "new.toml", "line": 7, "column": 14, "key_path": "sites[0].upstreams[0]",
+             "message": "invalid URL: relative URL without a base"},
+            {"file": "", "line": 0, "column": 0, "key_path": "rate_limit.burst",
+             "message": "must be > 0"}
+        ])
+    );
+}
+
+#[test]
+fn local_diagnostics_have_the_same_shape() {
+    let local = controld::config::Diagnostic {
+        key_path: String::new(),
+        file: "proxy.toml".into(),
+        line: 3,
+        column: 1,
+        message: "expected `=`".into(),
+    };
+    assert_eq!(
+        to_value(&Diagnostic::from(&local)),
+        json!({"file": "proxy.toml", "line": 3, "column": 1, "key_path": null,
+               "message": "expected `=`"})
+    );
+    assert_eq!(
+        to_value(&Check {
+            valid: false,
+            diagnostics: vec![Diagnostic::from(&local)],
+            sites: None,
+            listeners: None,
+        }),
+        json!({"valid": false,
+               "diagnostics": [{"file": "proxy.toml", "line": 3, "column": 1, "key_path": null,
+                                "message": "expected `=`"}],
+               "sites": null, "listeners": null})
+    );
+}
+
+#[test]
+fn config_show_shape_leaves_the_snapshot_out() {
+    assert_eq!(
+        to_value(&ConfigShow::from(&fixtures::config())),
+        json!({
+            "version": 4,
+            "content_hash": "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12",
+            "config_path": "/etc/proxyd/proxy.toml",
+            "config_text": "[[sites]]\nhostnames = [\"a.example\"]\nupstreams = [\"http://10.0.0.5:8080\"]\n"
+        })
+    );
+    let mut gone = fixtures::config();
+    gone.config_text = String::new();
+    assert_eq!(to_value(&ConfigShow::from(&gone))["config_text"], "");
+}

@@ -1,0 +1,60 @@
+//! What GetConfig may show: the config text with secret-looking values replaced, and the
+//! snapshot without key material.
+
+use proto::v1 as pb;
+
+/// Keys whose values are never shown, whatever table they are in.
+const SECRET_WORDS: [&str; 6] = [
+    "secret",
+    "password",
+    "token",
+    "private",
+    "key_pem",
+    "credential",
+];
+
+/// Replaces the value of every `key = value` line whose key looks secret with "<redacted>".
+/// Only single-line values are ever secrets in this config, and keys like `key_file` (a path) are
+/// not secrets.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let key = line
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches('"')
+            .to_ascii_lowercase();
+        let is_secret = line.contains('=') && SECRET_WORDS.iter().any(|w| key.contains(w));
+        if is_secret {
+            let indent: String = line.chars().take_while(|c| c.is_whitespace()).collect();
+            let name = line.split('=').next().unwrap_or("").trim();
+            out.push_str(&format!("{indent}{name} = \"<redacted>\"\n"));
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// The snapshot as GetConfig shows it. Certificate keys will be cleared here once snapshots
+/// carry them; today a snapshot holds no key material.
+pub fn snapshot(snapshot: pb::Snapshot) -> pb::Snapshot {
+    snapshot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_looking_values_are_replaced_and_the_rest_kept() {
+        let text = "a = 1\n  api_token = \"abc\"\nkey_file = \"/k.pem\"\n# password = x\nprivate_key_pem = \"-----BEGIN\"\n";
+        let got = redact(text);
+        assert_eq!(
+            got,
+            "a = 1\n  api_token = \"<redacted>\"\nkey_file = \"/k.pem\"\n# password = \"<redacted>\"\nprivate_key_pem = \"<redacted>\"\n"
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! controld's API as deploy pipelines use it, through the real socket: Validate, optimistic
+//! concurrency on Reload, GetConfig, reflection and the standard health service.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use proto::v1 as pb;
+use proxy_tests::{MockUpstream, TestEnv, binary};
+
+fn site(upstream: &str) -> String {
+    format!("[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{upstream}\"]\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_changes_nothing_and_reports_like_controld_check() {
+    let a = MockUpstream::start("a").await;
+    let b = MockUpstream::start("b").await;
+    let env = TestEnv::start(&site(&a.url())).await;
+    let mut admin = env.admin().await;
+
+    let good = env.config_text(&site(&b.url()));
+    let reply = admin
+        .validate(pb::ValidateRequest {
+            config_text: good,
+            file_name: "next.toml".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.valid && reply.diagnostics.is_empty(), "{reply:?}");
+    assert_eq!((reply.current_version, reply.next_version), (1, 2));
+    assert_eq!(reply.diff.unwrap().sites_modified, ["app.example"]);
+
+    let bad =
+        env.config_text(&(site("ftp://x") + "[rate_limit]\nrequests_per_second = 0\nburst = 1\n"));
+    let reply = admin
+        .validate(pb::ValidateRequest {
+            config_text: bad.clone(),
+            file_name: "next.toml".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!reply.valid);
+    let got: Vec<String> = reply
+        .diagnostics
+        .iter()
+        .map(|d| {
+            format!(
+                "{}:{}:{}: {}: {}",
+                d.file, d.line, d.column, d.key_path, d.message
+            )
+        })
+        .collect();
+    // The same lines `controld check` prints for the same text.
+    let path = env.dir.path().join("next.toml");
+    std::fs::write(&path, &bad).unwrap();
+    let out = std::process::Command::new(binary("controld"))
+        .args(["check", "--config", "next.toml"])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let expected: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(got, expected);
+
+    // Nothing was published.
+    assert_eq!(env.status().await.control_plane.unwrap().version, 1);
+    assert!(
+        proxy_tests::get(env.http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream a")
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_writers_racing_on_the_same_version_exactly_one_wins() {
+    let a = MockUpstream::start("a").await;
+    let env = TestEnv::start(&site(&a.url())).await;
+    let request = || pb::ReloadRequest {
+        dry_run: false,
+        force: true,
+        if_version: Some(1),
+    };
+    let (mut one, mut two) = (env.admin().await, env.admin().await);
+    let (first, second) = tokio::join!(one.reload(request()), two.reload(request()));
+    let results = [first, second];
+    let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let lost: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!((won.len(), lost.len()), (1, 1), "{results:?}");
+    assert_eq!(won[0].get_ref().version, 2);
+    assert_eq!(lost[0].code(), tonic::Code::FailedPrecondition);
+    assert!(
+        lost[0].message().starts_with("version is now 2"),
+        "{}",
+        lost[0].message()
+    );
+    assert_eq!(env.status().await.control_plane.unwrap().version, 2);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_config_never_shows_key_material() {
+    // controld alone: a TLS site's snapshot is one this proxyd build would refuse.
+    let mut env = TestEnv::paths_only();
+    let key = env.dir.path().join("site.key");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nMIIsecret\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let body = format!(
+        "[[sites]]\nhostnames = [\"secure.example\"]\nupstreams = [\"http://127.0.0.1:1\"]\n\
+         tls = {{ cert_file = \"{0}/site.crt\", key_file = \"{0}/site.key\" }}\n\n\
+         [[proxy.listeners]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = true\n",
+        env.dir.path().display()
+    );
+    env.write_config(&body);
+    env.start_controld().await;
+    let reply = env
+        .admin()
+        .await
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.version, 1);
+    assert!(
+        reply.config_text.contains("key_file"),
+        "the path is config, not a secret"
+    );
+    let everything = format!("{}{:?}", reply.config_text, reply.snapshot);
+    assert!(
+        !everything.contains("PRIVATE KEY") && !everything.contains("MIIsecret"),
+        "{everything}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_lists_the_services_and_health_says_serving() {
+    let a = MockUpstream::start("a").await;
+    let env = TestEnv::start(&site(&a.url())).await;
+    let channel = proto::uds::connect(&env.socket, proxy_tests::DEADLINE)
+        .await
+        .unwrap();
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("{response:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for expected in [
+        "proxy.v1.Admin",
+        "proxy.v1.Control",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&expected), "{names:?}");
+    }
+
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut health = HealthClient::new(channel);
+    for service in ["", "proxy.v1.Admin"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    env.stop().await;
+}
+
+/// Runs deploy/examples/deploy.sh against `env` with `candidate` (config text).
+async fn deploy(env: &TestEnv, candidate: &str) -> std::process::Output {
+    let path = env.dir.path().join("candidate.toml");
+    std::fs::write(&path, candidate).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/deploy.sh");
+    tokio::process::Command::new("bash")
+        .arg(script)
+        .arg(&path)
+        .arg(&env.config_path)
+        .env("PROXYCTL", binary("proxyctl"))
+        .env("PROXYCTL_SOCKET", &env.socket)
+        .env("PROXYCTL_DATA_PLANE_SOCKET", env.proxyd_socket())
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_deploy_script_deploys_and_rolls_back_while_traffic_flows() {
+    let a = MockUpstream::start("a").await;
+    let b = MockUpstream::start("b").await;
+    let env = TestEnv::start(&site(&a.url())).await;
+
+    // Steady traffic throughout: not one request may fail.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (stop, http) = (stop.clone(), env.http);
+        async move {
+            let mut failures = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if proxy_tests::get(http, "app.example", "/").await.status != 200 {
+                    failures += 1;
+                }
+            }
+            failures
+        }
+    });
+
+    let out = deploy(&env, &env.config_text(&site(&b.url()))).await;
+    let text = proxy_tests::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("deployed: version 1 → 2"), "{text}");
+    assert!(
+        proxy_tests::get(env.http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream b")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&env.config_path).unwrap(),
+        env.config_text(&site(&b.url()))
+    );
+
+    // Valid for controld, refused by the data plane (its upstream does not resolve).
+    let refused = env.config_text(&site("http://upstream.invalid:80"));
+    let out = deploy(&env, &refused).await;
+    let text = proxy_tests::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("rolled back to the config of version 2"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&env.config_path).unwrap(),
+        env.config_text(&site(&b.url())),
+        "the file is restored"
+    );
+    let status = env.wait_for_applied(4).await;
+    assert!(
+        status.data_planes[0].in_sync,
+        "the rollback (version 4) runs everywhere"
+    );
+    assert!(
+        proxy_tests::get(env.http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream b")
+    );
+
+    // An invalid candidate changes nothing at all.
+    let out = deploy(&env, "this is not toml").await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        proxy_tests::output_text(&out)
+    );
+    assert_eq!(env.status().await.control_plane.unwrap().version, 4);
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(load.await.unwrap(), 0, "requests failed during the deploys");
+    env.stop().await;
+}
