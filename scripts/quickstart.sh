@@ -31,8 +31,9 @@ cat <<MSG
 
 Ready. In another terminal:
     curl http://localhost:8080/
-    PROXYCTL_SOCKET=$PWD/.quickstart/control.sock $bin/proxyctl status
-Edit examples/quickstart.toml, then: PROXYCTL_SOCKET=$PWD/.quickstart/control.sock $bin/proxyctl reload
+    export PROXYCTL_SOCKET=$PWD/.quickstart/control.sock PROXYCTL_DATA_PLANE_SOCKET=$PWD/.quickstart/proxyd.sock
+    $bin/proxyctl status
+Edit examples/quickstart.toml, then: $bin/proxyctl reload
 Ctrl-C stops everything.
 MSG
 wait
