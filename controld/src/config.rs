@@ -1,6 +1,7 @@
 //! The config file: read it (once, size-capped), deserialize all of it, validate all of it, and
 //! report every problem at once with its key path and file:line:column.
 
+mod certs;
 mod file;
 mod locate;
 pub mod model;
@@ -10,6 +11,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+pub use certs::EXPIRY_WARNING;
 pub use locate::KeyPath;
 pub use model::*;
 pub use validate::{DEFAULT_BODY_LIMIT_BYTES, parse_size};
@@ -227,3 +229,5 @@ fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

@@ -165,6 +165,13 @@ fn limit_fields(c: &Config) -> Vec<(&'static str, String)> {
             "upstream_response_timeout",
             human(c.dynamic.upstream_response_timeout),
         ),
+        (
+            "default_tls_site",
+            c.dynamic
+                .default_tls_site
+                .clone()
+                .unwrap_or_else(|| "none".to_owned()),
+        ),
     ]
 }
 

@@ -54,6 +54,9 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
+            for w in c.certificate_warnings(std::time::SystemTime::now()) {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} sites, {} listeners)",
                 path.display(),

@@ -38,9 +38,12 @@ pub fn redact(text: &str) -> String {
     out
 }
 
-/// The snapshot as GetConfig shows it. Certificate keys will be cleared here once snapshots
-/// carry them; today a snapshot holds no key material.
-pub fn snapshot(snapshot: pb::Snapshot) -> pb::Snapshot {
+/// The snapshot as GetConfig shows it: every certificate's private key cleared (the chains,
+/// names and dates stay).
+pub fn snapshot(mut snapshot: pb::Snapshot) -> pb::Snapshot {
+    for certificate in &mut snapshot.certificates {
+        certificate.key_pem.clear();
+    }
     snapshot
 }
 
@@ -55,6 +58,24 @@ mod tests {
         assert_eq!(
             got,
             "a = 1\n  api_token = \"<redacted>\"\nkey_file = \"/k.pem\"\n# password = \"<redacted>\"\nprivate_key_pem = \"<redacted>\"\n"
+        );
+    }
+
+    #[test]
+    fn certificate_keys_are_cleared_and_the_rest_kept() {
+        let shown = snapshot(pb::Snapshot {
+            certificates: vec![pb::Certificate {
+                site: "a.example".into(),
+                chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+                key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert_eq!(shown.certificates[0].key_pem, "");
+        assert_eq!(
+            shown.certificates[0].chain_pem,
+            "-----BEGIN CERTIFICATE-----"
         );
     }
 }

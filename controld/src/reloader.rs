@@ -301,7 +301,7 @@ impl Reloader {
         match config::parse(text, file) {
             Ok(config) => {
                 report.diff = ConfigDiff::between(&current.config, &config);
-                report.warnings = report.diff.static_warnings();
+                report.warnings = warnings(&report.diff, &config);
                 if Content::build(&config).hash != current.content.hash {
                     report.next_version = current.version + 1;
                 }
@@ -391,7 +391,7 @@ impl Reloader {
     ) -> ReloadReport {
         let mut report = Reloader::empty_report(&current);
         report.diff = ConfigDiff::between(&current.config, &config);
-        report.warnings = report.diff.static_warnings();
+        report.warnings = warnings(&report.diff, &config);
         let content = Content::build(&config);
         let unchanged = content.hash == current.content.hash && !options.force;
         let version = current.version + 1;
@@ -440,6 +440,9 @@ impl Reloader {
             ));
         }
         self.log_changes(&report.diff, current.version, version);
+        for w in config.certificate_warnings(SystemTime::now()) {
+            tracing::warn!("{w}");
+        }
         if let Some(hook) = &self.log_level_hook {
             hook(&config.dynamic.log_level);
         }
@@ -474,6 +477,14 @@ impl Reloader {
             tracing::warn!("{w}");
         }
     }
+}
+
+/// What a reload of `config` warns about: each changed static field, each certificate that
+/// expires soon.
+fn warnings(diff: &ConfigDiff, config: &Config) -> Vec<String> {
+    let mut warnings = diff.static_warnings();
+    warnings.extend(config.certificate_warnings(SystemTime::now()));
+    warnings
 }
 
 /// Milliseconds since the Unix epoch, for the wire.

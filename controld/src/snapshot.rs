@@ -60,7 +60,9 @@ impl Content {
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
+                default_tls_site: dynamic.default_tls_site.clone().unwrap_or_default(),
             }),
+            certificates: dynamic.sites.iter().filter_map(certificate).collect(),
         };
         let hash = hex(&Sha256::digest(prost::Message::encode_to_vec(&snapshot)));
         snapshot.content_hash = hash.clone();
@@ -88,7 +90,7 @@ fn site(site: &Site) -> pb::Site {
         pool: Some(pool(&site.pool)),
         rate_limit: site.rate_limit.map(rate_limit),
         body_limit_bytes: site.body_limit_bytes,
-        tls: match site.tls {
+        tls: match &site.tls {
             SiteTls::None => pb::SiteTls::None,
             SiteTls::Files { .. } => pb::SiteTls::Files,
             SiteTls::Acme => pb::SiteTls::Acme,
@@ -96,7 +98,25 @@ fn site(site: &Site) -> pb::Site {
         .into(),
         routes: site.routes.iter().map(route).collect(),
         upstream_response_timeout_ms: site.upstream_response_timeout.map(millis),
+        // Only the non-default value is sent, so sites without the key hash as before.
+        https_redirect: (!site.https_redirect).then_some(false),
     }
+}
+
+/// The site's certificate and key, when it has one.
+fn certificate(site: &Site) -> Option<pb::Certificate> {
+    let c = site.tls.certificate()?;
+    Some(pb::Certificate {
+        site: site.name().to_owned(),
+        names: c.names.clone(),
+        chain_pem: c.chain_pem.clone(),
+        key_pem: c.key_pem.clone(),
+        not_after_unix: c
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        source: "files".to_owned(),
+    })
 }
 
 fn millis(d: std::time::Duration) -> u64 {

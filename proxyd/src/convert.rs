@@ -2,7 +2,9 @@
 //! `TryFrom`, or is refused with a reason that goes back to controld in a NACK. No other module
 //! reads snapshot fields.
 
-use std::collections::HashSet;
+mod certs;
+
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -12,6 +14,10 @@ use proto::v1 as pb;
 
 /// The name under which the ACK reports the admin listener; no `[[proxy.listeners]]` may use it.
 pub use proto::ADMIN_LISTENER_NAME;
+
+pub use certs::SiteCertificate;
+#[cfg(test)]
+pub use certs::test_certificate;
 
 /// A snapshot proxyd has checked and can compile into a runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +33,8 @@ pub struct Spec {
     /// Peers whose forwarding headers are kept.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub log_level: String,
+    /// The name of the site whose certificate a handshake without a known SNI gets.
+    pub default_tls_site: Option<String>,
 }
 
 /// Settings proxyd takes from the first snapshot it applies and keeps until it restarts.
@@ -61,6 +69,8 @@ const MIN_HEADER_BYTES: usize = 8192;
 pub struct ListenerSpec {
     pub name: String,
     pub address: SocketAddr,
+    /// Terminates TLS.
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +82,10 @@ pub struct SiteSpec {
     pub rate_limit: Option<RateQuota>,
     pub body_limit_bytes: Option<u64>,
     pub upstream_response_timeout: Option<Duration>,
+    /// `None`: no TLS handshake gets this site (no TLS, or no certificate yet).
+    pub certificate: Option<SiteCertificate>,
+    /// Plain-HTTP requests are redirected to https:// when the site has a certificate.
+    pub https_redirect: bool,
 }
 
 /// An upstream and its share of a route's traffic.
@@ -193,8 +207,10 @@ pub enum SnapshotError {
     ReservedListenerName { name: String },
     #[error("invalid admin address {address:?}: expected ip:port")]
     AdminAddress { address: String },
-    #[error("listener {name:?} asks for TLS, which this proxyd build cannot terminate yet")]
-    TlsListener { name: String },
+    #[error("certificate of site {site:?}: {reason}")]
+    Certificate { site: String, reason: String },
+    #[error("default_tls_site {site:?} is not the name of a site")]
+    DefaultTlsSite { site: String },
     #[error("sites[{index}]: {reason}")]
     Site { index: usize, reason: String },
     #[error("hostname {hostname:?} appears in more than one site")]
@@ -229,19 +245,13 @@ impl TryFrom<pb::Snapshot> for Spec {
                 field: "listener",
             });
         }
-        let mut seen = HashSet::new();
-        let mut sites = Vec::with_capacity(dynamic.sites.len());
-        for (index, site) in dynamic.sites.into_iter().enumerate() {
-            let site = site_spec(site).map_err(|reason| SnapshotError::Site { index, reason })?;
-            for h in &site.hostnames {
-                if !seen.insert(h.clone()) {
-                    return Err(SnapshotError::DuplicateHostname {
-                        hostname: h.clone(),
-                    });
-                }
-            }
-            sites.push(site);
-        }
+        let certificates = certs::by_site(&s.certificates)?;
+        let sites = sites(dynamic.sites, certificates)?;
+        let default_tls_site = match dynamic.default_tls_site {
+            name if name.is_empty() => None,
+            name if sites.iter().any(|s| s.name() == name) => Some(name),
+            site => return Err(SnapshotError::DefaultTlsSite { site }),
+        };
         Ok(Spec {
             version,
             hash: s.content_hash,
@@ -291,8 +301,38 @@ impl TryFrom<pb::Snapshot> for Spec {
                 })
                 .collect::<Result<_, _>>()?,
             log_level: dynamic.log_level,
+            default_tls_site,
         })
     }
+}
+
+/// The sites, each with its certificate; a hostname in two sites, or a certificate for no site,
+/// refuses the snapshot.
+fn sites(
+    list: Vec<pb::Site>,
+    mut certificates: HashMap<String, SiteCertificate>,
+) -> Result<Vec<SiteSpec>, SnapshotError> {
+    let mut seen = HashSet::new();
+    let mut sites = Vec::with_capacity(list.len());
+    for (index, site) in list.into_iter().enumerate() {
+        let mut site = site_spec(site).map_err(|reason| SnapshotError::Site { index, reason })?;
+        for h in &site.hostnames {
+            if !seen.insert(h.clone()) {
+                return Err(SnapshotError::DuplicateHostname {
+                    hostname: h.clone(),
+                });
+            }
+        }
+        site.certificate = certificates.remove(site.name());
+        sites.push(site);
+    }
+    if let Some(site) = certificates.into_keys().next() {
+        return Err(SnapshotError::Certificate {
+            site,
+            reason: "no site has this name".to_owned(),
+        });
+    }
+    Ok(sites)
 }
 
 /// A timeout from the wire; 0 means "the default".
@@ -308,13 +348,11 @@ fn listener(l: pb::Listener) -> Result<ListenerSpec, SnapshotError> {
     if l.name == ADMIN_LISTENER_NAME {
         return Err(SnapshotError::ReservedListenerName { name: l.name });
     }
-    if l.tls {
-        return Err(SnapshotError::TlsListener { name: l.name });
-    }
     match l.address.parse() {
         Ok(address) => Ok(ListenerSpec {
             name: l.name,
             address,
+            tls: l.tls,
         }),
         Err(_) => Err(SnapshotError::ListenerAddress {
             name: l.name,
@@ -396,6 +434,9 @@ fn site_spec(site: pb::Site) -> Result<SiteSpec, String> {
             .upstream_response_timeout_ms
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis),
+        // Filled from the snapshot's certificates by `sites`.
+        certificate: None,
+        https_redirect: site.https_redirect.unwrap_or(true),
     })
 }
 
@@ -595,6 +636,7 @@ mod tests {
                     }],
                     upstream_response_timeout_ms: Some(700),
                     upstream_weights: vec![],
+                    https_redirect: None,
                     pool: Some(pb::UpstreamPool {
                         load_balancing: pb::LoadBalancing::LeastRequests.into(),
                         retries: 2,
@@ -610,8 +652,105 @@ mod tests {
                 body_limit_bytes: 100,
                 trusted_proxies: vec!["10.0.0.0/8".into(), "::1/128".into()],
                 log_level: "info".into(),
+                default_tls_site: String::new(),
             }),
+            certificates: vec![],
         }
+    }
+
+    /// `snapshot()` with a TLS listener and a certificate for its site.
+    fn tls_snapshot() -> pb::Snapshot {
+        let mut s = snapshot();
+        s.static_settings.as_mut().unwrap().listeners[0].tls = true;
+        s.dynamic.as_mut().unwrap().sites[0].tls = pb::SiteTls::Files.into();
+        let (chain_pem, key_pem) = certs::test_pem(&["a.example"]);
+        s.certificates = vec![pb::Certificate {
+            site: "a.example".into(),
+            names: vec!["a.example".into()],
+            chain_pem,
+            key_pem,
+            not_after_unix: 4_000_000_000,
+            source: "files".into(),
+        }];
+        s
+    }
+
+    #[test]
+    fn tls_listeners_and_certificates_convert() {
+        let mut s = tls_snapshot();
+        s.dynamic.as_mut().unwrap().default_tls_site = "a.example".into();
+        s.dynamic.as_mut().unwrap().sites[0].https_redirect = Some(false);
+        let spec = Spec::try_from(s).unwrap();
+        assert!(spec.statics.listeners[0].tls);
+        let site = &spec.sites[0];
+        let certificate = site.certificate.as_ref().unwrap();
+        assert_eq!(certificate.names, ["a.example"]);
+        assert_eq!(certificate.key.cert.len(), 1);
+        assert!(!site.https_redirect);
+        assert_eq!(spec.default_tls_site.as_deref(), Some("a.example"));
+        assert!(
+            !format!("{spec:?}").contains("PRIVATE KEY"),
+            "Debug shows no key"
+        );
+        assert!(
+            Spec::try_from(snapshot()).unwrap().sites[0].https_redirect,
+            "absent means on"
+        );
+    }
+
+    #[test]
+    fn a_bad_certificate_refuses_the_snapshot() {
+        // A key from another pair.
+        let mut s = tls_snapshot();
+        s.certificates[0].key_pem = certs::test_pem(&["a.example"]).1;
+        let e = Spec::try_from(s).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "certificate of site \"a.example\": the private key does not match the certificate"
+        );
+        assert!(!e.contains("BEGIN"), "no key material in the NACK");
+
+        let mut s = tls_snapshot();
+        s.certificates[0].key_pem = "junk".into();
+        assert!(
+            Spec::try_from(s)
+                .unwrap_err()
+                .to_string()
+                .contains("no usable private key")
+        );
+
+        let mut s = tls_snapshot();
+        s.certificates[0].chain_pem = String::new();
+        assert!(
+            Spec::try_from(s)
+                .unwrap_err()
+                .to_string()
+                .contains("no certificate in the chain")
+        );
+
+        let mut s = tls_snapshot();
+        s.certificates[0].site = "b.example".into();
+        assert_eq!(
+            Spec::try_from(s).unwrap_err().to_string(),
+            "certificate of site \"b.example\": no site has this name"
+        );
+
+        let mut s = tls_snapshot();
+        let twice = s.certificates[0].clone();
+        s.certificates.push(twice);
+        assert!(
+            Spec::try_from(s)
+                .unwrap_err()
+                .to_string()
+                .contains("more than one certificate")
+        );
+
+        let mut s = tls_snapshot();
+        s.dynamic.as_mut().unwrap().default_tls_site = "nope.example".into();
+        assert!(matches!(
+            Spec::try_from(s),
+            Err(SnapshotError::DefaultTlsSite { .. })
+        ));
     }
 
     #[test]
@@ -681,13 +820,6 @@ mod tests {
                 .to_string()
                 .contains("only http://")
         );
-
-        let mut s = snapshot();
-        s.static_settings.as_mut().unwrap().listeners[0].tls = true;
-        assert!(matches!(
-            Spec::try_from(s),
-            Err(SnapshotError::TlsListener { .. })
-        ));
 
         let mut s = snapshot();
         let site = s.dynamic.as_ref().unwrap().sites[0].clone();

@@ -17,6 +17,7 @@ use crate::http::Proxy;
 use crate::limits::LimiterStore;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
+use crate::tls::Terminator;
 use crate::upstreams::UpstreamStore;
 
 /// How long proxyd waits for an upstream host name to resolve when it checks a snapshot.
@@ -42,6 +43,8 @@ pub enum ApplyError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("setting up TLS for the TLS listeners: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// A listener as bound, with its real address.
@@ -53,8 +56,11 @@ pub struct Bound {
 
 /// Sockets the first snapshot bound, before they are served.
 struct Sockets {
-    listeners: Vec<(String, tokio::net::TcpListener)>,
+    /// Name, socket, and whether it terminates TLS.
+    listeners: Vec<(String, tokio::net::TcpListener, bool)>,
     admin: Option<tokio::net::TcpListener>,
+    /// Shared by the TLS listeners; `None` when there is none.
+    tls: Option<Arc<Terminator>>,
 }
 
 /// The data plane's state across snapshots.
@@ -214,13 +220,19 @@ impl DataPlane {
 
     /// Serves what the first snapshot bound, until shutdown.
     fn serve(&self, sockets: Sockets, statics: &StaticSpec) {
-        let proxy = Arc::new(Proxy::new(self.runtime.clone(), self.metrics.clone()));
-        for (name, listener) in sockets.listeners {
+        let tls = sockets.tls;
+        let proxy = Arc::new(Proxy::new(
+            self.runtime.clone(),
+            self.metrics.clone(),
+            tls.is_some(),
+        ));
+        for (name, listener, terminates_tls) in sockets.listeners {
             let serve = crate::server::serve(
                 name,
                 listener,
                 proxy.clone(),
                 statics.clone(),
+                tls.clone().filter(|_| terminates_tls),
                 self.shutdown.clone(),
                 self.abort.clone(),
             );
@@ -249,18 +261,24 @@ impl DataPlane {
             }
             return Ok(None);
         }
+        // Built before anything is bound, so that a failure leaves nothing half done.
+        let tls = match statics.listeners.iter().any(|l| l.tls) {
+            true => Some(Arc::new(Terminator::new(self.runtime.clone())?)),
+            false => None,
+        };
         let mut sockets = Sockets {
             listeners: Vec::new(),
             admin: None,
+            tls,
         };
         let mut addresses = Vec::new();
-        for ListenerSpec { name, address } in &statics.listeners {
+        for ListenerSpec { name, address, tls } in &statics.listeners {
             let (listener, local) = bind(name, *address)?;
             addresses.push(Bound {
                 name: name.clone(),
                 address: local,
             });
-            sockets.listeners.push((name.clone(), listener));
+            sockets.listeners.push((name.clone(), listener, *tls));
         }
         if let Some(address) = statics.admin_address {
             let (listener, local) = bind(ADMIN_LISTENER_NAME, address)?;

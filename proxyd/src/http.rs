@@ -1,4 +1,5 @@
-//! The request path: route by host, rate limit, body limit, forward to the site's upstream.
+//! The request path: route by host, HTTPS rules (421, redirect to https://), rate limit, body
+//! limit, forward to the site's upstream.
 
 mod error;
 mod headers;
@@ -21,6 +22,7 @@ pub use error::ProxyError;
 
 use crate::metrics::Metrics;
 use crate::runtime::{Action, Runtime, Site};
+use crate::tls::Session;
 use crate::upstreams::UpstreamBody;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -37,23 +39,47 @@ struct Outcome {
     upstream: Option<String>,
 }
 
+/// Paths that ACME HTTP-01 validation requests use: never redirected to https://.
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The client connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ClientConn {
+    pub peer: SocketAddr,
+    /// On a TLS listener: what the handshake settled. `None` on plain listeners.
+    pub tls: Option<Session>,
+}
+
 /// Who sent a request, as the request path needs it.
 pub struct Peer<'a> {
     pub addr: SocketAddr,
     /// The peer is a configured trusted proxy: its forwarding headers are kept.
     pub trusted: bool,
     pub request_id: &'a http::HeaderValue,
+    /// The request came over TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 /// The HTTP handler every listener shares.
 pub struct Proxy {
     runtime: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
+    /// proxyd has a TLS listener: plain-HTTP requests for sites with a certificate are
+    /// redirected to it.
+    https_listener: bool,
 }
 
 impl Proxy {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) -> Proxy {
-        Proxy { runtime, metrics }
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        metrics: Arc<Metrics>,
+        https_listener: bool,
+    ) -> Proxy {
+        Proxy {
+            runtime,
+            metrics,
+            https_listener,
+        }
     }
 
     /// Counts a client connection as open until the guard drops.
@@ -65,8 +91,9 @@ impl Proxy {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        client: SocketAddr,
+        conn: &ClientConn,
     ) -> Response<ResponseBody> {
+        let client = conn.peer;
         let started = Instant::now();
         let in_flight = self.metrics.in_flight();
         // One load per request. `load_full` (an Arc) rather than a guard because the request
@@ -80,9 +107,10 @@ impl Proxy {
             addr: client,
             trusted,
             request_id: &request_id,
+            https: conn.tls.is_some(),
         };
         let mut out = Outcome::default();
-        let mut response = match self.forward(&runtime, req, &peer, &mut out).await {
+        let mut response = match self.forward(&runtime, req, &peer, conn, &mut out).await {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.request_failed(out.site.as_deref(), &e);
@@ -131,6 +159,7 @@ impl Proxy {
         runtime: &Runtime,
         mut req: Request<Incoming>,
         peer: &Peer<'_>,
+        conn: &ClientConn,
         out: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let client = peer.addr;
@@ -141,6 +170,9 @@ impl Proxy {
         let host = headers::request_host(&req)?;
         let site = runtime.site(&host).ok_or(ProxyError::UnknownHost)?;
         out.site = Some(site.name.clone());
+        if let Some(redirect) = self.https_rules(site, &host, &req, conn)? {
+            return Ok(redirect);
+        }
         if let Some(limiter) = &site.limiter {
             limiter
                 .check(client.ip())
@@ -153,7 +185,7 @@ impl Proxy {
         let pool = match &route.action {
             Action::Proxy(pool) => pool,
             Action::Redirect { location, status } => {
-                let response = respond::redirect(location, *status, &req);
+                let response = respond::redirect(location, *status, &req, peer.https);
                 return Ok(response);
             }
             Action::Respond {
@@ -294,6 +326,35 @@ impl Proxy {
         }
         parts.version = client_version;
         Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+impl Proxy {
+    /// Before anything else of the site: a request on a TLS connection must be for the site
+    /// whose certificate the connection got (else 421, so that a client that reused the
+    /// connection for another name opens a new one), and a plain-HTTP request for a site with
+    /// a certificate is redirected to https:// (308) when proxyd has a TLS listener, the site
+    /// did not opt out, and it is not an ACME challenge.
+    fn https_rules<B>(
+        &self,
+        site: &Site,
+        host: &str,
+        req: &Request<B>,
+        conn: &ClientConn,
+    ) -> Result<Option<Response<ResponseBody>>, ProxyError> {
+        if let Some(session) = &conn.tls {
+            if session.site != site.name {
+                return Err(ProxyError::MisdirectedRequest {
+                    connection_site: session.site.clone(),
+                });
+            }
+            return Ok(None);
+        }
+        let redirect = self.https_listener
+            && site.https_redirect
+            && site.certificate.is_some()
+            && !req.uri().path().starts_with(ACME_CHALLENGE_PREFIX);
+        Ok(redirect.then(|| respond::to_https(host, req)))
     }
 }
 

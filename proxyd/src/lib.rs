@@ -14,6 +14,7 @@ mod notify;
 mod runtime;
 mod saved;
 mod server;
+mod tls;
 mod upstreams;
 
 use std::path::PathBuf;

@@ -16,6 +16,8 @@ pub struct Runtime {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// Exact hostnames and `*.suffix` wildcards, each to its site.
     sites: HashMap<String, Arc<Site>>,
+    /// Whose certificate a handshake gets when its SNI is missing or names no site with one.
+    default_tls_site: Option<Arc<Site>>,
 }
 
 #[derive(Debug)]
@@ -27,6 +29,11 @@ pub struct Site {
     pub limiter: Option<SiteLimiter>,
     /// How long an upstream may take to send its response head.
     pub upstream_response_timeout: std::time::Duration,
+    /// What TLS handshakes for the site present; `None`: they fail.
+    pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// Plain-HTTP requests get a 308 to https:// (when `certificate` is set and proxyd has a
+    /// TLS listener).
+    pub https_redirect: bool,
 }
 
 #[derive(Debug)]
@@ -146,6 +153,7 @@ impl Runtime {
             hash: String::new(),
             trusted_proxies: Vec::new(),
             sites: HashMap::new(),
+            default_tls_site: None,
         }
     }
 
@@ -195,6 +203,8 @@ impl Runtime {
                 upstream_response_timeout: s
                     .upstream_response_timeout
                     .unwrap_or(spec.upstream_response_timeout),
+                certificate: s.certificate.as_ref().map(|c| c.key.clone()),
+                https_redirect: s.https_redirect,
             });
             for h in &s.hostnames {
                 sites.insert(h.clone(), site.clone());
@@ -214,11 +224,16 @@ impl Runtime {
             .flat_map(|(s, h)| s.upstreams().map(move |u| (u.to_string(), h.clone())))
             .collect();
         upstreams.retain(&in_use, &checks);
+        let default_tls_site = spec
+            .default_tls_site
+            .as_ref()
+            .and_then(|name| sites.values().find(|s| s.name == *name).cloned());
         Runtime {
             version: spec.version,
             hash: spec.hash.clone(),
             trusted_proxies: spec.trusted_proxies.clone(),
             sites,
+            default_tls_site,
         }
     }
 
@@ -241,6 +256,21 @@ impl Runtime {
         let (_, parent) = host.split_once('.')?;
         self.sites.get(&format!("*.{parent}"))
     }
+
+    /// The site whose certificate a TLS handshake with `server_name` (SNI) gets: the site
+    /// serving that name, as routing finds it, when it has a certificate; else the
+    /// `default_tls_site` when it has one; else none (the handshake fails).
+    pub fn tls_site(&self, server_name: Option<&str>) -> Option<&Arc<Site>> {
+        let named = server_name
+            .map(|name| name.trim_end_matches('.').to_ascii_lowercase())
+            .and_then(|name| self.site(&name))
+            .filter(|site| site.certificate.is_some());
+        named.or_else(|| {
+            self.default_tls_site
+                .as_ref()
+                .filter(|site| site.certificate.is_some())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -260,7 +290,17 @@ mod tests {
     }
 
     fn runtime() -> Runtime {
-        let spec = Spec {
+        compile(spec())
+    }
+
+    fn compile(spec: Spec) -> Runtime {
+        let store =
+            UpstreamStore::new(Arc::new(crate::metrics::Metrics::new()), Default::default());
+        Runtime::compile(&spec, &LimiterStore::default(), &store)
+    }
+
+    fn spec() -> Spec {
+        Spec {
             version: 1,
             hash: "h".into(),
             statics: StaticSpec {
@@ -280,16 +320,61 @@ mod tests {
                 body_limit_bytes: None,
                 upstream_response_timeout: None,
                 pool: PoolSpec::default(),
+                certificate: None,
+                https_redirect: true,
             }],
             rate_limit: None,
             body_limit_bytes: 1,
             upstream_response_timeout: std::time::Duration::from_secs(1),
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
             log_level: "info".into(),
-        };
-        let store =
-            UpstreamStore::new(Arc::new(crate::metrics::Metrics::new()), Default::default());
-        Runtime::compile(&spec, &LimiterStore::default(), &store)
+            default_tls_site: None,
+        }
+    }
+
+    fn site(hostnames: &[&str], certificate: bool) -> SiteSpec {
+        SiteSpec {
+            hostnames: hostnames.iter().map(|h| (*h).to_owned()).collect(),
+            routes: vec![respond("/")],
+            rate_limit: None,
+            body_limit_bytes: None,
+            upstream_response_timeout: None,
+            pool: PoolSpec::default(),
+            certificate: certificate.then(|| crate::convert::test_certificate(hostnames)),
+            https_redirect: true,
+        }
+    }
+
+    #[test]
+    fn tls_sites_by_server_name_then_the_default() {
+        let mut spec = spec();
+        spec.sites = vec![
+            site(&["a.example", "*.a.example"], true),
+            site(&["b.example"], true),
+            site(&["acme.example"], false),
+        ];
+        let rt = compile(spec.clone());
+        let name = |sni| rt.tls_site(sni).map(|s| s.name.as_str());
+        assert_eq!(name(Some("a.example")), Some("a.example"));
+        assert_eq!(name(Some("WWW.A.example.")), Some("a.example"));
+        assert_eq!(name(Some("b.example")), Some("b.example"));
+        assert_eq!(name(Some("x.y.a.example")), None);
+        assert_eq!(name(Some("acme.example")), None, "no certificate yet");
+        assert_eq!(name(None), None);
+
+        spec.default_tls_site = Some("b.example".into());
+        let rt = compile(spec.clone());
+        let name = |sni| rt.tls_site(sni).map(|s| s.name.as_str());
+        assert_eq!(name(None), Some("b.example"));
+        assert_eq!(name(Some("unknown.example")), Some("b.example"));
+        assert_eq!(name(Some("acme.example")), Some("b.example"));
+        assert_eq!(name(Some("a.example")), Some("a.example"));
+
+        spec.default_tls_site = Some("acme.example".into());
+        assert!(
+            compile(spec).tls_site(None).is_none(),
+            "a default without a certificate is no default"
+        );
     }
 
     #[test]

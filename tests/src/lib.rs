@@ -8,6 +8,7 @@
     reason = "test harness: a failed setup step should stop the test right there, loudly"
 )]
 
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -61,14 +62,22 @@ pub struct TestEnv {
     pub http: SocketAddr,
     /// proxyd's admin listener, when the config has `proxy.admin_address`.
     pub admin: Option<SocketAddr>,
+    /// proxyd's TLS listener named `https`, when the config has one ([`HTTPS_ON_PORT_0`]).
+    pub https: Option<SocketAddr>,
     /// Extra lines for the fixed `[proxy]` table.
     proxy_keys: String,
     /// Extra lines for the fixed `[control]` table.
     control_keys: String,
+    /// Extra `[[proxy.listeners]]` after the fixed `http` one.
+    listeners: String,
 }
 
 /// `proxy_keys` for [`TestEnv::start_with`]: an admin listener on a free port.
 pub const ADMIN_ON_PORT_0: &str = "admin_address = \"127.0.0.1:0\"";
+
+/// `listeners` for [`TestEnv::start_with_listeners`]: a TLS listener `https` on a free port.
+pub const HTTPS_ON_PORT_0: &str =
+    "[[proxy.listeners]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = true\n";
 
 struct Daemon {
     shutdown: CancellationToken,
@@ -95,25 +104,36 @@ impl TestEnv {
     /// Like [`TestEnv::start`], with `proxy_keys` (e.g. [`ADMIN_ON_PORT_0`]) added to the fixed
     /// `[proxy]` table of this and every later config this environment writes.
     pub async fn start_with(proxy_keys: &str, body: &str) -> TestEnv {
-        TestEnv::launch("", proxy_keys, body).await
+        let mut env = TestEnv::paths_only();
+        env.proxy_keys = proxy_keys.to_owned();
+        env.launch(body).await
     }
 
     /// Like [`TestEnv::start`], with `control_keys` added to the fixed `[control]` table.
     pub async fn start_with_control(control_keys: &str, body: &str) -> TestEnv {
-        TestEnv::launch(control_keys, "", body).await
-    }
-
-    async fn launch(control_keys: &str, proxy_keys: &str, body: &str) -> TestEnv {
         let mut env = TestEnv::paths_only();
         env.control_keys = control_keys.to_owned();
-        env.proxy_keys = proxy_keys.to_owned();
-        env.write_config(body);
-        env.start_controld().await;
-        env.start_proxyd();
-        let status = env.wait_for_applied(1).await;
-        env.http = listener_address(&status, "http");
-        env.admin = find_listener(&status, "admin");
-        env
+        env.launch(body).await
+    }
+
+    /// Like [`TestEnv::start`], with `listeners` (`[[proxy.listeners]]` tables, e.g.
+    /// [`HTTPS_ON_PORT_0`]) after the fixed plain listener `http`, in this and every later
+    /// config this environment writes.
+    pub async fn start_with_listeners(listeners: &str, body: &str) -> TestEnv {
+        let mut env = TestEnv::paths_only();
+        env.listeners = listeners.to_owned();
+        env.launch(body).await
+    }
+
+    async fn launch(mut self, body: &str) -> TestEnv {
+        self.write_config(body);
+        self.start_controld().await;
+        self.start_proxyd();
+        let status = self.wait_for_applied(1).await;
+        self.http = listener_address(&status, "http");
+        self.admin = find_listener(&status, "admin");
+        self.https = find_listener(&status, "https");
+        self
     }
 
     /// Paths and config helpers only, for tests that run the daemons as processes.
@@ -129,8 +149,10 @@ impl TestEnv {
             proxyd: None,
             http: ([0, 0, 0, 0], 0).into(),
             admin: None,
+            https: None,
             proxy_keys: String::new(),
             control_keys: String::new(),
+            listeners: String::new(),
         }
     }
 
@@ -155,12 +177,12 @@ impl TestEnv {
     }
 
     /// The config file: `body` first (so it may start with top-level keys), then the fixed part
-    /// (socket, state dir, `[proxy]` with this environment's extra keys, one listener on port 0).
-    /// `body` must not open `[control]` or `[proxy]`.
+    /// (socket, state dir, `[proxy]` with this environment's extra keys, one listener on port 0,
+    /// and this environment's extra listeners). `body` must not open `[control]` or `[proxy]`.
     pub fn config_text(&self, body: &str) -> String {
         format!(
             "{body}\n\n[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{}\n[proxy]\nshutdown_timeout = \"2s\"\n{}\n\
-             [[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n",
+             [[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n{}",
             self.socket.display(),
             self.dir.path().join("state").display(),
             self.control_keys,
@@ -168,6 +190,7 @@ impl TestEnv {
                 "" => String::new(),
                 keys => format!("{keys}\n"),
             },
+            self.listeners,
         )
     }
 
@@ -353,7 +376,14 @@ pub struct Answer {
 
 impl Conn {
     pub async fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).await.unwrap();
+        Conn::over(TcpStream::connect(addr).await.unwrap()).await
+    }
+
+    /// HTTP/1.1 over an open stream (a TLS one, say).
+    pub async fn over<S>(stream: S) -> Conn
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await

@@ -105,22 +105,18 @@ async fn two_writers_racing_on_the_same_version_exactly_one_wins() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_config_never_shows_key_material() {
-    // controld alone: a TLS site's snapshot is one this proxyd build would refuse.
-    let mut env = TestEnv::paths_only();
-    let key = env.dir.path().join("site.key");
-    std::fs::write(
-        &key,
-        "-----BEGIN PRIVATE KEY-----\nMIIsecret\n-----END PRIVATE KEY-----\n",
-    )
-    .unwrap();
+    let app = MockUpstream::start("app").await;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = proxy_tests::tls::TestCa::new();
+    let cert = ca.issue(certs.path(), "site", &["secure.example"]);
+    let key_pem = std::fs::read_to_string(&cert.key_file).unwrap();
+    let key_body = key_pem.lines().nth(1).unwrap().to_owned();
     let body = format!(
-        "[[sites]]\nhostnames = [\"secure.example\"]\nupstreams = [\"http://127.0.0.1:1\"]\n\
-         tls = {{ cert_file = \"{0}/site.crt\", key_file = \"{0}/site.key\" }}\n\n\
-         [[proxy.listeners]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = true\n",
-        env.dir.path().display()
+        "[[sites]]\nhostnames = [\"secure.example\"]\nupstreams = [\"{}\"]\n{}\n",
+        app.url(),
+        cert.site_tls()
     );
-    env.write_config(&body);
-    env.start_controld().await;
+    let env = TestEnv::start_with_listeners(proxy_tests::HTTPS_ON_PORT_0, &body).await;
     let reply = env
         .admin()
         .await
@@ -133,11 +129,32 @@ async fn get_config_never_shows_key_material() {
         reply.config_text.contains("key_file"),
         "the path is config, not a secret"
     );
-    let everything = format!("{}{:?}", reply.config_text, reply.snapshot);
+    let snapshot = reply.snapshot.unwrap();
+    let shown = &snapshot.certificates[0];
+    assert_eq!(shown.site, "secure.example");
     assert!(
-        !everything.contains("PRIVATE KEY") && !everything.contains("MIIsecret"),
+        shown.chain_pem.contains("BEGIN CERTIFICATE"),
+        "the chain is public"
+    );
+    assert_eq!(shown.key_pem, "", "the key is cleared");
+    let everything = format!("{}{snapshot:?}{}", reply.config_text, shown.chain_pem);
+    assert!(
+        !everything.contains("PRIVATE KEY") && !everything.contains(&key_body),
         "{everything}"
     );
+    // proxyd got the key all the same: it serves the site over TLS.
+    let stream = proxy_tests::tls::connect(
+        env.https.unwrap(),
+        "secure.example",
+        ca.client(&["http/1.1"], false),
+    )
+    .await
+    .unwrap();
+    let answer = proxy_tests::Conn::over(stream)
+        .await
+        .get("secure.example", "/")
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
     env.stop().await;
 }
 

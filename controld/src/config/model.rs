@@ -5,13 +5,27 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// A whole, valid config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub dynamic: DynamicConfig,
     pub statics: StaticConfig,
+}
+
+impl Config {
+    /// One warning per certificate that expires within [`super::EXPIRY_WARNING`] of `now`.
+    pub fn certificate_warnings(&self, now: SystemTime) -> Vec<String> {
+        self.dynamic
+            .sites
+            .iter()
+            .filter_map(|s| {
+                let certificate = s.tls.certificate()?;
+                super::certs::expiry_warning(s.name(), certificate, now)
+            })
+            .collect()
+    }
 }
 
 /// The part applied live on every reload: the heart of a snapshot.
@@ -27,6 +41,9 @@ pub struct DynamicConfig {
     pub upstream_response_timeout: Duration,
     /// A tracing filter directive ("info", "proxyd=debug,warn").
     pub log_level: String,
+    /// The name (first hostname) of the site with TLS whose certificate a handshake without a
+    /// known SNI gets; `None`: such handshakes fail.
+    pub default_tls_site: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +57,8 @@ pub struct Site {
     /// Path-prefix routes, in file order; prefixes unique within the site.
     pub routes: Vec<Route>,
     pub tls: SiteTls,
+    /// Plain-HTTP requests get a 308 to https:// when the site has a certificate.
+    pub https_redirect: bool,
     pub rate_limit: Option<RateLimit>,
     pub body_limit_bytes: Option<u64>,
     pub upstream_response_timeout: Option<Duration>,
@@ -128,11 +147,52 @@ pub struct PassiveHealth {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SiteTls {
     None,
+    /// Read from the files at every load, and checked.
     Files {
         cert_file: PathBuf,
         key_file: PathBuf,
+        certificate: Certificate,
     },
+    /// No certificate yet: ACME is not implemented.
     Acme,
+}
+
+impl SiteTls {
+    /// The certificate the site serves, when it has one.
+    pub fn certificate(&self) -> Option<&Certificate> {
+        match self {
+            SiteTls::Files { certificate, .. } => Some(certificate),
+            SiteTls::None | SiteTls::Acme => None,
+        }
+    }
+}
+
+/// A certificate chain and its private key, read from a site's files and checked: readable PEM,
+/// the key matches the leaf, the leaf's names cover every hostname of the site, not expired.
+/// Its `Debug` leaves the key out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Certificate {
+    /// The leaf's subjectAltName DNS names, lower case (`*.example.com` for a wildcard).
+    pub names: Vec<String>,
+    /// As read from `cert_file`: leaf first, then intermediates.
+    pub chain_pem: String,
+    /// As read from `key_file`. Secret: never logged, never shown by GetConfig.
+    pub key_pem: String,
+    /// The leaf's notAfter.
+    pub not_after: SystemTime,
+    /// The leaf's serial number, hex.
+    pub serial: String,
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate")
+            .field("names", &self.names)
+            .field("not_after", &self.not_after)
+            .field("serial", &self.serial)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,6 +51,13 @@ fn minimal_config_gets_the_documented_defaults() {
 
 #[test]
 fn the_design_example_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = super::tls_tests::cert_pair(
+        dir.path(),
+        "s",
+        &["static.example.com"],
+        std::time::SystemTime::now() + std::time::Duration::from_secs(90 * 86_400),
+    );
     let text = r#"
 body_limit_bytes = "10m"
 [rate_limit]
@@ -66,7 +73,7 @@ tls = "acme"
 [[sites]]
 hostnames = ["static.example.com"]
 upstreams = ["http://127.0.0.1:8082"]
-tls = { cert_file = "/etc/certs/s.pem", key_file = "/etc/certs/s.key" }
+tls = { cert_file = "CERT", key_file = "KEY" }
 rate_limit = { requests_per_second = 5, burst = 10 }
 body_limit_bytes = 1024
 [control]
@@ -86,8 +93,10 @@ tls = true
 directory_url = "https://acme-v02.api.letsencrypt.org/directory"
 contact = ["mailto:ops@example.com"]
 challenge = "http-01"
-"#;
-    let c = parse(text, Path::new("proxy.toml")).unwrap();
+"#
+    .replace("CERT", &cert.display().to_string())
+    .replace("KEY", &key.display().to_string());
+    let c = parse(&text, Path::new("proxy.toml")).unwrap();
     assert_eq!(c.dynamic.sites.len(), 2);
     assert_eq!(c.dynamic.sites[1].body_limit_bytes, Some(1024));
     assert_eq!(c.dynamic.sites[0].tls, SiteTls::Acme);

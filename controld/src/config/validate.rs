@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use super::certs;
 use super::file::{
     FileConfig, HealthCheckFile, ListenerFile, RateLimitFile, RouteFile, SiteFile, SizeValue,
     TlsFile, UpstreamEntry,
@@ -102,7 +103,12 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<Problem>> {
         log_format,
         acme: acme(&file, &mut p),
     };
-    let sites = sites(&file.sites, &statics, &mut p);
+    // Certificates are read and checked against this moment.
+    let sites = sites(&file.sites, &statics, SystemTime::now(), &mut p);
+    let default_tls_site = file
+        .default_tls_site
+        .as_deref()
+        .and_then(|name| default_tls_site(name, &file.sites, &mut p));
     let trusted_proxies = trusted_proxies(&file, &mut p);
     let upstream_response_timeout = match &file.upstream_response_timeout {
         Some(t) => positive_duration(t, root.key("upstream_response_timeout"), &mut p),
@@ -120,6 +126,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<Problem>> {
             trusted_proxies,
             upstream_response_timeout,
             log_level,
+            default_tls_site,
         },
         statics,
     })
@@ -518,12 +525,17 @@ fn acme(file: &FileConfig, p: &mut Problems) -> Option<AcmeConfig> {
     })
 }
 
-fn sites(files: &[SiteFile], statics: &StaticConfig, p: &mut Problems) -> Vec<Site> {
+fn sites(
+    files: &[SiteFile],
+    statics: &StaticConfig,
+    now: SystemTime,
+    p: &mut Problems,
+) -> Vec<Site> {
     let mut seen: HashMap<Hostname, KeyPath> = HashMap::new();
     let mut sites = Vec::new();
     for (i, file) in files.iter().enumerate() {
         let at = KeyPath::root().key("sites").index(i);
-        if let Some(site) = site(file, &at, statics, &mut seen, p) {
+        if let Some(site) = site(file, &at, statics, now, &mut seen, p) {
             sites.push(site);
         }
     }
@@ -534,6 +546,7 @@ fn site(
     file: &SiteFile,
     at: &KeyPath,
     statics: &StaticConfig,
+    now: SystemTime,
     seen: &mut HashMap<Hostname, KeyPath>,
     p: &mut Problems,
 ) -> Option<Site> {
@@ -581,6 +594,7 @@ fn site(
         );
     }
     let tls = site_tls(file.tls.as_ref(), &at.key("tls"), statics, p);
+    let tls = with_certificate(tls, &hostnames, &at.key("tls"), now, p);
     let rate_limit = file
         .rate_limit
         .as_ref()
@@ -599,6 +613,7 @@ fn site(
         pool,
         routes,
         tls,
+        https_redirect: file.https_redirect.unwrap_or(true),
         rate_limit,
         body_limit_bytes,
         upstream_response_timeout,
@@ -874,23 +889,33 @@ fn http_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// What a site's `tls` asks for, before its certificate files are read.
+enum TlsWanted {
+    None,
+    Files {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+    Acme,
+}
+
 fn site_tls(
     tls: Option<&TlsFile>,
     at: &KeyPath,
     statics: &StaticConfig,
     p: &mut Problems,
-) -> SiteTls {
+) -> TlsWanted {
     let tls = match tls {
-        None => return SiteTls::None,
+        None => return TlsWanted::None,
         Some(TlsFile::Mode(mode)) if mode == "acme" => {
             if statics.acme.is_none() {
                 p.push(at.clone(), "tls = \"acme\" needs an [acme] section");
             }
-            SiteTls::Acme
+            TlsWanted::Acme
         }
         Some(TlsFile::Mode(other)) => {
             p.push(at.clone(), format!("invalid tls {other:?}: expected \"acme\" or {{ cert_file = \"...\", key_file = \"...\" }}"));
-            return SiteTls::None;
+            return TlsWanted::None;
         }
         Some(TlsFile::Files(files)) => {
             let mut file = |value: &Option<String>, key: &str| match value.as_deref() {
@@ -905,7 +930,7 @@ fn site_tls(
             };
             let cert_file = file(&files.cert_file, "cert_file");
             let key_file = file(&files.key_file, "key_file");
-            SiteTls::Files {
+            TlsWanted::Files {
                 cert_file,
                 key_file,
             }
@@ -918,6 +943,64 @@ fn site_tls(
         );
     }
     tls
+}
+
+/// Reads and checks the certificate files of a site that names them (not when a path is
+/// already wrong); each problem is reported at the site's `tls`.
+fn with_certificate(
+    tls: TlsWanted,
+    hostnames: &[Hostname],
+    at: &KeyPath,
+    now: SystemTime,
+    p: &mut Problems,
+) -> SiteTls {
+    match tls {
+        TlsWanted::None => SiteTls::None,
+        TlsWanted::Acme => SiteTls::Acme,
+        TlsWanted::Files {
+            cert_file,
+            key_file,
+        } => {
+            if cert_file.as_os_str().is_empty() || key_file.as_os_str().is_empty() {
+                return SiteTls::None;
+            }
+            match certs::load(&cert_file, &key_file, hostnames, now) {
+                Ok(certificate) => SiteTls::Files {
+                    cert_file,
+                    key_file,
+                    certificate,
+                },
+                Err(problems) => {
+                    for problem in problems {
+                        p.push(at.clone(), problem);
+                    }
+                    SiteTls::None
+                }
+            }
+        }
+    }
+}
+
+/// `default_tls_site` names a site with `tls` by one of its hostnames; the snapshot carries the
+/// site's name (its first hostname).
+fn default_tls_site(name: &str, files: &[SiteFile], p: &mut Problems) -> Option<String> {
+    let at = KeyPath::root().key("default_tls_site");
+    let Some(site) = files
+        .iter()
+        .find(|s| s.hostnames.iter().any(|h| h.eq_ignore_ascii_case(name)))
+    else {
+        p.push(at, format!("no site has the hostname {name:?}"));
+        return None;
+    };
+    let site_name = site.hostnames.first()?.to_ascii_lowercase();
+    if site.tls.is_none() {
+        p.push(
+            at,
+            format!("site {site_name} has no `tls`, so it has no certificate to offer"),
+        );
+        return None;
+    }
+    Some(site_name)
 }
 
 #[cfg(test)]

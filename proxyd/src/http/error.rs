@@ -31,6 +31,9 @@ pub enum ProxyError {
     NoHealthyUpstream,
     #[error("upstream {upstream} did not answer within {timeout:?}")]
     UpstreamTimeout { upstream: String, timeout: Duration },
+    /// The request's host belongs to another site than the certificate of its TLS connection.
+    #[error("this connection's certificate is for site {connection_site}, not this host")]
+    MisdirectedRequest { connection_site: String },
 }
 
 impl ProxyError {
@@ -38,6 +41,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnknownHost | ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MisdirectedRequest { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -126,6 +130,14 @@ mod tests {
             e.into_response(&HeaderValue::from_static("test-id"))
                 .status(),
             StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            ProxyError::MisdirectedRequest {
+                connection_site: "a.example".into()
+            }
+            .into_response(&HeaderValue::from_static("test-id"))
+            .status(),
+            StatusCode::MISDIRECTED_REQUEST
         );
         assert_eq!(
             ProxyError::PayloadTooLarge { limit: 1 }

@@ -151,8 +151,9 @@ pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &str, peer: &Peer
         }
     }
     append_to_chain(headers, X_FORWARDED_FOR, &ip.to_string());
+    let proto = if peer.https { "https" } else { "http" };
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !headers.contains_key(&X_FORWARDED_HOST)
         && let Some(h) = original_host.or_else(|| HeaderValue::from_str(host).ok())
@@ -167,7 +168,7 @@ pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &str, peer: &Peer
     append_to_chain(
         headers,
         header::FORWARDED,
-        &format!("for={node};host=\"{host}\";proto=http"),
+        &format!("for={node};host=\"{host}\";proto={proto}"),
     );
     headers.insert(X_REQUEST_ID, peer.request_id.clone());
 }
@@ -236,6 +237,7 @@ mod tests {
             addr: "192.0.2.7:5555".parse().unwrap(),
             trusted: false,
             request_id: &id,
+            https: false,
         };
         prepare_upstream_request(&mut h, "a.example", &peer);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
@@ -270,13 +272,14 @@ mod tests {
             addr: "[2001:db8::1]:443".parse().unwrap(),
             trusted: true,
             request_id: &id,
+            https: true,
         };
         prepare_upstream_request(&mut h, "a.example", &peer);
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(
             h["forwarded"],
-            "for=198.51.100.1, for=\"[2001:db8::1]\";host=\"a.example\";proto=http"
+            "for=198.51.100.1, for=\"[2001:db8::1]\";host=\"a.example\";proto=https"
         );
 
         assert_ne!(

@@ -1,4 +1,5 @@
-//! Responses proxyd writes itself for route actions: redirects and fixed responses.
+//! Responses proxyd writes itself: redirects and fixed responses of route actions, and the
+//! redirect of plain HTTP to https://.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
@@ -6,9 +7,14 @@ use http_body_util::{BodyExt, Full};
 
 use super::ResponseBody;
 
-/// A redirect to `location` with its placeholders filled: {scheme}, {host} (the request's Host,
-/// with port) and {path} (path and query).
-pub fn redirect<B>(location: &str, status: StatusCode, req: &Request<B>) -> Response<ResponseBody> {
+/// A redirect to `location` with its placeholders filled: {scheme} (`https` when the request
+/// came over TLS), {host} (the request's Host, with port) and {path} (path and query).
+pub fn redirect<B>(
+    location: &str,
+    status: StatusCode,
+    req: &Request<B>,
+    https: bool,
+) -> Response<ResponseBody> {
     let host = req
         .uri()
         .authority()
@@ -21,11 +27,26 @@ pub fn redirect<B>(location: &str, status: StatusCode, req: &Request<B>) -> Resp
         .unwrap_or("");
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let target = location
-        .replace("{scheme}", "http")
+        .replace("{scheme}", if https { "https" } else { "http" })
         .replace("{host}", host)
         .replace("{path}", path);
+    located(status, &target)
+}
+
+/// 308 to `https://{host}{path}`: `host` as routing saw it (lower case, no port, so the
+/// redirect goes to the default HTTPS port), path and query unchanged.
+pub fn to_https<B>(host: &str, req: &Request<B>) -> Response<ResponseBody> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    located(
+        StatusCode::PERMANENT_REDIRECT,
+        &format!("https://{host}{path}"),
+    )
+}
+
+/// An empty response with `Location: target`.
+fn located(status: StatusCode, target: &str) -> Response<ResponseBody> {
     let mut response = body(status, Bytes::new());
-    match HeaderValue::from_str(&target) {
+    match HeaderValue::from_str(target) {
         Ok(v) => {
             response.headers_mut().insert(header::LOCATION, v);
         }
@@ -60,12 +81,30 @@ mod tests {
             .header(header::HOST, "example.com:8080")
             .body(())
             .unwrap();
-        let r = redirect("https://{host}{path}", StatusCode::PERMANENT_REDIRECT, &req);
+        let r = redirect(
+            "https://{host}{path}",
+            StatusCode::PERMANENT_REDIRECT,
+            &req,
+            false,
+        );
         assert_eq!(r.status(), 308);
         assert_eq!(
             r.headers()[header::LOCATION],
             "https://example.com:8080/a/b?c=1"
         );
+        let r = redirect("{scheme}://{host}/", StatusCode::FOUND, &req, true);
+        assert_eq!(r.headers()[header::LOCATION], "https://example.com:8080/");
+    }
+
+    #[test]
+    fn plain_http_goes_to_https_on_the_same_host_and_path() {
+        let req = Request::get("/a/b?c=1")
+            .header(header::HOST, "example.com:8080")
+            .body(())
+            .unwrap();
+        let r = to_https("example.com", &req);
+        assert_eq!(r.status(), 308);
+        assert_eq!(r.headers()[header::LOCATION], "https://example.com/a/b?c=1");
     }
 
     #[test]

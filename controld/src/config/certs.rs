@@ -1,0 +1,238 @@
+//! Site certificates from `tls = { cert_file, key_file }`: read once per load and checked
+//! (readable PEM, the key matches, the names cover the site, not expired) before they can go
+//! into a snapshot. Every failure is a message that validation puts at `sites[N].tls`.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::model::{Certificate, Hostname};
+
+/// A certificate that expires sooner than this is accepted with a warning in the reload reply.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// A PEM file larger than this is refused before it is parsed (a long chain is a few KiB).
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// Reads and checks the pair of files of a site serving `hostnames`; on failure, every problem
+/// found (none of them names key material).
+pub fn load(
+    cert_file: &Path,
+    key_file: &Path,
+    hostnames: &[Hostname],
+    now: SystemTime,
+) -> Result<Certificate, Vec<String>> {
+    let chain_pem = read_pem(cert_file, "cert_file").map_err(|e| vec![e])?;
+    let key_pem = read_pem(key_file, "key_file").map_err(|e| vec![e])?;
+    let chain = chain(&chain_pem, cert_file).map_err(|e| vec![e])?;
+    let key = private_key(&key_pem, key_file).map_err(|e| vec![e])?;
+    let leaf = Leaf::parse(&chain[0], cert_file).map_err(|e| vec![e])?;
+    let mut problems = Vec::new();
+    if let Err(e) = check_pair(chain, key, cert_file, key_file) {
+        problems.push(e);
+    }
+    let uncovered: Vec<&str> = hostnames
+        .iter()
+        .map(Hostname::as_str)
+        .filter(|h| !leaf.names.iter().any(|n| covers(n, h)))
+        .collect();
+    if !uncovered.is_empty() {
+        problems.push(format!(
+            "the certificate in {} does not cover {} (its names: {})",
+            cert_file.display(),
+            uncovered.join(", "),
+            if leaf.names.is_empty() {
+                "none".to_owned()
+            } else {
+                leaf.names.join(", ")
+            }
+        ));
+    }
+    if leaf.not_after <= now {
+        problems.push(format!(
+            "the certificate in {} expired on {}",
+            cert_file.display(),
+            humantime::format_rfc3339_seconds(leaf.not_after)
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Certificate {
+        names: leaf.names,
+        chain_pem,
+        key_pem,
+        not_after: leaf.not_after,
+        serial: leaf.serial,
+    })
+}
+
+/// Whether certificate name `name` covers site hostname `host`: the same name, or a one-label
+/// wildcard (`*.example.com` covers `a.example.com`, not `example.com` or `a.b.example.com`).
+/// A site wildcard needs the same wildcard in the certificate.
+pub fn covers(name: &str, host: &str) -> bool {
+    if name == host {
+        return true;
+    }
+    if host.starts_with("*.") {
+        return false;
+    }
+    match (name.strip_prefix("*."), host.split_once('.')) {
+        (Some(suffix), Some((label, parent))) => !label.is_empty() && parent == suffix,
+        _ => false,
+    }
+}
+
+/// A warning when `certificate` expires within [`EXPIRY_WARNING`] of `now`.
+pub fn expiry_warning(site: &str, certificate: &Certificate, now: SystemTime) -> Option<String> {
+    let left = certificate.not_after.duration_since(now).ok()?;
+    if left >= EXPIRY_WARNING {
+        return None;
+    }
+    Some(format!(
+        "the certificate of site {site} expires on {} (in {} days): renew it",
+        humantime::format_rfc3339_seconds(certificate.not_after),
+        left.as_secs() / 86_400
+    ))
+}
+
+/// Reads a PEM file whole (size-capped) as text.
+fn read_pem(path: &Path, key: &str) -> Result<String, String> {
+    let fail = |e: std::io::Error| format!("{key} {}: cannot read it: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(fail)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(fail)?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(format!(
+            "{key} {}: larger than {MAX_PEM_BYTES} bytes",
+            path.display()
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("{key} {}: not a PEM file", path.display()))
+}
+
+/// Every certificate of the chain file, leaf first; at least one.
+fn chain(pem: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cert_file {}: invalid PEM: {e}", path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "cert_file {}: no \"BEGIN CERTIFICATE\" block",
+            path.display()
+        ));
+    }
+    Ok(chain)
+}
+
+/// The first private key of the key file (PKCS#8, PKCS#1 or SEC1).
+fn private_key(pem: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    // The parser's error names a PEM section or I/O, never key bytes.
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
+        format!(
+            "key_file {}: no usable PEM private key ({e})",
+            path.display()
+        )
+    })
+}
+
+/// The key must be one rustls can sign with (RSA, ECDSA P-256/P-384, Ed25519) and match the
+/// leaf's public key.
+fn check_pair(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<(), String> {
+    let provider = rustls::crypto::ring::default_provider();
+    let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
+        format!(
+            "key_file {}: unsupported private key: {e}",
+            key_file.display()
+        )
+    })?;
+    CertifiedKey::new(chain, signing_key)
+        .keys_match()
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => format!(
+                "the private key in {} does not match the certificate in {}",
+                key_file.display(),
+                cert_file.display()
+            ),
+            other => format!(
+                "cannot check that the private key in {} matches the certificate in {}: {other}",
+                key_file.display(),
+                cert_file.display()
+            ),
+        })
+}
+
+/// What the checks need from the leaf certificate.
+struct Leaf {
+    names: Vec<String>,
+    not_after: SystemTime,
+    serial: String,
+}
+
+impl Leaf {
+    fn parse(der: &CertificateDer<'_>, path: &Path) -> Result<Leaf, String> {
+        let invalid = |e: String| format!("cert_file {}: invalid certificate: {e}", path.display());
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| invalid(e.to_string()))?;
+        let names = match cert
+            .subject_alternative_name()
+            .map_err(|e| invalid(e.to_string()))?
+        {
+            Some(san) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(name) => {
+                        Some(name.trim_end_matches('.').to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let not_after = u64::try_from(cert.validity().not_after.timestamp())
+            .map_or(UNIX_EPOCH, |secs| UNIX_EPOCH + Duration::from_secs(secs));
+        let serial = cert
+            .raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Leaf {
+            names,
+            not_after,
+            serial,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cover_hosts_exactly_or_by_one_label_wildcard() {
+        assert!(covers("example.com", "example.com"));
+        assert!(covers("*.example.com", "www.example.com"));
+        assert!(!covers("*.example.com", "example.com"));
+        assert!(!covers("*.example.com", "a.b.example.com"));
+        assert!(!covers("example.com", "www.example.com"));
+        assert!(covers("*.example.com", "*.example.com"));
+        assert!(
+            !covers("www.example.com", "*.example.com"),
+            "a site wildcard needs a wildcard name"
+        );
+        assert!(!covers("*.other.com", "*.example.com"));
+    }
+}

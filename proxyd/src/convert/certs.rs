@@ -1,0 +1,115 @@
+//! The snapshot's certificates become signing keys here: the PEM is parsed, the key loaded with
+//! the ring provider and checked against the leaf. A bad pair refuses the whole snapshot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use proto::v1 as pb;
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::SnapshotError;
+
+/// A site's certificate chain and private key, ready for handshakes. Its `Debug` shows the
+/// names only; it compares by the chain.
+#[derive(Clone)]
+pub struct SiteCertificate {
+    pub key: Arc<CertifiedKey>,
+    /// The names the certificate covers, as controld read them.
+    pub names: Vec<String>,
+    /// The leaf's notAfter, seconds since the Unix epoch.
+    pub not_after_unix: u64,
+}
+
+impl PartialEq for SiteCertificate {
+    fn eq(&self, other: &Self) -> bool {
+        self.key.cert == other.key.cert && self.names == other.names
+    }
+}
+
+impl Eq for SiteCertificate {}
+
+impl std::fmt::Debug for SiteCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteCertificate")
+            .field("names", &self.names)
+            .field("not_after_unix", &self.not_after_unix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every certificate of the snapshot by site name, each checked; at most one per site.
+pub fn by_site(
+    list: &[pb::Certificate],
+) -> Result<HashMap<String, SiteCertificate>, SnapshotError> {
+    let provider = rustls::crypto::ring::default_provider();
+    let mut found = HashMap::new();
+    for c in list {
+        let fail = |reason: String| SnapshotError::Certificate {
+            site: c.site.clone(),
+            reason,
+        };
+        let checked = certificate(c, &provider).map_err(fail)?;
+        if found.insert(c.site.clone(), checked).is_some() {
+            return Err(fail("more than one certificate for the site".to_owned()));
+        }
+    }
+    Ok(found)
+}
+
+/// Parses and checks one certificate of the snapshot; the error never holds key material.
+pub fn certificate(
+    c: &pb::Certificate,
+    provider: &CryptoProvider,
+) -> Result<SiteCertificate, String> {
+    let chain = CertificateDer::pem_slice_iter(c.chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in the chain".to_owned());
+    }
+    let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+        .map_err(|e| format!("no usable private key ({e})"))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    let key = CertifiedKey::new(chain, signing_key);
+    key.keys_match().map_err(|e| match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            "the private key does not match the certificate".to_owned()
+        }
+        other => format!("cannot check the private key against the certificate: {other}"),
+    })?;
+    Ok(SiteCertificate {
+        key: Arc::new(key),
+        names: c.names.clone(),
+        not_after_unix: c.not_after_unix,
+    })
+}
+
+/// A self-signed certificate for `names` with its key, for tests here and in `runtime`.
+#[cfg(test)]
+pub fn test_pem(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// [`test_pem`], checked and loaded.
+#[cfg(test)]
+pub fn test_certificate(names: &[&str]) -> SiteCertificate {
+    let (chain_pem, key_pem) = test_pem(names);
+    let c = pb::Certificate {
+        chain_pem,
+        key_pem,
+        ..Default::default()
+    };
+    certificate(&c, &rustls::crypto::ring::default_provider()).unwrap()
+}

@@ -1,0 +1,128 @@
+//! TLS termination for listeners with `tls = true`: one rustls `ServerConfig` (ring provider,
+//! TLS 1.2 and 1.3, ALPN h2 and http/1.1) whose certificate resolver reads the *current* runtime,
+//! and the handshake of each connection under one deadline.
+//!
+//! The certificate is looked up on every handshake, so a reload that brings a new certificate
+//! applies to the next handshake at once, while connections already established keep the one
+//! they negotiated.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::{LazyConfigAcceptor, StartHandshake};
+
+use crate::runtime::Runtime;
+
+/// How long a client has, from the accept, to complete the TLS handshake. Like the request
+/// head timeout, it bounds what a slow or silent client can hold; it is not configurable.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A fatal `unrecognized_name` alert (RFC 6066 §3) as a plaintext record: nothing has been
+/// negotiated yet when proxyd finds it has no certificate for the name asked.
+const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
+
+/// ALPN protocols offered, most preferred first.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Why a TLS connection did not get as far as HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("TLS handshake not complete within {0:?}")]
+    Timeout(Duration),
+    #[error("no certificate for server name {0:?} (and no default_tls_site with one)")]
+    UnknownServerName(Option<String>),
+    #[error("TLS handshake failed: {0}")]
+    Failed(#[from] std::io::Error),
+}
+
+/// What the handshake settled, for the request path.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The site whose certificate the connection got; requests for other sites get 421.
+    pub site: String,
+}
+
+/// Terminates TLS for every TLS listener of this proxyd.
+pub struct Terminator {
+    config: Arc<ServerConfig>,
+    runtime: Arc<ArcSwap<Runtime>>,
+}
+
+impl Terminator {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Result<Terminator, rustls::Error> {
+        // The provider is passed explicitly: no process-wide default to install or race on.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(CurrentCertificates {
+                runtime: runtime.clone(),
+            }));
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        Ok(Terminator {
+            config: Arc::new(config),
+            runtime,
+        })
+    }
+
+    /// Runs the server side of the handshake on `tcp`, within [`HANDSHAKE_TIMEOUT`].
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(TlsStream<TcpStream>, Session), HandshakeError> {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.negotiate(tcp))
+            .await
+            .unwrap_or(Err(HandshakeError::Timeout(HANDSHAKE_TIMEOUT)))
+    }
+
+    /// Reads the ClientHello first, so that a name no site can answer for gets
+    /// `unrecognized_name` rather than rustls's generic refusal; then finishes the handshake,
+    /// whose certificate the resolver picks from the runtime by the same rule.
+    async fn negotiate(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(TlsStream<TcpStream>, Session), HandshakeError> {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
+        let server_name = start.client_hello().server_name().map(str::to_owned);
+        let site = self
+            .runtime
+            .load()
+            .tls_site(server_name.as_deref())
+            .map(|site| site.name.clone());
+        let Some(site) = site else {
+            refuse(start).await;
+            return Err(HandshakeError::UnknownServerName(server_name));
+        };
+        let stream = start.into_stream(self.config.clone()).await?;
+        Ok((stream, Session { site }))
+    }
+}
+
+/// Sends `unrecognized_name` and closes; the client may already be gone.
+async fn refuse(start: StartHandshake<TcpStream>) {
+    let StartHandshake { mut io, .. } = start;
+    let _ = io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+    let _ = io.shutdown().await;
+}
+
+/// The certificate resolver: one lock-free load of the current runtime per handshake.
+#[derive(Debug)]
+struct CurrentCertificates {
+    runtime: Arc<ArcSwap<Runtime>>,
+}
+
+impl ResolvesServerCert for CurrentCertificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.runtime
+            .load()
+            .tls_site(hello.server_name())
+            .and_then(|site| site.certificate.clone())
+    }
+}
