@@ -11,7 +11,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use certs::EXPIRY_WARNING;
+pub use certs::{EXPIRY_WARNING, check_pem, covers};
 pub use locate::KeyPath;
 pub use model::*;
 pub use validate::{DEFAULT_BODY_LIMIT_BYTES, parse_size};

@@ -5,6 +5,7 @@
 //! is here so that tests can run a whole controld in-process.
 
 pub mod access;
+pub mod acme;
 pub mod config;
 pub mod dataplanes;
 pub mod diff;
@@ -42,6 +43,8 @@ pub struct Options {
     pub ack_timeout: Duration,
     /// Applies `logging.level` after each reload (the binary's tracing subscriber).
     pub log_level_hook: Option<LogLevelHook>,
+    /// How the ACME task runs (its clock, how often it looks, its back-off).
+    pub acme: acme::AcmeOptions,
 }
 
 impl Options {
@@ -50,6 +53,7 @@ impl Options {
             config_path: config_path.into(),
             ack_timeout: DEFAULT_ACK_TIMEOUT,
             log_level_hook: None,
+            acme: acme::AcmeOptions::default(),
         }
     }
 }
@@ -61,6 +65,7 @@ pub struct Controld {
     /// From the config at start: the allow-list is static.
     access: access::Access,
     started_at: SystemTime,
+    acme: Arc<acme::Acme>,
 }
 
 impl Controld {
@@ -69,6 +74,9 @@ impl Controld {
     pub fn start(options: &Options, config: Config, config_text: &str) -> Result<Controld, Error> {
         let planes = Arc::new(dataplanes::DataPlanes::default());
         let access = access::Access::new(&config.statics.control);
+        // The certificates earlier runs stored go into the first version; the CA is only ever
+        // talked to by the ACME task, so startup never waits for it.
+        let (acme, overlay) = acme::Acme::open(&config, options.acme.clone())?;
         let reloader = Reloader::start(
             &options.config_path,
             config,
@@ -76,12 +84,14 @@ impl Controld {
             planes.clone(),
             options.ack_timeout,
             options.log_level_hook.clone(),
+            overlay,
         )?;
         Ok(Controld {
             reloader: Arc::new(reloader),
             planes,
             access,
             started_at: SystemTime::now(),
+            acme: Arc::new(acme),
         })
     }
 
@@ -152,12 +162,18 @@ impl Controld {
             started_at: self.started_at,
             metrics_address: None,
             shutdown: shutdown.clone(),
+            acme: self.acme.clone(),
         };
         let metrics_address = self.serve_metrics(&shutdown).await?;
         let admin = service::AdminService {
             metrics_address,
             ..admin
         };
+        tokio::spawn(
+            self.acme
+                .clone()
+                .run(self.reloader.clone(), shutdown.clone()),
+        );
         notify::ready(self.reloader.current().version);
         // Discoverable with standard tools: `grpcurl -unix <socket> list`, and health probes
         // through grpc.health.v1 with no custom client.

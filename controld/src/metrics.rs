@@ -1,5 +1,6 @@
 //! controld's metrics: reloads by result, the last reload's success and time, the version it
-//! serves and its data planes, as Prometheus text on `control.metrics_address` (`/metrics`).
+//! serves and its data planes, each certificate's notAfter and ACME renewals by result, as
+//! Prometheus text on `control.metrics_address` (`/metrics`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,6 +31,11 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabels {
+    site: String,
+}
+
 /// Counters that accumulate; gauges are read from the Reloader at scrape time.
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +45,8 @@ pub struct Metrics {
     version: Gauge,
     data_planes: Gauge,
     data_planes_in_sync: Gauge,
+    certificate_not_after: Family<SiteLabels, Gauge>,
+    renewals: Family<ResultLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -57,6 +65,8 @@ impl Default for Metrics {
             version: Gauge::default(),
             data_planes: Gauge::default(),
             data_planes_in_sync: Gauge::default(),
+            certificate_not_after: Family::default(),
+            renewals: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -90,6 +100,20 @@ impl Default for Metrics {
             "Subscribed data planes serving the current version",
             m.data_planes_in_sync.clone(),
         );
+        r.register_with_unit(
+            "certificate_not_after",
+            "notAfter of the certificate each site serves, Unix time (files and ACME)",
+            Unit::Seconds,
+            m.certificate_not_after.clone(),
+        );
+        r.register(
+            "certificate_renewals",
+            "ACME issuance and renewal attempts, by result (success, failure)",
+            m.renewals.clone(),
+        );
+        for result in ["success", "failure"] {
+            m.renewals.get_or_create(&ResultLabels { result }).inc_by(0);
+        }
         for result in ["applied", "unchanged", "rejected"] {
             m.reloads.get_or_create(&ResultLabels { result }).inc_by(0);
         }
@@ -125,8 +149,24 @@ impl Metrics {
         }
     }
 
+    /// Counts a finished ACME attempt.
+    pub fn renewed(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.renewals.get_or_create(&ResultLabels { result }).inc();
+    }
+
     fn encode(&self, reloader: &Reloader, planes: &DataPlanes) -> Result<String, std::fmt::Error> {
-        let current = reloader.current().version;
+        let snapshot = reloader.current();
+        // Rebuilt at every scrape: a site that lost its certificate loses its series.
+        self.certificate_not_after.clear();
+        for c in &snapshot.content.snapshot.certificates {
+            self.certificate_not_after
+                .get_or_create(&SiteLabels {
+                    site: c.site.clone(),
+                })
+                .set(i64::try_from(c.not_after_unix).unwrap_or(i64::MAX));
+        }
+        let current = snapshot.version;
         let list = planes.list();
         self.version.set(i64::try_from(current).unwrap_or(i64::MAX));
         self.data_planes

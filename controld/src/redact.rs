@@ -44,6 +44,9 @@ pub fn snapshot(mut snapshot: pb::Snapshot) -> pb::Snapshot {
     for certificate in &mut snapshot.certificates {
         certificate.key_pem.clear();
     }
+    for challenge in &mut snapshot.acme_challenges {
+        challenge.key_pem.clear();
+    }
     snapshot
 }
 

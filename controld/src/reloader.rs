@@ -12,7 +12,7 @@ use crate::dataplanes::{DataPlanes, PlaneOutcome};
 use crate::diff::ConfigDiff;
 use crate::error::Error;
 use crate::history::{Entry, History};
-use crate::snapshot::Content;
+use crate::snapshot::{AcmeOverlay, Content};
 use crate::state::{Published, StateDir};
 
 /// The snapshot being served: what every new subscriber gets first.
@@ -136,11 +136,29 @@ pub struct Reloader {
     last: Mutex<Option<LastReload>>,
     metrics: crate::metrics::Metrics,
     log_level_hook: Option<LogLevelHook>,
+    /// What ACME adds to every snapshot: changed only under `lock`, through
+    /// [`Reloader::publish_acme`], read by every reload.
+    acme: Mutex<Arc<AcmeOverlay>>,
+}
+
+/// What [`Reloader::publish_acme`] did.
+#[derive(Debug, Clone)]
+pub struct AcmePublished {
+    /// The version serving now: a new one, or the same when the change changed nothing.
+    pub version: u64,
+    /// Whether a new version was published.
+    pub published: bool,
+    /// What each data plane connected at publish time did with it (empty when nothing was
+    /// published).
+    pub data_planes: Vec<PlaneOutcome>,
 }
 
 impl Reloader {
     /// Takes the config loaded at startup and gives it a version: the recorded one when the
     /// content is unchanged since the last run, the next one otherwise.
+    ///
+    /// `acme` holds the certificates ACME issued earlier (read from the state directory), so that
+    /// the first version already serves them: startup never waits for the CA.
     pub fn start(
         config_path: &Path,
         config: Config,
@@ -148,10 +166,11 @@ impl Reloader {
         planes: Arc<DataPlanes>,
         ack_timeout: Duration,
         log_level_hook: Option<LogLevelHook>,
+        acme: AcmeOverlay,
     ) -> Result<Reloader, Error> {
         let state = StateDir::open(&config.statics.control.state_dir)?;
         let history = History::open(&config.statics.control.state_dir)?;
-        let content = Content::build(&config);
+        let content = Content::build_with(&config, &acme);
         let last = state.last_published()?;
         let version = match &last {
             Some(last) if last.hash == content.hash => last.version,
@@ -193,6 +212,72 @@ impl Reloader {
             last: Mutex::new(None),
             metrics: crate::metrics::Metrics::default(),
             log_level_hook,
+            acme: Mutex::new(Arc::new(acme)),
+        })
+    }
+
+    /// What ACME adds to the snapshots now.
+    pub fn acme_overlay(&self) -> Arc<AcmeOverlay> {
+        self.acme.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes what ACME adds to the snapshots (a new certificate, a challenge to answer, one
+    /// to forget) and, when that changes the snapshot, publishes it as a new version on top of
+    /// the config serving now, then waits for the data planes like a reload. The single writer:
+    /// this runs under the reload lock, so it never interleaves with a reload.
+    pub async fn publish_acme(
+        &self,
+        summary: &str,
+        change: impl FnOnce(&mut AcmeOverlay),
+    ) -> Result<AcmePublished, Error> {
+        let _serialized = self.lock.lock().await;
+        let current = self.current();
+        let mut overlay = (*self.acme_overlay()).clone();
+        change(&mut overlay);
+        let content = Content::build_with(&current.config, &overlay);
+        if content.hash == current.content.hash {
+            *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(overlay);
+            return Ok(AcmePublished {
+                version: current.version,
+                published: false,
+                data_planes: Vec::new(),
+            });
+        }
+        let version = current.version + 1;
+        self.state.record(&Published {
+            version,
+            hash: content.hash.clone(),
+        })?;
+        *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(overlay);
+        let entry = Entry {
+            version,
+            hash: content.hash.clone(),
+            at_unix_ms: unix_ms(SystemTime::now()),
+            source: "acme".to_owned(),
+            uid: None,
+            pid: None,
+            summary: summary.to_owned(),
+        };
+        let text = self
+            .history
+            .config_text(current.version)
+            .unwrap_or_default();
+        if let Err(e) = self.history.record(&entry, &text) {
+            tracing::warn!(error = %e, version, "cannot record the version in the history");
+        }
+        tracing::info!(old_version = current.version, new_version = version, changes = %summary, "publishing new config version");
+        let waiting = self.planes.connected();
+        self.current.send_replace(Arc::new(Current {
+            version,
+            config: current.config.clone(),
+            content,
+        }));
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        let data_planes = self.planes.wait_for(version, &waiting, deadline).await;
+        Ok(AcmePublished {
+            version,
+            published: true,
+            data_planes,
         })
     }
 
@@ -302,7 +387,7 @@ impl Reloader {
             Ok(config) => {
                 report.diff = ConfigDiff::between(&current.config, &config);
                 report.warnings = warnings(&report.diff, &config);
-                if Content::build(&config).hash != current.content.hash {
+                if Content::build_with(&config, &self.acme_overlay()).hash != current.content.hash {
                     report.next_version = current.version + 1;
                 }
             }
@@ -392,7 +477,7 @@ impl Reloader {
         let mut report = Reloader::empty_report(&current);
         report.diff = ConfigDiff::between(&current.config, &config);
         report.warnings = warnings(&report.diff, &config);
-        let content = Content::build(&config);
+        let content = Content::build_with(&config, &self.acme_overlay());
         let unchanged = content.hash == current.content.hash && !options.force;
         let version = current.version + 1;
         if options.dry_run {

@@ -131,6 +131,7 @@ pub struct AdminService {
     /// Where `/metrics` is served, when it is.
     pub metrics_address: Option<std::net::SocketAddr>,
     pub shutdown: CancellationToken,
+    pub acme: Arc<crate::acme::Acme>,
 }
 
 #[tonic::async_trait]
@@ -293,6 +294,66 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::HistoryReply {
             entries,
             current_version: self.reloader.current().version,
+        }))
+    }
+
+    async fn certificates(
+        &self,
+        _: Request<pb::CertificatesRequest>,
+    ) -> Result<Response<pb::CertificatesReply>, Status> {
+        use crate::config::SiteTls;
+        let current = self.reloader.current();
+        let overlay = self.reloader.acme_overlay();
+        let unix = |t: SystemTime| unix_ms(t) / 1000;
+        let certificates = current
+            .config
+            .dynamic
+            .sites
+            .iter()
+            .filter(|s| s.tls != SiteTls::None)
+            .map(|site| {
+                // What serves now is what the snapshot carries.
+                let serving = current
+                    .content
+                    .snapshot
+                    .certificates
+                    .iter()
+                    .find(|c| c.site == site.name());
+                let mut status = pb::CertificateStatus {
+                    site: site.name().to_owned(),
+                    hostnames: site.hostnames.iter().map(ToString::to_string).collect(),
+                    source: match site.tls {
+                        SiteTls::Acme => "acme",
+                        _ => "files",
+                    }
+                    .to_owned(),
+                    names: serving.map(|c| c.names.clone()).unwrap_or_default(),
+                    not_after_unix: serving.map_or(0, |c| c.not_after_unix),
+                    serial: site
+                        .tls
+                        .certificate()
+                        .or_else(|| overlay.certificates.get(site.name()))
+                        .filter(|_| serving.is_some())
+                        .map(|c| c.serial.clone())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                };
+                if site.tls == SiteTls::Acme {
+                    let acme = self
+                        .acme
+                        .status(site, overlay.certificates.get(site.name()));
+                    status.next_renewal_unix = acme.next_attempt.map_or(0, unix);
+                    status.last_error = acme.backoff.last_error;
+                    status.last_error_unix = acme.backoff.last_error_unix_ms / 1000;
+                    status.failures = acme.backoff.failures;
+                    status.state = if acme.issuing { "issuing" } else { "waiting" }.to_owned();
+                }
+                status
+            })
+            .collect();
+        Ok(Response::new(pb::CertificatesReply {
+            certificates,
+            now_unix: unix(self.acme.now()),
         }))
     }
 

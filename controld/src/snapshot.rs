@@ -1,12 +1,92 @@
 //! Builds the wire snapshot from a validated config: the only place controld's model becomes
 //! proto types for the data plane.
 
+use std::collections::BTreeMap;
+
 use proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    Config, LoadBalancing, PoolConfig, RateLimit, Route, RouteAction, Site, SiteTls, Upstream,
+    Certificate, Config, LoadBalancing, PoolConfig, RateLimit, Route, RouteAction, Site, SiteTls,
+    Upstream, covers,
 };
+
+/// What ACME adds to a snapshot beyond the config: the certificates it issued and the challenges
+/// it is completing. Only the Reloader changes it, and every change is a new version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AcmeOverlay {
+    /// By site name. A certificate goes into the snapshot only while its site says
+    /// `tls = "acme"` and the certificate covers every hostname of the site.
+    pub certificates: BTreeMap<String, Certificate>,
+    pub challenges: Vec<Challenge>,
+}
+
+/// A pending ACME challenge, as a data plane answers it. Its `Debug` leaves keys out.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Http01 {
+        name: String,
+        token: String,
+        key_authorization: String,
+    },
+    TlsAlpn01 {
+        name: String,
+        certificate_pem: String,
+        key_pem: String,
+    },
+}
+
+impl Challenge {
+    /// The DNS name being validated.
+    pub fn name(&self) -> &str {
+        match self {
+            Challenge::Http01 { name, .. } | Challenge::TlsAlpn01 { name, .. } => name,
+        }
+    }
+
+    fn to_proto(&self) -> pb::AcmeChallenge {
+        match self {
+            Challenge::Http01 {
+                name,
+                token,
+                key_authorization,
+            } => pb::AcmeChallenge {
+                r#type: pb::AcmeChallengeType::Http01.into(),
+                name: name.clone(),
+                token: token.clone(),
+                key_authorization: key_authorization.clone(),
+                ..Default::default()
+            },
+            Challenge::TlsAlpn01 {
+                name,
+                certificate_pem,
+                key_pem,
+            } => pb::AcmeChallenge {
+                r#type: pb::AcmeChallengeType::TlsAlpn01.into(),
+                name: name.clone(),
+                certificate_pem: certificate_pem.clone(),
+                key_pem: key_pem.clone(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Challenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Challenge::Http01 { name, token, .. } => f
+                .debug_struct("Http01")
+                .field("name", name)
+                .field("token", token)
+                .finish_non_exhaustive(),
+            Challenge::TlsAlpn01 { name, .. } => f
+                .debug_struct("TlsAlpn01")
+                .field("name", name)
+                .finish_non_exhaustive(),
+        }
+    }
+}
 
 /// A snapshot's content without its version, and the hash that identifies that content.
 #[derive(Debug, Clone)]
@@ -16,9 +96,15 @@ pub struct Content {
 }
 
 impl Content {
-    /// Builds the snapshot content for `config`. The hash covers everything proxyd receives except
-    /// the version, so two files that differ only in comments or key order hash the same.
+    /// Builds the snapshot content for `config` alone (no ACME certificates or challenges).
     pub fn build(config: &Config) -> Content {
+        Content::build_with(config, &AcmeOverlay::default())
+    }
+
+    /// Builds the snapshot content for `config` with what ACME adds. The hash covers everything
+    /// proxyd receives except the version, so two files that differ only in comments or key
+    /// order hash the same.
+    pub fn build_with(config: &Config, acme: &AcmeOverlay) -> Content {
         let statics = &config.statics;
         let dynamic = &config.dynamic;
         let mut snapshot = pb::Snapshot {
@@ -62,7 +148,12 @@ impl Content {
                     .collect(),
                 default_tls_site: dynamic.default_tls_site.clone().unwrap_or_default(),
             }),
-            certificates: dynamic.sites.iter().filter_map(certificate).collect(),
+            certificates: dynamic
+                .sites
+                .iter()
+                .filter_map(|s| certificate(s, acme))
+                .collect(),
+            acme_challenges: acme.challenges.iter().map(Challenge::to_proto).collect(),
         };
         let hash = hex(&Sha256::digest(prost::Message::encode_to_vec(&snapshot)));
         snapshot.content_hash = hash.clone();
@@ -103,9 +194,20 @@ fn site(site: &Site) -> pb::Site {
     }
 }
 
-/// The site's certificate and key, when it has one.
-fn certificate(site: &Site) -> Option<pb::Certificate> {
-    let c = site.tls.certificate()?;
+/// The site's certificate and key, when it has one: from its files, or issued through ACME (and
+/// covering every hostname of the site).
+fn certificate(site: &Site, acme: &AcmeOverlay) -> Option<pb::Certificate> {
+    let (c, source) = match &site.tls {
+        SiteTls::Acme => {
+            let c = acme.certificates.get(site.name())?;
+            let covered = site
+                .hostnames
+                .iter()
+                .all(|h| c.names.iter().any(|n| covers(n, h.as_str())));
+            (c, if covered { "acme" } else { return None })
+        }
+        tls => (tls.certificate()?, "files"),
+    };
     Some(pb::Certificate {
         site: site.name().to_owned(),
         names: c.names.clone(),
@@ -115,7 +217,7 @@ fn certificate(site: &Site) -> Option<pb::Certificate> {
             .not_after
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        source: "files".to_owned(),
+        source: source.to_owned(),
     })
 }
 

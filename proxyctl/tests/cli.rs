@@ -16,11 +16,12 @@ use std::time::Duration;
 use proto::v1::admin_server::{Admin, AdminServer};
 use proto::v1::data_plane_server::{DataPlane, DataPlaneServer};
 use proto::v1::{
-    BoundListener, ConfigDiff, ControlPlaneStatus, DataPlaneOutcome, DataPlaneResult,
-    DataPlaneStatus, DataPlaneStatusReply, DataPlaneStatusRequest, Diagnostic, DrainReply,
-    DrainRequest, GetConfigReply, GetConfigRequest, HistoryEntry, HistoryReply, HistoryRequest,
-    ReloadOutcome, ReloadReply, ReloadRequest, RollbackRequest, ShutdownReply, ShutdownRequest,
-    Snapshot, StatusReply, StatusRequest, UpstreamStatus, ValidateReply, ValidateRequest,
+    BoundListener, CertificateStatus, CertificatesReply, CertificatesRequest, ConfigDiff,
+    ControlPlaneStatus, DataPlaneOutcome, DataPlaneResult, DataPlaneStatus, DataPlaneStatusReply,
+    DataPlaneStatusRequest, Diagnostic, DrainReply, DrainRequest, GetConfigReply, GetConfigRequest,
+    HistoryEntry, HistoryReply, HistoryRequest, ReloadOutcome, ReloadReply, ReloadRequest,
+    RollbackRequest, ShutdownReply, ShutdownRequest, Snapshot, StatusReply, StatusRequest,
+    UpstreamStatus, ValidateReply, ValidateRequest,
 };
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
@@ -127,6 +128,47 @@ impl Admin for Fake {
         _: Request<ShutdownRequest>,
     ) -> Result<Response<ShutdownReply>, Status> {
         Ok(Response::new(ShutdownReply { version: SERVING }))
+    }
+
+    async fn certificates(
+        &self,
+        _: Request<CertificatesRequest>,
+    ) -> Result<Response<CertificatesReply>, Status> {
+        Ok(Response::new(certificates()))
+    }
+}
+
+/// Two certificates: `a.example` from files with 200 days left, `b.example` through ACME with 5
+/// days left and a failing renewal.
+fn certificates() -> CertificatesReply {
+    const NOW: u64 = 1_900_000_000;
+    const DAY: u64 = 86_400;
+    CertificatesReply {
+        now_unix: NOW,
+        certificates: vec![
+            CertificateStatus {
+                site: "a.example".into(),
+                hostnames: vec!["a.example".into()],
+                source: "files".into(),
+                names: vec!["a.example".into()],
+                not_after_unix: NOW + 200 * DAY,
+                serial: "01".into(),
+                ..Default::default()
+            },
+            CertificateStatus {
+                site: "b.example".into(),
+                hostnames: vec!["b.example".into(), "www.b.example".into()],
+                source: "acme".into(),
+                names: vec!["b.example".into(), "www.b.example".into()],
+                not_after_unix: NOW + 5 * DAY + 3600,
+                next_renewal_unix: NOW + 600,
+                last_error: "connection refused".into(),
+                last_error_unix: NOW - 60,
+                failures: 3,
+                state: "waiting".into(),
+                serial: "0abc".into(),
+            },
+        ],
     }
 }
 

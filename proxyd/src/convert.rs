@@ -15,9 +15,9 @@ use proto::v1 as pb;
 /// The name under which the ACK reports the admin listener; no `[[proxy.listeners]]` may use it.
 pub use proto::ADMIN_LISTENER_NAME;
 
-pub use certs::SiteCertificate;
 #[cfg(test)]
 pub use certs::test_certificate;
+pub use certs::{Challenges, SiteCertificate};
 
 /// A snapshot proxyd has checked and can compile into a runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub struct Spec {
     pub log_level: String,
     /// The name of the site whose certificate a handshake without a known SNI gets.
     pub default_tls_site: Option<String>,
+    /// The ACME challenges to answer.
+    pub challenges: Challenges,
 }
 
 /// Settings proxyd takes from the first snapshot it applies and keeps until it restarts.
@@ -209,6 +211,8 @@ pub enum SnapshotError {
     AdminAddress { address: String },
     #[error("certificate of site {site:?}: {reason}")]
     Certificate { site: String, reason: String },
+    #[error("ACME challenge for {name:?}: {reason}")]
+    Challenge { name: String, reason: String },
     #[error("default_tls_site {site:?} is not the name of a site")]
     DefaultTlsSite { site: String },
     #[error("sites[{index}]: {reason}")]
@@ -246,6 +250,7 @@ impl TryFrom<pb::Snapshot> for Spec {
             });
         }
         let certificates = certs::by_site(&s.certificates)?;
+        let challenges = certs::challenges(&s.acme_challenges)?;
         let sites = sites(dynamic.sites, certificates)?;
         let default_tls_site = match dynamic.default_tls_site {
             name if name.is_empty() => None,
@@ -302,6 +307,7 @@ impl TryFrom<pb::Snapshot> for Spec {
                 .collect::<Result<_, _>>()?,
             log_level: dynamic.log_level,
             default_tls_site,
+            challenges,
         })
     }
 }
@@ -655,6 +661,7 @@ mod tests {
                 default_tls_site: String::new(),
             }),
             certificates: vec![],
+            acme_challenges: vec![],
         }
     }
 
@@ -673,6 +680,42 @@ mod tests {
             source: "files".into(),
         }];
         s
+    }
+
+    #[test]
+    fn acme_challenges_convert_and_unknown_kinds_are_refused() {
+        let mut s = snapshot();
+        let (certificate_pem, key_pem) = certs::test_pem(&["a.example"]);
+        s.acme_challenges = vec![
+            pb::AcmeChallenge {
+                r#type: pb::AcmeChallengeType::Http01.into(),
+                name: "a.example".into(),
+                token: "tok-EN_1".into(),
+                key_authorization: "tok-EN_1.thumb".into(),
+                ..Default::default()
+            },
+            pb::AcmeChallenge {
+                r#type: pb::AcmeChallengeType::TlsAlpn01.into(),
+                name: "A.example".into(),
+                certificate_pem,
+                key_pem,
+                ..Default::default()
+            },
+        ];
+        let spec = Spec::try_from(s.clone()).unwrap();
+        assert_eq!(spec.challenges.http["tok-EN_1"], "tok-EN_1.thumb");
+        assert!(spec.challenges.tls_alpn.contains_key("a.example"));
+
+        let mut bad = s.clone();
+        bad.acme_challenges[0].token = "../x".into();
+        assert!(matches!(
+            Spec::try_from(bad),
+            Err(SnapshotError::Challenge { .. })
+        ));
+        let mut unknown = s;
+        unknown.acme_challenges[0].r#type = 99;
+        let err = Spec::try_from(unknown).unwrap_err();
+        assert!(err.to_string().contains("unknown challenge type"), "{err}");
     }
 
     #[test]

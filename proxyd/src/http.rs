@@ -39,7 +39,8 @@ struct Outcome {
     upstream: Option<String>,
 }
 
-/// Paths that ACME HTTP-01 validation requests use: never redirected to https://.
+/// Paths that ACME HTTP-01 validation requests use: answered from the runtime's pending
+/// challenges, never redirected to https://.
 const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The client connection a request came on.
@@ -166,6 +167,15 @@ impl Proxy {
         if req.method() == http::Method::CONNECT {
             // Not a forward proxy: nothing outside the config is ever dialed.
             return Err(ProxyError::ConnectRefused);
+        }
+        // ACME HTTP-01 validation, on plain-HTTP listeners only, for whatever Host: the token
+        // is the secret, and the CA's validator may ask before the site exists in routing.
+        if conn.tls.is_none()
+            && matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+            && let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX)
+            && let Some(answer) = runtime.http_challenge(token)
+        {
+            return Ok(respond::challenge(answer));
         }
         let host = headers::request_host(&req)?;
         let site = runtime.site(&host).ok_or(ProxyError::UnknownHost)?;

@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::convert::{ActionSpec, PassiveHealthSpec, Policy, PoolSpec, Spec, WeightedUpstream};
+use crate::convert::{
+    ActionSpec, Challenges, PassiveHealthSpec, Policy, PoolSpec, Spec, WeightedUpstream,
+};
 use crate::limits::{LimiterStore, Scope, SiteLimiter};
 use crate::upstreams::{Upstream, UpstreamStore};
 
@@ -18,6 +20,8 @@ pub struct Runtime {
     sites: HashMap<String, Arc<Site>>,
     /// Whose certificate a handshake gets when its SNI is missing or names no site with one.
     default_tls_site: Option<Arc<Site>>,
+    /// The ACME challenges controld is completing.
+    challenges: Challenges,
 }
 
 #[derive(Debug)]
@@ -154,6 +158,7 @@ impl Runtime {
             trusted_proxies: Vec::new(),
             sites: HashMap::new(),
             default_tls_site: None,
+            challenges: Challenges::default(),
         }
     }
 
@@ -234,7 +239,22 @@ impl Runtime {
             trusted_proxies: spec.trusted_proxies.clone(),
             sites,
             default_tls_site,
+            challenges: spec.challenges.clone(),
         }
+    }
+
+    /// The body of the HTTP-01 answer for `token`, while that challenge is pending.
+    pub fn http_challenge(&self, token: &str) -> Option<&str> {
+        self.challenges.http.get(token).map(String::as_str)
+    }
+
+    /// The TLS-ALPN-01 challenge certificate for `server_name`, while that challenge is pending.
+    pub fn alpn_challenge(
+        &self,
+        server_name: Option<&str>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let name = server_name?.trim_end_matches('.').to_ascii_lowercase();
+        self.challenges.tls_alpn.get(&name).map(|c| c.key.clone())
     }
 
     /// A peer whose forwarding headers are kept.
@@ -329,6 +349,7 @@ mod tests {
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
             log_level: "info".into(),
             default_tls_site: None,
+            challenges: Challenges::default(),
         }
     }
 

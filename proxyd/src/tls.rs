@@ -5,6 +5,10 @@
 //! The certificate is looked up on every handshake, so a reload that brings a new certificate
 //! applies to the next handshake at once, while connections already established keep the one
 //! they negotiated.
+//!
+//! A handshake offering the ALPN protocol `acme-tls/1` is an ACME TLS-ALPN-01 validation
+//! (RFC 8737): it gets the pending challenge's certificate for its SNI, and the connection ends
+//! with the handshake.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +35,9 @@ const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 11
 /// ALPN protocols offered, most preferred first.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
+/// The ALPN protocol of ACME TLS-ALPN-01 validation.
+const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// Why a TLS connection did not get as far as HTTP.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -40,6 +47,9 @@ pub enum HandshakeError {
     UnknownServerName(Option<String>),
     #[error("TLS handshake failed: {0}")]
     Failed(#[from] std::io::Error),
+    /// Not a failure: an ACME validation handshake was answered; no HTTP follows.
+    #[error("answered an ACME TLS-ALPN-01 validation for {0:?}")]
+    AcmeChallenge(Option<String>),
 }
 
 /// What the handshake settled, for the request path.
@@ -53,13 +63,14 @@ pub struct Session {
 pub struct Terminator {
     config: Arc<ServerConfig>,
     runtime: Arc<ArcSwap<Runtime>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl Terminator {
     pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Result<Terminator, rustls::Error> {
         // The provider is passed explicitly: no process-wide default to install or race on.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(CurrentCertificates {
@@ -69,6 +80,7 @@ impl Terminator {
         Ok(Terminator {
             config: Arc::new(config),
             runtime,
+            provider,
         })
     }
 
@@ -91,6 +103,13 @@ impl Terminator {
     ) -> Result<(TlsStream<TcpStream>, Session), HandshakeError> {
         let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
         let server_name = start.client_hello().server_name().map(str::to_owned);
+        let acme = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            return self.answer_challenge(start, server_name).await;
+        }
         let site = self
             .runtime
             .load()
@@ -102,6 +121,44 @@ impl Terminator {
         };
         let stream = start.into_stream(self.config.clone()).await?;
         Ok((stream, Session { site }))
+    }
+}
+
+impl Terminator {
+    /// Completes a TLS-ALPN-01 validation handshake with the pending challenge's certificate
+    /// for the SNI (or refuses it when there is none), then closes the connection.
+    async fn answer_challenge(
+        &self,
+        start: StartHandshake<TcpStream>,
+        server_name: Option<String>,
+    ) -> Result<(TlsStream<TcpStream>, Session), HandshakeError> {
+        let Some(key) = self.runtime.load().alpn_challenge(server_name.as_deref()) else {
+            refuse(start).await;
+            return Err(HandshakeError::UnknownServerName(server_name));
+        };
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(std::io::Error::other)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(key)));
+        config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+        let mut stream = start.into_stream(Arc::new(config)).await?;
+        let _ = stream.shutdown().await;
+        tracing::info!(
+            name = server_name.as_deref().unwrap_or("-"),
+            "answered an ACME TLS-ALPN-01 validation"
+        );
+        Err(HandshakeError::AcmeChallenge(server_name))
+    }
+}
+
+/// Always the same certificate: the challenge's.
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
     }
 }
 

@@ -8,6 +8,7 @@
     reason = "test harness: a failed setup step should stop the test right there, loudly"
 )]
 
+pub mod pebble;
 pub mod tls;
 pub mod upstream;
 
@@ -70,6 +71,59 @@ pub struct TestEnv {
     control_keys: String,
     /// Extra `[[proxy.listeners]]` after the fixed `http` one.
     listeners: String,
+    /// How controld's ACME task runs; `None`: its defaults.
+    acme: Option<controld::acme::AcmeOptions>,
+}
+
+/// What a [`TestEnv`] starts with besides the config body ([`TestEnv::start_setup`]).
+#[derive(Default, Clone)]
+pub struct Setup {
+    /// Extra lines for the fixed `[proxy]` table (e.g. [`ADMIN_ON_PORT_0`]).
+    pub proxy_keys: String,
+    /// Extra lines for the fixed `[control]` table.
+    pub control_keys: String,
+    /// `[[proxy.listeners]]` tables after the fixed plain one (e.g. [`HTTPS_ON_PORT_0`]).
+    pub listeners: String,
+    /// How controld's ACME task runs (a test clock, short back-off); `None`: the defaults.
+    pub acme: Option<controld::acme::AcmeOptions>,
+}
+
+/// A clock for controld's ACME task that a test moves: real time plus an offset.
+#[derive(Debug, Default)]
+pub struct TestClock {
+    offset_secs: std::sync::atomic::AtomicI64,
+}
+
+impl TestClock {
+    /// Moves the clock so that it reads `at` now (and goes on from there).
+    pub fn set(&self, at: std::time::SystemTime) {
+        let now = std::time::SystemTime::now();
+        let offset = match at.duration_since(now) {
+            Ok(ahead) => i64::try_from(ahead.as_secs()).unwrap(),
+            Err(behind) => -i64::try_from(behind.duration().as_secs()).unwrap(),
+        };
+        self.offset_secs
+            .store(offset, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Back to real time.
+    pub fn reset(&self) {
+        self.offset_secs
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl controld::acme::Clock for TestClock {
+    fn now(&self) -> std::time::SystemTime {
+        let offset = self.offset_secs.load(std::sync::atomic::Ordering::SeqCst);
+        let now = std::time::SystemTime::now();
+        let delta = Duration::from_secs(offset.unsigned_abs());
+        if offset >= 0 {
+            now + delta
+        } else {
+            now - delta
+        }
+    }
 }
 
 /// `proxy_keys` for [`TestEnv::start_with`]: an admin listener on a free port.
@@ -125,6 +179,16 @@ impl TestEnv {
         env.launch(body).await
     }
 
+    /// Like [`TestEnv::start`], with everything [`Setup`] holds.
+    pub async fn start_setup(setup: Setup, body: &str) -> TestEnv {
+        let mut env = TestEnv::paths_only();
+        env.proxy_keys = setup.proxy_keys;
+        env.control_keys = setup.control_keys;
+        env.listeners = setup.listeners;
+        env.acme = setup.acme;
+        env.launch(body).await
+    }
+
     async fn launch(mut self, body: &str) -> TestEnv {
         self.write_config(body);
         self.start_controld().await;
@@ -153,6 +217,7 @@ impl TestEnv {
             proxy_keys: String::new(),
             control_keys: String::new(),
             listeners: String::new(),
+            acme: None,
         }
     }
 
@@ -200,7 +265,10 @@ impl TestEnv {
 
     pub async fn start_controld(&mut self) {
         let shutdown = CancellationToken::new();
-        let options = controld::Options::new(&self.config_path);
+        let mut options = controld::Options::new(&self.config_path);
+        if let Some(acme) = &self.acme {
+            options.acme = acme.clone();
+        }
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = controld::run(options, token).await {

@@ -67,6 +67,11 @@ impl TestCa {
         }
     }
 
+    /// The CA's certificate, PEM: what a client trusts.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
     /// Issues an ECDSA P-256 certificate for `names` (a fresh serial each time) and writes the
     /// chain and key as `<stem>.crt` / `<stem>.key` in `dir`, replacing what was there.
     pub fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> Issued {

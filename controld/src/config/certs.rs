@@ -66,6 +66,25 @@ pub fn load(
         names: leaf.names,
         chain_pem,
         key_pem,
+        not_before: leaf.not_before,
+        not_after: leaf.not_after,
+        serial: leaf.serial,
+    })
+}
+
+/// Checks a chain and its key held as PEM text (the ACME store keeps them so): readable PEM, a
+/// key rustls can sign with that matches the leaf. `origin` names where they came from in the
+/// messages, which never hold key material. Names and expiry are the caller's to judge.
+pub fn check_pem(chain_pem: &str, key_pem: &str, origin: &Path) -> Result<Certificate, String> {
+    let chain = chain(chain_pem, origin)?;
+    let key = private_key(key_pem, origin)?;
+    let leaf = Leaf::parse(&chain[0], origin)?;
+    check_pair(chain, key, origin, origin)?;
+    Ok(Certificate {
+        names: leaf.names,
+        chain_pem: chain_pem.to_owned(),
+        key_pem: key_pem.to_owned(),
+        not_before: leaf.not_before,
         not_after: leaf.not_after,
         serial: leaf.serial,
     })
@@ -176,6 +195,7 @@ fn check_pair(
 /// What the checks need from the leaf certificate.
 struct Leaf {
     names: Vec<String>,
+    not_before: SystemTime,
     not_after: SystemTime,
     serial: String,
 }
@@ -202,8 +222,12 @@ impl Leaf {
                 .collect(),
             None => Vec::new(),
         };
-        let not_after = u64::try_from(cert.validity().not_after.timestamp())
-            .map_or(UNIX_EPOCH, |secs| UNIX_EPOCH + Duration::from_secs(secs));
+        let time = |t: x509_parser::time::ASN1Time| {
+            u64::try_from(t.timestamp())
+                .map_or(UNIX_EPOCH, |secs| UNIX_EPOCH + Duration::from_secs(secs))
+        };
+        let not_before = time(cert.validity().not_before);
+        let not_after = time(cert.validity().not_after);
         let serial = cert
             .raw_serial()
             .iter()
@@ -211,6 +235,7 @@ impl Leaf {
             .collect();
         Ok(Leaf {
             names,
+            not_before,
             not_after,
             serial,
         })

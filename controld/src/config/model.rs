@@ -153,7 +153,8 @@ pub enum SiteTls {
         key_file: PathBuf,
         certificate: Certificate,
     },
-    /// No certificate yet: ACME is not implemented.
+    /// Issued and renewed through ACME by controld (`crate::acme`); the certificate is not part
+    /// of the config but of the ACME overlay of the snapshot.
     Acme,
 }
 
@@ -167,8 +168,8 @@ impl SiteTls {
     }
 }
 
-/// A certificate chain and its private key, read from a site's files and checked: readable PEM,
-/// the key matches the leaf, the leaf's names cover every hostname of the site, not expired.
+/// A certificate chain and its private key, checked: readable PEM, the key matches the leaf; for
+/// a site's files also: the leaf's names cover every hostname of the site, not expired.
 /// Its `Debug` leaves the key out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Certificate {
@@ -178,6 +179,8 @@ pub struct Certificate {
     pub chain_pem: String,
     /// As read from `key_file`. Secret: never logged, never shown by GetConfig.
     pub key_pem: String,
+    /// The leaf's notBefore.
+    pub not_before: SystemTime,
     /// The leaf's notAfter.
     pub not_after: SystemTime,
     /// The leaf's serial number, hex.

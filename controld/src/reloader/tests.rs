@@ -38,6 +38,7 @@ impl Fixture {
             planes,
             Duration::from_secs(5),
             None,
+            Default::default(),
         )
         .unwrap()
     }
@@ -242,6 +243,7 @@ async fn a_reload_names_what_each_data_plane_did() {
             planes.clone(),
             Duration::from_millis(300),
             None,
+            Default::default(),
         )
         .unwrap(),
     );

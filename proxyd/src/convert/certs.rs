@@ -1,5 +1,7 @@
-//! The snapshot's certificates become signing keys here: the PEM is parsed, the key loaded with
-//! the ring provider and checked against the leaf. A bad pair refuses the whole snapshot.
+//! The snapshot's certificates and pending ACME challenges become what handshakes and the
+//! request path use: the PEM is parsed, the key loaded with the ring provider and checked against
+//! the leaf. A bad pair, or a challenge of a kind this build does not know, refuses the whole
+//! snapshot.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +56,58 @@ pub fn by_site(
         let checked = certificate(c, &provider).map_err(fail)?;
         if found.insert(c.site.clone(), checked).is_some() {
             return Err(fail("more than one certificate for the site".to_owned()));
+        }
+    }
+    Ok(found)
+}
+
+/// The ACME challenges a data plane answers, as the snapshot lists them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Challenges {
+    /// HTTP-01: token → key authorization, answered on plain-HTTP listeners.
+    pub http: HashMap<String, String>,
+    /// TLS-ALPN-01: DNS name → the challenge certificate, for handshakes offering only
+    /// `acme-tls/1`.
+    pub tls_alpn: HashMap<String, SiteCertificate>,
+}
+
+/// Every pending challenge of the snapshot, checked.
+pub fn challenges(list: &[pb::AcmeChallenge]) -> Result<Challenges, SnapshotError> {
+    let provider = rustls::crypto::ring::default_provider();
+    let mut found = Challenges::default();
+    for c in list {
+        let fail = |reason: String| SnapshotError::Challenge {
+            name: c.name.clone(),
+            reason,
+        };
+        match pb::AcmeChallengeType::try_from(c.r#type) {
+            Ok(pb::AcmeChallengeType::Http01) => {
+                let token_ok = !c.token.is_empty()
+                    && c.token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !token_ok {
+                    return Err(fail(format!("invalid HTTP-01 token {:?}", c.token)));
+                }
+                found
+                    .http
+                    .insert(c.token.clone(), c.key_authorization.clone());
+            }
+            Ok(pb::AcmeChallengeType::TlsAlpn01) => {
+                let pair = pb::Certificate {
+                    chain_pem: c.certificate_pem.clone(),
+                    key_pem: c.key_pem.clone(),
+                    names: vec![c.name.clone()],
+                    ..Default::default()
+                };
+                let checked = certificate(&pair, &provider).map_err(fail)?;
+                found
+                    .tls_alpn
+                    .insert(c.name.trim_end_matches('.').to_ascii_lowercase(), checked);
+            }
+            Ok(pb::AcmeChallengeType::Unspecified) | Err(_) => {
+                return Err(fail(format!("unknown challenge type {}", c.r#type)));
+            }
         }
     }
     Ok(found)

@@ -56,6 +56,15 @@ fn located(status: StatusCode, target: &str) -> Response<ResponseBody> {
     response
 }
 
+/// The answer to an ACME HTTP-01 validation request: the key authorization, as text.
+pub fn challenge(key_authorization: &str) -> Response<ResponseBody> {
+    let mut response = body(StatusCode::OK, Bytes::from(key_authorization.to_owned()));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
 /// A fixed response from the config.
 pub fn fixed(status: StatusCode, text: &Bytes, headers: &HeaderMap) -> Response<ResponseBody> {
     let mut response = body(status, text.clone());

