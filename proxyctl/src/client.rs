@@ -257,6 +257,13 @@ impl Admin {
         self.target.finish("check", answer).await
     }
 
+    /// `Admin.Certificates`, for `certs` (and `status`).
+    pub async fn certificates(&mut self) -> Result<proto::v1::CertificatesReply, Error> {
+        let request = self.target.request(proto::v1::CertificatesRequest {});
+        let answer = self.client.certificates(request);
+        self.target.finish("certs", answer).await
+    }
+
     /// `Admin.GetConfig`, for `config show`.
     pub async fn get_config(&mut self) -> Result<GetConfigReply, Error> {
         let request = self.target.request(GetConfigRequest {});

@@ -13,6 +13,7 @@
 //! | `health` | [`Health`] |
 //! | `shutdown` | [`Shutdown`] |
 //! | `history` | [`History`] |
+//! | `certs` | [`crate::certs::Certs`] |
 //! | `version` | [`Version`] |
 //!
 //! Rules: fields are only ever added, never renamed, retyped or removed, so a script that reads
@@ -151,6 +152,9 @@ pub struct Status {
     /// The proxyd on `--data-plane-socket`, asked directly; `null` when it did not answer (no
     /// socket there: the data planes may run elsewhere).
     pub local_data_plane: Option<LocalDataPlane>,
+    /// One line per certificate close to expiry, expired, or not issued after a failure (as
+    /// `proxyctl certs` details them).
+    pub certificate_warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -455,6 +459,7 @@ impl Status {
                 .map(|reply| reply.data_planes.iter().map(DataPlane::from).collect())
                 .unwrap_or_default(),
             local_data_plane: local.map(LocalDataPlane::from),
+            certificate_warnings: Vec::new(),
         }
     }
 }

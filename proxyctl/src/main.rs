@@ -8,6 +8,7 @@
 //! `history`, `health`, `shutdown` and `json`; this file only wires them to the clients and turns
 //! outcomes into exit codes.
 
+mod certs;
 mod check;
 mod client;
 mod config;
@@ -58,6 +59,7 @@ use crate::status::{Local, Report};
   proxyctl --json reload | jq .version     the same, for scripts
   proxyctl reload --if-version 12          only if version 12 still serves (else exit 1)
   proxyctl config show                     the config text the serving version was built from
+  proxyctl certs                           every certificate: expiry, next renewal, last error
   proxyctl history                         the versions published recently
   proxyctl rollback 12                     publish version 12's config again, as a new version
   proxyctl health                          is this host's proxyd serving? (asks proxyd only)
@@ -161,6 +163,9 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Every site's certificate: names, source (files or acme), not-after, days left, next
+    /// renewal and the last renewal error.
+    Certs,
     /// List the versions published recently, newest first; `*` marks the serving one.
     History,
     /// Publish an earlier version's config again, as a new version; the file on disk is untouched.
@@ -259,10 +264,26 @@ async fn run(cli: &Cli) -> Exit {
         Command::Status => {
             // Both at once: a daemon that does not answer costs its timeout only once.
             let (control, local) = tokio::join!(
-                call(cli, |mut admin| async move { admin.status().await }),
+                call(cli, |mut admin| async move {
+                    let status = admin.status().await?;
+                    // Best effort: an older controld has no Certificates call.
+                    let certificates = admin.certificates().await.ok();
+                    Ok((status, certificates))
+                }),
                 call_data_plane(cli, |mut dp| async move { dp.status().await }),
             );
             status(cli, control, local)
+        }
+        Command::Certs => {
+            match call(cli, |mut admin| async move { admin.certificates().await }).await {
+                Ok(reply) => answer(
+                    cli,
+                    || certs::Certs::from(&reply),
+                    || certs::render(&reply),
+                    Exit::Ok,
+                ),
+                Err(err) => fail(&err, &cli.command),
+            }
         }
         Command::Health => {
             match call_data_plane(cli, |mut dp| async move { dp.status().await }).await {
@@ -327,7 +348,7 @@ where
 /// running) when it does not either.
 fn status(
     cli: &Cli,
-    control: Result<proto::v1::StatusReply, client::Error>,
+    control: Result<(proto::v1::StatusReply, Option<proto::v1::CertificatesReply>), client::Error>,
     local: Result<proto::v1::DataPlaneStatusReply, client::Error>,
 ) -> Exit {
     let local = match local {
@@ -339,8 +360,8 @@ fn status(
             reason: err.to_string(),
         },
     };
-    let control = match control {
-        Ok(reply) => Some(reply),
+    let (control, certificates) = match control {
+        Ok((reply, certificates)) => (Some(reply), certificates),
         Err(err) => {
             let Local::Answered(_) = local else {
                 let exit = fail(&err, &cli.command);
@@ -351,17 +372,26 @@ fn status(
             };
             // The answer below says controld is down; stderr says why, also under --json.
             output::error(&err);
-            None
+            (None, None)
         }
     };
     let report = Report {
         control,
         control_socket: cli.socket.clone(),
         local,
+        certificates,
     };
     answer(
         cli,
-        || json::Status::new(report.control.as_ref(), report.local_reply()),
+        || {
+            let mut status = json::Status::new(report.control.as_ref(), report.local_reply());
+            status.certificate_warnings = report
+                .certificates
+                .as_ref()
+                .map(certs::warnings)
+                .unwrap_or_default();
+            status
+        },
         || report.render(),
         report.exit(),
     )

@@ -25,6 +25,8 @@ pub struct Report {
     pub control_socket: PathBuf,
     /// The proxyd on `--data-plane-socket`.
     pub local: Local,
+    /// controld's certificates, for the expiry warnings; `None` when it did not answer.
+    pub certificates: Option<proto::v1::CertificatesReply>,
 }
 
 /// What became of asking the local proxyd.
@@ -94,6 +96,13 @@ impl Report {
                 }
             }
             Local::Failed { reason } => out.push(format!("note: {reason}")),
+        }
+        if let Some(certificates) = &self.certificates {
+            let warnings = crate::certs::warnings(certificates);
+            if !warnings.is_empty() {
+                out.push(String::new());
+                out.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
+            }
         }
         output::lines(&out)
     }

@@ -51,6 +51,8 @@ const SERVING: u64 = 4;
 struct Fake {
     reload: Answer,
     status: StatusReply,
+    /// Certificates answers this; empty (no site has TLS) unless a test says otherwise.
+    certificates: CertificatesReply,
     seen: Seen,
     validated: Validated,
 }
@@ -134,7 +136,7 @@ impl Admin for Fake {
         &self,
         _: Request<CertificatesRequest>,
     ) -> Result<Response<CertificatesReply>, Status> {
-        Ok(Response::new(certificates()))
+        Ok(Response::new(self.certificates.clone()))
     }
 }
 
@@ -331,7 +333,14 @@ impl Env {
     /// controld only; no proxyd socket.
     async fn start(reload: Answer, status: StatusReply) -> Env {
         let env = Env::empty();
-        env.serve_admin(reload, status);
+        env.serve_admin(reload, status, CertificatesReply::default());
+        env
+    }
+
+    /// controld only, answering Certificates with `certificates`.
+    async fn with_certificates(status: StatusReply, certificates: CertificatesReply) -> Env {
+        let env = Env::empty();
+        env.serve_admin(Answer::Deny("unused"), status, certificates);
         env
     }
 
@@ -348,11 +357,12 @@ impl Env {
         }
     }
 
-    fn serve_admin(&self, reload: Answer, status: StatusReply) {
+    fn serve_admin(&self, reload: Answer, status: StatusReply, certificates: CertificatesReply) {
         let listener = tokio::net::UnixListener::bind(&self.socket).unwrap();
         let fake = Fake {
             reload,
             status,
+            certificates,
             seen: Arc::clone(&self.seen),
             validated: Arc::clone(&self.validated),
         };
@@ -1165,4 +1175,53 @@ async fn config_show_prints_the_serving_text() {
     let nowhere = Env::empty();
     let out = nowhere.proxyctl(&["config", "show"]).await;
     assert_eq!(out.status.code(), Some(69));
+}
+
+#[tokio::test]
+async fn certs_lists_every_certificate_and_status_flags_the_one_close_to_expiry() {
+    let env = Env::with_certificates(fleet(), certificates()).await;
+    let out = env.proxyctl(&["certs"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("SITE")
+            && lines[0].contains("DAYS LEFT")
+            && lines[0].contains("NEXT RENEWAL"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("a.example") && lines[1].contains("files"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("b.example")
+            && lines[2].contains("acme")
+            && lines[2].contains("connection refused (3 failed)"),
+        "{text}"
+    );
+
+    let out = env.proxyctl(&["--json", "certs"]).await;
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["certificates"][1]["source"], "acme");
+    assert_eq!(value["certificates"][1]["days_left"], 5);
+    assert_eq!(value["certificates"][1]["failures"], 3);
+    assert_eq!(
+        value["certificates"][0]["last_error"],
+        serde_json::Value::Null
+    );
+
+    let out = env.proxyctl(&["status"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "warning: certificate of b.example expires in 5 days (2030-03-22 18:46:40 UTC); \
+             last renewal error: connection refused"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    let out = env.proxyctl(&["--json", "status"]).await;
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["certificate_warnings"].as_array().unwrap().len(), 1);
 }

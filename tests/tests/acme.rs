@@ -45,6 +45,7 @@ impl AcmeTest {
         let clock = Arc::new(TestClock::default());
         let setup = Setup {
             listeners: HTTPS_ON_PORT_0.to_owned(),
+            control_keys: "metrics_address = \"127.0.0.1:0\"".to_owned(),
             acme: Some(controld::acme::AcmeOptions {
                 clock: clock.clone(),
                 recheck: Duration::from_millis(100),
@@ -122,6 +123,20 @@ impl AcmeTest {
             .unwrap()
     }
 
+    /// controld's `/metrics` page.
+    async fn controld_metrics(&self) -> String {
+        let status = self.env.status().await;
+        let address = status
+            .control_plane
+            .unwrap()
+            .metrics_address
+            .parse()
+            .unwrap();
+        let answer = proxy_tests::get(address, "localhost", "/metrics").await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body
+    }
+
     fn state(&self, path: &str) -> std::path::PathBuf {
         self.env.dir.path().join("state/acme").join(path)
     }
@@ -165,6 +180,27 @@ async fn http01_issues_a_certificate_that_proxyd_serves_and_pebbles_root_verifie
         status.next_renewal_unix < status.not_after_unix,
         "{status:?}"
     );
+
+    // Visible to operators: proxyctl certs, and controld's metrics.
+    let out = t.env.proxyctl(&["certs"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = output_text(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(HOST) && l.contains("acme") && l.ends_with(" -")),
+        "{text}"
+    );
+    let metrics = t.controld_metrics().await;
+    let not_after = proxy_tests::metric(
+        &metrics,
+        "proxy_certificate_not_after_seconds{site=\"acme.test\"}",
+    );
+    assert_eq!(not_after, Some(status.not_after_unix as f64), "{metrics}");
+    let renewed = proxy_tests::metric(
+        &metrics,
+        "proxy_certificate_renewals_total{result=\"success\"}",
+    );
+    assert_eq!(renewed, Some(1.0), "{metrics}");
 
     // Stored with tight permissions: one account, one certificate.
     assert_eq!(mode(&t.state("")), 0o700);

@@ -94,6 +94,7 @@ fn status_reply_shape() {
     assert_eq!(
         to_value(&Status::new(Some(&reply), None)),
         json!({
+            "certificate_warnings": [],
             "control_plane": {
                 "pid": 4711,
                 "build_version": "0.1.0",
@@ -182,7 +183,15 @@ fn status_with_controld_down_has_null_control_plane_and_no_data_planes() {
     assert_eq!(value["data_planes"], json!([]));
     assert_eq!(value["local_data_plane"]["node_id"], "edge-1");
     let keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(keys, ["control_plane", "data_planes", "local_data_plane"]);
+    assert_eq!(
+        keys,
+        [
+            "certificate_warnings",
+            "control_plane",
+            "data_planes",
+            "local_data_plane"
+        ]
+    );
 }
 
 #[test]

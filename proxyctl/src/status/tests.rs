@@ -19,6 +19,7 @@ fn report(control: Option<StatusReply>, local: Local) -> Report {
         control,
         control_socket: Path::new("/run/controld/control.sock").to_owned(),
         local,
+        certificates: None,
     }
 }
 
