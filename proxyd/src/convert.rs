@@ -685,7 +685,12 @@ mod tests {
     #[test]
     fn acme_challenges_convert_and_unknown_kinds_are_refused() {
         let mut s = snapshot();
-        let (certificate_pem, key_pem) = certs::test_pem(&["a.example"]);
+        // As controld builds it: with the critical acmeIdentifier extension.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
+        params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&[7; 32])];
+        let certificate_pem = params.self_signed(&key).unwrap().pem();
+        let key_pem = key.serialize_pem();
         s.acme_challenges = vec![
             pb::AcmeChallenge {
                 r#type: pb::AcmeChallengeType::Http01.into(),

@@ -98,6 +98,15 @@ impl AcmeTest {
     /// verifies, and returns that certificate's serial.
     async fn wait_for_certificate(&self) -> String {
         let roots = self.pebble.root().await;
+        let deadline = tokio::time::Instant::now() + proxy_tests::DEADLINE;
+        while self.certificate().await.not_after_unix == 0 {
+            let status = self.certificate().await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no certificate issued: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let answer = eventually("an ACME certificate served by proxyd", || async {
             self.https_get(&roots).await.filter(|a| a.status == 200)
         })
@@ -241,5 +250,30 @@ async fn http01_issues_a_certificate_that_proxyd_serves_and_pebbles_root_verifie
     assert_eq!(t.certificate().await.serial, serial);
     let answer = t.https_get(&roots).await.unwrap();
     assert_eq!(answer.status, 200, "{answer:?}");
+    t.env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_alpn01_issues_a_certificate_through_the_tls_listener() {
+    let t = AcmeTest::start("tls-alpn-01", 0).await;
+    t.wait_for_certificate().await;
+    assert_eq!(t.certificate().await.source, "acme");
+    // Validated on the TLS listener only: the plain one never saw an ACME request.
+    assert!(
+        t.app
+            .requests()
+            .iter()
+            .all(|r| !r.uri.path().starts_with("/.well-known/")),
+        "{:?}",
+        t.app.requests()
+    );
+    // A handshake offering acme-tls/1 for a name without a pending challenge is refused.
+    let mut config = client_config(&t.pebble.root().await);
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    assert!(
+        proxy_tests::tls::connect(t.env.https.unwrap(), HOST, config)
+            .await
+            .is_err()
+    );
     t.env.stop().await;
 }

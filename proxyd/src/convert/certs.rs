@@ -94,13 +94,7 @@ pub fn challenges(list: &[pb::AcmeChallenge]) -> Result<Challenges, SnapshotErro
                     .insert(c.token.clone(), c.key_authorization.clone());
             }
             Ok(pb::AcmeChallengeType::TlsAlpn01) => {
-                let pair = pb::Certificate {
-                    chain_pem: c.certificate_pem.clone(),
-                    key_pem: c.key_pem.clone(),
-                    names: vec![c.name.clone()],
-                    ..Default::default()
-                };
-                let checked = certificate(&pair, &provider).map_err(fail)?;
+                let checked = challenge_certificate(c, &provider).map_err(fail)?;
                 found
                     .tls_alpn
                     .insert(c.name.trim_end_matches('.').to_ascii_lowercase(), checked);
@@ -111,6 +105,32 @@ pub fn challenges(list: &[pb::AcmeChallenge]) -> Result<Challenges, SnapshotErro
         }
     }
     Ok(found)
+}
+
+/// A TLS-ALPN-01 challenge certificate and its key. Not checked against each other with
+/// `keys_match`: webpki refuses to parse a certificate with the critical acmeIdentifier
+/// extension, which is exactly what this one must carry.
+fn challenge_certificate(
+    c: &pb::AcmeChallenge,
+    provider: &CryptoProvider,
+) -> Result<SiteCertificate, String> {
+    let chain = CertificateDer::pem_slice_iter(c.certificate_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid challenge certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("no challenge certificate".to_owned());
+    }
+    let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+        .map_err(|e| format!("no usable private key ({e})"))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    Ok(SiteCertificate {
+        key: Arc::new(CertifiedKey::new(chain, signing_key)),
+        names: vec![c.name.clone()],
+        not_after_unix: 0,
+    })
 }
 
 /// Parses and checks one certificate of the snapshot; the error never holds key material.
