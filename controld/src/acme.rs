@@ -260,7 +260,7 @@ impl Acme {
                 () = shutdown.cancelled() => None,
                 result = tokio::time::timeout(
                     self.options.attempt_timeout,
-                    self.attempt(reloader, &acme, site),
+                    self.attempt_retrying_bad_nonces(reloader, &acme, site),
                 ) => Some(result.unwrap_or_else(|_| Err(format!(
                     "the attempt did not finish within {}",
                     humantime::format_duration(self.options.attempt_timeout)
@@ -275,6 +275,28 @@ impl Acme {
             next = Some(self.now());
         }
         next
+    }
+
+    /// [`Acme::attempt`], started over at once when the CA refused a nonce even after
+    /// instant-acme's own retries: `badNonce` is retryable by definition (RFC 8555 §6.5), and
+    /// no reason to back off.
+    async fn attempt_retrying_bad_nonces(
+        &self,
+        reloader: &Reloader,
+        acme: &AcmeConfig,
+        site: &Site,
+    ) -> Result<(), String> {
+        const TRIES: u32 = 8;
+        let mut tries = 1;
+        loop {
+            match self.attempt(reloader, acme, site).await {
+                Err(e) if e.contains(BAD_NONCE) && tries < TRIES => {
+                    tracing::info!(site = site.name(), error = %e, "the CA refused a nonce; starting over");
+                    tries += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// One attempt for `site`: account, order, challenges, certificate, stored, published.
@@ -482,6 +504,9 @@ impl Acme {
         }
     }
 }
+
+/// The problem type of a refused nonce, as instant-acme's errors name it.
+const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
 
 /// The config's sites with `tls = "acme"`.
 pub fn acme_sites(config: &Config) -> impl Iterator<Item = &Site> {

@@ -62,6 +62,8 @@ impl PebblePorts {
 /// A running Pebble with its DNS; both are killed when it is dropped.
 pub struct Pebble {
     _dir: tempfile::TempDir,
+    config_path: PathBuf,
+    nonce_reject: u8,
     ca: TestCa,
     pebble: Option<tokio::process::Child>,
     dns: tokio::process::Child,
@@ -120,6 +122,8 @@ impl Pebble {
             .unwrap();
         let mut pebble = Pebble {
             _dir: dir,
+            config_path,
+            nonce_reject: options.nonce_reject,
             ca,
             pebble: None,
             dns,
@@ -134,17 +138,28 @@ impl Pebble {
                 .map(|_| ())
         })
         .await;
-        pebble.pebble = Some(
+        pebble.spawn_pebble().await;
+        pebble
+    }
+
+    async fn spawn_pebble(&mut self) {
+        self.pebble = Some(
             command("pebble")
-                .args(["-config", &config_path.display().to_string()])
-                .args(["-dnsserver", &format!("127.0.0.1:{}", ports.dns)])
+                .args(["-config", &self.config_path.display().to_string()])
+                .args(["-dnsserver", &format!("127.0.0.1:{}", self.ports.dns)])
                 .env("PEBBLE_VA_NOSLEEP", "1")
-                .env("PEBBLE_WFE_NONCEREJECT", options.nonce_reject.to_string())
+                .env("PEBBLE_WFE_NONCEREJECT", self.nonce_reject.to_string())
                 .spawn()
                 .unwrap(),
         );
-        pebble.wait_until_serving().await;
-        pebble
+        self.wait_until_serving().await;
+    }
+
+    /// Starts Pebble again after [`Pebble::kill`], on the same ports (with a new root CA and
+    /// no memory of accounts: Pebble keeps nothing).
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn_pebble().await;
     }
 
     async fn wait_until_serving(&self) {

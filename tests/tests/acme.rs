@@ -26,7 +26,6 @@ struct AcmeTest {
     env: TestEnv,
     pebble: Pebble,
     app: MockUpstream,
-    #[allow(dead_code, reason = "the renewal test moves it")]
     clock: Arc<TestClock>,
     challenge: &'static str,
 }
@@ -41,6 +40,17 @@ fn site(app: &MockUpstream, tls: bool) -> String {
 
 impl AcmeTest {
     async fn start(challenge: &'static str, nonce_reject: u8) -> AcmeTest {
+        AcmeTest::start_with(challenge, nonce_reject, true, |_| {}).await
+    }
+
+    /// Like [`AcmeTest::start`]; with `ca_up` false Pebble is stopped before the reload, and
+    /// `before_reload` runs on the environment just before it.
+    async fn start_with(
+        challenge: &'static str,
+        nonce_reject: u8,
+        ca_up: bool,
+        before_reload: impl FnOnce(&TestEnv),
+    ) -> AcmeTest {
         let app = MockUpstream::start("app").await;
         let clock = Arc::new(TestClock::default());
         let setup = Setup {
@@ -57,13 +67,17 @@ impl AcmeTest {
         };
         // Pebble must know proxyd's ports, so proxyd comes first, with the site on plain HTTP.
         let env = TestEnv::start_setup(setup, &site(&app, false)).await;
-        let pebble = Pebble::start(PebbleOptions {
+        let mut pebble = Pebble::start(PebbleOptions {
             http_port: env.http.port(),
             tls_port: env.https.unwrap().port(),
             nonce_reject,
             ports: None,
         })
         .await;
+        if !ca_up {
+            pebble.kill().await;
+        }
+        before_reload(&env);
         let test = AcmeTest {
             env,
             pebble,
@@ -275,5 +289,214 @@ async fn tls_alpn01_issues_a_certificate_through_the_tls_listener() {
             .await
             .is_err()
     );
+    t.env.stop().await;
+}
+
+/// The leaf certificate of `stream`, DER.
+fn leaf(stream: &TlsStream<TcpStream>) -> Vec<u8> {
+    proxy_tests::tls::presented(stream).as_ref().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_replaces_the_certificate_without_dropping_open_connections() {
+    let t = AcmeTest::start("http-01", 0).await;
+    let first = t.wait_for_certificate().await;
+    let roots = t.pebble.root().await;
+    let account = std::fs::read_dir(t.state(""))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("account-"))
+        .unwrap()
+        .path();
+    let account_before = std::fs::read(&account).unwrap();
+    let stored_first = std::fs::read(t.state("certs/acme.test.pem")).unwrap();
+
+    // A connection open across the renewal.
+    let stream = connect(&t.env, &roots).await.unwrap();
+    let old_leaf = leaf(&stream);
+    let mut open = Conn::over(stream).await;
+    assert_eq!(open.get(HOST, "/").await.status, 200);
+
+    // Due for renewal: the clock moves to the renewal time controld reports.
+    let due = t.certificate().await.next_renewal_unix;
+    t.clock.set(UNIX_EPOCH + Duration::from_secs(due + 1));
+    let renewed = eventually("a renewed certificate", || async {
+        let status = t.certificate().await;
+        (!status.serial.is_empty() && status.serial != first).then_some(status)
+    })
+    .await;
+    t.clock.reset();
+    assert!(renewed.last_error.is_empty(), "{renewed:?}");
+
+    // New handshakes get the new certificate; the open connection goes on.
+    let stream = connect(&t.env, &roots).await.unwrap();
+    assert_ne!(
+        leaf(&stream),
+        old_leaf,
+        "a new handshake gets the renewed certificate"
+    );
+    assert_eq!(Conn::over(stream).await.get(HOST, "/").await.status, 200);
+    assert!(!open.is_closed());
+    assert_eq!(
+        open.get(HOST, "/").await.status,
+        200,
+        "the open connection survived"
+    );
+
+    // The account was made once; the renewed certificate is stored beside the previous one.
+    assert_eq!(std::fs::read(&account).unwrap(), account_before);
+    assert_ne!(
+        std::fs::read(t.state("certs/acme.test.pem")).unwrap(),
+        stored_first
+    );
+    assert!(t.state("certs/acme.test.prev.pem").exists());
+    let metrics = t.controld_metrics().await;
+    let renewals = proxy_tests::metric(
+        &metrics,
+        "proxy_certificate_renewals_total{result=\"success\"}",
+    );
+    assert!(renewals.unwrap() >= 2.0, "{metrics}");
+    t.env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_ca_reloads_work_errors_show_and_retries_back_off_across_restarts() {
+    let mut t = AcmeTest::start_with("http-01", 0, false, |_| {}).await;
+    // The site serves on plain HTTP meanwhile; reloads keep working.
+    let answer = proxy_tests::get(t.env.http, HOST, "/").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let failing = eventually("two failed attempts", || async {
+        let status = t.certificate().await;
+        (status.failures >= 2).then_some(status)
+    })
+    .await;
+    assert!(!failing.last_error.is_empty(), "{failing:?}");
+    assert!(
+        failing.next_renewal_unix >= failing.last_error_unix,
+        "{failing:?}"
+    );
+    let out = t.env.proxyctl(&["reload", "--force"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let out = t.env.proxyctl(&["certs"]).await;
+    let text = output_text(&out);
+    assert!(
+        text.contains("none yet") && text.contains("failed)"),
+        "{text}"
+    );
+    let out = t.env.proxyctl(&["status"]).await;
+    assert!(
+        output_text(&out).contains("warning: certificate of acme.test NOT issued yet"),
+        "{}",
+        output_text(&out)
+    );
+
+    // The back-off survives a restart: the failures are counted on, not from zero.
+    let backoff = std::fs::read_to_string(t.state("backoff.json")).unwrap();
+    assert!(backoff.contains(HOST), "{backoff}");
+    t.env.stop_controld().await;
+    t.env.start_controld().await;
+    let status = t.certificate().await;
+    assert!(status.failures >= failing.failures, "{status:?}");
+
+    // The CA comes back: the next attempt succeeds.
+    t.pebble.restart().await;
+    t.wait_for_certificate().await;
+    assert_eq!(t.certificate().await.failures, 0);
+    t.env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ca_rejecting_half_of_the_nonces_still_issues() {
+    let t = AcmeTest::start("http-01", 50).await;
+    t.wait_for_certificate().await;
+    t.env.stop().await;
+}
+
+/// A small tmpfs mounted at a path for the length of a test (needs root, as on CI).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(path.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_state_directory_keeps_the_old_files_reports_and_a_later_retry_succeeds() {
+    let mut mounted = None;
+    let t = AcmeTest::start_with("http-01", 0, true, |env| {
+        let acme = env.dir.path().join("state/acme");
+        mounted = Tmpfs::mount(&acme, "512k");
+        if mounted.is_some() {
+            std::fs::create_dir(acme.join("certs")).unwrap();
+        }
+    })
+    .await;
+    let Some(_tmpfs) = mounted else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        t.env.stop().await;
+        return;
+    };
+    let first = t.wait_for_certificate().await;
+    let stored = std::fs::read(t.state("certs/acme.test.pem")).unwrap();
+
+    // Fill the file system to the last byte.
+    let filler = t.state("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+    }
+    let due = t.certificate().await.next_renewal_unix;
+    t.clock.set(UNIX_EPOCH + Duration::from_secs(due + 1));
+    let failed = eventually("a failed renewal", || async {
+        let status = t.certificate().await;
+        (status.failures >= 1).then_some(status)
+    })
+    .await;
+    assert!(
+        failed.last_error.contains("No space left on device"),
+        "{failed:?}"
+    );
+    assert_eq!(failed.serial, first, "the valid certificate keeps serving");
+    assert_eq!(
+        std::fs::read(t.state("certs/acme.test.pem")).unwrap(),
+        stored
+    );
+    let roots = t.pebble.root().await;
+    assert_eq!(t.https_get(&roots).await.unwrap().status, 200);
+
+    // Room again: the next retry stores and serves a new certificate.
+    std::fs::remove_file(&filler).unwrap();
+    let renewed = eventually("a renewal after the disk has room", || async {
+        let status = t.certificate().await;
+        (status.serial != first && status.failures == 0).then_some(status)
+    })
+    .await;
+    t.clock.reset();
+    assert!(renewed.last_error.is_empty());
+    assert_eq!(t.https_get(&roots).await.unwrap().status, 200);
     t.env.stop().await;
 }
