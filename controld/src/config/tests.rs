@@ -238,6 +238,21 @@ fn durations_sizes_and_addresses_are_checked() {
 }
 
 #[test]
+fn acme_sites_cannot_have_wildcards() {
+    let text = MINIMAL
+        .replace("[\"example.com\"]", "[\"example.com\", \"*.example.com\"]")
+        .replace("upstreams = [", "tls = \"acme\"\nupstreams = [")
+        + "[acme]\ndirectory_url = \"https://ca.example/dir\"\n";
+    let got = rendered(&text);
+    assert!(
+        got.iter()
+            .any(|d| d
+                .contains("sites[0].tls: tls = \"acme\" cannot cover the wildcard *.example.com")),
+        "{got:#?}"
+    );
+}
+
+#[test]
 fn site_tls_must_be_consistent() {
     let text = MINIMAL.replace("upstreams = [", "tls = \"acme\"\nupstreams = [");
     let got = rendered(&text);

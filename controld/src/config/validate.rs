@@ -956,7 +956,19 @@ fn with_certificate(
 ) -> SiteTls {
     match tls {
         TlsWanted::None => SiteTls::None,
-        TlsWanted::Acme => SiteTls::Acme,
+        TlsWanted::Acme => {
+            // http-01 and tls-alpn-01 prove control of one name; a wildcard needs dns-01.
+            if let Some(h) = hostnames.iter().find(|h| h.as_str().starts_with("*.")) {
+                p.push(
+                    at.clone(),
+                    format!(
+                        "tls = \"acme\" cannot cover the wildcard {h}: http-01 and tls-alpn-01 \
+                         validate single names; give this site certificate files"
+                    ),
+                );
+            }
+            SiteTls::Acme
+        }
         TlsWanted::Files {
             cert_file,
             key_file,
