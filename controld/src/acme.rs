@@ -452,10 +452,22 @@ impl Acme {
         if fresh {
             return;
         }
-        // Only with an account already at hand: this never creates one or waits for a CA.
-        let account = match self.account.lock().await.as_ref() {
-            Some((config, account)) if config == acme => account.clone(),
-            _ => return,
+        // Whatever the outcome, not asked again for an hour (or what the CA says): without an
+        // answer the one-third rule stands.
+        let fallback = AriChoice {
+            serial: certificate.serial.clone(),
+            renew_at: schedule::renewal_time(certificate.not_before, certificate.not_after),
+            refresh_at: now + Duration::from_secs(60 * 60),
+        };
+        lock(&self.ari).insert(site.name().to_owned(), fallback);
+        // In the background task, like every exchange with the CA; a CA that is down costs one
+        // refused connection per hour.
+        let account = match self.account(acme).await {
+            Ok(account) => account,
+            Err(e) => {
+                tracing::debug!(site = site.name(), error = %e, "no ARI: the CA is unreachable");
+                return;
+            }
         };
         use rustls_pki_types::pem::PemObject;
         let Some(der) =
