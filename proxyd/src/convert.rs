@@ -139,6 +139,12 @@ pub struct RouteSpec {
 pub enum ActionSpec {
     /// Never empty.
     Proxy(Vec<WeightedUpstream>),
+    Answer(Answer),
+}
+
+/// A route action proxyd answers itself; the runtime uses it as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
     Redirect {
         location: String,
         status: http::StatusCode,
@@ -479,10 +485,10 @@ fn route(r: pb::Route) -> Result<RouteSpec, String> {
                     "route {prefix:?}: {status} is not a redirect status"
                 ));
             }
-            ActionSpec::Redirect {
+            ActionSpec::Answer(Answer::Redirect {
                 location: redirect.location,
                 status,
-            }
+            })
         }
         Some(Action::Respond(respond)) => {
             let mut headers = http::HeaderMap::new();
@@ -494,11 +500,11 @@ fn route(r: pb::Route) -> Result<RouteSpec, String> {
                 };
                 headers.append(name, value);
             }
-            ActionSpec::Respond {
+            ActionSpec::Answer(Answer::Respond {
                 status: status(respond.status)?,
                 body: respond.body.into(),
                 headers,
-            }
+            })
         }
         // A route action this build does not know: refuse rather than guess.
         None => return Err(format!("route {prefix:?}: no action this proxyd knows")),

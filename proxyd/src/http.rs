@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 
 pub use error::ProxyError;
 
+use crate::convert::Answer;
 use crate::metrics::Metrics;
 use crate::runtime::{Action, Runtime, Site};
 use crate::tls::Session;
@@ -194,17 +195,15 @@ impl Proxy {
         out.route = Some(route.path_prefix.clone());
         let pool = match &route.action {
             Action::Proxy(pool) => pool,
-            Action::Redirect { location, status } => {
-                let response = respond::redirect(location, *status, &req, peer.https);
-                return Ok(response);
+            Action::Answer(Answer::Redirect { location, status }) => {
+                return Ok(respond::redirect(location, *status, &req, peer.https));
             }
-            Action::Respond {
+            Action::Answer(Answer::Respond {
                 status,
                 body,
                 headers,
-            } => {
-                let response = respond::fixed(*status, body, headers);
-                return Ok(response);
+            }) => {
+                return Ok(respond::fixed(*status, body, headers));
             }
         };
         // An HTTP/1.1 Upgrade (WebSocket, ...) is passed on, and tunnelled once the upstream
@@ -267,7 +266,14 @@ impl Proxy {
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = uri;
             *request.version_mut() = parts.version;
-            *request.headers_mut() = parts.headers.clone();
+            // Keep the headers only while another attempt could still need them (the common
+            // request, with a body or without retries, moves them instead of copying).
+            let may_retry = bodiless && tried.len() <= pool.retries as usize;
+            *request.headers_mut() = if may_retry {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             let outstanding = upstream.start();
             let sent = tokio::time::timeout(
                 site.upstream_response_timeout,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::convert::{
-    ActionSpec, Challenges, PassiveHealthSpec, Policy, PoolSpec, Spec, WeightedUpstream,
+    ActionSpec, Answer, Challenges, PassiveHealthSpec, Policy, PoolSpec, Spec, WeightedUpstream,
 };
 use crate::limits::{LimiterStore, Scope, SiteLimiter};
 use crate::upstreams::{Upstream, UpstreamStore};
@@ -49,15 +49,7 @@ pub struct Route {
 #[derive(Debug)]
 pub enum Action {
     Proxy(Pool),
-    Redirect {
-        location: String,
-        status: http::StatusCode,
-    },
-    Respond {
-        status: http::StatusCode,
-        body: bytes::Bytes,
-        headers: http::HeaderMap,
-    },
+    Answer(Answer),
 }
 
 /// A route's upstreams and how to choose among them.
@@ -184,19 +176,7 @@ impl Runtime {
                         ActionSpec::Proxy(list) => {
                             Action::Proxy(Pool::new(list, &s.pool, upstreams))
                         }
-                        ActionSpec::Redirect { location, status } => Action::Redirect {
-                            location: location.clone(),
-                            status: *status,
-                        },
-                        ActionSpec::Respond {
-                            status,
-                            body,
-                            headers,
-                        } => Action::Respond {
-                            status: *status,
-                            body: body.clone(),
-                            headers: headers.clone(),
-                        },
+                        ActionSpec::Answer(answer) => Action::Answer(answer.clone()),
                     },
                 })
                 .collect();
@@ -301,11 +281,11 @@ mod tests {
     fn respond(prefix: &str) -> RouteSpec {
         RouteSpec {
             path_prefix: prefix.into(),
-            action: ActionSpec::Respond {
+            action: ActionSpec::Answer(Answer::Respond {
                 status: http::StatusCode::OK,
                 body: prefix.to_owned().into(),
                 headers: http::HeaderMap::new(),
-            },
+            }),
         }
     }
 

@@ -21,6 +21,45 @@ fn site(hostnames: &[&str], upstream: &MockUpstream, cert: &Issued, extra: &str)
     )
 }
 
+/// Two TLS sites, `a.test` (upstream "a") and `b.test` (upstream "b"), each with its own
+/// certificate from one test CA.
+struct TwoSites {
+    env: TestEnv,
+    ca: TestCa,
+    cert_a: Issued,
+    cert_b: Issued,
+    a: MockUpstream,
+    b: MockUpstream,
+    /// Holds the certificate files.
+    _certs: tempfile::TempDir,
+}
+
+impl TwoSites {
+    async fn start() -> TwoSites {
+        let a = MockUpstream::start("a").await;
+        let b = MockUpstream::start("b").await;
+        let certs = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let cert_a = ca.issue(certs.path(), "a", &["a.test"]);
+        let cert_b = ca.issue(certs.path(), "b", &["b.test"]);
+        let body = format!(
+            "{}{}",
+            site(&["a.test"], &a, &cert_a, ""),
+            site(&["b.test"], &b, &cert_b, "")
+        );
+        let env = TestEnv::start_with_listeners(HTTPS_ON_PORT_0, &body).await;
+        TwoSites {
+            env,
+            ca,
+            cert_a,
+            cert_b,
+            a,
+            b,
+            _certs: certs,
+        }
+    }
+}
+
 /// GET `path` for `host` over a fresh TLS connection with SNI `host`, HTTP/1.1.
 async fn https_get(env: &TestEnv, ca: &TestCa, host: &str, path: &str) -> proxy_tests::Answer {
     let stream = tls::connect(env.https.unwrap(), host, ca.client(&["http/1.1"], false))
@@ -102,18 +141,16 @@ async fn alpn_negotiates_h2_and_http2_works_over_tls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sni_picks_the_certificate_of_the_site() {
-    let a = MockUpstream::start("a").await;
-    let b = MockUpstream::start("b").await;
-    let certs = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let cert_a = ca.issue(certs.path(), "a", &["a.test"]);
-    let cert_b = ca.issue(certs.path(), "b", &["b.test"]);
-    let body = format!(
-        "{}{}",
-        site(&["a.test"], &a, &cert_a, ""),
-        site(&["b.test"], &b, &cert_b, "")
-    );
-    let env = TestEnv::start_with_listeners(HTTPS_ON_PORT_0, &body).await;
+    // Every field bound: the upstreams and the certificate files must live to the end.
+    let TwoSites {
+        env,
+        ca,
+        cert_a,
+        cert_b,
+        a: _a,
+        b: _b,
+        _certs,
+    } = TwoSites::start().await;
 
     for (host, cert, upstream) in [("a.test", &cert_a, "a"), ("b.test", &cert_b, "b")] {
         let stream = tls::connect(env.https.unwrap(), host, ca.client(&["http/1.1"], false))
@@ -227,18 +264,15 @@ async fn a_new_certificate_applies_to_the_next_handshake_and_open_connections_ke
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_for_another_site_on_a_tls_connection_gets_421() {
-    let a = MockUpstream::start("a").await;
-    let b = MockUpstream::start("b").await;
-    let certs = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let cert_a = ca.issue(certs.path(), "a", &["a.test"]);
-    let cert_b = ca.issue(certs.path(), "b", &["b.test"]);
-    let body = format!(
-        "{}{}",
-        site(&["a.test"], &a, &cert_a, ""),
-        site(&["b.test"], &b, &cert_b, "")
-    );
-    let env = TestEnv::start_with_listeners(HTTPS_ON_PORT_0, &body).await;
+    let TwoSites {
+        env,
+        ca,
+        cert_a: _,
+        cert_b: _,
+        a,
+        b,
+        _certs,
+    } = TwoSites::start().await;
 
     let stream = tls::connect(
         env.https.unwrap(),
@@ -251,6 +285,7 @@ async fn a_request_for_another_site_on_a_tls_connection_gets_421() {
     let misdirected = conn.get("b.test", "/").await;
     assert_eq!(misdirected.status, 421, "{misdirected:?}");
     assert!(b.requests().is_empty(), "nothing reached site b");
+    assert!(a.requests().is_empty(), "nor site a");
     let right = conn.get("a.test", "/").await;
     assert_eq!(right.status, 200, "the connection stays usable");
     env.stop().await;

@@ -114,23 +114,35 @@ fn challenge_certificate(
     c: &pb::AcmeChallenge,
     provider: &CryptoProvider,
 ) -> Result<SiteCertificate, String> {
-    let chain = CertificateDer::pem_slice_iter(c.certificate_pem.as_bytes())
+    let key = certified_key(&c.certificate_pem, &c.key_pem, provider)
+        .map_err(|e| format!("challenge certificate: {e}"))?;
+    Ok(SiteCertificate {
+        key: Arc::new(key),
+        names: vec![c.name.clone()],
+        not_after_unix: 0,
+    })
+}
+
+/// A PEM chain and key, loaded for rustls (not checked against each other); the error never
+/// holds key material.
+fn certified_key(
+    chain_pem: &str,
+    key_pem: &str,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("invalid challenge certificate: {e}"))?;
+        .map_err(|e| format!("invalid certificate chain: {e}"))?;
     if chain.is_empty() {
-        return Err("no challenge certificate".to_owned());
+        return Err("no certificate in the chain".to_owned());
     }
-    let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| format!("no usable private key ({e})"))?;
     let signing_key = provider
         .key_provider
         .load_private_key(key)
         .map_err(|e| format!("unsupported private key: {e}"))?;
-    Ok(SiteCertificate {
-        key: Arc::new(CertifiedKey::new(chain, signing_key)),
-        names: vec![c.name.clone()],
-        not_after_unix: 0,
-    })
+    Ok(CertifiedKey::new(chain, signing_key))
 }
 
 /// Parses and checks one certificate of the snapshot; the error never holds key material.
@@ -138,19 +150,7 @@ pub fn certificate(
     c: &pb::Certificate,
     provider: &CryptoProvider,
 ) -> Result<SiteCertificate, String> {
-    let chain = CertificateDer::pem_slice_iter(c.chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("invalid certificate chain: {e}"))?;
-    if chain.is_empty() {
-        return Err("no certificate in the chain".to_owned());
-    }
-    let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
-        .map_err(|e| format!("no usable private key ({e})"))?;
-    let signing_key = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| format!("unsupported private key: {e}"))?;
-    let key = CertifiedKey::new(chain, signing_key);
+    let key = certified_key(&c.chain_pem, &c.key_pem, provider)?;
     key.keys_match().map_err(|e| match e {
         rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
             "the private key does not match the certificate".to_owned()
