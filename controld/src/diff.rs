@@ -172,6 +172,12 @@ fn limit_fields(c: &Config) -> Vec<(&'static str, String)> {
                 .clone()
                 .unwrap_or_else(|| "none".to_owned()),
         ),
+        ("merge_slashes", c.dynamic.merge_slashes.to_string()),
+        (
+            "escaped_slashes",
+            c.dynamic.escaped_slashes.as_str().to_owned(),
+        ),
+        ("upstream_limits", c.dynamic.upstream_limits.to_string()),
     ]
 }
 
@@ -234,6 +240,54 @@ fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
         (
             "proxy.upstream_idle_timeout",
             human(s.proxy.upstream_idle_timeout),
+        ),
+        (
+            "proxy.max_connections",
+            s.proxy.limits.max_connections.to_string(),
+        ),
+        (
+            "proxy.max_connections_per_ip",
+            s.proxy
+                .limits
+                .max_connections_per_ip
+                .map_or_else(|| "off".to_owned(), |n| n.to_string()),
+        ),
+        (
+            "proxy.http2_max_concurrent_streams",
+            s.proxy.limits.http2_max_concurrent_streams.to_string(),
+        ),
+        (
+            "proxy.http2_keepalive_interval",
+            human(s.proxy.limits.http2_keepalive_interval),
+        ),
+        (
+            "proxy.http2_keepalive_timeout",
+            human(s.proxy.limits.http2_keepalive_timeout),
+        ),
+        (
+            "proxy.http2_idle_timeout",
+            human(s.proxy.limits.http2_idle_timeout),
+        ),
+        (
+            "proxy.tunnel_idle_timeout",
+            human(s.proxy.limits.tunnel_idle_timeout),
+        ),
+        ("proxy.tcp_keepalive", human(s.proxy.limits.tcp_keepalive)),
+        (
+            "proxy.tls_handshake_timeout",
+            human(s.proxy.limits.tls_handshake_timeout),
+        ),
+        (
+            "proxy.request_body_timeout",
+            human(s.proxy.limits.request_body_timeout),
+        ),
+        (
+            "proxy.response_send_timeout",
+            human(s.proxy.limits.response_send_timeout),
+        ),
+        (
+            "proxy.upstream_body_timeout",
+            human(s.proxy.limits.upstream_body_timeout),
         ),
         ("logging.format", s.log_format.as_str().to_owned()),
         (

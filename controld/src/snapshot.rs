@@ -7,8 +7,8 @@ use proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    Certificate, Config, LoadBalancing, PoolConfig, RateLimit, Route, RouteAction, Site, SiteTls,
-    Upstream, covers,
+    Certificate, Config, ConnectionLimits, EscapedSlashes, LoadBalancing, PoolConfig, RateLimit,
+    Route, RouteAction, Site, SiteTls, Upstream, covers,
 };
 
 /// What ACME adds to a snapshot beyond the config: the certificates it issued and the challenges
@@ -134,6 +134,7 @@ impl Content {
                 request_header_timeout_ms: millis(statics.proxy.request_header_timeout),
                 upstream_connect_timeout_ms: millis(statics.proxy.upstream_connect_timeout),
                 upstream_idle_timeout_ms: millis(statics.proxy.upstream_idle_timeout),
+                connection_limits: Some(connection_limits(&statics.proxy.limits)),
             }),
             dynamic: Some(pb::DynamicConfig {
                 sites: dynamic.sites.iter().map(site).collect(),
@@ -147,6 +148,12 @@ impl Content {
                     .map(ToString::to_string)
                     .collect(),
                 default_tls_site: dynamic.default_tls_site.clone().unwrap_or_default(),
+                merge_slashes: Some(dynamic.merge_slashes),
+                escaped_slashes: match dynamic.escaped_slashes {
+                    EscapedSlashes::Reject => pb::EscapedSlashes::Reject,
+                    EscapedSlashes::Keep => pb::EscapedSlashes::Keep,
+                }
+                .into(),
             }),
             certificates: dynamic
                 .sites
@@ -257,6 +264,30 @@ fn pool(pool: &PoolConfig) -> pb::UpstreamPool {
             consecutive_failures: p.consecutive_failures,
             cooldown_ms: millis(p.cooldown),
         }),
+        limits: Some(pb::UpstreamLimits {
+            max_connections: pool.limits.max_connections,
+            max_pending_requests: pool.limits.max_pending_requests,
+            max_requests: pool.limits.max_requests,
+            max_idle_connections: pool.limits.max_idle_connections,
+        }),
+    }
+}
+
+fn connection_limits(l: &ConnectionLimits) -> pb::ConnectionLimits {
+    pb::ConnectionLimits {
+        max_connections: l.max_connections,
+        // u32::MAX on the wire: no cap (0 would mean proxyd's default).
+        max_connections_per_ip: l.max_connections_per_ip.unwrap_or(u32::MAX),
+        http2_max_concurrent_streams: l.http2_max_concurrent_streams,
+        http2_keepalive_interval_ms: millis(l.http2_keepalive_interval),
+        http2_keepalive_timeout_ms: millis(l.http2_keepalive_timeout),
+        http2_idle_timeout_ms: millis(l.http2_idle_timeout),
+        tunnel_idle_timeout_ms: millis(l.tunnel_idle_timeout),
+        tcp_keepalive_ms: millis(l.tcp_keepalive),
+        tls_handshake_timeout_ms: millis(l.tls_handshake_timeout),
+        request_body_timeout_ms: millis(l.request_body_timeout),
+        response_send_timeout_ms: millis(l.response_send_timeout),
+        upstream_body_timeout_ms: millis(l.upstream_body_timeout),
     }
 }
 

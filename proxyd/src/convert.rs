@@ -3,6 +3,7 @@
 //! reads snapshot fields.
 
 mod certs;
+mod limits;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ pub use proto::ADMIN_LISTENER_NAME;
 #[cfg(test)]
 pub use certs::test_certificate;
 pub use certs::{Challenges, SiteCertificate};
+pub use limits::{ConnectionLimits, PathRules, UpstreamLimits};
 
 /// A snapshot proxyd has checked and can compile into a runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,8 @@ pub struct Spec {
     pub default_tls_site: Option<String>,
     /// The ACME challenges to answer.
     pub challenges: Challenges,
+    /// How request paths are normalized before routing.
+    pub paths: PathRules,
 }
 
 /// Settings proxyd takes from the first snapshot it applies and keeps until it restarts.
@@ -55,6 +59,8 @@ pub struct StaticSpec {
     pub upstream_connect_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub upstream_idle_timeout: Duration,
+    /// Caps and deadlines on client connections.
+    pub limits: ConnectionLimits,
 }
 
 /// Used when a snapshot leaves the request-head limits at 0.
@@ -66,6 +72,23 @@ const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// hyper's read buffer cannot be smaller.
 const MIN_HEADER_BYTES: usize = 8192;
+/// Bounds on values the runtime allocates by, checked whoever sent the snapshot (controld
+/// applies the same rules to the file).
+pub const MAX_WEIGHT: u32 = 1000;
+pub const MAX_TOTAL_WEIGHT: u64 = 100_000;
+pub const MAX_RETRIES: u32 = 5;
+/// Headers a `respond` route may not set: proxyd frames its answers itself.
+pub const FRAMING_HEADERS: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerSpec {
@@ -104,6 +127,8 @@ pub struct PoolSpec {
     pub retries: u32,
     pub health_check: Option<HealthCheckSpec>,
     pub passive: Option<PassiveHealthSpec>,
+    /// Circuit breakers of each upstream of the site.
+    pub limits: UpstreamLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -229,6 +254,8 @@ pub enum SnapshotError {
     TrustedProxy { cidr: String },
     #[error("{field}: a rate limit needs requests_per_second > 0 and burst > 0")]
     RateLimit { field: String },
+    #[error("paths: {reason}")]
+    Paths { reason: String },
 }
 
 impl TryFrom<pb::Snapshot> for Spec {
@@ -292,6 +319,7 @@ impl TryFrom<pb::Snapshot> for Spec {
                     statics.upstream_idle_timeout_ms,
                     DEFAULT_UPSTREAM_IDLE_TIMEOUT,
                 ),
+                limits: statics.connection_limits.into(),
             },
             sites,
             rate_limit: dynamic
@@ -314,6 +342,8 @@ impl TryFrom<pb::Snapshot> for Spec {
             log_level: dynamic.log_level,
             default_tls_site,
             challenges,
+            paths: PathRules::from_wire(dynamic.merge_slashes, dynamic.escaped_slashes)
+                .map_err(|reason| SnapshotError::Paths { reason })?,
         })
     }
 }
@@ -498,6 +528,14 @@ fn route(r: pb::Route) -> Result<RouteSpec, String> {
                 let (Ok(name), Ok(value)) = (name, value) else {
                     return Err(format!("route {prefix:?}: invalid header {:?}", h.name));
                 };
+                // proxyd frames its own answers: a header that changes framing or the
+                // connection would corrupt the response stream.
+                if FRAMING_HEADERS.contains(&name.as_str()) {
+                    return Err(format!(
+                        "route {prefix:?}: header {:?} is set by proxyd itself",
+                        h.name
+                    ));
+                }
                 headers.append(name, value);
             }
             ActionSpec::Answer(Answer::Respond {
@@ -524,12 +562,21 @@ fn weighted(urls: &[String], weights: &[u32]) -> Result<Vec<WeightedUpstream>, S
             urls.len()
         ));
     }
+    // The weighted schedule holds one entry per unit of weight: bound it, whatever sent it.
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    if total > MAX_TOTAL_WEIGHT {
+        return Err(format!(
+            "upstream weights add up to {total}; at most {MAX_TOTAL_WEIGHT}"
+        ));
+    }
     urls.iter()
         .enumerate()
         .map(|(i, url)| {
             let weight = weights.get(i).copied().unwrap_or(1);
-            if weight == 0 {
-                return Err(format!("upstream {url:?}: weight 0"));
+            if weight == 0 || weight > MAX_WEIGHT {
+                return Err(format!(
+                    "upstream {url:?}: weight {weight} (must be 1 to {MAX_WEIGHT})"
+                ));
             }
             Ok(WeightedUpstream {
                 spec: upstream(url)?,
@@ -567,6 +614,9 @@ fn pool(pool: Option<pb::UpstreamPool>) -> Result<PoolSpec, String> {
             unhealthy_threshold: h.unhealthy_threshold.max(1),
         }),
     };
+    if pool.retries > MAX_RETRIES {
+        return Err(format!("retries {} (at most {MAX_RETRIES})", pool.retries));
+    }
     let passive = pool
         .passive_health
         .filter(|p| p.consecutive_failures > 0)
@@ -579,6 +629,7 @@ fn pool(pool: Option<pb::UpstreamPool>) -> Result<PoolSpec, String> {
         retries: pool.retries,
         health_check,
         passive,
+        limits: pool.limits.into(),
     })
 }
 
@@ -624,6 +675,7 @@ mod tests {
                 request_header_timeout_ms: 0,
                 upstream_connect_timeout_ms: 250,
                 upstream_idle_timeout_ms: 0,
+                connection_limits: None,
             }),
             dynamic: Some(pb::DynamicConfig {
                 sites: vec![pb::Site {
@@ -657,6 +709,7 @@ mod tests {
                             consecutive_failures: 0,
                             cooldown_ms: 5,
                         }),
+                        limits: None,
                     }),
                 }],
                 rate_limit: None,
@@ -665,6 +718,8 @@ mod tests {
                 trusted_proxies: vec!["10.0.0.0/8".into(), "::1/128".into()],
                 log_level: "info".into(),
                 default_tls_site: String::new(),
+                merge_slashes: None,
+                escaped_slashes: 0,
             }),
             certificates: vec![],
             acme_challenges: vec![],

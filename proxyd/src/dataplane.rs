@@ -225,6 +225,12 @@ impl DataPlane {
             self.runtime.clone(),
             self.metrics.clone(),
             tls.is_some(),
+            statics.limits,
+        ));
+        // One set of connection caps for every listener.
+        let gate = Arc::new(crate::server::Gate::new(
+            &statics.limits,
+            self.metrics.clone(),
         ));
         for (name, listener, terminates_tls) in sockets.listeners {
             let serve = crate::server::serve(
@@ -232,6 +238,7 @@ impl DataPlane {
                 listener,
                 proxy.clone(),
                 statics.clone(),
+                gate.clone(),
                 tls.clone().filter(|_| terminates_tls),
                 self.shutdown.clone(),
                 self.abort.clone(),

@@ -1,9 +1,13 @@
-//! The request path: route by host, HTTPS rules (421, redirect to https://), rate limit, body
-//! limit, forward to the site's upstream.
+//! The request path: normalize the path, route by host, HTTPS rules (421, redirect to
+//! https://), rate limit, body limit, forward to the site's upstream within its circuit breakers,
+//! and tell the client's faults from the upstream's.
 
+mod body;
 mod error;
 mod headers;
+mod path;
 mod respond;
+mod tunnel;
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -16,18 +20,19 @@ use http::{Request, Response, Uri, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 pub use error::ProxyError;
 
-use crate::convert::Answer;
+use crate::convert::{Answer, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::runtime::{Action, Runtime, Site};
+use crate::server::{Activity, Permit};
 use crate::tls::Session;
-use crate::upstreams::UpstreamBody;
+use crate::upstreams::{UpstreamBody, circuit_open};
+use body::{ClientBodyError, Side, Watched, client_body_fault};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
-pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
+pub type ResponseBody = BoxBody<Bytes, BoxError>;
 
 /// What the request path decided, for the access log and metrics, whether it ended in a
 /// response or an error.
@@ -45,16 +50,22 @@ struct Outcome {
 const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The client connection a request came on.
-#[derive(Debug, Clone)]
 pub struct ClientConn {
     pub peer: SocketAddr,
     /// On a TLS listener: what the handshake settled. `None` on plain listeners.
     pub tls: Option<Session>,
+    /// Requests in progress on the connection (its idle timeout reads it).
+    pub activity: Arc<Activity>,
+    /// Its place under the connection caps; an Upgrade tunnel keeps it.
+    pub permit: Arc<Permit>,
 }
 
 /// Who sent a request, as the request path needs it.
 pub struct Peer<'a> {
+    /// The TCP peer.
     pub addr: SocketAddr,
+    /// The client: the peer, or behind a trusted proxy the address it forwarded for.
+    pub client: std::net::IpAddr,
     /// The peer is a configured trusted proxy: its forwarding headers are kept.
     pub trusted: bool,
     pub request_id: &'a http::HeaderValue,
@@ -69,6 +80,8 @@ pub struct Proxy {
     /// proxyd has a TLS listener: plain-HTTP requests for sites with a certificate are
     /// redirected to it.
     https_listener: bool,
+    /// The body and tunnel deadlines (static).
+    limits: ConnectionLimits,
 }
 
 impl Proxy {
@@ -76,17 +89,23 @@ impl Proxy {
         runtime: Arc<ArcSwap<Runtime>>,
         metrics: Arc<Metrics>,
         https_listener: bool,
+        limits: ConnectionLimits,
     ) -> Proxy {
         Proxy {
             runtime,
             metrics,
             https_listener,
+            limits,
         }
     }
 
-    /// Counts a client connection as open until the guard drops.
-    pub fn connection_opened(&self) -> crate::metrics::ConnectionOpen {
-        self.metrics.connection_opened()
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether `ip` is a trusted proxy in the runtime serving now (not capped per address).
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.runtime.load().is_trusted(ip)
     }
 
     /// Answers one request; never fails: errors become responses in `ProxyError::into_response`.
@@ -95,18 +114,25 @@ impl Proxy {
         req: Request<Incoming>,
         conn: &ClientConn,
     ) -> Response<ResponseBody> {
-        let client = conn.peer;
         let started = Instant::now();
-        let in_flight = self.metrics.in_flight();
+        let guards = (self.metrics.in_flight(), conn.activity.request_started());
         // One load per request. `load_full` (an Arc) rather than a guard because the request
         // awaits the upstream while holding it.
         let runtime = self.runtime.load_full();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let trusted = runtime.is_trusted(client.ip());
+        let trusted = runtime.is_trusted(conn.peer.ip());
+        // Behind a trusted load balancer, the client its X-Forwarded-For names.
+        let client = match trusted {
+            false => conn.peer.ip().to_canonical(),
+            true => {
+                headers::client_address(req.headers(), conn.peer.ip(), |ip| runtime.is_trusted(ip))
+            }
+        };
         let request_id = headers::request_id(req.headers(), trusted);
         let peer = Peer {
-            addr: client,
+            addr: conn.peer,
+            client,
             trusted,
             request_id: &request_id,
             https: conn.tls.is_some(),
@@ -116,13 +142,17 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.request_failed(out.site.as_deref(), &e);
-                if matches!(
-                    e,
+                match &e {
                     ProxyError::UpstreamUnreachable { .. }
-                        | ProxyError::UpstreamFailed { .. }
-                        | ProxyError::UpstreamTimeout { .. }
-                ) {
-                    tracing::warn!(error = %e, "upstream request failed");
+                    | ProxyError::UpstreamFailed { .. }
+                    | ProxyError::UpstreamTimeout { .. } => {
+                        tracing::warn!(error = %e, "upstream request failed");
+                    }
+                    ProxyError::CircuitOpen { upstream, limit } => {
+                        self.metrics.upstream_overflow(upstream, limit);
+                        tracing::warn!(error = %e, "upstream circuit breaker open");
+                    }
+                    _ => {}
                 }
                 e.into_response(&request_id)
             }
@@ -141,7 +171,7 @@ impl Proxy {
         tracing::info!(
             target: "access",
             request_id = request_id.to_str().unwrap_or("-"),
-            client = %client.ip(),
+            %client,
             %method,
             path,
             site = site.as_deref().unwrap_or("-"),
@@ -153,7 +183,7 @@ impl Proxy {
             duration_ms = elapsed.as_millis() as u64,
             config_version = runtime.version,
         );
-        in_flight.until_body_ends(response)
+        crate::metrics::until_body_ends(guards, response)
     }
 
     async fn forward(
@@ -164,11 +194,11 @@ impl Proxy {
         conn: &ClientConn,
         out: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let client = peer.addr;
         if req.method() == http::Method::CONNECT {
             // Not a forward proxy: nothing outside the config is ever dialed.
             return Err(ProxyError::ConnectRefused);
         }
+        normalize_path(&mut req, runtime)?;
         // ACME HTTP-01 validation, on plain-HTTP listeners only, for whatever Host: the token
         // is the secret, and the CA's validator may ask before the site exists in routing.
         if conn.tls.is_none()
@@ -181,12 +211,12 @@ impl Proxy {
         let host = headers::request_host(&req)?;
         let site = runtime.site(&host).ok_or(ProxyError::UnknownHost)?;
         out.site = Some(site.name.clone());
-        if let Some(redirect) = self.https_rules(site, &host, &req, conn)? {
+        if let Some(redirect) = self.https_rules(runtime, site, &host, &req, conn)? {
             return Ok(redirect);
         }
         if let Some(limiter) = &site.limiter {
             limiter
-                .check(client.ip())
+                .check(peer.client)
                 .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
         }
         check_content_length(&req, site)?;
@@ -243,6 +273,16 @@ impl Proxy {
                 | http::Method::DELETE
         );
         let limit = usize::try_from(site.body_limit_bytes).unwrap_or(usize::MAX);
+        // The response deadline runs from the end of the request body: a slow upload is the
+        // request body timeout's business, never the upstream's.
+        let body_sent = Arc::new(tokio::sync::Notify::new());
+        let body = Watched::new(
+            body,
+            self.limits.request_body_timeout,
+            Side::Client,
+            self.metrics.clone(),
+        )
+        .notify_end(body_sent.clone());
         let mut body = Some(Limited::new(body, limit).boxed());
         let mut tried = Vec::new();
         let mut last_error = None;
@@ -274,12 +314,21 @@ impl Proxy {
             } else {
                 std::mem::take(&mut parts.headers)
             };
-            let outstanding = upstream.start();
-            let sent = tokio::time::timeout(
-                site.upstream_response_timeout,
-                upstream.client.request(request),
-            )
-            .await;
+            let outstanding = upstream.start().map_err(|open| ProxyError::CircuitOpen {
+                upstream: upstream_name.clone(),
+                limit: open.limit,
+            })?;
+            let timeout = site.upstream_response_timeout;
+            let deadline = async {
+                if !bodiless {
+                    body_sent.notified().await;
+                }
+                tokio::time::sleep(timeout).await;
+            };
+            let sent = tokio::select! {
+                sent = upstream.client.request(request) => Ok(sent),
+                () = deadline => Err(()),
+            };
             drop(outstanding);
             let error = match sent {
                 Ok(Ok(response)) => {
@@ -292,12 +341,27 @@ impl Proxy {
                         limit: site.body_limit_bytes,
                     });
                 }
+                Ok(Err(e)) if client_body_fault(&e).is_some() => {
+                    return Err(match client_body_fault(&e) {
+                        Some(ClientBodyError::Timeout(_)) => {
+                            ProxyError::RequestBodyTimeout(error_chain(&e))
+                        }
+                        _ => ProxyError::BadRequestBody(error_chain(&e)),
+                    });
+                }
+                Ok(Err(e)) if circuit_open(&e).is_some() => {
+                    return Err(ProxyError::CircuitOpen {
+                        upstream: upstream_name,
+                        limit: circuit_open(&e).map_or("max_connections", |o| o.limit),
+                    });
+                }
                 // The request may be in progress there: never sent twice.
-                Err(_) => {
+                Err(()) => {
                     upstream.failed(pool.passive);
+                    self.metrics.timed_out("upstream_response");
                     return Err(ProxyError::UpstreamTimeout {
                         upstream: upstream_name,
-                        timeout: site.upstream_response_timeout,
+                        timeout,
                     });
                 }
                 Ok(Err(e)) => {
@@ -333,7 +397,14 @@ impl Proxy {
             .flatten();
         if let (Some(client_side), Some(_)) = (client_side, &switched_to) {
             let upstream_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_side, upstream_side, upstream_name.clone()));
+            tokio::spawn(tunnel::run(
+                client_side,
+                upstream_side,
+                upstream_name.clone(),
+                conn.permit.clone(),
+                self.limits.tunnel_idle_timeout,
+                self.metrics.clone(),
+            ));
         }
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
@@ -341,8 +412,37 @@ impl Proxy {
             headers::restore_upgrade(&mut parts.headers, protocol);
         }
         parts.version = client_version;
+        let body = Watched::new(
+            body,
+            self.limits.upstream_body_timeout,
+            Side::Upstream,
+            self.metrics.clone(),
+        );
         Ok(Response::from_parts(parts, body.boxed()))
     }
+}
+
+/// Routes and forwards on the normalized path ([`path`]): the request's URI is rewritten to it,
+/// query unchanged; a path that cannot be normalized safely is a 400.
+fn normalize_path<B>(req: &mut Request<B>, runtime: &Runtime) -> Result<(), ProxyError> {
+    let normalized = match path::normalize(req.uri().path(), runtime.paths) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Owned(p)) => p,
+        Err(e) => return Err(ProxyError::BadRequest(e.reason())),
+    };
+    let target = match req.uri().query() {
+        Some(query) => format!("{normalized}?{query}"),
+        None => normalized,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        target
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
+    );
+    *req.uri_mut() =
+        Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    Ok(())
 }
 
 impl Proxy {
@@ -353,6 +453,7 @@ impl Proxy {
     /// did not opt out, and it is not an ACME challenge.
     fn https_rules<B>(
         &self,
+        runtime: &Runtime,
         site: &Site,
         host: &str,
         req: &Request<B>,
@@ -366,32 +467,18 @@ impl Proxy {
             }
             return Ok(None);
         }
+        // Only a challenge pending now may skip the redirect: anything else under the ACME
+        // prefix is an ordinary request for the site.
+        let pending_challenge = req
+            .uri()
+            .path()
+            .strip_prefix(ACME_CHALLENGE_PREFIX)
+            .is_some_and(|token| runtime.http_challenge(token).is_some());
         let redirect = self.https_listener
             && site.https_redirect
             && site.certificate.is_some()
-            && !req.uri().path().starts_with(ACME_CHALLENGE_PREFIX);
+            && !pending_challenge;
         Ok(redirect.then(|| respond::to_https(host, req)))
-    }
-}
-
-/// Copies bytes both ways between an upgraded client connection and its upstream until either
-/// side closes. The tunnel holds no runtime: reloads do not touch it.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    name: String,
-) {
-    let (client, upstream) = match (client.await, upstream.await) {
-        (Ok(c), Ok(u)) => (c, u),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::debug!(upstream = %name, error = %e, "upgrade did not complete");
-            return;
-        }
-    };
-    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(upstream = %name, up, down, "tunnel closed"),
-        Err(e) => tracing::debug!(upstream = %name, error = %e, "tunnel ended with an error"),
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::RateQuota;
@@ -26,6 +27,8 @@ pub enum Scope {
 #[derive(Debug, Clone)]
 pub struct SiteLimiter {
     limiter: Arc<Limiter>,
+    /// Wakes the eviction task early.
+    evict_soon: Arc<Notify>,
 }
 
 impl SiteLimiter {
@@ -34,45 +37,13 @@ impl SiteLimiter {
     /// 2^64 fresh budgets.
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
         if self.limiter.len() >= MAX_TRACKED_CLIENTS {
-            self.evict_now();
+            // Over the cap between two eviction rounds: the eviction task runs early. The
+            // request path never scans a limiter itself.
+            self.evict_soon.notify_one();
         }
         self.limiter
             .check_key(&client_key(client))
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
-    }
-}
-
-impl SiteLimiter {
-    /// Over the cap between two eviction rounds: evict now rather than grow, at most once a
-    /// second so that a flood of distinct clients cannot turn every request into a full scan.
-    #[cold]
-    fn evict_now(&self) {
-        static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        static LAST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let now = u64::try_from(
-            STARTED
-                .get_or_init(std::time::Instant::now)
-                .elapsed()
-                .as_millis(),
-        )
-        .unwrap_or(u64::MAX);
-        let last = LAST_MS.load(std::sync::atomic::Ordering::Relaxed);
-        if now.saturating_sub(last) >= 1000
-            && LAST_MS
-                .compare_exchange(
-                    last,
-                    now,
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            self.limiter.retain_recent();
-            tracing::warn!(
-                tracked = self.limiter.len(),
-                "rate limiter over its tracked-client cap; evicted idle clients early"
-            );
-        }
     }
 }
 
@@ -98,6 +69,7 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 #[derive(Debug, Default)]
 pub struct LimiterStore {
     limiters: Mutex<HashMap<(Scope, RateQuota), Arc<Limiter>>>,
+    evict_soon: Arc<Notify>,
 }
 
 impl LimiterStore {
@@ -116,7 +88,10 @@ impl LimiterStore {
                 ))
             })
             .clone();
-        SiteLimiter { limiter }
+        SiteLimiter {
+            limiter,
+            evict_soon: self.evict_soon.clone(),
+        }
     }
 
     /// Forgets limiters the new runtime no longer uses.
@@ -124,29 +99,41 @@ impl LimiterStore {
         self.lock().retain(|key, _| in_use.contains(key));
     }
 
-    /// Drops the state of clients that are back to a full budget, and frees the memory.
-    pub fn evict_idle(&self) -> usize {
+    /// Drops the state of clients that are back to a full budget, and frees the memory; with
+    /// `only_over_cap`, only in the limiters tracking [`MAX_TRACKED_CLIENTS`] or more.
+    pub fn evict_idle(&self, only_over_cap: bool) -> usize {
         let limiters: Vec<_> = self.lock().values().cloned().collect();
         limiters
             .iter()
             .map(|l| {
-                l.retain_recent();
-                l.shrink_to_fit();
+                if !only_over_cap || l.len() >= MAX_TRACKED_CLIENTS {
+                    l.retain_recent();
+                    l.shrink_to_fit();
+                }
                 l.len()
             })
             .sum()
     }
 
-    /// Evicts idle clients every `interval` until `shutdown`.
+    /// Evicts idle clients every `interval` until `shutdown`, and early (at most once a second)
+    /// from a limiter a request found over its cap.
     pub async fn evict_until(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_early = tokio::time::Instant::now() - Duration::from_secs(1);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    let tracked = self.evict_idle();
+                    let tracked = self.evict_idle(false);
                     tracing::debug!(tracked, "evicted idle rate-limit keys");
+                }
+                () = self.evict_soon.notified() => {
+                    // A flood of distinct clients must not turn eviction into a busy loop.
+                    tokio::time::sleep_until(last_early + Duration::from_secs(1)).await;
+                    last_early = tokio::time::Instant::now();
+                    let tracked = self.evict_idle(true);
+                    tracing::warn!(tracked, "rate limiter over its tracked-client cap; evicted idle clients early");
                 }
             }
         }
@@ -217,6 +204,6 @@ mod tests {
         }
         // After 1 ms at 1000/s every client is back to a full budget.
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(store.evict_idle(), 0);
+        assert_eq!(store.evict_idle(false), 0);
     }
 }

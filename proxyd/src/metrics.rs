@@ -61,6 +61,34 @@ struct SnapshotLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverflowLabels {
+    upstream: String,
+    limit: &'static str,
+}
+
+/// Every value of the `kind` label of `proxy_timeouts_total` (docs/security.md).
+pub const TIMEOUT_KINDS: [&str; 8] = [
+    "first_bytes",
+    "idle",
+    "tls_handshake",
+    "request_body",
+    "response_send",
+    "upstream_response",
+    "upstream_body",
+    "tunnel_idle",
+];
+
 type DurationFamily = Family<SiteLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric proxyd exports. Cheap handles (atomics behind `Arc`s) registered once.
@@ -80,6 +108,9 @@ pub struct Metrics {
     retries: Family<SiteLabels, Counter>,
     control_plane_connected: Gauge,
     connections_open: Gauge,
+    connections_refused: Family<ReasonLabels, Counter>,
+    timeouts: Family<KindLabels, Counter>,
+    upstream_overflow: Family<OverflowLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -106,8 +137,19 @@ impl Metrics {
             retries: Family::default(),
             control_plane_connected: Gauge::default(),
             connections_open: Gauge::default(),
+            connections_refused: Family::default(),
+            timeouts: Family::default(),
+            upstream_overflow: Family::default(),
         };
         m.register();
+        for kind in TIMEOUT_KINDS {
+            m.timeouts.get_or_create(&KindLabels { kind }).inc_by(0);
+        }
+        for reason in ["max_connections", "max_connections_per_ip"] {
+            m.connections_refused
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
         // Both results exist from the start, so `rate()` and alerts see the first refusal.
         for result in ["applied", "refused"] {
             m.snapshots
@@ -191,6 +233,43 @@ impl Metrics {
             "Snapshots received from controld, by result (applied, refused)",
             self.snapshots.clone(),
         );
+        r.register(
+            "connections_refused",
+            "Client connections closed at accept by a cap, by reason (max_connections, max_connections_per_ip)",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "timeouts",
+            "Connections and requests ended by a deadline, by kind",
+            self.timeouts.clone(),
+        );
+        r.register(
+            "upstream_overflow",
+            "Requests refused with 503 by an upstream's circuit breaker, by upstream and limit",
+            self.upstream_overflow.clone(),
+        );
+    }
+
+    /// A deadline of `kind` (one of [`TIMEOUT_KINDS`]) ended a connection or request.
+    pub fn timed_out(&self, kind: &'static str) {
+        self.timeouts.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// A connection was closed at accept by the cap `reason`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A circuit breaker of `upstream` refused a request at `limit`.
+    pub fn upstream_overflow(&self, upstream: &str, limit: &'static str) {
+        self.upstream_overflow
+            .get_or_create(&OverflowLabels {
+                upstream: upstream.to_owned(),
+                limit,
+            })
+            .inc();
     }
 
     /// Counts a request as in flight until the returned guard is dropped.
@@ -255,6 +334,12 @@ impl Metrics {
         self.upstream_healthy.remove(&UpstreamLabels {
             upstream: upstream.to_owned(),
         });
+        for limit in ["max_pending_requests", "max_requests"] {
+            self.upstream_overflow.remove(&OverflowLabels {
+                upstream: upstream.to_owned(),
+                limit,
+            });
+        }
     }
 
     /// Counts a client connection as open until the guard drops.
@@ -362,20 +447,21 @@ impl Drop for ConnectionOpen {
 
 pub struct InFlight(Gauge);
 
-impl InFlight {
-    /// Keeps the request counted until its response body has been sent or dropped, rather
-    /// than only until the response head is ready.
-    pub fn until_body_ends(self, response: Response<ResponseBody>) -> Response<ResponseBody> {
-        // The closure owns the guard: it is dropped with the body, which hyper does once the
-        // last frame is written or the connection goes away.
-        response.map(|body| {
-            body.map_frame(move |frame| {
-                let _guard: &InFlight = &self;
-                frame
-            })
-            .boxed()
+/// Keeps `guard` alive until the response body has been sent or dropped, rather than only until
+/// the response head is ready.
+pub fn until_body_ends<G: Send + Sync + 'static>(
+    guard: G,
+    response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    // The closure owns the guard: it is dropped with the body, which hyper does once the
+    // last frame is written or the connection goes away.
+    response.map(|body| {
+        body.map_frame(move |frame| {
+            let _guard: &G = &guard;
+            frame
         })
-    }
+        .boxed()
+    })
 }
 
 impl Drop for InFlight {
@@ -511,7 +597,8 @@ mod tests {
         let m = Metrics::new();
         let guard = m.in_flight();
         assert_eq!(m.in_flight.get(), 1);
-        let response = guard.until_body_ends(
+        let response = until_body_ends(
+            guard,
             ProxyError::UnknownHost.into_response(&http::HeaderValue::from_static("id")),
         );
         assert_eq!(

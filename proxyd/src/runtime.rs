@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::convert::{
-    ActionSpec, Answer, Challenges, PassiveHealthSpec, Policy, PoolSpec, Spec, WeightedUpstream,
+    ActionSpec, Answer, Challenges, PassiveHealthSpec, PathRules, Policy, PoolSpec, Spec,
+    WeightedUpstream,
 };
 use crate::limits::{LimiterStore, Scope, SiteLimiter};
 use crate::upstreams::{Upstream, UpstreamStore};
@@ -22,6 +23,8 @@ pub struct Runtime {
     default_tls_site: Option<Arc<Site>>,
     /// The ACME challenges controld is completing.
     challenges: Challenges,
+    /// How request paths are normalized before routing.
+    pub paths: PathRules,
 }
 
 #[derive(Debug)]
@@ -69,7 +72,10 @@ pub struct Pool {
 impl Pool {
     fn new(list: &[WeightedUpstream], spec: &PoolSpec, store: &UpstreamStore) -> Pool {
         Pool {
-            upstreams: list.iter().map(|u| store.get(&u.spec)).collect(),
+            upstreams: list
+                .iter()
+                .map(|u| store.get(&u.spec, spec.limits))
+                .collect(),
             schedule: smooth_weighted_schedule(&list.iter().map(|u| u.weight).collect::<Vec<_>>()),
             policy: spec.policy,
             next: AtomicUsize::new(0),
@@ -151,6 +157,7 @@ impl Runtime {
             sites: HashMap::new(),
             default_tls_site: None,
             challenges: Challenges::default(),
+            paths: PathRules::default(),
         }
     }
 
@@ -199,14 +206,16 @@ impl Runtime {
         let in_use = spec
             .sites
             .iter()
-            .flat_map(|s| s.upstreams())
-            .map(ToString::to_string)
+            .flat_map(|s| s.upstreams().map(|u| (u.to_string(), s.pool.limits)))
             .collect();
         let checks = spec
             .sites
             .iter()
             .filter_map(|s| s.pool.health_check.as_ref().map(|h| (s, h)))
-            .flat_map(|(s, h)| s.upstreams().map(move |u| (u.to_string(), h.clone())))
+            .flat_map(|(s, h)| {
+                s.upstreams()
+                    .map(move |u| ((u.to_string(), s.pool.limits), h.clone()))
+            })
             .collect();
         upstreams.retain(&in_use, &checks);
         let default_tls_site = spec
@@ -220,6 +229,7 @@ impl Runtime {
             sites,
             default_tls_site,
             challenges: spec.challenges.clone(),
+            paths: spec.paths,
         }
     }
 
@@ -237,8 +247,10 @@ impl Runtime {
         self.challenges.tls_alpn.get(&name).map(|c| c.key.clone())
     }
 
-    /// A peer whose forwarding headers are kept.
+    /// A peer whose forwarding headers are kept. An IPv4-mapped IPv6 address (a `[::]`
+    /// listener taking IPv4) is its IPv4 address.
     pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
@@ -312,6 +324,7 @@ mod tests {
                 request_header_timeout: std::time::Duration::from_secs(1),
                 upstream_connect_timeout: std::time::Duration::from_secs(1),
                 upstream_idle_timeout: std::time::Duration::from_secs(1),
+                limits: Default::default(),
             },
             sites: vec![SiteSpec {
                 hostnames: vec!["example.com".into(), "*.example.com".into()],
@@ -330,6 +343,7 @@ mod tests {
             log_level: "info".into(),
             default_tls_site: None,
             challenges: Challenges::default(),
+            paths: PathRules::default(),
         }
     }
 

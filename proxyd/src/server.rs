@@ -1,24 +1,36 @@
-//! Listeners: accept connections, terminate TLS on TLS listeners, serve HTTP/1.1 and HTTP/2 on
-//! them, and drain on shutdown.
+//! Listeners: accept connections within the connection caps, terminate TLS on TLS listeners,
+//! serve HTTP/1.1 and HTTP/2 on them under their deadlines, and drain on shutdown.
 //!
 //! Listeners outlive snapshots: they are bound once, from the first snapshot, and a reload never
 //! touches them or the connections they accepted.
+//!
+//! What bounds a client connection (docs/security.md): the caps of [`gate`]; until the protocol
+//! is known, the request-head timeout ([`io`]); an HTTP/1.1 request head, hyper's
+//! `header_read_timeout`; an HTTP/2 connection, `max_concurrent_streams`, keep-alive PINGs and
+//! the idle timeout below; a client that stops reading, the send timeout ([`io`]); a dead peer,
+//! TCP keepalive.
+
+mod gate;
+mod io;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::convert::StaticSpec;
+pub use gate::Permit;
+
+use crate::convert::{ConnectionLimits, StaticSpec};
 use crate::http::{ClientConn, Proxy};
-use crate::metrics::ConnectionOpen;
 use crate::tls::Terminator;
 
 /// The next connection, with `TCP_NODELAY` set; `None` once `shutdown` is cancelled.
@@ -47,34 +59,50 @@ pub async fn accept(
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting, lets in-flight requests finish
-/// (keep-alive off) for up to `drain_timeout`, and drops what is left; `abort` (a fast stop)
-/// cuts the drain short. With `tls`, every connection starts with a TLS handshake.
+/// (keep-alive off, HTTP/2 GOAWAY) for up to `drain_timeout`, and drops what is left; `abort`
+/// (a fast stop) cuts the drain short. With `tls`, every connection starts with a TLS handshake.
+/// Connections of every listener count against one `gate`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the listener's whole context, passed once"
+)]
 pub async fn serve(
     name: String,
     listener: TcpListener,
     proxy: Arc<Proxy>,
     statics: StaticSpec,
+    gate: Arc<Gate>,
     tls: Option<Arc<Terminator>>,
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) {
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     // Cancelled when the drain deadline passes: drops every connection still open.
     let hard_stop = CancellationToken::new();
     let builder = http_builder(&statics);
+    let limits = statics.limits;
     let drain_timeout = statics.shutdown_timeout;
+    // Accepted sockets inherit keepalive from the listener (Linux copies the options).
+    set_keepalive(&listener, limits.tcp_keepalive, &name);
     while let Some((stream, peer)) = accept(&listener, &name, &shutdown).await {
+        let capped = !proxy.trusts(peer.ip());
+        let Ok(permit) = gate.admit(peer.ip(), capped) else {
+            tracing::debug!(listener = %name, client = %peer, "connection over a cap; closed");
+            drop(stream);
+            continue;
+        };
         let connection = Connection {
-            _open: proxy.connection_opened(),
+            permit: Arc::new(permit),
             peer,
             proxy: proxy.clone(),
             builder: builder.clone(),
-            // Taken now, so that a drain waits for a handshake in progress too.
-            watcher: graceful.watcher(),
+            limits,
+            first_bytes: statics.request_header_timeout,
             shutdown: shutdown.clone(),
         };
         let (tls, hard_stop) = (tls.clone(), hard_stop.clone());
-        tokio::spawn(async move {
+        // Tracked from the accept, so that a drain waits for a handshake in progress too.
+        connections.spawn(async move {
             tokio::select! {
                 () = connection.run(stream, tls) => {}
                 () = hard_stop.cancelled() => {}
@@ -82,9 +110,10 @@ pub async fn serve(
         });
     }
     drop(listener);
+    connections.close();
     tracing::info!(listener = %name, "stopped accepting; draining connections");
     tokio::select! {
-        drained = tokio::time::timeout(drain_timeout, graceful.shutdown()) => if drained.is_err() {
+        drained = tokio::time::timeout(drain_timeout, connections.wait()) => if drained.is_err() {
             tracing::warn!(listener = %name, timeout = ?drain_timeout, "drain deadline passed; closing what is left");
         },
         () = abort.cancelled() => tracing::warn!(listener = %name, "fast stop: closing every connection"),
@@ -92,9 +121,21 @@ pub async fn serve(
     hard_stop.cancel();
 }
 
+pub use gate::Gate;
+
+fn set_keepalive(listener: &TcpListener, idle: Duration, name: &str) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(Duration::from_secs(10));
+    if let Err(e) = socket2::SockRef::from(listener).set_tcp_keepalive(&keepalive) {
+        tracing::warn!(listener = %name, error = %e, "cannot set TCP keepalive");
+    }
+}
+
 /// HTTP/1.1, and HTTP/2 (h2c with prior knowledge, or h2 after ALPN), told apart by the
 /// connection preface, with the request-head limits of the first snapshot.
 fn http_builder(statics: &StaticSpec) -> auto::Builder<TokioExecutor> {
+    let limits = &statics.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper answers 431 itself when a request head has more fields or bytes than these.
     builder
@@ -106,18 +147,82 @@ fn http_builder(statics: &StaticSpec) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(statics.max_request_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(statics.max_request_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        // A peer that stops answering PINGs is gone, whatever TCP says.
+        .keep_alive_interval(Some(limits.http2_keepalive_interval))
+        .keep_alive_timeout(limits.http2_keepalive_timeout);
     builder
+}
+
+/// Requests in progress on one client connection, and since when it has had none: the HTTP/2
+/// idle timeout reads it.
+#[derive(Debug)]
+pub struct Activity {
+    active: AtomicUsize,
+    /// Milliseconds since `start` when the last request ended.
+    idle_since_ms: AtomicU64,
+    start: Instant,
+}
+
+/// Holds one request in [`Activity`] until dropped (with the response body).
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
+
+    pub fn request_started(self: &Arc<Self>) -> ActiveRequest {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveRequest(self.clone())
+    }
+
+    /// How long the connection has been without a request; `None` while one is in progress.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        Some(self.start.elapsed().saturating_sub(since))
+    }
+
+    /// Resolves once the connection has been idle for `timeout`.
+    async fn idle(&self, timeout: Duration) {
+        loop {
+            let wait = match self.idle_for() {
+                Some(idle) if idle >= timeout => return,
+                Some(idle) => timeout - idle,
+                None => timeout,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        let now = u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.idle_since_ms.store(now, Ordering::Release);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One accepted connection and what serving it needs.
 struct Connection {
-    /// Counts the connection as open until it is dropped.
-    _open: ConnectionOpen,
+    /// Its place under the connection caps, shared with an Upgrade tunnel it turns into.
+    permit: Arc<Permit>,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    limits: ConnectionLimits,
+    /// Until the protocol is known.
+    first_bytes: Duration,
     shutdown: CancellationToken,
 }
 
@@ -125,42 +230,100 @@ impl Connection {
     /// TLS handshake first when the listener has one, then HTTP until either side closes.
     async fn run(self, stream: TcpStream, tls: Option<Arc<Terminator>>) {
         let Some(tls) = tls else {
-            let client = ClientConn {
-                peer: self.peer,
-                tls: None,
-            };
-            return self.serve_http(TokioIo::new(stream), client).await;
+            return self.serve_http(stream, None).await;
         };
         let handshake = tokio::select! {
-            handshake = tls.handshake(stream) => handshake,
+            handshake = tls.handshake(stream, self.limits.tls_handshake_timeout) => handshake,
             // A drain does not wait for handshakes.
             () = self.shutdown.cancelled() => return,
         };
         match handshake {
-            Ok((stream, session)) => {
-                let client = ClientConn {
-                    peer: self.peer,
-                    tls: Some(session),
-                };
-                self.serve_http(TokioIo::new(stream), client).await;
+            Ok((stream, session)) => self.serve_http(stream, Some(session)).await,
+            Err(e) => {
+                if matches!(e, crate::tls::HandshakeError::Timeout(_)) {
+                    self.proxy.metrics().timed_out("tls_handshake");
+                }
+                tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
             }
-            Err(e) => tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed"),
         }
     }
 
-    async fn serve_http<I>(self, io: I, client: ClientConn)
+    async fn serve_http<S>(self, stream: S, session: Option<crate::tls::Session>)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let client = Arc::new(client);
+        let metrics = self.proxy.metrics().clone();
+        let io = io::GuardedIo::new(
+            stream,
+            self.first_bytes,
+            self.limits.response_send_timeout,
+            metrics.clone(),
+        );
+        let activity = Arc::new(Activity::new());
+        let client = Arc::new(ClientConn {
+            peer: self.peer,
+            tls: session,
+            activity: activity.clone(),
+            permit: self.permit.clone(),
+        });
         let proxy = self.proxy;
         let service = service_fn(move |req| {
             let (proxy, client) = (proxy.clone(), client.clone());
             async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
         });
-        let connection = self.builder.serve_connection_with_upgrades(io, service);
-        if let Err(e) = self.watcher.watch(connection.into_owned()).await {
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let mut closing = false;
+        let idle_timeout = self.limits.http2_idle_timeout;
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                () = self.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = activity.idle(idle_timeout), if !closing => {
+                    closing = true;
+                    metrics.timed_out("idle");
+                    tracing::debug!(client = %self.peer, timeout = ?idle_timeout, "idle connection closed");
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        };
+        if let Err(e) = result {
             tracing::debug!(client = %self.peer, error = %e, "connection ended with an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_tcp_keepalive_from_the_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        set_keepalive(&listener, Duration::from_secs(42), "test");
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
+    }
+
+    #[tokio::test]
+    async fn idle_counts_from_the_end_of_the_last_request() {
+        let activity = Arc::new(Activity::new());
+        let request = activity.request_started();
+        assert!(activity.idle_for().is_none());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(request);
+        assert!(activity.idle_for().unwrap() < Duration::from_millis(200));
+        let started = Instant::now();
+        activity.idle(Duration::from_millis(300)).await;
+        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 }

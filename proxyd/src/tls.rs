@@ -24,10 +24,6 @@ use tokio_rustls::{LazyConfigAcceptor, StartHandshake};
 
 use crate::runtime::Runtime;
 
-/// How long a client has, from the accept, to complete the TLS handshake. Like the request
-/// head timeout, it bounds what a slow or silent client can hold; it is not configurable.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A fatal `unrecognized_name` alert (RFC 6066 §3) as a plaintext record: nothing has been
 /// negotiated yet when proxyd finds it has no certificate for the name asked.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
@@ -84,14 +80,17 @@ impl Terminator {
         })
     }
 
-    /// Runs the server side of the handshake on `tcp`, within [`HANDSHAKE_TIMEOUT`].
+    /// Runs the server side of the handshake on `tcp`, within `deadline` (the
+    /// `tls_handshake_timeout`: like the request-head timeout, it bounds what a slow or silent
+    /// client can hold).
     pub async fn handshake(
         &self,
         tcp: TcpStream,
+        deadline: Duration,
     ) -> Result<(TlsStream<TcpStream>, Session), HandshakeError> {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.negotiate(tcp))
+        tokio::time::timeout(deadline, self.negotiate(tcp))
             .await
-            .unwrap_or(Err(HandshakeError::Timeout(HANDSHAKE_TIMEOUT)))
+            .unwrap_or(Err(HandshakeError::Timeout(deadline)))
     }
 
     /// Reads the ClientHello first, so that a name no site can answer for gets

@@ -1,6 +1,9 @@
 //! Upstream state that outlives snapshots: health, ejections and outstanding requests, keyed by
-//! the upstream's URL, and the active health checks that update it. A reload that keeps an
-//! upstream keeps its state; one that removes it drops the state, its checks and its metrics.
+//! the upstream's URL and its circuit-breaker limits, and the active health checks that update
+//! it. A reload that keeps an upstream keeps its state; one that removes it (or changes its
+//! limits) drops the state, its checks and its metrics.
+
+mod breaker;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -14,8 +17,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
-use crate::convert::{HealthCheckSpec, PassiveHealthSpec, StaticSpec, UpstreamSpec};
+pub use breaker::{CircuitOpen, circuit_open};
+
+use crate::convert::{
+    HealthCheckSpec, PassiveHealthSpec, StaticSpec, UpstreamLimits, UpstreamSpec,
+};
 use crate::metrics::Metrics;
+use breaker::{Breaker, LimitedConnector};
+
+/// What identifies an upstream's state: its URL and its circuit-breaker limits.
+pub type UpstreamKey = (String, UpstreamLimits);
 
 /// The body type proxyd sends upstream.
 pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, crate::http::BoxError>;
@@ -41,7 +52,8 @@ pub struct Upstream {
     pub spec: UpstreamSpec,
     /// Its own connection pool: kept with the upstream across reloads, and dropped with it, which
     /// closes its idle connections at once.
-    pub client: Client<HttpConnector, UpstreamBody>,
+    pub client: Client<LimitedConnector, UpstreamBody>,
+    breaker: Arc<Breaker>,
     /// Its metrics label and store key.
     pub name: String,
     outstanding: AtomicUsize,
@@ -65,19 +77,27 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    fn new(spec: UpstreamSpec, metrics: Arc<Metrics>, settings: ClientSettings) -> Upstream {
+    fn new(
+        spec: UpstreamSpec,
+        limits: UpstreamLimits,
+        metrics: Arc<Metrics>,
+        settings: ClientSettings,
+    ) -> Upstream {
         let name = spec.to_string();
         metrics.upstream_health(&name, true);
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
+        let breaker = Arc::new(Breaker::new(limits));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(settings.idle_timeout)
+            .pool_max_idle_per_host(limits.max_idle_connections)
             .pool_timer(TokioTimer::new())
-            .build(connector);
+            .build(LimitedConnector::new(connector, breaker.clone()));
         Upstream {
             spec,
             client,
+            breaker,
             name,
             outstanding: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -102,10 +122,17 @@ impl Upstream {
         self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// Counts a request as outstanding until the guard drops.
-    pub fn start(self: &Arc<Self>) -> Outstanding {
-        self.outstanding.fetch_add(1, Ordering::Relaxed);
-        Outstanding(self.clone())
+    /// Counts a request as outstanding until the guard drops; refused when `max_requests` are
+    /// outstanding already.
+    pub fn start(self: &Arc<Self>) -> Result<Outstanding, CircuitOpen> {
+        let before = self.outstanding.fetch_add(1, Ordering::Relaxed);
+        let outstanding = Outstanding(self.clone());
+        if before >= self.breaker.limits().max_requests {
+            return Err(CircuitOpen {
+                limit: "max_requests",
+            });
+        }
+        Ok(outstanding)
     }
 
     /// The upstream answered (any status: a 5xx is the application's answer, not a transport
@@ -160,8 +187,8 @@ impl Drop for Outstanding {
 
 /// Every live upstream and the health checks running against them.
 pub struct UpstreamStore {
-    upstreams: Mutex<HashMap<String, Arc<Upstream>>>,
-    checks: Mutex<HashMap<(String, HealthCheckSpec), CancellationToken>>,
+    upstreams: Mutex<HashMap<UpstreamKey, Arc<Upstream>>>,
+    checks: Mutex<HashMap<(UpstreamKey, HealthCheckSpec), CancellationToken>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -196,17 +223,22 @@ impl UpstreamStore {
         });
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Upstream>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<UpstreamKey, Arc<Upstream>>> {
         self.upstreams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The state of `spec`: the existing one if a previous snapshot had it.
-    pub fn get(&self, spec: &UpstreamSpec) -> Arc<Upstream> {
+    /// The state of `spec` with `limits`: the existing one if a previous snapshot had it.
+    pub fn get(&self, spec: &UpstreamSpec, limits: UpstreamLimits) -> Arc<Upstream> {
         self.lock()
-            .entry(spec.to_string())
+            .entry((spec.to_string(), limits))
             .or_insert_with(|| {
                 let settings = self.settings.get().copied().unwrap_or_default();
-                Arc::new(Upstream::new(spec.clone(), self.metrics.clone(), settings))
+                Arc::new(Upstream::new(
+                    spec.clone(),
+                    limits,
+                    self.metrics.clone(),
+                    settings,
+                ))
             })
             .clone()
     }
@@ -224,14 +256,27 @@ impl UpstreamStore {
 
     /// Keeps the state of the upstreams in `in_use`, drops the others (and their metrics), and
     /// runs exactly the health checks in `checks`.
-    pub fn retain(&self, in_use: &HashSet<String>, checks: &HashSet<(String, HealthCheckSpec)>) {
-        self.lock().retain(|name, _| {
-            let keep = in_use.contains(name);
+    pub fn retain(
+        &self,
+        in_use: &HashSet<UpstreamKey>,
+        checks: &HashSet<(UpstreamKey, HealthCheckSpec)>,
+    ) {
+        let mut upstreams = self.lock();
+        let mut removed = Vec::new();
+        upstreams.retain(|key, _| {
+            let keep = in_use.contains(key);
             if !keep {
-                self.metrics.forget_upstream(name);
+                removed.push(key.0.clone());
             }
             keep
         });
+        // The health series is per URL: it goes when no state for the URL is left.
+        for name in removed {
+            if !upstreams.keys().any(|(kept, _)| *kept == name) {
+                self.metrics.forget_upstream(&name);
+            }
+        }
+        drop(upstreams);
         let mut running = self.checks.lock().unwrap_or_else(|e| e.into_inner());
         running.retain(|key, token| {
             let keep = checks.contains(key);
@@ -240,9 +285,9 @@ impl UpstreamStore {
             }
             keep
         });
-        let checked: HashSet<&String> = checks.iter().map(|(name, _)| name).collect();
-        for (name, upstream) in self.lock().iter() {
-            if !checked.contains(name) {
+        let checked: HashSet<&UpstreamKey> = checks.iter().map(|(key, _)| key).collect();
+        for (key, upstream) in self.lock().iter() {
+            if !checked.contains(key) {
                 // No check any more: nothing holds it back but passive health.
                 upstream.set_checks_pass(true);
             }
@@ -322,6 +367,7 @@ mod tests {
         };
         Arc::new(Upstream::new(
             spec,
+            UpstreamLimits::default(),
             Arc::new(Metrics::new()),
             ClientSettings::default(),
         ))
@@ -354,8 +400,8 @@ mod tests {
     #[test]
     fn outstanding_requests_are_counted_until_the_guard_drops() {
         let u = upstream();
-        let a = u.start();
-        let b = u.start();
+        let a = u.start().unwrap();
+        let b = u.start().unwrap();
         assert_eq!(u.outstanding(), 2);
         drop(a);
         assert_eq!(u.outstanding(), 1);

@@ -16,6 +16,9 @@ pub struct FileConfig {
     pub trusted_proxies: Vec<String>,
     pub upstream_response_timeout: Option<String>,
     pub default_tls_site: Option<String>,
+    pub merge_slashes: Option<bool>,
+    pub escaped_slashes: Option<String>,
+    pub upstream_limits: Option<UpstreamLimitsFile>,
     pub rate_limit: Option<RateLimitFile>,
     pub logging: LoggingFile,
     pub sites: Vec<SiteFile>,
@@ -53,7 +56,19 @@ pub struct SiteFile {
     pub rate_limit: Option<RateLimitFile>,
     pub body_limit_bytes: Option<SizeValue>,
     pub upstream_response_timeout: Option<String>,
+    pub upstream_limits: Option<UpstreamLimitsFile>,
     pub routes: Vec<RouteFile>,
+}
+
+/// `[upstream_limits]` and `sites[].upstream_limits`: circuit breakers of each upstream; a key
+/// left out takes the global table's value, then the default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct UpstreamLimitsFile {
+    pub max_connections: Option<i64>,
+    pub max_pending_requests: Option<i64>,
+    pub max_requests: Option<i64>,
+    pub max_idle_connections: Option<i64>,
 }
 
 /// `[[sites.routes]]`: a path prefix and exactly one action.
@@ -170,6 +185,18 @@ pub struct ProxyFile {
     pub max_request_header_bytes: Option<SizeValue>,
     pub admin_address: Option<String>,
     pub listeners: Vec<ListenerFile>,
+    pub max_connections: Option<i64>,
+    pub max_connections_per_ip: Option<i64>,
+    pub http2_max_concurrent_streams: Option<i64>,
+    pub http2_keepalive_interval: Option<String>,
+    pub http2_keepalive_timeout: Option<String>,
+    pub http2_idle_timeout: Option<String>,
+    pub tunnel_idle_timeout: Option<String>,
+    pub tcp_keepalive: Option<String>,
+    pub tls_handshake_timeout: Option<String>,
+    pub request_body_timeout: Option<String>,
+    pub response_send_timeout: Option<String>,
+    pub upstream_body_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +284,7 @@ pub fn known_keys(table: TableKind) -> &'static [&'static str] {
         TableKind::Upstream => fields_of::<UpstreamTableFile>(),
         TableKind::HealthCheck => fields_of::<HealthCheckFile>(),
         TableKind::PassiveHealth => fields_of::<PassiveHealthFile>(),
+        TableKind::UpstreamLimits => fields_of::<UpstreamLimitsFile>(),
     }
 }
 
@@ -278,6 +306,7 @@ pub enum TableKind {
     Upstream,
     HealthCheck,
     PassiveHealth,
+    UpstreamLimits,
 }
 
 impl TableKind {
@@ -299,6 +328,7 @@ impl TableKind {
             ["sites", "upstreams"] | ["sites", "routes", "upstreams"] => TableKind::Upstream,
             ["sites", "health_check"] => TableKind::HealthCheck,
             ["sites", "passive_health"] => TableKind::PassiveHealth,
+            ["upstream_limits"] | ["sites", "upstream_limits"] => TableKind::UpstreamLimits,
             _ => return None,
         })
     }

@@ -44,6 +44,51 @@ pub struct DynamicConfig {
     /// The name (first hostname) of the site with TLS whose certificate a handshake without a
     /// known SNI gets; `None`: such handshakes fail.
     pub default_tls_site: Option<String>,
+    /// Runs of `/` in request paths are merged before routing.
+    pub merge_slashes: bool,
+    /// What an encoded slash (`%2F`) in a request path gets.
+    pub escaped_slashes: EscapedSlashes,
+    /// `[upstream_limits]`: the circuit breakers of upstreams of sites without their own.
+    pub upstream_limits: UpstreamLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// 400 Bad Request.
+    Reject,
+    /// Routed and forwarded as `%2F`, never decoded.
+    Keep,
+}
+
+impl EscapedSlashes {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EscapedSlashes::Reject => "reject",
+            EscapedSlashes::Keep => "keep",
+        }
+    }
+}
+
+/// Circuit breakers of each upstream (Envoy's per-cluster limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamLimits {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_idle_connections: u32,
+}
+
+impl fmt::Display for UpstreamLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "max_connections {}, max_pending_requests {}, max_requests {}, max_idle_connections {}",
+            self.max_connections,
+            self.max_pending_requests,
+            self.max_requests,
+            self.max_idle_connections
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +164,8 @@ pub struct PoolConfig {
     pub health_check: Option<HealthCheck>,
     /// `None`: requests never eject an upstream.
     pub passive_health: Option<PassiveHealth>,
+    /// The site's own `upstream_limits`, or the global ones.
+    pub limits: UpstreamLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,6 +377,26 @@ pub struct ProxyConfig {
     pub admin_address: Option<SocketAddr>,
     /// Never empty; names and addresses unique.
     pub listeners: Vec<ListenerConfig>,
+    /// Caps and deadlines on client connections.
+    pub limits: ConnectionLimits,
+}
+
+/// What one client connection may hold and for how long (docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub max_connections: u32,
+    /// `None`: no per-client cap.
+    pub max_connections_per_ip: Option<u32>,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    pub http2_idle_timeout: Duration,
+    pub tunnel_idle_timeout: Duration,
+    pub tcp_keepalive: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub response_send_timeout: Duration,
+    pub upstream_body_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,9 @@ use super::file::{
 use super::locate::KeyPath;
 use super::model::*;
 
+mod hardening;
+pub use hardening::DEFAULT_UPSTREAM_LIMITS;
+
 /// Default `body_limit_bytes`: 10 MiB.
 pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_SOCKET: &str = "/run/controld/control.sock";
@@ -39,6 +42,8 @@ pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_REQUEST_HEADERS: u32 = 100;
 /// Bytes a request head may take: 64 KiB, like HAProxy's default buffer.
 pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: u64 = 64 * 1024;
+/// The most weight one list of upstreams may carry (proxyd refuses more, too).
+const MAX_TOTAL_WEIGHT: i64 = 100_000;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -103,8 +108,21 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<Problem>> {
         log_format,
         acme: acme(&file, &mut p),
     };
+    let upstream_limits = hardening::upstream_limits(
+        file.upstream_limits.as_ref(),
+        DEFAULT_UPSTREAM_LIMITS,
+        &root.key("upstream_limits"),
+        &mut p,
+    );
+    let (merge_slashes, escaped_slashes) = hardening::paths(&file, &mut p);
     // Certificates are read and checked against this moment.
-    let sites = sites(&file.sites, &statics, SystemTime::now(), &mut p);
+    let sites = sites(
+        &file.sites,
+        &statics,
+        upstream_limits,
+        SystemTime::now(),
+        &mut p,
+    );
     let default_tls_site = file
         .default_tls_site
         .as_deref()
@@ -127,6 +145,9 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<Problem>> {
             upstream_response_timeout,
             log_level,
             default_tls_site,
+            merge_slashes,
+            escaped_slashes,
+            upstream_limits,
         },
         statics,
     })
@@ -408,6 +429,7 @@ fn proxy(file: &FileConfig, p: &mut Problems) -> ProxyConfig {
         max_request_header_bytes,
         admin_address,
         listeners,
+        limits: hardening::connection_limits(&file.proxy, &at, p),
     }
 }
 
@@ -528,6 +550,7 @@ fn acme(file: &FileConfig, p: &mut Problems) -> Option<AcmeConfig> {
 fn sites(
     files: &[SiteFile],
     statics: &StaticConfig,
+    upstream_limits: UpstreamLimits,
     now: SystemTime,
     p: &mut Problems,
 ) -> Vec<Site> {
@@ -535,7 +558,15 @@ fn sites(
     let mut sites = Vec::new();
     for (i, file) in files.iter().enumerate() {
         let at = KeyPath::root().key("sites").index(i);
+        let limits = hardening::upstream_limits(
+            file.upstream_limits.as_ref(),
+            upstream_limits,
+            &at.key("upstream_limits"),
+            p,
+        );
         if let Some(site) = site(file, &at, statics, now, &mut seen, p) {
+            let mut site = site;
+            site.pool.limits = limits;
             sites.push(site);
         }
     }
@@ -623,6 +654,20 @@ fn site(
 fn upstream_list(entries: &[UpstreamEntry], at: &KeyPath, p: &mut Problems) -> Vec<Upstream> {
     let mut upstreams = Vec::new();
     let mut distinct = HashSet::new();
+    let total: i64 = entries
+        .iter()
+        .map(|e| match e {
+            UpstreamEntry::Table(t) => t.weight.unwrap_or(1).clamp(0, 1000),
+            UpstreamEntry::Url(_) => 1,
+        })
+        .sum();
+    if total > MAX_TOTAL_WEIGHT {
+        // proxyd allocates a schedule entry per unit of weight.
+        p.push(
+            at.clone(),
+            format!("the weights add up to {total}; at most {MAX_TOTAL_WEIGHT}"),
+        );
+    }
     for (j, entry) in entries.iter().enumerate() {
         let (raw, weight, url_at) = match entry {
             UpstreamEntry::Url(raw) => (Some(raw), None, at.index(j)),
@@ -711,6 +756,8 @@ fn pool(file: &SiteFile, at: &KeyPath, p: &mut Problems) -> PoolConfig {
         retries,
         health_check,
         passive_health,
+        // Set by `sites`, which knows the global table.
+        limits: DEFAULT_UPSTREAM_LIMITS,
     }
 }
 
@@ -860,6 +907,13 @@ fn route_action(file: &RouteFile, at: &KeyPath, p: &mut Problems) -> Option<Rout
         );
     }
     for (name, value) in &r.headers {
+        if FRAMING_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            p.push(
+                at.key("respond").key("headers").key(name),
+                format!("header {name:?} is set by proxyd itself (it frames its own answers)"),
+            );
+            continue;
+        }
         let valid = http_token(name)
             && value
                 .bytes()
@@ -881,6 +935,19 @@ fn route_action(file: &RouteFile, at: &KeyPath, p: &mut Problems) -> Option<Rout
             .collect(),
     })
 }
+
+/// Headers a `respond` route may not set (proxyd refuses a snapshot with them, too).
+const FRAMING_HEADERS: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+];
 
 /// An HTTP token (RFC 9110 §5.6.2), as header names are.
 fn http_token(s: &str) -> bool {

@@ -23,6 +23,18 @@ pub enum ProxyError {
     RateLimited { retry_after: Duration },
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    /// The client stopped sending its request body.
+    #[error("request body timeout: {0}")]
+    RequestBodyTimeout(String),
+    /// The client's request body was malformed or cut short.
+    #[error("bad request body: {0}")]
+    BadRequestBody(String),
+    /// A circuit breaker of the upstream refused the request.
+    #[error("upstream {upstream}: circuit breaker open ({limit})")]
+    CircuitOpen {
+        upstream: String,
+        limit: &'static str,
+    },
     #[error("upstream {upstream} unreachable: {reason}")]
     UpstreamUnreachable { upstream: String, reason: String },
     #[error("upstream {upstream} failed: {reason}")]
@@ -39,7 +51,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UnknownHost | ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MisdirectedRequest { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
@@ -87,7 +101,10 @@ impl ProxyError {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
-        if status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE {
+        if matches!(
+            status,
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        ) {
             // The rest of the request may still be on the wire; do not try to read past it.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

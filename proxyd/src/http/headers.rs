@@ -96,7 +96,27 @@ pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-/// Removes hop-by-hop headers, including every header the Connection headers name.
+/// Headers a `Connection` header may not remove: the ones that route and frame the message, and
+/// the ones proxyd itself reads or extends (removing a trusted proxy's `X-Forwarded-For` would
+/// hand its client's requests the proxy's address).
+const PROTECTED: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+    "x-request-id",
+];
+
+/// Request headers some applications (IIS, Symfony, Laravel) read as the URL to serve instead
+/// of the request line: a client could reach a path routing never saw.
+const URL_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
+/// Removes hop-by-hop headers, including every header the Connection headers name (but never a
+/// [`PROTECTED`] one).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let nominated: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -104,6 +124,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !PROTECTED.contains(&name.as_str()))
         .collect();
     for name in nominated {
         headers.remove(name);
@@ -138,6 +159,9 @@ pub fn request_id(headers: &HeaderMap, trusted: bool) -> HeaderValue {
 /// peer appended to the chains); anyone else's is replaced.
 pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &str, peer: &Peer<'_>) {
     strip_hop_by_hop(headers);
+    for name in URL_OVERRIDES {
+        headers.remove(name);
+    }
     let ip = peer.addr.ip();
     let original_host = headers.get(header::HOST).cloned();
     if !peer.trusted {
@@ -171,6 +195,37 @@ pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &str, peer: &Peer
         &format!("for={node};host=\"{host}\";proto={proto}"),
     );
     headers.insert(X_REQUEST_ID, peer.request_id.clone());
+}
+
+/// The client a request is from, for rate limits and the access log: the TCP peer, unless the
+/// peer is a trusted proxy; then the rightmost `X-Forwarded-For` hop that is not itself trusted
+/// (the leftmost when all are), as nginx's `real_ip_recursive` finds it. An untrusted peer's
+/// headers are never read. An unparsable hop ends the walk at the hop after it.
+pub fn client_address(
+    headers: &HeaderMap,
+    peer: std::net::IpAddr,
+    trusted: impl Fn(std::net::IpAddr) -> bool,
+) -> std::net::IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !trusted(client) {
+            break;
+        }
+    }
+    client
 }
 
 /// Appends `item` to a comma-separated header, folding several fields of it into one.
@@ -219,6 +274,84 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_remove_what_routes_frames_or_forwards() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("host, content-length, x-forwarded-for, x-drop"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("a.example"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+        h.insert("x-drop", HeaderValue::from_static("1"));
+        h.insert("x-original-url", HeaderValue::from_static("/admin"));
+        h.insert("x-rewrite-url", HeaderValue::from_static("/admin"));
+        let id = HeaderValue::from_static("id-1");
+        let peer = Peer {
+            addr: "10.0.0.1:5555".parse().unwrap(),
+            client: "198.51.100.7".parse().unwrap(),
+            trusted: true,
+            request_id: &id,
+            https: false,
+        };
+        prepare_upstream_request(&mut h, "a.example", &peer);
+        assert_eq!(h[header::HOST], "a.example");
+        assert_eq!(h[header::CONTENT_LENGTH], "5");
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.1");
+        assert!(!h.contains_key("x-drop"));
+        assert!(!h.contains_key("x-original-url") && !h.contains_key("x-rewrite-url"));
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_untrusted_hop_and_only_behind_a_trusted_peer() {
+        let trusted =
+            |ip: std::net::IpAddr| "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap().contains(&ip);
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 198.51.100.7"),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.9"));
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(
+            client_address(&h, ip("10.0.0.1"), trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_address(&h, ip("::ffff:10.0.0.1"), trusted),
+            ip("198.51.100.7"),
+            "an IPv4-mapped peer matches IPv4 trusted_proxies"
+        );
+        assert_eq!(
+            client_address(&h, ip("192.0.2.1"), trusted),
+            ip("192.0.2.1"),
+            "an untrusted peer's header is never read"
+        );
+        let mut all_trusted = HeaderMap::new();
+        all_trusted.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("10.1.1.1, 10.2.2.2"),
+        );
+        assert_eq!(
+            client_address(&all_trusted, ip("10.0.0.1"), trusted),
+            ip("10.1.1.1")
+        );
+        assert_eq!(
+            client_address(&HeaderMap::new(), ip("10.0.0.1"), trusted),
+            ip("10.0.0.1")
+        );
+        let mut garbage = HeaderMap::new();
+        garbage.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.2.3.4, junk, 10.3.3.3"),
+        );
+        assert_eq!(
+            client_address(&garbage, ip("10.0.0.1"), trusted),
+            ip("10.3.3.3")
+        );
+    }
+
+    #[test]
     fn hop_by_hop_and_nominated_headers_are_stripped() {
         let mut h = HeaderMap::new();
         h.append(
@@ -235,6 +368,7 @@ mod tests {
         let id = HeaderValue::from_static("id-1");
         let peer = Peer {
             addr: "192.0.2.7:5555".parse().unwrap(),
+            client: "192.0.2.7".parse().unwrap(),
             trusted: false,
             request_id: &id,
             https: false,
@@ -270,6 +404,7 @@ mod tests {
         assert_eq!(id, "abc-123");
         let peer = Peer {
             addr: "[2001:db8::1]:443".parse().unwrap(),
+            client: "198.51.100.1".parse().unwrap(),
             trusted: true,
             request_id: &id,
             https: true,

@@ -1,0 +1,180 @@
+//! Bodies in flight, with the deadlines hyper does not keep: a request body from the client and a
+//! response body from the upstream each must keep moving, or they end with an error that says
+//! whose fault it was (a client's stalled upload must never count against the upstream).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::time::Sleep;
+
+use super::BoxError;
+use crate::metrics::Metrics;
+
+/// The client's request body failed: its fault, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("the client sent no request body bytes for {0:?}")]
+    Timeout(Duration),
+    #[error("reading the request body from the client: {0}")]
+    Read(BoxError),
+}
+
+/// The upstream stopped sending its response body.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no response body bytes for {0:?}")]
+pub struct UpstreamBodyTimeout(pub Duration);
+
+/// Which side a body comes from, which names its errors.
+#[derive(Debug, Clone, Copy)]
+pub enum Side {
+    Client,
+    Upstream,
+}
+
+/// `inner`, failing once it produces no frame for `timeout`.
+pub struct Watched<B> {
+    inner: B,
+    timeout: Duration,
+    /// Armed while a frame is awaited.
+    sleep: Option<Pin<Box<Sleep>>>,
+    side: Side,
+    metrics: Arc<Metrics>,
+    /// Told once the body has ended.
+    on_end: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl<B> Watched<B> {
+    pub fn new(inner: B, timeout: Duration, side: Side, metrics: Arc<Metrics>) -> Watched<B> {
+        Watched {
+            inner,
+            timeout,
+            sleep: None,
+            side,
+            metrics,
+            on_end: None,
+        }
+    }
+
+    /// Tells `notify` (once) when the body has been read to its end.
+    pub fn notify_end(mut self, notify: Arc<tokio::sync::Notify>) -> Watched<B> {
+        self.on_end = Some(notify);
+        self
+    }
+
+    fn ended(&mut self) {
+        if let Some(notify) = self.on_end.take() {
+            notify.notify_one();
+        }
+    }
+
+    fn error(&self, e: BoxError) -> BoxError {
+        match self.side {
+            Side::Client => Box::new(ClientBodyError::Read(e)),
+            Side::Upstream => e,
+        }
+    }
+}
+
+impl<B> Body for Watched<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let me = &mut *self;
+        match Pin::new(&mut me.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                me.sleep = None;
+                if me.inner.is_end_stream() {
+                    me.ended();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(me.error(e.into())))),
+            Poll::Ready(None) => {
+                me.ended();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let timeout = me.timeout;
+                let sleep = me
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                me.sleep = None;
+                let error: BoxError = match me.side {
+                    Side::Client => {
+                        me.metrics.timed_out("request_body");
+                        Box::new(ClientBodyError::Timeout(me.timeout))
+                    }
+                    Side::Upstream => {
+                        me.metrics.timed_out("upstream_body");
+                        Box::new(UpstreamBodyTimeout(me.timeout))
+                    }
+                };
+                Poll::Ready(Some(Err(error)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether `e` (or what caused it) is the client's body failing.
+pub fn client_body_fault<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a ClientBodyError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(fault) = err.downcast_ref::<ClientBodyError>() {
+            return Some(fault);
+        }
+        source = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    #[tokio::test]
+    async fn a_stalled_body_fails_with_whose_fault_it_was() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut body = Watched::new(
+            StreamBody::new(stream),
+            Duration::from_millis(200),
+            Side::Client,
+            Arc::new(Metrics::new()),
+        );
+        tx.send(Ok(Frame::data(Bytes::from_static(b"ab"))))
+            .await
+            .unwrap();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "ab");
+        let e = body.frame().await.unwrap().unwrap_err();
+        let fault = client_body_fault(e.as_ref()).unwrap();
+        assert!(matches!(fault, ClientBodyError::Timeout(_)), "{fault}");
+        drop(tx);
+    }
+}

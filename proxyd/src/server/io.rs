@@ -1,0 +1,236 @@
+//! The client socket as hyper sees it, with two deadlines hyper has no setting for:
+//!
+//! - **before the protocol is known**: hyper's auto builder reads the first bytes to tell
+//!   HTTP/1.1 from the HTTP/2 preface, without a deadline. A client that sends nothing, or stops
+//!   inside the preface, would hold the connection forever. Reads fail with `TimedOut` once
+//!   `first_bytes` passes before the protocol is clear (24 bytes of preface, or one byte that
+//!   differs from it); from then on hyper's own request-head timeout and proxyd's HTTP/2 idle
+//!   timeout take over.
+//! - **a client that does not read**: while a write makes no progress for `send_timeout`, it
+//!   fails with `TimedOut`, which ends the connection (hyper stops polling a response body when
+//!   the socket is full, so a timer on the body would never fire).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::metrics::Metrics;
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+pub struct GuardedIo<T> {
+    inner: T,
+    /// Bytes of the preface matched so far; `None` once the protocol is clear.
+    sniffed: Option<usize>,
+    first_bytes: Pin<Box<Sleep>>,
+    send_timeout: Duration,
+    /// Armed while a write is blocked.
+    send_stall: Option<Pin<Box<Sleep>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<T> GuardedIo<T> {
+    pub fn new(
+        inner: T,
+        first_bytes: Duration,
+        send_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> GuardedIo<T> {
+        GuardedIo {
+            inner,
+            sniffed: Some(0),
+            first_bytes: Box::pin(tokio::time::sleep(first_bytes)),
+            send_timeout,
+            send_stall: None,
+            metrics,
+        }
+    }
+
+    /// Follows the preface over newly read bytes; disarms the deadline once the protocol is
+    /// clear.
+    fn sniff(&mut self, bytes: &[u8]) {
+        let Some(mut at) = self.sniffed else { return };
+        for b in bytes {
+            if H2_PREFACE.get(at) != Some(b) {
+                self.sniffed = None;
+                return;
+            }
+            at += 1;
+            if at == H2_PREFACE.len() {
+                self.sniffed = None;
+                return;
+            }
+        }
+        self.sniffed = Some(at);
+    }
+
+    /// Polls the stall timer of a blocked write: `Err(TimedOut)` once it has run out.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let timeout = self.send_timeout;
+        let stall = self
+            .send_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.metrics.timed_out("response_send");
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client read nothing for {timeout:?}"),
+                ))
+            }
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut me.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if me.sniffed.is_some() {
+                    let new = &buf.filled()[before..];
+                    if new.is_empty() {
+                        me.sniffed = None;
+                    } else {
+                        me.sniff(new);
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if me.sniffed.is_some() && me.first_bytes.as_mut().poll(cx).is_ready() {
+                    me.sniffed = None;
+                    me.metrics.timed_out("first_bytes");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request from the client in time",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = &mut *self;
+        match Pin::new(&mut me.inner).poll_write(cx, buf) {
+            Poll::Pending => {
+                me.stalled(cx)?;
+                Poll::Pending
+            }
+            ready => {
+                me.send_stall = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let me = &mut *self;
+        match Pin::new(&mut me.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => {
+                me.stalled(cx)?;
+                Poll::Pending
+            }
+            ready => {
+                me.send_stall = None;
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        match Pin::new(&mut me.inner).poll_flush(cx) {
+            Poll::Pending => {
+                me.stalled(cx)?;
+                Poll::Pending
+            }
+            ready => {
+                me.send_stall = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn guarded<T>(io: T) -> GuardedIo<T> {
+        GuardedIo::new(
+            io,
+            Duration::from_millis(200),
+            Duration::from_millis(200),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn silence_and_a_stalled_preface_time_out_but_a_request_disarms_the_deadline() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut io = guarded(server);
+        let mut buf = [0u8; 64];
+        let e = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+
+        let (mut client2, server) = tokio::io::duplex(64);
+        let mut io = guarded(server);
+        client2.write_all(b"PRI * HTTP").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 10);
+        assert_eq!(
+            io.read(&mut buf).await.unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+
+        let (mut client3, server) = tokio::io::duplex(64);
+        let mut io = guarded(server);
+        client3.write_all(b"G").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+        // HTTP/1 is clear after one byte: no deadline of this layer any more.
+        let read = tokio::time::timeout(Duration::from_millis(600), io.read(&mut buf)).await;
+        assert!(read.is_err(), "still waiting: hyper's own timeout applies");
+        drop((client, client2));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_times_out() {
+        let (_client, server) = tokio::io::duplex(16);
+        let mut io = guarded(server);
+        let e = io.write_all(&[0u8; 1024]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+}

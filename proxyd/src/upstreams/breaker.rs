@@ -1,0 +1,208 @@
+//! Circuit breakers of one upstream, as Envoy has them per cluster: at most `max_connections`
+//! open at once (a request that needs one more waits as *pending*), at most
+//! `max_pending_requests` waiting, at most `max_requests` outstanding. Past a limit a request
+//! gets 503 at once and `proxy_upstream_overflow_total` counts it; it never counts against the
+//! upstream's health, since the upstream did nothing wrong.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::convert::UpstreamLimits;
+use crate::http::BoxError;
+
+/// A request refused by a circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("circuit breaker open: {limit} reached")]
+pub struct CircuitOpen {
+    /// The limit's config key.
+    pub limit: &'static str,
+}
+
+/// One upstream's connection and pending counts.
+#[derive(Debug)]
+pub struct Breaker {
+    limits: UpstreamLimits,
+    connections: Arc<Semaphore>,
+    pending: AtomicUsize,
+}
+
+impl Breaker {
+    pub fn new(limits: UpstreamLimits) -> Breaker {
+        Breaker {
+            limits,
+            connections: Arc::new(Semaphore::new(
+                limits.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn limits(&self) -> &UpstreamLimits {
+        &self.limits
+    }
+
+    /// A place for one more connection: at once, or after waiting as a pending request.
+    async fn connection(&self) -> Result<OwnedSemaphorePermit, CircuitOpen> {
+        if let Ok(permit) = self.connections.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let overflow = CircuitOpen {
+            limit: "max_pending_requests",
+        };
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limits.max_pending_requests {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(overflow);
+        }
+        let waited = self.connections.clone().acquire_owned().await;
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        waited.map_err(|_| overflow)
+    }
+
+    /// Connections open now.
+    #[cfg(test)]
+    fn open_connections(&self) -> usize {
+        self.limits
+            .max_connections
+            .saturating_sub(self.connections.available_permits())
+    }
+}
+
+/// Dials like `HttpConnector`, within the breaker's connection limit.
+#[derive(Clone)]
+pub struct LimitedConnector {
+    inner: HttpConnector,
+    breaker: Arc<Breaker>,
+}
+
+impl LimitedConnector {
+    pub fn new(inner: HttpConnector, breaker: Arc<Breaker>) -> LimitedConnector {
+        LimitedConnector { inner, breaker }
+    }
+}
+
+impl tower::Service<Uri> for LimitedConnector {
+    type Response = Counted;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Counted, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let mut inner = self.inner.clone();
+        let breaker = self.breaker.clone();
+        Box::pin(async move {
+            let permit = breaker.connection().await?;
+            let io = tower::Service::call(&mut inner, uri).await?;
+            Ok(Counted {
+                io,
+                _permit: permit,
+            })
+        })
+    }
+}
+
+type Tcp = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+
+/// An upstream connection that holds its place under `max_connections` until it closes.
+pub struct Counted {
+    io: Tcp,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connection for Counted {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl hyper::rt::Read for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// The breaker that refused `e`, when one did.
+pub fn circuit_open(e: &(dyn std::error::Error + 'static)) -> Option<CircuitOpen> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(open) = err.downcast_ref::<CircuitOpen>() {
+            return Some(*open);
+        }
+        source = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_past_the_limit_wait_and_pending_past_its_limit_are_refused() {
+        let breaker = Arc::new(Breaker::new(UpstreamLimits {
+            max_connections: 1,
+            max_pending_requests: 1,
+            ..UpstreamLimits::default()
+        }));
+        let first = breaker.connection().await.unwrap();
+        assert_eq!(breaker.open_connections(), 1);
+        let b = breaker.clone();
+        let waiting = tokio::spawn(async move { b.connection().await.map(drop) });
+        // The waiter holds the one pending place (poll until it does).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while breaker.pending.load(Ordering::Acquire) == 0 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            breaker.connection().await.unwrap_err().limit,
+            "max_pending_requests"
+        );
+        drop(first);
+        waiting.await.unwrap().unwrap();
+        assert_eq!(breaker.open_connections(), 0);
+    }
+}
