@@ -8,7 +8,9 @@
     reason = "test harness: a failed setup step should stop the test right there, loudly"
 )]
 
+pub mod h2raw;
 pub mod pebble;
+pub mod raw_http;
 pub mod tls;
 pub mod upstream;
 

@@ -201,7 +201,11 @@ pub fn upstream_limits(
             p,
         ),
     };
-    if limits.max_idle_connections > limits.max_connections {
+    let mut limits = limits;
+    if t.max_idle_connections.is_none() {
+        // Inherited: never more idle connections than may be open.
+        limits.max_idle_connections = limits.max_idle_connections.min(limits.max_connections);
+    } else if limits.max_idle_connections > limits.max_connections {
         p.push(
             at.key("max_idle_connections"),
             format!(
