@@ -228,6 +228,8 @@ fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
 }
 
 #[cfg(test)]
+mod hardening_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tls_tests;

@@ -913,6 +913,80 @@ mod tests {
     }
 
     #[test]
+    fn values_that_would_exhaust_memory_or_corrupt_framing_are_refused() {
+        let refused = |edit: &dyn Fn(&mut pb::Snapshot)| {
+            let mut s = snapshot();
+            edit(&mut s);
+            Spec::try_from(s).unwrap_err().to_string()
+        };
+        let e = refused(&|s| {
+            let site = &mut s.dynamic.as_mut().unwrap().sites[0];
+            site.upstream_weights = vec![u32::MAX];
+        });
+        assert!(e.contains("weight"), "{e}");
+        let e = refused(&|s| {
+            let site = &mut s.dynamic.as_mut().unwrap().sites[0];
+            site.upstreams = (0..200).map(|i| format!("http://127.0.0.{i}:80")).collect();
+            site.upstream_weights = vec![1000; 200];
+        });
+        assert!(e.contains("add up to 200000"), "{e}");
+        for name in [
+            "content-length",
+            "Transfer-Encoding",
+            "connection",
+            "upgrade",
+        ] {
+            let e = refused(&|s| {
+                let route = &mut s.dynamic.as_mut().unwrap().sites[0].routes[0];
+                if let Some(pb::route::Action::Respond(r)) = &mut route.action {
+                    r.headers.push(pb::Header {
+                        name: name.into(),
+                        value: "1".into(),
+                    });
+                }
+            });
+            assert!(e.contains("set by proxyd itself"), "{name}: {e}");
+        }
+        let e = refused(&|s| {
+            let site = &mut s.dynamic.as_mut().unwrap().sites[0];
+            site.pool.as_mut().unwrap().retries = 1_000_000;
+        });
+        assert!(e.contains("retries"), "{e}");
+        let e = refused(&|s| s.dynamic.as_mut().unwrap().escaped_slashes = 9);
+        assert!(e.contains("escaped_slashes"), "{e}");
+    }
+
+    #[test]
+    fn hardening_settings_default_when_absent_and_convert_when_set() {
+        let spec = Spec::try_from(snapshot()).unwrap();
+        assert_eq!(spec.statics.limits, ConnectionLimits::default());
+        assert_eq!(spec.sites[0].pool.limits, UpstreamLimits::default());
+        assert_eq!(spec.paths, PathRules::default());
+
+        let mut s = snapshot();
+        s.static_settings.as_mut().unwrap().connection_limits = Some(pb::ConnectionLimits {
+            max_connections: 5,
+            max_connections_per_ip: u32::MAX,
+            http2_idle_timeout_ms: 1500,
+            ..Default::default()
+        });
+        s.dynamic.as_mut().unwrap().escaped_slashes = pb::EscapedSlashes::Keep.into();
+        s.dynamic.as_mut().unwrap().merge_slashes = Some(false);
+        let spec = Spec::try_from(s).unwrap();
+        assert_eq!(spec.statics.limits.max_connections, 5);
+        assert_eq!(spec.statics.limits.max_connections_per_ip, None, "no cap");
+        assert_eq!(
+            spec.statics.limits.http2_idle_timeout,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            spec.statics.limits.http2_max_concurrent_streams, 100,
+            "0 is the default"
+        );
+        assert!(spec.paths.keep_escaped_slashes && !spec.paths.merge_slashes);
+    }
+
+    #[test]
     fn what_this_build_cannot_do_is_refused() {
         let mut s = snapshot();
         s.dynamic.as_mut().unwrap().sites[0].tls = 42;

@@ -270,16 +270,21 @@ async fn circuit_breakers_answer_503_at_once_and_leave_health_alone() {
         (connections.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
     })
     .await;
-    let second = tokio::spawn(async move { get(http, "a.test", "/2").await });
     let overflow = format!(
         "proxy_upstream_overflow_total{{upstream=\"{upstream}\",limit=\"max_pending_requests\"}}"
     );
-    // The third finds both places taken.
-    let third = eventually("a request refused as pending overflow", || async {
-        let answer = get(http, "a.test", "/3").await;
-        (answer.status == 503).then_some(answer)
+    // Of two more, one waits as the one pending request and the other is refused at once.
+    let mut second = tokio::spawn(async move { get(http, "a.test", "/2").await });
+    let mut third = tokio::spawn(async move { get(http, "a.test", "/3").await });
+    let third = tokio::time::timeout(DEADLINE, async {
+        tokio::select! {
+            answer = &mut second => answer.unwrap(),
+            answer = &mut third => answer.unwrap(),
+        }
     })
-    .await;
+    .await
+    .expect("one of them is refused at once");
+    assert_eq!(third.status, 503, "{third:?}");
     assert!(third.body.contains("service unavailable"), "{third:?}");
     assert_eq!(metric_value(&env, &overflow).await, 1.0);
     let healthy = format!("proxy_upstream_healthy{{upstream=\"{upstream}\"}}");
