@@ -407,6 +407,11 @@ impl Proxy {
             ));
         }
         let (mut parts, body) = response.into_parts();
+        // hyper decoded a body that came with both framings by Transfer-Encoding (RFC 9112
+        // §6.3): its Content-Length is wrong, and passing it on would truncate the body.
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         headers::strip_hop_by_hop(&mut parts.headers);
         if let Some(protocol) = switched_to {
             headers::restore_upgrade(&mut parts.headers, protocol);

@@ -39,6 +39,8 @@ pub async fn accept(
     name: &str,
     shutdown: &CancellationToken,
 ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    // Failures in a row: logged at the first, then once a second with how many there were.
+    let mut failures = 0u64;
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return None,
@@ -46,12 +48,19 @@ pub async fn accept(
         };
         match accepted {
             Ok((stream, peer)) => {
+                if failures > 1 {
+                    tracing::info!(listener = %name, failures, "accepting again");
+                }
                 let _ = stream.set_nodelay(true);
                 return Some((stream, peer));
             }
             Err(e) => {
+                failures += 1;
+                // 20 a second while it lasts (the back-off below): one line a second.
+                if failures % 20 == 1 {
+                    tracing::warn!(listener = %name, error = %e, failures, "accept failed");
+                }
                 // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!(listener = %name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

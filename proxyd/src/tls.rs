@@ -73,6 +73,9 @@ impl Terminator {
                 runtime: runtime.clone(),
             }));
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        // The server's order (rustls': AES-GCM first, then ChaCha20), as TLS scanners and most
+        // hardening guides expect; every suite offered is a forward-secret AEAD either way.
+        config.ignore_client_order = true;
         Ok(Terminator {
             config: Arc::new(config),
             runtime,

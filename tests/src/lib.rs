@@ -530,8 +530,22 @@ impl Process {
     /// Like [`Process::start`], keeping its stderr (the daemons' logs) for
     /// [`Process::wait_for_log`].
     pub fn start_logged(name: &str, args: &[&str]) -> Process {
+        Process::start_logged_under(&[], name, args)
+    }
+
+    /// Like [`Process::start_logged`], run through `wrapper`: a program and its arguments that
+    /// exec the daemon (e.g. `["prlimit", "--nofile=64:64", "--"]`), so the pid is the daemon's.
+    pub fn start_logged_under(wrapper: &[&str], name: &str, args: &[&str]) -> Process {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(binary(name))
+        let mut command = match wrapper {
+            [] => tokio::process::Command::new(binary(name)),
+            [program, wrapper_args @ ..] => {
+                let mut command = tokio::process::Command::new(program);
+                command.args(wrapper_args).arg(binary(name));
+                command
+            }
+        };
+        let mut child = command
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -576,6 +590,15 @@ impl Process {
             Ok(Some(line)) => line,
             _ => panic!("no log line with {needles:?}"),
         }
+    }
+
+    /// Waits for proxyd's `listening` log line for listener `name` and returns its address.
+    pub async fn wait_for_listener(&mut self, name: &str) -> SocketAddr {
+        let line = self
+            .wait_for_log(&["listening", &format!("\"{name}\"")])
+            .await;
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        json["fields"]["address"].as_str().unwrap().parse().unwrap()
     }
 
     pub fn pid(&self) -> u32 {
