@@ -301,7 +301,7 @@ async fn circuit_breakers_answer_503_at_once_and_leave_health_alone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_requests_caps_what_is_outstanding_at_an_upstream() {
-    let (hanging, _) = hanging_upstream().await;
+    let (hanging, connections) = hanging_upstream().await;
     let upstream = format!("http://{hanging}");
     let env = TestEnv::start_with(
         ADMIN_ON_PORT_0,
@@ -315,12 +315,15 @@ async fn max_requests_caps_what_is_outstanding_at_an_upstream() {
     let held: Vec<_> = (0..2)
         .map(|i| tokio::spawn(async move { get(http, "a.test", &format!("/{i}")).await }))
         .collect();
-    let refused = eventually("the third request refused", || async {
-        let answer = get(http, "a.test", "/x").await;
-        (answer.status == 503).then_some(answer)
+    // Both at the upstream (each on its own connection) before the third is sent.
+    eventually("two requests outstanding at the upstream", || async {
+        (connections.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
     })
     .await;
-    assert_eq!(refused.status, 503);
+    let refused = tokio::time::timeout(DEADLINE, get(http, "a.test", "/x"))
+        .await
+        .expect("refused at once");
+    assert_eq!(refused.status, 503, "{refused:?}");
     let overflow =
         format!("proxy_upstream_overflow_total{{upstream=\"{upstream}\",limit=\"max_requests\"}}");
     assert!(metric_value(&env, &overflow).await >= 1.0);
