@@ -101,6 +101,9 @@ struct AriChoice {
 pub struct Acme {
     store: Store,
     options: AcmeOptions,
+    /// `[acme]` as controld started with it: static, so a reload that changes it warns and
+    /// this task goes on with the values it has until controld restarts.
+    config: Option<AcmeConfig>,
     /// Failures per site, as persisted.
     backoff: Mutex<BTreeMap<String, Backoff>>,
     /// The site an attempt runs for now.
@@ -137,6 +140,7 @@ impl Acme {
             Acme {
                 store,
                 options,
+                config: config.statics.acme.clone(),
                 backoff: Mutex::new(backoff),
                 issuing: Mutex::new(None),
                 ari: Mutex::new(BTreeMap::new()),
@@ -223,7 +227,7 @@ impl Acme {
         shutdown: &CancellationToken,
     ) -> Option<SystemTime> {
         let current = reloader.current();
-        let acme = current.config.statics.acme.clone()?;
+        let acme = self.config.clone()?;
         self.forget_removed_sites(&current.config);
         let mut next: Option<SystemTime> = None;
         for site in acme_sites(&current.config) {

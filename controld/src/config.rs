@@ -111,11 +111,7 @@ pub fn read(path: &Path) -> Result<String, LoadError> {
         path: path.to_owned(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
+    let bytes = read_regular(path, MAX_CONFIG_BYTES).map_err(io)?;
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
         return Err(LoadError::TooLarge {
             path: path.to_owned(),
@@ -124,6 +120,23 @@ pub fn read(path: &Path) -> Result<String, LoadError> {
     String::from_utf8(bytes).map_err(|_| LoadError::NotUtf8 {
         path: path.to_owned(),
     })
+}
+
+/// Reads at most `max + 1` bytes of `path`, which must be a regular file: a FIFO, a device or a
+/// socket named in a config would block the reader or never end (checked before opening, since
+/// opening a FIFO itself blocks).
+pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let kind = std::fs::metadata(path)?.file_type();
+    if !kind.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Parses and validates config text; `file` names it in diagnostics.

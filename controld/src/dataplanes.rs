@@ -3,9 +3,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+
+/// How long a reload waits for a data plane that disconnected during its wait to come back
+/// (proxyd reconnects after 100 ms, then backs off): one that does is the same data plane, and
+/// its answer counts.
+const RECONNECT_GRACE: Duration = Duration::from_secs(2);
 
 /// What a data plane said about itself and its snapshots.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +55,8 @@ pub struct PlaneOutcome {
 #[derive(Debug)]
 pub struct DataPlanes {
     planes: Mutex<HashMap<u64, Plane>>,
+    /// Per registration: wakes its stream to send the current snapshot again.
+    resend: Mutex<HashMap<u64, Arc<Notify>>>,
     next_id: AtomicU64,
     changed: watch::Sender<u64>,
 }
@@ -57,6 +65,7 @@ impl Default for DataPlanes {
     fn default() -> Self {
         DataPlanes {
             planes: Mutex::default(),
+            resend: Mutex::default(),
             next_id: AtomicU64::new(1),
             changed: watch::channel(0).0,
         }
@@ -68,10 +77,17 @@ impl Default for DataPlanes {
 pub struct Registration {
     planes: Arc<DataPlanes>,
     pub id: u64,
+    /// Notified when a reload wants the current snapshot sent to this data plane again.
+    pub resend: Arc<Notify>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.planes
+            .resend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
         let removed = self.planes.lock().remove(&self.id);
         if let Some(p) = removed {
             tracing::info!(node_id = %p.node_id, pid = p.pid, "data plane disconnected");
@@ -103,10 +119,34 @@ impl DataPlanes {
         tracing::info!(node_id = %plane.node_id, pid = plane.pid, build = %plane.build_version,
             serving = plane.applied_version, "data plane subscribed");
         self.lock().insert(id, plane);
+        let resend = Arc::new(Notify::new());
+        self.resend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, resend.clone());
         self.notify();
         Registration {
             planes: Arc::clone(self),
             id,
+            resend,
+        }
+    }
+
+    /// Asks the stream of registration `id` to send the current snapshot, `version`, again;
+    /// an earlier refusal of it is forgotten so that the answer to this sending is waited for.
+    pub fn resend(&self, id: u64, version: u64) {
+        self.update(id, |p| {
+            if p.last_nack.as_ref().is_some_and(|(v, _)| *v == version) {
+                p.last_nack = None;
+            }
+        });
+        if let Some(notify) = self
+            .resend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            notify.notify_one();
         }
     }
 
@@ -153,6 +193,11 @@ impl DataPlanes {
 
     /// Waits until each data plane of `waiting` (as [`DataPlanes::connected`] listed them) has
     /// applied or refused `version`, has gone away, or `deadline` passes; then says what each did.
+    ///
+    /// A data plane is known by its node id: one that reconnects during the wait (within
+    /// [`RECONNECT_GRACE`]) is the same data plane, and its answer on the new stream counts.
+    /// Data planes that subscribe during the wait are not waited for, but the ones that have
+    /// answered `version` by the end are reported too.
     pub async fn wait_for(
         &self,
         version: u64,
@@ -160,48 +205,105 @@ impl DataPlanes {
         deadline: Instant,
     ) -> Vec<PlaneOutcome> {
         let mut changes = self.changed.subscribe();
-        let mut known: HashMap<u64, Plane> = waiting.iter().cloned().collect();
+        // Registrations after the publish: every id above the ones waited for.
+        let first_new_id = waiting.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
+        // The last state seen of each node, for the report of one that went away.
+        let mut known: HashMap<&str, Plane> = waiting
+            .iter()
+            .map(|(_, p)| (p.node_id.as_str(), p.clone()))
+            .collect();
+        let mut missing_since: HashMap<&str, Instant> = HashMap::new();
+        // One entry per node, in the order given (an old stream not yet noticed gone may list a
+        // node twice).
+        let mut nodes: Vec<&str> = Vec::new();
+        for (_, p) in waiting {
+            if !nodes.contains(&p.node_id.as_str()) {
+                nodes.push(p.node_id.as_str());
+            }
+        }
         loop {
-            let pending = {
+            let now = Instant::now();
+            let mut pending = false;
+            let mut next_grace_end: Option<Instant> = None;
+            {
                 let planes = self.lock();
-                let mut pending = false;
-                for (id, _) in waiting {
-                    if let Some(p) = planes.get(id) {
-                        pending |= answer(p, version).is_none();
-                        known.insert(*id, p.clone());
+                for &node in &nodes {
+                    match newest(&planes, node) {
+                        Some(p) => {
+                            missing_since.remove(node);
+                            pending |= answer(p, version).is_none();
+                            known.insert(node, p.clone());
+                        }
+                        None => {
+                            let since = *missing_since.entry(node).or_insert(now);
+                            let grace_end = since + RECONNECT_GRACE;
+                            if grace_end > now {
+                                pending = true;
+                                next_grace_end =
+                                    Some(next_grace_end.map_or(grace_end, |g| g.min(grace_end)));
+                            }
+                        }
                     }
                 }
-                pending
-            };
+            }
             if !pending {
                 break;
             }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
+            let wake = next_grace_end.map_or(deadline, |g| g.min(deadline));
+            match tokio::time::timeout_at(wake, changes.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => break,
+                Ok(Err(_)) => break,
+                Err(_) if wake >= deadline => break,
+                Err(_) => continue,
             }
         }
         let planes = self.lock();
-        waiting
+        let mut outcomes: Vec<PlaneOutcome> = nodes
             .iter()
-            .filter_map(|(id, _)| {
-                let (plane, result) = match planes.get(id) {
+            .filter_map(|&node| {
+                let (plane, result) = match newest(&planes, node) {
                     Some(p) => (p, answer(p, version).unwrap_or(PlaneResult::TimedOut)),
-                    None => (known.get(id)?, PlaneResult::Disconnected),
+                    None => (known.get(node)?, PlaneResult::Disconnected),
                 };
-                let error = match (&plane.last_nack, result) {
-                    (Some((_, e)), PlaneResult::Nacked) => e.clone(),
-                    _ => String::new(),
-                };
-                Some(PlaneOutcome {
-                    node_id: plane.node_id.clone(),
-                    pid: plane.pid,
-                    result,
-                    serving_version: plane.applied_version,
-                    error,
-                })
+                Some(outcome(plane, result))
             })
-            .collect()
+            .collect();
+        // Newcomers that answered this version (a NACK from one must not go unreported).
+        let mut joined: Vec<(&u64, &Plane)> = planes
+            .iter()
+            .filter(|(id, p)| **id >= first_new_id && !known.contains_key(p.node_id.as_str()))
+            .collect();
+        joined.sort_unstable_by_key(|(id, _)| **id);
+        for (_, p) in joined {
+            if let Some(result) = answer(p, version) {
+                outcomes.push(outcome(p, result));
+            }
+        }
+        outcomes
+    }
+}
+
+/// The newest registration of `node` (a reconnect registers anew before the old stream is
+/// noticed gone).
+fn newest<'a>(planes: &'a HashMap<u64, Plane>, node: &str) -> Option<&'a Plane> {
+    planes
+        .iter()
+        .filter(|(_, p)| p.node_id == node)
+        .max_by_key(|(id, _)| **id)
+        .map(|(_, p)| p)
+}
+
+fn outcome(plane: &Plane, result: PlaneResult) -> PlaneOutcome {
+    let error = match (&plane.last_nack, result) {
+        (Some((_, e)), PlaneResult::Nacked) => e.clone(),
+        _ => String::new(),
+    };
+    PlaneOutcome {
+        node_id: plane.node_id.clone(),
+        pid: plane.pid,
+        result,
+        serving_version: plane.applied_version,
+        error,
     }
 }
 
@@ -212,5 +314,71 @@ fn answer(p: &Plane, version: u64) -> Option<PlaneResult> {
         Some(PlaneResult::Nacked)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plane(node: &str) -> Plane {
+        Plane {
+            node_id: node.into(),
+            pid: 1,
+            build_version: "test".into(),
+            applied_version: 1,
+            acked_version: 1,
+            sent_version: 1,
+            last_nack: None,
+            listeners: vec![],
+            connected_at_unix_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_data_plane_that_reconnects_during_the_wait_is_the_same_one_and_newcomers_count() {
+        let planes: Arc<DataPlanes> = Arc::default();
+        let first = planes.register(plane("dp-1"));
+        let waiting = planes.connected();
+        let waiter = {
+            let planes = planes.clone();
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                planes.wait_for(2, &waiting, deadline).await
+            })
+        };
+        // dp-1 drops its stream and subscribes again, then applies version 2 on the new one; a
+        // data plane that was not there at publish time refuses it.
+        drop(first);
+        let again = planes.register(plane("dp-1"));
+        let newcomer = planes.register(plane("dp-2"));
+        planes.nacked(newcomer.id, 2, "bad".into(), 1);
+        planes.acked(again.id, 2, vec![]);
+        let outcomes = waiter.await.unwrap();
+        let results: Vec<_> = outcomes
+            .iter()
+            .map(|o| (o.node_id.as_str(), o.result))
+            .collect();
+        assert_eq!(
+            results,
+            [("dp-1", PlaneResult::Acked), ("dp-2", PlaneResult::Nacked)]
+        );
+    }
+
+    #[tokio::test]
+    async fn one_that_does_not_come_back_is_disconnected_after_the_grace() {
+        let planes: Arc<DataPlanes> = Arc::default();
+        let gone = planes.register(plane("dp-1"));
+        let waiting = planes.connected();
+        drop(gone);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(10);
+        let outcomes = planes.wait_for(2, &waiting, deadline).await;
+        assert_eq!(outcomes[0].result, PlaneResult::Disconnected);
+        let waited = started.elapsed();
+        assert!(
+            waited >= RECONNECT_GRACE && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
     }
 }

@@ -88,14 +88,17 @@ impl ConfigDiff {
         }
     }
 
-    /// One warning per changed static field.
+    /// One warning per changed static field, naming the daemon that must restart.
     pub fn static_warnings(&self) -> Vec<String> {
         self.static_changed
             .iter()
             .map(|c| {
                 format!(
-                    "{} changed from {} to {}: it takes effect only when the daemon restarts",
-                    c.field, c.old, c.new
+                    "{} changed from {} to {}: needs a restart of {}",
+                    c.field,
+                    c.old,
+                    c.new,
+                    restarts(&c.field)
                 )
             })
             .collect()
@@ -119,6 +122,20 @@ impl ConfigDiff {
             static_changed: fields(&self.static_changed),
         }
     }
+}
+
+/// The daemon that reads a static field: proxyd for `proxy.*`, controld for the rest.
+pub fn restarts(field: &str) -> &'static str {
+    if field.starts_with("proxy.") {
+        "proxyd"
+    } else {
+        "controld"
+    }
+}
+
+/// The static fields that differ between `running` and `wanted`.
+pub fn static_changes(running: &StaticConfig, wanted: &StaticConfig) -> Vec<FieldChange> {
+    changes(&static_fields(running), &static_fields(wanted))
 }
 
 fn changes(old: &[(&'static str, String)], new: &[(&'static str, String)]) -> Vec<FieldChange> {
@@ -370,9 +387,7 @@ mod tests {
         assert_eq!(d.static_changed.len(), 1);
         assert_eq!(
             d.static_warnings(),
-            [
-                "proxy.shutdown_timeout changed from 30s to 5s: it takes effect only when the daemon restarts"
-            ]
+            ["proxy.shutdown_timeout changed from 30s to 5s: needs a restart of proxyd"]
         );
         assert!(ConfigDiff::between(&old, &old).is_empty());
     }

@@ -33,6 +33,9 @@ pub enum Error {
     Reflection(String),
     #[error("serving gRPC on the control socket: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// A version that could not be published (its snapshot is too large for data planes).
+    #[error("publishing: {0}")]
+    Publish(String),
 }
 
 impl Error {

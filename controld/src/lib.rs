@@ -189,22 +189,49 @@ impl Controld {
         health
             .set_serving::<proto::v1::control_server::ControlServer<service::ControlService>>()
             .await;
-        tonic::transport::Server::builder()
-            .add_service(proto::v1::control_server::ControlServer::new(control))
-            .add_service(proto::v1::admin_server::AdminServer::new(admin))
+        // Explicit limits on both ends (docs/protocol.md): snapshots up to MAX_MESSAGE_BYTES out,
+        // requests up to MAX_REQUEST_BYTES in; a few streams per caller's connection.
+        let serve = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+            .http2_max_pending_accept_reset_streams(Some(20))
+            .add_service(
+                proto::v1::control_server::ControlServer::new(control)
+                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
+                    .max_decoding_message_size(proto::MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                proto::v1::admin_server::AdminServer::new(admin)
+                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
+                    .max_decoding_message_size(proto::MAX_REQUEST_BYTES),
+            )
             .add_service(reflection)
             .add_service(health_service)
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                 shutdown.cancelled().await;
                 // Before the server winds down, so it cannot be lost to the process exiting.
                 notify::stopping();
-            })
-            .await?;
+            });
+        // A caller that stops reading must not hold up the exit: past the grace, whatever is
+        // still open is dropped.
+        tokio::select! {
+            served = serve => served?,
+            () = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open on the control socket at shutdown; closed"),
+        }
         tracing::info!(socket = %socket.path().display(), "control socket closed");
         drop(socket);
         Ok(())
     }
 }
+
+/// Calls one connection to the control socket may have in progress at once (a Subscribe stream
+/// counts as one for its whole life).
+const MAX_CALLS_PER_CONNECTION: usize = 16;
+
+/// How long open calls on the control socket get to finish once controld stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Loads the config, binds its control socket and serves until `shutdown`.
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {

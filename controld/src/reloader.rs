@@ -7,9 +7,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use crate::config::{self, Config, Diagnostic};
+use crate::config::{self, Config, Diagnostic, LoadError, StaticConfig};
 use crate::dataplanes::{DataPlanes, PlaneOutcome};
-use crate::diff::ConfigDiff;
+use crate::diff::{ConfigDiff, restarts, static_changes};
 use crate::error::Error;
 use crate::history::{Entry, History};
 use crate::snapshot::{AcmeOverlay, Content};
@@ -139,6 +139,21 @@ pub struct Reloader {
     /// What ACME adds to every snapshot: changed only under `lock`, through
     /// [`Reloader::publish_acme`], read by every reload.
     acme: Mutex<Arc<AcmeOverlay>>,
+    /// The static settings controld started with, which are the ones it runs with.
+    started_statics: StaticConfig,
+    /// Bounds the Validate calls and dry runs checked at once (each may parse 4 MiB and read
+    /// certificate files): more are refused at once rather than queued.
+    checks: tokio::sync::Semaphore,
+}
+
+/// Validate calls and dry runs checked at the same time.
+const MAX_CONCURRENT_CHECKS: usize = 4;
+
+/// Why a Validate call was not checked.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{MAX_CONCURRENT_CHECKS} checks are already in progress; try again shortly")]
+    Busy,
 }
 
 /// What [`Reloader::publish_acme`] did.
@@ -196,6 +211,7 @@ impl Reloader {
             }
         }
         tracing::info!(version, hash = %content.hash, config = %config_path.display(), "serving config");
+        let started_statics = config.statics.clone();
         let current = Arc::new(Current {
             version,
             config,
@@ -213,6 +229,8 @@ impl Reloader {
             metrics: crate::metrics::Metrics::default(),
             log_level_hook,
             acme: Mutex::new(Arc::new(acme)),
+            started_statics,
+            checks: tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS),
         })
     }
 
@@ -235,6 +253,9 @@ impl Reloader {
         let mut overlay = (*self.acme_overlay()).clone();
         change(&mut overlay);
         let content = Content::build_with(&current.config, &overlay);
+        if let Some(too_large) = oversize(&content, &self.config_path) {
+            return Err(Error::Publish(too_large.message));
+        }
         if content.hash == current.content.hash {
             *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(overlay);
             return Ok(AcmePublished {
@@ -308,6 +329,23 @@ impl Reloader {
     /// the latest content.
     pub async fn reload(&self, options: ReloadOptions) -> ReloadReport {
         let started = Instant::now();
+        if options.dry_run {
+            // Against the snapshot serving now, without the lock: a dry run never waits for a
+            // real reload's data planes, and a caller that gives up drops the work.
+            let current = self.current();
+            if options.if_version.is_some_and(|v| v != current.version) {
+                return ReloadReport {
+                    outcome: Outcome::Conflict,
+                    ..Reloader::empty_report(&current)
+                };
+            }
+            let mut report = match load_off_thread(self.config_path.clone()).await {
+                Ok((config, text)) => self.publish(current, config, &text, &options).await,
+                Err(e) => self.rejected(&current, e.diagnostics(&self.config_path)),
+            };
+            report.duration = started.elapsed();
+            return report;
+        }
         let _serialized = self.lock.lock().await;
         let current = self.current();
         if options.if_version.is_some_and(|v| v != current.version) {
@@ -318,7 +356,7 @@ impl Reloader {
         }
         self.around(&options, started, async {
             let current = self.current();
-            match config::load_with_text(&self.config_path) {
+            match load_off_thread(self.config_path.clone()).await {
                 Ok((config, text)) => self.publish(current, config, &text, &options).await,
                 Err(e) => self.rejected(&current, e.diagnostics(&self.config_path)),
             }
@@ -362,7 +400,7 @@ impl Reloader {
         let path = self.history.config_path(target);
         let report = self
             .around(&options, started, async {
-                match config::parse(&text, &path) {
+                match parse_off_thread(text.clone(), path.clone()).await {
                     Ok(config) => self.publish(current, config, &text, &options).await,
                     // Rules may have tightened since that version was published.
                     Err(e) => self.rejected(&current, e.diagnostics(&path)),
@@ -374,7 +412,15 @@ impl Reloader {
 
     /// Checks `text` exactly as a reload of it would be checked, and diffs it against the
     /// running snapshot; publishes nothing.
-    pub fn validate(&self, text: &str, file: &Path) -> ValidateReport {
+    ///
+    /// Parsing and the certificate files it names are read off the async threads, and at most
+    /// [`MAX_CONCURRENT_CHECKS`] run at once: any local user may call it.
+    pub async fn validate(
+        &self,
+        text: String,
+        file: PathBuf,
+    ) -> Result<ValidateReport, CheckError> {
+        let _permit = self.check_permit()?;
         let current = self.current();
         let mut report = ValidateReport {
             diagnostics: Vec::new(),
@@ -383,17 +429,25 @@ impl Reloader {
             current_version: current.version,
             next_version: current.version,
         };
-        match config::parse(text, file) {
+        match parse_off_thread(text, file.clone()).await {
             Ok(config) => {
                 report.diff = ConfigDiff::between(&current.config, &config);
-                report.warnings = warnings(&report.diff, &config);
-                if Content::build_with(&config, &self.acme_overlay()).hash != current.content.hash {
+                report.warnings = self.warnings(&report.diff, &config);
+                let content = Content::build_with(&config, &self.acme_overlay());
+                if let Some(too_large) = oversize(&content, &file) {
+                    report.diagnostics.push(too_large);
+                } else if content.hash != current.content.hash {
                     report.next_version = current.version + 1;
                 }
             }
-            Err(e) => report.diagnostics = e.diagnostics(file),
+            Err(e) => report.diagnostics = e.diagnostics(&file),
         }
-        report
+        Ok(report)
+    }
+
+    /// A place among the [`MAX_CONCURRENT_CHECKS`] Validate calls and dry runs checked at once.
+    pub fn check_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, CheckError> {
+        self.checks.try_acquire().map_err(|_| CheckError::Busy)
     }
 
     /// The config text `version` was built from, if the history still has it.
@@ -476,8 +530,12 @@ impl Reloader {
     ) -> ReloadReport {
         let mut report = Reloader::empty_report(&current);
         report.diff = ConfigDiff::between(&current.config, &config);
-        report.warnings = warnings(&report.diff, &config);
+        report.warnings = self.warnings(&report.diff, &config);
         let content = Content::build_with(&config, &self.acme_overlay());
+        // Never publish what data planes cannot read.
+        if let Some(too_large) = oversize(&content, &self.config_path) {
+            return self.rejected(&current, vec![too_large]);
+        }
         let unchanged = content.hash == current.content.hash && !options.force;
         let version = current.version + 1;
         if options.dry_run {
@@ -488,6 +546,9 @@ impl Reloader {
         }
         if unchanged {
             report.outcome = Outcome::Unchanged;
+            // Unchanged is success only when every data plane serves it: send it again to any
+            // that does not, and report their answers.
+            report.data_planes = self.resync(&current).await;
             return report;
         }
         if let Err(e) = self.state.record(&Published {
@@ -544,6 +605,49 @@ impl Reloader {
         report
     }
 
+    /// Sends the serving snapshot again to every connected data plane that has not applied it
+    /// (it refused it, or missed it) and waits for their answers. Once per reload: a data plane
+    /// that refuses the same version again is reported, never looped on.
+    async fn resync(&self, current: &Current) -> Vec<PlaneOutcome> {
+        let behind: Vec<_> = self
+            .planes
+            .connected()
+            .into_iter()
+            .filter(|(_, p)| p.acked_version != current.version)
+            .collect();
+        if behind.is_empty() {
+            return Vec::new();
+        }
+        for (id, plane) in &behind {
+            tracing::info!(node_id = %plane.node_id, serving = plane.applied_version,
+                version = current.version, "data plane out of sync; sending the serving version again");
+            self.planes.resend(*id, current.version);
+        }
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        self.planes
+            .wait_for(current.version, &behind, deadline)
+            .await
+    }
+
+    /// What a reload of `config` warns about: each changed static field and the daemon that
+    /// must restart for it; each static field of controld's that differs from what it started
+    /// with (a change it did not apply, even if an earlier reload already reported it); each
+    /// certificate that expires soon.
+    fn warnings(&self, diff: &ConfigDiff, config: &Config) -> Vec<String> {
+        let mut warnings = diff.static_warnings();
+        for change in static_changes(&self.started_statics, &config.statics) {
+            let reported = diff.static_changed.iter().any(|c| c.field == change.field);
+            if restarts(&change.field) == "controld" && !reported {
+                warnings.push(format!(
+                    "{} is {} in the file but controld still runs with {}: needs a restart of controld",
+                    change.field, change.new, change.old
+                ));
+            }
+        }
+        warnings.extend(config.certificate_warnings(SystemTime::now()));
+        warnings
+    }
+
     fn log_changes(&self, diff: &ConfigDiff, old: u64, new: u64) {
         tracing::info!(old_version = old, new_version = new, changes = %diff.summary(), "publishing new config version");
         for site in &diff.sites_added {
@@ -564,12 +668,48 @@ impl Reloader {
     }
 }
 
-/// What a reload of `config` warns about: each changed static field, each certificate that
-/// expires soon.
-fn warnings(diff: &ConfigDiff, config: &Config) -> Vec<String> {
-    let mut warnings = diff.static_warnings();
-    warnings.extend(config.certificate_warnings(SystemTime::now()));
-    warnings
+/// A diagnostic when `content` is larger than data planes accept.
+fn oversize(content: &Content, file: &Path) -> Option<Diagnostic> {
+    let bytes = prost::Message::encoded_len(&content.snapshot);
+    (bytes > proto::MAX_SNAPSHOT_BYTES).then(|| Diagnostic {
+        key_path: "sites".to_owned(),
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        message: format!(
+            "the snapshot would be {bytes} bytes, more than the {} bytes data planes accept \
+             (the gRPC message limit of the control socket, less framing): serve fewer \
+             certificates or shorter chains per controld",
+            proto::MAX_SNAPSHOT_BYTES
+        ),
+    })
+}
+
+/// Reads and checks the config file on a blocking thread: the file and the certificate files it
+/// names may be slow (a network file system) or hostile (checked to be regular files).
+async fn load_off_thread(path: PathBuf) -> Result<(Config, String), LoadError> {
+    let read = path.clone();
+    tokio::task::spawn_blocking(move || config::load_with_text(&read))
+        .await
+        .unwrap_or_else(|e| {
+            Err(LoadError::Read {
+                path,
+                source: std::io::Error::other(e.to_string()),
+            })
+        })
+}
+
+/// Parses config text on a blocking thread (it reads the certificate files it names).
+async fn parse_off_thread(text: String, file: PathBuf) -> Result<Config, LoadError> {
+    let name = file.clone();
+    tokio::task::spawn_blocking(move || config::parse(&text, &name))
+        .await
+        .unwrap_or_else(|e| {
+            Err(LoadError::Read {
+                path: file,
+                source: std::io::Error::other(e.to_string()),
+            })
+        })
 }
 
 /// Milliseconds since the Unix epoch, for the wire.

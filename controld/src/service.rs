@@ -70,10 +70,16 @@ impl pb::control_server::Control for ControlService {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let id = registration.id;
+            let resend = registration.resend.clone();
             let mut next = Some(snapshots.borrow_and_update().clone());
             loop {
                 if let Some(current) = next.take() {
-                    if tx.send(Ok(snapshot_message(&current))).await.is_err() {
+                    // A data plane that stops reading must not hold up shutdown.
+                    let sent = tokio::select! {
+                        sent = tx.send(Ok(snapshot_message(&current))) => sent.is_ok(),
+                        () = shutdown.cancelled() => false,
+                    };
+                    if !sent {
                         break;
                     }
                     planes.sent(id, current.version);
@@ -84,6 +90,8 @@ impl pb::control_server::Control for ControlService {
                         Ok(()) => next = Some(snapshots.borrow_and_update().clone()),
                         Err(_) => break,
                     },
+                    // A reload found this data plane out of sync: the same snapshot again.
+                    () = resend.notified() => next = Some(snapshots.borrow().clone()),
                     message = inbound.message() => match message {
                         Ok(Some(m)) => handle_answer(&planes, id, m),
                         Ok(None) | Err(_) => break,
@@ -156,6 +164,15 @@ impl pb::admin_server::Admin for AdminService {
                 pid: caller.and_then(|c| c.pid),
             },
         };
+        if options.dry_run {
+            // Open to anyone: bounded, and dropped with the caller.
+            let _permit = self
+                .reloader
+                .check_permit()
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            let report = self.reloader.reload(options).await;
+            return Ok(Response::new(reload_reply(&report, &self.reloader)));
+        }
         // A reload runs to its end even if the caller gives up (a short --timeout drops this
         // handler): its version is published and its outcome recorded either way.
         let reloader = self.reloader.clone();
@@ -190,7 +207,9 @@ impl pb::admin_server::Admin for AdminService {
         };
         let report = self
             .reloader
-            .validate(&req.config_text, std::path::Path::new(&name));
+            .validate(req.config_text, std::path::PathBuf::from(name))
+            .await
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         Ok(Response::new(pb::ValidateReply {
             valid: report.diagnostics.is_empty(),
             diagnostics: report.diagnostics.iter().map(diagnostic).collect(),

@@ -44,3 +44,17 @@ pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The name under which a data plane's ACK (and so `Status`) reports its admin listener
 /// (`/healthz`, `/readyz`, `/metrics`). Reserved: no `[[proxy.listeners]]` may take it.
 pub const ADMIN_LISTENER_NAME: &str = "admin";
+
+/// The largest gRPC message either end of the control socket reads or writes, and so the
+/// largest snapshot controld publishes (it refuses a bigger one with a diagnostic that names
+/// this limit): 64 MiB holds a config file at its 4 MiB cap plus thousands of certificate chains.
+/// tonic's default, 4 MiB, would make every data plane fail to decode a snapshot with a few
+/// hundred certificates, reconnect forever and NACK nothing.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Room kept under [`MAX_MESSAGE_BYTES`] for the gRPC and message framing around a snapshot.
+pub const MAX_SNAPSHOT_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
+
+/// The largest request a caller may send to Admin (a Validate carries a whole config file, at
+/// most 4 MiB) or a data plane on its Subscribe stream (ACKs and NACKs are small).
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;

@@ -217,7 +217,10 @@ impl Admin {
     pub async fn connect(socket: &Path, timeout: Duration) -> Result<Admin, Error> {
         let (target, channel) = Target::connect(Daemon::Controld, socket, timeout).await?;
         Ok(Admin {
-            client: AdminClient::new(channel),
+            // GetConfig carries a whole snapshot.
+            client: AdminClient::new(channel)
+                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(proto::MAX_REQUEST_BYTES),
             target,
         })
     }

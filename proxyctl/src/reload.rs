@@ -86,7 +86,10 @@ impl Operation {
 pub fn exit(reply: &ReloadReply) -> Exit {
     match ReloadOutcome::try_from(reply.outcome) {
         Ok(ReloadOutcome::Applied) if every_data_plane_applied(reply) => Exit::Ok,
-        Ok(ReloadOutcome::Unchanged | ReloadOutcome::DryRun) => Exit::Ok,
+        // Unchanged, but a data plane that had not applied it was sent it again: success only
+        // if it applied it this time.
+        Ok(ReloadOutcome::Unchanged) if every_data_plane_applied(reply) => Exit::Ok,
+        Ok(ReloadOutcome::DryRun) => Exit::Ok,
         _ => Exit::Failed,
     }
 }
@@ -96,7 +99,21 @@ pub fn render(reply: &ReloadReply, operation: Operation) -> String {
     let mut out = Vec::new();
     match ReloadOutcome::try_from(reply.outcome) {
         Ok(ReloadOutcome::Applied) => render_applied(reply, operation, &mut out),
-        Ok(ReloadOutcome::Unchanged) => out.push(operation.unchanged_line(reply)),
+        Ok(ReloadOutcome::Unchanged) => {
+            out.push(operation.unchanged_line(reply));
+            if !reply.data_planes.is_empty() {
+                out.push(format!(
+                    "version {} was sent again to the data planes that did not serve it:",
+                    reply.version
+                ));
+                out.extend(
+                    reply
+                        .data_planes
+                        .iter()
+                        .map(|dp| data_plane_line(dp, reply.version)),
+                );
+            }
+        }
         Ok(ReloadOutcome::Rejected) => render_rejected(reply, operation, &mut out),
         // Only a reload has a dry run; controld never answers a rollback with one.
         Ok(ReloadOutcome::DryRun) => render_dry_run(reply, &mut out),

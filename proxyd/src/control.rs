@@ -90,7 +90,10 @@ async fn subscribe(
     saved: Option<&SavedSnapshot>,
 ) -> Result<Session, SessionError> {
     let channel = proto::uds::connect(socket, CONNECT_TIMEOUT).await?;
-    let mut client = pb::control_client::ControlClient::new(channel);
+    // Snapshots carry every certificate: tonic's 4 MiB default is far too small.
+    let mut client = pb::control_client::ControlClient::new(channel)
+        .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(proto::MAX_REQUEST_BYTES);
     let (tx, rx) = mpsc::channel(4);
     let hello = pb::Hello {
         node_id: identity.node_id.clone(),
@@ -154,10 +157,16 @@ async fn apply(
     };
     if let (Ok(_), Some(saved), Some(copy)) = (&result, saved, copy)
         && version != before
-        && let Err(e) = saved.save(&copy)
     {
-        // Serving it is what matters; a failed save only costs the next cold boot.
-        tracing::warn!(path = %saved.path().display(), error = %e, version, "cannot save the applied snapshot");
+        // Off the async threads (a write and two fsyncs), in order (awaited).
+        let writer = saved.clone();
+        let written = tokio::task::spawn_blocking(move || writer.save(&copy))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        if let Err(e) = written {
+            // Serving it is what matters; a failed save only costs the next cold boot.
+            tracing::warn!(path = %saved.path().display(), error = %e, version, "cannot save the applied snapshot");
+        }
     }
     match result {
         Ok(bound) => Msg::Ack(pb::Ack {

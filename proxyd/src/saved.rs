@@ -1,6 +1,10 @@
 //! The last applied snapshot, kept on disk so that a proxyd that starts while controld is
 //! unreachable serves it instead of nothing. Written as temp file → fsync → rename → fsync of the
-//! directory, mode 0600 (it will carry private keys once sites have certificates).
+//! directory, mode 0600 (it carries private keys).
+//!
+//! The file is a header line naming the format version, a line with the SHA-256 of the payload,
+//! then the encoded `Snapshot`. A file whose format this proxyd does not know, or whose payload
+//! does not match its hash (a torn write, a disk error, an edit), is reported and never served.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
@@ -9,8 +13,12 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 use proto::v1 as pb;
+use sha2::{Digest, Sha256};
 
 const FILE: &str = "snapshot.pb";
+
+/// The first line of a saved snapshot: its format and version.
+const MAGIC: &str = "proxyd-snapshot 1";
 
 /// Where the last applied snapshot is kept.
 #[derive(Debug, Clone)]
@@ -40,7 +48,7 @@ impl SavedSnapshot {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        file.write_all(&snapshot.encode_to_vec())?;
+        file.write_all(&encode(snapshot))?;
         file.sync_all()?;
         drop(file);
         if let Err(e) = fs::rename(&tmp, self.path()) {
@@ -58,10 +66,43 @@ impl SavedSnapshot {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("reading {}: {e}", self.path().display())),
         };
-        pb::Snapshot::decode(bytes.as_slice())
+        decode(&bytes)
             .map(Some)
-            .map_err(|e| format!("decoding {}: {e}", self.path().display()))
+            .map_err(|e| format!("{}: {e}", self.path().display()))
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn encode(snapshot: &pb::Snapshot) -> Vec<u8> {
+    let payload = snapshot.encode_to_vec();
+    let mut out = format!("{MAGIC}\nsha256 {}\n", hex(&Sha256::digest(&payload))).into_bytes();
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<pb::Snapshot, String> {
+    let mut lines = bytes.splitn(3, |b| *b == b'\n');
+    let (Some(magic), Some(hash), Some(payload)) = (lines.next(), lines.next(), lines.next())
+    else {
+        return Err("not a saved snapshot (no header)".to_owned());
+    };
+    if magic != MAGIC.as_bytes() {
+        return Err(format!(
+            "unknown format {:?} (this proxyd reads {MAGIC:?})",
+            String::from_utf8_lossy(magic)
+        ));
+    }
+    let actual = format!("sha256 {}", hex(&Sha256::digest(payload)));
+    if hash != actual.as_bytes() {
+        return Err(format!(
+            "content hash mismatch: the header says {:?}, the content is {actual:?}",
+            String::from_utf8_lossy(hash)
+        ));
+    }
+    pb::Snapshot::decode(payload).map_err(|e| format!("decoding: {e}"))
 }
 
 #[cfg(test)]
@@ -91,5 +132,35 @@ mod tests {
             saved.load().is_err(),
             "a corrupt file is reported, not ignored"
         );
+    }
+
+    #[test]
+    fn a_changed_payload_an_unknown_format_or_no_header_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let saved = SavedSnapshot::open(tmp.path()).unwrap();
+        let snapshot = pb::Snapshot {
+            version: 9,
+            content_hash: "h".into(),
+            ..Default::default()
+        };
+        saved.save(&snapshot).unwrap();
+        let good = fs::read(saved.path()).unwrap();
+        assert!(good.starts_with(b"proxyd-snapshot 1\nsha256 "));
+
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        fs::write(saved.path(), &flipped).unwrap();
+        let e = saved.load().unwrap_err();
+        assert!(e.contains("content hash mismatch"), "{e}");
+
+        let newer = [b"proxyd-snapshot 2".as_slice(), &good[17..]].concat();
+        fs::write(saved.path(), newer).unwrap();
+        let e = saved.load().unwrap_err();
+        assert!(e.contains("unknown format"), "{e}");
+
+        // What proxyd wrote before the format had a header.
+        fs::write(saved.path(), snapshot.encode_to_vec()).unwrap();
+        assert!(saved.load().is_err());
     }
 }

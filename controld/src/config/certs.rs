@@ -2,7 +2,6 @@
 //! (readable PEM, the key matches, the names cover the site, not expired) before they can go
 //! into a snapshot. Every failure is a message that validation puts at `sites[N].tls`.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -122,11 +121,7 @@ pub fn expiry_warning(site: &str, certificate: &Certificate, now: SystemTime) ->
 /// Reads a PEM file whole (size-capped) as text.
 fn read_pem(path: &Path, key: &str) -> Result<String, String> {
     let fail = |e: std::io::Error| format!("{key} {}: cannot read it: {e}", path.display());
-    let file = std::fs::File::open(path).map_err(fail)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(fail)?;
+    let bytes = super::read_regular(path, MAX_PEM_BYTES).map_err(fail)?;
     if bytes.len() as u64 > MAX_PEM_BYTES {
         return Err(format!(
             "{key} {}: larger than {MAX_PEM_BYTES} bytes",

@@ -366,3 +366,143 @@ async fn there_is_nothing_to_roll_back_to_on_a_fresh_state_dir() {
         Err(RollbackError::NothingEarlier)
     ));
 }
+
+#[tokio::test]
+async fn a_dry_run_does_not_wait_for_a_reload_in_progress() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    // A real reload holds the lock while it waits for its data planes.
+    let _reload_in_progress = r.lock.lock().await;
+    f.write("http://127.0.0.1:9002", "");
+    let report = tokio::time::timeout(
+        Duration::from_secs(5),
+        r.reload(ReloadOptions {
+            dry_run: true,
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("a dry run answers at once");
+    assert_eq!((report.outcome, report.version), (Outcome::DryRun, 2));
+    assert_eq!(report.diff.sites_modified, ["a.example"]);
+}
+
+#[tokio::test]
+async fn an_unchanged_reload_sends_the_version_again_to_a_data_plane_behind() {
+    let f = Fixture::new();
+    let planes: Arc<DataPlanes> = Arc::default();
+    let r = f.reloader(planes.clone());
+    let registration = planes.register(plane("dp"));
+    let id = registration.id;
+    planes.nacked(id, 1, "cannot bind".into(), 0);
+
+    // The data plane answers the resend: a refusal again, then (the second time) an ACK.
+    let answering = planes.clone();
+    let resend = registration.resend.clone();
+    let answers = tokio::spawn(async move {
+        resend.notified().await;
+        answering.nacked(id, 1, "cannot bind".into(), 0);
+        resend.notified().await;
+        answering.acked(id, 1, vec![]);
+    });
+    let report = r.reload(ReloadOptions::default()).await;
+    assert_eq!(report.outcome, Outcome::Unchanged);
+    assert_eq!(report.data_planes.len(), 1, "{report:?}");
+    assert_eq!(report.data_planes[0].result, PlaneResult::Nacked);
+    assert_eq!(report.data_planes[0].error, "cannot bind");
+
+    let report = r.reload(ReloadOptions::default()).await;
+    assert_eq!(report.data_planes[0].result, PlaneResult::Acked);
+    answers.await.unwrap();
+
+    // In sync: nothing is sent again and nothing is reported.
+    let report = r.reload(ReloadOptions::default()).await;
+    assert_eq!(report.outcome, Outcome::Unchanged);
+    assert!(report.data_planes.is_empty());
+}
+
+#[tokio::test]
+async fn a_snapshot_larger_than_data_planes_accept_is_refused() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    let mut content = r.current().content.clone();
+    content.snapshot.certificates.push(proto::v1::Certificate {
+        site: "a.example".into(),
+        chain_pem: "x".repeat(proto::MAX_SNAPSHOT_BYTES),
+        ..Default::default()
+    });
+    let d = oversize(&content, &f.path).expect("too large");
+    assert!(d.message.contains("data planes accept"), "{d}");
+    assert!(oversize(&r.current().content, &f.path).is_none());
+}
+
+#[tokio::test]
+async fn static_settings_controld_did_not_apply_are_reported_until_it_restarts() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    f.write("http://127.0.0.1:9001", "");
+    let text = std::fs::read_to_string(&f.path)
+        .unwrap()
+        .replace("[control]\n", "[control]\nallowed_uids = [4242]\n");
+    std::fs::write(&f.path, &text).unwrap();
+    let report = r.reload(ReloadOptions::default()).await;
+    assert_eq!(report.outcome, Outcome::Unchanged);
+    assert!(
+        report.warnings.iter().any(
+            |w| w.contains("control.allowed_uids") && w.contains("needs a restart of controld")
+        ),
+        "{:?}",
+        report.warnings
+    );
+    // A later change of a dynamic setting publishes; the unapplied static one is still named.
+    std::fs::write(&f.path, text.replace("9001", "9002")).unwrap();
+    let report = r.reload(ReloadOptions::default()).await;
+    assert_eq!(report.outcome, Outcome::Applied);
+    let report = r.reload(ReloadOptions::default()).await;
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("controld still runs with") && w.contains("allowed_uids")),
+        "{:?}",
+        report.warnings
+    );
+}
+
+#[tokio::test]
+async fn validate_reads_no_fifo_and_bounds_concurrent_checks() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    let fifo = f.dir.path().join("cert.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let text = std::fs::read_to_string(&f.path).unwrap().replace(
+        "upstreams = [",
+        &format!(
+            "tls = {{ cert_file = \"{0}\", key_file = \"{0}\" }}\nupstreams = [",
+            fifo.display()
+        ),
+    ) + "[[proxy.listeners]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = true\n";
+    let report = tokio::time::timeout(Duration::from_secs(5), r.validate(text, f.path.clone()))
+        .await
+        .expect("a FIFO never blocks a check")
+        .unwrap();
+    let messages: Vec<_> = report.diagnostics.iter().map(ToString::to_string).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("not a regular file")),
+        "{messages:#?}"
+    );
+
+    let held: Vec<_> = (0..MAX_CONCURRENT_CHECKS)
+        .map(|_| r.check_permit().unwrap())
+        .collect();
+    assert!(matches!(
+        r.validate(String::new(), f.path.clone()).await,
+        Err(CheckError::Busy)
+    ));
+    drop(held);
+    assert!(r.validate(String::new(), f.path.clone()).await.is_ok());
+}
