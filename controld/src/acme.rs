@@ -101,9 +101,6 @@ struct AriChoice {
 pub struct Acme {
     store: Store,
     options: AcmeOptions,
-    /// `[acme]` as controld started with it: static, so a reload that changes it warns and
-    /// this task goes on with the values it has until controld restarts.
-    config: Option<AcmeConfig>,
     /// Failures per site, as persisted.
     backoff: Mutex<BTreeMap<String, Backoff>>,
     /// The site an attempt runs for now.
@@ -140,7 +137,6 @@ impl Acme {
             Acme {
                 store,
                 options,
-                config: config.statics.acme.clone(),
                 backoff: Mutex::new(backoff),
                 issuing: Mutex::new(None),
                 ari: Mutex::new(BTreeMap::new()),
@@ -198,8 +194,10 @@ impl Acme {
     /// [`AcmeOptions::recheck`] passes.
     pub async fn run(self: Arc<Self>, reloader: Arc<Reloader>, shutdown: CancellationToken) {
         let mut changes = reloader.subscribe();
+        let mut settings = reloader.subscribe_acme_config();
         loop {
             changes.borrow_and_update();
+            settings.borrow_and_update();
             let next = self.round(&reloader, &shutdown).await;
             if shutdown.is_cancelled() {
                 return;
@@ -215,6 +213,7 @@ impl Acme {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = changes.changed() => {}
+                _ = settings.changed() => {}
                 () = tokio::time::sleep(sleep) => {}
             }
         }
@@ -227,7 +226,9 @@ impl Acme {
         shutdown: &CancellationToken,
     ) -> Option<SystemTime> {
         let current = reloader.current();
-        let acme = self.config.clone()?;
+        // The [acme] of the last accepted reload, even one that left the snapshot unchanged:
+        // never whichever config last happened to change the snapshot.
+        let acme = reloader.acme_config()?;
         self.forget_removed_sites(&current.config);
         let mut next: Option<SystemTime> = None;
         for site in acme_sites(&current.config) {

@@ -88,18 +88,21 @@ impl ConfigDiff {
         }
     }
 
-    /// One warning per changed static field, naming the daemon that must restart.
+    /// One warning per changed static field: the daemon that must restart for it, or, for
+    /// `acme.*`, that controld's ACME task applies it (the data planes never see it).
     pub fn static_warnings(&self) -> Vec<String> {
         self.static_changed
             .iter()
-            .map(|c| {
-                format!(
-                    "{} changed from {} to {}: needs a restart of {}",
-                    c.field,
-                    c.old,
-                    c.new,
-                    restarts(&c.field)
-                )
+            .map(|c| match restarts(&c.field) {
+                Some(daemon) => format!(
+                    "{} changed from {} to {}: needs a restart of {daemon}",
+                    c.field, c.old, c.new
+                ),
+                None => format!(
+                    "{} changed from {} to {}: applied by controld's ACME task from its next \
+                     attempt (nothing changes for the data planes)",
+                    c.field, c.old, c.new
+                ),
             })
             .collect()
     }
@@ -124,12 +127,16 @@ impl ConfigDiff {
     }
 }
 
-/// The daemon that reads a static field: proxyd for `proxy.*`, controld for the rest.
-pub fn restarts(field: &str) -> &'static str {
+/// The daemon that must restart for a changed static field to apply: proxyd for `proxy.*`,
+/// controld for `control.*` and `logging.format`; `None` for `acme.*`, which controld applies on
+/// every accepted reload.
+pub fn restarts(field: &str) -> Option<&'static str> {
     if field.starts_with("proxy.") {
-        "proxyd"
+        Some("proxyd")
+    } else if field.starts_with("acme.") {
+        None
     } else {
-        "controld"
+        Some("controld")
     }
 }
 

@@ -1,6 +1,8 @@
 //! The versions controld published, kept in `state_dir/history`: for each one the config text it
 //! was built from and who published it, so that `History` can list them and `Rollback` can
-//! publish an earlier one again. Bounded to the last [`HISTORY_LIMIT`] versions.
+//! publish an earlier one again. Bounded to the last [`HISTORY_LIMIT`] versions of each
+//! [`Kind`]: ACME, which publishes two versions per attempt (challenge, then certificate), never
+//! pushes config versions out.
 
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::DirBuilderExt;
@@ -11,8 +13,29 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::state::write_atomically;
 
-/// How many published versions are kept.
+/// How many published versions of each kind are kept.
 pub const HISTORY_LIMIT: usize = 50;
+
+/// What a version changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The config: a reload, a rollback, the startup. (Entries written before kinds existed
+    /// read as this.)
+    #[default]
+    Config,
+    /// Only what ACME adds (a certificate, a challenge), on top of the same config.
+    Certificate,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Config => "config",
+            Kind::Certificate => "certificate",
+        }
+    }
+}
 
 /// One published version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +49,8 @@ pub struct Entry {
     pub pid: Option<i32>,
     /// What changed against the version before it.
     pub summary: String,
+    #[serde(default)]
+    pub kind: Kind,
 }
 
 #[derive(Debug, Clone)]
@@ -66,9 +91,13 @@ impl History {
             config_text.as_bytes(),
         )?;
         write_atomically(&self.dir, &format!("{}.json", entry.version), &meta)?;
-        for old in self.versions().into_iter().skip(HISTORY_LIMIT) {
-            let _ = fs::remove_file(self.dir.join(format!("{old}.json")));
-            let _ = fs::remove_file(self.config_path(old));
+        let kept = self.list();
+        for kind in [Kind::Config, Kind::Certificate] {
+            let old = kept.iter().filter(|e| e.kind == kind).skip(HISTORY_LIMIT);
+            for e in old {
+                let _ = fs::remove_file(self.dir.join(format!("{}.json", e.version)));
+                let _ = fs::remove_file(self.config_path(e.version));
+            }
         }
         Ok(())
     }
@@ -128,6 +157,7 @@ mod tests {
             uid: Some(0),
             pid: None,
             summary: String::new(),
+            kind: Kind::Config,
         }
     }
 
@@ -148,5 +178,27 @@ mod tests {
             format!("# version {}\n", HISTORY_LIMIT + 3)
         );
         assert_eq!(history.config_text(1), None, "the oldest were forgotten");
+    }
+
+    #[test]
+    fn certificate_versions_do_not_push_config_versions_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let history = History::open(tmp.path()).unwrap();
+        history.record(&entry(1), "# config\n").unwrap();
+        for v in 2..=(2 * HISTORY_LIMIT as u64 + 1) {
+            let e = Entry {
+                kind: Kind::Certificate,
+                ..entry(v)
+            };
+            history.record(&e, "# config\n").unwrap();
+        }
+        let list = history.list();
+        assert_eq!(list.len(), HISTORY_LIMIT + 1);
+        assert_eq!(list.last().unwrap().version, 1, "the config version stays");
+
+        // An entry written before kinds existed is a config entry.
+        let old = br#"{"version":1,"hash":"h","at_unix_ms":1,"source":"reload","uid":null,"pid":null,"summary":""}"#;
+        let e: Entry = serde_json::from_slice(old).unwrap();
+        assert_eq!(e.kind, Kind::Config);
     }
 }

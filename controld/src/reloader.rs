@@ -11,7 +11,7 @@ use crate::config::{self, Config, Diagnostic, LoadError, StaticConfig};
 use crate::dataplanes::{DataPlanes, PlaneOutcome};
 use crate::diff::{ConfigDiff, restarts, static_changes};
 use crate::error::Error;
-use crate::history::{Entry, History};
+use crate::history::{Entry, History, Kind};
 use crate::snapshot::{AcmeOverlay, Content};
 use crate::state::{Published, StateDir};
 
@@ -21,6 +21,8 @@ pub struct Current {
     pub version: u64,
     pub config: Config,
     pub content: Content,
+    /// The config text `config` was parsed from (recorded with every version built on it).
+    pub text: Arc<str>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -101,6 +103,15 @@ impl ReloadReport {
     }
 }
 
+/// A new version, as [`Reloader::commit`] publishes it.
+struct Change {
+    config: Config,
+    text: Arc<str>,
+    content: Content,
+    kind: Kind,
+    summary: String,
+}
+
 /// What `Reloader::validate` found.
 #[derive(Debug, Clone)]
 pub struct ValidateReport {
@@ -139,8 +150,11 @@ pub struct Reloader {
     /// What ACME adds to every snapshot: changed only under `lock`, through
     /// [`Reloader::publish_acme`], read by every reload.
     acme: Mutex<Arc<AcmeOverlay>>,
-    /// The static settings controld started with, which are the ones it runs with.
+    /// The static settings controld started with, which are the ones it runs with (but
+    /// `[acme]`, which controld applies on every accepted reload: `acme_config`).
     started_statics: StaticConfig,
+    /// `[acme]` of the last accepted reload (applied or unchanged), for the ACME task.
+    acme_config: watch::Sender<Option<crate::config::AcmeConfig>>,
     /// Bounds the Validate calls and dry runs checked at once (each may parse 4 MiB and read
     /// certificate files): more are refused at once rather than queued.
     checks: tokio::sync::Semaphore,
@@ -205,6 +219,7 @@ impl Reloader {
                 uid: None,
                 pid: None,
                 summary: "published at startup".to_owned(),
+                kind: Kind::Config,
             };
             if let Err(e) = history.record(&entry, config_text) {
                 tracing::warn!(error = %e, version, "cannot record the version in the history");
@@ -216,6 +231,7 @@ impl Reloader {
             version,
             config,
             content,
+            text: Arc::from(config_text),
         });
         Ok(Reloader {
             config_path: config_path.to_owned(),
@@ -229,6 +245,7 @@ impl Reloader {
             metrics: crate::metrics::Metrics::default(),
             log_level_hook,
             acme: Mutex::new(Arc::new(acme)),
+            acme_config: watch::channel(started_statics.acme.clone()).0,
             started_statics,
             checks: tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS),
         })
@@ -248,6 +265,7 @@ impl Reloader {
         summary: &str,
         change: impl FnOnce(&mut AcmeOverlay),
     ) -> Result<AcmePublished, Error> {
+        let started = Instant::now();
         let _serialized = self.lock.lock().await;
         let current = self.current();
         let mut overlay = (*self.acme_overlay()).clone();
@@ -264,42 +282,63 @@ impl Reloader {
                 data_planes: Vec::new(),
             });
         }
-        let version = current.version + 1;
-        self.state.record(&Published {
-            version,
-            hash: content.hash.clone(),
-        })?;
-        *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(overlay);
-        let entry = Entry {
-            version,
-            hash: content.hash.clone(),
-            at_unix_ms: unix_ms(SystemTime::now()),
-            source: "acme".to_owned(),
-            uid: None,
-            pid: None,
+        let options = ReloadOptions {
+            origin: Origin {
+                source: "acme".to_owned(),
+                uid: None,
+                pid: None,
+            },
+            ..ReloadOptions::default()
+        };
+        let change = Change {
+            config: current.config.clone(),
+            text: current.text.clone(),
+            content,
+            kind: Kind::Certificate,
             summary: summary.to_owned(),
         };
-        let text = self
-            .history
-            .config_text(current.version)
-            .unwrap_or_default();
-        if let Err(e) = self.history.record(&entry, &text) {
-            tracing::warn!(error = %e, version, "cannot record the version in the history");
+        let mut committed = Err(String::new());
+        let report = self
+            .around(&options, started, async {
+                let mut report = Reloader::empty_report(&current);
+                match self.commit(&current, change, &options.origin).await {
+                    Ok((version, planes)) => {
+                        *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(overlay);
+                        report.outcome = Outcome::Applied;
+                        report.version = version;
+                        report.data_planes = planes;
+                        committed = Ok(());
+                    }
+                    Err(d) => {
+                        committed = Err(d.message.clone());
+                        report.diagnostics = vec![d];
+                    }
+                }
+                report
+            })
+            .await;
+        committed.map_err(Error::Publish)?;
+        for p in &report.data_planes {
+            if p.result != crate::dataplanes::PlaneResult::Acked {
+                tracing::warn!(node_id = %p.node_id, result = ?p.result, error = %p.error,
+                    version = report.version, "a data plane did not apply the ACME change");
+            }
         }
-        tracing::info!(old_version = current.version, new_version = version, changes = %summary, "publishing new config version");
-        let waiting = self.planes.connected();
-        self.current.send_replace(Arc::new(Current {
-            version,
-            config: current.config.clone(),
-            content,
-        }));
-        let deadline = tokio::time::Instant::now() + self.ack_timeout;
-        let data_planes = self.planes.wait_for(version, &waiting, deadline).await;
         Ok(AcmePublished {
-            version,
+            version: report.version,
             published: true,
-            data_planes,
+            data_planes: report.data_planes,
         })
+    }
+
+    /// The `[acme]` controld runs its ACME task with now.
+    pub fn acme_config(&self) -> Option<crate::config::AcmeConfig> {
+        self.acme_config.borrow().clone()
+    }
+
+    /// Follows [`Reloader::acme_config`].
+    pub fn subscribe_acme_config(&self) -> watch::Receiver<Option<crate::config::AcmeConfig>> {
+        self.acme_config.subscribe()
     }
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
@@ -376,13 +415,22 @@ impl Reloader {
         let current = self.current();
         let target = match version {
             Some(v) => v,
-            None => self
-                .history
-                .list()
-                .into_iter()
-                .map(|e| e.version)
-                .find(|v| *v < current.version)
-                .ok_or(RollbackError::NothingEarlier)?,
+            // The config before the one serving: certificate versions (ACME) on top of the same
+            // config are not a config to go back to.
+            None => {
+                let configs: Vec<u64> = self
+                    .history
+                    .list()
+                    .into_iter()
+                    .filter(|e| e.kind == Kind::Config && e.source != "acme")
+                    .map(|e| e.version)
+                    .collect();
+                let serving = configs.iter().find(|v| **v <= current.version).copied();
+                configs
+                    .into_iter()
+                    .find(|v| serving.is_some_and(|s| *v < s))
+                    .ok_or(RollbackError::NothingEarlier)?
+            }
         };
         let text = self
             .history
@@ -544,39 +592,15 @@ impl Reloader {
             report.version = if unchanged { current.version } else { version };
             return report;
         }
+        // controld's own ACME settings apply with every accepted reload, whatever the snapshot.
+        self.acme_config
+            .send_if_modified(|acme| replace_if_changed(acme, &config.statics.acme));
         if unchanged {
             report.outcome = Outcome::Unchanged;
             // Unchanged is success only when every data plane serves it: send it again to any
             // that does not, and report their answers.
             report.data_planes = self.resync(&current).await;
             return report;
-        }
-        if let Err(e) = self.state.record(&Published {
-            version,
-            hash: content.hash.clone(),
-        }) {
-            report.diagnostics = vec![Diagnostic {
-                key_path: "control.state_dir".to_owned(),
-                file: self.state.path().to_owned(),
-                line: 0,
-                column: 0,
-                message: format!("cannot record version {version}, so nothing was published: {e}"),
-            }];
-            tracing::error!(error = %e, version, "reload failed: cannot record the new version");
-            return report;
-        }
-        let entry = Entry {
-            version,
-            hash: content.hash.clone(),
-            at_unix_ms: unix_ms(SystemTime::now()),
-            source: options.origin.source.clone(),
-            uid: options.origin.uid,
-            pid: options.origin.pid,
-            summary: report.diff.summary(),
-        };
-        if let Err(e) = self.history.record(&entry, text) {
-            // The version is published either way; only its history entry is missing.
-            tracing::warn!(error = %e, version, "cannot record the version in the history");
         }
         if options.origin.source.starts_with("rollback") {
             report.warnings.push(format!(
@@ -589,20 +613,79 @@ impl Reloader {
         for w in config.certificate_warnings(SystemTime::now()) {
             tracing::warn!("{w}");
         }
-        if let Some(hook) = &self.log_level_hook {
-            hook(&config.dynamic.log_level);
+        let log_level = config.dynamic.log_level.clone();
+        let change = Change {
+            config,
+            text: Arc::from(text),
+            content,
+            kind: Kind::Config,
+            summary: report.diff.summary(),
+        };
+        match self.commit(&current, change, &options.origin).await {
+            Ok((version, planes)) => {
+                if let Some(hook) = &self.log_level_hook {
+                    hook(&log_level);
+                }
+                report.outcome = Outcome::Applied;
+                report.version = version;
+                report.data_planes = planes;
+            }
+            Err(d) => report.diagnostics = vec![d],
+        }
+        report
+    }
+
+    /// The one path of every new version (reload, rollback, ACME): record the version, record
+    /// it in the history with its kind and config text, publish it, and wait for the data
+    /// planes' answers. The caller runs it inside [`Reloader::around`] (systemd status, metrics,
+    /// the last reload) and under the reload lock.
+    async fn commit(
+        &self,
+        current: &Current,
+        change: Change,
+        origin: &Origin,
+    ) -> Result<(u64, Vec<PlaneOutcome>), Diagnostic> {
+        let version = current.version + 1;
+        if let Err(e) = self.state.record(&Published {
+            version,
+            hash: change.content.hash.clone(),
+        }) {
+            tracing::error!(error = %e, version, "cannot record the new version; nothing was published");
+            return Err(Diagnostic {
+                key_path: "control.state_dir".to_owned(),
+                file: self.state.path().to_owned(),
+                line: 0,
+                column: 0,
+                message: format!("cannot record version {version}, so nothing was published: {e}"),
+            });
+        }
+        let entry = Entry {
+            version,
+            hash: change.content.hash.clone(),
+            at_unix_ms: unix_ms(SystemTime::now()),
+            source: origin.source.clone(),
+            uid: origin.uid,
+            pid: origin.pid,
+            summary: change.summary.clone(),
+            kind: change.kind,
+        };
+        if let Err(e) = self.history.record(&entry, &change.text) {
+            // The version is published either way; only its history entry is missing.
+            tracing::warn!(error = %e, version, "cannot record the version in the history");
+        }
+        if change.kind == Kind::Certificate {
+            tracing::info!(old_version = current.version, new_version = version, changes = %change.summary, "publishing new config version");
         }
         let waiting = self.planes.connected();
         self.current.send_replace(Arc::new(Current {
             version,
-            config,
-            content,
+            config: change.config,
+            content: change.content,
+            text: change.text,
         }));
-        report.outcome = Outcome::Applied;
-        report.version = version;
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
-        report.data_planes = self.planes.wait_for(version, &waiting, deadline).await;
-        report
+        let planes = self.planes.wait_for(version, &waiting, deadline).await;
+        Ok((version, planes))
     }
 
     /// Sends the serving snapshot again to every connected data plane that has not applied it
@@ -637,7 +720,7 @@ impl Reloader {
         let mut warnings = diff.static_warnings();
         for change in static_changes(&self.started_statics, &config.statics) {
             let reported = diff.static_changed.iter().any(|c| c.field == change.field);
-            if restarts(&change.field) == "controld" && !reported {
+            if restarts(&change.field) == Some("controld") && !reported {
                 warnings.push(format!(
                     "{} is {} in the file but controld still runs with {}: needs a restart of controld",
                     change.field, change.new, change.old
@@ -666,6 +749,14 @@ impl Reloader {
             tracing::warn!("{w}");
         }
     }
+}
+
+fn replace_if_changed<T: PartialEq + Clone>(slot: &mut T, new: &T) -> bool {
+    if slot == new {
+        return false;
+    }
+    *slot = new.clone();
+    true
 }
 
 /// A diagnostic when `content` is larger than data planes accept.

@@ -308,6 +308,7 @@ impl pb::admin_server::Admin for AdminService {
                 uid: e.uid,
                 pid: e.pid,
                 summary: e.summary,
+                kind: e.kind.as_str().to_owned(),
             })
             .collect();
         Ok(Response::new(pb::HistoryReply {

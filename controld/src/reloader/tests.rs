@@ -506,3 +506,42 @@ async fn validate_reads_no_fifo_and_bounds_concurrent_checks() {
     drop(held);
     assert!(r.validate(String::new(), f.path.clone()).await.is_ok());
 }
+
+#[tokio::test]
+async fn acme_versions_take_the_commit_path_and_rollback_skips_them() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    f.write("http://127.0.0.1:9002", "");
+    assert_eq!(
+        r.reload(ReloadOptions::default()).await.outcome,
+        Outcome::Applied
+    );
+    // Two ACME versions on top of config version 2: a challenge, then its withdrawal.
+    let challenge = crate::snapshot::Challenge::Http01 {
+        name: "a.example".into(),
+        token: "tok".into(),
+        key_authorization: "tok.thumb".into(),
+    };
+    let published = r
+        .publish_acme("acme: challenge", |o| o.challenges.push(challenge))
+        .await
+        .unwrap();
+    assert_eq!((published.version, published.published), (3, true));
+    let published = r
+        .publish_acme("acme: withdrawn", |o| o.challenges.clear())
+        .await
+        .unwrap();
+    assert_eq!(published.version, 4);
+    // Like a reload: the last reload and the history, with the config text.
+    assert_eq!(r.last_reload().unwrap().version, 4);
+    let history = r.history();
+    assert_eq!(history[0].kind, Kind::Certificate);
+    assert_eq!(history[0].source, "acme");
+    assert!(r.config_text(4).unwrap().contains("9002"));
+
+    // Without a version, a rollback goes back to the config before the serving one (1), not to
+    // an ACME version with the same config.
+    let report = r.rollback(None, Origin::default()).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
+    assert_eq!(upstream(&r.current()), "http://127.0.0.1:9001");
+}
