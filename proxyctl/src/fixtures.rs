@@ -135,6 +135,7 @@ pub fn history() -> HistoryReply {
             uid,
             pid,
             summary: summary.into(),
+            kind: "config".into(),
         };
     HistoryReply {
         entries: vec![

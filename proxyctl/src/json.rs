@@ -285,6 +285,9 @@ pub struct HistoryEntry {
     pub pid: Option<i32>,
     /// What changed against the version before it.
     pub summary: String,
+    /// `config` (a reload, rollback or startup) or `certificate` (only what ACME adds); empty
+    /// from a controld older than kinds.
+    pub kind: String,
 }
 
 /// `proxyctl --json version`: `{"proxyctl": "0.1.0"}`.
@@ -356,6 +359,7 @@ impl From<&pb::HistoryReply> for History {
                     uid: entry.uid,
                     pid: entry.pid,
                     summary: entry.summary.clone(),
+                    kind: entry.kind.clone(),
                 })
                 .collect(),
         }

@@ -235,6 +235,7 @@ fn history() -> HistoryReply {
                 uid: Some(1000),
                 pid: Some(4242),
                 summary: "1 site added: a.example".into(),
+                kind: "config".into(),
             },
             HistoryEntry {
                 version: 1,
@@ -244,6 +245,7 @@ fn history() -> HistoryReply {
                 uid: None,
                 pid: None,
                 summary: "no content change".into(),
+                kind: "config".into(),
             },
         ],
         current_version: 2,

@@ -48,6 +48,7 @@ fn empty_cells_and_multi_line_text_keep_the_table_intact() {
             uid: None,
             pid: Some(7),
             summary: "1 site added:\na.example".into(),
+            kind: "config".into(),
         }],
         current_version: 2,
     };
