@@ -7,7 +7,11 @@
 //! and the configured `control.allowed_uids` / `control.allowed_gids`. Read-only calls (status,
 //! dry runs) are open to whoever can connect.
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
@@ -42,6 +46,48 @@ pub struct Access {
     own_uid: Option<u32>,
     uids: Vec<u32>,
     gids: Vec<u32>,
+    denials: Arc<Denials>,
+}
+
+/// A local user hammering a changing call must not flood the audit log: the first denial of a
+/// (uid, call) is logged at once, later ones at most once per [`DENIAL_LOG_INTERVAL`] with how
+/// many were not logged in between; all are counted.
+#[derive(Debug, Default)]
+struct Denials {
+    total: AtomicU64,
+    /// (uid, call) → when last logged, and denials since.
+    recent: Mutex<HashMap<(Option<u32>, String), (Instant, u64)>>,
+}
+
+const DENIAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Callers tracked at once; past it the table starts over (each then logs once more).
+const MAX_TRACKED_DENIALS: usize = 1024;
+
+impl Denials {
+    /// Counts a denial; `Some(suppressed)` when it should be logged now.
+    fn record(&self, uid: Option<u32>, call: &str) -> Option<u64> {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= MAX_TRACKED_DENIALS {
+            recent.clear();
+        }
+        let now = Instant::now();
+        match recent.get_mut(&(uid, call.to_owned())) {
+            Some((logged, since)) if now.duration_since(*logged) < DENIAL_LOG_INTERVAL => {
+                *since += 1;
+                None
+            }
+            Some((logged, since)) => {
+                let suppressed = *since;
+                (*logged, *since) = (now, 0);
+                Some(suppressed)
+            }
+            None => {
+                recent.insert((uid, call.to_owned()), (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 impl Access {
@@ -52,7 +98,13 @@ impl Access {
             own_uid,
             uids: control.allowed_uids.clone(),
             gids: control.allowed_gids.clone(),
+            denials: Arc::default(),
         }
+    }
+
+    /// Changing calls refused since start.
+    pub fn denied_total(&self) -> u64 {
+        self.denials.total.load(Ordering::Relaxed)
     }
 
     fn allows(&self, caller: &Caller) -> bool {
@@ -74,7 +126,18 @@ impl Access {
         if self.allows(&caller) {
             return Ok(caller);
         }
-        audit(call, &caller, "denied");
+        if let Some(suppressed) = self.denials.record(caller.uid, call) {
+            tracing::info!(
+                target: "audit",
+                call,
+                uid = caller.uid,
+                gid = caller.gid,
+                pid = caller.pid,
+                outcome = "denied",
+                suppressed,
+                denied_total = self.denied_total(),
+            );
+        }
         Err(Status::permission_denied(format!(
             "{call} is not allowed for uid {}: only root, controld's own user and \
              control.allowed_uids / allowed_gids may make changes",
@@ -106,6 +169,7 @@ mod tests {
             own_uid: Some(1000),
             uids: uids.to_vec(),
             gids: gids.to_vec(),
+            denials: Arc::default(),
         }
     }
 
@@ -130,5 +194,25 @@ mod tests {
             gid: None,
             pid: None
         }));
+    }
+
+    #[test]
+    fn repeated_denials_are_counted_and_logged_at_most_once_per_interval() {
+        let d = Denials::default();
+        assert_eq!(d.record(Some(7), "Reload"), Some(0), "the first is logged");
+        for _ in 0..1000 {
+            assert_eq!(d.record(Some(7), "Reload"), None);
+        }
+        assert_eq!(
+            d.record(Some(7), "Rollback"),
+            Some(0),
+            "another call is its own"
+        );
+        assert_eq!(d.record(Some(8), "Reload"), Some(0), "another user too");
+        assert_eq!(d.total.load(Ordering::Relaxed), 1003);
+        for uid in 0..(MAX_TRACKED_DENIALS as u32 + 10) {
+            d.record(Some(10_000 + uid), "Reload");
+        }
+        assert!(d.recent.lock().unwrap().len() <= MAX_TRACKED_DENIALS);
     }
 }
