@@ -56,8 +56,11 @@ pub struct Access {
 struct Denials {
     total: AtomicU64,
     /// (uid, call) → when last logged, and denials since.
-    recent: Mutex<HashMap<(Option<u32>, String), (Instant, u64)>>,
+    recent: Mutex<HashMap<DenialKey, (Instant, u64)>>,
 }
+
+/// A caller's uid and the call it was refused.
+type DenialKey = (Option<u32>, String);
 
 const DENIAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Callers tracked at once; past it the table starts over (each then logs once more).

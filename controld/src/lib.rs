@@ -130,12 +130,11 @@ impl Controld {
         let listener = tokio::net::TcpListener::bind(address).await.map_err(err)?;
         let bound = listener.local_addr().map_err(err)?;
         tracing::info!(address = %bound, "serving metrics");
-        tokio::spawn(metrics::serve(
-            listener,
-            self.reloader.clone(),
-            self.planes.clone(),
-            shutdown.clone(),
-        ));
+        let source = Arc::new(MetricsSource {
+            reloader: self.reloader.clone(),
+            planes: self.planes.clone(),
+        });
+        tokio::spawn(metrics::serve(listener, source, shutdown.clone()));
         Ok(Some(bound))
     }
 
@@ -223,6 +222,38 @@ impl Controld {
         tracing::info!(socket = %socket.path().display(), "control socket closed");
         drop(socket);
         Ok(())
+    }
+}
+
+/// What `/metrics` reads: the serving version and certificates, and the data planes.
+struct MetricsSource {
+    reloader: Arc<reloader::Reloader>,
+    planes: Arc<dataplanes::DataPlanes>,
+}
+
+impl metrics::Source for MetricsSource {
+    fn metrics(&self) -> &metrics::Metrics {
+        self.reloader.metrics()
+    }
+
+    fn view(&self) -> metrics::View {
+        let current = self.reloader.current();
+        let planes = self.planes.list();
+        metrics::View {
+            version: current.version,
+            certificates: current
+                .content
+                .snapshot
+                .certificates
+                .iter()
+                .map(|c| (c.site.clone(), c.not_after_unix))
+                .collect(),
+            data_planes: planes.len(),
+            data_planes_in_sync: planes
+                .iter()
+                .filter(|p| p.applied_version == current.version)
+                .count(),
+        }
     }
 }
 

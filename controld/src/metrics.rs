@@ -21,8 +21,32 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::dataplanes::DataPlanes;
-use crate::reloader::{Outcome, Reloader};
+/// How a finished reload or rollback ended, as `proxy_reloads_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Applied,
+    Unchanged,
+    Rejected,
+}
+
+/// What `/metrics` reads of the control plane at scrape time: a narrow view, so that this
+/// module depends on nothing of the reload flow (lib.rs, the composition root, provides it).
+pub trait Source: Send + Sync + 'static {
+    fn metrics(&self) -> &Metrics;
+    fn view(&self) -> View;
+}
+
+/// The gauges read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// The version serving now.
+    pub version: u64,
+    /// (site, certificate notAfter in Unix seconds) of the snapshot serving now.
+    pub certificates: Vec<(String, u64)>,
+    pub data_planes: usize,
+    /// Data planes whose applied version is the serving one.
+    pub data_planes_in_sync: usize,
+}
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -133,15 +157,14 @@ fn unix_seconds(t: SystemTime) -> f64 {
 
 impl Metrics {
     /// Counts a finished reload or rollback (dry runs are not counted).
-    pub fn reloaded(&self, outcome: Outcome) {
+    pub fn reloaded(&self, outcome: ReloadResult) {
         let result = match outcome {
-            Outcome::Applied => "applied",
-            Outcome::Unchanged => "unchanged",
-            Outcome::Rejected => "rejected",
-            Outcome::DryRun | Outcome::Conflict => return,
+            ReloadResult::Applied => "applied",
+            ReloadResult::Unchanged => "unchanged",
+            ReloadResult::Rejected => "rejected",
         };
         self.reloads.get_or_create(&ResultLabels { result }).inc();
-        let ok = outcome != Outcome::Rejected;
+        let ok = outcome != ReloadResult::Rejected;
         self.last_successful.set(i64::from(ok));
         if ok {
             self.last_success_timestamp
@@ -155,25 +178,20 @@ impl Metrics {
         self.renewals.get_or_create(&ResultLabels { result }).inc();
     }
 
-    fn encode(&self, reloader: &Reloader, planes: &DataPlanes) -> Result<String, std::fmt::Error> {
-        let snapshot = reloader.current();
+    fn encode(&self, view: &View) -> Result<String, std::fmt::Error> {
         // Rebuilt at every scrape: a site that lost its certificate loses its series.
         self.certificate_not_after.clear();
-        for c in &snapshot.content.snapshot.certificates {
+        for (site, not_after) in &view.certificates {
             self.certificate_not_after
-                .get_or_create(&SiteLabels {
-                    site: c.site.clone(),
-                })
-                .set(i64::try_from(c.not_after_unix).unwrap_or(i64::MAX));
+                .get_or_create(&SiteLabels { site: site.clone() })
+                .set(i64::try_from(*not_after).unwrap_or(i64::MAX));
         }
-        let current = snapshot.version;
-        let list = planes.list();
-        self.version.set(i64::try_from(current).unwrap_or(i64::MAX));
+        self.version
+            .set(i64::try_from(view.version).unwrap_or(i64::MAX));
         self.data_planes
-            .set(i64::try_from(list.len()).unwrap_or(i64::MAX));
-        let in_sync = list.iter().filter(|p| p.applied_version == current).count();
+            .set(i64::try_from(view.data_planes).unwrap_or(i64::MAX));
         self.data_planes_in_sync
-            .set(i64::try_from(in_sync).unwrap_or(i64::MAX));
+            .set(i64::try_from(view.data_planes_in_sync).unwrap_or(i64::MAX));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
@@ -181,12 +199,7 @@ impl Metrics {
 }
 
 /// Serves `/metrics` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    reloader: Arc<Reloader>,
-    planes: Arc<DataPlanes>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, source: Arc<dyn Source>, shutdown: CancellationToken) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -201,10 +214,10 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (reloader, planes) = (reloader.clone(), planes.clone());
+        let source = source.clone();
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let response = match req.uri().path() {
-                "/metrics" => match reloader.metrics().encode(&reloader, &planes) {
+                "/metrics" => match source.metrics().encode(&source.view()) {
                     Ok(body) => {
                         let mut r = Response::new(Full::new(Bytes::from(body)));
                         r.headers_mut()

@@ -12,6 +12,7 @@ use crate::dataplanes::{DataPlanes, PlaneOutcome};
 use crate::diff::{ConfigDiff, restarts, static_changes};
 use crate::error::Error;
 use crate::history::{Entry, History, Kind};
+use crate::metrics::ReloadResult;
 use crate::snapshot::{AcmeOverlay, Content};
 use crate::state::{Published, StateDir};
 
@@ -528,7 +529,15 @@ impl Reloader {
                 }
                 _ => format!("serving config version {}", report.version),
             });
-            self.metrics.reloaded(report.outcome);
+            let result = match report.outcome {
+                Outcome::Applied => Some(ReloadResult::Applied),
+                Outcome::Unchanged => Some(ReloadResult::Unchanged),
+                Outcome::Rejected => Some(ReloadResult::Rejected),
+                Outcome::DryRun | Outcome::Conflict => None,
+            };
+            if let Some(result) = result {
+                self.metrics.reloaded(result);
+            }
             *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastReload {
                 at: SystemTime::now(),
                 outcome: report.outcome,
