@@ -16,5 +16,21 @@ if ! command -v pebble >/dev/null 2>&1 || ! command -v pebble-challtestsrv >/dev
     fi
 fi
 
+# The independent-client tests (tests/tests/clients.rs) drive controld's API from Python's grpcio
+# with grpcio-reflection (tests/clients/admin_client.py). Installed from PyPI when missing or too
+# old; quiet and idempotent. A Python that refuses pip installs (PEP 668) gets them all the same:
+# this is a test machine.
+python_grpc_ok() {
+    python3 -c 'import grpc, grpc_reflection, google.protobuf as p
+assert tuple(map(int, p.__version__.split(".")[:2])) >= (5, 26)' >/dev/null 2>&1
+}
+if ! python_grpc_ok; then
+    packages=('grpcio>=1.60' 'grpcio-reflection>=1.60' 'protobuf>=5.26')
+    pip=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
+    if ! "${pip[@]}" "${packages[@]}" 2>/dev/null; then
+        "${pip[@]}" --break-system-packages "${packages[@]}"
+    fi
+fi
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

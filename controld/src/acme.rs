@@ -12,6 +12,7 @@ mod client;
 mod issue;
 mod schedule;
 mod store;
+mod transport;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};

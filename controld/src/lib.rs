@@ -175,11 +175,23 @@ impl Controld {
         );
         notify::ready(self.reloader.current().version);
         // Discoverable with standard tools: `grpcurl -unix <socket> list`, and health probes
-        // through grpc.health.v1 with no custom client.
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // through grpc.health.v1 with no custom client. Reflection is served as v1 and as
+        // v1alpha: grpcio-reflection (Python) and older grpcurl releases speak only
+        // v1alpha. Each lists both, so a client sees the same services whichever it asks.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                )
+        };
+        let reflection_v1 = reflection()
             .build_v1()
+            .map_err(|e| Error::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
             .map_err(|e| Error::Reflection(e.to_string()))?;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -203,7 +215,8 @@ impl Controld {
                     .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
                     .max_decoding_message_size(proto::MAX_REQUEST_BYTES),
             )
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(health_service)
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                 shutdown.cancelled().await;

@@ -1,7 +1,8 @@
 //! ACME end to end against Pebble: a site with `tls = "acme"` gets its certificate through
 //! HTTP-01 and TLS-ALPN-01, proxyd serves it and a client verifies it against Pebble's root;
 //! the account and certificates persist in the state directory; renewal swaps the certificate
-//! under open connections; and the faults: no CA, bad nonces, a full state directory.
+//! under open connections; and the faults: no CA, a CA unreachable or untrusted (each named in
+//! the error), bad nonces, a full state directory.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
@@ -15,6 +16,8 @@ use proxy_tests::{
     Answer, Conn, HTTPS_ON_PORT_0, MockUpstream, Setup, TestClock, TestEnv, eventually, output_text,
 };
 use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -131,19 +134,7 @@ impl AcmeTest {
 
     /// What `Admin.Certificates` says about `acme.test`.
     async fn certificate(&self) -> pb::CertificateStatus {
-        let reply = self
-            .env
-            .admin()
-            .await
-            .certificates(pb::CertificatesRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        reply
-            .certificates
-            .into_iter()
-            .find(|c| c.site == HOST)
-            .unwrap()
+        certificate(&self.env).await
     }
 
     /// controld's `/metrics` page.
@@ -163,6 +154,22 @@ impl AcmeTest {
     fn state(&self, path: &str) -> std::path::PathBuf {
         self.env.dir.path().join("state/acme").join(path)
     }
+}
+
+/// What `Admin.Certificates` says about `acme.test` in `env`.
+async fn certificate(env: &TestEnv) -> pb::CertificateStatus {
+    let reply = env
+        .admin()
+        .await
+        .certificates(pb::CertificatesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    reply
+        .certificates
+        .into_iter()
+        .find(|c| c.site == HOST)
+        .unwrap()
 }
 
 fn client_config(roots: &RootCertStore) -> rustls::ClientConfig {
@@ -370,7 +377,13 @@ async fn without_a_ca_reloads_work_errors_show_and_retries_back_off_across_resta
         (status.failures >= 2).then_some(status)
     })
     .await;
-    assert!(!failing.last_error.is_empty(), "{failing:?}");
+    assert!(
+        failing.last_error.starts_with(&format!(
+            "creating the ACME account: cannot connect to {}: connection refused",
+            t.pebble.directory_url()
+        )),
+        "{failing:?}"
+    );
     assert!(
         failing.next_renewal_unix >= failing.last_error_unix,
         "{failing:?}"
@@ -403,6 +416,125 @@ async fn without_a_ca_reloads_work_errors_show_and_retries_back_off_across_resta
     t.wait_for_certificate().await;
     assert_eq!(t.certificate().await.failures, 0);
     t.env.stop().await;
+}
+
+/// A TLS server on 127.0.0.1 that presents `chain` and answers nothing: a CA endpoint whose
+/// certificate controld's client refuses.
+async fn tls_server(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    (address, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_or_untrusted_ca_is_named_in_the_error() {
+    let app = MockUpstream::start("app").await;
+    let setup = Setup {
+        listeners: HTTPS_ON_PORT_0.to_owned(),
+        acme: Some(controld::acme::AcmeOptions {
+            clock: Arc::new(TestClock::default()),
+            recheck: Duration::from_millis(100),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(500),
+            attempt_timeout: Duration::from_secs(20),
+        }),
+        ..Setup::default()
+    };
+    let env = TestEnv::start_setup(setup, &site(&app, false)).await;
+    let dir = env.dir.path();
+
+    // A CA certificate served as the server's own: the mistake of pointing a test CA's
+    // endpoint at the CA's certificate and key. And a proper leaf, from a CA not trusted.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (ca_as_leaf, ca_server) = tls_server(
+        vec![ca.der().clone()],
+        PrivateKeyDer::Pkcs8(ca_key.serialize_der().into()),
+    )
+    .await;
+    let leaf = proxy_tests::tls::TestCa::new().issue(dir, "leaf", &["127.0.0.1"]);
+    let (untrusted, leaf_server) = tls_server(
+        CertificateDer::pem_file_iter(&leaf.cert_file)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect(),
+        PrivateKeyDer::from_pem_file(&leaf.key_file).unwrap(),
+    )
+    .await;
+    let closed = proxy_tests::pebble::free_port();
+
+    let cases = [
+        (
+            format!("https://127.0.0.1:{closed}/dir"),
+            format!(
+                "creating the ACME account: cannot connect to https://127.0.0.1:{closed}/dir: \
+                 connection refused"
+            ),
+        ),
+        (
+            format!("https://{ca_as_leaf}/dir"),
+            format!(
+                "creating the ACME account: cannot connect to https://{ca_as_leaf}/dir: TLS: the \
+                 server presents a CA certificate as its own"
+            ),
+        ),
+        (
+            format!("https://{untrusted}/dir"),
+            format!(
+                "creating the ACME account: cannot connect to https://{untrusted}/dir: TLS: the \
+                 server's certificate is not trusted (unknown issuer); is acme.ca_roots the CA \
+                 that signed it?"
+            ),
+        ),
+    ];
+    for (directory_url, expected) in cases {
+        let acme = proxy_tests::pebble::acme_section(&directory_url, &ca_file, "http-01");
+        env.write_config(&format!("{}\n{acme}", site(&app, true)));
+        // A change of [acme] alone changes no snapshot: forced, so the next attempt uses it.
+        let out = env.proxyctl(&["reload", "--force"]).await;
+        assert!(out.status.success(), "{}", output_text(&out));
+        let deadline = tokio::time::Instant::now() + proxy_tests::DEADLINE;
+        loop {
+            let status = certificate(&env).await;
+            if status.last_error.starts_with(&expected) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {expected:?}, got {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let out = env.proxyctl(&["certs"]).await;
+        let text = output_text(&out);
+        assert!(text.contains(&expected), "{text}");
+    }
+    ca_server.abort();
+    leaf_server.abort();
+    env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

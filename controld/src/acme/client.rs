@@ -16,6 +16,7 @@ use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
+use super::transport::{Roots, Unanswered};
 use crate::config::AcmeConfig;
 
 /// The latest Retry-After a CA answered an error with, shared with the issuer.
@@ -27,6 +28,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct CaClient {
     inner: Client<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
     retry_after: RetryAfter,
+    roots: Roots,
 }
 
 impl CaClient {
@@ -71,6 +73,10 @@ impl CaClient {
         Ok(CaClient {
             inner: Client::builder(TokioExecutor::new()).build(connector),
             retry_after,
+            roots: match acme.ca_roots {
+                Some(_) => Roots::Configured,
+                None => Roots::System,
+            },
         })
     }
 }
@@ -80,16 +86,23 @@ impl HttpClient for CaClient {
         &self,
         req: Request<BodyWrapper<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let url = req.uri().to_string();
+        let host = req.uri().host().unwrap_or_default().to_owned();
+        let roots = self.roots;
         let response = self.inner.request(req);
         let slot = self.retry_after.clone();
         Box::pin(async move {
+            // hyper-util says only "client error (Connect)": the cause is named from its
+            // source chain (refused, DNS, which certificate TLS refused and why).
             let response = match tokio::time::timeout(REQUEST_TIMEOUT, response).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(instant_acme::Error::Other(Box::new(e))),
+                Ok(Err(e)) => {
+                    let why = Unanswered::new(&url, &host, roots, e.is_connect(), &e);
+                    return Err(instant_acme::Error::Other(Box::new(why)));
+                }
                 Err(_) => {
-                    return Err(instant_acme::Error::Str(
-                        "the ACME server did not answer within 30s",
-                    ));
+                    let why = Unanswered::timed_out(&url, REQUEST_TIMEOUT);
+                    return Err(instant_acme::Error::Other(Box::new(why)));
                 }
             };
             let status = response.status();
