@@ -1,0 +1,260 @@
+//! The static sections: `[control]`, `[proxy]` with its listeners, and `[acme]`.
+
+use super::*;
+
+pub(super) fn control(file: &FileConfig, p: &mut Problems) -> ControlConfig {
+    let at = KeyPath::root().key("control");
+    let socket = non_empty_path(
+        file.control.socket.as_deref(),
+        DEFAULT_SOCKET,
+        at.key("socket"),
+        p,
+    );
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        p.push(
+            at.key("socket"),
+            format!("a Unix socket path may have at most {MAX_SOCKET_PATH} bytes"),
+        );
+    }
+    let state_dir = non_empty_path(
+        file.control.state_dir.as_deref(),
+        DEFAULT_STATE_DIR,
+        at.key("state_dir"),
+        p,
+    );
+    let ids = |values: &[i64], key: &str, p: &mut Problems| -> Vec<u32> {
+        let mut ids = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            match u32::try_from(*v) {
+                Ok(id) => ids.push(id),
+                Err(_) => p.push(
+                    at.key(key).index(i),
+                    format!("invalid id {v}: must be 0 to {}", u32::MAX),
+                ),
+            }
+        }
+        ids
+    };
+    let allowed_uids = ids(&file.control.allowed_uids, "allowed_uids", p);
+    let allowed_gids = ids(&file.control.allowed_gids, "allowed_gids", p);
+    let metrics_address = file
+        .control
+        .metrics_address
+        .as_deref()
+        .and_then(|text| socket_addr(text, at.key("metrics_address"), p));
+    ControlConfig {
+        socket,
+        state_dir,
+        allowed_uids,
+        allowed_gids,
+        metrics_address,
+    }
+}
+
+pub(super) fn proxy(file: &FileConfig, p: &mut Problems) -> ProxyConfig {
+    let at = KeyPath::root().key("proxy");
+    let shutdown_timeout = match &file.proxy.shutdown_timeout {
+        Some(text) => duration(text, at.key("shutdown_timeout"), p),
+        None => DEFAULT_SHUTDOWN_TIMEOUT,
+    };
+    let admin_address = file
+        .proxy
+        .admin_address
+        .as_deref()
+        .and_then(|text| socket_addr(text, at.key("admin_address"), p));
+    if file.proxy.listeners.is_empty() {
+        p.push(
+            at.key("listeners"),
+            "at least one [[proxy.listeners]] is required",
+        );
+    }
+    let mut names = HashMap::new();
+    let mut addresses = HashMap::new();
+    let mut listeners = Vec::new();
+    for (i, l) in file.proxy.listeners.iter().enumerate() {
+        let lp = at.key("listeners").index(i);
+        if let Some(listener) = listener(l, &lp, p) {
+            if let Some(first) = names.insert(listener.name.clone(), i) {
+                p.push(
+                    lp.key("name"),
+                    format!(
+                        "listener name {:?} is already used by proxy.listeners[{first}]",
+                        listener.name
+                    ),
+                );
+            }
+            // Port 0 asks the kernel for a free port: two such listeners do not collide.
+            if listener.address.port() != 0
+                && let Some(first) = addresses.insert(listener.address, i)
+            {
+                p.push(
+                    lp.key("address"),
+                    format!(
+                        "address {} is already used by proxy.listeners[{first}]",
+                        listener.address
+                    ),
+                );
+            }
+            listeners.push(listener);
+        }
+    }
+    let max_request_headers = match file.proxy.max_request_headers {
+        None => DEFAULT_MAX_REQUEST_HEADERS,
+        Some(n) => match u32::try_from(n) {
+            Ok(n @ 1..=10_000) => n,
+            _ => {
+                p.push(
+                    at.key("max_request_headers"),
+                    format!("must be 1 to 10000 (got {n})"),
+                );
+                DEFAULT_MAX_REQUEST_HEADERS
+            }
+        },
+    };
+    let max_request_header_bytes = match &file.proxy.max_request_header_bytes {
+        None => DEFAULT_MAX_REQUEST_HEADER_BYTES,
+        Some(size) => match parse_size(size) {
+            // hyper's read buffer cannot be smaller than 8 KiB.
+            Ok(n @ 8192..=16_777_216) => n,
+            Ok(n) => {
+                p.push(
+                    at.key("max_request_header_bytes"),
+                    format!("must be 8k to 16m (got {n} bytes)"),
+                );
+                DEFAULT_MAX_REQUEST_HEADER_BYTES
+            }
+            Err(e) => {
+                p.push(at.key("max_request_header_bytes"), e);
+                DEFAULT_MAX_REQUEST_HEADER_BYTES
+            }
+        },
+    };
+    if let Some(admin) = admin_address
+        && admin.port() != 0
+        && let Some(first) = addresses.get(&admin)
+    {
+        p.push(
+            at.key("admin_address"),
+            format!("address {admin} is already used by proxy.listeners[{first}]"),
+        );
+    }
+    ProxyConfig {
+        shutdown_timeout,
+        max_request_headers,
+        request_header_timeout: timeout_or(
+            &file.proxy.request_header_timeout,
+            DEFAULT_REQUEST_HEADER_TIMEOUT,
+            at.key("request_header_timeout"),
+            p,
+        ),
+        upstream_connect_timeout: timeout_or(
+            &file.proxy.upstream_connect_timeout,
+            DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+            at.key("upstream_connect_timeout"),
+            p,
+        ),
+        upstream_idle_timeout: timeout_or(
+            &file.proxy.upstream_idle_timeout,
+            DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            at.key("upstream_idle_timeout"),
+            p,
+        ),
+        max_request_header_bytes,
+        admin_address,
+        listeners,
+        limits: hardening::connection_limits(&file.proxy, &at, p),
+    }
+}
+
+pub(super) fn listener(l: &ListenerFile, at: &KeyPath, p: &mut Problems) -> Option<ListenerConfig> {
+    let name = match l.name.as_deref() {
+        None => {
+            p.push(at.clone(), "missing key `name`");
+            None
+        }
+        Some(n)
+            if n.is_empty()
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            p.push(
+                at.key("name"),
+                format!("invalid listener name {n:?}: use letters, digits, '-' or '_'"),
+            );
+            None
+        }
+        Some(n) if n == proto::ADMIN_LISTENER_NAME => {
+            p.push(
+                at.key("name"),
+                format!(
+                    "listener name {n:?} is reserved: proxyd reports its admin listener (proxy.admin_address) under it"
+                ),
+            );
+            None
+        }
+        Some(n) => Some(n.to_owned()),
+    };
+    let address = match l.address.as_deref() {
+        None => {
+            p.push(at.clone(), "missing key `address`");
+            None
+        }
+        Some(text) => socket_addr(text, at.key("address"), p),
+    };
+    Some(ListenerConfig {
+        name: name?,
+        address: address?,
+        tls: l.tls,
+    })
+}
+
+pub(super) fn acme(file: &FileConfig, p: &mut Problems) -> Option<AcmeConfig> {
+    let acme = file.acme.as_ref()?;
+    let at = KeyPath::root().key("acme");
+    let directory_url = match acme.directory_url.as_deref() {
+        None => {
+            p.push(at.clone(), "missing key `directory_url`");
+            String::new()
+        }
+        Some(text) => {
+            match url::Url::parse(text) {
+                Ok(u) if matches!(u.scheme(), "https" | "http") => {}
+                _ => p.push(
+                    at.key("directory_url"),
+                    format!("invalid URL {text:?}: expected an https:// (or http://) URL"),
+                ),
+            }
+            text.to_owned()
+        }
+    };
+    for (i, c) in acme.contact.iter().enumerate() {
+        if !c.starts_with("mailto:") || c.len() <= "mailto:".len() {
+            p.push(
+                at.key("contact").index(i),
+                format!("invalid contact {c:?}: expected \"mailto:ops@example.com\""),
+            );
+        }
+    }
+    let challenge = match acme.challenge.as_deref() {
+        None | Some("http-01") => AcmeChallenge::Http01,
+        Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+        Some(other) => {
+            p.push(
+                at.key("challenge"),
+                format!("invalid challenge {other:?}: expected \"http-01\" or \"tls-alpn-01\""),
+            );
+            AcmeChallenge::Http01
+        }
+    };
+    let ca_roots = acme
+        .ca_roots
+        .as_deref()
+        .map(|r| non_empty_path(Some(r), "", at.key("ca_roots"), p));
+    Some(AcmeConfig {
+        directory_url,
+        contact: acme.contact.clone(),
+        challenge,
+        ca_roots,
+    })
+}
