@@ -70,18 +70,14 @@ async fn an_unchanged_reload_resends_to_a_data_plane_behind_and_succeeds_only_wh
     env.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_snapshot_far_larger_than_4_mib_reaches_the_data_plane() {
-    let app = MockUpstream::start("app").await;
-    let certs = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    // 12 sites, each chain padded with 1,500 copies of the CA certificate (under the 1 MiB a
-    // certificate file may have): about 10 MiB of PEM in the snapshot.
+/// 12 sites, each chain padded with 1,500 copies of the CA certificate (under the 1 MiB a
+/// certificate file may have): about 10 MiB of PEM in the snapshot.
+fn big_sites(app: &MockUpstream, dir: &std::path::Path, ca: &TestCa) -> String {
     let mut body = String::new();
     let mut pem_bytes = 0;
     for i in 0..12 {
         let host = format!("s{i}.test");
-        let issued = ca.issue(certs.path(), &format!("s{i}"), &[&host]);
+        let issued = ca.issue(dir, &format!("s{i}"), &[&host]);
         let chain = std::fs::read_to_string(&issued.cert_file).unwrap();
         let padded = chain + &ca.pem().repeat(1500);
         pem_bytes += padded.len();
@@ -89,6 +85,15 @@ async fn a_snapshot_far_larger_than_4_mib_reaches_the_data_plane() {
         body += &format!("{}{}\n", site(&host, &app.url()), issued.site_tls());
     }
     assert!(pem_bytes > 8 << 20, "{pem_bytes} bytes");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_far_larger_than_4_mib_reaches_the_data_plane() {
+    let app = MockUpstream::start("app").await;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let body = big_sites(&app, certs.path(), &ca);
     let env = TestEnv::start_with_listeners(HTTPS_ON_PORT_0, &body).await;
     let status = env.status().await;
     assert!(
