@@ -106,12 +106,7 @@ pub fn render(reply: &ReloadReply, operation: Operation) -> String {
                     "version {} was sent again to the data planes that did not serve it:",
                     reply.version
                 ));
-                out.extend(
-                    reply
-                        .data_planes
-                        .iter()
-                        .map(|dp| data_plane_line(dp, reply.version)),
-                );
+                data_plane_lines(reply, &mut out);
             }
         }
         Ok(ReloadOutcome::Rejected) => render_rejected(reply, operation, &mut out),
@@ -132,6 +127,16 @@ pub fn render(reply: &ReloadReply, operation: Operation) -> String {
     output::lines(&out)
 }
 
+/// One line per data plane of the reply.
+fn data_plane_lines(reply: &ReloadReply, out: &mut Vec<String>) {
+    out.extend(
+        reply
+            .data_planes
+            .iter()
+            .map(|dp| data_plane_line(dp, reply.version)),
+    );
+}
+
 fn render_applied(reply: &ReloadReply, operation: Operation, out: &mut Vec<String>) {
     if every_data_plane_applied(reply) {
         out.push(operation.applied_line(reply));
@@ -142,12 +147,7 @@ fn render_applied(reply: &ReloadReply, operation: Operation, out: &mut Vec<Strin
             reply.version
         ));
     }
-    out.extend(
-        reply
-            .data_planes
-            .iter()
-            .map(|dp| data_plane_line(dp, reply.version)),
-    );
+    data_plane_lines(reply, out);
     if reply.data_planes.is_empty() {
         out.push(
             "note: no data plane is connected; the new version will be sent when one subscribes"

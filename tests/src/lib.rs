@@ -35,6 +35,13 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 
 pub type TestBody = BoxBody<Bytes, std::convert::Infallible>;
 
+/// File descriptors this process has open now (the in-process daemons' and the test's own).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or panics with `what` after [`DEADLINE`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use proxy_tests::{DEADLINE, MockUpstream, TestEnv, eventually, get, raw_exchange};
+use proxy_tests::{DEADLINE, MockUpstream, TestEnv, eventually, get, open_fds, raw_exchange};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -47,12 +47,6 @@ async fn resetting_upstream() -> SocketAddr {
         }
     });
     addr
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,18 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use proxy_tests::{ADMIN_ON_PORT_0, MockUpstream, TestEnv, eventually, get, metric};
+use proxy_tests::{ADMIN_ON_PORT_0, MockUpstream, TestEnv, eventually, get, metric, open_fds};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Every deadline of the run.
 const DEADLINE: &str = "1s";
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
 
 /// An upstream whose every answer is far larger than the socket buffers can hold.
 async fn endless_upstream() -> SocketAddr {

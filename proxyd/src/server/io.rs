@@ -70,6 +70,21 @@ impl<T> GuardedIo<T> {
         self.sniffed = Some(at);
     }
 
+    /// What a write or flush of the inner socket returned, with the stall timer: progress
+    /// disarms it, a blocked write polls it.
+    fn watch_progress<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_pending() {
+            self.stalled(cx)?;
+        } else {
+            self.send_stall = None;
+        }
+        polled
+    }
+
     /// Polls the stall timer of a blocked write: `Err(TimedOut)` once it has run out.
     fn stalled(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let timeout = self.send_timeout;
@@ -132,16 +147,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let me = &mut *self;
-        match Pin::new(&mut me.inner).poll_write(cx, buf) {
-            Poll::Pending => {
-                me.stalled(cx)?;
-                Poll::Pending
-            }
-            ready => {
-                me.send_stall = None;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut me.inner).poll_write(cx, buf);
+        me.watch_progress(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -150,16 +157,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let me = &mut *self;
-        match Pin::new(&mut me.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => {
-                me.stalled(cx)?;
-                Poll::Pending
-            }
-            ready => {
-                me.send_stall = None;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+        me.watch_progress(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -168,16 +167,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = &mut *self;
-        match Pin::new(&mut me.inner).poll_flush(cx) {
-            Poll::Pending => {
-                me.stalled(cx)?;
-                Poll::Pending
-            }
-            ready => {
-                me.send_stall = None;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut me.inner).poll_flush(cx);
+        me.watch_progress(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
