@@ -190,6 +190,7 @@ impl Reloader {
                 uid: None,
                 pid: None,
                 summary: "published at startup".to_owned(),
+                diff: None,
             };
             if let Err(e) = history.record(&entry, config_text) {
                 tracing::warn!(error = %e, version, "cannot record the version in the history");
@@ -257,6 +258,7 @@ impl Reloader {
             uid: None,
             pid: None,
             summary: summary.to_owned(),
+            diff: None,
         };
         let text = self
             .history
@@ -512,6 +514,7 @@ impl Reloader {
             uid: options.origin.uid,
             pid: options.origin.pid,
             summary: report.diff.summary(),
+            diff: Some(report.diff.clone()),
         };
         if let Err(e) = self.history.record(&entry, text) {
             // The version is published either way; only its history entry is missing.
@@ -553,7 +556,10 @@ impl Reloader {
             tracing::info!(site = %site, "site removed");
         }
         for site in &diff.sites_modified {
-            tracing::info!(site = %site, "site modified");
+            match diff.site_changes.iter().find(|c| &c.site == site) {
+                Some(c) => tracing::info!(site = %site, changes = %c.describe(), "site modified"),
+                None => tracing::info!(site = %site, "site modified"),
+            }
         }
         for c in &diff.limits_changed {
             tracing::info!(field = %c.field, old = %c.old, new = %c.new, "setting changed");

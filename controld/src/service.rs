@@ -289,6 +289,7 @@ impl pb::admin_server::Admin for AdminService {
                 uid: e.uid,
                 pid: e.pid,
                 summary: e.summary,
+                diff: e.diff.as_ref().map(crate::diff::ConfigDiff::to_proto),
             })
             .collect();
         Ok(Response::new(pb::HistoryReply {

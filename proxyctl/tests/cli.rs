@@ -235,6 +235,7 @@ fn history() -> HistoryReply {
                 uid: Some(1000),
                 pid: Some(4242),
                 summary: "1 site added: a.example".into(),
+                diff: None,
             },
             HistoryEntry {
                 version: 1,
@@ -244,6 +245,7 @@ fn history() -> HistoryReply {
                 uid: None,
                 pid: None,
                 summary: "no content change".into(),
+                diff: None,
             },
         ],
         current_version: 2,
@@ -987,7 +989,7 @@ async fn check_remote_shows_what_a_reload_would_change() {
             "current_version": 4,
             "next_version": 5,
             "diff": {"sites_added": ["b.example"], "sites_removed": [], "sites_modified": [],
-                     "limits_changed": [], "static_changed": []},
+                     "limits_changed": [], "static_changed": [], "site_changes": []},
             "warnings": ["proxy.admin_address changed; it takes effect on restart"],
             "diagnostics": []
         })
