@@ -1,21 +1,84 @@
-//! What changed between two configs: the typed diff a reload reports and logs.
+//! What changed between two configs: the typed diff a reload reports, logs and records in the
+//! history, down to each field of each modified site ([`site`]).
+
+mod site;
 
 use std::collections::BTreeMap;
 
 use proto::v1 as pb;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, RateLimit, Site, StaticConfig};
 
-/// One changed field, with both values rendered for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One changed field, with both values rendered for people (never a secret).
+///
+/// Serialized into the history (`state_dir/history/<version>.json`): fields are only added, each
+/// with a default, so that every entry ever written still loads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FieldChange {
+    /// Key path: `rate_limit`, `upstreams`, `routes["/api"].upstreams`, `tls.certificate`.
     pub field: String,
     pub old: String,
     pub new: String,
+    /// For a list: the items only `new` has. `old` and `new` still hold the whole lists.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<String>,
+    /// For a list: the items only `old` has.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
 
-/// Sites are named by their first hostname.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+impl FieldChange {
+    /// `upstreams: + http://c:80  - http://a:80` for a list that gained or lost items, else
+    /// `rate_limit: 10/s burst 5 → 20/s burst 10`. The one text form of a change: controld's log
+    /// and proxyctl's output both use it.
+    pub fn describe(&self) -> String {
+        if self.added.is_empty() && self.removed.is_empty() {
+            return format!(
+                "{}: {} → {}",
+                self.field,
+                or_unset(&self.old),
+                or_unset(&self.new)
+            );
+        }
+        let items: Vec<String> = self
+            .added
+            .iter()
+            .map(|a| format!("+ {a}"))
+            .chain(self.removed.iter().map(|r| format!("- {r}")))
+            .collect();
+        format!("{}: {}", self.field, items.join("  "))
+    }
+}
+
+fn or_unset(value: &str) -> &str {
+    if value.is_empty() { "(unset)" } else { value }
+}
+
+/// What changed inside one modified site.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SiteChange {
+    /// The site's first hostname.
+    pub site: String,
+    pub changes: Vec<FieldChange>,
+}
+
+impl SiteChange {
+    /// Every change on one line, for a log: `upstreams: + http://c:80; retries: 1 → 2`.
+    pub fn describe(&self) -> String {
+        self.changes
+            .iter()
+            .map(FieldChange::describe)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Sites are named by their first hostname. Serialized into the history like [`FieldChange`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ConfigDiff {
     pub sites_added: Vec<String>,
     pub sites_removed: Vec<String>,
@@ -24,6 +87,8 @@ pub struct ConfigDiff {
     pub limits_changed: Vec<FieldChange>,
     /// Settings that take effect only when a daemon restarts.
     pub static_changed: Vec<FieldChange>,
+    /// The fields that changed inside each modified site, in the order of `sites_modified`.
+    pub site_changes: Vec<SiteChange>,
 }
 
 impl ConfigDiff {
@@ -36,7 +101,16 @@ impl ConfigDiff {
         for (name, site) in &new_sites {
             match old_sites.get(name) {
                 None => diff.sites_added.push((*name).to_owned()),
-                Some(old) if old != site => diff.sites_modified.push((*name).to_owned()),
+                Some(old) if old != site => {
+                    diff.sites_modified.push((*name).to_owned());
+                    let changes = site::changes(old, site);
+                    if !changes.is_empty() {
+                        diff.site_changes.push(SiteChange {
+                            site: (*name).to_owned(),
+                            changes,
+                        });
+                    }
+                }
                 Some(_) => {}
             }
         }
@@ -108,21 +182,46 @@ impl ConfigDiff {
     }
 
     pub fn to_proto(&self) -> pb::ConfigDiff {
-        let fields = |v: &[FieldChange]| {
-            v.iter()
-                .map(|c| pb::FieldChange {
-                    field: c.field.clone(),
-                    old_value: c.old.clone(),
-                    new_value: c.new.clone(),
-                })
-                .collect()
-        };
+        let fields = |v: &[FieldChange]| v.iter().map(FieldChange::to_proto).collect();
         pb::ConfigDiff {
             sites_added: self.sites_added.clone(),
             sites_removed: self.sites_removed.clone(),
             sites_modified: self.sites_modified.clone(),
             limits_changed: fields(&self.limits_changed),
             static_changed: fields(&self.static_changed),
+            site_changes: self
+                .site_changes
+                .iter()
+                .map(|s| pb::SiteChange {
+                    site: s.site.clone(),
+                    changes: fields(&s.changes),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl FieldChange {
+    pub fn to_proto(&self) -> pb::FieldChange {
+        pb::FieldChange {
+            field: self.field.clone(),
+            old_value: self.old.clone(),
+            new_value: self.new.clone(),
+            added: self.added.clone(),
+            removed: self.removed.clone(),
+        }
+    }
+}
+
+/// A change as it came over the wire, for [`FieldChange::describe`] (proxyctl renders with it).
+impl From<&pb::FieldChange> for FieldChange {
+    fn from(c: &pb::FieldChange) -> Self {
+        FieldChange {
+            field: c.field.clone(),
+            old: c.old_value.clone(),
+            new: c.new_value.clone(),
+            added: c.added.clone(),
+            removed: c.removed.clone(),
         }
     }
 }
@@ -153,6 +252,7 @@ fn changes(old: &[(&'static str, String)], new: &[(&'static str, String)]) -> Ve
             field: o.0.to_owned(),
             old: o.1.clone(),
             new: n.1.clone(),
+            ..FieldChange::default()
         })
         .collect()
 }
@@ -332,70 +432,4 @@ fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-
-    fn config(extra: &str, sites: &str) -> Config {
-        let text = format!(
-            "{extra}\n[[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:8080\"\n{sites}"
-        );
-        crate::config::parse(&text, Path::new("t.toml")).unwrap()
-    }
-
-    const A: &str =
-        "[[sites]]\nhostnames = [\"a.example\"]\nupstreams = [\"http://127.0.0.1:1\"]\n";
-    const B: &str =
-        "[[sites]]\nhostnames = [\"b.example\"]\nupstreams = [\"http://127.0.0.1:2\"]\n";
-    const B2: &str =
-        "[[sites]]\nhostnames = [\"b.example\"]\nupstreams = [\"http://127.0.0.1:3\"]\n";
-    const C: &str =
-        "[[sites]]\nhostnames = [\"c.example\"]\nupstreams = [\"http://127.0.0.1:4\"]\n";
-
-    #[test]
-    fn sites_added_removed_and_modified() {
-        let old = config("", &format!("{A}{B}"));
-        let new = config("", &format!("{B2}{C}"));
-        let d = ConfigDiff::between(&old, &new);
-        assert_eq!(d.sites_added, ["c.example"]);
-        assert_eq!(d.sites_removed, ["a.example"]);
-        assert_eq!(d.sites_modified, ["b.example"]);
-        assert!(d.limits_changed.is_empty() && d.static_changed.is_empty());
-        assert_eq!(
-            d.summary(),
-            "1 site added: c.example; 1 site removed: a.example; 1 site modified: b.example"
-        );
-    }
-
-    #[test]
-    fn limits_and_static_fields_are_named_with_both_values() {
-        let old = config("[rate_limit]\nrequests_per_second = 10\nburst = 5\n", A);
-        let new = config(
-            "body_limit_bytes = 5\n[proxy]\nshutdown_timeout = \"5s\"\n",
-            A,
-        );
-        let d = ConfigDiff::between(&old, &new);
-        assert_eq!(
-            d.limits_changed,
-            [
-                FieldChange {
-                    field: "body_limit_bytes".into(),
-                    old: "10485760".into(),
-                    new: "5".into()
-                },
-                FieldChange {
-                    field: "rate_limit".into(),
-                    old: "10/s burst 5".into(),
-                    new: "none".into()
-                },
-            ]
-        );
-        assert_eq!(d.static_changed.len(), 1);
-        assert_eq!(
-            d.static_warnings(),
-            ["proxy.shutdown_timeout changed from 30s to 5s: needs a restart of proxyd"]
-        );
-        assert!(ConfigDiff::between(&old, &old).is_empty());
-    }
-}
+mod tests;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::diff::ConfigDiff;
 use crate::error::Error;
 use crate::state::write_atomically;
 
@@ -51,6 +52,11 @@ pub struct Entry {
     pub summary: String,
     #[serde(default)]
     pub kind: Kind,
+    /// The same, field by field. `None` in entries written before controld recorded it, and for
+    /// versions published at startup or by ACME; absent from the file then, so that the format
+    /// stays what older controld wrote and reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<ConfigDiff>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +164,7 @@ mod tests {
             pid: None,
             summary: String::new(),
             kind: Kind::Config,
+            diff: None,
         }
     }
 
@@ -200,5 +207,46 @@ mod tests {
         let old = br#"{"version":1,"hash":"h","at_unix_ms":1,"source":"reload","uid":null,"pid":null,"summary":""}"#;
         let e: Entry = serde_json::from_slice(old).unwrap();
         assert_eq!(e.kind, Kind::Config);
+    }
+
+    #[test]
+    fn entries_keep_their_diff_and_old_entries_without_one_still_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let history = History::open(tmp.path()).unwrap();
+        // As controld wrote entries before it kept the detailed diff.
+        std::fs::write(
+            tmp.path().join("history/1.json"),
+            r#"{"version": 1, "hash": "h1", "at_unix_ms": 1, "source": "startup",
+                "uid": null, "pid": null, "summary": "published at startup"}"#,
+        )
+        .unwrap();
+        let diff = ConfigDiff {
+            sites_modified: vec!["a.example".into()],
+            site_changes: vec![crate::diff::SiteChange {
+                site: "a.example".into(),
+                changes: vec![crate::diff::FieldChange {
+                    field: "upstreams".into(),
+                    old: "http://a:80".into(),
+                    new: "http://b:80".into(),
+                    added: vec!["http://b:80".into()],
+                    removed: vec!["http://a:80".into()],
+                }],
+            }],
+            ..ConfigDiff::default()
+        };
+        let second = Entry {
+            diff: Some(diff),
+            ..entry(2)
+        };
+        history.record(&second, "").unwrap();
+        let list = history.list();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0], second);
+        assert_eq!(list[1].summary, "published at startup");
+        assert_eq!(list[1].diff, None);
+        // An entry without a diff is written as before: no `diff` key at all.
+        history.record(&entry(3), "").unwrap();
+        let text = std::fs::read_to_string(tmp.path().join("history/3.json")).unwrap();
+        assert!(!text.contains("diff"), "{text}");
     }
 }

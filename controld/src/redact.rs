@@ -13,6 +13,20 @@ const SECRET_WORDS: [&str; 6] = [
     "credential",
 ];
 
+/// Words in a header name whose value is never shown: credentials travel in headers under
+/// names like these besides [`SECRET_WORDS`].
+const SECRET_HEADER_WORDS: [&str; 4] = ["auth", "cookie", "key", "session"];
+
+/// Whether the value of header `name` (as a `respond` route sets it) must stay out of diffs
+/// and logs.
+pub fn header_looks_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_WORDS
+        .iter()
+        .chain(&SECRET_HEADER_WORDS)
+        .any(|w| name.contains(w))
+}
+
 /// Replaces the value of every `key = value` line whose key looks secret with "<redacted>".
 /// Only single-line values are ever secrets in this config, and keys like `key_file` (a path) are
 /// not secrets.
@@ -62,6 +76,22 @@ mod tests {
             got,
             "a = 1\n  api_token = \"<redacted>\"\nkey_file = \"/k.pem\"\n# password = \"<redacted>\"\nprivate_key_pem = \"<redacted>\"\n"
         );
+    }
+
+    #[test]
+    fn credential_headers_look_secret() {
+        for name in [
+            "Authorization",
+            "cookie",
+            "X-Api-Key",
+            "x-session-id",
+            "x-token",
+        ] {
+            assert!(header_looks_secret(name), "{name}");
+        }
+        for name in ["content-type", "cache-control", "x-env"] {
+            assert!(!header_looks_secret(name), "{name}");
+        }
     }
 
     #[test]

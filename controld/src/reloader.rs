@@ -111,6 +111,8 @@ struct Change {
     content: Content,
     kind: Kind,
     summary: String,
+    /// The config diff, for the history (none for ACME changes).
+    diff: Option<ConfigDiff>,
 }
 
 /// What `Reloader::validate` found.
@@ -221,6 +223,7 @@ impl Reloader {
                 pid: None,
                 summary: "published at startup".to_owned(),
                 kind: Kind::Config,
+                diff: None,
             };
             if let Err(e) = history.record(&entry, config_text) {
                 tracing::warn!(error = %e, version, "cannot record the version in the history");
@@ -297,6 +300,7 @@ impl Reloader {
             content,
             kind: Kind::Certificate,
             summary: summary.to_owned(),
+            diff: None,
         };
         let mut committed = Err(String::new());
         let report = self
@@ -629,6 +633,7 @@ impl Reloader {
             content,
             kind: Kind::Config,
             summary: report.diff.summary(),
+            diff: Some(report.diff.clone()),
         };
         match self.commit(&current, change, &options.origin).await {
             Ok((version, planes)) => {
@@ -677,6 +682,7 @@ impl Reloader {
             pid: origin.pid,
             summary: change.summary.clone(),
             kind: change.kind,
+            diff: change.diff.clone(),
         };
         if let Err(e) = self.history.record(&entry, &change.text) {
             // The version is published either way; only its history entry is missing.
@@ -749,7 +755,10 @@ impl Reloader {
             tracing::info!(site = %site, "site removed");
         }
         for site in &diff.sites_modified {
-            tracing::info!(site = %site, "site modified");
+            match diff.site_changes.iter().find(|c| &c.site == site) {
+                Some(c) => tracing::info!(site = %site, changes = %c.describe(), "site modified"),
+                None => tracing::info!(site = %site, "site modified"),
+            }
         }
         for c in &diff.limits_changed {
             tracing::info!(field = %c.field, old = %c.old, new = %c.new, "setting changed");

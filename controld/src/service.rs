@@ -309,6 +309,7 @@ impl pb::admin_server::Admin for AdminService {
                 pid: e.pid,
                 summary: e.summary,
                 kind: e.kind.as_str().to_owned(),
+                diff: e.diff.as_ref().map(crate::diff::ConfigDiff::to_proto),
             })
             .collect();
         Ok(Response::new(pb::HistoryReply {

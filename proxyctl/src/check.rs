@@ -17,10 +17,11 @@ use controld::config::{self, Diagnostic, LoadError, MAX_CONFIG_BYTES};
 use proto::v1::ValidateReply;
 
 use crate::client::describe_io;
+use crate::diff;
 use crate::exit::Exit;
 use crate::json;
 use crate::output;
-use crate::reload::{diagnostic_line, diff_summary};
+use crate::reload::diagnostic_line;
 
 /// What a local check found in a file.
 #[derive(Debug)]
@@ -155,8 +156,9 @@ pub fn remote_exit(reply: &ValidateReply) -> Exit {
 }
 
 /// controld's verdict for a terminal. `file` is FILE as given; it names the diagnostics without
-/// a file of their own. Valid: `valid: version 4 would become 5 (<diff>)` or `valid: version 4
-/// already matches it; a reload would change nothing`. Invalid: every diagnostic as a rejected
+/// a file of their own. Valid: `valid: version 4 would become 5 (<diff>)` and what would change
+/// inside each modified site, or `valid: version 4 already matches it; a reload would change
+/// nothing`. Invalid: every diagnostic as a rejected
 /// reload prints them, then `invalid: ...`. Warnings last, either way.
 pub fn render_remote(reply: &ValidateReply, file: &str) -> String {
     let mut out = Vec::new();
@@ -171,8 +173,9 @@ pub fn render_remote(reply: &ValidateReply, file: &str) -> String {
                 "valid: version {} would become {} ({})",
                 reply.current_version,
                 reply.next_version,
-                diff_summary(reply.diff.as_ref())
+                diff::summary(reply.diff.as_ref())
             ));
+            out.extend(diff::site_lines(reply.diff.as_ref(), ""));
         }
     } else {
         out.extend(reply.diagnostics.iter().map(|d| diagnostic_line(d, file)));

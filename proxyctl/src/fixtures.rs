@@ -4,8 +4,8 @@
 use proto::v1::{
     BoundListener, ConfigDiff, ControlPlaneStatus, DataPlaneOutcome, DataPlaneResult,
     DataPlaneStatus, DataPlaneStatusReply, Diagnostic, FieldChange, GetConfigReply, HistoryEntry,
-    HistoryReply, LastReload, ReloadOutcome, ReloadReply, Snapshot, StatusReply, UpstreamStatus,
-    ValidateReply,
+    HistoryReply, LastReload, ReloadOutcome, ReloadReply, SiteChange, Snapshot, StatusReply,
+    UpstreamStatus, ValidateReply,
 };
 
 pub fn change(field: &str, old: &str, new: &str) -> FieldChange {
@@ -13,6 +13,48 @@ pub fn change(field: &str, old: &str, new: &str) -> FieldChange {
         field: field.into(),
         old_value: old.into(),
         new_value: new.into(),
+        ..FieldChange::default()
+    }
+}
+
+/// A change of a list: `added` and `removed` items, whole lists in the values.
+pub fn list_change(field: &str, old: &str, new: &str, added: &str, removed: &str) -> FieldChange {
+    FieldChange {
+        added: vec![added.into()],
+        removed: vec![removed.into()],
+        ..change(field, old, new)
+    }
+}
+
+/// [`diff`], with what changed inside `b.example`.
+pub fn detailed_diff() -> ConfigDiff {
+    ConfigDiff {
+        site_changes: vec![SiteChange {
+            site: "b.example".into(),
+            changes: vec![
+                list_change(
+                    "upstreams",
+                    "http://10.0.0.1:80, http://10.0.0.2:80",
+                    "http://10.0.0.2:80, http://10.0.0.3:80",
+                    "http://10.0.0.3:80",
+                    "http://10.0.0.1:80",
+                ),
+                list_change(
+                    "routes[\"/api\"].upstreams",
+                    "http://a:80",
+                    "http://b:80",
+                    "http://b:80",
+                    "http://a:80",
+                ),
+                change("rate_limit", "10/s burst 5", "20/s burst 10"),
+                change(
+                    "tls.certificate",
+                    "files sha256 3F:A1:0C:77…9A:01 expires 2027-01-01",
+                    "files sha256 77:00:12:AB…00:01 expires 2027-06-01",
+                ),
+            ],
+        }],
+        ..diff()
     }
 }
 
@@ -136,6 +178,7 @@ pub fn history() -> HistoryReply {
             pid,
             summary: summary.into(),
             kind: "config".into(),
+            diff: None,
         };
     HistoryReply {
         entries: vec![

@@ -1,12 +1,15 @@
-//! `proxyctl history`: the versions controld published recently, newest first, as a short table.
+//! `proxyctl history`: the versions controld published recently, newest first, as a short table;
+//! under a version's row, what changed inside each site it modified (when controld recorded it).
 //!
 //! Pure functions of the `HistoryReply`; `main` does the talking.
 
 use proto::v1::{HistoryEntry, HistoryReply};
 
+use crate::diff;
 use crate::output::{self, align, format_unix_ms, one_line};
 
 /// Renders the reply for a terminal, ending in a newline. The serving version carries a `*`.
+/// The site details are indented under their row and do not count for the column widths.
 pub fn render(reply: &HistoryReply) -> String {
     if reply.entries.is_empty() {
         return output::lines(&["no versions recorded".to_owned()]);
@@ -20,7 +23,13 @@ pub fn render(reply: &HistoryReply) -> String {
             .iter()
             .map(|entry| row(entry, reply.current_version)),
     );
-    output::lines(&align(&rows))
+    let mut table = align(&rows).into_iter();
+    let mut out: Vec<String> = table.next().into_iter().collect();
+    for (line, entry) in table.zip(&reply.entries) {
+        out.push(line);
+        out.extend(diff::site_lines(entry.diff.as_ref(), "  "));
+    }
+    output::lines(&out)
 }
 
 fn row(entry: &HistoryEntry, current_version: u64) -> Vec<String> {

@@ -22,7 +22,7 @@
 //! `"nacked"`, `"timed_out"`, `"disconnected"`), with `"unspecified"` for a missing value and
 //! `"unknown"` for a value newer than this proxyctl; times are Unix milliseconds; the optional
 //! fields (`key_path`, `error`, `last_nack_version`, `last_nack_error`, `last_reload`, a history
-//! entry's `uid` and `pid`, `status`'s `control_plane` and `local_data_plane`, `health`'s
+//! entry's `uid`, `pid` and `diff`, `status`'s `control_plane` and `local_data_plane`, `health`'s
 //! `reason`, `shutdown`'s `stopped`, a local `check`'s `sites` and `listeners`) are `null` when
 //! absent. Lists are always present, `[]` when empty; `diff` is always an object. `rollback`
 //! answers with the same object as `reload`; a diagnostic and a diff have the same shape in
@@ -63,14 +63,31 @@ pub struct Diff {
     pub sites_modified: Vec<String>,
     pub limits_changed: Vec<FieldChange>,
     pub static_changed: Vec<FieldChange>,
+    /// What changed inside each modified site, in the order of `sites_modified`; a site whose
+    /// details controld did not send is missing.
+    pub site_changes: Vec<SiteChange>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct FieldChange {
-    /// Key path, e.g. `body_limit_bytes` or `rate_limit`.
+    /// Key path, e.g. `body_limit_bytes` or `rate_limit`; inside a site, e.g. `upstreams`,
+    /// `routes["/api"].upstreams` or `tls.certificate`.
     pub field: String,
     pub old: String,
     pub new: String,
+    /// For a list (`hostnames`, `upstreams`, `routes`, a route's `upstreams`): the items only
+    /// `new` has; `[]` for a scalar. `old` and `new` hold the whole lists.
+    pub added: Vec<String>,
+    /// For a list: the items only `old` has; `[]` for a scalar.
+    pub removed: Vec<String>,
+}
+
+/// The fields that changed inside one site.
+#[derive(Debug, Serialize)]
+pub struct SiteChange {
+    /// The site's first hostname.
+    pub site: String,
+    pub changes: Vec<FieldChange>,
 }
 
 #[derive(Debug, Serialize)]
@@ -288,6 +305,9 @@ pub struct HistoryEntry {
     /// `config` (a reload, rollback or startup) or `certificate` (only what ACME adds); empty
     /// from a controld older than kinds.
     pub kind: String,
+    /// The same in detail, shaped like `reload`'s `diff`; `null` for versions published at
+    /// startup or by ACME, and for those recorded by a controld that did not keep it.
+    pub diff: Option<Diff>,
 }
 
 /// `proxyctl --json version`: `{"proxyctl": "0.1.0"}`.
@@ -360,6 +380,7 @@ impl From<&pb::HistoryReply> for History {
                     pid: entry.pid,
                     summary: entry.summary.clone(),
                     kind: entry.kind.clone(),
+                    diff: entry.diff.as_ref().map(Diff::from),
                 })
                 .collect(),
         }
@@ -374,6 +395,14 @@ impl From<&pb::ConfigDiff> for Diff {
             sites_modified: diff.sites_modified.clone(),
             limits_changed: diff.limits_changed.iter().map(FieldChange::from).collect(),
             static_changed: diff.static_changed.iter().map(FieldChange::from).collect(),
+            site_changes: diff
+                .site_changes
+                .iter()
+                .map(|site| SiteChange {
+                    site: site.site.clone(),
+                    changes: site.changes.iter().map(FieldChange::from).collect(),
+                })
+                .collect(),
         }
     }
 }
@@ -384,6 +413,8 @@ impl From<&pb::FieldChange> for FieldChange {
             field: change.field.clone(),
             old: change.old_value.clone(),
             new: change.new_value.clone(),
+            added: change.added.clone(),
+            removed: change.removed.clone(),
         }
     }
 }

@@ -12,6 +12,7 @@ mod certs;
 mod check;
 mod client;
 mod config;
+mod diff;
 mod exit;
 #[cfg(test)]
 mod fixtures;

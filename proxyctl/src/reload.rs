@@ -4,15 +4,11 @@
 //! Both calls answer with the same reply, so they share one renderer; only the lines that name
 //! the operation differ ([`Operation`]). Pure functions of the reply; `main` does the talking.
 
-use proto::v1::{
-    ConfigDiff, DataPlaneOutcome, DataPlaneResult, Diagnostic, ReloadOutcome, ReloadReply,
-};
+use proto::v1::{DataPlaneOutcome, DataPlaneResult, Diagnostic, ReloadOutcome, ReloadReply};
 
+use crate::diff;
 use crate::exit::Exit;
 use crate::output::{self, one_line};
-
-/// Shown in place of a change summary when the new snapshot equals the old one (`--force`).
-const NO_CHANGE: &str = "no content change";
 
 /// Which call the reply answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +34,7 @@ impl Operation {
     /// `reloaded: version 3 → 4 (<diff>) in 12 ms` or
     /// `rolled back: version 7 → 8 (restores version 5; <diff>) in 9 ms`.
     fn applied_line(self, reply: &ReloadReply) -> String {
-        let summary = diff_summary(reply.diff.as_ref());
+        let summary = diff::summary(reply.diff.as_ref());
         let (done, what) = match self {
             Operation::Reload => ("reloaded", summary),
             Operation::Rollback { restores: None } => ("rolled back", summary),
@@ -95,6 +91,8 @@ pub fn exit(reply: &ReloadReply) -> Exit {
 }
 
 /// Renders the reply to `operation` for a terminal, one line per fact, ending in a newline.
+/// What changed inside each modified site follows the lines about the data planes (see
+/// [`diff::site_lines`]); warnings come last.
 pub fn render(reply: &ReloadReply, operation: Operation) -> String {
     let mut out = Vec::new();
     match ReloadOutcome::try_from(reply.outcome) {
@@ -154,6 +152,7 @@ fn render_applied(reply: &ReloadReply, operation: Operation, out: &mut Vec<Strin
                 .to_owned(),
         );
     }
+    out.extend(diff::site_lines(reply.diff.as_ref(), ""));
 }
 
 fn render_rejected(reply: &ReloadReply, operation: Operation, out: &mut Vec<String>) {
@@ -184,8 +183,9 @@ fn render_dry_run(reply: &ReloadReply, out: &mut Vec<String>) {
             "dry run: version {} would become {} ({})",
             reply.previous_version,
             reply.version,
-            diff_summary(reply.diff.as_ref())
+            diff::summary(reply.diff.as_ref())
         ));
+        out.extend(diff::site_lines(reply.diff.as_ref(), ""));
     }
 }
 
@@ -194,51 +194,6 @@ fn every_data_plane_applied(reply: &ReloadReply) -> bool {
         .data_planes
         .iter()
         .all(|dp| dp.result == DataPlaneResult::Acked as i32)
-}
-
-/// One phrase for everything a diff holds, e.g.
-/// `1 site added: a.example; rate_limit.burst 200 → 300; control.socket changed (restart needed)`.
-pub fn diff_summary(diff: Option<&ConfigDiff>) -> String {
-    let Some(diff) = diff else {
-        return NO_CHANGE.to_owned();
-    };
-    let mut parts = Vec::new();
-    push_sites(&mut parts, &diff.sites_added, "added");
-    push_sites(&mut parts, &diff.sites_removed, "removed");
-    push_sites(&mut parts, &diff.sites_modified, "modified");
-    for change in &diff.limits_changed {
-        parts.push(format!(
-            "{} {} → {}",
-            change.field,
-            value_or_unset(&change.old_value),
-            value_or_unset(&change.new_value)
-        ));
-    }
-    for change in &diff.static_changed {
-        parts.push(format!("{} changed (restart needed)", change.field));
-    }
-    if parts.is_empty() {
-        NO_CHANGE.to_owned()
-    } else {
-        parts.join("; ")
-    }
-}
-
-fn push_sites(parts: &mut Vec<String>, names: &[String], verb: &str) {
-    let noun = match names.len() {
-        0 => return,
-        1 => "site",
-        _ => "sites",
-    };
-    parts.push(format!(
-        "{} {noun} {verb}: {}",
-        names.len(),
-        names.join(", ")
-    ));
-}
-
-fn value_or_unset(value: &str) -> &str {
-    if value.is_empty() { "(unset)" } else { value }
 }
 
 /// A diagnostic as compilers print them: `file:line:column: key_path: message`. The location is

@@ -236,6 +236,7 @@ fn history() -> HistoryReply {
                 pid: Some(4242),
                 summary: "1 site added: a.example".into(),
                 kind: "config".into(),
+                diff: None,
             },
             HistoryEntry {
                 version: 1,
@@ -246,6 +247,7 @@ fn history() -> HistoryReply {
                 pid: None,
                 summary: "no content change".into(),
                 kind: "config".into(),
+                diff: None,
             },
         ],
         current_version: 2,
@@ -989,7 +991,7 @@ async fn check_remote_shows_what_a_reload_would_change() {
             "current_version": 4,
             "next_version": 5,
             "diff": {"sites_added": ["b.example"], "sites_removed": [], "sites_modified": [],
-                     "limits_changed": [], "static_changed": []},
+                     "limits_changed": [], "static_changed": [], "site_changes": []},
             "warnings": ["proxy.admin_address changed; it takes effect on restart"],
             "diagnostics": []
         })

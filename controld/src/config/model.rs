@@ -234,6 +234,29 @@ pub struct Certificate {
     pub serial: String,
 }
 
+impl Certificate {
+    /// The SHA-256 fingerprint of the leaf (the first certificate of `chain_pem`), as
+    /// [`sha256_fingerprint`] writes it; `None` when the chain holds no readable certificate,
+    /// which a checked `Certificate` never does.
+    pub fn fingerprint(&self) -> Option<String> {
+        use rustls_pki_types::pem::PemObject;
+        let leaf =
+            rustls_pki_types::CertificateDer::from_pem_slice(self.chain_pem.as_bytes()).ok()?;
+        Some(sha256_fingerprint(&leaf))
+    }
+}
+
+/// SHA-256 of a certificate's DER as upper-case hex pairs joined by `:`, the way
+/// `openssl x509 -noout -fingerprint -sha256` prints it.
+pub fn sha256_fingerprint(der: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 impl fmt::Debug for Certificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Certificate")

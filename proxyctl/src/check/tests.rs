@@ -171,6 +171,24 @@ fn remote_valid_shows_the_change_and_warnings() {
 }
 
 #[test]
+fn remote_valid_shows_what_would_change_inside_each_site() {
+    let reply = ValidateReply {
+        diff: Some(fixtures::detailed_diff()),
+        warnings: Vec::new(),
+        ..fixtures::validated()
+    };
+    let text = render_remote(&reply, "new.toml");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("valid: version 4 would become 5 ("),
+        "{text}"
+    );
+    assert_eq!(lines[1], "~ site b.example");
+    assert_eq!(lines[4], "    rate_limit: 10/s burst 5 → 20/s burst 10");
+    assert_eq!(lines.len(), 6, "{text}");
+}
+
+#[test]
 fn remote_valid_without_change_says_so() {
     let reply = ValidateReply {
         next_version: 4,

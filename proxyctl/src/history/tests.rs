@@ -13,6 +13,28 @@ fn newest_first_with_the_serving_version_marked() {
 }
 
 #[test]
+fn each_version_shows_what_changed_inside_its_sites() {
+    let mut reply = fixtures::history();
+    reply.entries[0].diff = Some(fixtures::detailed_diff());
+    let text = render(&reply);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[1].starts_with("7*  "), "{text}");
+    assert_eq!(lines[2], "  ~ site b.example");
+    assert_eq!(
+        lines[3],
+        "      upstreams: + http://10.0.0.3:80  - http://10.0.0.1:80"
+    );
+    assert!(lines[6].starts_with("      tls.certificate: "), "{text}");
+    assert!(lines[7].starts_with("6   "), "{text}");
+    assert_eq!(lines.len(), 9, "{text}");
+    // The details leave the table's columns as they were.
+    assert_eq!(
+        lines[0],
+        render(&fixtures::history()).lines().next().unwrap()
+    );
+}
+
+#[test]
 fn the_marker_follows_current_version() {
     let mut reply = fixtures::history();
     reply.current_version = 6;
@@ -49,6 +71,7 @@ fn empty_cells_and_multi_line_text_keep_the_table_intact() {
             pid: Some(7),
             summary: "1 site added:\na.example".into(),
             kind: "config".into(),
+            diff: None,
         }],
         current_version: 2,
     };

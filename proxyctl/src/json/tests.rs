@@ -26,8 +26,10 @@ fn reload_reply_shape() {
                 "sites_added": ["a.example"],
                 "sites_removed": [],
                 "sites_modified": ["b.example"],
-                "limits_changed": [{"field": "rate_limit.burst", "old": "200", "new": "300"}],
-                "static_changed": []
+                "limits_changed": [{"field": "rate_limit.burst", "old": "200", "new": "300",
+                                    "added": [], "removed": []}],
+                "static_changed": [],
+                "site_changes": []
             },
             "warnings": ["proxy.admin_address changed"],
             "diagnostics": [],
@@ -39,6 +41,48 @@ fn reload_reply_shape() {
             ]
         })
     );
+}
+
+#[test]
+fn site_changes_carry_each_field_with_its_items() {
+    let mut reply = fixtures::applied();
+    reply.diff = Some(fixtures::detailed_diff());
+    let value = to_value(&Reload::from(&reply));
+    assert_eq!(value["diff"]["sites_modified"], json!(["b.example"]));
+    assert_eq!(
+        value["diff"]["site_changes"],
+        json!([{
+            "site": "b.example",
+            "changes": [
+                {"field": "upstreams",
+                 "old": "http://10.0.0.1:80, http://10.0.0.2:80",
+                 "new": "http://10.0.0.2:80, http://10.0.0.3:80",
+                 "added": ["http://10.0.0.3:80"], "removed": ["http://10.0.0.1:80"]},
+                {"field": "routes[\"/api\"].upstreams", "old": "http://a:80", "new": "http://b:80",
+                 "added": ["http://b:80"], "removed": ["http://a:80"]},
+                {"field": "rate_limit", "old": "10/s burst 5", "new": "20/s burst 10",
+                 "added": [], "removed": []},
+                {"field": "tls.certificate",
+                 "old": "files sha256 3F:A1:0C:77…9A:01 expires 2027-01-01",
+                 "new": "files sha256 77:00:12:AB…00:01 expires 2027-06-01",
+                 "added": [], "removed": []}
+            ]
+        }])
+    );
+    // The same shape in check --remote and in the history.
+    let remote = pb::ValidateReply {
+        diff: Some(fixtures::detailed_diff()),
+        ..fixtures::validated()
+    };
+    assert_eq!(
+        to_value(&RemoteCheck::new(&remote, true))["diff"],
+        value["diff"]
+    );
+    let mut history = fixtures::history();
+    history.entries[0].diff = Some(fixtures::detailed_diff());
+    let entries = &to_value(&History::from(&history))["entries"];
+    assert_eq!(entries[0]["diff"], value["diff"]);
+    assert_eq!(entries[1]["diff"], Value::Null);
 }
 
 #[test]
@@ -206,10 +250,10 @@ fn history_shape() {
             "entries": [
                 {"version": 7, "content_hash": "hash7", "at_unix_ms": 1_795_290_001_000_u64,
                  "source": "rollback to 5", "uid": 0, "pid": 812,
-                 "summary": "1 site modified: a.example", "kind": "config"},
+                 "summary": "1 site modified: a.example", "kind": "config", "diff": null},
                 {"version": 6, "content_hash": "hash6", "at_unix_ms": 1_795_289_940_000_u64,
                  "source": "reload", "uid": 1000, "pid": null,
-                 "summary": "rate_limit 10/s burst 5 → none", "kind": "config"}
+                 "summary": "rate_limit 10/s burst 5 → none", "kind": "config", "diff": null}
             ]
         })
     );
@@ -246,8 +290,10 @@ fn remote_check_shape() {
                 "sites_added": ["a.example"],
                 "sites_removed": [],
                 "sites_modified": ["b.example"],
-                "limits_changed": [{"field": "rate_limit.burst", "old": "200", "new": "300"}],
-                "static_changed": []
+                "limits_changed": [{"field": "rate_limit.burst", "old": "200", "new": "300",
+                                    "added": [], "removed": []}],
+                "static_changed": [],
+                "site_changes": []
             },
             "warnings": ["proxy.admin_address changed; it takes effect on restart"],
             "diagnostics": []
@@ -266,7 +312,7 @@ fn remote_check_invalid_lists_diagnostics_like_reload() {
     assert_eq!(
         value["diff"],
         json!({"sites_added": [], "sites_removed": [], "sites_modified": [],
-               "limits_changed": [], "static_changed": []})
+               "limits_changed": [], "static_changed": [], "site_changes": []})
     );
     assert_eq!(
         value["diagnostics"],

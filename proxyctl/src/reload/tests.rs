@@ -1,38 +1,7 @@
 use proto::v1::{ConfigDiff, DataPlaneResult, Diagnostic, ReloadOutcome};
 
 use super::*;
-use crate::fixtures::{self, change, data_plane, nacked};
-
-#[test]
-fn diff_summary_names_every_kind_of_change() {
-    let mut diff = fixtures::diff();
-    diff.sites_removed = vec!["c.example".into(), "d.example".into()];
-    diff.static_changed = vec![change("control.socket", "/a", "/b")];
-    assert_eq!(
-        diff_summary(Some(&diff)),
-        "1 site added: a.example; 2 sites removed: c.example, d.example; \
-         1 site modified: b.example; rate_limit.burst 200 → 300; \
-         control.socket changed (restart needed)"
-    );
-}
-
-#[test]
-fn empty_or_missing_diff_says_no_content_change() {
-    assert_eq!(diff_summary(None), "no content change");
-    assert_eq!(
-        diff_summary(Some(&ConfigDiff::default())),
-        "no content change"
-    );
-}
-
-#[test]
-fn unset_values_are_named() {
-    let diff = ConfigDiff {
-        limits_changed: vec![change("log_level", "", "debug")],
-        ..ConfigDiff::default()
-    };
-    assert_eq!(diff_summary(Some(&diff)), "log_level (unset) → debug");
-}
+use crate::fixtures::{self, data_plane, nacked};
 
 #[test]
 fn diagnostic_lines_leave_out_what_is_unknown() {
@@ -109,6 +78,63 @@ fn applied_everywhere() {
          warning: logging.format changed; restart proxyd to apply it\n"
     );
     assert_eq!(exit(&reply), Exit::Ok);
+}
+
+#[test]
+fn applied_shows_what_changed_inside_each_site_before_the_warnings() {
+    let mut reply = fixtures::applied();
+    reply.diff = Some(fixtures::detailed_diff());
+    reply.warnings = vec!["logging.format changed".into()];
+    assert_eq!(
+        render(&reply, Operation::Reload),
+        "reloaded: version 3 → 4 (1 site added: a.example; 1 site modified: b.example; \
+         rate_limit.burst 200 → 300) in 12 ms\n  node-a (pid 4712): applied version 4\n\
+         ~ site b.example\n\
+         \x20   upstreams: + http://10.0.0.3:80  - http://10.0.0.1:80\n\
+         \x20   routes[\"/api\"].upstreams: + http://b:80  - http://a:80\n\
+         \x20   rate_limit: 10/s burst 5 → 20/s burst 10\n\
+         \x20   tls.certificate: files sha256 3F:A1:0C:77…9A:01 expires 2027-01-01 → \
+         files sha256 77:00:12:AB…00:01 expires 2027-06-01\n\
+         warning: logging.format changed\n"
+    );
+    // A rollback's reply reads the same way.
+    let text = render(&reply, Operation::Rollback { restores: Some(2) });
+    assert!(text.contains("\n~ site b.example\n"), "{text}");
+}
+
+#[test]
+fn dry_run_shows_what_would_change_inside_each_site() {
+    let reply = ReloadReply {
+        outcome: ReloadOutcome::DryRun as i32,
+        diff: Some(fixtures::detailed_diff()),
+        data_planes: Vec::new(),
+        ..fixtures::applied()
+    };
+    let text = render(&reply, Operation::Reload);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("dry run: version 3 would become 4 ("),
+        "{text}"
+    );
+    assert_eq!(lines[1], "~ site b.example");
+    assert_eq!(
+        lines[2],
+        "    upstreams: + http://10.0.0.3:80  - http://10.0.0.1:80"
+    );
+    assert_eq!(lines.len(), 6, "{text}");
+}
+
+#[test]
+fn rejected_and_unchanged_replies_show_no_site_details() {
+    for outcome in [ReloadOutcome::Rejected, ReloadOutcome::Unchanged] {
+        let reply = ReloadReply {
+            outcome: outcome as i32,
+            diff: Some(fixtures::detailed_diff()),
+            ..fixtures::applied()
+        };
+        let text = render(&reply, Operation::Reload);
+        assert!(!text.contains("~ site"), "{text}");
+    }
 }
 
 #[test]
