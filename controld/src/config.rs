@@ -192,8 +192,14 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, LoadError> {
         }
     };
 
-    // Meaning: every rule, every problem.
-    let config = validate::validate(file_config);
+    // Meaning: every rule, every problem. The certificate files are read first (the only
+    // I/O); validation itself is pure.
+    let files = certs::read_files(&file_config);
+    let inputs = validate::Inputs {
+        now: std::time::SystemTime::now(),
+        files: &files,
+    };
+    let config = validate::validate(file_config, &inputs);
     if let Err(problems) = &config {
         diagnostics.extend(problems.iter().map(|p| {
             at(

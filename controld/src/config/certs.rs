@@ -2,13 +2,15 @@
 //! (readable PEM, the key matches, the names cover the site, not expired) before they can go
 //! into a snapshot. Every failure is a message that validation puts at `sites[N].tls`.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::file::{FileConfig, TlsFile};
 use super::model::{Certificate, Hostname};
 
 /// A certificate that expires sooner than this is accepted with a warning in the reload reply.
@@ -17,16 +19,41 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// A PEM file larger than this is refused before it is parsed (a long chain is a few KiB).
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
-/// Reads and checks the pair of files of a site serving `hostnames`; on failure, every problem
+/// The certificate files a config names, as read: text, or why it could not be read.
+pub type Files = HashMap<PathBuf, Result<String, String>>;
+
+/// Reads the `cert_file` and `key_file` of every site of `file` that names them, once each, off
+/// the validation (which then does no I/O).
+pub fn read_files(file: &FileConfig) -> Files {
+    let mut files = Files::new();
+    for site in &file.sites {
+        let Some(TlsFile::Files(f)) = &site.tls else {
+            continue;
+        };
+        for (path, key) in [(&f.cert_file, "cert_file"), (&f.key_file, "key_file")] {
+            let Some(path) = path.as_deref().filter(|p| !p.is_empty()) else {
+                continue;
+            };
+            let path = PathBuf::from(path);
+            if !files.contains_key(&path) {
+                let read = read_pem(&path, key);
+                files.insert(path, read);
+            }
+        }
+    }
+    files
+}
+
+/// Checks the pair of files of a site serving `hostnames`, as read; on failure, every problem
 /// found (none of them names key material).
-pub fn load(
-    cert_file: &Path,
-    key_file: &Path,
+pub fn check_files(
+    (cert_file, chain_pem): (&Path, Result<String, String>),
+    (key_file, key_pem): (&Path, Result<String, String>),
     hostnames: &[Hostname],
     now: SystemTime,
 ) -> Result<Certificate, Vec<String>> {
-    let chain_pem = read_pem(cert_file, "cert_file").map_err(|e| vec![e])?;
-    let key_pem = read_pem(key_file, "key_file").map_err(|e| vec![e])?;
+    let chain_pem = chain_pem.map_err(|e| vec![e])?;
+    let key_pem = key_pem.map_err(|e| vec![e])?;
     let chain = chain(&chain_pem, cert_file).map_err(|e| vec![e])?;
     let key = private_key(&key_pem, key_file).map_err(|e| vec![e])?;
     let leaf = Leaf::parse(&chain[0], cert_file).map_err(|e| vec![e])?;

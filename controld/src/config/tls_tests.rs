@@ -276,3 +276,42 @@ fn https_redirect_is_on_unless_turned_off() {
         Some(false)
     );
 }
+
+#[test]
+fn validation_is_pure_it_checks_file_contents_read_beforehand_against_a_given_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_after = std::time::SystemTime::now() + std::time::Duration::from_secs(90 * 86_400);
+    let (cert, key) = cert_pair(dir.path(), "p", &["pure.example"], not_after);
+    // Paths that do not exist: validation never opens a file.
+    let text = "[[proxy.listeners]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = true\n\
+                [[sites]]\nhostnames = [\"pure.example\"]\nupstreams = [\"http://127.0.0.1:1\"]\n\
+                tls = { cert_file = \"/nonexistent/p.crt\", key_file = \"/nonexistent/p.key\" }\n";
+    let file: super::file::FileConfig = toml::from_str(text).unwrap();
+    let mut files = super::certs::Files::new();
+    files.insert(
+        "/nonexistent/p.crt".into(),
+        Ok(std::fs::read_to_string(&cert).unwrap()),
+    );
+    files.insert(
+        "/nonexistent/p.key".into(),
+        Ok(std::fs::read_to_string(&key).unwrap()),
+    );
+    let inputs = super::validate::Inputs {
+        now: std::time::SystemTime::now(),
+        files: &files,
+    };
+    let config = super::validate::validate(file, &inputs).unwrap();
+    assert!(config.dynamic.sites[0].tls.certificate().is_some());
+
+    // The same contents a year later: expired, by the clock it was given.
+    let file: super::file::FileConfig = toml::from_str(text).unwrap();
+    let later = super::validate::Inputs {
+        now: not_after + std::time::Duration::from_secs(1),
+        files: &files,
+    };
+    let problems = super::validate::validate(file, &later).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.message.contains("expired")),
+        "{problems:?}"
+    );
+}

@@ -75,8 +75,18 @@ impl Problems {
     }
 }
 
-/// Validates all of `file`; returns every problem found.
-pub fn validate(file: FileConfig) -> Result<Config, Vec<Problem>> {
+/// What validation needs besides the file itself, read beforehand: validation does no I/O.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    /// Certificates are checked against this moment.
+    pub now: SystemTime,
+    /// The contents of the certificate files the config names ([`certs::read_files`]).
+    pub files: &'a certs::Files,
+}
+
+/// Validates all of `file` against `inputs`; returns every problem found. Pure: no file, no
+/// clock, no network.
+pub fn validate(file: FileConfig, inputs: &Inputs<'_>) -> Result<Config, Vec<Problem>> {
     let mut p = Problems::default();
     let root = KeyPath::root();
 
@@ -124,14 +134,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<Problem>> {
         &mut p,
     );
     let (merge_slashes, escaped_slashes) = hardening::paths(&file, &mut p);
-    // Certificates are read and checked against this moment.
-    let sites = sites(
-        &file.sites,
-        &statics,
-        upstream_limits,
-        SystemTime::now(),
-        &mut p,
-    );
+    let sites = sites(&file.sites, &statics, upstream_limits, inputs, &mut p);
     let default_tls_site = file
         .default_tls_site
         .as_deref()

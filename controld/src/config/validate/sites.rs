@@ -8,7 +8,7 @@ pub(super) fn sites(
     files: &[SiteFile],
     statics: &StaticConfig,
     upstream_limits: UpstreamLimits,
-    now: SystemTime,
+    inputs: &Inputs<'_>,
     p: &mut Problems,
 ) -> Vec<Site> {
     let mut seen: HashMap<Hostname, KeyPath> = HashMap::new();
@@ -21,7 +21,7 @@ pub(super) fn sites(
             &at.key("upstream_limits"),
             p,
         );
-        if let Some(site) = site(file, &at, statics, now, &mut seen, p) {
+        if let Some(site) = site(file, &at, statics, inputs, &mut seen, p) {
             let mut site = site;
             site.pool.limits = limits;
             sites.push(site);
@@ -34,7 +34,7 @@ fn site(
     file: &SiteFile,
     at: &KeyPath,
     statics: &StaticConfig,
-    now: SystemTime,
+    inputs: &Inputs<'_>,
     seen: &mut HashMap<Hostname, KeyPath>,
     p: &mut Problems,
 ) -> Option<Site> {
@@ -82,7 +82,7 @@ fn site(
         );
     }
     let tls = site_tls(file.tls.as_ref(), &at.key("tls"), statics, p);
-    let tls = with_certificate(tls, &hostnames, &at.key("tls"), now, p);
+    let tls = with_certificate(tls, &hostnames, &at.key("tls"), inputs, p);
     let rate_limit = file
         .rate_limit
         .as_ref()

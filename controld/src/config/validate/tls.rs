@@ -59,13 +59,13 @@ pub(super) fn site_tls(
     tls
 }
 
-/// Reads and checks the certificate files of a site that names them (not when a path is
-/// already wrong); each problem is reported at the site's `tls`.
+/// Checks the certificate files of a site that names them (not when a path is already wrong),
+/// as [`Inputs::files`] holds them; each problem is reported at the site's `tls`.
 pub(super) fn with_certificate(
     tls: TlsWanted,
     hostnames: &[Hostname],
     at: &KeyPath,
-    now: SystemTime,
+    inputs: &Inputs<'_>,
     p: &mut Problems,
 ) -> SiteTls {
     match tls {
@@ -90,7 +90,18 @@ pub(super) fn with_certificate(
             if cert_file.as_os_str().is_empty() || key_file.as_os_str().is_empty() {
                 return SiteTls::None;
             }
-            match certs::load(&cert_file, &key_file, hostnames, now) {
+            let read = |path: &std::path::Path| {
+                inputs.files.get(path).cloned().unwrap_or_else(|| {
+                    Err(format!("{}: not read before validation", path.display()))
+                })
+            };
+            let (chain_pem, key_pem) = (read(&cert_file), read(&key_file));
+            match certs::check_files(
+                (&cert_file, chain_pem),
+                (&key_file, key_pem),
+                hostnames,
+                inputs.now,
+            ) {
                 Ok(certificate) => SiteTls::Files {
                     cert_file,
                     key_file,
