@@ -35,9 +35,9 @@ pub fn read_files(file: &FileConfig) -> Files {
                 continue;
             };
             let path = PathBuf::from(path);
-            if !files.contains_key(&path) {
-                let read = read_pem(&path, key);
-                files.insert(path, read);
+            if let std::collections::hash_map::Entry::Vacant(slot) = files.entry(path) {
+                let read = read_pem(slot.key(), key);
+                slot.insert(read);
             }
         }
     }
