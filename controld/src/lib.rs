@@ -4,16 +4,17 @@
 //! `main.rs` loads the config, binds the socket and installs signal handlers; everything else
 //! is here so that tests can run a whole controld in-process.
 
+// The config model, its validation and the diff live in their own crate (shared with
+// proxyctl's offline check); the paths stay `crate::config`, `crate::diff`, `crate::redact`.
+pub use proxy_config::{config, diff, redact};
+
 pub mod access;
 pub mod acme;
-pub mod config;
 pub mod dataplanes;
-pub mod diff;
 pub mod error;
 pub mod history;
 pub mod metrics;
 mod notify;
-mod redact;
 pub mod reloader;
 pub mod service;
 pub mod snapshot;

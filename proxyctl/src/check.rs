@@ -1,7 +1,7 @@
 //! `proxyctl check FILE [--remote]`: is a config file valid, before anyone reloads it?
 //!
 //! Without `--remote` the file is checked here, by controld's own code
-//! (`controld::config::load`, what `controld check` and every reload run), so no daemon is
+//! (`proxy_config::config::load`, what `controld check` and every reload run), so no daemon is
 //! needed: for CI, editors and hosts without controld. With `--remote` its text goes to the
 //! running controld (`Admin.Validate`), which checks it the same way and also says what a reload
 //! of it would change against the serving version, applying nothing: for deploy scripts, before
@@ -13,8 +13,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use controld::config::{self, Diagnostic, LoadError, MAX_CONFIG_BYTES};
 use proto::v1::ValidateReply;
+use proxy_config::config::{self, Diagnostic, LoadError, MAX_CONFIG_BYTES};
 
 use crate::client::describe_io;
 use crate::diff;

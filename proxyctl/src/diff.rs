@@ -73,7 +73,7 @@ pub fn site_lines(diff: Option<&ConfigDiff>, indent: &str) -> Vec<String> {
         lines.push(format!("{indent}~ site {}", one_line(&site.site)));
         lines.extend(site.changes.iter().map(|change| {
             // The same words controld logs; one_line because the values came over the wire.
-            let text = controld::diff::FieldChange::from(change).describe();
+            let text = proxy_config::diff::FieldChange::from(change).describe();
             format!("{indent}    {}", one_line(&text))
         }));
     }

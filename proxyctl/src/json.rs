@@ -432,8 +432,8 @@ impl From<&pb::Diagnostic> for Diagnostic {
 }
 
 /// A diagnostic from a local check: the same shape as controld's.
-impl From<&controld::config::Diagnostic> for Diagnostic {
-    fn from(d: &controld::config::Diagnostic) -> Self {
+impl From<&proxy_config::config::Diagnostic> for Diagnostic {
+    fn from(d: &proxy_config::config::Diagnostic) -> Self {
         Diagnostic {
             file: d.file.display().to_string(),
             line: d.line,

@@ -68,7 +68,7 @@ fn an_invalid_file_lists_every_problem_as_controld_does() {
     let report = local(&path);
     assert_eq!(report.exit(), Exit::Failed);
     // Exactly the lines `controld check` prints: the same code found them.
-    let Err(err) = controld::config::load(&path) else {
+    let Err(err) = proxy_config::config::load(&path) else {
         panic!("INVALID loaded");
     };
     let expected: Vec<String> = err

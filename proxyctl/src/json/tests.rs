@@ -327,7 +327,7 @@ fn remote_check_invalid_lists_diagnostics_like_reload() {
 
 #[test]
 fn local_diagnostics_have_the_same_shape() {
-    let local = controld::config::Diagnostic {
+    let local = proxy_config::config::Diagnostic {
         key_path: String::new(),
         file: "proxy.toml".into(),
         line: 3,
