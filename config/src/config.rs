@@ -36,15 +36,42 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if self.line > 0 {
-            write!(f, ":{}:{}", self.line, self.column)?;
-        }
-        if !self.key_path.is_empty() {
-            write!(f, ": {}", self.key_path)?;
-        }
-        write!(f, ": {}", self.message)
+        f.write_str(&diagnostic_text(
+            &self.file.display().to_string(),
+            self.line,
+            self.column,
+            &self.key_path,
+            &self.message,
+        ))
     }
+}
+
+/// A diagnostic as compilers print them, the one formatter of controld and proxyctl alike:
+/// `file:line:column: key_path: message`. The line is left out when unknown (0), the column
+/// likewise, the key path when empty (syntax errors); the message is verbatim.
+pub fn diagnostic_text(
+    file: &str,
+    line: u32,
+    column: u32,
+    key_path: &str,
+    message: &str,
+) -> String {
+    let mut text = file.to_owned();
+    if line > 0 {
+        text.push_str(&format!(":{line}"));
+        if column > 0 {
+            text.push_str(&format!(":{column}"));
+        }
+    }
+    if !text.is_empty() {
+        text.push_str(": ");
+    }
+    if !key_path.is_empty() {
+        text.push_str(key_path);
+        text.push_str(": ");
+    }
+    text.push_str(message);
+    text
 }
 
 /// Why a config file could not be loaded.

@@ -205,22 +205,13 @@ pub fn diagnostic_line(diagnostic: &Diagnostic, config_path: &str) -> String {
     } else {
         &diagnostic.file
     };
-    let mut line = file.to_owned();
-    if diagnostic.line > 0 {
-        line.push_str(&format!(":{}", diagnostic.line));
-        if diagnostic.column > 0 {
-            line.push_str(&format!(":{}", diagnostic.column));
-        }
-    }
-    if !line.is_empty() {
-        line.push_str(": ");
-    }
-    if !diagnostic.key_path.is_empty() {
-        line.push_str(&diagnostic.key_path);
-        line.push_str(": ");
-    }
-    line.push_str(&diagnostic.message);
-    line
+    proxy_config::config::diagnostic_text(
+        file,
+        diagnostic.line,
+        diagnostic.column,
+        &diagnostic.key_path,
+        &diagnostic.message,
+    )
 }
 
 /// What one data plane did with `version`, indented under the headline:
