@@ -459,3 +459,48 @@ async fn rate_limits_behind_a_trusted_proxy_key_on_the_forwarded_client() {
     assert_eq!(direct.send(from("203.0.113.2")).await.status, 429);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_client_that_stops_answering_pings_is_closed_even_with_a_stream_open() {
+    use proxy_tests::h2raw;
+    let (hanging, connections) = hanging_upstream().await;
+    let env = TestEnv::start_with(
+        &proxy_keys(&[
+            "http2_keepalive_interval = \"300ms\"",
+            "http2_keepalive_timeout = \"300ms\"",
+        ]),
+        &site(
+            "a.test",
+            &format!("http://{hanging}"),
+            "upstream_response_timeout = \"30s\"",
+        ),
+    )
+    .await;
+    let (mut conn, _) = h2raw::RawConn::open(env.http, &[]).await;
+    // A request the upstream never answers keeps a stream open: the idle timeout cannot apply.
+    let block = h2raw::request("GET", "a.test", "/slow");
+    conn.send(&h2raw::headers(
+        1,
+        h2raw::flag::END_STREAM | h2raw::flag::END_HEADERS,
+        &block,
+    ))
+    .await
+    .unwrap();
+    eventually("the request at the upstream", || async {
+        (connections.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // The client answers nothing: the proxy's PING goes unanswered and it gives up.
+    let started = Instant::now();
+    let mut pinged = false;
+    while let Some(frame) = conn.recv().await {
+        pinged |= frame.kind == h2raw::kind::PING && !frame.has(h2raw::flag::ACK);
+    }
+    assert!(pinged, "the proxy pinged: {:?}", conn.received);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    env.stop().await;
+}
