@@ -22,6 +22,11 @@ use locate::{Locator, Target};
 /// A config file larger than this is refused before it is parsed.
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
+/// At most this many diagnostics are reported for one file (the first ones in file order), then
+/// one more line that says how many were left out. A file full of typos, or a candidate that is
+/// not a config at all, then costs the operator one screen and the reply a few kilobytes.
+pub const MAX_DIAGNOSTICS: usize = 100;
+
 /// One problem in a config file, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -168,26 +173,21 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 
 /// Parses and validates config text; `file` names it in diagnostics.
 pub fn parse(text: &str, file: &Path) -> Result<Config, LoadError> {
+    // Built once: locating every problem below costs O(text + problems).
     let locator = Locator::new(text);
-    let at = |key_path: String, (line, column): (u32, u32), message: String| Diagnostic {
-        key_path,
-        file: file.to_owned(),
-        line,
-        column,
-        message,
-    };
 
     // Syntax: every error the parser can recover from, at once.
     let (_, syntax) = toml::de::DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
-        let diagnostics = syntax
+        let found = syntax
             .iter()
-            .map(|e| {
-                let pos = e.span().map_or((0, 0), |s| locator.line_col_of(s.start));
-                at(String::new(), pos, e.message().trim().to_owned())
+            .map(|e| Found {
+                at: e.span().map_or((0, 0), |s| locator.line_col_of(s.start)),
+                key_path: KeyPath::root(),
+                message: Message::Text(e.message().trim().to_owned()),
             })
             .collect();
-        return Err(LoadError::Invalid(in_file_order(diagnostics)));
+        return Err(LoadError::Invalid(reported(found, file)));
     }
 
     // Shape: types and unknown keys. serde stops at the first type error, but every unknown key
@@ -196,26 +196,24 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, LoadError> {
     let parsed = toml::Deserializer::parse(text).and_then(|de| {
         serde_ignored::deserialize(de, |path| unknown.push(KeyPath::from_ignored(&path)))
     });
-    let mut diagnostics: Vec<Diagnostic> = unknown
-        .iter()
-        .map(|path| {
-            at(
-                path.to_string(),
-                locator.line_col(path, Target::Key),
-                unknown_key_message(path),
-            )
+    let mut found: Vec<Found> = unknown
+        .into_iter()
+        .map(|path| Found {
+            at: locator.line_col(&path, Target::Key),
+            key_path: path,
+            message: Message::UnknownKey,
         })
         .collect();
     let file_config: FileConfig = match parsed {
         Ok(c) => c,
         Err(e) => {
             let offset = e.span().map(|s| s.start);
-            let key_path = offset
-                .map(|o| locator.path_at(o).to_string())
-                .unwrap_or_default();
-            let pos = offset.map_or((0, 0), |o| locator.line_col_of(o));
-            diagnostics.push(at(key_path, pos, e.message().trim().to_owned()));
-            return Err(LoadError::Invalid(in_file_order(diagnostics)));
+            found.push(Found {
+                at: offset.map_or((0, 0), |o| locator.line_col_of(o)),
+                key_path: offset.map_or_else(KeyPath::root, |o| locator.path_at(o)),
+                message: Message::Text(e.message().trim().to_owned()),
+            });
+            return Err(LoadError::Invalid(reported(found, file)));
         }
     };
 
@@ -228,25 +226,71 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, LoadError> {
     };
     let config = validate::validate(file_config, &inputs);
     if let Err(problems) = &config {
-        diagnostics.extend(problems.iter().map(|p| {
-            at(
-                p.path.to_string(),
-                locator.line_col(&p.path, Target::Value),
-                p.message.clone(),
-            )
+        found.extend(problems.iter().map(|p| Found {
+            at: locator.line_col(&p.path, Target::Value),
+            key_path: p.path.clone(),
+            message: Message::Text(p.message.clone()),
         }));
     }
     match config {
-        Ok(config) if diagnostics.is_empty() => Ok(config),
-        _ => Err(LoadError::Invalid(in_file_order(diagnostics))),
+        Ok(config) if found.is_empty() => Ok(config),
+        _ => Err(LoadError::Invalid(reported(found, file))),
     }
 }
 
-/// Sorts by place in the file (problems with no place last) and drops exact repeats, which the
-/// parser's error recovery can produce.
-fn in_file_order(mut diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
-    diagnostics.sort_by_key(|d| (d.line == 0, d.line, d.column));
-    diagnostics.dedup();
+/// A problem, located, before the cap: its text is made only if it is reported (the "did you
+/// mean" hint of an unknown key is the costly part of a file full of them).
+#[derive(PartialEq, Eq)]
+struct Found {
+    /// Line and column; (0, 0) without a place.
+    at: (u32, u32),
+    /// Root for syntax errors.
+    key_path: KeyPath,
+    message: Message,
+}
+
+#[derive(PartialEq, Eq)]
+enum Message {
+    Text(String),
+    /// Made from the key path by [`unknown_key_message`].
+    UnknownKey,
+}
+
+/// Sorts by place in the file (problems with no place last), drops exact repeats (which the
+/// parser's error recovery can produce), and keeps the first [`MAX_DIAGNOSTICS`], followed by a
+/// line without a place that counts the rest.
+fn reported(mut found: Vec<Found>, file: &Path) -> Vec<Diagnostic> {
+    found.sort_by_key(|f| (f.at.0 == 0, f.at));
+    found.dedup();
+    let left_out = found.len().saturating_sub(MAX_DIAGNOSTICS);
+    found.truncate(MAX_DIAGNOSTICS);
+    let diagnostic = |key_path: String, (line, column), message| Diagnostic {
+        key_path,
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    };
+    let mut diagnostics: Vec<Diagnostic> = found
+        .into_iter()
+        .map(|f| {
+            let message = match f.message {
+                Message::Text(text) => text,
+                Message::UnknownKey => unknown_key_message(&f.key_path),
+            };
+            diagnostic(f.key_path.to_string(), f.at, message)
+        })
+        .collect();
+    if left_out > 0 {
+        let plural = if left_out == 1 { "" } else { "s" };
+        diagnostics.push(diagnostic(
+            String::new(),
+            (0, 0),
+            format!(
+                "{left_out} more problem{plural} not shown (at most {MAX_DIAGNOSTICS} are reported)"
+            ),
+        ));
+    }
     diagnostics
 }
 
@@ -265,8 +309,12 @@ fn unknown_key_message(path: &KeyPath) -> String {
 
 /// The known key closest to `key`, when it is close enough to be a typo.
 fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    let chars = key.chars().count();
     known
         .iter()
+        // The distance is at least the difference in length: a key far longer than any known
+        // one (a megabyte of garbage, say) is never compared letter by letter.
+        .filter(|k| chars.abs_diff(k.chars().count()) <= 2.max(k.len() / 4))
         .map(|k| (strsim::damerau_levenshtein(key, k), *k))
         .filter(|(d, k)| *d <= 2.max(k.len() / 4))
         .min_by_key(|(d, _)| *d)
@@ -275,6 +323,10 @@ fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
 
 #[cfg(test)]
 mod hardening_tests;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod scale_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

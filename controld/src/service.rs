@@ -21,6 +21,26 @@ use crate::reloader::{
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Bounds on what a data plane tells about itself, which controld keeps for the life of the
+/// stream and repeats in every Status: a node id longer than this is refused; listeners past
+/// the count, and names, addresses and errors past their lengths, are cut.
+const MAX_NODE_ID_BYTES: usize = 256;
+const MAX_LABEL_BYTES: usize = 256;
+const MAX_ACK_LISTENERS: usize = 64;
+const MAX_NACK_ERROR_BYTES: usize = 4096;
+
+/// `text`, cut to at most `max` bytes on a character boundary.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 pub struct ControlService {
     pub reloader: Arc<Reloader>,
     pub planes: Arc<DataPlanes>,
@@ -53,10 +73,17 @@ impl pb::control_server::Control for ControlService {
                 ));
             }
         };
+        // What a data plane says of itself is kept and shown: bounded.
+        if hello.node_id.len() > MAX_NODE_ID_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the node id is {} bytes; at most {MAX_NODE_ID_BYTES}",
+                hello.node_id.len()
+            )));
+        }
         let registration = self.planes.register(Plane {
             node_id: hello.node_id,
             pid: hello.pid,
-            build_version: hello.build_version,
+            build_version: bounded(hello.build_version, MAX_LABEL_BYTES),
             applied_version: hello.current_version,
             acked_version: 0,
             sent_version: 0,
@@ -116,14 +143,26 @@ fn handle_answer(planes: &DataPlanes, id: u64, message: pb::DataPlaneMessage) {
     use pb::data_plane_message::Msg;
     match message.msg {
         Some(Msg::Ack(ack)) => {
+            // A data plane has a handful of listeners: an Ack listing more is kept short.
             let listeners = ack
                 .listeners
                 .into_iter()
-                .map(|l| (l.name, l.address))
+                .take(MAX_ACK_LISTENERS)
+                .map(|l| {
+                    (
+                        bounded(l.name, MAX_LABEL_BYTES),
+                        bounded(l.address, MAX_LABEL_BYTES),
+                    )
+                })
                 .collect();
             planes.acked(id, ack.version, listeners);
         }
-        Some(Msg::Nack(nack)) => planes.nacked(id, nack.version, nack.error, nack.serving_version),
+        Some(Msg::Nack(nack)) => planes.nacked(
+            id,
+            nack.version,
+            bounded(nack.error, MAX_NACK_ERROR_BYTES),
+            nack.serving_version,
+        ),
         Some(Msg::Hello(_)) => tracing::warn!("ignoring a second Hello on a Subscribe stream"),
         None => {
             tracing::warn!("ignoring a data plane message of a kind this controld does not know")

@@ -66,8 +66,12 @@ pub fn align(rows: &[Vec<String>]) -> Vec<String> {
                 if c + 1 == row.len() {
                     line.push_str(cell);
                 } else {
+                    // Padded by hand: `format!`'s width stops at 65535, and a data plane may
+                    // name itself at length.
                     let width = widths.get(c).copied().unwrap_or(0);
-                    line.push_str(&format!("{cell:<width$}  "));
+                    line.push_str(cell);
+                    let pad = width.saturating_sub(cell.chars().count()) + 2;
+                    line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
             line

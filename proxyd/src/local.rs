@@ -116,7 +116,10 @@ pub fn start(
     Ok(tokio::spawn(async move {
         let Some(listener) = listener else { return };
         let served = tonic::transport::Server::builder()
-            .add_service(pb::data_plane_server::DataPlaneServer::new(service))
+            .add_service(
+                pb::data_plane_server::DataPlaneServer::new(service)
+                    .max_decoding_message_size(proto::MAX_REQUEST_BYTES),
+            )
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
             .await;
         if let Err(e) = served {

@@ -1,13 +1,13 @@
 //! Raw HTTP/2 for abuse tests: hand-made frames (HPACK literals without indexing, no Huffman),
-//! and a client connection that writes whatever bytes a test wants and hands back, frame by
-//! frame, what the server answered.
+//! and a client connection (TCP or Unix socket) that writes whatever bytes a test wants and hands
+//! back, frame by frame, what the server answered.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
 
 use crate::DEADLINE;
@@ -211,7 +211,7 @@ pub enum Pong {
 /// A client connection that writes raw bytes; a reader task splits what the server sends into
 /// frames. Every frame taken from the queue is kept in [`RawConn::received`].
 pub struct RawConn {
-    writer: OwnedWriteHalf,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
     frames: mpsc::UnboundedReceiver<Frame>,
     reader: tokio::task::JoinHandle<()>,
     /// Every frame received so far, in order.
@@ -233,8 +233,17 @@ impl RawConn {
         RawConn::over(TcpStream::connect(addr).await.expect("connect"))
     }
 
-    pub fn over(stream: TcpStream) -> RawConn {
-        let (mut read, writer) = stream.into_split();
+    /// A connection to the Unix socket at `path` (the daemons' gRPC sockets), nothing sent yet.
+    pub async fn connect_unix(path: &Path) -> RawConn {
+        RawConn::over(UnixStream::connect(path).await.expect("connect"))
+    }
+
+    /// Any byte stream: TCP, Unix, TLS.
+    pub fn over<S>(stream: S) -> RawConn
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut read, writer) = tokio::io::split(stream);
         let (tx, frames) = mpsc::unbounded_channel();
         let reader = tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -251,7 +260,7 @@ impl RawConn {
             }
         });
         RawConn {
-            writer,
+            writer: Box::new(writer),
             frames,
             reader,
             received: Vec::new(),
@@ -263,7 +272,16 @@ impl RawConn {
     /// Connects, sends the preface and a SETTINGS frame with `params`, waits for the server's
     /// SETTINGS and acknowledges them. Returns the server's parameters.
     pub async fn open(addr: SocketAddr, params: &[(u16, u32)]) -> (RawConn, Vec<(u16, u32)>) {
-        let mut conn = RawConn::connect(addr).await;
+        RawConn::connect(addr).await.handshake(params).await
+    }
+
+    /// Like [`RawConn::open`], on the Unix socket at `path`.
+    pub async fn open_unix(path: &Path, params: &[(u16, u32)]) -> (RawConn, Vec<(u16, u32)>) {
+        RawConn::connect_unix(path).await.handshake(params).await
+    }
+
+    async fn handshake(self, params: &[(u16, u32)]) -> (RawConn, Vec<(u16, u32)>) {
+        let mut conn = self;
         let mut hello = PREFACE.to_vec();
         hello.extend(settings(params));
         conn.send(&hello).await.expect("send the preface");

@@ -416,6 +416,17 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// VmRSS of this process, in KiB: both daemons of a [`TestEnv`] run in it, so this covers
+/// their memory.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
 /// A workspace binary built next to the test executable (`cargo build --workspace --bins`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -31,7 +31,7 @@ use proxy_tests::h2raw::{
     PREFACE, Pong, RawConn, code, continuation, data, flag, headers, kind, literal, literal_head,
     ping, request, rst_stream, setting, settings, window_update,
 };
-use proxy_tests::{DEADLINE, MockUpstream, TestEnv, eventually, get};
+use proxy_tests::{DEADLINE, MockUpstream, TestEnv, eventually, get, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -58,16 +58,6 @@ fn sites(sites: &[(&str, &str)]) -> String {
 
 async fn start(list: &[(&str, &str)]) -> TestEnv {
     TestEnv::start(&sites(list)).await
-}
-
-/// VmRSS of this process, in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
 }
 
 fn assert_rss_bounded(before: u64, attack: &str) {

@@ -1,0 +1,675 @@
+//! Garbage on both gRPC Unix sockets (controld's control socket, proxyd's admin socket): random
+//! bytes, a partial HTTP/2 preface, truncated and oversized HTTP/2 frames, gRPC length prefixes
+//! that lie, and absurd but valid protobuf. After each: both daemons still answer (Status on
+//! both sockets, `proxyctl status`), and the process's memory stayed bounded.
+//!
+//! Needs `cargo build --workspace --bins` first (for proxyctl). Both daemons run in this
+//! process, so its resident set covers them; the tests take turns ([`SERIAL`]).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::path::Path;
+use std::time::Instant;
+
+use bytes::Bytes;
+use prost::Message;
+use proto::v1 as pb;
+use proxy_tests::h2raw::{self, RawConn, code, kind};
+use proxy_tests::{DEADLINE, TestEnv, eventually, output_text, rss_kib};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tonic::Code;
+
+/// One test at a time: memory is measured for the whole process.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How much the process may grow during one attack: room for the messages themselves (a few
+/// MiB each, decoded) and allocator noise, far below a 4 GiB allocation or growth per stream.
+const RSS_GROWTH_LIMIT_KIB: u64 = 128 * 1024;
+
+/// The limit both daemons set on a decoded request.
+const MAX_MESSAGE: usize = proto::MAX_REQUEST_BYTES;
+
+const SITE: &str = "[[sites]]\nhostnames = [\"a.example\"]\nupstreams = [\"http://127.0.0.1:9\"]\n";
+
+/// A socket under attack and a harmless unary method on it.
+struct Target {
+    daemon: &'static str,
+    socket: std::path::PathBuf,
+    /// A method that changes nothing whatever its request says.
+    unary: &'static str,
+}
+
+fn targets(env: &TestEnv) -> [Target; 2] {
+    [
+        Target {
+            daemon: "controld",
+            socket: env.socket.clone(),
+            unary: "/proxy.v1.Admin/Validate",
+        },
+        Target {
+            daemon: "proxyd",
+            socket: env.proxyd_socket(),
+            unary: "/proxy.v1.DataPlane/Status",
+        },
+    ]
+}
+
+/// Both daemons answer Status on their sockets and `proxyctl status` succeeds; memory grew by
+/// less than [`RSS_GROWTH_LIMIT_KIB`] since `rss_before`.
+async fn assert_both_answer(env: &TestEnv, rss_before: u64, attack: &str) {
+    assert_both_answer_within(env, rss_before, attack, RSS_GROWTH_LIMIT_KIB).await;
+}
+
+async fn assert_both_answer_within(env: &TestEnv, rss_before: u64, attack: &str, limit_kib: u64) {
+    assert_daemons_answer_within(env, rss_before, attack, limit_kib).await;
+    let out = env.proxyctl(&["status"]).await;
+    assert!(
+        out.status.success(),
+        "{attack}: proxyctl status: {}",
+        output_text(&out)
+    );
+}
+
+/// Like [`assert_both_answer`], without proxyctl.
+async fn assert_daemons_answer(env: &TestEnv, rss_before: u64, attack: &str) {
+    assert_daemons_answer_within(env, rss_before, attack, RSS_GROWTH_LIMIT_KIB).await;
+}
+
+async fn assert_daemons_answer_within(
+    env: &TestEnv,
+    rss_before: u64,
+    attack: &str,
+    limit_kib: u64,
+) {
+    let control = tokio::time::timeout(DEADLINE, env.status())
+        .await
+        .unwrap_or_else(|_| panic!("{attack}: controld did not answer Status"));
+    assert!(control.control_plane.is_some(), "{attack}: {control:?}");
+    let channel = proto::uds::connect(&env.proxyd_socket(), DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{attack}: proxyd's admin socket: {e}"));
+    let local = tokio::time::timeout(
+        DEADLINE,
+        pb::data_plane_client::DataPlaneClient::new(channel).status(pb::DataPlaneStatusRequest {}),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{attack}: proxyd did not answer Status"))
+    .unwrap_or_else(|e| panic!("{attack}: proxyd's Status failed: {e}"));
+    assert_eq!(local.get_ref().applied_version, 1, "{attack}");
+    let after = rss_kib();
+    eprintln!("{attack}: RSS {rss_before} KiB -> {after} KiB");
+    assert!(
+        after.saturating_sub(rss_before) < limit_kib,
+        "{attack}: the process grew from {rss_before} KiB to {after} KiB"
+    );
+}
+
+/// Writes `bytes`, then reads until the server closes the connection; panics after
+/// [`DEADLINE`]. Returns what the server wrote.
+async fn closed_after(socket: &Path, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = UnixStream::connect(socket).await.unwrap();
+    // The server may close before taking everything: a failed write is an answer too.
+    let _ = stream.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "{}: the connection stayed open",
+        socket.display()
+    );
+    out
+}
+
+/// A gRPC message frame: the compressed flag, a big-endian u32 length, the bytes.
+fn grpc_frame(flag: u8, claimed_len: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + payload.len());
+    out.push(flag);
+    out.extend_from_slice(&claimed_len.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn message_frame(message: &impl Message) -> Vec<u8> {
+    let bytes = message.encode_to_vec();
+    grpc_frame(0, u32::try_from(bytes.len()).unwrap(), &bytes)
+}
+
+/// What a gRPC call answered: its grpc-status (from the headers of a trailers-only answer or
+/// from the trailers) and the message bytes of the body.
+#[derive(Debug)]
+struct Answer {
+    grpc_status: Option<i32>,
+    grpc_message: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// The first message of the body, decoded.
+    fn message<M: Message + Default>(&self) -> M {
+        assert!(self.body.len() >= 5, "no message in {self:?}");
+        M::decode(&self.body[5..]).unwrap()
+    }
+}
+
+fn grpc_fields(headers: &http::HeaderMap) -> (Option<i32>, String) {
+    let status = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let message = headers
+        .get("grpc-message")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    (status, message)
+}
+
+/// An HTTP/2 client connection (the `h2` crate) on a Unix socket; the request bodies are
+/// whatever bytes a test hands over.
+struct H2 {
+    client: h2::client::SendRequest<Bytes>,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2 {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl H2 {
+    async fn connect(socket: &Path) -> H2 {
+        let stream = UnixStream::connect(socket).await.unwrap();
+        let (client, connection) = h2::client::handshake(stream).await.unwrap();
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        H2 { client, connection }
+    }
+
+    /// Opens a gRPC call to `method` and sends `body`, ending the request when `end`.
+    async fn start(
+        &mut self,
+        method: &str,
+        body: Vec<u8>,
+        end: bool,
+    ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+        let request = http::Request::post(format!("http://localhost{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let client = self.client.clone().ready().await.unwrap();
+        self.client = client;
+        let (response, mut send) = self.client.send_request(request, false).unwrap();
+        send.send_data(Bytes::from(body), end).unwrap();
+        (response, send)
+    }
+
+    /// A whole call: sends `body` (ending the request when `end`), reads the answer.
+    async fn call(&mut self, method: &str, body: Vec<u8>, end: bool) -> Answer {
+        let (response, _send) = self.start(method, body, end).await;
+        let response = tokio::time::timeout(DEADLINE, response)
+            .await
+            .unwrap_or_else(|_| panic!("{method}: no answer within the deadline"))
+            .unwrap();
+        let (parts, mut body) = response.into_parts();
+        let (status, message) = grpc_fields(&parts.headers);
+        let mut answer = Answer {
+            grpc_status: status,
+            grpc_message: message,
+            body: Vec::new(),
+        };
+        let rest = async {
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                answer.body.extend_from_slice(&chunk);
+            }
+            if let Ok(Some(trailers)) = body.trailers().await {
+                let (status, message) = grpc_fields(&trailers);
+                answer.grpc_status = answer.grpc_status.or(status);
+                answer.grpc_message.push_str(&message);
+            }
+        };
+        tokio::time::timeout(DEADLINE, rest)
+            .await
+            .unwrap_or_else(|_| panic!("{method}: the answer did not end within the deadline"));
+        answer
+    }
+}
+
+/// A protobuf field header (tag): field number and wire type.
+fn tag(field: u32, wire_type: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    prost::encoding::encode_varint(u64::from(field << 3 | wire_type), &mut out);
+    out
+}
+
+/// `depth` groups of unknown field 15, each inside the one before: valid protobuf, nested far
+/// past any decoder's recursion limit.
+fn nested_groups(depth: usize) -> Vec<u8> {
+    let (start, end) = (tag(15, 3), tag(15, 4));
+    let mut out = start.repeat(depth);
+    out.extend(end.repeat(depth));
+    out
+}
+
+/// `count` unknown varint fields (field 15, value 0).
+fn repeated_unknown(count: usize) -> Vec<u8> {
+    let mut one = tag(15, 0);
+    one.push(0);
+    one.repeat(count)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_garbage_is_refused_and_both_daemons_keep_answering() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::start(SITE).await;
+    let started = Instant::now();
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    for target in targets(&env) {
+        let socket = target.socket.as_path();
+        let name = target.daemon;
+
+        let rss = rss_kib();
+        let noise: Vec<u8> = std::iter::repeat_with(|| rng.u8(..))
+            .take(64 * 1024)
+            .collect();
+        closed_after(socket, &noise).await;
+        assert_both_answer(&env, rss, &format!("{name}: 64 KiB of random bytes")).await;
+
+        // A partial preface, held open on many connections at once.
+        let rss = rss_kib();
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            let mut stream = UnixStream::connect(socket).await.unwrap();
+            stream.write_all(&h2raw::PREFACE[..10]).await.unwrap();
+            held.push(stream);
+        }
+        assert_both_answer(&env, rss, &format!("{name}: 64 partial prefaces held")).await;
+        drop(held);
+
+        // A frame whose header announces 16 KiB, then 5 bytes, then silence.
+        let rss = rss_kib();
+        let (mut conn, _) = RawConn::open_unix(socket, &[]).await;
+        let mut truncated = h2raw::headers(1, 0, &[0u8; 16 * 1024]);
+        truncated.truncate(9 + 5);
+        conn.send(&truncated).await.unwrap();
+        assert_both_answer(
+            &env,
+            rss,
+            &format!("{name}: a truncated HEADERS frame held"),
+        )
+        .await;
+        drop(conn);
+
+        // A frame far over the 16 KiB maximum frame size.
+        let (mut conn, _) = RawConn::open_unix(socket, &[]).await;
+        let mut oversized = vec![0xff, 0xff, 0xff, kind::DATA, 0, 0, 0, 0, 1];
+        oversized.extend_from_slice(&[0u8; 1024]);
+        let _ = conn.send(&oversized).await;
+        let go_away = conn.wait_for_go_away().await;
+        assert_eq!(
+            go_away.code, 0x6,
+            "{name}: FRAME_SIZE_ERROR, got {go_away:?}"
+        );
+        assert_both_answer(&env, rss_kib(), &format!("{name}: an oversized frame")).await;
+
+        // A header list of 1 MiB in CONTINUATION frames (the limit is 16 KiB).
+        let rss = rss_kib();
+        let (mut conn, _) = RawConn::open_unix(socket, &[]).await;
+        let mut block = h2raw::request("POST", "localhost", target.unary);
+        h2raw::literal(&mut block, "content-type", b"application/grpc");
+        h2raw::literal_head(&mut block, "x-padding", 1 << 20);
+        conn.send(&h2raw::headers(1, 0, &block)).await.unwrap();
+        let chunk = vec![b'a'; 16 * 1024];
+        for i in 0..64 {
+            let flags = if i == 63 { h2raw::flag::END_HEADERS } else { 0 };
+            if conn
+                .send(&h2raw::continuation(1, flags, &chunk))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // Refused one way or another: a reset, an answer, a GOAWAY or a closed connection.
+        let refused = loop {
+            match conn.recv().await {
+                Some(f) if f.kind == kind::GOAWAY || f.reset_code().is_some() => break Some(f),
+                Some(f) if f.kind == kind::HEADERS && f.stream == 1 => break Some(f),
+                Some(_) => {}
+                None => break None,
+            }
+        };
+        eprintln!("{name}: a 1 MiB header list got {refused:?}");
+        if let Some(reset) = refused.as_ref().and_then(h2raw::Frame::reset_code) {
+            assert_ne!(reset, code::NO_ERROR, "{name}");
+        }
+        assert_both_answer(&env, rss, &format!("{name}: a 1 MiB header list")).await;
+    }
+    eprintln!("HTTP/2 garbage took {:?}", started.elapsed());
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_frames_that_lie_get_an_error_status() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::start(SITE).await;
+    let started = Instant::now();
+    for target in targets(&env) {
+        let name = target.daemon;
+        let mut h2 = H2::connect(&target.socket).await;
+        let cases: [(&str, Vec<u8>, bool, Code); 6] = [
+            // A 4 GiB message announced, 1 KiB sent, the request left open: refused from the
+            // prefix alone, nothing buffered.
+            (
+                "a 4 GiB length prefix",
+                grpc_frame(0, u32::MAX, &[0; 1024]),
+                false,
+                Code::OutOfRange,
+            ),
+            (
+                "one byte over the message limit",
+                grpc_frame(0, u32::try_from(MAX_MESSAGE + 1).unwrap(), &[0; 16]),
+                false,
+                Code::OutOfRange,
+            ),
+            // The request ends inside the message, or inside the prefix.
+            (
+                "a truncated message",
+                grpc_frame(0, 256, &[0; 10]),
+                true,
+                Code::Internal,
+            ),
+            ("a truncated prefix", vec![0, 0, 0], true, Code::Internal),
+            // Compressed without a grpc-encoding, and a flag that means nothing.
+            (
+                "a compressed message",
+                grpc_frame(1, 3, &[1, 2, 3]),
+                true,
+                Code::Internal,
+            ),
+            (
+                "compression flag 7",
+                grpc_frame(7, 3, &[1, 2, 3]),
+                true,
+                Code::Internal,
+            ),
+        ];
+        for (what, body, end, code) in cases {
+            let rss = rss_kib();
+            let answer = h2.call(target.unary, body, end).await;
+            eprintln!(
+                "{name}: {what}: grpc-status {:?} {}",
+                answer.grpc_status, answer.grpc_message
+            );
+            assert!(
+                answer.grpc_status == Some(code as i32),
+                "{name}: {what}: want grpc-status {code:?}, got {answer:?}"
+            );
+            assert_both_answer(&env, rss, &format!("{name}: {what}")).await;
+        }
+        // Two messages on a unary call.
+        let mut two = message_frame(&pb::DataPlaneStatusRequest {});
+        two.extend(message_frame(&pb::DataPlaneStatusRequest {}));
+        let answer = h2.call(target.unary, two, true).await;
+        eprintln!("{name}: two messages on a unary call: {answer:?}");
+        assert_both_answer(&env, rss_kib(), &format!("{name}: two messages, unary")).await;
+
+        // Many calls opened and never finished on one connection (neither server limits
+        // concurrent streams).
+        let rss = rss_kib();
+        let mut open = Vec::new();
+        for _ in 0..1000 {
+            open.push(
+                h2.start(target.unary, grpc_frame(0, 64, &[0; 8]), false)
+                    .await,
+            );
+        }
+        assert_both_answer(&env, rss, &format!("{name}: 1000 unfinished calls")).await;
+        drop(open);
+    }
+    eprintln!("lying gRPC frames took {:?}", started.elapsed());
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_but_valid_protobuf_is_answered() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::start(SITE).await;
+    let started = Instant::now();
+    let mut controld = H2::connect(&env.socket).await;
+    let validate = "/proxy.v1.Admin/Validate";
+
+    // A config of 3 MiB of NULs: refused with a few located diagnostics.
+    let rss = rss_kib();
+    let request = pb::ValidateRequest {
+        config_text: "\0".repeat(3 << 20),
+        file_name: String::new(),
+    };
+    let answer = controld.call(validate, message_frame(&request), true).await;
+    assert_eq!(answer.grpc_status, Some(0), "{answer:?}");
+    let reply: pb::ValidateReply = answer.message();
+    assert!(!reply.valid && !reply.diagnostics.is_empty(), "{reply:?}");
+    assert!(
+        reply.diagnostics.len() <= 101,
+        "{}",
+        reply.diagnostics.len()
+    );
+    assert_both_answer(&env, rss, "controld: Validate of 3 MiB of NULs").await;
+
+    // 100 000 unknown keys (and no listener): the first 100 and a count of the rest.
+    let rss = rss_kib();
+    let text: String = (0..100_000).map(|i| format!("k{i} = 1\n")).collect();
+    let request = pb::ValidateRequest {
+        config_text: text,
+        file_name: "many.toml".into(),
+    };
+    let answer = controld.call(validate, message_frame(&request), true).await;
+    let reply: pb::ValidateReply = answer.message();
+    assert_eq!(reply.diagnostics.len(), 101);
+    let last = reply.diagnostics.last().unwrap();
+    assert!(
+        last.message.starts_with("99901 more problems not shown"),
+        "{last:?}"
+    );
+    assert_both_answer(&env, rss, "controld: Validate of 100 000 unknown keys").await;
+
+    for target in targets(&env) {
+        let name = target.daemon;
+        let mut h2 = H2::connect(&target.socket).await;
+        // Unknown fields, valid protobuf: skipped, except groups nested past prost's recursion
+        // limit (100), which are refused.
+        let cases: [(&str, Vec<u8>, Code); 3] = [
+            (
+                "groups nested 1 000 000 deep",
+                nested_groups(1_000_000),
+                Code::Internal,
+            ),
+            (
+                "a million unknown fields",
+                repeated_unknown(1_000_000),
+                Code::Ok,
+            ),
+            (
+                "a 3 MiB unknown field of NULs",
+                {
+                    let mut field = tag(15, 2);
+                    prost::encoding::encode_varint(3 << 20, &mut field);
+                    field.extend(std::iter::repeat_n(0u8, 3 << 20));
+                    field
+                },
+                Code::Ok,
+            ),
+        ];
+        for (what, payload, code) in cases {
+            assert!(payload.len() <= MAX_MESSAGE, "{what}");
+            let rss = rss_kib();
+            let frame = grpc_frame(0, u32::try_from(payload.len()).unwrap(), &payload);
+            let answer = h2.call(target.unary, frame, true).await;
+            eprintln!(
+                "{name}: {what}: grpc-status {:?} {}",
+                answer.grpc_status, answer.grpc_message
+            );
+            assert!(
+                answer.grpc_status == Some(code as i32),
+                "{name}: {what}: want grpc-status {code:?}, got {answer:?}"
+            );
+            assert_both_answer(&env, rss, &format!("{name}: {what}")).await;
+        }
+    }
+
+    // A data plane that says hello with a 1 MB node id is refused: controld keeps and shows
+    // what a data plane says of itself, so it is bounded.
+    let rss = rss_kib();
+    let hello = pb::DataPlaneMessage {
+        msg: Some(pb::data_plane_message::Msg::Hello(pb::Hello {
+            node_id: "n".repeat(1_000_000),
+            pid: 1,
+            build_version: "garbage".into(),
+            current_version: 0,
+        })),
+    };
+    let mut connection = H2::connect(&env.socket).await;
+    let answer = connection
+        .call("/proxy.v1.Control/Subscribe", message_frame(&hello), false)
+        .await;
+    assert_eq!(
+        answer.grpc_status,
+        Some(Code::InvalidArgument as i32),
+        "{answer:?}"
+    );
+    assert!(answer.grpc_message.contains("256"), "{answer:?}");
+    drop(connection);
+    assert_daemons_answer(&env, rss, "controld: Hello with a 1 MB node id").await;
+
+    // An Ack listing a million (empty) listeners: 2 MB, within the message limit. Written by
+    // hand, so that the test itself holds no million structs.
+    let rss = rss_kib();
+    let mut plane = Subscriber::hello(&env, "a-million-listeners").await;
+    let mut ack = vec![0x08, 0x01]; // version = 1
+    ack.extend(
+        tag(2, 2)
+            .into_iter()
+            .chain([0])
+            .collect::<Vec<u8>>()
+            .repeat(1_000_000),
+    );
+    let mut message = tag(2, 2); // DataPlaneMessage.ack
+    prost::encoding::encode_varint(ack.len() as u64, &mut message);
+    message.extend(ack);
+    plane.send_raw(message);
+    // Kept short: a data plane has a handful of listeners.
+    eventually(
+        "the Ack of a million listeners recorded, cut to 64",
+        || async {
+            let status = env.status().await;
+            status
+                .data_planes
+                .iter()
+                .any(|p| p.node_id == "a-million-listeners" && p.listeners.len() == 64)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_both_answer(&env, rss, "controld: an Ack of a million listeners").await;
+    plane.gone(&env).await;
+    eprintln!("absurd protobuf took {:?}", started.elapsed());
+    env.stop().await;
+}
+
+/// A hand-made data plane on controld's Subscribe stream.
+struct Subscriber {
+    send: h2::SendStream<Bytes>,
+    _snapshots: h2::RecvStream,
+    _connection: H2,
+}
+
+impl Subscriber {
+    /// Says hello as `node_id` and waits for the first snapshot.
+    async fn hello(env: &TestEnv, node_id: &str) -> Subscriber {
+        let hello = pb::DataPlaneMessage {
+            msg: Some(pb::data_plane_message::Msg::Hello(pb::Hello {
+                node_id: node_id.to_owned(),
+                pid: 1,
+                build_version: "garbage".into(),
+                current_version: 0,
+            })),
+        };
+        let mut connection = H2::connect(&env.socket).await;
+        let (response, send) = connection
+            .start("/proxy.v1.Control/Subscribe", message_frame(&hello), false)
+            .await;
+        let response = tokio::time::timeout(DEADLINE, response)
+            .await
+            .unwrap()
+            .unwrap();
+        let (parts, mut snapshots) = response.into_parts();
+        assert_eq!(
+            grpc_fields(&parts.headers).0,
+            None,
+            "a stream, not an error: {parts:?}"
+        );
+        let first = tokio::time::timeout(DEADLINE, snapshots.data())
+            .await
+            .unwrap();
+        assert!(
+            first.is_some_and(|c| c.is_ok_and(|c| !c.is_empty())),
+            "a snapshot"
+        );
+        Subscriber {
+            send,
+            _snapshots: snapshots,
+            _connection: connection,
+        }
+    }
+
+    /// Sends an encoded `DataPlaneMessage`.
+    fn send_raw(&mut self, message: Vec<u8>) {
+        assert!(message.len() <= MAX_MESSAGE);
+        let frame = grpc_frame(0, u32::try_from(message.len()).unwrap(), &message);
+        self.send.send_data(Bytes::from(frame), false).unwrap();
+    }
+
+    /// Closes the connection and waits until controld lists only the real proxyd.
+    async fn gone(self, env: &TestEnv) {
+        drop(self);
+        eventually("the hand-made data plane unsubscribed", || async {
+            (env.status().await.data_planes.len() == 1).then_some(())
+        })
+        .await;
+    }
+}
+
+/// proxyctl status while a data plane with the longest node id controld takes is subscribed,
+/// and one that sent a long refusal: the table stays a table.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxyctl_status_shows_a_data_plane_with_the_longest_node_id() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::start(SITE).await;
+    let node_id = "n".repeat(256);
+    let plane = Subscriber::hello(&env, &node_id).await;
+    let out = env.proxyctl(&["status"]).await;
+    let text = proxy_tests::output_text(&out);
+    // Degraded (exit 1: this hand-made data plane never ACKs), but a table, not a panic.
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&node_id), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    plane.gone(&env).await;
+    env.stop().await;
+}
