@@ -121,14 +121,18 @@ fn route_action(file: &RouteFile, at: &KeyPath, p: &mut Problems) -> Option<Rout
             );
         }
     }
+    // In the order of their lower-case names, so that `X-B` and `x-b` make the same model
+    // (and the same content hash).
+    let mut headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    headers.sort();
     Some(RouteAction::Respond {
         status: u16::try_from(status).unwrap_or(200),
         body: r.body.clone().unwrap_or_default(),
-        headers: r
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect(),
+        headers,
     })
 }
 
