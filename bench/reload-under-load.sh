@@ -95,7 +95,7 @@ done
 duration=$(( reloads / 5 + 20 ))
 wrk -t1 -c"$h1_clients" -d"${duration}s" -H 'Host: bench.test' \
     "http://127.0.0.1:$listen/api/x" >"$work/wrk.txt" 2>&1 & load1=$!
-h2load -c"$h2_clients" -m1 -D"$duration" -H 'Host: bench.test' \
+h2load -c"$h2_clients" -m1 -D"$duration" -H ':authority: bench.test' \
     "http://127.0.0.1:$listen/api/y" >"$work/h2load.txt" 2>&1 & load2=$!
 sleep 2
 

@@ -97,6 +97,11 @@ impl History {
             config_text.as_bytes(),
         )?;
         write_atomically(&self.dir, &format!("{}.json", entry.version), &meta)?;
+        // Nothing to forget while there are fewer entries than one kind may keep: no reason to
+        // read them all on every reload.
+        if self.versions().len() <= HISTORY_LIMIT {
+            return Ok(());
+        }
         let kept = self.list();
         for kind in [Kind::Config, Kind::Certificate] {
             let old = kept.iter().filter(|e| e.kind == kind).skip(HISTORY_LIMIT);
