@@ -29,7 +29,7 @@ use crate::runtime::{Action, Runtime, Site};
 use crate::server::{Activity, Permit};
 use crate::tls::Session;
 use crate::upstreams::{UpstreamBody, circuit_open};
-use body::{ClientBodyError, Side, Watched, client_body_fault};
+use body::{ClientBodyError, Side, Upload, Watched, client_body_fault};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type ResponseBody = BoxBody<Bytes, BoxError>;
@@ -273,16 +273,17 @@ impl Proxy {
                 | http::Method::DELETE
         );
         let limit = usize::try_from(site.body_limit_bytes).unwrap_or(usize::MAX);
-        // The response deadline runs from the end of the request body: a slow upload is the
-        // request body timeout's business, never the upstream's.
-        let body_sent = Arc::new(tokio::sync::Notify::new());
+        // The response deadline runs from the end of the request body (a slow upload is the
+        // request body timeout's business, never the upstream's), or from when the upstream
+        // stopped taking the body.
+        let upload = Upload::new();
         let body = Watched::new(
             body,
             self.limits.request_body_timeout,
             Side::Client,
             self.metrics.clone(),
         )
-        .notify_end(body_sent.clone());
+        .report_to(upload.clone());
         let mut body = Some(Limited::new(body, limit).boxed());
         let mut tried = Vec::new();
         let mut last_error = None;
@@ -320,10 +321,11 @@ impl Proxy {
             })?;
             let timeout = site.upstream_response_timeout;
             let deadline = async {
-                if !bodiless {
-                    body_sent.notified().await;
+                if bodiless {
+                    tokio::time::sleep(timeout).await;
+                } else {
+                    upload.upstream_deadline(timeout).await;
                 }
-                tokio::time::sleep(timeout).await;
             };
             let sent = tokio::select! {
                 sent = upstream.client.request(request) => Ok(sent),

@@ -504,3 +504,73 @@ async fn an_http2_client_that_stops_answering_pings_is_closed_even_with_a_stream
     );
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_takes_no_upload_gets_its_response_deadline() {
+    // Accepts, reads nothing, answers nothing: the upload stops at the socket buffers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let env = TestEnv::start_with(
+        &proxy_keys(&["request_body_timeout = \"30s\""]),
+        &site(
+            "a.test",
+            &format!("http://{upstream}"),
+            "body_limit_bytes = \"256m\"\nupstream_response_timeout = \"500ms\"\nretries = 0",
+        ),
+    )
+    .await;
+    let size: usize = 192 << 20;
+    let mut stream = TcpStream::connect(env.http).await.unwrap();
+    let (mut reader, mut writer) = stream.split();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: {size}\r\n\r\n");
+    let started = Instant::now();
+    let send = async {
+        writer.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..(size >> 20) {
+            if writer.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    };
+    let answer = async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    };
+    // The client keeps sending (it is not the one stalling); the answer comes regardless.
+    let got = tokio::time::timeout(DEADLINE, async {
+        tokio::select! {
+            got = answer => got,
+            () = async { send.await; std::future::pending::<()>().await } => unreachable!(),
+        }
+    })
+    .await
+    .expect("an answer while the upload is stuck");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 504"), "{got}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    metric_reaches(
+        &env,
+        "proxy_timeouts_total{kind=\"upstream_response\"}",
+        1.0,
+    )
+    .await;
+    env.stop().await;
+}

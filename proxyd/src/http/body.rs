@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::time::Sleep;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 
 use super::BoxError;
 use crate::metrics::Metrics;
@@ -43,8 +46,63 @@ pub struct Watched<B> {
     sleep: Option<Pin<Box<Sleep>>>,
     side: Side,
     metrics: Arc<Metrics>,
-    /// Told once the body has ended.
-    on_end: Option<Arc<tokio::sync::Notify>>,
+    /// Follows how sending the body goes (request bodies only).
+    progress: Option<Arc<Upload>>,
+}
+
+/// How a request body's upload goes, for the upstream's response deadline: it runs from the
+/// end of the body, or from the last progress when the body stopped being read because the
+/// upstream does not take it (then the stall is the upstream's); while the body waits for the
+/// client, the stall is the client's and `request_body_timeout` judges it.
+#[derive(Debug)]
+pub struct Upload {
+    start: Instant,
+    /// Milliseconds since `start` of the last frame read from the client.
+    last_ms: AtomicU64,
+    /// The last poll found nothing from the client yet.
+    waiting_on_client: AtomicBool,
+    ended: AtomicBool,
+    changed: Notify,
+}
+
+impl Upload {
+    pub fn new() -> Arc<Upload> {
+        Arc::new(Upload {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            waiting_on_client: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            changed: Notify::new(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Resolves when the upstream has had `timeout` to answer: after the body ended, or after
+    /// the upstream stopped taking the body (no progress while nothing waits on the client).
+    pub async fn upstream_deadline(&self, timeout: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            if self.ended.load(Ordering::Acquire) {
+                tokio::time::sleep(timeout).await;
+                return;
+            }
+            let idle = Duration::from_millis(
+                self.now_ms()
+                    .saturating_sub(self.last_ms.load(Ordering::Acquire)),
+            );
+            if idle >= timeout && !self.waiting_on_client.load(Ordering::Acquire) {
+                return;
+            }
+            let wait = timeout.saturating_sub(idle).max(Duration::from_millis(10));
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
 }
 
 impl<B> Watched<B> {
@@ -55,19 +113,35 @@ impl<B> Watched<B> {
             sleep: None,
             side,
             metrics,
-            on_end: None,
+            progress: None,
         }
     }
 
-    /// Tells `notify` (once) when the body has been read to its end.
-    pub fn notify_end(mut self, notify: Arc<tokio::sync::Notify>) -> Watched<B> {
-        self.on_end = Some(notify);
+    /// Reports the body's progress to `upload`.
+    pub fn report_to(mut self, upload: Arc<Upload>) -> Watched<B> {
+        self.progress = Some(upload);
         self
     }
 
     fn ended(&mut self) {
-        if let Some(notify) = self.on_end.take() {
-            notify.notify_one();
+        if let Some(upload) = self.progress.take() {
+            upload.ended.store(true, Ordering::Release);
+            upload.changed.notify_waiters();
+        }
+    }
+
+    fn moved(&self, waiting_on_client: bool) {
+        if let Some(upload) = &self.progress {
+            if !waiting_on_client {
+                upload.last_ms.store(upload.now_ms(), Ordering::Release);
+            }
+            if upload
+                .waiting_on_client
+                .swap(waiting_on_client, Ordering::AcqRel)
+                != waiting_on_client
+            {
+                upload.changed.notify_waiters();
+            }
         }
     }
 
@@ -95,6 +169,7 @@ where
         match Pin::new(&mut me.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 me.sleep = None;
+                me.moved(false);
                 if me.inner.is_end_stream() {
                     me.ended();
                 }
@@ -106,6 +181,7 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                me.moved(true);
                 let timeout = me.timeout;
                 let sleep = me
                     .sleep
