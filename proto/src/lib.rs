@@ -58,3 +58,23 @@ pub const MAX_SNAPSHOT_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
 /// The largest request a caller may send to Admin (a Validate carries a whole config file, at
 /// most 4 MiB) or a data plane on its Subscribe stream (ACKs and NACKs are small).
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+/// Bounds the wire contract sets on a snapshot, which controld checks in the file and proxyd
+/// checks again at its edge (a snapshot from disk or a faulty control plane): the weight of one
+/// upstream, and of one list of upstreams together (proxyd's schedule holds an entry per unit).
+pub const MAX_UPSTREAM_WEIGHT: u32 = 1000;
+pub const MAX_TOTAL_WEIGHT: u64 = 100_000;
+
+/// Headers a `respond` route may not set: the data plane frames its own answers, and these
+/// would change the framing or the connection.
+pub const FRAMING_HEADERS: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+];

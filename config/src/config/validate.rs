@@ -51,8 +51,6 @@ pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_REQUEST_HEADERS: u32 = 100;
 /// Bytes a request head may take: 64 KiB, like HAProxy's default buffer.
 pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: u64 = 64 * 1024;
-/// The most weight one list of upstreams may carry (proxyd refuses more, too).
-const MAX_TOTAL_WEIGHT: i64 = 100_000;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 

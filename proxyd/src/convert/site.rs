@@ -12,21 +12,8 @@ use super::{SiteCertificate, UpstreamLimits, quota};
 
 /// Bounds on values the runtime allocates by, checked whoever sent the snapshot (controld
 /// applies the same rules to the file).
-pub const MAX_WEIGHT: u32 = 1000;
-pub const MAX_TOTAL_WEIGHT: u64 = 100_000;
+pub use proto::{FRAMING_HEADERS, MAX_TOTAL_WEIGHT, MAX_UPSTREAM_WEIGHT as MAX_WEIGHT};
 pub const MAX_RETRIES: u32 = 5;
-/// Headers a `respond` route may not set: proxyd frames its answers itself.
-pub const FRAMING_HEADERS: [&str; 9] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
-];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteSpec {

@@ -1,5 +1,7 @@
 //! `[[sites.routes]]`: path prefixes and their actions (upstreams, redirect, respond).
 
+use proto::FRAMING_HEADERS;
+
 use super::sites::upstream_list;
 use super::*;
 
@@ -135,19 +137,6 @@ fn route_action(file: &RouteFile, at: &KeyPath, p: &mut Problems) -> Option<Rout
         headers,
     })
 }
-
-/// Headers a `respond` route may not set (proxyd refuses a snapshot with them, too).
-const FRAMING_HEADERS: [&str; 9] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
-];
 
 /// An HTTP token (RFC 9110 §5.6.2), as header names are.
 pub(super) fn http_token(s: &str) -> bool {

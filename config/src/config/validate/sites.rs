@@ -122,11 +122,14 @@ pub(super) fn upstream_list(
             UpstreamEntry::Url(_) => 1,
         })
         .sum();
-    if total > MAX_TOTAL_WEIGHT {
+    if u64::try_from(total).unwrap_or(0) > proto::MAX_TOTAL_WEIGHT {
         // proxyd allocates a schedule entry per unit of weight.
         p.push(
             at.clone(),
-            format!("the weights add up to {total}; at most {MAX_TOTAL_WEIGHT}"),
+            format!(
+                "the weights add up to {total}; at most {}",
+                proto::MAX_TOTAL_WEIGHT
+            ),
         );
     }
     for (j, entry) in entries.iter().enumerate() {
@@ -140,7 +143,7 @@ pub(super) fn upstream_list(
         };
         let weight = match weight {
             None => 1,
-            Some(w @ 1..=1000) => w as u32,
+            Some(w) if (1..=i64::from(proto::MAX_UPSTREAM_WEIGHT)).contains(&w) => w as u32,
             Some(w) => {
                 p.push(
                     at.index(j).key("weight"),
