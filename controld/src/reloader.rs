@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use crate::config::{self, Config, Diagnostic, LoadError, StaticConfig};
+use crate::config::{Config, Diagnostic, StaticConfig};
 use crate::dataplanes::{DataPlanes, PlaneOutcome};
 use crate::diff::{ConfigDiff, restarts, static_changes};
 use crate::error::Error;
@@ -26,84 +26,6 @@ pub struct Current {
     pub text: Arc<str>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct ReloadOptions {
-    /// Report what would happen; publish nothing.
-    pub dry_run: bool,
-    /// Publish a new version even when the content did not change.
-    pub force: bool,
-    /// Who asked, for the history.
-    pub origin: Origin,
-    /// Optimistic concurrency: reload only if this version is still serving.
-    pub if_version: Option<u64>,
-}
-
-/// Where a published version came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    /// "startup", "reload", "sighup" or "rollback to N".
-    pub source: String,
-    pub uid: Option<u32>,
-    pub pid: Option<i32>,
-}
-
-impl Default for Origin {
-    fn default() -> Origin {
-        Origin {
-            source: "reload".to_owned(),
-            uid: None,
-            pid: None,
-        }
-    }
-}
-
-/// Why a rollback could not even be attempted.
-#[derive(Debug, thiserror::Error)]
-pub enum RollbackError {
-    #[error("version {0} is not in the history (only the last {limit} are kept)", limit = crate::history::HISTORY_LIMIT)]
-    UnknownVersion(u64),
-    #[error("there is no earlier version to roll back to")]
-    NothingEarlier,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Applied,
-    Unchanged,
-    Rejected,
-    DryRun,
-    /// `if_version` did not match: another writer published first; nothing was read.
-    Conflict,
-}
-
-/// Everything a reload has to say; Admin.Reload sends it as is.
-#[derive(Debug, Clone)]
-pub struct ReloadReport {
-    pub outcome: Outcome,
-    pub previous_version: u64,
-    /// The version serving after the reload; for a dry run, the version a reload would publish.
-    pub version: u64,
-    pub diagnostics: Vec<Diagnostic>,
-    pub diff: ConfigDiff,
-    pub warnings: Vec<String>,
-    pub data_planes: Vec<PlaneOutcome>,
-    pub duration: Duration,
-}
-
-impl ReloadReport {
-    /// One line for status and logs.
-    pub fn summary(&self) -> String {
-        match self.outcome {
-            Outcome::Rejected => self
-                .diagnostics
-                .first()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            _ => self.diff.summary(),
-        }
-    }
-}
-
 /// A new version, as [`Reloader::commit`] publishes it.
 struct Change {
     config: Config,
@@ -113,26 +35,6 @@ struct Change {
     summary: String,
     /// The config diff, for the history (none for ACME changes).
     diff: Option<ConfigDiff>,
-}
-
-/// What `Reloader::validate` found.
-#[derive(Debug, Clone)]
-pub struct ValidateReport {
-    pub diagnostics: Vec<Diagnostic>,
-    pub diff: ConfigDiff,
-    pub warnings: Vec<String>,
-    pub current_version: u64,
-    /// The version a reload of the text would publish.
-    pub next_version: u64,
-}
-
-/// The last reload requested since start.
-#[derive(Debug, Clone)]
-pub struct LastReload {
-    pub at: SystemTime,
-    pub outcome: Outcome,
-    pub summary: String,
-    pub version: u64,
 }
 
 /// Called with the new `logging.level` after every applied reload.
@@ -165,25 +67,6 @@ pub struct Reloader {
 
 /// Validate calls and dry runs checked at the same time.
 const MAX_CONCURRENT_CHECKS: usize = 4;
-
-/// Why a Validate call was not checked.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    #[error("{MAX_CONCURRENT_CHECKS} checks are already in progress; try again shortly")]
-    Busy,
-}
-
-/// What [`Reloader::publish_acme`] did.
-#[derive(Debug, Clone)]
-pub struct AcmePublished {
-    /// The version serving now: a new one, or the same when the change changed nothing.
-    pub version: u64,
-    /// Whether a new version was published.
-    pub published: bool,
-    /// What each data plane connected at publish time did with it (empty when nothing was
-    /// published).
-    pub data_planes: Vec<PlaneOutcome>,
-}
 
 impl Reloader {
     /// Takes the config loaded at startup and gives it a version: the recorded one when the
@@ -253,97 +136,6 @@ impl Reloader {
             started_statics,
             checks: tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS),
         })
-    }
-
-    /// What ACME adds to the snapshots now.
-    pub fn acme_overlay(&self) -> Arc<AcmeOverlay> {
-        self.acme.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Changes what ACME adds to the snapshots (a new certificate, a challenge to answer, one
-    /// to forget) and, when that changes the snapshot, publishes it as a new version on top of
-    /// the config serving now, then waits for the data planes like a reload. The single writer:
-    /// this runs under the reload lock, so it never interleaves with a reload.
-    pub async fn publish_acme(
-        &self,
-        summary: &str,
-        change: impl FnOnce(&mut AcmeOverlay),
-    ) -> Result<AcmePublished, Error> {
-        let started = Instant::now();
-        let _serialized = self.lock.lock().await;
-        let current = self.current();
-        let mut overlay = (*self.acme_overlay()).clone();
-        change(&mut overlay);
-        let content = Content::build_with(&current.config, &overlay);
-        if let Some(too_large) = oversize(&content, &self.config_path) {
-            return Err(Error::Publish(too_large.message));
-        }
-        if content.hash == current.content.hash {
-            *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(overlay);
-            return Ok(AcmePublished {
-                version: current.version,
-                published: false,
-                data_planes: Vec::new(),
-            });
-        }
-        let options = ReloadOptions {
-            origin: Origin {
-                source: "acme".to_owned(),
-                uid: None,
-                pid: None,
-            },
-            ..ReloadOptions::default()
-        };
-        let change = Change {
-            config: current.config.clone(),
-            text: current.text.clone(),
-            content,
-            kind: Kind::Certificate,
-            summary: summary.to_owned(),
-            diff: None,
-        };
-        let mut committed = Err(String::new());
-        let report = self
-            .around(&options, started, async {
-                let mut report = Reloader::empty_report(&current);
-                match self.commit(&current, change, &options.origin).await {
-                    Ok((version, planes)) => {
-                        *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(overlay);
-                        report.outcome = Outcome::Applied;
-                        report.version = version;
-                        report.data_planes = planes;
-                        committed = Ok(());
-                    }
-                    Err(d) => {
-                        committed = Err(d.message.clone());
-                        report.diagnostics = vec![d];
-                    }
-                }
-                report
-            })
-            .await;
-        committed.map_err(Error::Publish)?;
-        for p in &report.data_planes {
-            if p.result != crate::dataplanes::PlaneResult::Acked {
-                tracing::warn!(node_id = %p.node_id, result = ?p.result, error = %p.error,
-                    version = report.version, "a data plane did not apply the ACME change");
-            }
-        }
-        Ok(AcmePublished {
-            version: report.version,
-            published: true,
-            data_planes: report.data_planes,
-        })
-    }
-
-    /// The `[acme]` controld runs its ACME task with now.
-    pub fn acme_config(&self) -> Option<crate::config::AcmeConfig> {
-        self.acme_config.borrow().clone()
-    }
-
-    /// Follows [`Reloader::acme_config`].
-    pub fn subscribe_acme_config(&self) -> watch::Receiver<Option<crate::config::AcmeConfig>> {
-        self.acme_config.subscribe()
     }
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
@@ -769,63 +561,18 @@ impl Reloader {
     }
 }
 
-fn replace_if_changed<T: PartialEq + Clone>(slot: &mut T, new: &T) -> bool {
-    if slot == new {
-        return false;
-    }
-    *slot = new.clone();
-    true
-}
-
-/// A diagnostic when `content` is larger than data planes accept.
-fn oversize(content: &Content, file: &Path) -> Option<Diagnostic> {
-    let bytes = prost::Message::encoded_len(&content.snapshot);
-    (bytes > proto::MAX_SNAPSHOT_BYTES).then(|| Diagnostic {
-        key_path: "sites".to_owned(),
-        file: file.to_owned(),
-        line: 0,
-        column: 0,
-        message: format!(
-            "the snapshot would be {bytes} bytes, more than the {} bytes data planes accept \
-             (the gRPC message limit of the control socket, less framing): serve fewer \
-             certificates or shorter chains per controld",
-            proto::MAX_SNAPSHOT_BYTES
-        ),
-    })
-}
-
-/// Reads and checks the config file on a blocking thread: the file and the certificate files it
-/// names may be slow (a network file system) or hostile (checked to be regular files).
-async fn load_off_thread(path: PathBuf) -> Result<(Config, String), LoadError> {
-    let read = path.clone();
-    tokio::task::spawn_blocking(move || config::load_with_text(&read))
-        .await
-        .unwrap_or_else(|e| {
-            Err(LoadError::Read {
-                path,
-                source: std::io::Error::other(e.to_string()),
-            })
-        })
-}
-
-/// Parses config text on a blocking thread (it reads the certificate files it names).
-async fn parse_off_thread(text: String, file: PathBuf) -> Result<Config, LoadError> {
-    let name = file.clone();
-    tokio::task::spawn_blocking(move || config::parse(&text, &name))
-        .await
-        .unwrap_or_else(|e| {
-            Err(LoadError::Read {
-                path: file,
-                source: std::io::Error::other(e.to_string()),
-            })
-        })
-}
-
 /// Milliseconds since the Unix epoch, for the wire.
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+mod acme;
+mod io;
+mod report;
+
+use io::{load_off_thread, oversize, parse_off_thread, replace_if_changed};
+pub use report::*;
 
 #[cfg(test)]
 mod tests;

@@ -276,14 +276,17 @@ impl Proxy {
         // The response deadline runs from the end of the request body (a slow upload is the
         // request body timeout's business, never the upstream's), or from when the upstream
         // stopped taking the body.
-        let upload = Upload::new();
-        let body = Watched::new(
+        // Only a request with a body has an upload to follow (no allocation for the rest).
+        let upload = (!bodiless).then(Upload::new);
+        let mut body = Watched::new(
             body,
             self.limits.request_body_timeout,
             Side::Client,
             self.metrics.clone(),
-        )
-        .report_to(upload.clone());
+        );
+        if let Some(upload) = &upload {
+            body = body.report_to(upload.clone());
+        }
         let mut body = Some(Limited::new(body, limit).boxed());
         let mut tried = Vec::new();
         let mut last_error = None;
@@ -321,10 +324,9 @@ impl Proxy {
             })?;
             let timeout = site.upstream_response_timeout;
             let deadline = async {
-                if bodiless {
-                    tokio::time::sleep(timeout).await;
-                } else {
-                    upload.upstream_deadline(timeout).await;
+                match &upload {
+                    Some(upload) => upload.upstream_deadline(timeout).await,
+                    None => tokio::time::sleep(timeout).await,
                 }
             };
             let sent = tokio::select! {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::config;
 use crate::dataplanes::{Plane, PlaneResult};
 
 struct Fixture {

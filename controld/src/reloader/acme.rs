@@ -1,0 +1,104 @@
+//! What ACME adds to every snapshot (certificates, pending challenges) and the `[acme]`
+//! controld runs with: changed only under the reload lock, published through the same commit
+//! path as a reload.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use super::*;
+use crate::snapshot::AcmeOverlay;
+
+impl Reloader {
+    /// What ACME adds to the snapshots now.
+    pub fn acme_overlay(&self) -> Arc<AcmeOverlay> {
+        self.acme.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes what ACME adds to the snapshots (a new certificate, a challenge to answer, one
+    /// to forget) and, when that changes the snapshot, publishes it as a new version on top of
+    /// the config serving now, then waits for the data planes like a reload. The single writer:
+    /// this runs under the reload lock, so it never interleaves with a reload.
+    pub async fn publish_acme(
+        &self,
+        summary: &str,
+        change: impl FnOnce(&mut AcmeOverlay),
+    ) -> Result<AcmePublished, Error> {
+        let started = Instant::now();
+        let _serialized = self.lock.lock().await;
+        let current = self.current();
+        let mut overlay = (*self.acme_overlay()).clone();
+        change(&mut overlay);
+        let content = Content::build_with(&current.config, &overlay);
+        if let Some(too_large) = oversize(&content, &self.config_path) {
+            return Err(Error::Publish(too_large.message));
+        }
+        if content.hash == current.content.hash {
+            *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(overlay);
+            return Ok(AcmePublished {
+                version: current.version,
+                published: false,
+                data_planes: Vec::new(),
+            });
+        }
+        let options = ReloadOptions {
+            origin: Origin {
+                source: "acme".to_owned(),
+                uid: None,
+                pid: None,
+            },
+            ..ReloadOptions::default()
+        };
+        let change = Change {
+            config: current.config.clone(),
+            text: current.text.clone(),
+            content,
+            kind: Kind::Certificate,
+            summary: summary.to_owned(),
+            diff: None,
+        };
+        let mut committed = Err(String::new());
+        let report = self
+            .around(&options, started, async {
+                let mut report = Reloader::empty_report(&current);
+                match self.commit(&current, change, &options.origin).await {
+                    Ok((version, planes)) => {
+                        *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(overlay);
+                        report.outcome = Outcome::Applied;
+                        report.version = version;
+                        report.data_planes = planes;
+                        committed = Ok(());
+                    }
+                    Err(d) => {
+                        committed = Err(d.message.clone());
+                        report.diagnostics = vec![d];
+                    }
+                }
+                report
+            })
+            .await;
+        committed.map_err(Error::Publish)?;
+        for p in &report.data_planes {
+            if p.result != crate::dataplanes::PlaneResult::Acked {
+                tracing::warn!(node_id = %p.node_id, result = ?p.result, error = %p.error,
+                    version = report.version, "a data plane did not apply the ACME change");
+            }
+        }
+        Ok(AcmePublished {
+            version: report.version,
+            published: true,
+            data_planes: report.data_planes,
+        })
+    }
+
+    /// The `[acme]` controld runs its ACME task with now.
+    pub fn acme_config(&self) -> Option<crate::config::AcmeConfig> {
+        self.acme_config.borrow().clone()
+    }
+
+    /// Follows [`Reloader::acme_config`].
+    pub fn subscribe_acme_config(&self) -> watch::Receiver<Option<crate::config::AcmeConfig>> {
+        self.acme_config.subscribe()
+    }
+}

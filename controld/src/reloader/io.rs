@@ -1,0 +1,59 @@
+//! The Reloader's edges: reading and parsing off the async threads, and the size check that
+//! keeps controld from publishing what its data planes cannot read.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, Config, Diagnostic, LoadError};
+use crate::snapshot::Content;
+
+pub(super) fn replace_if_changed<T: PartialEq + Clone>(slot: &mut T, new: &T) -> bool {
+    if slot == new {
+        return false;
+    }
+    *slot = new.clone();
+    true
+}
+
+/// A diagnostic when `content` is larger than data planes accept.
+pub(super) fn oversize(content: &Content, file: &Path) -> Option<Diagnostic> {
+    let bytes = prost::Message::encoded_len(&content.snapshot);
+    (bytes > proto::MAX_SNAPSHOT_BYTES).then(|| Diagnostic {
+        key_path: "sites".to_owned(),
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        message: format!(
+            "the snapshot would be {bytes} bytes, more than the {} bytes data planes accept \
+             (the gRPC message limit of the control socket, less framing): serve fewer \
+             certificates or shorter chains per controld",
+            proto::MAX_SNAPSHOT_BYTES
+        ),
+    })
+}
+
+/// Reads and checks the config file on a blocking thread: the file and the certificate files it
+/// names may be slow (a network file system) or hostile (checked to be regular files).
+pub(super) async fn load_off_thread(path: PathBuf) -> Result<(Config, String), LoadError> {
+    let read = path.clone();
+    tokio::task::spawn_blocking(move || config::load_with_text(&read))
+        .await
+        .unwrap_or_else(|e| {
+            Err(LoadError::Read {
+                path,
+                source: std::io::Error::other(e.to_string()),
+            })
+        })
+}
+
+/// Parses config text on a blocking thread (it reads the certificate files it names).
+pub(super) async fn parse_off_thread(text: String, file: PathBuf) -> Result<Config, LoadError> {
+    let name = file.clone();
+    tokio::task::spawn_blocking(move || config::parse(&text, &name))
+        .await
+        .unwrap_or_else(|e| {
+            Err(LoadError::Read {
+                path: file,
+                source: std::io::Error::other(e.to_string()),
+            })
+        })
+}
