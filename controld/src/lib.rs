@@ -25,7 +25,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -202,10 +201,8 @@ impl Controld {
             .set_serving::<proto::v1::control_server::ControlServer<service::ControlService>>()
             .await;
         // Explicit limits on both ends (docs/protocol.md): snapshots up to MAX_MESSAGE_BYTES out,
-        // requests up to MAX_REQUEST_BYTES in; a few streams per caller's connection.
-        let serve = tonic::transport::Server::builder()
-            .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
-            .http2_max_pending_accept_reset_streams(Some(20))
+        // requests up to MAX_REQUEST_BYTES in; per caller, `proto::uds::server`'s bounds.
+        let serve = proto::uds::server()
             .add_service(
                 proto::v1::control_server::ControlServer::new(control)
                     .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
@@ -219,11 +216,14 @@ impl Controld {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(health_service)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-                shutdown.cancelled().await;
-                // Before the server winds down, so it cannot be lost to the process exiting.
-                notify::stopping();
-            });
+            .serve_with_incoming_shutdown(
+                proto::uds::Incoming::new(listener, proto::uds::HANDSHAKE_TIMEOUT),
+                async {
+                    shutdown.cancelled().await;
+                    // Before the server winds down, so it cannot be lost to the process exiting.
+                    notify::stopping();
+                },
+            );
         // A caller that stops reading must not hold up the exit: past the grace, whatever is
         // still open is dropped.
         tokio::select! {
@@ -270,10 +270,6 @@ impl metrics::Source for MetricsSource {
         }
     }
 }
-
-/// Calls one connection to the control socket may have in progress at once (a Subscribe stream
-/// counts as one for its whole life).
-const MAX_CALLS_PER_CONNECTION: usize = 16;
 
 /// How long open calls on the control socket get to finish once controld stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);

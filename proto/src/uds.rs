@@ -1,9 +1,18 @@
-//! gRPC channels over a Unix socket: how proxyd and proxyctl reach controld.
+//! gRPC over a Unix socket: how proxyd and proxyctl reach controld, and how both daemons
+//! accept callers.
 
+use std::future::Future;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::time::Sleep;
+use tonic::transport::server::{Connected, UdsConnectInfo};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Opens a gRPC channel to the Unix socket at `path`.
@@ -130,5 +139,193 @@ fn probe_existing(path: &Path) -> std::io::Result<bool> {
         )),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(true),
         Err(e) => Err(e),
+    }
+}
+
+/// Calls one caller's connection may have in progress at once; more wait their turn (a
+/// Subscribe stream counts as one for its whole life).
+pub const MAX_CALLS_PER_CONNECTION: usize = 16;
+
+/// A caller's connection that has not answered a PING for `KEEPALIVE_TIMEOUT`, asked every
+/// `KEEPALIVE_INTERVAL`, is closed: a peer that vanished or stopped reading lets go of its
+/// file descriptor.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A gRPC server with the bounds both daemons put on each caller of their Unix socket: calls at
+/// once per connection, streams reset before being accepted, keep-alive PINGs. Serve it with
+/// [`Incoming`] for the handshake deadline.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+}
+
+/// How long a caller has, from connecting, to send the HTTP/2 preface and the header of its first
+/// frame. Callers are local processes; one that stops inside the handshake is not a client.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4) and the 9-byte header of the SETTINGS frame that
+/// must follow it.
+const HANDSHAKE_BYTES: usize = 24 + 9;
+
+/// The connections accepted on a control or admin socket, each with a handshake deadline: hyper's
+/// HTTP/2 server reads the preface with no deadline of its own, so a caller that stops inside it
+/// would hold its connection (and a file descriptor) forever. Past the handshake, the server's
+/// HTTP/2 keep-alive PINGs find dead peers.
+pub struct Incoming {
+    listener: UnixListener,
+    handshake: Duration,
+}
+
+impl Incoming {
+    pub fn new(listener: UnixListener, handshake: Duration) -> Incoming {
+        Incoming {
+            listener,
+            handshake,
+        }
+    }
+}
+
+impl tokio_stream::Stream for Incoming {
+    type Item = io::Result<Handshaking>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let handshake = self.handshake;
+        self.listener.poll_accept(cx).map(|accepted| {
+            Some(accepted.map(|(stream, _)| Handshaking {
+                inner: stream,
+                read: 0,
+                deadline: Some(Box::pin(tokio::time::sleep(handshake))),
+            }))
+        })
+    }
+}
+
+/// An accepted connection whose reads fail with `TimedOut` if the handshake's bytes have not all
+/// arrived by the deadline.
+pub struct Handshaking {
+    inner: UnixStream,
+    read: usize,
+    /// Dropped once the handshake's bytes are in.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl AsyncRead for Handshaking {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match polled {
+            Poll::Ready(Ok(())) => {
+                self.read += buf.filled().len() - before;
+                if self.read >= HANDSHAKE_BYTES {
+                    self.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = self
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if expired {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no HTTP/2 handshake within the deadline",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+}
+
+impl AsyncWrite for Handshaking {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl Connected for Handshaking {
+    type ConnectInfo = UdsConnectInfo;
+
+    /// The peer's credentials, as for a plain `UnixStream`: both daemons check them.
+    fn connect_info(&self) -> UdsConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_stream::StreamExt;
+
+    async fn pair(handshake: Duration) -> (UnixStream, Handshaking, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let mut incoming = Incoming::new(UnixListener::bind(&path).unwrap(), handshake);
+        let client = UnixStream::connect(&path).await.unwrap();
+        let server = incoming.next().await.unwrap().unwrap();
+        (client, server, dir)
+    }
+
+    #[tokio::test]
+    async fn a_caller_stopping_inside_the_handshake_times_out() {
+        let (mut client, mut server, _dir) = pair(Duration::from_millis(200)).await;
+        client.write_all(&[0x50; 10]).await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(server.read(&mut buf).await.unwrap(), 10);
+        let err = tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf))
+            .await
+            .expect("the deadline fires")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn past_the_handshake_a_quiet_caller_is_left_alone() {
+        let (mut client, mut server, _dir) = pair(Duration::from_millis(100)).await;
+        client.write_all(&[0x50; HANDSHAKE_BYTES]).await.unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < HANDSHAKE_BYTES {
+            got += server.read(&mut buf).await.unwrap();
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(400), server.read(&mut buf)).await;
+        assert!(quiet.is_err(), "still waiting, no error: {quiet:?}");
+        client.write_all(b"x").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 1);
     }
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use proto::v1 as pb;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -115,12 +114,16 @@ pub fn start(
     };
     Ok(tokio::spawn(async move {
         let Some(listener) = listener else { return };
-        let served = tonic::transport::Server::builder()
+        // The same bounds per caller as controld's control socket (docs/protocol.md).
+        let served = proto::uds::server()
             .add_service(
                 pb::data_plane_server::DataPlaneServer::new(service)
                     .max_decoding_message_size(proto::MAX_REQUEST_BYTES),
             )
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
+            .serve_with_incoming_shutdown(
+                proto::uds::Incoming::new(listener, proto::uds::HANDSHAKE_TIMEOUT),
+                shutdown.cancelled(),
+            )
             .await;
         if let Err(e) = served {
             tracing::warn!(error = %e, "admin socket stopped");

@@ -192,8 +192,18 @@ impl Drop for H2 {
 
 impl H2 {
     async fn connect(socket: &Path) -> H2 {
+        H2::connect_with_window(socket, 65_535).await
+    }
+
+    /// With `window` bytes of flow-control window per stream, never replenished unless a test
+    /// releases capacity.
+    async fn connect_with_window(socket: &Path, window: u32) -> H2 {
         let stream = UnixStream::connect(socket).await.unwrap();
-        let (client, connection) = h2::client::handshake(stream).await.unwrap();
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(window)
+            .handshake(stream)
+            .await
+            .unwrap();
         let connection = tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -363,6 +373,42 @@ async fn http2_garbage_is_refused_and_both_daemons_keep_answering() {
         assert_both_answer(&env, rss, &format!("{name}: a 1 MiB header list")).await;
     }
     eprintln!("HTTP/2 garbage took {:?}", started.elapsed());
+    env.stop().await;
+}
+
+/// A caller that stops inside the HTTP/2 handshake is cut off at the handshake deadline, on
+/// both sockets: before, the connection stayed open for as long as the caller liked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_stopping_inside_the_handshake_is_cut_off() {
+    let env = TestEnv::start(SITE).await;
+    let limit = proto::uds::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(3);
+    let mut held = Vec::new();
+    for target in targets(&env) {
+        // Inside the preface; the whole preface but no SETTINGS frame; nothing at all.
+        for prefix in [&h2raw::PREFACE[..10], h2raw::PREFACE, &[]] {
+            let mut stream = UnixStream::connect(&target.socket).await.unwrap();
+            stream.write_all(prefix).await.unwrap();
+            held.push((target.daemon, prefix.len(), stream));
+        }
+    }
+    let started = Instant::now();
+    for (daemon, sent, mut stream) in held {
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout_at((started + limit).into(), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "{daemon}: a caller that sent {sent} bytes of the handshake still connected after {limit:?}"
+        );
+    }
+    assert_daemons_answer(&env, rss_kib(), "handshakes cut off").await;
     env.stop().await;
 }
 
@@ -603,6 +649,12 @@ struct Subscriber {
 impl Subscriber {
     /// Says hello as `node_id` and waits for the first snapshot.
     async fn hello(env: &TestEnv, node_id: &str) -> Subscriber {
+        Subscriber::hello_with_window(env, node_id, 65_535).await
+    }
+
+    /// Says hello as `node_id` and waits for the first bytes of the first snapshot, with a
+    /// stream window of `window` bytes that it never replenishes.
+    async fn hello_with_window(env: &TestEnv, node_id: &str, window: u32) -> Subscriber {
         let hello = pb::DataPlaneMessage {
             msg: Some(pb::data_plane_message::Msg::Hello(pb::Hello {
                 node_id: node_id.to_owned(),
@@ -611,7 +663,7 @@ impl Subscriber {
                 current_version: 0,
             })),
         };
-        let mut connection = H2::connect(&env.socket).await;
+        let mut connection = H2::connect_with_window(&env.socket, window).await;
         let (response, send) = connection
             .start("/proxy.v1.Control/Subscribe", message_frame(&hello), false)
             .await;
@@ -654,6 +706,27 @@ impl Subscriber {
         })
         .await;
     }
+}
+
+/// A data plane that stops reading its Subscribe stream in the middle of a snapshot does not hold
+/// up controld's exit: open calls get a short grace, then are dropped. (hyper's graceful shutdown
+/// waits for every stream to end, and this one cannot: its data waits on a window that never
+/// opens.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_that_stops_reading_does_not_hold_up_shutdown() {
+    let _serial = SERIAL.lock().await;
+    let mut env = TestEnv::start(SITE).await;
+    let stuck = Subscriber::hello_with_window(&env, "stuck", 64).await;
+    let started = Instant::now();
+    // Panics after DEADLINE if controld does not stop.
+    env.stop_controld().await;
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "controld took {took:?} to stop"
+    );
+    drop(stuck);
+    env.stop().await;
 }
 
 /// proxyctl status while a data plane with the longest node id controld takes is subscribed,
