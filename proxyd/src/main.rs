@@ -37,15 +37,20 @@ struct Cli {
     /// Log line format until and after the first snapshot.
     #[arg(long, default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
+    /// Threads that serve traffic (like nginx's worker_processes). Default: one per CPU this
+    /// process may run on (its affinity mask, so `taskset` and systemd's CPUAffinity count).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_level_hook = init_logging(&cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.worker_threads {
+        builder.worker_threads(usize::from(threads));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("proxyd: cannot start the async runtime: {e}");
