@@ -1,0 +1,196 @@
+//! A performance regression guard that times nothing: the heap allocations proxyd makes per
+//! proxied request, and the heap it keeps per idle keep-alive connection, counted on a fixed
+//! workload. Counts repeat from run to run, whatever else the machine is doing, so a change that
+//! adds work to the request path fails here instead of slipping by as benchmark noise.
+//!
+//! Everything runs on one current-thread runtime on the test's thread, and the counting allocator
+//! (`allocation-counter`) counts that thread only. The client and the upstream are hand-written
+//! loops over fixed buffers that allocate nothing per request, so what is counted is proxyd's
+//! (and tokio's and hyper's on its behalf). The budgets are today's figures with a little room;
+//! lower them when a change makes proxyd cheaper (bench/ measures what that buys).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::net::SocketAddr;
+
+use proxy_tests::TestEnv;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Allocations per proxied HTTP/1.1 keep-alive GET, at most.
+const ALLOCATIONS_PER_REQUEST: f64 = 52.0;
+
+/// Heap bytes proxyd keeps per idle keep-alive client connection, at most.
+const BYTES_PER_IDLE_CONNECTION: f64 = 40.0 * 1024.0;
+
+const REQUEST: &[u8] =
+    b"GET /budget HTTP/1.1\r\nHost: budget.test\r\nUser-Agent: alloc-budget\r\n\r\n";
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n\r\nhello world\n";
+
+/// An upstream that answers every request head with [`RESPONSE`], on any number of keep-alive
+/// connections, allocating nothing per request.
+async fn fixed_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut filled = 0;
+                loop {
+                    let Ok(n) = stream.read(&mut buf[filled..]).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    filled += n;
+                    // Requests here have no body: a head ends each one.
+                    while let Some(end) = find_head_end(&buf[..filled]) {
+                        if stream.write_all(RESPONSE).await.is_err() {
+                            return;
+                        }
+                        buf.copy_within(end..filled, 0);
+                        filled -= end;
+                    }
+                    if filled == buf.len() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn find_head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+}
+
+/// Sends [`REQUEST`] and reads one whole response (head and its Content-Length body).
+async fn round_trip(stream: &mut TcpStream, buf: &mut [u8; 4096]) {
+    stream.write_all(REQUEST).await.unwrap();
+    let mut filled = 0;
+    loop {
+        let n = stream.read(&mut buf[filled..]).await.unwrap();
+        assert!(n > 0, "proxyd closed the connection");
+        filled += n;
+        if let Some(head) = find_head_end(&buf[..filled]) {
+            let text = std::str::from_utf8(&buf[..head]).unwrap();
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            let length: usize = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            if filled >= head + length {
+                assert_eq!(filled, head + length, "one response at a time");
+                return;
+            }
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn start(upstream: SocketAddr) -> TestEnv {
+    TestEnv::start(&format!(
+        "[[sites]]\nhostnames = [\"budget.test\"]\nupstreams = [\"http://{upstream}\"]\n"
+    ))
+    .await
+}
+
+#[test]
+fn allocations_per_proxied_request_stay_within_budget() {
+    const REQUESTS: u32 = 2000;
+    let rt = runtime();
+    let (env, mut client) = rt.block_on(async {
+        let env = start(fixed_upstream().await).await;
+        let mut client = TcpStream::connect(env.http).await.unwrap();
+        let mut buf = [0u8; 4096];
+        // Warm: the upstream connection pooled, every lazily built structure built.
+        for _ in 0..200 {
+            round_trip(&mut client, &mut buf).await;
+        }
+        (env, client)
+    });
+    let info = allocation_counter::measure(|| {
+        rt.block_on(async {
+            let mut buf = [0u8; 4096];
+            for _ in 0..REQUESTS {
+                round_trip(&mut client, &mut buf).await;
+            }
+        });
+    });
+    let per_request = info.count_total as f64 / f64::from(REQUESTS);
+    let bytes_per_request = info.bytes_total as f64 / f64::from(REQUESTS);
+    println!(
+        "allocations per proxied request: {per_request:.1} ({bytes_per_request:.0} bytes); budget {ALLOCATIONS_PER_REQUEST}"
+    );
+    assert!(
+        per_request <= ALLOCATIONS_PER_REQUEST,
+        "proxyd now makes {per_request:.1} allocations per proxied request, over the budget of \
+         {ALLOCATIONS_PER_REQUEST}: find the new ones (or, if they are worth it, measure them in \
+         bench/ and raise the budget)"
+    );
+    rt.block_on(env.stop());
+}
+
+#[test]
+fn heap_kept_per_idle_connection_stays_within_budget() {
+    const CONNECTIONS: usize = 200;
+    let rt = runtime();
+    let env = rt.block_on(async {
+        let env = start(fixed_upstream().await).await;
+        // Warm, and the upstream connection pooled.
+        let mut client = TcpStream::connect(env.http).await.unwrap();
+        let mut buf = [0u8; 4096];
+        for _ in 0..50 {
+            round_trip(&mut client, &mut buf).await;
+        }
+        env
+    });
+    let mut held = Vec::with_capacity(CONNECTIONS);
+    let info = allocation_counter::measure(|| {
+        rt.block_on(async {
+            let mut buf = [0u8; 4096];
+            for _ in 0..CONNECTIONS {
+                let mut client = TcpStream::connect(env.http).await.unwrap();
+                round_trip(&mut client, &mut buf).await;
+                held.push(client);
+            }
+            // Let every connection's task settle into waiting for its next request.
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+        });
+    });
+    let per_connection = info.bytes_current as f64 / CONNECTIONS as f64;
+    println!(
+        "heap kept per idle keep-alive connection: {per_connection:.0} bytes; budget {BYTES_PER_IDLE_CONNECTION}"
+    );
+    assert!(
+        per_connection <= BYTES_PER_IDLE_CONNECTION,
+        "proxyd now keeps {per_connection:.0} bytes per idle keep-alive connection, over the \
+         budget of {BYTES_PER_IDLE_CONNECTION}"
+    );
+    drop(held);
+    rt.block_on(env.stop());
+}
