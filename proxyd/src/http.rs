@@ -35,15 +35,19 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type ResponseBody = BoxBody<Bytes, BoxError>;
 
 /// What the request path decided, for the access log and metrics, whether it ended in a
-/// response or an error.
+/// response or an error. Borrowed from the runtime the request holds: nothing is copied.
 #[derive(Debug, Default)]
-struct Outcome {
-    site: Option<String>,
+struct Outcome<'r> {
+    site: Option<&'r Site>,
     /// The matched route's path prefix.
-    route: Option<String>,
+    route: Option<&'r str>,
     /// The last upstream tried.
-    upstream: Option<String>,
+    upstream: Option<&'r str>,
 }
+
+/// What a request holds until its response body ends: its place in `proxy_requests_in_flight`
+/// and on its connection (whose idle timeout waits for it).
+pub type RequestGuards = (crate::metrics::InFlight, crate::server::ActiveRequest);
 
 /// Paths that ACME HTTP-01 validation requests use: answered from the runtime's pending
 /// challenges, never redirected to https://.
@@ -115,12 +119,14 @@ impl Proxy {
         conn: &ClientConn,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
-        let guards = (self.metrics.in_flight(), conn.activity.request_started());
+        let mut guards = Some((self.metrics.in_flight(), conn.activity.request_started()));
         // One load per request. `load_full` (an Arc) rather than a guard because the request
         // awaits the upstream while holding it.
         let runtime = self.runtime.load_full();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // Copied only when the access log will print it.
+        let path = tracing::enabled!(target: "access", tracing::Level::INFO)
+            .then(|| req.uri().path().to_owned());
         let trusted = runtime.is_trusted(conn.peer.ip());
         // Behind a trusted load balancer, the client its X-Forwarded-For names.
         let client = match trusted {
@@ -138,10 +144,14 @@ impl Proxy {
             https: conn.tls.is_some(),
         };
         let mut out = Outcome::default();
-        let mut response = match self.forward(&runtime, req, &peer, conn, &mut out).await {
+        let forwarded = self
+            .forward(&runtime, req, &peer, conn, &mut out, &mut guards)
+            .await;
+        let site_name = out.site.map(|s| s.name.as_str());
+        let mut response = match forwarded {
             Ok(r) => r,
             Err(e) => {
-                self.metrics.request_failed(out.site.as_deref(), &e);
+                self.metrics.request_failed(site_name, &e);
                 match &e {
                     ProxyError::UpstreamUnreachable { .. }
                     | ProxyError::UpstreamFailed { .. }
@@ -162,37 +172,50 @@ impl Proxy {
             route,
             upstream,
         } = out;
+        let elapsed = started.elapsed();
+        match site {
+            Some(site) => {
+                site.metrics
+                    .request_finished(&self.metrics, &site.name, response.status(), elapsed)
+            }
+            None => self
+                .metrics
+                .request_finished(None, response.status(), elapsed),
+        }
         response
             .headers_mut()
-            .insert(headers::X_REQUEST_ID, request_id.clone());
-        let elapsed = started.elapsed();
-        self.metrics
-            .request_finished(site.as_deref(), response.status(), elapsed);
+            .insert(headers::X_REQUEST_ID, request_id);
         tracing::info!(
             target: "access",
-            request_id = request_id.to_str().unwrap_or("-"),
+            request_id = response.headers().get(headers::X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-"),
             %client,
             %method,
-            path,
-            site = site.as_deref().unwrap_or("-"),
-            route = route.as_deref().unwrap_or("-"),
-            upstream = upstream.as_deref().unwrap_or("-"),
+            path = path.as_deref().unwrap_or("-"),
+            site = site_name.unwrap_or("-"),
+            route = route.unwrap_or("-"),
+            upstream = upstream.unwrap_or("-"),
             status = response.status().as_u16(),
             // Known when the upstream sent Content-Length, and for proxyd's own answers.
             bytes = hyper::body::Body::size_hint(response.body()).exact(),
             duration_ms = elapsed.as_millis() as u64,
             config_version = runtime.version,
         );
-        crate::metrics::until_body_ends(guards, response)
+        match guards {
+            // Proxied: the response body holds them already.
+            None => response,
+            Some(guards) => crate::metrics::until_body_ends(guards, response),
+        }
     }
 
-    async fn forward(
+    /// Forwards `req`; a proxied response's body takes `guards`.
+    async fn forward<'r>(
         &self,
-        runtime: &Runtime,
+        runtime: &'r Runtime,
         mut req: Request<Incoming>,
         peer: &Peer<'_>,
         conn: &ClientConn,
-        out: &mut Outcome,
+        out: &mut Outcome<'r>,
+        guards: &mut Option<RequestGuards>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if req.method() == http::Method::CONNECT {
             // Not a forward proxy: nothing outside the config is ever dialed.
@@ -210,7 +233,7 @@ impl Proxy {
         }
         let host = headers::request_host(&req)?;
         let site = runtime.site(&host).ok_or(ProxyError::UnknownHost)?;
-        out.site = Some(site.name.clone());
+        out.site = Some(site);
         if let Some(redirect) = self.https_rules(runtime, site, &host, &req, conn)? {
             return Ok(redirect);
         }
@@ -222,7 +245,7 @@ impl Proxy {
         check_content_length(&req, site)?;
 
         let route = site.route(req.uri().path()).ok_or(ProxyError::NoRoute)?;
-        out.route = Some(route.path_prefix.clone());
+        out.route = Some(&route.path_prefix);
         let pool = match &route.action {
             Action::Proxy(pool) => pool,
             Action::Answer(Answer::Redirect { location, status }) => {
@@ -254,8 +277,8 @@ impl Proxy {
         let path_and_query = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         headers::prepare_upstream_request(&mut parts.headers, &host, peer);
         if let Some(protocol) = upgrade {
             headers::restore_upgrade(&mut parts.headers, protocol);
@@ -276,18 +299,19 @@ impl Proxy {
         // The response deadline runs from the end of the request body (a slow upload is the
         // request body timeout's business, never the upstream's), or from when the upstream
         // stopped taking the body.
-        // Only a request with a body has an upload to follow (no allocation for the rest).
+        // Only a request with a body has an upload to follow, and a body to watch and limit
+        // (nothing allocated for the rest).
         let upload = (!bodiless).then(Upload::new);
-        let mut body = Watched::new(
-            body,
-            self.limits.request_body_timeout,
-            Side::Client,
-            self.metrics.clone(),
-        );
-        if let Some(upload) = &upload {
-            body = body.report_to(upload.clone());
-        }
-        let mut body = Some(Limited::new(body, limit).boxed());
+        let mut body = upload.as_ref().map(|upload| {
+            let watched = Watched::new(
+                body,
+                self.limits.request_body_timeout,
+                Side::Client,
+                self.metrics.clone(),
+            )
+            .report_to(upload.clone());
+            Limited::new(watched, limit).boxed()
+        });
         let mut tried = Vec::new();
         let mut last_error = None;
         let (response, upstream_name) = loop {
@@ -298,12 +322,12 @@ impl Proxy {
                 self.metrics.retried(&site.name);
             }
             tried.push(index);
-            let upstream_name = upstream.name.clone();
-            out.upstream = Some(upstream_name.clone());
+            let upstream_name = upstream.name.as_str();
+            out.upstream = Some(upstream_name);
             let uri = Uri::builder()
                 .scheme(upstream.spec.scheme.clone())
                 .authority(upstream.spec.authority.clone())
-                .path_and_query(path_and_query.as_str())
+                .path_and_query(path_and_query.clone())
                 .build()
                 .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
             let mut request = Request::new(body.take().unwrap_or_else(empty_body));
@@ -319,7 +343,7 @@ impl Proxy {
                 std::mem::take(&mut parts.headers)
             };
             let outstanding = upstream.start().map_err(|open| ProxyError::CircuitOpen {
-                upstream: upstream_name.clone(),
+                upstream: upstream_name.to_owned(),
                 limit: open.limit,
             })?;
             let timeout = site.upstream_response_timeout;
@@ -355,7 +379,7 @@ impl Proxy {
                 }
                 Ok(Err(e)) if circuit_open(&e).is_some() => {
                     return Err(ProxyError::CircuitOpen {
-                        upstream: upstream_name,
+                        upstream: upstream_name.to_owned(),
                         limit: circuit_open(&e).map_or("max_connections", |o| o.limit),
                     });
                 }
@@ -364,7 +388,7 @@ impl Proxy {
                     upstream.failed(pool.passive);
                     self.metrics.timed_out("upstream_response");
                     return Err(ProxyError::UpstreamTimeout {
-                        upstream: upstream_name,
+                        upstream: upstream_name.to_owned(),
                         timeout,
                     });
                 }
@@ -373,12 +397,12 @@ impl Proxy {
                     let retryable = bodiless && (e.is_connect() || idempotent);
                     let error = if e.is_connect() {
                         ProxyError::UpstreamUnreachable {
-                            upstream: upstream_name,
+                            upstream: upstream_name.to_owned(),
                             reason: error_chain(&e),
                         }
                     } else {
                         ProxyError::UpstreamFailed {
-                            upstream: upstream_name,
+                            upstream: upstream_name.to_owned(),
                             reason: error_chain(&e),
                         }
                     };
@@ -404,7 +428,7 @@ impl Proxy {
             tokio::spawn(tunnel::run(
                 client_side,
                 upstream_side,
-                upstream_name.clone(),
+                upstream_name.to_owned(),
                 conn.permit.clone(),
                 self.limits.tunnel_idle_timeout,
                 self.metrics.clone(),
@@ -426,7 +450,8 @@ impl Proxy {
             self.limits.upstream_body_timeout,
             Side::Upstream,
             self.metrics.clone(),
-        );
+        )
+        .holding(guards.take());
         Ok(Response::from_parts(parts, body.boxed()))
     }
 }

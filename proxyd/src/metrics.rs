@@ -294,7 +294,54 @@ impl Metrics {
             })
             .inc();
     }
+}
 
+/// A site's request series, resolved once per runtime rather than looked up by label on every
+/// request (a label lookup copies the site name and hashes it). A series still appears only
+/// when first used.
+#[derive(Debug, Default)]
+pub struct SiteMetrics {
+    requests: [std::sync::OnceLock<Counter>; STATUS_CLASSES.len()],
+    duration: std::sync::OnceLock<Histogram>,
+}
+
+impl SiteMetrics {
+    /// Counts a finished request of the site named `site`, as [`Metrics::request_finished`].
+    pub fn request_finished(
+        &self,
+        metrics: &Metrics,
+        site: &str,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        self.duration
+            .get_or_init(|| {
+                metrics
+                    .duration
+                    .get_or_create(&SiteLabels {
+                        site: site.to_owned(),
+                    })
+                    .clone()
+            })
+            .observe(elapsed.as_secs_f64());
+        let class = status_class_index(status);
+        if let Some(counter) = self.requests.get(class) {
+            counter
+                .get_or_init(|| {
+                    metrics
+                        .requests
+                        .get_or_create(&RequestLabels {
+                            site: site.to_owned(),
+                            status_class: STATUS_CLASSES[class],
+                        })
+                        .clone()
+                })
+                .inc();
+        }
+    }
+}
+
+impl Metrics {
     /// Counts why proxyd answered a request itself, for the errors that have their own counter.
     pub fn request_failed(&self, site: Option<&str>, error: &ProxyError) {
         let site = site.unwrap_or(NO_SITE).to_owned();
@@ -427,11 +474,15 @@ fn duration_histogram() -> Histogram {
 
 /// "2xx" for 200 to 299, and so on; "other" for the 600 to 999 an upstream may send.
 pub fn status_class(status: StatusCode) -> &'static str {
-    let class = usize::from(status.as_u16() / 100);
-    STATUS_CLASSES
-        .get(class.wrapping_sub(1))
-        .copied()
-        .unwrap_or("other")
+    STATUS_CLASSES[status_class_index(status)]
+}
+
+/// The index of `status`'s class in [`STATUS_CLASSES`].
+fn status_class_index(status: StatusCode) -> usize {
+    match status.as_u16() / 100 {
+        class @ 1..=5 => usize::from(class - 1),
+        _ => STATUS_CLASSES.len() - 1,
+    }
 }
 
 /// Holds one request in `proxy_requests_in_flight`; dropping it takes the request out.

@@ -41,6 +41,8 @@ pub struct Site {
     /// Plain-HTTP requests get a 308 to https:// (when `certificate` is set and proxyd has a
     /// TLS listener).
     pub https_redirect: bool,
+    /// The site's request series, resolved on first use.
+    pub metrics: crate::metrics::SiteMetrics,
 }
 
 #[derive(Debug)]
@@ -197,6 +199,7 @@ impl Runtime {
                     .unwrap_or(spec.upstream_response_timeout),
                 certificate: s.certificate.as_ref().map(|c| c.key.clone()),
                 https_redirect: s.https_redirect,
+                metrics: crate::metrics::SiteMetrics::default(),
             });
             for h in &s.hostnames {
                 sites.insert(h.clone(), site.clone());

@@ -48,6 +48,8 @@ pub struct Watched<B> {
     metrics: Arc<Metrics>,
     /// Follows how sending the body goes (request bodies only).
     progress: Option<Arc<Upload>>,
+    /// Kept until the body is dropped (a proxied response body holds its request's guards).
+    _held: Option<super::RequestGuards>,
 }
 
 /// How a request body's upload goes, for the upstream's response deadline: it runs from the
@@ -114,7 +116,15 @@ impl<B> Watched<B> {
             side,
             metrics,
             progress: None,
+            _held: None,
         }
+    }
+
+    /// Keeps `guards` until the body is dropped, which hyper does once the last frame is
+    /// written or the connection goes away.
+    pub fn holding(mut self, guards: Option<super::RequestGuards>) -> Watched<B> {
+        self._held = guards;
+        self
     }
 
     /// Reports the body's progress to `upload`.
