@@ -143,6 +143,9 @@ fn set_keepalive(listener: &TcpListener, idle: Duration, name: &str) {
 
 /// HTTP/1.1, and HTTP/2 (h2c with prior knowledge, or h2 after ALPN), told apart by the
 /// connection preface, with the request-head limits of the first snapshot.
+/// hyper's HTTP/1.1 header count limit when none is set.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 fn http_builder(statics: &StaticSpec) -> auto::Builder<TokioExecutor> {
     let limits = &statics.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -151,8 +154,12 @@ fn http_builder(statics: &StaticSpec) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(statics.request_header_timeout)
-        .max_headers(statics.max_request_headers)
         .max_buf_size(statics.max_request_header_bytes);
+    // hyper's own limit is 100, kept on the stack; any other limit costs a heap-sized buffer
+    // initialised on every request head, so it is set only when it differs.
+    if statics.max_request_headers != HYPER_DEFAULT_MAX_HEADERS {
+        builder.http1().max_headers(statics.max_request_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -8,17 +8,28 @@ use super::{Peer, ProxyError};
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus the
 /// non-standard ones clients still send.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+/// Removes every header named in `names`. One pass over the (usually few) headers first: most
+/// messages carry none of them, and a comparison is cheaper than a removal's hash lookup.
+fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if !headers.keys().any(|k| names.contains(k)) {
+        return;
+    }
+    for name in names {
+        headers.remove(name);
+    }
+}
 
 /// The host a request is for: lower case, without port. The absolute-form authority and the
 /// Host header must agree when both are present; several Host headers are refused.
@@ -114,11 +125,18 @@ const PROTECTED: [&str; 9] = [
 
 /// Request headers some applications (IIS, Symfony, Laravel) read as the URL to serve instead
 /// of the request line: a client could reach a path routing never saw.
-const URL_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+const URL_OVERRIDES: [HeaderName; 2] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
 
 /// Removes hop-by-hop headers, including every header the Connection headers name (but never a
 /// [`PROTECTED`] one).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        remove_all(headers, &HOP_BY_HOP);
+        return;
+    }
     let nominated: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -130,7 +148,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in nominated {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -140,6 +158,14 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// What proxies say about the hops before them: kept from trusted proxies only.
+const FORWARDING: [HeaderName; 4] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    header::FORWARDED,
+];
 
 /// The request's id: a trusted proxy's `X-Request-Id` when it is sane (1 to 128 visible ASCII
 /// characters), else 32 fresh hex digits.
@@ -162,20 +188,11 @@ pub fn request_id(headers: &HeaderMap, trusted: bool) -> HeaderValue {
 /// peer appended to the chains); anyone else's is replaced.
 pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &str, peer: &Peer<'_>) {
     strip_hop_by_hop(headers);
-    for name in URL_OVERRIDES {
-        headers.remove(name);
-    }
+    remove_all(headers, &URL_OVERRIDES);
     let ip = peer.addr.ip();
     let original_host = headers.get(header::HOST).cloned();
     if !peer.trusted {
-        for name in [
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &header::FORWARDED,
-        ] {
-            headers.remove(name);
-        }
+        remove_all(headers, &FORWARDING);
     }
     append_to_chain(headers, X_FORWARDED_FOR, format_args!("{ip}"));
     let proto = if peer.https { "https" } else { "http" };
