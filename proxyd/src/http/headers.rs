@@ -142,7 +142,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        // "close", "keep-alive" and the like: no header to build, the list below removes them.
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .filter(|name| !PROTECTED.contains(&name.as_str()))
         .collect();
     for name in nominated {
@@ -194,7 +202,7 @@ pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &str, peer: &Peer
     if !peer.trusted {
         remove_all(headers, &FORWARDING);
     }
-    append_to_chain(headers, X_FORWARDED_FOR, format_args!("{ip}"));
+    append_to_chain(headers, X_FORWARDED_FOR, |out| push_ip(out, ip));
     let proto = if peer.https { "https" } else { "http" };
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -205,18 +213,20 @@ pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &str, peer: &Peer
         headers.insert(X_FORWARDED_HOST, h);
     }
     // RFC 7239: IPv6 addresses are quoted and bracketed; the host is quoted.
-    match ip {
-        std::net::IpAddr::V4(v4) => append_to_chain(
-            headers,
-            header::FORWARDED,
-            format_args!("for={v4};host=\"{host}\";proto={proto}"),
-        ),
-        std::net::IpAddr::V6(v6) => append_to_chain(
-            headers,
-            header::FORWARDED,
-            format_args!("for=\"[{v6}]\";host=\"{host}\";proto={proto}"),
-        ),
-    }
+    append_to_chain(headers, header::FORWARDED, |out| {
+        out.extend_from_slice(b"for=");
+        if ip.is_ipv6() {
+            out.extend_from_slice(b"\"[");
+            push_ip(out, ip);
+            out.extend_from_slice(b"]\"");
+        } else {
+            push_ip(out, ip);
+        }
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\";proto=");
+        out.extend_from_slice(proto.as_bytes());
+    });
     headers.insert(X_REQUEST_ID, peer.request_id.clone());
 }
 
@@ -254,21 +264,63 @@ pub fn client_address(
 /// Appends `item` to a comma-separated header, folding several fields of it into one.
 /// Appends `item` to the comma-separated chain in `name` (joining the lines it came in), in one
 /// buffer that becomes the header value without a copy.
-fn append_to_chain(headers: &mut HeaderMap, name: HeaderName, item: std::fmt::Arguments<'_>) {
+fn append_to_chain(headers: &mut HeaderMap, name: HeaderName, item: impl FnOnce(&mut Vec<u8>)) {
     let mut chain = Vec::with_capacity(64);
     for line in headers.get_all(&name).iter().filter(|v| v.to_str().is_ok()) {
         chain.extend_from_slice(line.as_bytes());
         chain.extend_from_slice(b", ");
     }
-    let _ = chain.write_fmt(item);
+    item(&mut chain);
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(chain)) {
         headers.insert(name, value);
+    }
+}
+
+/// Writes `ip` in its usual text form; IPv4 (every request's X-Forwarded-For and Forwarded)
+/// without the formatting machinery.
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.99.100.255",
+            "9.10.199.200",
+            "::1",
+            "2001:db8::17",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
 
     fn req(uri: &str, hosts: &[&str]) -> Request<()> {
         let mut b = Request::builder().uri(uri);
