@@ -14,14 +14,15 @@ mod gate;
 mod io;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -141,34 +142,75 @@ fn set_keepalive(listener: &TcpListener, idle: Duration, name: &str) {
     }
 }
 
-/// HTTP/1.1, and HTTP/2 (h2c with prior knowledge, or h2 after ALPN), told apart by the
-/// connection preface, with the request-head limits of the first snapshot.
 /// hyper's HTTP/1.1 header count limit when none is set.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
-fn http_builder(statics: &StaticSpec) -> auto::Builder<TokioExecutor> {
+/// HTTP/1.1, and HTTP/2 (h2c with prior knowledge, or h2 after ALPN), told apart by the
+/// connection preface ([`io::choose_protocol`]), with the request-head limits of the first
+/// snapshot. Each connection then gets only the protocol it speaks (a connection serving
+/// either would be as large as both).
+#[derive(Clone)]
+struct Builders {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+fn http_builder(statics: &StaticSpec) -> Builders {
     let limits = &statics.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut h1 = hyper::server::conn::http1::Builder::new();
     // hyper answers 431 itself when a request head has more fields or bytes than these.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    h1.timer(TokioTimer::new())
         .header_read_timeout(statics.request_header_timeout)
         .max_buf_size(statics.max_request_header_bytes);
     // hyper's own limit is 100, kept on the stack; any other limit costs a heap-sized buffer
     // initialised on every request head, so it is set only when it differs.
     if statics.max_request_headers != HYPER_DEFAULT_MAX_HEADERS {
-        builder.http1().max_headers(statics.max_request_headers);
+        h1.max_headers(statics.max_request_headers);
     }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(statics.max_request_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
         // A peer that stops answering PINGs is gone, whatever TCP says.
         .keep_alive_interval(Some(limits.http2_keepalive_interval))
         .keep_alive_timeout(limits.http2_keepalive_timeout);
-    builder
+    Builders { h1, h2 }
+}
+
+/// A client connection being served, whichever the protocol.
+trait Served: Future<Output = Result<(), hyper::Error>> + Send {
+    /// Stops taking requests; those in progress finish (HTTP/2: GOAWAY).
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Served for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send,
+    S::Future: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B> Served for hyper::server::conn::http2::Connection<I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
+    }
 }
 
 /// Requests in progress on one client connection, and since when it has had none: the HTTP/2
@@ -235,7 +277,7 @@ struct Connection {
     permit: Arc<Permit>,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
-    builder: auto::Builder<TokioExecutor>,
+    builder: Builders,
     limits: ConnectionLimits,
     /// Until the protocol is known.
     first_bytes: Duration,
@@ -249,7 +291,9 @@ impl Connection {
             return self.serve_http(stream, None).await;
         };
         let handshake = tokio::select! {
-            handshake = tls.handshake(stream, self.limits.tls_handshake_timeout) => handshake,
+            // Boxed: the handshake's state is large, and the connection's task would otherwise
+            // keep room for it while it serves requests.
+            handshake = Box::pin(tls.handshake(stream, self.limits.tls_handshake_timeout)) => handshake,
             // A drain does not wait for handshakes.
             () = self.shutdown.cancelled() => return,
         };
@@ -287,10 +331,19 @@ impl Connection {
             let (proxy, client) = (proxy.clone(), client.clone());
             async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
         });
-        let connection = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(connection);
+        let Some((io, h2)) = io::choose_protocol(io).await else {
+            return;
+        };
+        let mut connection: Pin<Box<dyn Served>> = if h2 {
+            Box::pin(self.builder.h2.serve_connection(TokioIo::new(io), service))
+        } else {
+            Box::pin(
+                self.builder
+                    .h1
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades(),
+            )
+        };
         let mut closing = false;
         let idle_timeout = self.limits.http2_idle_timeout;
         let result = loop {

@@ -176,6 +176,91 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     }
 }
 
+/// Which protocol a client speaks, read from its first bytes: HTTP/2 when they are the
+/// connection preface, HTTP/1.1 as soon as one differs. `None`: the client closed or failed
+/// first (the deadline of [`GuardedIo`] bounds the wait). The bytes read are replayed to hyper.
+pub async fn choose_protocol<T: AsyncRead + Unpin>(
+    mut io: GuardedIo<T>,
+) -> Option<(Prefixed<GuardedIo<T>>, bool)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; H2_PREFACE.len()];
+    let mut len = 0;
+    while len < head.len() {
+        match io.read(&mut head[len..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => len += n,
+        }
+        if head[..len] != H2_PREFACE[..len] {
+            break;
+        }
+    }
+    let h2 = head[..len] == H2_PREFACE[..];
+    Some((
+        Prefixed {
+            head,
+            at: 0,
+            len,
+            inner: io,
+        },
+        h2,
+    ))
+}
+
+/// A socket with bytes already read from it put back in front.
+pub struct Prefixed<T> {
+    head: [u8; H2_PREFACE.len()],
+    at: usize,
+    len: usize,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        if me.at < me.len {
+            let n = (me.len - me.at).min(buf.remaining());
+            buf.put_slice(&me.head[me.at..me.at + n]);
+            me.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut me.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +300,29 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_millis(600), io.read(&mut buf)).await;
         assert!(read.is_err(), "still waiting: hyper's own timeout applies");
         drop((client, client2));
+    }
+
+    #[tokio::test]
+    async fn the_protocol_is_chosen_from_the_first_bytes_which_are_replayed() {
+        for (sent, h2) in [
+            (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], false),
+            (&b"PRI * HTTP/1.1\r\n\r\n"[..], false),
+            (&H2_PREFACE[..], true),
+        ] {
+            let (mut client, server) = tokio::io::duplex(64);
+            client.write_all(sent).await.unwrap();
+            drop(client);
+            let (mut io, chosen) = choose_protocol(guarded(server)).await.unwrap();
+            assert_eq!(chosen, h2, "{sent:?}");
+            let mut replayed = Vec::new();
+            io.read_to_end(&mut replayed).await.unwrap();
+            assert_eq!(replayed, sent);
+        }
+        // Closed inside the preface: nothing to serve.
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(&H2_PREFACE[..5]).await.unwrap();
+        drop(client);
+        assert!(choose_protocol(guarded(server)).await.is_none());
     }
 
     #[tokio::test]
