@@ -8,11 +8,6 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, reload};
 
-/// mimalloc rather than glibc's malloc: the request path allocates and frees many small blocks
-/// and hyper's 8 KiB read buffers, which glibc serves from its slow paths (docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "proxyd",
