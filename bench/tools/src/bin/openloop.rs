@@ -18,11 +18,14 @@
 //! still costs something (measured ~50 µs on the 2-vCPU Firecracker VM this
 //! was written on, more when the CPU is contended), so the timerfd is armed
 //! `--spin-us` (default 100 µs) *before* the slot, and the task then yields in
-//! a loop (`tokio::task::yield_now`, which lets the runtime poll epoll with a
-//! zero timeout and run the other connections) until the slot's Instant. Cost:
-//! at most `spin-us` of busy CPU per request (≈10% of a core at 1,000 req/s,
-//! less in practice), and the send starts within ~1 µs of its slot on an idle
-//! CPU. `--spin-us 0` turns the spin off (timerfd only). `--busy` keeps the
+//! a loop until the slot's Instant: `tokio::task::yield_now` (the runtime polls
+//! epoll with a zero timeout and runs the other connections) plus
+//! `std::thread::yield_now` (sched_yield, so a server thread waiting for this
+//! CPU runs at once; without it, a pure spin sharing a CPU with the server
+//! delayed the server by whole scheduler ticks: p90 ~100 ms at 10k req/s).
+//! Cost: at most `spin-us` of busy CPU per request (measured +0.2 s CPU over a
+//! 5 s run at 1,000 req/s), and the send starts within ~1 µs of its slot on an
+//! idle CPU. `--spin-us 0` turns the spin off (timerfd only). `--busy` keeps the
 //! runtime polling all the time (a full core), which also removes the wake-up
 //! cost from response arrival; it is off by default. Whatever lateness remains
 //! is counted in the latency (latency is always response end minus intended
@@ -170,7 +173,11 @@ impl SlotTimer {
             self.wait_timerfd(wake).await?;
         }
         while Instant::now() < deadline {
+            // Let the runtime poll I/O and run other connections, then let the
+            // kernel run another thread waiting for this CPU (the server, on a
+            // small machine): a pure user-space spin would delay it by a tick.
             tokio::task::yield_now().await;
+            std::thread::yield_now();
         }
         Ok(())
     }
@@ -354,9 +361,10 @@ fn main() {
         // Open every connection before the schedule starts.
         let mut first = Vec::with_capacity(conns as usize);
         for _ in 0..conns {
-            match net::connect(addr, tls.as_ref()).await {
-                Ok(s) => first.push(s),
-                Err(e) => fail(&format!("connecting to {addr}: {e}")),
+            match tokio::time::timeout(timeout, net::connect(addr, tls.as_ref())).await {
+                Ok(Ok(s)) => first.push(s),
+                Ok(Err(e)) => fail(&format!("connecting to {addr}: {e}")),
+                Err(_) => fail(&format!("connecting to {addr}: timed out")),
             }
         }
         let interval_ns = 1e9 / rate;
