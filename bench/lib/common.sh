@@ -118,6 +118,9 @@ import json, sys
 d = {}
 for kv in sys.argv[1:]:
     k, _, v = kv.partition("=")
+    if k in ("size", "target", "proto", "tls", "mode", "load"):
+        d[k] = v
+        continue
     try:
         d[k] = int(v)
     except ValueError:
