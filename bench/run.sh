@@ -4,8 +4,8 @@
 # mode, runs every figure, and writes docs/benchmarks.md and docs/bench/*.svg.
 #
 # Usage: bench/run.sh [--quick]
-#   default  ~30-40 min on 2 cores: 5 rounds, 8 s runs, 100 reloads, 10,000 idle connections
-#   --quick  ~8 min: 2 rounds, 3 s runs, 20 reloads, 2,000 idle connections (for development)
+#   default  ~35-40 min on 2 cores: 5 rounds, 6 s runs, 100 reloads, 10,000 idle connections
+#   --quick  ~9 min: 2 rounds, 3 s runs, 20 reloads, 2,000 idle connections (for development)
 # Raw results: bench/results/<date>/results.jsonl (git-ignored). Loopback only, free ports;
 # every process it starts stops with it.
 set -euo pipefail
@@ -21,7 +21,7 @@ esac
 if [ "$QUICK" = 1 ]; then
     ROUNDS=2 SECS=3 RELOADS=20 IDLE_CONNS=2000 NEWCONN_N=3000 LAT_SECS=4
 else
-    ROUNDS=5 SECS=8 RELOADS=100 IDLE_CONNS=10000 NEWCONN_N=20000 LAT_SECS=10
+    ROUNDS=5 SECS=6 RELOADS=100 IDLE_CONNS=10000 NEWCONN_N=8000 LAT_SECS=8
 fi
 SIZES=(12 4k 64k)
 PROXIES=(proxyd nginx haproxy caddy)
@@ -275,13 +275,17 @@ PACE=0.15
 for t in proxyd nginx caddy; do
     reload_setup "$t" "$RELOADS"
     for load in idle load; do
-        duration=$(python3 -c "print(int($RELOADS * $PACE * 1.5 + 8))")
         if [ "$load" = load ]; then
-            on "$LOADGEN_CPU" wrk -t1 -c32 -d"${duration}s" -H 'Host: bench.test' "$(url_h1 "$t" 12)" \
-                >"$WORK/rl-wrk.txt" 2>&1 &
+            # Both generators run in 5 s pieces until the probe is done, so that the load covers
+            # every reload however long the reloads take.
+            rm -f "$WORK/stop" "$WORK"/rl-wrk.* "$WORK"/rl-h2.*
+            (i=0; while [ ! -e "$WORK/stop" ]; do i=$((i + 1))
+                on "$LOADGEN_CPU" wrk -t1 -c32 -d5s -H 'Host: bench.test' "$(url_h1 "$t" 12)" \
+                    >"$WORK/rl-wrk.$i" 2>&1 || true; done) &
             w=$!
-            on "$LOADGEN_CPU" h2load -c8 -m8 -D "$duration" -H ':authority: bench.test' \
-                "http://127.0.0.1:${H2C_PORT[$t]}/12" >"$WORK/rl-h2.txt" 2>&1 &
+            (i=0; while [ ! -e "$WORK/stop" ]; do i=$((i + 1))
+                on "$LOADGEN_CPU" h2load -c8 -m8 -D 5 -H ':authority: bench.test' \
+                    "http://127.0.0.1:${H2C_PORT[$t]}/12" >"$WORK/rl-h2.$i" 2>&1 || true; done) &
             h=$!
             track "$w"
             track "$h"
@@ -298,12 +302,15 @@ for t in proxyd nginx caddy; do
                 "$line" "$t" "$load" >>"$RESULTS/results.jsonl"
         done <"$WORK/probe.jsonl"
         if [ "$load" = load ]; then
+            touch "$WORK/stop"
             wait "$w" || true
             wait "$h" || true
-            read -r rps1 reqs1 errs1 < <(awk '/requests in/ {req = $1} /Requests\/sec/ {rps = $2}
+            duration=$(($(date +%s) - t0 + 1))
+            read -r reqs1 errs1 < <(cat "$WORK"/rl-wrk.* | awk '/requests in/ {req += $1}
                 /Socket errors/ {gsub(",", ""); err += $4 + $6 + $8 + $10} /Non-2xx/ {err += $NF}
-                END {printf "%s %d %d\n", rps + 0, req + 0, err + 0}' "$WORK/rl-wrk.txt")
-            read -r rps2 reqs2 errs2 < <(h2load_parse "$WORK/rl-h2.txt")
+                END {printf "%d %d\n", req, err}')
+            read -r reqs2 errs2 < <(cat "$WORK"/rl-h2.* | awk '/^requests:/ {req += $8; err += $10 + $12 + $14}
+                END {printf "%d %d\n", req, err}')
             emit fig=reload_errors mode=pinned target="$t" reloads="$RELOADS" probe_seconds="$probe_secs" \
                 load_seconds="$duration" h1_requests="$reqs1" h1_errors="$errs1" h2_requests="$reqs2" \
                 h2_errors="$errs2"
