@@ -44,15 +44,15 @@ def by_round(rs, value):
     return out
 
 
-def kept_rounds(rounds, ref):
-    """Drops rounds whose reference target strays more than DROP from its median."""
+def kept_rounds(rounds, ref, limit=DROP):
+    """Drops rounds whose reference target strays more than `limit` from its median."""
     refs = [t[ref] for t in rounds.values() if ref in t]
     if len(refs) < 3:
         return rounds, []
     m = med(refs)
     keep, dropped = {}, []
     for k, t in rounds.items():
-        if ref in t and m and abs(t[ref] - m) / m > DROP:
+        if ref in t and m and abs(t[ref] - m) / m > limit:
             dropped.append(k)
         else:
             keep[k] = t
@@ -131,15 +131,16 @@ def bar_chart(name, title, unit, groups, ref_line=None):
             x = gx + bi * (bar_w + gap)
             if not s:
                 continue
-            m, lo, hi = s
+            m, lo, hi = (max(0.0, v) for v in s)  # bars start at 0; a negative median shows as 0
             out.append(f'<rect x="{x:.1f}" y="{y(m):.1f}" width="{bar_w}" height="{max(0.5, y(0) - y(m)):.1f}" '
-                       f'fill="{COLORS.get(target, "#495057")}"><title>{esc(target)}: {m:,.3g} (min {lo:,.3g}, max {hi:,.3g})</title></rect>')
+                       f'fill="{COLORS.get(target, "#495057")}"><title>{esc(target)}: {s[0]:,.3g} (min {s[1]:,.3g}, max {s[2]:,.3g})</title></rect>')
             if hi > lo:
                 cx = x + bar_w / 2
                 out.append(f'<line x1="{cx}" x2="{cx}" y1="{y(hi):.1f}" y2="{y(lo):.1f}" stroke="black"/>')
                 out.append(f'<line x1="{cx - 4}" x2="{cx + 4}" y1="{y(hi):.1f}" y2="{y(hi):.1f}" stroke="black"/>')
                 out.append(f'<line x1="{cx - 4}" x2="{cx + 4}" y1="{y(lo):.1f}" y2="{y(lo):.1f}" stroke="black"/>')
-            lab = f"{m:.2f}" if vmax < 10 else f"{m:,.0f}" if m >= 100 else f"{m:.1f}"
+            v0 = s[0]
+            lab = f"{v0:.2f}" if vmax < 10 else f"{v0:,.0f}" if abs(v0) >= 100 else f"{v0:.1f}"
             out.append(f'<text x="{x + bar_w / 2:.1f}" y="{y(max(m, hi)) - 4:.1f}" text-anchor="middle" font-size="9">{lab}</text>')
         out.append(f'<text x="{gx + len(bars) * (bar_w + gap) / 2:.1f}" y="{top + height + 16}" text-anchor="middle">{esc(label)}</text>')
     if ref_line:
@@ -252,6 +253,14 @@ md.append(f"`openloop --rate {rate} --connections 16 --duration {meta['latency_s
 md.append("| target | p50 µs | p99 µs | added p50 µs | added p99 µs | errors |\n|---|---:|---:|---:|---:|---:|")
 p50 = by_round(lat, lambda r: r["p50_us"])
 p99 = by_round(lat, lambda r: r["p99_us"])
+# A round whose direct p99 is off its median by more than half is dropped (p99 is noisier
+# than throughput; only with 3 rounds or more), for both percentiles.
+_, dropped = kept_rounds(p99, "direct", 0.5)
+for k in dropped:
+    p50.pop(k, None)
+    p99.pop(k, None)
+if dropped:
+    notes_dropped.append(f"latency: round(s) {', '.join(map(str, dropped))} dropped (direct p99 off the median by more than 50 %)")
 errs = {}
 for r in lat:
     errs[r["target"]] = errs.get(r["target"], 0) + r.get("errors", 0) + r.get("non2xx", 0)
@@ -401,9 +410,11 @@ target_row("reload → visible p99 ≤ 30 ms under load", f"{q[1]:.1f} ms" if q 
 
 # Figure 8
 md.append("## 8. Errors during reloads under load\n")
-md.append("During the under-load reloads of figure 7: wrk's socket errors (connect, read, write, "
-          "timeout) plus non-2xx/3xx responses, and h2load's failed + errored + timed-out requests.\n")
-md.append("| target | reloads | HTTP/1.1 errors / requests | HTTP/2 errors / requests | reloads took / load ran |\n|---|---:|---:|---:|---:|")
+md.append("During the under-load reloads of figure 7 (wrk -t1 -c32 HTTP/1.1 keep-alive and h2load "
+          "-c8 -m8 h2c, each run in 5 s pieces back to back until the last reload is done): wrk's "
+          "socket errors (connect, read, write, timeout) plus non-2xx/3xx responses, and h2load's "
+          "failed + errored + timed-out requests.\n")
+md.append("| target | reloads | HTTP/1.1 errors / requests | HTTP/2 errors / requests | reloads took / load ran for |\n|---|---:|---:|---:|---:|")
 for r in sel(fig="reload_errors"):
     md.append(f"| {r['target']} | {r['reloads']} | {r['h1_errors']:,} / {r['h1_requests']:,} | "
               f"{r['h2_errors']:,} / {r['h2_requests']:,} | {r['probe_seconds']} s / {r['load_seconds']} s |")
@@ -531,6 +542,11 @@ head = [
     "medians of within-round ratios with min–max; absolute figures are medians.",
     "",
 ]
+busy = float(meta["loadavg_start"][0])
+if busy > 0.5:
+    head.append(f"> **The machine was not idle**: load average {busy:.2f} when the run started "
+                f"(other processes competed for both CPUs; at the end: {' '.join(meta.get('loadavg_end', ['?']))}). "
+                "Absolute numbers and tail latencies are disturbed; within-round ratios less so.\n")
 if notes_dropped:
     head.append("Dropped rounds: " + "; ".join(notes_dropped) + ".\n")
 else:
