@@ -90,8 +90,8 @@ meta = {
     "h2load": sh("h2load --version"),
     "openssl": sh("openssl version"),
     # The product's commit: the last one outside bench/ and docs/ (the harness's own commits aside).
-    "commit": sh("git log -1 --format=%h -- . ':!bench' ':!docs'") + (" (dirty)" if sh("git status --porcelain --untracked-files=no -- . ':!bench' ':!docs'") else ""),
-    "commit_subject": sh("git log -1 --format=%s -- . ':!bench' ':!docs'")[:100],
+    "commit": sh("git log -1 --format=%h -- . ':!bench' ':!docs' ':!.gitignore'") + (" (dirty)" if sh("git status --porcelain --untracked-files=no -- . ':!bench' ':!docs' ':!.gitignore'") else ""),
+    "commit_subject": sh("git log -1 --format=%s -- . ':!bench' ':!docs' ':!.gitignore'")[:100],
     "rounds": int(rounds), "seconds": int(secs), "reloads": int(reloads),
     "idle_conns": int(idle), "newconn_requests": int(newconn), "latency_seconds": int(lat),
     "fd_limit": int(fds),
