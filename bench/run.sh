@@ -245,7 +245,7 @@ for t in "${PROXIES[@]}"; do
             --path /12 --tls --sni bench.test --ignore-stdin); fi
         sleep "$SETTLE"
         before=$(rss_kib "${PID[$t]}")
-        on "$LOADGEN_CPU" "$HOLDCONNS" "${args[@]}" >"$WORK/hold.out" 2>"$WORK/hold.err" &
+        spawn "$LOADGEN_CPU" "$HOLDCONNS" "${args[@]}" >"$WORK/hold.out" 2>"$WORK/hold.err" &
         hold=$!
         track "$hold"
         ready=""
