@@ -48,7 +48,16 @@ stop_pids() {
         kill -9 "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
         : "$n"
+        untrack "$pid"
     done
+}
+# untrack PID: forget a stopped process, so that kill_all never signals a reused pid.
+untrack() {
+    local i
+    for i in "${!PIDS[@]}"; do
+        if [ "${PIDS[$i]}" = "$1" ]; then unset 'PIDS[i]'; fi
+    done
+    PIDS=("${PIDS[@]}")
 }
 
 # on CPUS CMD...: run CMD under taskset when CPUS is non-empty ("" = whole machine).
