@@ -349,7 +349,11 @@ md.append("## 6. Memory per idle keep-alive client connection\n")
 md.append("`holdconns` opens N connections, makes one `GET /12` on each and leaves them idle. "
           "RSS (VmRSS of the proxy's processes) 6 s after the last response, when idle upstream "
           "connections beyond each proxy's pool have closed (proxyd's `upstream_idle_timeout` is "
-          "4 s), minus RSS just before, divided by N. KiB per connection.\n")
+          "4 s), minus RSS just before, divided by N. KiB per connection. HAProxy needs two descriptors "
+          "per connection under its `ulimit-n`, so where the open-files limit is too low for N it is "
+          "measured with as many connections as it can hold (see the connections column). The TLS "
+          "measurement follows the plaintext one in the same process, so its \"before\" includes "
+          "whatever the allocator kept from the first.\n")
 md.append("| target | plaintext KiB / conn | TLS KiB / conn | connections (plain / TLS) | RSS before, MiB (plain / TLS) |\n|---|---:|---:|---:|---:|")
 rss = {}
 for r in sel(fig="rss"):
