@@ -205,6 +205,12 @@ for size in ["12", "4k", "64k"]:
     chart_groups.append((SIZE_LABEL[size], bars))
     chart_abs.append((SIZE_LABEL[size], bars_abs))
 md.append("")
+bound = [f"{t} at {SIZE_LABEL[z]}" for z in h1 for t in PROXIES
+         if (lambda x: x is not None and x[0] >= 0.95)(stats(h1[z], t, "direct"))]
+if bound:
+    md.append("Where a proxy reaches 0.95 × direct or more (" + ", ".join(bound) + "), the load "
+              "generator or the origin, not the proxy, is the limit: its ratio to nginx says little "
+              "there, its CPU per request (figure 2) more.\n")
 md.append(bar_chart("h1-ratio", "HTTP/1.1 keep-alive throughput, ratio to nginx", "× nginx", chart_groups, (1.0, "nginx")))
 md.append(bar_chart("h1-rps", "HTTP/1.1 keep-alive throughput", "requests/s", chart_abs))
 md.append("")
@@ -353,7 +359,8 @@ md.append("`holdconns` opens N connections, makes one `GET /12` on each and leav
           "per connection under its `ulimit-n`, so where the open-files limit is too low for N it is "
           "measured with as many connections as it can hold (see the connections column). The TLS "
           "measurement follows the plaintext one in the same process, so its \"before\" includes "
-          "whatever the allocator kept from the first.\n")
+          "memory the allocator kept from the first and can reuse: **the TLS figure is a lower bound** "
+          "(a process restarted for each measurement would remove this; not done yet).\n")
 md.append("| target | plaintext KiB / conn | TLS KiB / conn | connections (plain / TLS) | RSS before, MiB (plain / TLS) |\n|---|---:|---:|---:|---:|")
 rss = {}
 for r in sel(fig="rss"):
