@@ -238,6 +238,13 @@ done
 SETTLE=6 # > proxyd's upstream_idle_timeout (4 s): idle upstream connections beyond the pool closed
 for t in "${PROXIES[@]}"; do
     for tls in plain tls; do
+        # A fresh process for each measurement: memory an allocator kept from an earlier one would
+        # otherwise be reused and hide part of the cost. Warm up (pools, first handshake) first.
+        stop_target "$t"
+        "start_$t" "$SERVER_CPU" 1
+        on "$LOADGEN_CPU" wrk -t1 -c64 -d1s -H 'Host: bench.test' "$(url_h1 "$t" 12)" >/dev/null 2>&1 || true
+        on "$LOADGEN_CPU" wrk -t1 -c64 -d1s -H 'Host: bench.test' "https://127.0.0.1:${TLS_PORT[$t]}/12" \
+            >/dev/null 2>&1 || true
         n=$IDLE_CONNS
         if [ "$t" = haproxy ] && [ "$n" -gt $((HAPROXY_MAXCONN - 100)) ]; then n=$((HAPROXY_MAXCONN - 100)); fi
         args=(--addr "127.0.0.1:${H1_PORT[$t]}" --count "$n" --host bench.test --path /12 --ignore-stdin)

@@ -357,10 +357,9 @@ md.append("`holdconns` opens N connections, makes one `GET /12` on each and leav
           "connections beyond each proxy's pool have closed (proxyd's `upstream_idle_timeout` is "
           "4 s), minus RSS just before, divided by N. KiB per connection. HAProxy needs two descriptors "
           "per connection under its `ulimit-n`, so where the open-files limit is too low for N it is "
-          "measured with as many connections as it can hold (see the connections column). The TLS "
-          "measurement follows the plaintext one in the same process, so its \"before\" includes "
-          "memory the allocator kept from the first and can reuse: **the TLS figure is a lower bound** "
-          "(a process restarted for each measurement would remove this; not done yet).\n")
+          "measured with as many connections as it can hold (see the connections column). Each "
+          "measurement starts a fresh proxy process (warmed up by 1 s of wrk over plain HTTP and over "
+          "TLS), so memory an allocator kept from an earlier test cannot hide part of the cost.\n")
 md.append("| target | plaintext KiB / conn | TLS KiB / conn | connections (plain / TLS) | RSS before, MiB (plain / TLS) |\n|---|---:|---:|---:|---:|")
 rss = {}
 for r in sel(fig="rss"):
