@@ -252,6 +252,7 @@ for t in "${PROXIES[@]}"; do
             --path /12 --tls --sni bench.test --ignore-stdin); fi
         sleep "$SETTLE"
         before=$(rss_kib "${PID[$t]}")
+        : >"$WORK/hold.out" # before the spawn: the wait loop below may read it first
         spawn "$LOADGEN_CPU" "$HOLDCONNS" "${args[@]}" >"$WORK/hold.out" 2>"$WORK/hold.err" &
         hold=$!
         track "$hold"
