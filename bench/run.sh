@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark harness of issue 11: proxyd against nginx, HAProxy and Caddy in front of the same
-# nginx origin. Installs what is missing (Debian), builds proxyd and the load tools in release
-# mode, runs every figure, and writes docs/benchmarks.md and docs/bench/*.svg.
+# nginx origin. Installs what is missing (Debian), builds proxyd (production profile) and the load
+# tools, runs every figure, and writes docs/benchmarks.md and docs/bench/*.svg.
 #
-# Usage: bench/run.sh [--quick]
+# Usage: bench/run.sh [--quick]        (BIN_DIR=DIR bench/run.sh: proxyd from DIR, not built)
 #   default  ~35-40 min on 2 cores: 5 rounds, 6 s runs, 100 reloads, 10,000 idle connections
 #   --quick  ~9 min: 2 rounds, 3 s runs, 20 reloads, 2,000 idle connections (for development)
 # Raw results: bench/results/<date>/results.jsonl (git-ignored). Loopback only, free ports;
@@ -44,10 +44,17 @@ need openssl openssl
 need taskset util-linux
 need cargo cargo
 
-log "building proxyd (release) and the load tools"
-cargo build --release --bins --locked -q
+# The production profile (release + fat LTO) is what deploy/install.sh builds. BIN_DIR=DIR
+# measures binaries built elsewhere instead (a before/after comparison).
+if [ -n "${BIN_DIR:-}" ]; then
+    BIN=$(cd "$BIN_DIR" && pwd)
+    log "using proxyd from $BIN; building the load tools"
+else
+    log "building proxyd (--profile production) and the load tools"
+    cargo build --profile production --bins --locked -q
+    BIN=$ROOT/target/production
+fi
 cargo build --release --manifest-path bench/tools/Cargo.toml -q
-BIN=$ROOT/target/release
 OPENLOOP=$ROOT/bench/tools/target/release/openloop
 HOLDCONNS=$ROOT/bench/tools/target/release/holdconns
 

@@ -506,7 +506,7 @@ head = [
     "```",
     "",
     "It installs nginx, haproxy, caddy, wrk and nghttp2-client (h2load) from Debian when missing, "
-    "builds proxyd and `bench/tools` (openloop, holdconns) in release mode, starts every server in "
+    "builds proxyd (`--profile production`: release with fat LTO) and `bench/tools` (openloop, holdconns) in release mode, starts every server in "
     "the foreground on free loopback ports with temp configs, and keeps raw results "
     "(JSON lines) in `bench/results/<date>/` (git-ignored).",
     "",

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Start / stop / reload the origin and the four proxies. Sourced by bench/run.sh after common.sh.
-# Needs: $WORK, $BIN (proxyd's target/release), $CERT and $KEY (ECDSA P-256, CN/SAN bench.test),
+# Needs: $WORK, $BIN (proxyd's binaries: target/production), $CERT and $KEY (ECDSA P-256, CN/SAN bench.test),
 # $CERT_PEM (cert + key in one file, for HAProxy).
 #
 # Each start_X CPUS THREADS sets, for target X:
