@@ -198,6 +198,7 @@ fn site(site: &Site) -> pb::Site {
         upstream_response_timeout_ms: site.upstream_response_timeout.map(millis),
         // Only the non-default value is sent, so sites without the key hash as before.
         https_redirect: (!site.https_redirect).then_some(false),
+        ..Default::default()
     }
 }
 
@@ -321,6 +322,7 @@ fn route(route: &Route) -> pb::Route {
     pb::Route {
         path_prefix: route.path_prefix.clone(),
         action: Some(action),
+        ..Default::default()
     }
 }
 

@@ -42,6 +42,7 @@ fn snapshot() -> pb::Snapshot {
                             value: "1".into(),
                         }],
                     })),
+                    ..Default::default()
                 }],
                 upstream_response_timeout_ms: Some(700),
                 upstream_weights: vec![],
@@ -56,6 +57,7 @@ fn snapshot() -> pb::Snapshot {
                     }),
                     limits: None,
                 }),
+                ..Default::default()
             }],
             rate_limit: None,
             upstream_response_timeout_ms: 0,
