@@ -238,11 +238,13 @@ pub fn local() -> DataPlaneStatusReply {
                 url: "http://10.0.0.5:8080".into(),
                 healthy: true,
                 outstanding: 3,
+                last_tls_error: String::new(),
             },
             UpstreamStatus {
                 url: "http://10.0.0.6:8080".into(),
                 healthy: false,
                 outstanding: 0,
+                last_tls_error: String::new(),
             },
         ],
         ready: true,

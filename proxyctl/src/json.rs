@@ -253,6 +253,9 @@ pub struct Upstream {
     pub healthy: bool,
     /// Requests waiting for its response head now.
     pub outstanding: u64,
+    /// The last failed TLS handshake with it, when one failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_tls_error: Option<String>,
 }
 
 /// `proxyctl --json health`.
@@ -571,6 +574,8 @@ impl From<&pb::DataPlaneStatusReply> for LocalDataPlane {
                     url: u.url.clone(),
                     healthy: u.healthy,
                     outstanding: u.outstanding,
+                    last_tls_error: (!u.last_tls_error.is_empty())
+                        .then(|| u.last_tls_error.clone()),
                 })
                 .collect(),
         }

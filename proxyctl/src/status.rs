@@ -189,16 +189,29 @@ pub fn local_line(dp: &DataPlaneStatusReply) -> String {
     parts.join("  ")
 }
 
-/// `UPSTREAM  HEALTHY  OUTSTANDING`, one row per upstream, columns lined up.
+/// `UPSTREAM  HEALTHY  OUTSTANDING`, one row per upstream, columns lined up; with a
+/// `LAST TLS ERROR` column when a handshake with one of them failed.
 pub fn upstream_table(upstreams: &[UpstreamStatus]) -> Vec<String> {
-    let header = ["UPSTREAM", "HEALTHY", "OUTSTANDING"];
-    let mut rows = vec![header.map(str::to_owned).to_vec()];
+    let tls_errors = upstreams.iter().any(|u| !u.last_tls_error.is_empty());
+    let mut header = vec!["UPSTREAM", "HEALTHY", "OUTSTANDING"];
+    if tls_errors {
+        header.push("LAST TLS ERROR");
+    }
+    let mut rows = vec![header.into_iter().map(str::to_owned).collect()];
     rows.extend(upstreams.iter().map(|u| {
-        vec![
+        let mut row = vec![
             one_line(&u.url),
             if u.healthy { "yes" } else { "no" }.to_owned(),
             u.outstanding.to_string(),
-        ]
+        ];
+        if tls_errors {
+            row.push(one_line(if u.last_tls_error.is_empty() {
+                "-"
+            } else {
+                &u.last_tls_error
+            }));
+        }
+        row
     }));
     align(&rows)
 }

@@ -470,6 +470,7 @@ fn local() -> DataPlaneStatusReply {
             url: "http://10.0.0.5:8080".into(),
             healthy: true,
             outstanding: 2,
+            last_tls_error: String::new(),
         }],
         ready: true,
         draining: false,

@@ -5,6 +5,7 @@
 mod certs;
 mod limits;
 mod site;
+mod upstream;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ pub use certs::{Challenges, SiteCertificate};
 pub use limits::{ConnectionLimits, PathRules, UpstreamLimits};
 use site::site_spec;
 pub use site::*;
+pub use upstream::*;
 
 /// A snapshot proxyd has checked and can compile into a runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -96,7 +96,7 @@ pub struct Report {
     pub from_saved: bool,
     pub listeners: Vec<Bound>,
     /// (URL, gets traffic, outstanding requests)
-    pub upstreams: Vec<(String, bool, usize)>,
+    pub upstreams: Vec<crate::upstreams::Listed>,
     pub ready: bool,
     pub draining: bool,
     pub open_connections: u64,
@@ -344,6 +344,7 @@ async fn check_upstreams_resolve(spec: &Spec) -> Result<(), ApplyError> {
     let mut checked = std::collections::HashSet::new();
     let mut lookups = tokio::task::JoinSet::new();
     for upstream in spec.sites.iter().flat_map(|s| s.upstreams()) {
+        let upstream = &upstream.spec;
         let host = upstream
             .host()
             .trim_start_matches('[')

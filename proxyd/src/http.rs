@@ -7,6 +7,7 @@ mod error;
 mod headers;
 mod path;
 mod respond;
+mod rules;
 mod tunnel;
 
 use std::error::Error as StdError;
@@ -28,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::runtime::{Action, Runtime, Site};
 use crate::server::{Activity, Permit};
 use crate::tls::Session;
-use crate::upstreams::{UpstreamBody, circuit_open};
+use crate::upstreams::{circuit_open, empty_body};
 use body::{ClientBodyError, Side, Upload, Watched, client_body_fault};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -136,6 +137,11 @@ impl Proxy {
             }
         };
         let request_id = headers::request_id(req.headers(), trusted);
+        // A gRPC client gets proxyd's own failures as gRPC statuses.
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let peer = Peer {
             addr: conn.peer,
             client,
@@ -164,7 +170,11 @@ impl Proxy {
                     }
                     _ => {}
                 }
-                e.into_response(&request_id)
+                if grpc {
+                    e.into_grpc_response(&request_id)
+                } else {
+                    e.into_response(&request_id)
+                }
             }
         };
         let Outcome {
@@ -242,10 +252,16 @@ impl Proxy {
                 .check(peer.client)
                 .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
         }
-        check_content_length(&req, site)?;
-
-        let route = site.route(req.uri().path()).ok_or(ProxyError::NoRoute)?;
+        let route = site
+            .route(req.method(), req.uri().path(), req.headers())
+            .ok_or(ProxyError::NoRoute)?;
         out.route = Some(&route.path_prefix);
+        if let Some(limiter) = &route.limiter {
+            limiter
+                .check(peer.client)
+                .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
+        }
+        check_content_length(&req, route.body_limit_bytes)?;
         let pool = match &route.action {
             Action::Proxy(pool) => pool,
             Action::Answer(Answer::Redirect { location, status }) => {
@@ -274,12 +290,18 @@ impl Proxy {
         {
             parts.headers.insert(http::header::HOST, value);
         }
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let path_and_query = match parts.uri.path_and_query() {
+            Some(original) => rules::rewrite(&pool.rewrite, &route.path_prefix, original),
+            None => http::uri::PathAndQuery::from_static("/"),
+        };
+        // gRPC needs `te: trailers` to reach an HTTP/2 upstream (it is hop-by-hop otherwise).
+        let te_trailers = parts
+            .headers
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
         headers::prepare_upstream_request(&mut parts.headers, &host, peer);
+        let fill = rules::Fill { peer, host: &host };
+        rules::apply(&mut parts.headers, &pool.request_headers, &fill);
         if let Some(protocol) = upgrade {
             headers::restore_upgrade(&mut parts.headers, protocol);
         }
@@ -295,7 +317,7 @@ impl Proxy {
                 | http::Method::PUT
                 | http::Method::DELETE
         );
-        let limit = usize::try_from(site.body_limit_bytes).unwrap_or(usize::MAX);
+        let limit = usize::try_from(route.body_limit_bytes).unwrap_or(usize::MAX);
         // The response deadline runs from the end of the request body (a slow upload is the
         // request body timeout's business, never the upstream's), or from when the upstream
         // stopped taking the body.
@@ -324,15 +346,9 @@ impl Proxy {
             tried.push(index);
             let upstream_name = upstream.name.as_str();
             out.upstream = Some(upstream_name);
-            let uri = Uri::builder()
-                .scheme(upstream.spec.scheme.clone())
-                .authority(upstream.spec.authority.clone())
-                .path_and_query(path_and_query.clone())
-                .build()
-                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
             let mut request = Request::new(body.take().unwrap_or_else(empty_body));
             *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = uri;
+            *request.uri_mut() = Uri::from(path_and_query.clone());
             *request.version_mut() = parts.version;
             // Keep the headers only while another attempt could still need them (the common
             // request, with a body or without retries, moves them instead of copying).
@@ -342,11 +358,17 @@ impl Proxy {
             } else {
                 std::mem::take(&mut parts.headers)
             };
+            if te_trailers && upstream.may_speak_h2() {
+                // The pool takes it out again should the connection be HTTP/1.1.
+                request
+                    .headers_mut()
+                    .insert(header::TE, http::HeaderValue::from_static("trailers"));
+            }
             let outstanding = upstream.start().map_err(|open| ProxyError::CircuitOpen {
                 upstream: upstream_name.to_owned(),
                 limit: open.limit,
             })?;
-            let timeout = site.upstream_response_timeout;
+            let timeout = pool.upstream_response_timeout;
             let deadline = async {
                 match &upload {
                     Some(upload) => upload.upstream_deadline(timeout).await,
@@ -354,7 +376,7 @@ impl Proxy {
                 }
             };
             let sent = tokio::select! {
-                sent = upstream.client.request(request) => Ok(sent),
+                sent = upstream.pool.send(request) => Ok(sent),
                 () = deadline => Err(()),
             };
             drop(outstanding);
@@ -366,7 +388,7 @@ impl Proxy {
                 // Not the upstream's fault, and not worth another upstream.
                 Ok(Err(e)) if caused_by_body_limit(&e) => {
                     return Err(ProxyError::PayloadTooLarge {
-                        limit: site.body_limit_bytes,
+                        limit: route.body_limit_bytes,
                     });
                 }
                 Ok(Err(e)) if client_body_fault(&e).is_some() => {
@@ -394,6 +416,9 @@ impl Proxy {
                 }
                 Ok(Err(e)) => {
                     upstream.failed(pool.passive);
+                    if let Some((reason, text)) = e.tls_failure() {
+                        upstream.tls_failed(reason, text);
+                    }
                     let retryable = bodiless && (e.is_connect() || idempotent);
                     let error = if e.is_connect() {
                         ProxyError::UpstreamUnreachable {
@@ -444,6 +469,7 @@ impl Proxy {
         if let Some(protocol) = switched_to {
             headers::restore_upgrade(&mut parts.headers, protocol);
         }
+        rules::apply(&mut parts.headers, &pool.response_headers, &fill);
         parts.version = client_version;
         let body = Watched::new(
             body,
@@ -516,14 +542,8 @@ impl Proxy {
     }
 }
 
-fn empty_body() -> UpstreamBody {
-    http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed()
-}
-
 /// 413 before any upstream contact when the declared length is already too large.
-fn check_content_length(req: &Request<Incoming>, site: &Site) -> Result<(), ProxyError> {
+fn check_content_length(req: &Request<Incoming>, limit: u64) -> Result<(), ProxyError> {
     let Some(value) = req.headers().get(header::CONTENT_LENGTH) else {
         return Ok(());
     };
@@ -533,10 +553,8 @@ fn check_content_length(req: &Request<Incoming>, site: &Site) -> Result<(), Prox
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or(ProxyError::BadRequest("invalid Content-Length"))?;
-    if length > site.body_limit_bytes {
-        return Err(ProxyError::PayloadTooLarge {
-            limit: site.body_limit_bytes,
-        });
+    if length > limit {
+        return Err(ProxyError::PayloadTooLarge { limit });
     }
     Ok(())
 }

@@ -21,6 +21,8 @@ pub type Limiter = DefaultKeyedRateLimiter<IpAddr>;
 pub enum Scope {
     Global,
     Site(String),
+    /// A route's own limit: its site, prefix, methods and header matches.
+    Route(String),
 }
 
 /// A limiter and its quota, as a compiled site holds it.

@@ -48,10 +48,11 @@ impl pb::data_plane_server::DataPlane for Service {
             upstreams: r
                 .upstreams
                 .into_iter()
-                .map(|(url, healthy, outstanding)| pb::UpstreamStatus {
-                    url,
-                    healthy,
-                    outstanding: outstanding as u64,
+                .map(|u| pb::UpstreamStatus {
+                    url: u.url,
+                    healthy: u.available,
+                    outstanding: u.outstanding as u64,
+                    last_tls_error: u.last_tls_error.unwrap_or_default(),
                 })
                 .collect(),
             ready: r.ready,

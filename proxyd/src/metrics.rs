@@ -77,6 +77,24 @@ struct OverflowLabels {
     limit: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsFailureLabels {
+    upstream: String,
+    reason: &'static str,
+}
+
+/// Every value of the `reason` label of `proxy_upstream_tls_failures_total`.
+pub const TLS_FAILURE_REASONS: [&str; 8] = [
+    "unknown_issuer",
+    "expired",
+    "name_mismatch",
+    "bad_certificate",
+    "alert_received",
+    "no_application_protocol",
+    "protocol",
+    "io",
+];
+
 /// Every value of the `kind` label of `proxy_timeouts_total` (docs/security.md).
 pub const TIMEOUT_KINDS: [&str; 8] = [
     "first_bytes",
@@ -111,6 +129,7 @@ pub struct Metrics {
     connections_refused: Family<ReasonLabels, Counter>,
     timeouts: Family<KindLabels, Counter>,
     upstream_overflow: Family<OverflowLabels, Counter>,
+    upstream_tls_failures: Family<TlsFailureLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -140,6 +159,7 @@ impl Metrics {
             connections_refused: Family::default(),
             timeouts: Family::default(),
             upstream_overflow: Family::default(),
+            upstream_tls_failures: Family::default(),
         };
         m.register();
         for kind in TIMEOUT_KINDS {
@@ -248,6 +268,11 @@ impl Metrics {
             "Requests refused with 503 by an upstream's circuit breaker, by upstream and limit",
             self.upstream_overflow.clone(),
         );
+        r.register(
+            "upstream_tls_failures",
+            "TLS handshakes with upstreams that failed, by upstream and reason",
+            self.upstream_tls_failures.clone(),
+        );
     }
 
     /// A deadline of `kind` (one of [`TIMEOUT_KINDS`]) ended a connection or request.
@@ -268,6 +293,16 @@ impl Metrics {
             .get_or_create(&OverflowLabels {
                 upstream: upstream.to_owned(),
                 limit,
+            })
+            .inc();
+    }
+
+    /// A TLS handshake with `upstream` failed for `reason` (one of [`TLS_FAILURE_REASONS`]).
+    pub fn upstream_tls_failure(&self, upstream: &str, reason: &'static str) {
+        self.upstream_tls_failures
+            .get_or_create(&TlsFailureLabels {
+                upstream: upstream.to_owned(),
+                reason,
             })
             .inc();
     }
@@ -385,6 +420,12 @@ impl Metrics {
             self.upstream_overflow.remove(&OverflowLabels {
                 upstream: upstream.to_owned(),
                 limit,
+            });
+        }
+        for reason in TLS_FAILURE_REASONS {
+            self.upstream_tls_failures.remove(&TlsFailureLabels {
+                upstream: upstream.to_owned(),
+                reason,
             });
         }
     }

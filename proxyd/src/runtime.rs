@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::convert::{
-    ActionSpec, Answer, Challenges, PassiveHealthSpec, PathRules, Policy, PoolSpec, Spec,
-    WeightedUpstream,
+    ActionSpec, Answer, Challenges, HeaderRules, PassiveHealthSpec, PathRules, Policy, PoolSpec,
+    ProxySpec, Rewrite, Spec,
 };
 use crate::limits::{LimiterStore, Scope, SiteLimiter};
-use crate::upstreams::{Upstream, UpstreamStore};
+use crate::upstreams::{self, Upstream, UpstreamStore};
 
 #[derive(Debug)]
 pub struct Runtime {
@@ -32,10 +32,7 @@ pub struct Site {
     pub name: String,
     /// Longest prefix first.
     routes: Vec<Route>,
-    pub body_limit_bytes: u64,
     pub limiter: Option<SiteLimiter>,
-    /// How long an upstream may take to send its response head.
-    pub upstream_response_timeout: std::time::Duration,
     /// What TLS handshakes for the site present; `None`: they fail.
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
     /// Plain-HTTP requests get a 308 to https:// (when `certificate` is set and proxyd has a
@@ -48,7 +45,26 @@ pub struct Site {
 #[derive(Debug)]
 pub struct Route {
     pub path_prefix: String,
+    /// Only these methods match; empty = every method.
+    methods: Vec<http::Method>,
+    /// Only requests with each of these headers, with exactly this value, match.
+    match_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The route's own rate limit, checked after the site's.
+    pub limiter: Option<SiteLimiter>,
+    /// The route's, else the site's.
+    pub body_limit_bytes: u64,
     pub action: Action,
+}
+
+impl Route {
+    fn matches(&self, method: &http::Method, path: &str, headers: &http::HeaderMap) -> bool {
+        path.starts_with(&self.path_prefix)
+            && (self.methods.is_empty() || self.methods.contains(method))
+            && self
+                .match_headers
+                .iter()
+                .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
+    }
 }
 
 #[derive(Debug)]
@@ -57,9 +73,15 @@ pub enum Action {
     Answer(Answer),
 }
 
-/// A route's upstreams and how to choose among them.
+/// A route's upstreams, how to choose among them, and what the route changes on the way.
 #[derive(Debug)]
 pub struct Pool {
+    pub rewrite: Rewrite,
+    /// Applied in order (the site's, then the route's).
+    pub request_headers: Vec<HeaderRules>,
+    pub response_headers: Vec<HeaderRules>,
+    /// The route's, else the site's.
+    pub upstream_response_timeout: std::time::Duration,
     /// Never empty (`convert` guarantees it).
     upstreams: Vec<Arc<Upstream>>,
     /// For weighted round robin: indexes into `upstreams`, interleaved by weight.
@@ -72,16 +94,23 @@ pub struct Pool {
 }
 
 impl Pool {
-    fn new(list: &[WeightedUpstream], spec: &PoolSpec, store: &UpstreamStore) -> Pool {
+    fn new(
+        proxy: &ProxySpec,
+        spec: &PoolSpec,
+        timeout: std::time::Duration,
+        store: &UpstreamStore,
+    ) -> Pool {
+        let list = &proxy.upstreams;
         Pool {
-            upstreams: list
-                .iter()
-                .map(|u| store.get(&u.spec, spec.limits))
-                .collect(),
+            rewrite: proxy.rewrite.clone(),
+            request_headers: proxy.request_headers.clone(),
+            response_headers: proxy.response_headers.clone(),
+            upstream_response_timeout: proxy.upstream_response_timeout.unwrap_or(timeout),
+            upstreams: list.iter().map(|u| store.get(u, spec.limits)).collect(),
             schedule: smooth_weighted_schedule(&list.iter().map(|u| u.weight).collect::<Vec<_>>()),
             policy: spec.policy,
             next: AtomicUsize::new(0),
-            retries: spec.retries,
+            retries: proxy.retries.unwrap_or(spec.retries),
             passive: spec.passive,
         }
     }
@@ -120,6 +149,22 @@ impl Pool {
     }
 }
 
+/// What names a route's rate limiter: its site and what it matches.
+fn route_key(site: &str, route: &crate::convert::RouteSpec) -> String {
+    let mut key = format!("{site} {}", route.path_prefix);
+    for method in &route.methods {
+        key.push(' ');
+        key.push_str(method.as_str());
+    }
+    for (name, value) in &route.match_headers {
+        key.push_str(&format!(
+            " {name}={}",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    key
+}
+
 /// Nginx's smooth weighted round robin, unrolled: weights 5, 1, 1 give a, a, b, a, c, a, a rather
 /// than five a's in a row.
 fn smooth_weighted_schedule(weights: &[u32]) -> Vec<usize> {
@@ -141,11 +186,18 @@ fn smooth_weighted_schedule(weights: &[u32]) -> Vec<usize> {
 }
 
 impl Site {
-    /// The route for `path`: the longest matching prefix.
-    pub fn route(&self, path: &str) -> Option<&Route> {
+    /// The route for a request: among those whose method and header conditions it meets,
+    /// header-matching routes first, then the longest prefix (the order `convert` sorted them
+    /// in).
+    pub fn route(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|r| path.starts_with(&r.path_prefix))
+            .find(|r| r.matches(method, path, headers))
     }
 }
 
@@ -176,14 +228,26 @@ impl Runtime {
                 in_use.insert((scope.clone(), quota));
                 limiters.get(scope, quota)
             });
+            let body_limit_bytes = s.body_limit_bytes.unwrap_or(spec.body_limit_bytes);
+            let timeout = s
+                .upstream_response_timeout
+                .unwrap_or(spec.upstream_response_timeout);
             let routes = s
                 .routes
                 .iter()
                 .map(|r| Route {
                     path_prefix: r.path_prefix.clone(),
+                    methods: r.methods.clone(),
+                    match_headers: r.match_headers.clone(),
+                    limiter: r.rate_limit.map(|quota| {
+                        let scope = Scope::Route(route_key(s.name(), r));
+                        in_use.insert((scope.clone(), quota));
+                        limiters.get(scope, quota)
+                    }),
+                    body_limit_bytes: r.body_limit_bytes.unwrap_or(body_limit_bytes),
                     action: match &r.action {
-                        ActionSpec::Proxy(list) => {
-                            Action::Proxy(Pool::new(list, &s.pool, upstreams))
+                        ActionSpec::Proxy(proxy) => {
+                            Action::Proxy(Pool::new(proxy, &s.pool, timeout, upstreams))
                         }
                         ActionSpec::Answer(answer) => Action::Answer(answer.clone()),
                     },
@@ -192,11 +256,7 @@ impl Runtime {
             let site = Arc::new(Site {
                 name: s.name().to_owned(),
                 routes,
-                body_limit_bytes: s.body_limit_bytes.unwrap_or(spec.body_limit_bytes),
                 limiter,
-                upstream_response_timeout: s
-                    .upstream_response_timeout
-                    .unwrap_or(spec.upstream_response_timeout),
                 certificate: s.certificate.as_ref().map(|c| c.key.clone()),
                 https_redirect: s.https_redirect,
                 metrics: crate::metrics::SiteMetrics::default(),
@@ -209,7 +269,7 @@ impl Runtime {
         let in_use = spec
             .sites
             .iter()
-            .flat_map(|s| s.upstreams().map(|u| (u.to_string(), s.pool.limits)))
+            .flat_map(|s| s.upstreams().map(|u| upstreams::key(u, s.pool.limits)))
             .collect();
         let checks = spec
             .sites
@@ -217,7 +277,7 @@ impl Runtime {
             .filter_map(|s| s.pool.health_check.as_ref().map(|h| (s, h)))
             .flat_map(|(s, h)| {
                 s.upstreams()
-                    .map(move |u| ((u.to_string(), s.pool.limits), h.clone()))
+                    .map(move |u| (upstreams::key(u, s.pool.limits), h.clone()))
             })
             .collect();
         upstreams.retain(&in_use, &checks);
@@ -296,6 +356,10 @@ mod tests {
     fn respond(prefix: &str) -> RouteSpec {
         RouteSpec {
             path_prefix: prefix.into(),
+            methods: Vec::new(),
+            match_headers: Vec::new(),
+            rate_limit: None,
+            body_limit_bytes: None,
             action: ActionSpec::Answer(Answer::Respond {
                 status: http::StatusCode::OK,
                 body: prefix.to_owned().into(),
@@ -423,10 +487,63 @@ mod tests {
     fn the_longest_prefix_wins() {
         let rt = runtime();
         let site = rt.site("example.com").unwrap();
-        let prefix = |p| site.route(p).map(|r| r.path_prefix.as_str());
+        let headers = http::HeaderMap::new();
+        let prefix = |p| {
+            site.route(&http::Method::GET, p, &headers)
+                .map(|r| r.path_prefix.as_str())
+        };
         assert_eq!(prefix("/api/v2/x"), Some("/api/v2"));
         assert_eq!(prefix("/api/v1"), Some("/api"));
         assert_eq!(prefix("/"), Some("/"));
         assert_eq!(prefix("/other"), Some("/"));
+    }
+
+    #[test]
+    fn header_routes_come_first_and_methods_narrow_a_route() {
+        let mut spec = spec();
+        let mut canary = respond("/");
+        canary.match_headers = vec![(
+            http::HeaderName::from_static("x-canary"),
+            http::HeaderValue::from_static("1"),
+        )];
+        let mut writes = respond("/api");
+        writes.methods = vec![http::Method::POST];
+        // In the order convert sorts them: header routes, longest prefix, narrowed methods.
+        spec.sites[0].routes = vec![
+            canary,
+            respond("/api/v2"),
+            writes,
+            respond("/api"),
+            respond("/"),
+        ];
+        let rt = compile(spec);
+        let site = rt.site("example.com").unwrap();
+        let mut headers = http::HeaderMap::new();
+        let route = |m: &http::Method, p, h: &http::HeaderMap| {
+            let r = site.route(m, p, h).unwrap();
+            (
+                r.path_prefix.clone(),
+                r.match_headers.len(),
+                r.methods.len(),
+            )
+        };
+        assert_eq!(
+            route(&http::Method::GET, "/api/x", &headers),
+            ("/api".into(), 0, 0)
+        );
+        assert_eq!(
+            route(&http::Method::POST, "/api/x", &headers),
+            ("/api".into(), 0, 1)
+        );
+        headers.insert("x-canary", http::HeaderValue::from_static("2"));
+        assert_eq!(
+            route(&http::Method::GET, "/api/v2", &headers),
+            ("/api/v2".into(), 0, 0)
+        );
+        headers.insert("x-canary", http::HeaderValue::from_static("1"));
+        assert_eq!(
+            route(&http::Method::GET, "/api/v2", &headers),
+            ("/".into(), 1, 0)
+        );
     }
 }

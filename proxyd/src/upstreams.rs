@@ -4,6 +4,8 @@
 //! limits) drops the state, its checks and its metrics.
 
 mod breaker;
+mod connect;
+mod pool;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -11,25 +13,34 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
 pub use breaker::{CircuitOpen, circuit_open};
+pub use connect::{TlsConnector, system_roots};
+pub use pool::Protocol;
 
 use crate::convert::{
-    HealthCheckSpec, PassiveHealthSpec, StaticSpec, UpstreamLimits, UpstreamSpec,
+    ConnectionSpec, HealthCheckSpec, PassiveHealthSpec, StaticSpec, UpstreamLimits, UpstreamSpec,
+    WeightedUpstream,
 };
 use crate::metrics::Metrics;
-use breaker::{Breaker, LimitedConnector};
+use breaker::Breaker;
+use pool::Pool;
 
-/// What identifies an upstream's state: its URL and its circuit-breaker limits.
-pub type UpstreamKey = (String, UpstreamLimits);
+/// What identifies an upstream's state: its URL, its circuit-breaker limits and how it is
+/// connected to.
+pub type UpstreamKey = (String, UpstreamLimits, ConnectionSpec);
 
 /// The body type proxyd sends upstream.
 pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, crate::http::BoxError>;
+
+/// An empty request body.
+pub fn empty_body() -> UpstreamBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 /// Connection settings every upstream client shares; static, from the first snapshot.
 #[derive(Debug, Clone, Copy)]
@@ -49,10 +60,9 @@ impl Default for ClientSettings {
 
 /// One upstream's live state, shared by every route and site that uses it.
 pub struct Upstream {
-    pub spec: UpstreamSpec,
     /// Its own connection pool: kept with the upstream across reloads, and dropped with it, which
     /// closes its idle connections at once.
-    pub client: Client<LimitedConnector, UpstreamBody>,
+    pub pool: Pool,
     breaker: Arc<Breaker>,
     /// Its metrics label and store key.
     pub name: String,
@@ -64,6 +74,8 @@ pub struct Upstream {
     checks_pass: AtomicBool,
     epoch: Instant,
     metrics: Arc<Metrics>,
+    /// The last failed TLS handshake's error, for `proxyctl status`.
+    last_tls_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -79,24 +91,28 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     fn new(
         spec: UpstreamSpec,
+        connection: &ConnectionSpec,
         limits: UpstreamLimits,
         metrics: Arc<Metrics>,
         settings: ClientSettings,
     ) -> Upstream {
         let name = spec.to_string();
         metrics.upstream_health(&name, true);
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
         let breaker = Arc::new(Breaker::new(limits));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.idle_timeout)
-            .pool_max_idle_per_host(limits.max_idle_connections)
-            .pool_timer(TokioTimer::new())
-            .build(LimitedConnector::new(connector, breaker.clone()));
+        let pool = Pool::new(
+            spec.scheme.clone(),
+            spec.authority.clone(),
+            pool::Settings {
+                connect_timeout: settings.connect_timeout,
+                idle_timeout: settings.idle_timeout,
+                max_idle: limits.max_idle_connections,
+                protocol: connection.protocol,
+                tls: connection.tls.as_ref().map(|t| t.connector.clone()),
+            },
+            breaker.clone(),
+        );
         Upstream {
-            spec,
-            client,
+            pool,
             breaker,
             name,
             outstanding: AtomicUsize::new(0),
@@ -105,11 +121,17 @@ impl Upstream {
             checks_pass: AtomicBool::new(true),
             epoch: Instant::now(),
             metrics,
+            last_tls_error: Mutex::new(None),
         }
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether its connections may be HTTP/2 (and so carry `te: trailers`).
+    pub fn may_speak_h2(&self) -> bool {
+        self.pool.protocol() != Protocol::Http1
     }
 
     /// Whether it should get traffic now.
@@ -163,6 +185,24 @@ impl Upstream {
         }
     }
 
+    /// A TLS handshake with it failed: counted by reason, and the error kept for status.
+    pub fn tls_failed(&self, reason: &'static str, error: String) {
+        tracing::warn!(upstream = %self.name, %error, "TLS handshake with upstream failed");
+        self.metrics.upstream_tls_failure(&self.name, reason);
+        *self
+            .last_tls_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    /// The last failed TLS handshake's error, if any.
+    pub fn last_tls_error(&self) -> Option<String> {
+        self.last_tls_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn set_checks_pass(&self, pass: bool) {
         if self.checks_pass.swap(pass, Ordering::Relaxed) != pass {
             if pass {
@@ -185,31 +225,41 @@ impl Drop for Outstanding {
     }
 }
 
+/// An upstream as `proxyctl status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub url: String,
+    /// Gets traffic now.
+    pub available: bool,
+    pub outstanding: usize,
+    pub last_tls_error: Option<String>,
+}
+
+/// The key of `upstream`'s state under `limits`.
+pub fn key(upstream: &WeightedUpstream, limits: UpstreamLimits) -> UpstreamKey {
+    (
+        upstream.spec.to_string(),
+        limits,
+        upstream.connection.clone(),
+    )
+}
+
 /// Every live upstream and the health checks running against them.
 pub struct UpstreamStore {
     upstreams: Mutex<HashMap<UpstreamKey, Arc<Upstream>>>,
     checks: Mutex<HashMap<(UpstreamKey, HealthCheckSpec), CancellationToken>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-    client: Client<HttpConnector, Empty<Bytes>>,
     settings: std::sync::OnceLock<ClientSettings>,
 }
 
 impl UpstreamStore {
     pub fn new(metrics: Arc<Metrics>, shutdown: CancellationToken) -> UpstreamStore {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        // Health checks open a fresh connection each time, as a new client would.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         UpstreamStore {
             upstreams: Mutex::default(),
             checks: Mutex::default(),
             metrics,
             shutdown,
-            client,
             settings: std::sync::OnceLock::new(),
         }
     }
@@ -227,14 +277,15 @@ impl UpstreamStore {
         self.upstreams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The state of `spec` with `limits`: the existing one if a previous snapshot had it.
-    pub fn get(&self, spec: &UpstreamSpec, limits: UpstreamLimits) -> Arc<Upstream> {
+    /// The state of `upstream` with `limits`: the existing one if a previous snapshot had it.
+    pub fn get(&self, upstream: &WeightedUpstream, limits: UpstreamLimits) -> Arc<Upstream> {
         self.lock()
-            .entry((spec.to_string(), limits))
+            .entry(key(upstream, limits))
             .or_insert_with(|| {
                 let settings = self.settings.get().copied().unwrap_or_default();
                 Arc::new(Upstream::new(
-                    spec.clone(),
+                    upstream.spec.clone(),
+                    &upstream.connection,
                     limits,
                     self.metrics.clone(),
                     settings,
@@ -243,14 +294,19 @@ impl UpstreamStore {
             .clone()
     }
 
-    /// Every live upstream: (URL, gets traffic, outstanding requests), sorted by URL.
-    pub fn list(&self) -> Vec<(String, bool, usize)> {
+    /// Every live upstream, sorted by URL.
+    pub fn list(&self) -> Vec<Listed> {
         let mut list: Vec<_> = self
             .lock()
             .values()
-            .map(|u| (u.name.clone(), u.available(), u.outstanding()))
+            .map(|u| Listed {
+                url: u.name.clone(),
+                available: u.available(),
+                outstanding: u.outstanding(),
+                last_tls_error: u.last_tls_error(),
+            })
             .collect();
-        list.sort();
+        list.sort_by(|a, b| a.url.cmp(&b.url));
         list
     }
 
@@ -272,7 +328,7 @@ impl UpstreamStore {
         });
         // The health series is per URL: it goes when no state for the URL is left.
         for name in removed {
-            if !upstreams.keys().any(|(kept, _)| *kept == name) {
+            if !upstreams.keys().any(|(kept, _, _)| *kept == name) {
                 self.metrics.forget_upstream(&name);
             }
         }
@@ -300,25 +356,14 @@ impl UpstreamStore {
                 continue;
             };
             let token = self.shutdown.child_token();
-            tokio::spawn(check_until(
-                upstream,
-                key.1.clone(),
-                self.client.clone(),
-                token.clone(),
-            ));
+            tokio::spawn(check_until(upstream, key.1.clone(), token.clone()));
             running.insert(key.clone(), token);
         }
     }
 }
 
 /// Checks `upstream` every interval until `stop`, flipping it at the thresholds.
-async fn check_until(
-    upstream: Arc<Upstream>,
-    check: HealthCheckSpec,
-    client: Client<HttpConnector, Empty<Bytes>>,
-    stop: CancellationToken,
-) {
-    let uri = format!("{}{}", upstream.spec, check.path);
+async fn check_until(upstream: Arc<Upstream>, check: HealthCheckSpec, stop: CancellationToken) {
     let (mut passes, mut fails) = (0u32, 0u32);
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -327,7 +372,8 @@ async fn check_until(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let ok = probe(&client, &uri, check.timeout).await;
+        // A fresh connection each time, as a new client's would be.
+        let ok = upstream.pool.probe(&check.path, check.timeout).await;
         if ok {
             (passes, fails) = (passes.saturating_add(1), 0);
             if passes >= check.healthy_threshold {
@@ -342,20 +388,6 @@ async fn check_until(
     }
 }
 
-/// One GET; a 2xx or 3xx answer within `timeout` passes.
-async fn probe(client: &Client<HttpConnector, Empty<Bytes>>, uri: &str, timeout: Duration) -> bool {
-    let Ok(request) = http::Request::get(uri)
-        .header(http::header::USER_AGENT, "proxyd-health-check")
-        .body(Empty::new())
-    else {
-        return false;
-    };
-    match tokio::time::timeout(timeout, client.request(request)).await {
-        Ok(Ok(response)) => response.status().is_success() || response.status().is_redirection(),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +399,7 @@ mod tests {
         };
         Arc::new(Upstream::new(
             spec,
+            &ConnectionSpec::default(),
             UpstreamLimits::default(),
             Arc::new(Metrics::new()),
             ClientSettings::default(),

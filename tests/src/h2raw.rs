@@ -368,6 +368,12 @@ impl RawConn {
         let opaque = self.next_ping;
         self.next_ping += 1;
         if self.send(&ping(opaque)).await.is_err() {
+            // The server closed: what it sent before (a GOAWAY) may still wait to be read.
+            while let Some(f) = self.recv().await {
+                if f.kind == kind::GOAWAY {
+                    return Pong::GoAway(f.go_away().expect("a well-formed GOAWAY"));
+                }
+            }
             return self.go_away().map_or(Pong::Closed, Pong::GoAway);
         }
         loop {

@@ -8,6 +8,7 @@
     reason = "test harness: a failed setup step should stop the test right there, loudly"
 )]
 
+pub mod backend;
 pub mod grpc_raw;
 pub mod h2raw;
 pub mod pebble;

@@ -8,7 +8,10 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use proto::v1 as pb;
 
-use super::{SiteCertificate, UpstreamLimits, quota};
+use super::{
+    ConnectionSpec, HeaderRules, Rewrite, SiteCertificate, UpstreamLimits, connection,
+    header_rules, quota, rewrite,
+};
 
 /// Bounds on values the runtime allocates by, checked whoever sent the snapshot (controld
 /// applies the same rules to the file).
@@ -30,11 +33,12 @@ pub struct SiteSpec {
     pub https_redirect: bool,
 }
 
-/// An upstream and its share of a route's traffic.
+/// An upstream, its share of a route's traffic, and how the route connects to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WeightedUpstream {
     pub spec: UpstreamSpec,
     pub weight: u32,
+    pub connection: ConnectionSpec,
 }
 
 /// How a site's routes balance and check their upstreams.
@@ -74,14 +78,34 @@ pub struct PassiveHealthSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
     pub path_prefix: String,
+    /// Only these methods match; empty = every method.
+    pub methods: Vec<http::Method>,
+    /// Only requests with each of these headers, with exactly this value, match.
+    pub match_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Overrides of the site's.
+    pub rate_limit: Option<RateQuota>,
+    pub body_limit_bytes: Option<u64>,
     pub action: ActionSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionSpec {
-    /// Never empty.
-    Proxy(Vec<WeightedUpstream>),
+    Proxy(ProxySpec),
     Answer(Answer),
+}
+
+/// A route that proxies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySpec {
+    /// Never empty.
+    pub upstreams: Vec<WeightedUpstream>,
+    pub rewrite: Rewrite,
+    /// The site's rules, then the route's (empty ones left out).
+    pub request_headers: Vec<HeaderRules>,
+    pub response_headers: Vec<HeaderRules>,
+    /// Overrides of the site's.
+    pub upstream_response_timeout: Option<Duration>,
+    pub retries: Option<u32>,
 }
 
 /// A route action proxyd answers itself; the runtime uses it as it is.
@@ -100,14 +124,11 @@ pub enum Answer {
 
 impl SiteSpec {
     /// Every upstream any route of the site proxies to.
-    pub fn upstreams(&self) -> impl Iterator<Item = &UpstreamSpec> {
-        self.routes
-            .iter()
-            .flat_map(|r| match &r.action {
-                ActionSpec::Proxy(upstreams) => upstreams.as_slice(),
-                _ => &[],
-            })
-            .map(|u| &u.spec)
+    pub fn upstreams(&self) -> impl Iterator<Item = &WeightedUpstream> {
+        self.routes.iter().flat_map(|r| match &r.action {
+            ActionSpec::Proxy(proxy) => proxy.upstreams.as_slice(),
+            _ => &[],
+        })
     }
 
     /// Sites are named by their first hostname, as controld names them.
@@ -161,22 +182,51 @@ pub(super) fn site_spec(site: pb::Site) -> Result<SiteSpec, String> {
             return Err(format!("invalid hostname {h:?}"));
         }
     }
+    let site_rules = SiteRules {
+        connection: site.upstream.as_ref(),
+        request: header_rules(site.request_headers.as_ref(), true)?,
+        response: header_rules(site.response_headers.as_ref(), false)?,
+    };
     let mut routes = site
         .routes
         .into_iter()
-        .map(route)
+        .map(|r| route(r, &site_rules))
         .collect::<Result<Vec<_>, _>>()?;
     if !site.upstreams.is_empty() {
-        let upstreams = weighted(&site.upstreams, &site.upstream_weights)?;
+        let upstreams = weighted(
+            &site.upstreams,
+            &site.upstream_weights,
+            site_rules.connection,
+            None,
+        )?;
         routes.push(RouteSpec {
             path_prefix: "/".to_owned(),
-            action: ActionSpec::Proxy(upstreams),
+            methods: Vec::new(),
+            match_headers: Vec::new(),
+            rate_limit: None,
+            body_limit_bytes: None,
+            action: ActionSpec::Proxy(ProxySpec {
+                upstreams,
+                rewrite: Rewrite::Keep,
+                request_headers: site_rules.request_list(HeaderRules::default()),
+                response_headers: site_rules.response_list(HeaderRules::default()),
+                upstream_response_timeout: None,
+                retries: None,
+            }),
         });
     }
     if routes.is_empty() {
         return Err("no upstreams and no routes".to_owned());
     }
-    routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+    // Routes that match on headers first, then the longest prefix, then those limited to some
+    // methods ahead of those for all.
+    routes.sort_by_key(|r| {
+        (
+            r.match_headers.is_empty(),
+            std::cmp::Reverse(r.path_prefix.len()),
+            r.methods.is_empty(),
+        )
+    });
     let rate_limit = site
         .rate_limit
         .map(|r| quota(r, "rate_limit"))
@@ -207,9 +257,64 @@ fn valid_hostname(h: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
-fn route(r: pb::Route) -> Result<RouteSpec, String> {
+/// What a site gives each of its proxying routes.
+struct SiteRules<'a> {
+    connection: Option<&'a pb::UpstreamConnection>,
+    request: HeaderRules,
+    response: HeaderRules,
+}
+
+impl SiteRules<'_> {
+    fn request_list(&self, route: HeaderRules) -> Vec<HeaderRules> {
+        [self.request.clone(), route]
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+
+    fn response_list(&self, route: HeaderRules) -> Vec<HeaderRules> {
+        [self.response.clone(), route]
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+}
+
+fn route(r: pb::Route, site: &SiteRules<'_>) -> Result<RouteSpec, String> {
     use pb::route::Action;
-    let prefix = r.path_prefix;
+    let prefix = r.path_prefix.clone();
+    let methods = r
+        .methods
+        .iter()
+        .map(|m| {
+            http::Method::from_bytes(m.as_bytes())
+                .map_err(|_| format!("route {prefix:?}: invalid method {m:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let match_headers = r
+        .match_headers
+        .iter()
+        .map(|h| {
+            match (
+                http::HeaderName::from_bytes(h.name.as_bytes()),
+                http::HeaderValue::from_str(&h.value),
+            ) {
+                (Ok(name), Ok(value)) => Ok((name, value)),
+                _ => Err(format!(
+                    "route {prefix:?}: invalid match_headers entry {:?}",
+                    h.name
+                )),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let rate_limit = r
+        .rate_limit
+        .map(|q| quota(q, "rate_limit"))
+        .transpose()
+        .map_err(|e| format!("route {prefix:?}: {e}"))?;
+    if r.retries.is_some_and(|n| n > MAX_RETRIES) {
+        return Err(format!("route {prefix:?}: retries (at most {MAX_RETRIES})"));
+    }
     if !prefix.starts_with('/') {
         return Err(format!("route {prefix:?}: a path prefix starts with '/'"));
     }
@@ -219,9 +324,43 @@ fn route(r: pb::Route) -> Result<RouteSpec, String> {
             .and_then(|c| http::StatusCode::from_u16(c).ok())
             .ok_or_else(|| format!("route {prefix:?}: invalid status {code}"))
     };
+    let proxying = matches!(&r.action, Some(Action::Upstreams(_)));
+    let extras = r.strip_prefix
+        || r.rewrite.is_some()
+        || r.upstream.is_some()
+        || r.request_headers.is_some()
+        || r.response_headers.is_some()
+        || r.upstream_response_timeout_ms.is_some()
+        || r.retries.is_some();
+    if extras && !proxying {
+        return Err(format!(
+            "route {prefix:?}: upstream settings on a route that does not proxy"
+        ));
+    }
     let action = match r.action {
-        Some(Action::Upstreams(list)) if !list.urls.is_empty() => {
-            ActionSpec::Proxy(weighted(&list.urls, &list.weights)?)
+        Some(Action::Upstreams(ref list)) if !list.urls.is_empty() => {
+            let in_route = |e: String| format!("route {prefix:?}: {e}");
+            ActionSpec::Proxy(ProxySpec {
+                upstreams: weighted(
+                    &list.urls,
+                    &list.weights,
+                    site.connection,
+                    r.upstream.as_ref(),
+                )
+                .map_err(in_route)?,
+                rewrite: rewrite(&r).map_err(in_route)?,
+                request_headers: site.request_list(
+                    header_rules(r.request_headers.as_ref(), true).map_err(in_route)?,
+                ),
+                response_headers: site.response_list(
+                    header_rules(r.response_headers.as_ref(), false).map_err(in_route)?,
+                ),
+                upstream_response_timeout: r
+                    .upstream_response_timeout_ms
+                    .filter(|ms| *ms > 0)
+                    .map(Duration::from_millis),
+                retries: r.retries,
+            })
         }
         Some(Action::Upstreams(_)) => return Err(format!("route {prefix:?}: no upstreams")),
         Some(Action::Redirect(redirect)) => {
@@ -265,12 +404,21 @@ fn route(r: pb::Route) -> Result<RouteSpec, String> {
     };
     Ok(RouteSpec {
         path_prefix: prefix,
+        methods,
+        match_headers,
+        rate_limit,
+        body_limit_bytes: r.body_limit_bytes,
         action,
     })
 }
 
 /// URLs with their weights (index for index; none = all 1).
-fn weighted(urls: &[String], weights: &[u32]) -> Result<Vec<WeightedUpstream>, String> {
+fn weighted(
+    urls: &[String],
+    weights: &[u32],
+    site: Option<&pb::UpstreamConnection>,
+    route: Option<&pb::UpstreamConnection>,
+) -> Result<Vec<WeightedUpstream>, String> {
     if !weights.is_empty() && weights.len() != urls.len() {
         return Err(format!(
             "{} weights for {} upstreams",
@@ -294,9 +442,13 @@ fn weighted(urls: &[String], weights: &[u32]) -> Result<Vec<WeightedUpstream>, S
                     "upstream {url:?}: weight {weight} (must be 1 to {MAX_WEIGHT})"
                 ));
             }
+            let spec = upstream(url)?;
+            let connection = connection(site, route, spec.scheme == Scheme::HTTPS)
+                .map_err(|e| format!("upstream {url:?}: {e}"))?;
             Ok(WeightedUpstream {
-                spec: upstream(url)?,
+                spec,
                 weight,
+                connection,
             })
         })
         .collect()
@@ -358,9 +510,9 @@ fn upstream(raw: &str) -> Result<UpstreamSpec, String> {
             "invalid upstream {raw:?}: expected scheme://host:port"
         ));
     };
-    if *scheme != Scheme::HTTP {
+    if *scheme != Scheme::HTTP && *scheme != Scheme::HTTPS {
         return Err(format!(
-            "upstream {raw:?}: this proxyd build speaks only http:// to upstreams"
+            "upstream {raw:?}: the scheme must be http:// or https://"
         ));
     }
     Ok(UpstreamSpec {

@@ -1,6 +1,7 @@
 //! The edge of the data plane, checked: every refusal names its reason.
 
 use super::*;
+use crate::upstreams::Protocol;
 
 fn snapshot() -> pb::Snapshot {
     pb::Snapshot {
@@ -219,7 +220,10 @@ fn a_good_snapshot_converts() {
         .map(|r| r.path_prefix.as_str())
         .collect();
     assert_eq!(prefixes, ["/api", "/"], "longest prefix first");
-    let upstreams: Vec<_> = spec.sites[0].upstreams().map(ToString::to_string).collect();
+    let upstreams: Vec<_> = spec.sites[0]
+        .upstreams()
+        .map(|u| u.spec.to_string())
+        .collect();
     assert_eq!(upstreams, ["http://127.0.0.1:9000"]);
     assert_eq!(spec.sites[0].rate_limit.unwrap().burst.get(), 2);
     assert_eq!(spec.trusted_proxies.len(), 2);
@@ -343,12 +347,15 @@ fn what_this_build_cannot_do_is_refused() {
     );
 
     let mut s = snapshot();
-    s.dynamic.as_mut().unwrap().sites[0].upstreams = vec!["https://127.0.0.1:1".into()];
+    s.dynamic.as_mut().unwrap().sites[0].upstream = Some(pb::UpstreamConnection {
+        protocol: 42,
+        tls: None,
+    });
     assert!(
         Spec::try_from(s)
             .unwrap_err()
             .to_string()
-            .contains("only http://")
+            .contains("unknown upstream protocol 42")
     );
 
     let mut s = snapshot();
@@ -427,4 +434,101 @@ fn what_this_build_cannot_do_is_refused() {
         Spec::try_from(s),
         Err(SnapshotError::Missing { .. })
     ));
+}
+
+#[test]
+fn https_upstreams_get_tls_and_what_cannot_work_is_refused() {
+    let https = |connection: Option<pb::UpstreamConnection>| {
+        let mut s = snapshot();
+        let site = &mut s.dynamic.as_mut().unwrap().sites[0];
+        site.upstreams = vec!["https://127.0.0.1:8443".into()];
+        site.upstream = connection;
+        Spec::try_from(s)
+    };
+    let spec = https(None).unwrap();
+    let upstream = spec.sites[0].upstreams().next().unwrap();
+    assert_eq!(upstream.connection.protocol, Protocol::Auto);
+    let tls = upstream.connection.tls.as_ref().expect("TLS for https://");
+    assert_eq!(
+        tls.connector.config.alpn_protocols,
+        [b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
+
+    let h2c = https(Some(pb::UpstreamConnection {
+        protocol: pb::UpstreamProtocol::H2c.into(),
+        tls: None,
+    }));
+    assert!(h2c.unwrap_err().to_string().contains("h2c needs http://"));
+
+    let bad_ca = https(Some(pb::UpstreamConnection {
+        protocol: 0,
+        tls: Some(pb::UpstreamTls {
+            ca_pem: "not a certificate".into(),
+            ..Default::default()
+        }),
+    }));
+    assert!(bad_ca.unwrap_err().to_string().contains("upstream_tls CA"));
+
+    let half_client = https(Some(pb::UpstreamConnection {
+        protocol: 0,
+        tls: Some(pb::UpstreamTls {
+            client_cert_pem: "x".into(),
+            ..Default::default()
+        }),
+    }));
+    assert!(
+        half_client
+            .unwrap_err()
+            .to_string()
+            .contains("needs its key")
+    );
+
+    let mut s = snapshot();
+    s.dynamic.as_mut().unwrap().sites[0].upstream = Some(pb::UpstreamConnection {
+        protocol: pb::UpstreamProtocol::H2.into(),
+        tls: None,
+    });
+    assert!(
+        Spec::try_from(s)
+            .unwrap_err()
+            .to_string()
+            .contains("h2 needs https://")
+    );
+}
+
+#[test]
+fn header_rules_refuse_framing_headers_and_unknown_placeholders() {
+    let rules = |name: &str, value: &str| {
+        let mut s = snapshot();
+        s.dynamic.as_mut().unwrap().sites[0].request_headers = Some(pb::HeaderRules {
+            set: vec![pb::Header {
+                name: name.into(),
+                value: value.into(),
+            }],
+            ..Default::default()
+        });
+        Spec::try_from(s).map(|_| ())
+    };
+    assert!(rules("x-env", "prod").is_ok());
+    assert!(
+        rules("host", "backend.internal").is_ok(),
+        "Host may be set upstream"
+    );
+    assert!(rules("x-ip", "{client_ip}").is_ok());
+    for framing in [
+        "transfer-encoding",
+        "content-length",
+        "connection",
+        "te",
+        "upgrade",
+    ] {
+        assert!(rules(framing, "x").is_err(), "{framing}");
+    }
+    assert!(
+        rules("x-a", "{nope}")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown placeholder")
+    );
+    assert!(rules("x-a", "{client_ip").is_err());
 }

@@ -67,6 +67,68 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status code that says the same to a gRPC client.
+    pub fn grpc_status(&self) -> u8 {
+        const INTERNAL: u8 = 13;
+        const UNIMPLEMENTED: u8 = 12;
+        const RESOURCE_EXHAUSTED: u8 = 8;
+        const DEADLINE_EXCEEDED: u8 = 4;
+        const UNAVAILABLE: u8 = 14;
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::BadRequestBody(_) => INTERNAL,
+            ProxyError::UnknownHost | ProxyError::NoRoute | ProxyError::ConnectRefused => {
+                UNIMPLEMENTED
+            }
+            ProxyError::RateLimited { .. } | ProxyError::PayloadTooLarge { .. } => {
+                RESOURCE_EXHAUSTED
+            }
+            ProxyError::RequestBodyTimeout(_) | ProxyError::UpstreamTimeout { .. } => {
+                DEADLINE_EXCEEDED
+            }
+            ProxyError::CircuitOpen { .. }
+            | ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamFailed { .. }
+            | ProxyError::NoHealthyUpstream
+            | ProxyError::MisdirectedRequest { .. } => UNAVAILABLE,
+        }
+    }
+
+    /// For a gRPC request: a trailers-only answer (HTTP 200, `grpc-status`, `grpc-message`),
+    /// which gRPC clients read as the call's status, instead of a page they cannot parse.
+    pub fn into_grpc_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let message = format!(
+            "proxyd: {} (request id {})",
+            self.status()
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase(),
+            request_id.to_str().unwrap_or("-")
+        );
+        let mut response = Response::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_status())),
+        );
+        // Letters, digits, spaces and parentheses: nothing that needs percent-encoding.
+        if let Ok(message) = HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", message);
+        }
+        if let ProxyError::RateLimited { retry_after } = self {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+
     /// The response: a short plain-text body naming the request id; upstream details stay in
     /// the log, not on the wire.
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {

@@ -4,18 +4,12 @@
 //! gets 503 at once and `proxy_upstream_overflow_total` counts it; it never counts against the
 //! upstream's health, since the upstream did nothing wrong.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 
-use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::convert::UpstreamLimits;
-use crate::http::BoxError;
 
 /// A request refused by a circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,7 +43,7 @@ impl Breaker {
     }
 
     /// A place for one more connection: at once, or after waiting as a pending request.
-    async fn connection(&self) -> Result<OwnedSemaphorePermit, CircuitOpen> {
+    pub(super) async fn connection(&self) -> Result<OwnedSemaphorePermit, CircuitOpen> {
         if let Ok(permit) = self.connections.clone().try_acquire_owned() {
             return Ok(permit);
         }
@@ -71,96 +65,6 @@ impl Breaker {
         self.limits
             .max_connections
             .saturating_sub(self.connections.available_permits())
-    }
-}
-
-/// Dials like `HttpConnector`, within the breaker's connection limit.
-#[derive(Clone)]
-pub struct LimitedConnector {
-    inner: HttpConnector,
-    breaker: Arc<Breaker>,
-}
-
-impl LimitedConnector {
-    pub fn new(inner: HttpConnector, breaker: Arc<Breaker>) -> LimitedConnector {
-        LimitedConnector { inner, breaker }
-    }
-}
-
-impl tower::Service<Uri> for LimitedConnector {
-    type Response = Counted;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Counted, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let mut inner = self.inner.clone();
-        let breaker = self.breaker.clone();
-        Box::pin(async move {
-            let permit = breaker.connection().await?;
-            let io = tower::Service::call(&mut inner, uri).await?;
-            Ok(Counted {
-                io,
-                _permit: permit,
-            })
-        })
-    }
-}
-
-type Tcp = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
-
-/// An upstream connection that holds its place under `max_connections` until it closes.
-pub struct Counted {
-    io: Tcp,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Connection for Counted {
-    fn connected(&self) -> Connected {
-        self.io.connected()
-    }
-}
-
-impl hyper::rt::Read for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
 

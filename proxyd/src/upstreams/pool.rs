@@ -1,0 +1,677 @@
+//! One upstream's connections, pooled by proxyd itself on hyper's connection API rather than
+//! through hyper-util's generic client (which cost 15 % of the instructions of a proxied request:
+//! a boxed 3 kB response future, a SipHash pool key and six allocations; docs/benchmarks.md).
+//!
+//! - HTTP/1.1: idle connections wait in a LIFO stack (the warmest first); a connection goes back
+//!   when its response body has been read to the end, and is closed instead when the body is
+//!   dropped early, the upstream asked to close, or `max_idle_connections` wait already.
+//! - HTTP/2 (h2 over TLS, h2c with prior knowledge, or what ALPN picked with `auto`): one shared
+//!   connection multiplexes every request.
+//! - A request that a pooled connection could not even start sending (the upstream closed it
+//!   while it idled) is sent again on another connection: nothing of it went out.
+//! - Idle connections close after the idle timeout, and all at once when the pool is dropped
+//!   (its upstream left the config).
+//! - Every new connection first takes a place under the breaker's `max_connections`, and keeps it
+//!   until the socket closes.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::UpstreamBody;
+use super::breaker::Breaker;
+use super::connect::{self, Counted, DialError, Negotiated, TlsConnector};
+use crate::http::BoxError;
+
+/// What a pool's connections speak (`upstream_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 over TLS.
+    H2,
+    /// HTTP/2 with prior knowledge over TCP.
+    H2c,
+    /// Over TLS, what ALPN picks (h2 or http/1.1); over TCP, HTTP/1.1.
+    Auto,
+}
+
+impl Protocol {
+    /// The ALPN protocols offered over TLS.
+    pub fn alpn(self) -> Vec<Vec<u8>> {
+        match self {
+            Protocol::Http1 => vec![b"http/1.1".to_vec()],
+            Protocol::H2 | Protocol::H2c => vec![b"h2".to_vec()],
+            Protocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
+/// How a pool dials and keeps connections.
+#[derive(Clone)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+    pub protocol: Protocol,
+    /// For https:// upstreams.
+    pub tls: Option<TlsConnector>,
+}
+
+/// Why a request did not get a response.
+#[derive(Debug)]
+pub struct Error {
+    /// No connection could be made: nothing reached the upstream.
+    connect: bool,
+    source: BoxError,
+}
+
+impl Error {
+    fn connect(source: impl Into<BoxError>) -> Error {
+        Error {
+            connect: true,
+            source: source.into(),
+        }
+    }
+
+    fn request(source: impl Into<BoxError>) -> Error {
+        Error {
+            connect: false,
+            source: source.into(),
+        }
+    }
+
+    /// Whether the request never reached the upstream because no connection could be made.
+    pub fn is_connect(&self) -> bool {
+        self.connect
+    }
+
+    /// Why the TLS handshake failed, when that is why no connection could be made.
+    pub fn tls_failure(&self) -> Option<(&'static str, String)> {
+        let dial = self.source.downcast_ref::<DialError>()?;
+        Some((dial.tls_reason()?, dial.to_string()))
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.connect {
+            "cannot connect"
+        } else {
+            "exchange failed"
+        })
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// A ready connection, just dialed.
+enum Dialed {
+    Http1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
+}
+
+/// One upstream's pool. Dropping it closes its idle connections at once; connections busy with a
+/// request close when that request ends.
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    scheme: Scheme,
+    authority: Authority,
+    settings: Settings,
+    breaker: Arc<Breaker>,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    /// Idle HTTP/1.1 connections, the most recently used last.
+    http1: Vec<(http1::SendRequest<UpstreamBody>, Instant)>,
+    /// The shared HTTP/2 connection.
+    h2: Option<http2::SendRequest<UpstreamBody>>,
+    /// Whether a task is expiring idle connections.
+    reaping: bool,
+    /// The pool was dropped: nothing comes back.
+    closed: bool,
+}
+
+impl Pool {
+    pub fn new(
+        scheme: Scheme,
+        authority: Authority,
+        settings: Settings,
+        breaker: Arc<Breaker>,
+    ) -> Pool {
+        Pool {
+            shared: Arc::new(Shared {
+                scheme,
+                authority,
+                settings,
+                breaker,
+                idle: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Sends `request` (origin-form URI, with its Host header) on a pooled or new connection.
+    pub async fn send(
+        &self,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, Error> {
+        let shared = &self.shared;
+        // Pooled connections first. One the upstream closed while it idled refuses the request
+        // before sending any of it, and gives it back for the next.
+        if let Some(mut sender) = shared.shared_h2() {
+            shared.absolute_form(&mut request);
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response.map(PooledBody::unpooled)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(Error::request(e.into_error())),
+                },
+            }
+        }
+        while let Some(mut sender) = shared.checkout_http1() {
+            shared.origin_form(&mut request);
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(shared.http1_response(sender, response)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(Error::request(e.into_error())),
+                },
+            }
+        }
+        // Boxed: dialing is rare, and inline its state would grow every request's future, which
+        // hyper keeps allocated for each idle client connection.
+        match Box::pin(shared.dial(true)).await? {
+            Dialed::Http1(mut sender) => {
+                shared.origin_form(&mut request);
+                match sender.send_request(request).await {
+                    Ok(response) => Ok(shared.http1_response(sender, response)),
+                    Err(e) => Err(Error::request(e)),
+                }
+            }
+            Dialed::H2(mut sender) => {
+                shared.share_h2(&sender);
+                shared.absolute_form(&mut request);
+                match sender.send_request(request).await {
+                    Ok(response) => Ok(response.map(PooledBody::unpooled)),
+                    Err(e) => Err(Error::request(e)),
+                }
+            }
+        }
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.shared.settings.protocol
+    }
+
+    /// One GET for `path` on a connection of its own (outside the breaker's limits, as a new
+    /// client's would be), with the pool's protocol and TLS settings; a 2xx or 3xx answer
+    /// within `timeout` passes.
+    pub async fn probe(&self, path: &str, timeout: Duration) -> bool {
+        let shared = &self.shared;
+        let exchange = async {
+            let mut request = Request::get(path)
+                .header(http::header::HOST, shared.authority.as_str())
+                .header(http::header::USER_AGENT, "proxyd-health-check")
+                .body(super::empty_body())
+                .ok()?;
+            let response = match shared.dial(false).await.ok()? {
+                Dialed::Http1(mut sender) => sender.send_request(request).await.ok()?,
+                Dialed::H2(mut sender) => {
+                    shared.absolute_form(&mut request);
+                    sender.send_request(request).await.ok()?
+                }
+            };
+            let status = response.status();
+            Some(status.is_success() || status.is_redirection())
+        };
+        matches!(
+            tokio::time::timeout(timeout, exchange).await,
+            Ok(Some(true))
+        )
+    }
+
+    /// HTTP/1.1 connections waiting idle.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.shared.lock().http1.len()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let mut idle = self.shared.lock();
+        idle.closed = true;
+        idle.http1.clear();
+        idle.h2 = None;
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shared HTTP/2 connection, while it is open.
+    fn shared_h2(&self) -> Option<http2::SendRequest<UpstreamBody>> {
+        if self.settings.protocol == Protocol::Http1 {
+            return None;
+        }
+        let idle = self.lock();
+        idle.h2.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// Shares a new HTTP/2 connection, unless another open one is shared already.
+    fn share_h2(&self, sender: &http2::SendRequest<UpstreamBody>) {
+        let mut idle = self.lock();
+        if !idle.closed && idle.h2.as_ref().is_none_or(|s| s.is_closed()) {
+            idle.h2 = Some(sender.clone());
+        }
+    }
+
+    /// The warmest idle HTTP/1.1 connection that is still open.
+    fn checkout_http1(&self) -> Option<http1::SendRequest<UpstreamBody>> {
+        let mut idle = self.lock();
+        while let Some((sender, since)) = idle.http1.pop() {
+            if sender.is_ready() && since.elapsed() < self.settings.idle_timeout {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// The response, with its connection going back to the pool once the body is read.
+    fn http1_response(
+        self: &Arc<Self>,
+        sender: http1::SendRequest<UpstreamBody>,
+        response: Response<Incoming>,
+    ) -> Response<PooledBody> {
+        let (parts, body) = response.into_parts();
+        // A 101 hands the connection over to the tunnel: it never comes back.
+        let giveback = (parts.status != http::StatusCode::SWITCHING_PROTOCOLS).then(|| GiveBack {
+            shared: self.clone(),
+            sender,
+        });
+        let mut body = PooledBody {
+            inner: body,
+            giveback,
+        };
+        if body.inner.is_end_stream() {
+            body.give_back();
+        }
+        Response::from_parts(parts, body)
+    }
+
+    fn put_back(self: &Arc<Self>, sender: http1::SendRequest<UpstreamBody>) {
+        let mut idle = self.lock();
+        if idle.closed || idle.http1.len() >= self.settings.max_idle {
+            return;
+        }
+        idle.http1.push((sender, Instant::now()));
+        if !idle.reaping {
+            idle.reaping = true;
+            tokio::spawn(reap(Arc::downgrade(self)));
+        }
+    }
+
+    /// HTTP/2 carries the target as :scheme and :authority: the authority the client asked
+    /// for (its Host header, which goes), else the upstream's.
+    fn absolute_form(&self, request: &mut Request<UpstreamBody>) {
+        if request.uri().scheme().is_some() {
+            return;
+        }
+        let authority = request
+            .headers_mut()
+            .remove(http::header::HOST)
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+            .unwrap_or_else(|| self.authority.clone());
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(authority);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+
+    /// Back from [`Self::absolute_form`] (for an HTTP/1.1 connection after an HTTP/2 one
+    /// refused the request): origin-form, the authority as Host.
+    fn origin_form(&self, request: &mut Request<UpstreamBody>) {
+        // `te: trailers` is for HTTP/2 only: hop-by-hop in HTTP/1.1.
+        if self.settings.protocol != Protocol::Http1 {
+            request.headers_mut().remove(http::header::TE);
+        }
+        if request.uri().scheme().is_none() {
+            return;
+        }
+        let parts = std::mem::take(request.uri_mut()).into_parts();
+        if let Some(authority) = &parts.authority
+            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+        {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
+        *request.uri_mut() = parts
+            .path_and_query
+            .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+    }
+
+    /// A new connection (within the breaker's limit when `counted`) and the connect timeout,
+    /// speaking what the settings and ALPN say.
+    async fn dial(&self, counted: bool) -> Result<Dialed, Error> {
+        let permit = match counted {
+            true => Some(self.breaker.connection().await.map_err(Error::connect)?),
+            false => None,
+        };
+        let timeout = self.settings.connect_timeout;
+        let (stream, alpn) = tokio::time::timeout(
+            timeout,
+            connect::stream(&self.authority, self.settings.tls.as_ref()),
+        )
+        .await
+        .map_err(|_| Error::connect(DialError::Timeout(timeout)))?
+        .map_err(Error::connect)?;
+        let io = Counted::new(stream, permit);
+        let h2 = match self.settings.protocol {
+            Protocol::H2 | Protocol::H2c => true,
+            Protocol::Http1 => false,
+            Protocol::Auto => alpn == Some(Negotiated::H2),
+        };
+        if h2 {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| Error::connect(DialError::Handshake(e)))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Ok(Dialed::H2(sender))
+        } else {
+            let (sender, connection) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| Error::connect(DialError::Handshake(e)))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Ok(Dialed::Http1(sender))
+        }
+    }
+}
+
+/// Closes idle connections once they have idled for the timeout; stops when none are left (the
+/// next one to come back starts it again) or the pool is gone.
+async fn reap(pool: Weak<Shared>) {
+    loop {
+        let Some(shared) = pool.upgrade() else { return };
+        let timeout = shared.settings.idle_timeout;
+        let next = {
+            let mut idle = shared.lock();
+            let now = Instant::now();
+            idle.http1
+                .retain(|(sender, since)| !sender.is_closed() && now - *since < timeout);
+            match idle.http1.first() {
+                // The oldest is the first to expire.
+                Some((_, since)) => *since + timeout,
+                None => {
+                    idle.reaping = false;
+                    return;
+                }
+            }
+        };
+        drop(shared);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+    }
+}
+
+/// An HTTP/1.1 connection to give back when the response body ends.
+struct GiveBack {
+    shared: Arc<Shared>,
+    sender: http1::SendRequest<UpstreamBody>,
+}
+
+/// A response body that gives its connection back to the pool when read to the end. Dropped
+/// before that, the connection closes (hyper cannot reuse it with a body half read).
+pub struct PooledBody {
+    inner: Incoming,
+    giveback: Option<GiveBack>,
+}
+
+impl PooledBody {
+    fn unpooled(inner: Incoming) -> PooledBody {
+        PooledBody {
+            inner,
+            giveback: None,
+        }
+    }
+
+    fn give_back(&mut self) {
+        let Some(GiveBack { shared, mut sender }) = self.giveback.take() else {
+            return;
+        };
+        if sender.is_ready() {
+            shared.put_back(sender);
+        } else if !sender.is_closed() {
+            // hyper's connection task has not seen the end of the exchange yet (it runs on
+            // its own task): it comes back as soon as it has.
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    shared.put_back(sender);
+                }
+            });
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
+            Poll::Ready(Some(Err(_))) => self.giveback = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::convert::UpstreamLimits;
+
+    /// A raw HTTP/1.1 upstream answering "ok" to every request; with `close_after`, it closes
+    /// each connection that long after its first answer, without saying so (as an upstream whose
+    /// keep-alive timeout is shorter than ours does). Counts the connections it accepted.
+    async fn upstream(close_after: Option<Duration>) -> (Authority, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    loop {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if socket.write_all(answer).await.is_err() {
+                                return;
+                            }
+                            if let Some(after) = close_after {
+                                tokio::time::sleep(after).await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (authority, accepted)
+    }
+
+    fn pool(authority: Authority, idle_timeout: Duration) -> Pool {
+        Pool::new(
+            Scheme::HTTP,
+            authority,
+            Settings {
+                connect_timeout: Duration::from_secs(5),
+                idle_timeout,
+                max_idle: 4,
+                protocol: Protocol::Http1,
+                tls: None,
+            },
+            Arc::new(Breaker::new(UpstreamLimits::default())),
+        )
+    }
+
+    async fn get(pool: &Pool) -> Result<String, Error> {
+        let request = Request::get("/")
+            .header(http::header::HOST, "app.example")
+            .body(super::super::empty_body())
+            .unwrap();
+        let response = pool.send(request).await?;
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_the_end_is_reused_and_expires_after_the_idle_timeout() {
+        let (authority, accepted) = upstream(None).await;
+        let pool = pool(authority, Duration::from_millis(300));
+        for _ in 0..5 {
+            assert_eq!(get(&pool).await.unwrap(), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
+        eventually("the connection to come back", || pool.idle_count() == 1).await;
+        eventually("the idle connection to expire", || pool.idle_count() == 0).await;
+        assert_eq!(get(&pool).await.unwrap(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_body_was_dropped_unread_is_not_reused() {
+        let (authority, accepted) = upstream(None).await;
+        let pool = pool(authority, Duration::from_secs(60));
+        let request = Request::get("/")
+            .header(http::header::HOST, "app.example")
+            .body(super::super::empty_body())
+            .unwrap();
+        let response = pool.send(request).await.unwrap();
+        drop(response);
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(get(&pool).await.unwrap(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_the_upstream_closed_while_idle_are_never_used() {
+        // An upstream whose keep-alive timeout (20 ms) is shorter than the pool's.
+        let (authority, accepted) = upstream(Some(Duration::from_millis(20))).await;
+        let pool = pool(authority, Duration::from_secs(60));
+        for i in 0..10 {
+            assert_eq!(get(&pool).await.unwrap(), "ok", "request {i}");
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            10,
+            "a new connection each time"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_pool_closes_its_idle_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = socket.read(&mut buf).await.unwrap();
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            // The read that follows ends when the proxy closes its side.
+            socket.read(&mut buf).await.unwrap()
+        });
+        let pool = pool(authority, Duration::from_secs(60));
+        assert_eq!(get(&pool).await.unwrap(), "ok");
+        eventually("the connection to come back", || pool.idle_count() == 1).await;
+        drop(pool);
+        let read = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the idle connection was not closed")
+            .unwrap();
+        assert_eq!(read, 0);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_refuses_connections_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        drop(listener);
+        let e = get(&pool(authority, Duration::from_secs(1)))
+            .await
+            .unwrap_err();
+        assert!(e.is_connect(), "{e:?}");
+    }
+}

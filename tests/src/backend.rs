@@ -1,0 +1,219 @@
+//! Backends as real deployments have them, on 127.0.0.1 port 0: HTTPS with a private CA (and,
+//! for mutual TLS, client certificates it verifies), HTTP/2 over TLS (ALPN) or with prior
+//! knowledge (h2c), and gRPC services (tonic's health and reflection services). Each records
+//! what it received and answers `backend <name> <HTTP version>`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::tls::{Issued, TestCa};
+
+/// What a backend received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub version: http::Version,
+    pub uri: http::Uri,
+    pub headers: HeaderMap,
+    /// The connection came with a client certificate.
+    pub client_certificate: bool,
+}
+
+/// An HTTP/1.1 and HTTP/2 backend, plaintext or TLS.
+pub struct Backend {
+    pub addr: SocketAddr,
+    tls: bool,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    shutdown: CancellationToken,
+}
+
+/// How a TLS backend is set up.
+pub struct BackendTls<'a> {
+    pub certificate: &'a Issued,
+    /// Offered ALPN protocols ("h2", "http/1.1").
+    pub alpn: &'a [&'a str],
+    /// Mutual TLS: client certificates must chain to this CA.
+    pub client_ca: Option<&'a TestCa>,
+}
+
+impl Backend {
+    /// A backend speaking HTTP/1.1 and h2c (prior knowledge) on plain TCP.
+    pub async fn plain(name: &str) -> Backend {
+        Backend::start(name, None).await
+    }
+
+    /// A backend behind TLS.
+    pub async fn tls(name: &str, tls: BackendTls<'_>) -> Backend {
+        Backend::start(name, Some(server_config(&tls))).await
+    }
+
+    async fn start(name: &str, tls: Option<Arc<ServerConfig>>) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let shutdown = CancellationToken::new();
+        let backend = Backend {
+            addr,
+            tls: tls.is_some(),
+            seen: seen.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+            loop {
+                let (tcp, _) = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                let (seen, name, acceptor) = (seen.clone(), name.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    match acceptor {
+                        None => serve(TokioIo::new(tcp), false, seen, name).await,
+                        Some(acceptor) => {
+                            // A failed handshake (the proxy refused our certificate, or sent
+                            // none) just ends the connection.
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let client_certificate = tls.get_ref().1.peer_certificates().is_some();
+                            serve(TokioIo::new(tls), client_certificate, seen, name).await;
+                        }
+                    }
+                });
+            }
+        });
+        backend
+    }
+
+    /// `https://127.0.0.1:port` or `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn serve<I>(
+    io: TokioIo<I>,
+    client_certificate: bool,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    name: String,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        seen.lock().unwrap().push(Seen {
+            version: req.version(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+            client_certificate,
+        });
+        let body = format!("backend {name} {:?}", req.version());
+        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service)
+        .await;
+}
+
+fn server_config(tls: &BackendTls<'_>) -> Arc<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+                .unwrap();
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let (chain, key) = read_pair(&tls.certificate.cert_file, &tls.certificate.key_file);
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
+fn read_pair(cert: &Path, key: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    (chain, PrivateKeyDer::from_pem_file(key).unwrap())
+}
+
+/// A gRPC backend over h2c: tonic's health service (unary Check, server-streaming Watch) and
+/// reflection service (bidirectional streaming). `health` sets statuses while it runs.
+pub struct GrpcBackend {
+    pub addr: SocketAddr,
+    pub health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+}
+
+impl GrpcBackend {
+    pub async fn start() -> GrpcBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled())
+                .await;
+        });
+        GrpcBackend {
+            addr,
+            health,
+            shutdown,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for GrpcBackend {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
