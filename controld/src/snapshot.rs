@@ -395,3 +395,6 @@ fn rate_limit(rl: RateLimit) -> pb::RateLimit {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests;
