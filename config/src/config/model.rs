@@ -183,12 +183,10 @@ impl Route {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteAction {
-    Proxy(ProxyRoute),
+    /// Boxed: far larger than the other actions (its TLS settings hold certificates).
+    Proxy(Box<ProxyRoute>),
     /// `location` may hold {scheme}, {host} and {path}.
-    Redirect {
-        location: String,
-        status: u16,
-    },
+    Redirect { location: String, status: u16 },
     Respond {
         status: u16,
         body: String,

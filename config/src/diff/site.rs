@@ -3,6 +3,7 @@
 //! renders a secret (a certificate is its fingerprint and expiry, a secret-looking header value
 //! `<redacted>`).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -139,32 +140,48 @@ fn upstream_items(upstreams: &[Upstream]) -> Vec<String> {
 /// sides with the same prefix, once each, is the same route whose methods or match headers
 /// changed.
 fn route_changes(old: &[Route], new: &[Route], out: &mut Vec<FieldChange>) {
-    let mut pairs: Vec<(&Route, &Route)> = Vec::new();
-    let mut unpaired_old: Vec<&Route> = old
+    // Keyed by what tells routes apart (not by label, which hides secret header values), so
+    // that pairing costs O(routes).
+    type Key<'a> = (&'a str, &'a [String], &'a [(String, String)]);
+    fn key(r: &Route) -> Key<'_> {
+        (&r.path_prefix, &r.methods, &r.match_headers)
+    }
+    let old_keys: HashMap<Key<'_>, &Route> = old.iter().map(|r| (key(r), r)).collect();
+    let new_keys: HashSet<Key<'_>> = new.iter().map(key).collect();
+    let unpaired_old: Vec<&Route> = old.iter().filter(|r| !new_keys.contains(&key(r))).collect();
+    let unpaired_new: Vec<&Route> = new
         .iter()
-        .filter(|o| !new.iter().any(|n| n.label() == o.label()))
+        .filter(|r| !old_keys.contains_key(&key(r)))
         .collect();
-    let mut unpaired_new: Vec<&Route> = Vec::new();
+    // Unpaired routes by prefix: (old, new).
+    let mut by_prefix: HashMap<&str, (Vec<&Route>, Vec<&Route>)> = HashMap::new();
+    for r in &unpaired_old {
+        by_prefix.entry(&r.path_prefix).or_default().0.push(r);
+    }
+    for r in &unpaired_new {
+        by_prefix.entry(&r.path_prefix).or_default().1.push(r);
+    }
+    let changed_condition = |r: &Route| matches!(by_prefix.get(r.path_prefix.as_str()), Some((o, n)) if o.len() == 1 && n.len() == 1);
+    let mut pairs: Vec<(&Route, &Route)> = Vec::new();
     for route in new {
-        if let Some(before) = old.iter().find(|o| o.label() == route.label()) {
+        if let Some(before) = old_keys.get(&key(route)) {
             pairs.push((before, route));
-            continue;
-        }
-        let same_prefix = |r: &&Route| r.path_prefix == route.path_prefix;
-        let olds = unpaired_old.iter().filter(|r| same_prefix(r)).count();
-        let news = new
-            .iter()
-            .filter(|r| same_prefix(r) && !old.iter().any(|o| o.label() == r.label()))
-            .count();
-        match unpaired_old.iter().position(same_prefix) {
-            Some(i) if olds == 1 && news == 1 => pairs.push((unpaired_old.remove(i), route)),
-            _ => unpaired_new.push(route),
+        } else if changed_condition(route) {
+            pairs.push((by_prefix[route.path_prefix.as_str()].0[0], route));
         }
     }
+    let added: Vec<&Route> = unpaired_new
+        .into_iter()
+        .filter(|r| !changed_condition(r))
+        .collect();
+    let removed: Vec<&Route> = unpaired_old
+        .into_iter()
+        .filter(|r| !changed_condition(r))
+        .collect();
     let prefixes = |routes: &[Route]| -> Vec<String> {
         routes.iter().map(|r| r.path_prefix.clone()).collect()
     };
-    if !unpaired_old.is_empty() || !unpaired_new.is_empty() || prefixes(old) != prefixes(new) {
+    if !added.is_empty() || !removed.is_empty() || prefixes(old) != prefixes(new) {
         let labels =
             |routes: &[Route]| -> Vec<String> { routes.iter().map(Route::label).collect() };
         let described = |routes: &[&Route]| -> Vec<String> {
@@ -175,8 +192,8 @@ fn route_changes(old: &[Route], new: &[Route], out: &mut Vec<FieldChange>) {
         };
         out.push(FieldChange {
             field: "routes".to_owned(),
-            added: described(&unpaired_new),
-            removed: described(&unpaired_old),
+            added: described(&added),
+            removed: described(&removed),
             old: joined(&labels(old)),
             new: joined(&labels(new)),
         });

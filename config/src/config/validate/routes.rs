@@ -173,9 +173,9 @@ fn route_action(
             p.push(at.key("upstreams"), "must not be empty");
         }
         let upstreams = upstream_list(raws, &at.key("upstreams"), p);
-        return Some(RouteAction::Proxy(proxy_route(
+        return Some(RouteAction::Proxy(Box::new(proxy_route(
             file, upstreams, at, inputs, p,
-        )));
+        ))));
     }
     proxy_only_keys_absent(file, at, p);
     if let Some(r) = &file.redirect {
