@@ -14,9 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // Holds a private key: its Debug (in lib.rs) leaves the key out, so no `{:?}` of a
+        // Hold a private key: their Debug (in lib.rs) leaves the key out, so no `{:?}` of a
         // snapshot can ever log one.
-        .skip_debug([".proxy.v1.Certificate"])
+        .skip_debug([".proxy.v1.Certificate", ".proxy.v1.UpstreamTls"])
         .compile_fds(fds)?;
     Ok(())
 }

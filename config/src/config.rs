@@ -331,3 +331,5 @@ mod scale_tests;
 mod tests;
 #[cfg(test)]
 mod tls_tests;
+#[cfg(test)]
+mod upstream_tests;

@@ -52,14 +52,22 @@ pub fn redact(text: &str) -> String {
     out
 }
 
-/// The snapshot as GetConfig shows it: every certificate's private key cleared (the chains,
-/// names and dates stay).
+/// The snapshot as GetConfig shows it: every certificate's private key cleared, the upstream
+/// client keys of sites and routes too (the chains, names and dates stay).
 pub fn snapshot(mut snapshot: pb::Snapshot) -> pb::Snapshot {
     for certificate in &mut snapshot.certificates {
         certificate.key_pem.clear();
     }
     for challenge in &mut snapshot.acme_challenges {
         challenge.key_pem.clear();
+    }
+    for site in snapshot.dynamic.iter_mut().flat_map(|d| &mut d.sites) {
+        let routes = site.routes.iter_mut().map(|r| &mut r.upstream);
+        for connection in std::iter::once(&mut site.upstream).chain(routes) {
+            if let Some(tls) = connection.as_mut().and_then(|c| c.tls.as_mut()) {
+                tls.client_key_pem.clear();
+            }
+        }
     }
     snapshot
 }
@@ -110,5 +118,46 @@ mod tests {
             shown.certificates[0].chain_pem,
             "-----BEGIN CERTIFICATE-----"
         );
+    }
+
+    #[test]
+    fn upstream_client_keys_are_cleared_on_sites_and_routes() {
+        let tls = || pb::UpstreamConnection {
+            tls: Some(pb::UpstreamTls {
+                ca_pem: "CA".into(),
+                server_name: "api.internal".into(),
+                client_cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+                client_key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+            }),
+            ..Default::default()
+        };
+        let shown = snapshot(pb::Snapshot {
+            dynamic: Some(pb::DynamicConfig {
+                sites: vec![pb::Site {
+                    upstream: Some(tls()),
+                    routes: vec![
+                        pb::Route {
+                            upstream: Some(tls()),
+                            ..Default::default()
+                        },
+                        pb::Route::default(),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let site = &shown.dynamic.as_ref().unwrap().sites[0];
+        for connection in [&site.upstream, &site.routes[0].upstream] {
+            let tls = connection.as_ref().unwrap().tls.as_ref().unwrap();
+            assert_eq!(tls.client_key_pem, "");
+            assert_eq!(tls.client_cert_pem, "-----BEGIN CERTIFICATE-----");
+            assert_eq!(
+                (tls.ca_pem.as_str(), tls.server_name.as_str()),
+                ("CA", "api.internal")
+            );
+        }
+        assert_eq!(site.routes[1].upstream, None);
     }
 }

@@ -7,8 +7,9 @@ use proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    Certificate, Config, ConnectionLimits, EscapedSlashes, LoadBalancing, PoolConfig, RateLimit,
-    Route, RouteAction, Site, SiteTls, Upstream, covers,
+    Certificate, Config, ConnectionLimits, EscapedSlashes, HeaderRules, LoadBalancing, PathRewrite,
+    PoolConfig, RateLimit, Route, RouteAction, Site, SiteTls, Upstream, UpstreamConnection,
+    UpstreamProtocol, covers,
 };
 
 /// What ACME adds to a snapshot beyond the config: the certificates it issued and the challenges
@@ -198,8 +199,55 @@ fn site(site: &Site) -> pb::Site {
         upstream_response_timeout_ms: site.upstream_response_timeout.map(millis),
         // Only the non-default value is sent, so sites without the key hash as before.
         https_redirect: (!site.https_redirect).then_some(false),
-        ..Default::default()
+        // Absent keys stay absent on the wire, so sites without them hash as before.
+        upstream: connection(&site.upstream),
+        request_headers: header_rules(&site.request_headers),
+        response_headers: header_rules(&site.response_headers),
     }
+}
+
+/// `None` when neither the protocol nor TLS is set.
+fn connection(c: &UpstreamConnection) -> Option<pb::UpstreamConnection> {
+    if c.is_empty() {
+        return None;
+    }
+    let protocol = match c.protocol {
+        None => pb::UpstreamProtocol::Unspecified,
+        Some(UpstreamProtocol::Http1) => pb::UpstreamProtocol::Http1,
+        Some(UpstreamProtocol::H2) => pb::UpstreamProtocol::H2,
+        Some(UpstreamProtocol::H2c) => pb::UpstreamProtocol::H2c,
+        Some(UpstreamProtocol::Auto) => pb::UpstreamProtocol::Auto,
+    };
+    Some(pb::UpstreamConnection {
+        protocol: protocol.into(),
+        tls: c.tls.as_ref().map(|t| {
+            let client = t.client_certificate.as_ref().map(|c| &c.certificate);
+            pb::UpstreamTls {
+                ca_pem: t.ca.as_ref().map(|ca| ca.pem.clone()).unwrap_or_default(),
+                server_name: t.server_name.clone().unwrap_or_default(),
+                client_cert_pem: client.map(|c| c.chain_pem.clone()).unwrap_or_default(),
+                client_key_pem: client.map(|c| c.key_pem.clone()).unwrap_or_default(),
+            }
+        }),
+    })
+}
+
+/// `None` when there are no rules.
+fn header_rules(rules: &HeaderRules) -> Option<pb::HeaderRules> {
+    (!rules.is_empty()).then(|| pb::HeaderRules {
+        remove: rules.remove.clone(),
+        set: headers(&rules.set),
+        add: headers(&rules.add),
+    })
+}
+
+fn headers(list: &[(String, String)]) -> Vec<pb::Header> {
+    list.iter()
+        .map(|(name, value)| pb::Header {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
 }
 
 /// The site's certificate and key, when it has one: from its files, or issued through ACME (and
@@ -294,11 +342,31 @@ fn connection_limits(l: &ConnectionLimits) -> pb::ConnectionLimits {
 
 fn route(route: &Route) -> pb::Route {
     use pb::route::Action;
+    let mut out = pb::Route {
+        path_prefix: route.path_prefix.clone(),
+        methods: route.methods.clone(),
+        match_headers: headers(&route.match_headers),
+        body_limit_bytes: route.body_limit_bytes,
+        rate_limit: route.rate_limit.map(rate_limit),
+        ..Default::default()
+    };
     let action = match &route.action {
-        RouteAction::Proxy(upstreams) => Action::Upstreams(pb::UpstreamList {
-            urls: urls(upstreams),
-            weights: weights(upstreams),
-        }),
+        RouteAction::Proxy(proxy) => {
+            match &proxy.path {
+                PathRewrite::Keep => {}
+                PathRewrite::StripPrefix => out.strip_prefix = true,
+                PathRewrite::Replace(to) => out.rewrite = Some(to.clone()),
+            }
+            out.upstream = connection(&proxy.upstream);
+            out.request_headers = header_rules(&proxy.request_headers);
+            out.response_headers = header_rules(&proxy.response_headers);
+            out.upstream_response_timeout_ms = proxy.upstream_response_timeout.map(millis);
+            out.retries = proxy.retries;
+            Action::Upstreams(pb::UpstreamList {
+                urls: urls(&proxy.upstreams),
+                weights: weights(&proxy.upstreams),
+            })
+        }
         RouteAction::Redirect { location, status } => Action::Redirect(pb::Redirect {
             location: location.clone(),
             status: u32::from(*status),
@@ -306,24 +374,15 @@ fn route(route: &Route) -> pb::Route {
         RouteAction::Respond {
             status,
             body,
-            headers,
+            headers: list,
         } => Action::Respond(pb::FixedResponse {
             status: u32::from(*status),
             body: body.clone(),
-            headers: headers
-                .iter()
-                .map(|(name, value)| pb::Header {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+            headers: headers(list),
         }),
     };
-    pb::Route {
-        path_prefix: route.path_prefix.clone(),
-        action: Some(action),
-        ..Default::default()
-    }
+    out.action = Some(action);
+    out
 }
 
 fn rate_limit(rl: RateLimit) -> pb::RateLimit {
@@ -336,3 +395,6 @@ fn rate_limit(rl: RateLimit) -> pb::RateLimit {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests;

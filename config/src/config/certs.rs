@@ -22,23 +22,30 @@ const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// The certificate files a config names, as read: text, or why it could not be read.
 pub type Files = HashMap<PathBuf, Result<String, String>>;
 
-/// Reads the `cert_file` and `key_file` of every site of `file` that names them, once each, off
-/// the validation (which then does no I/O).
+/// Reads every file the config names for TLS, once each, off the validation (which then does
+/// no I/O): the `cert_file` and `key_file` of each site, and the `ca_file`, `client_cert_file`
+/// and `client_key_file` of each `upstream_tls` of a site or a route.
 pub fn read_files(file: &FileConfig) -> Files {
     let mut files = Files::new();
-    for site in &file.sites {
-        let Some(TlsFile::Files(f)) = &site.tls else {
-            continue;
+    let mut read = |path: &Option<String>, key: &str| {
+        let Some(path) = path.as_deref().filter(|p| !p.is_empty()) else {
+            return;
         };
-        for (path, key) in [(&f.cert_file, "cert_file"), (&f.key_file, "key_file")] {
-            let Some(path) = path.as_deref().filter(|p| !p.is_empty()) else {
-                continue;
-            };
-            let path = PathBuf::from(path);
-            if let std::collections::hash_map::Entry::Vacant(slot) = files.entry(path) {
-                let read = read_pem(slot.key(), key);
-                slot.insert(read);
-            }
+        if let std::collections::hash_map::Entry::Vacant(slot) = files.entry(PathBuf::from(path)) {
+            let read = read_pem(slot.key(), key);
+            slot.insert(read);
+        }
+    };
+    for site in &file.sites {
+        if let Some(TlsFile::Files(f)) = &site.tls {
+            read(&f.cert_file, "cert_file");
+            read(&f.key_file, "key_file");
+        }
+        let routes = site.routes.iter().map(|r| &r.upstream_tls);
+        for tls in std::iter::once(&site.upstream_tls).chain(routes).flatten() {
+            read(&tls.ca_file, "ca_file");
+            read(&tls.client_cert_file, "client_cert_file");
+            read(&tls.client_key_file, "client_key_file");
         }
     }
     files
@@ -47,18 +54,50 @@ pub fn read_files(file: &FileConfig) -> Files {
 /// Checks the pair of files of a site serving `hostnames`, as read; on failure, every problem
 /// found (none of them names key material).
 pub fn check_files(
+    cert: (&Path, Result<String, String>),
+    key: (&Path, Result<String, String>),
+    hostnames: &[Hostname],
+    now: SystemTime,
+) -> Result<Certificate, Vec<String>> {
+    check_named_files(cert, key, ("cert_file", "key_file"), hostnames, now)
+}
+
+/// Checks an upstream client certificate and its key, as read, like a site's pair (readable
+/// PEM, the key matches the leaf, not expired) but without names to cover.
+pub fn check_client_files(
+    cert: (&Path, Result<String, String>),
+    key: (&Path, Result<String, String>),
+    now: SystemTime,
+) -> Result<Certificate, Vec<String>> {
+    check_named_files(cert, key, ("client_cert_file", "client_key_file"), &[], now)
+}
+
+/// Checks `upstream_tls.ca_file`, as read: PEM with at least one certificate, each of which
+/// parses. Returns how many it holds.
+pub fn check_ca(path: &Path, pem: &str) -> Result<usize, String> {
+    let certificates = chain(pem, path, "ca_file")?;
+    for der in &certificates {
+        x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("ca_file {}: invalid certificate: {e}", path.display()))?;
+    }
+    Ok(certificates.len())
+}
+
+/// [`check_files`], with the keys that name the two files in messages.
+fn check_named_files(
     (cert_file, chain_pem): (&Path, Result<String, String>),
     (key_file, key_pem): (&Path, Result<String, String>),
+    (cert_key, key_key): (&str, &str),
     hostnames: &[Hostname],
     now: SystemTime,
 ) -> Result<Certificate, Vec<String>> {
     let chain_pem = chain_pem.map_err(|e| vec![e])?;
     let key_pem = key_pem.map_err(|e| vec![e])?;
-    let chain = chain(&chain_pem, cert_file).map_err(|e| vec![e])?;
-    let key = private_key(&key_pem, key_file).map_err(|e| vec![e])?;
-    let leaf = Leaf::parse(&chain[0], cert_file).map_err(|e| vec![e])?;
+    let chain = chain(&chain_pem, cert_file, cert_key).map_err(|e| vec![e])?;
+    let key = private_key(&key_pem, key_file, key_key).map_err(|e| vec![e])?;
+    let leaf = Leaf::parse(&chain[0], cert_file, cert_key).map_err(|e| vec![e])?;
     let mut problems = Vec::new();
-    if let Err(e) = check_pair(chain, key, cert_file, key_file) {
+    if let Err(e) = check_pair(chain, key, cert_file, key_file, key_key) {
         problems.push(e);
     }
     let uncovered: Vec<&str> = hostnames
@@ -102,10 +141,10 @@ pub fn check_files(
 /// key rustls can sign with that matches the leaf. `origin` names where they came from in the
 /// messages, which never hold key material. Names and expiry are the caller's to judge.
 pub fn check_pem(chain_pem: &str, key_pem: &str, origin: &Path) -> Result<Certificate, String> {
-    let chain = chain(chain_pem, origin)?;
-    let key = private_key(key_pem, origin)?;
-    let leaf = Leaf::parse(&chain[0], origin)?;
-    check_pair(chain, key, origin, origin)?;
+    let chain = chain(chain_pem, origin, "cert_file")?;
+    let key = private_key(key_pem, origin, "key_file")?;
+    let leaf = Leaf::parse(&chain[0], origin, "cert_file")?;
+    check_pair(chain, key, origin, origin, "key_file")?;
     Ok(Certificate {
         names: leaf.names,
         chain_pem: chain_pem.to_owned(),
@@ -134,12 +173,17 @@ pub fn covers(name: &str, host: &str) -> bool {
 
 /// A warning when `certificate` expires within [`EXPIRY_WARNING`] of `now`.
 pub fn expiry_warning(site: &str, certificate: &Certificate, now: SystemTime) -> Option<String> {
+    expiry_warning_of(&format!("the certificate of site {site}"), certificate, now)
+}
+
+/// [`expiry_warning`] for any certificate, `what` naming it ("the certificate of site a.test").
+pub fn expiry_warning_of(what: &str, certificate: &Certificate, now: SystemTime) -> Option<String> {
     let left = certificate.not_after.duration_since(now).ok()?;
     if left >= EXPIRY_WARNING {
         return None;
     }
     Some(format!(
-        "the certificate of site {site} expires on {} (in {} days): renew it",
+        "{what} expires on {} (in {} days): renew it",
         humantime::format_rfc3339_seconds(certificate.not_after),
         left.as_secs() / 86_400
     ))
@@ -158,14 +202,14 @@ fn read_pem(path: &Path, key: &str) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("{key} {}: not a PEM file", path.display()))
 }
 
-/// Every certificate of the chain file, leaf first; at least one.
-fn chain(pem: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Every certificate of the chain file (`key` names it in messages), leaf first; at least one.
+fn chain(pem: &str, path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cert_file {}: invalid PEM: {e}", path.display()))?;
+        .map_err(|e| format!("{key} {}: invalid PEM: {e}", path.display()))?;
     if chain.is_empty() {
         return Err(format!(
-            "cert_file {}: no \"BEGIN CERTIFICATE\" block",
+            "{key} {}: no \"BEGIN CERTIFICATE\" block",
             path.display()
         ));
     }
@@ -173,14 +217,10 @@ fn chain(pem: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
 }
 
 /// The first private key of the key file (PKCS#8, PKCS#1 or SEC1).
-fn private_key(pem: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+fn private_key(pem: &str, path: &Path, key: &str) -> Result<PrivateKeyDer<'static>, String> {
     // The parser's error names a PEM section or I/O, never key bytes.
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
-        format!(
-            "key_file {}: no usable PEM private key ({e})",
-            path.display()
-        )
-    })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("{key} {}: no usable PEM private key ({e})", path.display()))
 }
 
 /// The key must be one rustls can sign with (RSA, ECDSA P-256/P-384, Ed25519) and match the
@@ -190,11 +230,12 @@ fn check_pair(
     key: PrivateKeyDer<'static>,
     cert_file: &Path,
     key_file: &Path,
+    key_key: &str,
 ) -> Result<(), String> {
     let provider = rustls::crypto::ring::default_provider();
     let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
         format!(
-            "key_file {}: unsupported private key: {e}",
+            "{key_key} {}: unsupported private key: {e}",
             key_file.display()
         )
     })?;
@@ -223,8 +264,8 @@ struct Leaf {
 }
 
 impl Leaf {
-    fn parse(der: &CertificateDer<'_>, path: &Path) -> Result<Leaf, String> {
-        let invalid = |e: String| format!("cert_file {}: invalid certificate: {e}", path.display());
+    fn parse(der: &CertificateDer<'_>, path: &Path, key: &str) -> Result<Leaf, String> {
+        let invalid = |e: String| format!("{key} {}: invalid certificate: {e}", path.display());
         let (_, cert) =
             x509_parser::parse_x509_certificate(der).map_err(|e| invalid(e.to_string()))?;
         let names = match cert

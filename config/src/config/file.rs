@@ -3,6 +3,7 @@
 //! Unknown keys are not silently ignored: the loader records every key no struct here names and
 //! reports each as an error (see `config::load`), so these structs do not deny them one at a time.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
@@ -57,7 +58,31 @@ pub struct SiteFile {
     pub body_limit_bytes: Option<SizeValue>,
     pub upstream_response_timeout: Option<String>,
     pub upstream_limits: Option<UpstreamLimitsFile>,
+    pub upstream_protocol: Option<String>,
+    pub upstream_tls: Option<UpstreamTlsFile>,
+    pub request_headers: Option<HeaderRulesFile>,
+    pub response_headers: Option<HeaderRulesFile>,
     pub routes: Vec<RouteFile>,
+}
+
+/// `upstream_tls = { ... }` of a site or a route: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct UpstreamTlsFile {
+    pub ca_file: Option<String>,
+    pub server_name: Option<String>,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+}
+
+/// `request_headers` / `response_headers` of a site or a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HeaderRulesFile {
+    /// Header name → value; any names, so not checked for unknown keys.
+    pub set: BTreeMap<String, String>,
+    pub add: BTreeMap<String, String>,
+    pub remove: Vec<String>,
 }
 
 /// `[upstream_limits]` and `sites[].upstream_limits`: circuit breakers of each upstream; a key
@@ -71,14 +96,28 @@ pub struct UpstreamLimitsFile {
     pub max_idle_connections: Option<i64>,
 }
 
-/// `[[sites.routes]]`: a path prefix and exactly one action.
+/// `[[sites.routes]]`: a path prefix, what else a request must match, exactly one action, and
+/// the route's own settings.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct RouteFile {
     pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+    /// Header name → exact value; any names, so not checked for unknown keys.
+    pub match_headers: Option<BTreeMap<String, String>>,
     pub upstreams: Option<Vec<UpstreamEntry>>,
     pub redirect: Option<RedirectFile>,
     pub respond: Option<RespondFile>,
+    pub strip_prefix: Option<bool>,
+    pub rewrite: Option<String>,
+    pub upstream_protocol: Option<String>,
+    pub upstream_tls: Option<UpstreamTlsFile>,
+    pub request_headers: Option<HeaderRulesFile>,
+    pub response_headers: Option<HeaderRulesFile>,
+    pub upstream_response_timeout: Option<String>,
+    pub retries: Option<i64>,
+    pub body_limit_bytes: Option<SizeValue>,
+    pub rate_limit: Option<RateLimitFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,7 +133,7 @@ pub struct RespondFile {
     pub status: Option<i64>,
     pub body: Option<String>,
     /// Header name → value; any names, so not checked for unknown keys.
-    pub headers: std::collections::BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
 }
 
 /// An upstream: `"http://host:port"`, or `{ url = "http://host:port", weight = 3 }`.
@@ -285,6 +324,8 @@ pub fn known_keys(table: TableKind) -> &'static [&'static str] {
         TableKind::HealthCheck => fields_of::<HealthCheckFile>(),
         TableKind::PassiveHealth => fields_of::<PassiveHealthFile>(),
         TableKind::UpstreamLimits => fields_of::<UpstreamLimitsFile>(),
+        TableKind::UpstreamTls => fields_of::<UpstreamTlsFile>(),
+        TableKind::HeaderRules => fields_of::<HeaderRulesFile>(),
     }
 }
 
@@ -307,6 +348,8 @@ pub enum TableKind {
     HealthCheck,
     PassiveHealth,
     UpstreamLimits,
+    UpstreamTls,
+    HeaderRules,
 }
 
 impl TableKind {
@@ -314,7 +357,9 @@ impl TableKind {
     pub fn of(parents: &[&str]) -> Option<TableKind> {
         Some(match parents {
             [] => TableKind::Root,
-            ["rate_limit"] | ["sites", "rate_limit"] => TableKind::RateLimit,
+            ["rate_limit"] | ["sites", "rate_limit"] | ["sites", "routes", "rate_limit"] => {
+                TableKind::RateLimit
+            }
             ["logging"] => TableKind::Logging,
             ["sites"] => TableKind::Site,
             ["sites", "tls"] => TableKind::SiteTls,
@@ -329,6 +374,11 @@ impl TableKind {
             ["sites", "health_check"] => TableKind::HealthCheck,
             ["sites", "passive_health"] => TableKind::PassiveHealth,
             ["upstream_limits"] | ["sites", "upstream_limits"] => TableKind::UpstreamLimits,
+            ["sites", "upstream_tls"] | ["sites", "routes", "upstream_tls"] => {
+                TableKind::UpstreamTls
+            }
+            ["sites", "request_headers" | "response_headers"]
+            | ["sites", "routes", "request_headers" | "response_headers"] => TableKind::HeaderRules,
             _ => return None,
         })
     }

@@ -7,6 +7,10 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+mod routing;
+
+pub use routing::*;
+
 /// A whole, valid config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -15,16 +19,29 @@ pub struct Config {
 }
 
 impl Config {
-    /// One warning per certificate that expires within [`super::EXPIRY_WARNING`] of `now`.
+    /// One warning per certificate that expires within [`super::EXPIRY_WARNING`] of `now`: the
+    /// sites' own, then the client certificates they and their routes show upstreams.
     pub fn certificate_warnings(&self, now: SystemTime) -> Vec<String> {
-        self.dynamic
-            .sites
-            .iter()
-            .filter_map(|s| {
-                let certificate = s.tls.certificate()?;
-                super::certs::expiry_warning(s.name(), certificate, now)
+        let sites = self.dynamic.sites.iter().filter_map(|s| {
+            let certificate = s.tls.certificate()?;
+            super::certs::expiry_warning(s.name(), certificate, now)
+        });
+        let clients = self.dynamic.sites.iter().flat_map(|s| {
+            let own = client_certificate(&s.upstream).map(|c| (String::new(), c));
+            let routes = s.routes.iter().filter_map(|r| match &r.action {
+                RouteAction::Proxy(proxy) => client_certificate(&proxy.upstream)
+                    .map(|c| (format!(" route {}", r.label()), c)),
+                _ => None,
+            });
+            own.into_iter().chain(routes).filter_map(move |(route, c)| {
+                let what = format!(
+                    "the upstream client certificate of site {}{route}",
+                    s.name()
+                );
+                super::certs::expiry_warning_of(&what, c, now)
             })
-            .collect()
+        });
+        sites.chain(clients).collect()
     }
 }
 
@@ -107,6 +124,17 @@ pub struct Site {
     pub rate_limit: Option<RateLimit>,
     pub body_limit_bytes: Option<u64>,
     pub upstream_response_timeout: Option<Duration>,
+    /// How the site's routes reach their upstreams (a route may override each field).
+    pub upstream: UpstreamConnection,
+    /// Applied to every proxied request, before a route's own.
+    pub request_headers: HeaderRules,
+    /// Applied to every proxied response, before a route's own.
+    pub response_headers: HeaderRules,
+}
+
+fn client_certificate(connection: &UpstreamConnection) -> Option<&Certificate> {
+    let client = connection.tls.as_ref()?.client_certificate.as_ref()?;
+    Some(&client.certificate)
 }
 
 impl Site {
@@ -116,17 +144,47 @@ impl Site {
     }
 }
 
-/// Requests whose path starts with `path_prefix` get `action`.
+/// Requests whose path starts with `path_prefix` (and that have one of `methods` and every one
+/// of `match_headers`, when set) get `action`. Unique within the site by prefix, methods and
+/// match headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub path_prefix: String,
+    /// Upper case, sorted; empty: every method.
+    pub methods: Vec<String>,
+    /// Name (lower case) → exact value, sorted by name; empty: no header condition.
+    pub match_headers: Vec<(String, String)>,
     pub action: RouteAction,
+    /// Overrides of the site's (else the global) settings; `None`: the site's.
+    pub rate_limit: Option<RateLimit>,
+    pub body_limit_bytes: Option<u64>,
+}
+
+impl Route {
+    /// How reports and diffs name a route: `/api`, with its methods and match headers when it
+    /// has any (`/api GET,HEAD x-canary=1`). A header value that looks secret is left out.
+    pub fn label(&self) -> String {
+        let mut label = self.path_prefix.clone();
+        if !self.methods.is_empty() {
+            label.push(' ');
+            label.push_str(&self.methods.join(","));
+        }
+        for (name, value) in &self.match_headers {
+            let value = if crate::redact::header_looks_secret(name) {
+                "<redacted>"
+            } else {
+                value
+            };
+            label.push_str(&format!(" {name}={value}"));
+        }
+        label
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteAction {
-    /// Never empty.
-    Proxy(Vec<Upstream>),
+    /// Boxed: far larger than the other actions (its TLS settings hold certificates).
+    Proxy(Box<ProxyRoute>),
     /// `location` may hold {scheme}, {host} and {path}.
     Redirect { location: String, status: u16 },
     Respond {
@@ -358,6 +416,11 @@ impl UpstreamUrl {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &str {
+        self.0.split_once("://").map_or("", |(scheme, _)| scheme)
     }
 }
 

@@ -342,7 +342,7 @@ respond = { body = "pong\n", headers = { Content-Type = "text/plain" } }
     let site = &c.dynamic.sites[0];
     assert_eq!(site.hostnames[1].as_str(), "*.example.com");
     assert_eq!(site.routes.len(), 3);
-    assert!(matches!(&site.routes[0].action, RouteAction::Proxy(u) if u.len() == 2));
+    assert!(matches!(&site.routes[0].action, RouteAction::Proxy(p) if p.upstreams.len() == 2));
     assert_eq!(
         site.routes[1].action,
         RouteAction::Redirect {

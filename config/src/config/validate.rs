@@ -20,6 +20,7 @@ mod routes;
 mod sites;
 mod statics;
 mod tls;
+mod upstream;
 
 pub use hardening::DEFAULT_UPSTREAM_LIMITS;
 use routes::routes;

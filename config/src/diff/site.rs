@@ -3,18 +3,23 @@
 //! renders a secret (a certificate is its fingerprint and expiry, a secret-looking header value
 //! `<redacted>`).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{FieldChange, human};
 use crate::config::{
-    Certificate, HealthCheck, LoadBalancing, PassiveHealth, PoolConfig, RateLimit, Route,
-    RouteAction, Site, SiteTls, Upstream, UpstreamLimits,
+    Certificate, HeaderRules, HealthCheck, LoadBalancing, PassiveHealth, PathRewrite, PoolConfig,
+    ProxyRoute, RateLimit, Route, RouteAction, Site, SiteTls, Upstream, UpstreamConnection,
+    UpstreamLimits, UpstreamTls,
 };
 use crate::redact::header_looks_secret;
 
 /// Shown for a per-site setting the site does not set: the global one applies.
 const GLOBAL: &str = "global";
+
+/// Shown for a per-route setting the route does not set: the site's applies.
+const SITE: &str = "site's";
 
 /// A `respond` body longer than this is shown by its size only.
 const MAX_SHOWN_BODY: usize = 40;
@@ -33,6 +38,9 @@ pub(super) fn changes(old: &Site, new: &Site) -> Vec<FieldChange> {
         rate_limit,
         body_limit_bytes,
         upstream_response_timeout,
+        upstream,
+        request_headers,
+        response_headers,
     } = new;
     let mut out = Vec::new();
     let names = |h: &[crate::config::Hostname]| h.iter().map(ToString::to_string).collect();
@@ -44,6 +52,17 @@ pub(super) fn changes(old: &Site, new: &Site) -> Vec<FieldChange> {
     ));
     route_changes(&old.routes, routes, &mut out);
     pool_changes(&old.pool, pool, &mut out);
+    connection_changes("", &old.upstream, upstream, "auto", &mut out);
+    out.extend(header_changes(
+        "request_headers",
+        &old.request_headers,
+        request_headers,
+    ));
+    out.extend(header_changes(
+        "response_headers",
+        &old.response_headers,
+        response_headers,
+    ));
     tls_changes(&old.tls, tls, &mut out);
     out.extend(scalar(
         "https_redirect",
@@ -113,46 +132,272 @@ fn upstream_items(upstreams: &[Upstream]) -> Vec<String> {
         .collect()
 }
 
-/// `routes`, when routes were added or removed (each named with what it does); then, for each
-/// route both sides have, `routes["/api"].upstreams` or `routes["/api"]` when its action changed.
+/// `routes`, when routes were added or removed (each named by its label and what it does); then,
+/// for each route both sides have, each changed field: `routes["/api"].upstreams`,
+/// `routes["/api GET"].strip_prefix`, or `routes["/api"]` when its action changed.
+///
+/// Routes are paired by label (prefix, methods, match headers); a route left unpaired on both
+/// sides with the same prefix, once each, is the same route whose methods or match headers
+/// changed.
 fn route_changes(old: &[Route], new: &[Route], out: &mut Vec<FieldChange>) {
+    // Keyed by what tells routes apart (not by label, which hides secret header values), so
+    // that pairing costs O(routes).
+    type Key<'a> = (&'a str, &'a [String], &'a [(String, String)]);
+    fn key(r: &Route) -> Key<'_> {
+        (&r.path_prefix, &r.methods, &r.match_headers)
+    }
+    let old_keys: HashMap<Key<'_>, &Route> = old.iter().map(|r| (key(r), r)).collect();
+    let new_keys: HashSet<Key<'_>> = new.iter().map(key).collect();
+    let unpaired_old: Vec<&Route> = old.iter().filter(|r| !new_keys.contains(&key(r))).collect();
+    let unpaired_new: Vec<&Route> = new
+        .iter()
+        .filter(|r| !old_keys.contains_key(&key(r)))
+        .collect();
+    // Unpaired routes by prefix: (old, new).
+    let mut by_prefix: HashMap<&str, (Vec<&Route>, Vec<&Route>)> = HashMap::new();
+    for r in &unpaired_old {
+        by_prefix.entry(&r.path_prefix).or_default().0.push(r);
+    }
+    for r in &unpaired_new {
+        by_prefix.entry(&r.path_prefix).or_default().1.push(r);
+    }
+    let changed_condition = |r: &Route| matches!(by_prefix.get(r.path_prefix.as_str()), Some((o, n)) if o.len() == 1 && n.len() == 1);
+    let mut pairs: Vec<(&Route, &Route)> = Vec::new();
+    for route in new {
+        if let Some(before) = old_keys.get(&key(route)) {
+            pairs.push((before, route));
+        } else if changed_condition(route) {
+            pairs.push((by_prefix[route.path_prefix.as_str()].0[0], route));
+        }
+    }
+    let added: Vec<&Route> = unpaired_new
+        .into_iter()
+        .filter(|r| !changed_condition(r))
+        .collect();
+    let removed: Vec<&Route> = unpaired_old
+        .into_iter()
+        .filter(|r| !changed_condition(r))
+        .collect();
     let prefixes = |routes: &[Route]| -> Vec<String> {
         routes.iter().map(|r| r.path_prefix.clone()).collect()
     };
-    let (old_prefixes, new_prefixes) = (prefixes(old), prefixes(new));
-    if old_prefixes != new_prefixes {
-        let only_in = |these: &[Route], other: &[String]| -> Vec<String> {
-            these
+    if !added.is_empty() || !removed.is_empty() || prefixes(old) != prefixes(new) {
+        let labels =
+            |routes: &[Route]| -> Vec<String> { routes.iter().map(Route::label).collect() };
+        let described = |routes: &[&Route]| -> Vec<String> {
+            routes
                 .iter()
-                .filter(|r| !other.contains(&r.path_prefix))
-                .map(|r| format!("{} ({})", r.path_prefix, action(&r.action)))
+                .map(|r| format!("{} ({})", r.label(), action(&r.action)))
                 .collect()
         };
         out.push(FieldChange {
             field: "routes".to_owned(),
-            added: only_in(new, &old_prefixes),
-            removed: only_in(old, &new_prefixes),
-            old: joined(&old_prefixes),
-            new: joined(&new_prefixes),
+            added: described(&added),
+            removed: described(&removed),
+            old: joined(&labels(old)),
+            new: joined(&labels(new)),
         });
     }
-    for route in new {
-        let Some(before) = old.iter().find(|o| o.path_prefix == route.path_prefix) else {
-            continue;
-        };
-        if before.action == route.action {
-            continue;
-        }
-        let field = format!("routes[{:?}]", route.path_prefix);
-        match (&before.action, &route.action) {
-            (RouteAction::Proxy(was), RouteAction::Proxy(now)) => out.extend(list(
-                format!("{field}.upstreams"),
-                upstream_items(was),
-                upstream_items(now),
-            )),
-            (was, now) => out.push(distinct(field, action(was), action(now))),
+    for (before, route) in pairs {
+        if before != route {
+            one_route_changes(before, route, out);
         }
     }
+}
+
+/// The changed fields of a route both sides have.
+fn one_route_changes(old: &Route, new: &Route, out: &mut Vec<FieldChange>) {
+    // Without `..` for the same reason as `Site` in `changes`.
+    let Route {
+        path_prefix: _,
+        methods,
+        match_headers,
+        action: new_action,
+        rate_limit,
+        body_limit_bytes,
+    } = new;
+    let field = format!("routes[{:?}]", new.label());
+    let headers = |h: &[(String, String)]| -> Vec<String> {
+        h.iter()
+            .map(|(name, value)| header_item(name, value))
+            .collect()
+    };
+    out.extend(list(
+        format!("{field}.methods"),
+        old.methods.clone(),
+        methods.clone(),
+    ));
+    out.extend(list(
+        format!("{field}.match_headers"),
+        headers(&old.match_headers),
+        headers(match_headers),
+    ));
+    match (&old.action, new_action) {
+        (RouteAction::Proxy(was), RouteAction::Proxy(now)) => {
+            proxy_route_changes(&field, was, now, out)
+        }
+        (was, now) if was != now => out.push(distinct(field.clone(), action(was), action(now))),
+        _ => {}
+    }
+    out.extend(scalar(
+        format!("{field}.rate_limit"),
+        or_site(old.rate_limit.as_ref(), rate),
+        or_site(rate_limit.as_ref(), rate),
+    ));
+    out.extend(scalar(
+        format!("{field}.body_limit_bytes"),
+        or_site(old.body_limit_bytes.as_ref(), u64::to_string),
+        or_site(body_limit_bytes.as_ref(), u64::to_string),
+    ));
+}
+
+fn proxy_route_changes(
+    field: &str,
+    old: &ProxyRoute,
+    new: &ProxyRoute,
+    out: &mut Vec<FieldChange>,
+) {
+    let ProxyRoute {
+        upstreams,
+        path,
+        upstream,
+        request_headers,
+        response_headers,
+        upstream_response_timeout,
+        retries,
+    } = new;
+    out.extend(list(
+        format!("{field}.upstreams"),
+        upstream_items(&old.upstreams),
+        upstream_items(upstreams),
+    ));
+    let strip = |p: &PathRewrite| (*p == PathRewrite::StripPrefix).to_string();
+    let rewrite = |p: &PathRewrite| match p {
+        PathRewrite::Replace(to) => to.clone(),
+        _ => "none".to_owned(),
+    };
+    out.extend(scalar(
+        format!("{field}.strip_prefix"),
+        strip(&old.path),
+        strip(path),
+    ));
+    out.extend(scalar(
+        format!("{field}.rewrite"),
+        rewrite(&old.path),
+        rewrite(path),
+    ));
+    connection_changes(&format!("{field}."), &old.upstream, upstream, SITE, out);
+    out.extend(header_changes(
+        &format!("{field}.request_headers"),
+        &old.request_headers,
+        request_headers,
+    ));
+    out.extend(header_changes(
+        &format!("{field}.response_headers"),
+        &old.response_headers,
+        response_headers,
+    ));
+    out.extend(scalar(
+        format!("{field}.upstream_response_timeout"),
+        or_site(old.upstream_response_timeout.as_ref(), duration),
+        or_site(upstream_response_timeout.as_ref(), duration),
+    ));
+    out.extend(scalar(
+        format!("{field}.retries"),
+        or_site(old.retries.as_ref(), u32::to_string),
+        or_site(retries.as_ref(), u32::to_string),
+    ));
+}
+
+/// `upstream_protocol` and `upstream_tls` (after `prefix`); `unset` reads for a value not set.
+fn connection_changes(
+    prefix: &str,
+    old: &UpstreamConnection,
+    new: &UpstreamConnection,
+    unset: &str,
+    out: &mut Vec<FieldChange>,
+) {
+    let protocol = |c: &UpstreamConnection| {
+        c.protocol
+            .map_or_else(|| unset.to_owned(), |p| p.as_str().to_owned())
+    };
+    out.extend(scalar(
+        format!("{prefix}upstream_protocol"),
+        protocol(old),
+        protocol(new),
+    ));
+    if old.tls != new.tls {
+        let tls = |t: &Option<UpstreamTls>| match t {
+            Some(t) => upstream_tls(t),
+            None if unset == SITE => SITE.to_owned(),
+            None => "system roots".to_owned(),
+        };
+        out.push(distinct(
+            format!("{prefix}upstream_tls"),
+            tls(&old.tls),
+            tls(&new.tls),
+        ));
+    }
+}
+
+/// `ca /etc/ca.pem (2 certificates), server_name api.internal, client certificate sha256
+/// 3F:A1:0C:77…9A:01 expires 2027-01-01`: never the key.
+fn upstream_tls(tls: &UpstreamTls) -> String {
+    let mut parts = Vec::new();
+    match &tls.ca {
+        Some(ca) => parts.push(format!(
+            "ca {} ({} certificate{})",
+            ca.file.display(),
+            ca.count,
+            if ca.count == 1 { "" } else { "s" }
+        )),
+        None => parts.push("system roots".to_owned()),
+    }
+    if let Some(name) = &tls.server_name {
+        parts.push(format!("server_name {name}"));
+    }
+    if let Some(client) = &tls.client_certificate {
+        parts.push(format!(
+            "client certificate {} {}",
+            client.cert_file.display(),
+            describe_certificate(&client.certificate)
+        ));
+    }
+    parts.join(", ")
+}
+
+/// `remove x-debug; set x-env: prod; add x-via: edge`, or `none`; a secret-looking value reads
+/// `<redacted>`.
+fn header_changes(field: &str, old: &HeaderRules, new: &HeaderRules) -> Option<FieldChange> {
+    (old != new).then(|| distinct(field.to_owned(), header_rules(old), header_rules(new)))
+}
+
+fn header_rules(rules: &HeaderRules) -> String {
+    let mut parts = Vec::new();
+    if !rules.remove.is_empty() {
+        parts.push(format!("remove {}", rules.remove.join(", ")));
+    }
+    for (verb, headers) in [("set", &rules.set), ("add", &rules.add)] {
+        if !headers.is_empty() {
+            let items: Vec<String> = headers.iter().map(|(n, v)| header_item(n, v)).collect();
+            parts.push(format!("{verb} {}", items.join(", ")));
+        }
+    }
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// `name: value`, the value `<redacted>` when the name looks secret.
+fn header_item(name: &str, value: &str) -> String {
+    let value = if header_looks_secret(name) {
+        "<redacted>"
+    } else {
+        value
+    };
+    format!("{name}: {value}")
 }
 
 /// A change whose renderings may hide the difference (a redacted header value, a long body,
@@ -175,8 +420,8 @@ fn distinct(field: String, old: String, new: String) -> FieldChange {
 /// `respond 503 "down for maintenance" [retry-after: 60]`.
 fn action(action: &RouteAction) -> String {
     match action {
-        RouteAction::Proxy(upstreams) => {
-            format!("upstreams {}", upstream_items(upstreams).join(", "))
+        RouteAction::Proxy(proxy) => {
+            format!("upstreams {}", upstream_items(&proxy.upstreams).join(", "))
         }
         RouteAction::Redirect { location, status } => format!("redirect {status} {location}"),
         RouteAction::Respond {
@@ -192,17 +437,7 @@ fn action(action: &RouteAction) -> String {
                 text.push_str(&format!(" {body:?}"));
             }
             if !headers.is_empty() {
-                let headers: Vec<String> = headers
-                    .iter()
-                    .map(|(name, value)| {
-                        let value = if header_looks_secret(name) {
-                            "<redacted>"
-                        } else {
-                            value
-                        };
-                        format!("{name}: {value}")
-                    })
-                    .collect();
+                let headers: Vec<String> = headers.iter().map(|(n, v)| header_item(n, v)).collect();
                 text.push_str(&format!(" [{}]", headers.join(", ")));
             }
             text
@@ -438,6 +673,10 @@ fn rate(rl: &RateLimit) -> String {
 
 fn duration(d: &Duration) -> String {
     human(*d)
+}
+
+fn or_site<T>(value: Option<&T>, render: impl Fn(&T) -> String) -> String {
+    value.map_or_else(|| SITE.to_owned(), render)
 }
 
 fn or_global<T>(value: Option<&T>, render: impl Fn(&T) -> String) -> String {

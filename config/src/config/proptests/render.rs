@@ -115,15 +115,81 @@ fn site(site: &Site) -> Value {
     if let Some(timeout) = site.upstream_response_timeout {
         t.insert("upstream_response_timeout".into(), duration(timeout));
     }
+    if let Some(protocol) = site.upstream.protocol {
+        t.insert("upstream_protocol".into(), protocol.as_str().into());
+    }
+    header_rules(&mut t, "request_headers", &site.request_headers);
+    header_rules(&mut t, "response_headers", &site.response_headers);
     t.into()
+}
+
+/// `request_headers` / `response_headers`, when not empty. (`upstream_tls` names files, which
+/// the generated configs do not have, so it is not written back.)
+fn header_rules(t: &mut Table, key: &str, rules: &HeaderRules) {
+    if rules.is_empty() {
+        return;
+    }
+    let pairs = |list: &[(String, String)]| -> Table {
+        list.iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect()
+    };
+    let mut r = Table::new();
+    r.insert("set".into(), pairs(&rules.set).into());
+    r.insert("add".into(), pairs(&rules.add).into());
+    r.insert(
+        "remove".into(),
+        Value::Array(rules.remove.iter().map(|n| n.as_str().into()).collect()),
+    );
+    t.insert(key.into(), r.into());
 }
 
 fn route(route: &Route) -> Value {
     let mut t = Table::new();
     t.insert("path_prefix".into(), route.path_prefix.as_str().into());
+    if !route.methods.is_empty() {
+        t.insert(
+            "methods".into(),
+            Value::Array(route.methods.iter().map(|m| m.as_str().into()).collect()),
+        );
+    }
+    if !route.match_headers.is_empty() {
+        let headers: Table = route
+            .match_headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        t.insert("match_headers".into(), headers.into());
+    }
+    if let Some(rl) = route.rate_limit {
+        t.insert("rate_limit".into(), rate_limit(rl));
+    }
+    if let Some(bytes) = route.body_limit_bytes {
+        t.insert("body_limit_bytes".into(), size(bytes));
+    }
     match &route.action {
-        RouteAction::Proxy(list) => {
-            t.insert("upstreams".into(), upstreams(list));
+        RouteAction::Proxy(proxy) => {
+            t.insert("upstreams".into(), upstreams(&proxy.upstreams));
+            match &proxy.path {
+                PathRewrite::Keep => {}
+                PathRewrite::StripPrefix => {
+                    t.insert("strip_prefix".into(), true.into());
+                }
+                PathRewrite::Replace(to) => {
+                    t.insert("rewrite".into(), to.as_str().into());
+                }
+            }
+            if let Some(protocol) = proxy.upstream.protocol {
+                t.insert("upstream_protocol".into(), protocol.as_str().into());
+            }
+            header_rules(&mut t, "request_headers", &proxy.request_headers);
+            header_rules(&mut t, "response_headers", &proxy.response_headers);
+            if let Some(timeout) = proxy.upstream_response_timeout {
+                t.insert("upstream_response_timeout".into(), duration(timeout));
+            }
+            if let Some(n) = proxy.retries {
+                t.insert("retries".into(), int(n));
+            }
         }
         RouteAction::Redirect { location, status } => {
             let mut r = Table::new();

@@ -65,12 +65,44 @@ fn site(
         );
     }
     let upstreams = upstream_list(&file.upstreams, &at.key("upstreams"), p);
-    let routes = routes(&file.routes, &at.key("routes"), !upstreams.is_empty(), p);
+    let routes = routes(
+        &file.routes,
+        &at.key("routes"),
+        !upstreams.is_empty(),
+        inputs,
+        p,
+    );
+    let upstream = UpstreamConnection {
+        protocol: upstream::protocol(
+            file.upstream_protocol.as_deref(),
+            &at.key("upstream_protocol"),
+            p,
+        ),
+        tls: upstream::tls(
+            file.upstream_tls.as_ref(),
+            &at.key("upstream_tls"),
+            inputs,
+            p,
+        ),
+    };
+    check_site_connection(&upstream, &upstreams, &routes, at, p);
+    let request_headers = upstream::header_rules(
+        file.request_headers.as_ref(),
+        &at.key("request_headers"),
+        true,
+        p,
+    );
+    let response_headers = upstream::header_rules(
+        file.response_headers.as_ref(),
+        &at.key("response_headers"),
+        false,
+        p,
+    );
     let pool = pool(file, at, p);
     let weighted = upstreams
         .iter()
         .chain(routes.iter().flat_map(|r| match &r.action {
-            RouteAction::Proxy(list) => list.as_slice(),
+            RouteAction::Proxy(proxy) => proxy.upstreams.as_slice(),
             _ => &[],
         }));
     if pool.load_balancing != LoadBalancing::WeightedRoundRobin
@@ -105,7 +137,49 @@ fn site(
         rate_limit,
         body_limit_bytes,
         upstream_response_timeout,
+        upstream,
+        request_headers,
+        response_headers,
     })
+}
+
+/// The site's `upstream_protocol` and `upstream_tls` apply to its own upstreams and to those of
+/// each route that does not set its own.
+fn check_site_connection(
+    connection: &UpstreamConnection,
+    upstreams: &[Upstream],
+    routes: &[Route],
+    at: &KeyPath,
+    p: &mut Problems,
+) {
+    let own = upstreams
+        .iter()
+        .map(|u| (u, at.key("upstreams").to_string()));
+    let of_routes = |inherits: fn(&UpstreamConnection) -> bool| {
+        routes.iter().flat_map(move |r| match &r.action {
+            RouteAction::Proxy(proxy) if inherits(&proxy.upstream) => proxy
+                .upstreams
+                .iter()
+                .map(|u| (u, format!("route {}", r.label())))
+                .collect(),
+            _ => Vec::new(),
+        })
+    };
+    let protocol = UpstreamConnection {
+        protocol: connection.protocol,
+        tls: None,
+    };
+    let listed: Vec<_> = own
+        .clone()
+        .chain(of_routes(|c| c.protocol.is_none()))
+        .collect();
+    upstream::check_applies(&protocol, at, &listed, p);
+    let tls = UpstreamConnection {
+        protocol: None,
+        tls: connection.tls.clone(),
+    };
+    let listed: Vec<_> = own.chain(of_routes(|c| c.tls.is_none())).collect();
+    upstream::check_applies(&tls, at, &listed, p);
 }
 
 pub(super) fn upstream_list(
@@ -180,14 +254,10 @@ fn pool(file: &SiteFile, at: &KeyPath, p: &mut Problems) -> PoolConfig {
             LoadBalancing::RoundRobin
         }
     };
-    let retries = match file.retries {
-        None => DEFAULT_RETRIES,
-        Some(n @ 0..=5) => n as u32,
-        Some(n) => {
-            p.push(at.key("retries"), format!("must be 0 to 5 (got {n})"));
-            DEFAULT_RETRIES
-        }
-    };
+    let retries = file
+        .retries
+        .map_or(Some(DEFAULT_RETRIES), |n| retries(n, &at.key("retries"), p))
+        .unwrap_or(DEFAULT_RETRIES);
     let health_check = file
         .health_check
         .as_ref()
@@ -261,6 +331,17 @@ fn health_check(file: &HealthCheckFile, at: &KeyPath, p: &mut Problems) -> Healt
             &at.key("unhealthy_threshold"),
             p,
         ),
+    }
+}
+
+/// `retries` of a site or a route: 0 to 5.
+pub(super) fn retries(n: i64, at: &KeyPath, p: &mut Problems) -> Option<u32> {
+    match n {
+        0..=5 => Some(n as u32),
+        _ => {
+            p.push(at.clone(), format!("must be 0 to 5 (got {n})"));
+            None
+        }
     }
 }
 

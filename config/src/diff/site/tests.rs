@@ -318,3 +318,136 @@ fn an_unchanged_site_has_no_entry() {
     let diff = ConfigDiff::between(&config(UP), &config(UP));
     assert!(diff.is_empty());
 }
+
+#[test]
+fn upstream_protocol_tls_and_header_rules_of_a_site() {
+    let https = "upstreams = [\"https://10.0.0.1\"]\n";
+    assert_eq!(
+        described(
+            &format!("{https}request_headers = {{ set = {{ x-env = \"prod\" }} }}\n"),
+            &format!(
+                "{https}upstream_protocol = \"h2\"\nupstream_tls = {{ server_name = \"api.internal\" }}\n\
+                 request_headers = {{ set = {{ x-env = \"dev\", authorization = \"Bearer s3cr3t\" }}, \
+                 remove = [\"x-debug\"] }}\n\
+                 response_headers = {{ add = {{ x-served-by = \"edge\" }} }}\n"
+            ),
+        ),
+        [
+            "upstream_protocol: auto → h2",
+            "upstream_tls: system roots → system roots, server_name api.internal",
+            "request_headers: set x-env: prod → remove x-debug; set authorization: <redacted>, x-env: dev",
+            "response_headers: none → add x-served-by: edge",
+        ]
+    );
+    // Only a secret changed: visible as a change, never as a value.
+    let lines = described(
+        &format!("{https}request_headers = {{ set = {{ x-api-key = \"old-secret\" }} }}\n"),
+        &format!("{https}request_headers = {{ set = {{ x-api-key = \"new-secret\" }} }}\n"),
+    );
+    assert_eq!(
+        lines,
+        [
+            "request_headers: set x-api-key: <redacted> → set x-api-key: <redacted> (content changed)"
+        ]
+    );
+}
+
+#[test]
+fn a_changed_ca_file_or_client_certificate_is_named_never_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _) = cert(dir.path(), "ca", 4_000_000_000);
+    let (_, client_der) = cert(dir.path(), "client", 4_000_000_000);
+    let site = |ca: &str, client: &str| {
+        format!(
+            "upstreams = [\"https://10.0.0.1\"]\nupstream_tls = {{ ca_file = \"{}\", \
+             client_cert_file = \"{}\", client_key_file = \"{}\" }}\n",
+            dir.path().join(format!("{ca}.crt")).display(),
+            dir.path().join(format!("{client}.crt")).display(),
+            dir.path().join(format!("{client}.key")).display(),
+        )
+    };
+    let old = config(&site("ca", "client"));
+    // The CA file gets new content under the same name.
+    let (_, _) = cert(dir.path(), "ca", 4_100_000_000);
+    let diff = ConfigDiff::between(&old, &config(&site("ca", "client")));
+    let lines: Vec<String> = diff.site_changes[0]
+        .changes
+        .iter()
+        .map(FieldChange::describe)
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("upstream_tls: ca ") && lines[0].ends_with("(content changed)"),
+        "{lines:?}"
+    );
+    let fingerprint = crate::config::sha256_fingerprint(&client_der);
+    assert!(
+        lines[0].contains(&format!(
+            "client certificate {}",
+            dir.path().join("client.crt").display()
+        )) && lines[0].contains(&fingerprint[..11]),
+        "{lines:?}"
+    );
+    assert!(!lines[0].contains("PRIVATE"), "{lines:?}");
+}
+
+#[test]
+fn route_settings_are_named_each_by_route_and_key() {
+    let route = |extra: &str| {
+        format!(
+            "{UP}[[sites.routes]]\npath_prefix = \"/api\"\nupstreams = [\"http://a\"]\n{extra}\n\
+             [[sites.routes]]\npath_prefix = \"/ping\"\nrespond = {{ body = \"pong\" }}\n"
+        )
+    };
+    assert_eq!(
+        described(
+            &route("strip_prefix = true\nretries = 1\n"),
+            &route(
+                "rewrite = \"/v2/\"\nupstream_protocol = \"h2c\"\nupstream_response_timeout = \"5s\"\n\
+                 body_limit_bytes = 1024\nrate_limit = { requests_per_second = 1, burst = 2 }\n\
+                 request_headers = { remove = [\"x-debug\"] }\n"
+            ),
+        ),
+        [
+            "routes[\"/api\"].strip_prefix: true → false",
+            "routes[\"/api\"].rewrite: none → /v2/",
+            "routes[\"/api\"].upstream_protocol: site's → h2c",
+            "routes[\"/api\"].request_headers: none → remove x-debug",
+            "routes[\"/api\"].upstream_response_timeout: site's → 5s",
+            "routes[\"/api\"].retries: 1 → site's",
+            "routes[\"/api\"].rate_limit: site's → 1/s burst 2",
+            "routes[\"/api\"].body_limit_bytes: site's → 1024",
+        ]
+    );
+}
+
+#[test]
+fn routes_are_paired_by_prefix_methods_and_match_headers() {
+    let routes = |a: &str, b: &str| {
+        format!(
+            "{UP}[[sites.routes]]\npath_prefix = \"/api\"\nupstreams = [\"http://a\"]\n{a}\n\
+             [[sites.routes]]\npath_prefix = \"/api\"\nmatch_headers = {{ x-canary = \"1\" }}\n\
+             upstreams = [\"http://b\"]\n{b}\n"
+        )
+    };
+    // The one route with prefix /api and no header condition gains a method: the same route.
+    assert_eq!(
+        described(&routes("", ""), &routes("methods = [\"GET\"]", "")),
+        ["routes[\"/api GET\"].methods: + GET"]
+    );
+    // Two routes on one prefix, told apart by their match headers.
+    assert_eq!(
+        described(&routes("", ""), &routes("", "strip_prefix = true")),
+        ["routes[\"/api x-canary=1\"].strip_prefix: false → true"]
+    );
+    // A new route on a prefix that already has two: added, not paired.
+    let three = format!(
+        "{}[[sites.routes]]\npath_prefix = \"/api\"\nmethods = [\"POST\"]\n\
+         respond = {{ status = 405 }}\n",
+        routes("", "")
+    );
+    assert_eq!(
+        described(&routes("", ""), &three),
+        ["routes: + /api POST (respond 405)"]
+    );
+}
