@@ -21,8 +21,8 @@ pub use connect::{TlsConnector, system_roots};
 pub use pool::Protocol;
 
 use crate::convert::{
-    ConnectionSpec, HealthCheckSpec, PassiveHealthSpec, StaticSpec, UpstreamLimits, UpstreamSpec,
-    WeightedUpstream,
+    ConnectionKey, ConnectionSpec, HealthCheckSpec, PassiveHealthSpec, StaticSpec, UpstreamLimits,
+    UpstreamSpec, WeightedUpstream,
 };
 use crate::metrics::Metrics;
 use breaker::Breaker;
@@ -30,7 +30,7 @@ use pool::Pool;
 
 /// What identifies an upstream's state: its URL, its circuit-breaker limits and how it is
 /// connected to.
-pub type UpstreamKey = (String, UpstreamLimits, ConnectionSpec);
+pub type UpstreamKey = (String, UpstreamLimits, ConnectionKey);
 
 /// The body type proxyd sends upstream.
 pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, crate::http::BoxError>;
@@ -237,11 +237,7 @@ pub struct Listed {
 
 /// The key of `upstream`'s state under `limits`.
 pub fn key(upstream: &WeightedUpstream, limits: UpstreamLimits) -> UpstreamKey {
-    (
-        upstream.spec.to_string(),
-        limits,
-        upstream.connection.clone(),
-    )
+    (upstream.spec.to_string(), limits, upstream.connection.key())
 }
 
 /// Every live upstream and the health checks running against them.

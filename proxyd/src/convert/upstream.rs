@@ -1,7 +1,6 @@
 //! How a route reaches its upstreams (protocol, TLS) and edits what passes (header rules), as
 //! the data plane checks them. A route's settings override its site's field by field.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
@@ -16,11 +15,43 @@ use super::FRAMING_HEADERS;
 
 /// Protocol and TLS of a route's upstream connections. Part of an upstream's identity: a
 /// change gets new connections.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionSpec {
     pub protocol: Protocol,
     /// For https:// upstreams; `None` for http:// ones.
     pub tls: Option<UpstreamTls>,
+}
+
+/// What identifies a [`ConnectionSpec`]: the snapshot's fields (their SHA-256, so that no key
+/// material sits in a map key that might be printed), not the rustls config built from them
+/// (which holds a session cache).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConnectionKey {
+    protocol: Protocol,
+    tls: Option<[u8; 32]>,
+}
+
+impl ConnectionSpec {
+    pub fn key(&self) -> ConnectionKey {
+        use sha2::Digest;
+        ConnectionKey {
+            protocol: self.protocol,
+            tls: self.tls.as_ref().map(|t| {
+                let mut digest = sha2::Sha256::new();
+                for field in [
+                    &t.wire.ca_pem,
+                    &t.wire.server_name,
+                    &t.wire.client_cert_pem,
+                    &t.wire.client_key_pem,
+                ] {
+                    // Length-prefixed, so that no two field lists hash alike.
+                    digest.update((field.len() as u64).to_be_bytes());
+                    digest.update(field.as_bytes());
+                }
+                digest.finalize().into()
+            }),
+        }
+    }
 }
 
 impl Default for ConnectionSpec {
@@ -58,15 +89,6 @@ impl PartialEq for UpstreamTls {
 }
 
 impl Eq for UpstreamTls {}
-
-impl Hash for UpstreamTls {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.wire.ca_pem.hash(state);
-        self.wire.server_name.hash(state);
-        self.wire.client_cert_pem.hash(state);
-        self.wire.client_key_pem.hash(state);
-    }
-}
 
 /// The protocol a route asks for: its own, else its site's; `None` = unspecified.
 fn protocol(value: i32) -> Result<Option<Protocol>, String> {

@@ -1,0 +1,388 @@
+//! Upstreams as real deployments have them (issue 12): HTTPS backends with a private CA and
+//! with mutual TLS, HTTP/2 over TLS and h2c, gRPC end to end through tonic's own client and
+//! services, and routes that rewrite paths and edit headers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use proxy_tests::backend::{Backend, BackendTls, GrpcBackend};
+use proxy_tests::tls::TestCa;
+use proxy_tests::{ADMIN_ON_PORT_0, Conn, MockUpstream, TestEnv, get, metric};
+
+fn site(upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[sites]]
+hostnames = ["app.example"]
+upstreams = ["{upstream}"]
+{extra}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_backend_with_a_private_ca_is_verified_and_failures_say_why() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = ca.issue(dir.path(), "backend", &["backend.internal"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let backend = Backend::tls(
+        "tls",
+        BackendTls {
+            certificate: &cert,
+            alpn: &["http/1.1"],
+            client_ca: None,
+        },
+    )
+    .await;
+
+    // Verified against the CA, under the name the certificate has.
+    let trusted = format!(
+        r#"upstream_tls = {{ ca_file = "{}", server_name = "backend.internal" }}"#,
+        ca_file.display()
+    );
+    let env = TestEnv::start_with(ADMIN_ON_PORT_0, &site(&backend.url(), &trusted)).await;
+    let answer = get(env.http, "app.example", "/x").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body, "backend tls HTTP/1.1");
+    let seen = backend.seen();
+    assert_eq!(seen[0].headers["host"], "app.example");
+    assert_eq!(seen[0].uri, "/x");
+
+    // The system's roots do not know the private CA: 502, and the reason is on record.
+    env.write_config(&site(&backend.url(), ""));
+    let out = env.proxyctl(&["reload"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        proxy_tests::output_text(&out)
+    );
+    assert_eq!(get(env.http, "app.example", "/").await.status, 502);
+    let metrics = env.metrics().await;
+    let series = format!(
+        "proxy_upstream_tls_failures_total{{upstream=\"{}\",reason=\"unknown_issuer\"}}",
+        backend.url()
+    );
+    assert_eq!(metric(&metrics, &series), Some(1.0), "{metrics}");
+    let status = env.proxyctl(&["status"]).await;
+    let text = proxy_tests::output_text(&status);
+    assert!(
+        text.contains("LAST TLS ERROR") && text.contains("UnknownIssuer"),
+        "{text}"
+    );
+
+    // The wrong name fails too, whatever CA.
+    let wrong_name = format!(
+        r#"upstream_tls = {{ ca_file = "{}", server_name = "other.internal" }}"#,
+        ca_file.display()
+    );
+    env.write_config(&site(&backend.url(), &wrong_name));
+    assert_eq!(env.proxyctl(&["reload"]).await.status.code(), Some(0));
+    assert_eq!(get(env.http, "app.example", "/").await.status, 502);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_sends_the_client_certificate_the_backend_requires() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = ca.issue(dir.path(), "backend", &["127.0.0.1"]);
+    let client = ca.issue(dir.path(), "client", &["proxy.internal"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let backend = Backend::tls(
+        "mtls",
+        BackendTls {
+            certificate: &cert,
+            alpn: &["h2", "http/1.1"],
+            client_ca: Some(&ca),
+        },
+    )
+    .await;
+
+    // Without a client certificate the backend ends the handshake.
+    let no_client = format!(r#"upstream_tls = {{ ca_file = "{}" }}"#, ca_file.display());
+    let env = TestEnv::start(&site(&backend.url(), &no_client)).await;
+    assert_eq!(get(env.http, "app.example", "/").await.status, 502);
+
+    let with_client = format!(
+        r#"upstream_tls = {{ ca_file = "{}", client_cert_file = "{}", client_key_file = "{}" }}"#,
+        ca_file.display(),
+        client.cert_file.display(),
+        client.key_file.display()
+    );
+    env.write_config(&site(&backend.url(), &with_client));
+    assert_eq!(env.proxyctl(&["reload"]).await.status.code(), Some(0));
+    let answer = get(env.http, "app.example", "/").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    // `auto`: ALPN picked HTTP/2.
+    assert_eq!(answer.body, "backend mtls HTTP/2.0");
+    assert!(backend.seen().iter().all(|s| s.client_certificate));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_reaches_backends_over_tls_and_with_prior_knowledge() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = ca.issue(dir.path(), "backend", &["127.0.0.1"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let h2 = Backend::tls(
+        "h2",
+        BackendTls {
+            certificate: &cert,
+            alpn: &["h2", "http/1.1"],
+            client_ca: None,
+        },
+    )
+    .await;
+    let h2c = Backend::plain("h2c").await;
+    let config = format!(
+        r#"
+[[sites]]
+hostnames = ["tls.example"]
+upstreams = ["{}"]
+upstream_protocol = "http1"
+upstream_tls = {{ ca_file = "{}" }}
+
+[[sites.routes]]
+path_prefix = "/h2/"
+upstreams = ["{}"]
+upstream_protocol = "h2"
+
+[[sites]]
+hostnames = ["plain.example"]
+upstreams = ["{}"]
+upstream_protocol = "h2c"
+"#,
+        h2.url(),
+        ca_file.display(),
+        h2.url(),
+        h2c.url()
+    );
+    let env = TestEnv::start(&config).await;
+    let mut conn = Conn::open(env.http).await;
+    assert_eq!(
+        conn.get("tls.example", "/").await.body,
+        "backend h2 HTTP/1.1"
+    );
+    assert_eq!(
+        conn.get("tls.example", "/h2/x").await.body,
+        "backend h2 HTTP/2.0"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            conn.get("plain.example", "/").await.body,
+            "backend h2c HTTP/2.0"
+        );
+    }
+    // HTTP/2 carries the client's host as :authority.
+    let seen = h2c.seen();
+    assert_eq!(seen[0].uri.authority().unwrap().as_str(), "plain.example");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_goes_through_unary_streaming_and_errors_unchanged() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let backend = GrpcBackend::start().await;
+    backend
+        .health
+        .set_service_status("svc", tonic_health::ServingStatus::Serving)
+        .await;
+    let env = TestEnv::start(&site(&backend.url(), r#"upstream_protocol = "h2c""#)).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", env.http))
+        .unwrap()
+        .origin("http://app.example".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+
+    // Unary.
+    let reply = health
+        .check(HealthCheckRequest {
+            service: "svc".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.get_ref().status(), ServingStatus::Serving);
+    // The backend's error status (in trailers) arrives unchanged.
+    let error = health
+        .check(HealthCheckRequest {
+            service: "unknown".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound, "{error:?}");
+
+    // Server streaming: a change on the backend arrives while the stream is open.
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "svc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    backend
+        .health
+        .set_service_status("svc", tonic_health::ServingStatus::NotServing)
+        .await;
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::NotServing
+    );
+
+    // Bidirectional streaming: server reflection, one request after another on one stream.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut reflection = ServerReflectionClient::new(channel);
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    tx.send(ask.clone()).await.unwrap();
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answers.message().await.unwrap().is_some());
+    tx.send(ask).await.unwrap();
+    assert!(answers.message().await.unwrap().is_some());
+    drop(tx);
+    assert!(answers.message().await.unwrap().is_none());
+
+    // proxyd's own failures reach a gRPC client as gRPC statuses, not as HTML or text pages.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let dead_site = format!(
+        r#"
+[[sites]]
+hostnames = ["dead.example"]
+upstreams = ["{dead_url}"]
+upstream_protocol = "h2c"
+"#
+    );
+    env.write_config(&format!(
+        "{}{dead_site}",
+        site(&backend.url(), r#"upstream_protocol = "h2c""#)
+    ));
+    assert_eq!(env.proxyctl(&["reload"]).await.status.code(), Some(0));
+    for (origin, code) in [
+        ("http://dead.example", tonic::Code::Unavailable),
+        ("http://nowhere.example", tonic::Code::Unimplemented),
+    ] {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", env.http))
+            .unwrap()
+            .origin(origin.parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "svc".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{origin}: {status:?}");
+        assert!(status.message().starts_with("proxyd: "), "{status:?}");
+    }
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_rewrite_paths_edit_headers_and_match_methods_and_headers() {
+    let app = MockUpstream::start("app").await;
+    let api = MockUpstream::start("api").await;
+    let canary = MockUpstream::start("canary").await;
+    let config = format!(
+        r#"
+[[sites]]
+hostnames = ["app.example"]
+upstreams = ["{app}"]
+request_headers = {{ set = {{ "x-env" = "prod", "x-real-ip" = "{{client_ip}}" }}, remove = ["x-debug"] }}
+response_headers = {{ remove = ["x-upstream"], add = {{ "x-edge" = "{{scheme}}://{{host}}" }} }}
+
+[[sites.routes]]
+path_prefix = "/api/"
+upstreams = ["{api}"]
+strip_prefix = true
+request_headers = {{ add = {{ "x-route" = "api" }} }}
+
+[[sites.routes]]
+path_prefix = "/old/"
+upstreams = ["{api}"]
+rewrite = "/v2/"
+
+[[sites.routes]]
+path_prefix = "/"
+upstreams = ["{canary}"]
+match_headers = {{ "x-canary" = "1" }}
+
+[[sites.routes]]
+path_prefix = "/ping"
+methods = ["GET", "HEAD"]
+respond = {{ status = 200, body = "pong" }}
+"#,
+        app = app.url(),
+        api = api.url(),
+        canary = canary.url()
+    );
+    let env = TestEnv::start(&config).await;
+
+    let mut conn = Conn::open(env.http).await;
+    let request = http::Request::get("/api/users?page=2")
+        .header("host", "app.example")
+        .header("x-debug", "1")
+        .body(proxy_tests::TestBody::default())
+        .unwrap();
+    let answer = conn.send(request).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.starts_with("upstream api"));
+    assert_eq!(answer.headers["x-edge"], "http://app.example");
+    let seen = &api.requests()[0];
+    assert_eq!(seen.uri, "/users?page=2");
+    assert_eq!(seen.headers["x-env"], "prod");
+    assert_eq!(seen.headers["x-real-ip"], "127.0.0.1");
+    assert_eq!(seen.headers["x-route"], "api");
+    assert!(!seen.headers.contains_key("x-debug"));
+
+    assert_eq!(conn.get("app.example", "/old/a/b?q=1").await.status, 200);
+    assert_eq!(api.requests()[1].uri, "/v2/a/b?q=1");
+
+    // Methods: GET answered by the route, POST falls through to the site's upstreams.
+    assert_eq!(conn.get("app.example", "/ping").await.body, "pong");
+    let post = http::Request::post("/ping")
+        .header("host", "app.example")
+        .body(proxy_tests::TestBody::default())
+        .unwrap();
+    assert!(conn.send(post).await.body.starts_with("upstream app"));
+
+    // A header route comes before every path route.
+    let canaried = http::Request::get("/api/users")
+        .header("host", "app.example")
+        .header("x-canary", "1")
+        .body(proxy_tests::TestBody::default())
+        .unwrap();
+    assert!(
+        conn.send(canaried)
+            .await
+            .body
+            .starts_with("upstream canary")
+    );
+    assert_eq!(canary.requests()[0].uri, "/api/users");
+    env.stop().await;
+}
