@@ -247,20 +247,19 @@ impl Proxy {
         if let Some(redirect) = self.https_rules(runtime, site, &host, &req, conn)? {
             return Ok(redirect);
         }
-        if let Some(limiter) = &site.limiter {
+        let route = site.route(req.method(), req.uri().path(), req.headers());
+        // A route's own rate limit replaces the site's (a request no route takes counts against
+        // the site's).
+        if let Some(limiter) = route
+            .and_then(|r| r.limiter.as_ref())
+            .or(site.limiter.as_ref())
+        {
             limiter
                 .check(peer.client)
                 .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
         }
-        let route = site
-            .route(req.method(), req.uri().path(), req.headers())
-            .ok_or(ProxyError::NoRoute)?;
+        let route = route.ok_or(ProxyError::NoRoute)?;
         out.route = Some(&route.path_prefix);
-        if let Some(limiter) = &route.limiter {
-            limiter
-                .check(peer.client)
-                .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
-        }
         check_content_length(&req, route.body_limit_bytes)?;
         let pool = match &route.action {
             Action::Proxy(pool) => pool,

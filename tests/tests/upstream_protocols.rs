@@ -241,6 +241,22 @@ async fn grpc_goes_through_unary_streaming_and_errors_unchanged() {
         watch.message().await.unwrap().unwrap().status(),
         ServingStatus::NotServing
     );
+    // The stream survives a reload (and is not cut by the response timeout: it has its head).
+    env.write_config(&site(
+        &backend.url(),
+        "upstream_protocol = \"h2c\"\nupstream_response_timeout = \"300ms\"",
+    ));
+    assert_eq!(env.proxyctl(&["reload"]).await.status.code(), Some(0));
+    // Longer than the response timeout: what is measured is that the stream outlives it.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    backend
+        .health
+        .set_service_status("svc", tonic_health::ServingStatus::Serving)
+        .await;
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
 
     // Bidirectional streaming: server reflection, one request after another on one stream.
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -384,5 +400,118 @@ respond = {{ status = 200, body = "pong" }}
             .starts_with("upstream canary")
     );
     assert_eq!(canary.requests()[0].uri, "/api/users");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_s_limits_and_timeout_override_the_site_s() {
+    let app = MockUpstream::start("app").await;
+    let config = format!(
+        r#"
+[[sites]]
+hostnames = ["app.example"]
+upstreams = ["{app}"]
+upstream_response_timeout = "10s"
+
+[[sites.routes]]
+path_prefix = "/upload/"
+upstreams = ["{app}"]
+body_limit_bytes = 16
+
+[[sites.routes]]
+path_prefix = "/login"
+upstreams = ["{app}"]
+rate_limit = {{ requests_per_second = 1, burst = 2 }}
+
+[[sites.routes]]
+path_prefix = "/sleep/"
+upstreams = ["{app}"]
+upstream_response_timeout = "100ms"
+"#,
+        app = app.url()
+    );
+    let env = TestEnv::start(&config).await;
+    let mut conn = Conn::open(env.http).await;
+    let post = |path: &str, size: usize| {
+        http::Request::post(path)
+            .header("host", "app.example")
+            .body(http_body_util::BodyExt::boxed(http_body_util::Full::new(
+                bytes::Bytes::from(vec![b'x'; size]),
+            )))
+            .unwrap()
+    };
+    assert_eq!(conn.send(post("/upload/a", 16)).await.status, 200);
+    assert_eq!(
+        Conn::open(env.http)
+            .await
+            .send(post("/upload/a", 17))
+            .await
+            .status,
+        413
+    );
+    // The site itself has no body limit this small.
+    assert_eq!(
+        Conn::open(env.http)
+            .await
+            .send(post("/other", 17))
+            .await
+            .status,
+        200
+    );
+
+    // The route's quota: two at once, the third refused; the rest of the site is not limited.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(get(env.http, "app.example", "/login").await.status);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    for _ in 0..5 {
+        assert_eq!(get(env.http, "app.example", "/").await.status, 200);
+    }
+
+    // The route's response timeout, far below the site's.
+    assert_eq!(
+        get(env.http, "app.example", "/sleep/2000").await.status,
+        504
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_checks_use_the_upstream_s_tls_settings() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = ca.issue(dir.path(), "backend", &["127.0.0.1"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let backend = Backend::tls(
+        "checked",
+        BackendTls {
+            certificate: &cert,
+            alpn: &["h2", "http/1.1"],
+            client_ca: None,
+        },
+    )
+    .await;
+    let config = format!(
+        "{}\n[sites.health_check]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\n",
+        site(
+            &backend.url(),
+            &format!(r#"upstream_tls = {{ ca_file = "{}" }}"#, ca_file.display())
+        )
+    );
+    let env = TestEnv::start(&config).await;
+    proxy_tests::eventually("a health check over TLS", || async {
+        backend
+            .seen()
+            .iter()
+            .any(|s| s.uri.path() == "/healthz")
+            .then_some(())
+    })
+    .await;
+    // Checks pass: the upstream keeps getting traffic.
+    for _ in 0..3 {
+        assert_eq!(get(env.http, "app.example", "/").await.status, 200);
+    }
     env.stop().await;
 }
