@@ -476,20 +476,23 @@ impl Reloader {
             kind: change.kind,
             diff: change.diff.clone(),
         };
-        if let Err(e) = self.history.record(&entry, &change.text) {
-            // The version is published either way; only its history entry is missing.
-            tracing::warn!(error = %e, version, "cannot record the version in the history");
-        }
         if change.kind == Kind::Certificate {
             tracing::info!(old_version = current.version, new_version = version, changes = %change.summary, "publishing new config version");
         }
         let waiting = self.planes.connected();
+        let text = change.text.clone();
         self.current.send_replace(Arc::new(Current {
             version,
             config: change.config,
             content: change.content,
             text: change.text,
         }));
+        // Recorded once the data planes have the snapshot on its way: its writes and fsyncs
+        // (two files) no longer delay the new routes (only the version must be durable first).
+        if let Err(e) = self.history.record(&entry, &text) {
+            // The version is published either way; only its history entry is missing.
+            tracing::warn!(error = %e, version, "cannot record the version in the history");
+        }
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
         let planes = self.planes.wait_for(version, &waiting, deadline).await;
         Ok((version, planes))

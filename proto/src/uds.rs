@@ -45,6 +45,8 @@ pub struct BoundSocket {
     identity: (u64, u64),
     /// A stale socket file (nobody listening) was replaced.
     pub replaced_stale: bool,
+    /// Whether dropping it removes the file (not once handed over to a successor).
+    remove_on_drop: bool,
 }
 
 impl BoundSocket {
@@ -92,6 +94,7 @@ impl BoundSocket {
             path: path.to_owned(),
             identity: (meta.dev(), meta.ino()),
             replaced_stale,
+            remove_on_drop: true,
         })
     }
 
@@ -103,12 +106,36 @@ impl BoundSocket {
     pub fn take_listener(&mut self) -> Option<tokio::net::UnixListener> {
         self.listener.take()
     }
+
+    /// A socket bound by a predecessor and handed over: this value owns its file from now on
+    /// (and removes it when dropped, unless handed over again).
+    pub fn adopt(
+        listener: std::os::unix::net::UnixListener,
+        path: &Path,
+    ) -> std::io::Result<BoundSocket> {
+        use std::os::unix::fs::MetadataExt;
+        listener.set_nonblocking(true)?;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(BoundSocket {
+            listener: Some(tokio::net::UnixListener::from_std(listener)?),
+            path: path.to_owned(),
+            identity: (meta.dev(), meta.ino()),
+            replaced_stale: false,
+            remove_on_drop: true,
+        })
+    }
+
+    /// Leaves the file in place when dropped: a successor serves it now.
+    pub fn hand_over(&mut self) {
+        self.remove_on_drop = false;
+    }
 }
 
 impl Drop for BoundSocket {
     fn drop(&mut self) {
         use std::os::unix::fs::MetadataExt;
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+        if self.remove_on_drop
+            && let Ok(meta) = std::fs::symlink_metadata(&self.path)
             && (meta.dev(), meta.ino()) == self.identity
         {
             let _ = std::fs::remove_file(&self.path);

@@ -34,6 +34,8 @@ use clap::{Parser, Subcommand};
   proxyctl rollback 12                     publish version 12's config again, as a new version
   proxyctl health                          is this host's proxyd serving? (asks proxyd only)
   proxyctl shutdown --wait --timeout 2m    drain this host's proxyd and wait until it exited
+  proxyctl upgrade --binary /usr/local/bin/proxyd.new
+                                           replace this host's proxyd, refusing no connection
   proxyctl completions bash > /etc/bash_completion.d/proxyctl
 
 Exit codes:
@@ -132,6 +134,15 @@ pub enum Command {
         /// --timeout; exits 1 if it is still running then.
         #[arg(long)]
         wait: bool,
+    },
+    /// Replace this host's proxyd with a new process without refusing a connection: the new
+    /// one (this binary, or --binary) takes over the listening sockets and the config from the
+    /// running one, which drains once the new one serves. Exits 1, with the old process serving
+    /// on, when the new one fails or is not ready within --timeout.
+    Upgrade {
+        /// The proxyd binary to start (default: the running one's, as now on disk).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
     },
     /// Every site's certificate: names, source (files or acme), not-after, days left, next
     /// renewal and the last renewal error.

@@ -24,6 +24,7 @@ mod output;
 mod reload;
 mod shutdown;
 mod status;
+mod upgrade;
 
 use std::future::Future;
 use std::path::Path;
@@ -137,6 +138,7 @@ async fn run(cli: &Cli) -> Exit {
             }
         }
         Command::Shutdown { wait } => shutdown(cli, wait).await,
+        Command::Upgrade { ref binary } => upgrade(cli, binary.as_deref()).await,
         Command::History => {
             match call(cli, |mut admin| async move { admin.history().await }).await {
                 Ok(reply) => answer(
@@ -309,6 +311,27 @@ async fn shutdown(cli: &Cli, wait: bool) -> Exit {
     exit
 }
 
+/// `upgrade [--binary PATH]`: asks the running proxyd who it is, starts the successor, and
+/// waits until the admin socket answers from it, ready.
+async fn upgrade(cli: &Cli, binary: Option<&Path>) -> Exit {
+    let old = match call_data_plane(cli, |mut dp| async move { dp.status().await }).await {
+        Ok(status) => status,
+        Err(err) => return fail(&err, &cli.command),
+    };
+    match upgrade::upgrade(&cli.data_plane_socket, cli.timeout, binary, &old).await {
+        Ok(upgraded) => answer(
+            cli,
+            || &upgraded,
+            || format!("{}\n", upgrade::line(&upgraded)),
+            Exit::Ok,
+        ),
+        Err(err) => {
+            output::error(&err);
+            Exit::Failed
+        }
+    }
+}
+
 /// Prints the answer as JSON or text and ends with `exit`, the answer's own verdict (unless the
 /// JSON cannot be encoded, which our plain structs never are).
 fn answer<J: serde::Serialize>(
@@ -351,7 +374,9 @@ fn error_exit(err: &client::Error, command: &Command) -> Exit {
         return Exit::Failed;
     }
     match command {
-        Command::Status | Command::Health | Command::Shutdown { .. } if err.is_not_running() => {
+        Command::Status | Command::Health | Command::Shutdown { .. } | Command::Upgrade { .. }
+            if err.is_not_running() =>
+        {
             Exit::NotRunning
         }
         _ => Exit::Unavailable,

@@ -320,6 +320,13 @@ impl DataPlane for FakeDataPlane {
         };
         Ok(Response::new(DrainReply { deadline_ms }))
     }
+
+    async fn handover(
+        &self,
+        _: Request<proto::v1::HandoverRequest>,
+    ) -> Result<Response<proto::v1::HandoverReply>, Status> {
+        Err(Status::unimplemented("the fake hands nothing over"))
+    }
 }
 
 /// A temporary directory with room for both sockets; each fake is started on demand, so that a

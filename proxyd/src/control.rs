@@ -151,10 +151,15 @@ async fn apply(
     let version = snapshot.version;
     let before = plane.version();
     let copy = saved.map(|_| snapshot.clone());
+    // Kept as received, for a successor ([`crate::handover`]).
+    let for_handover = (version != before).then(|| snapshot.clone());
     let result = match Spec::try_from(snapshot) {
         Ok(spec) => plane.apply(spec).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
+    if let (Ok(_), Some(snapshot)) = (&result, for_handover) {
+        plane.remember(snapshot);
+    }
     if let (Ok(_), Some(saved), Some(copy)) = (&result, saved, copy)
         && version != before
     {
@@ -212,6 +217,23 @@ pub async fn apply_saved(plane: &DataPlane, saved: &SavedSnapshot) -> Option<u64
             Some(version)
         }
         _ => None,
+    }
+}
+
+/// Serves the snapshot a predecessor handed over, before controld is reached; `true` when it
+/// serves.
+pub async fn apply_handed(plane: &DataPlane, snapshot: pb::Snapshot) -> bool {
+    let version = snapshot.version;
+    match apply(plane, snapshot, None).await {
+        pb::data_plane_message::Msg::Ack(_) => {
+            tracing::info!(
+                version,
+                "serving the snapshot handed over until controld answers"
+            );
+            plane.set_from_saved(true);
+            true
+        }
+        _ => false,
     }
 }
 

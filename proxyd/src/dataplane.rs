@@ -76,6 +76,8 @@ pub struct DataPlane {
     /// Set by the first applied snapshot.
     bound: Mutex<Option<(StaticSpec, Vec<Bound>)>>,
     servers: TaskTracker,
+    /// WebSocket and other upgrade tunnels: a drain waits for them up to its deadline.
+    tunnels: TaskTracker,
     shutdown: CancellationToken,
     /// Cancelled for a fast stop: drains end at once.
     abort: CancellationToken,
@@ -85,7 +87,36 @@ pub struct DataPlane {
     /// Serving a snapshot saved by an earlier run that controld has not confirmed yet.
     from_saved: AtomicBool,
     started_at: std::time::SystemTime,
+    /// What a hand-over to a successor needs, and what one from a predecessor brought.
+    handover: Mutex<HandoverState>,
 }
+
+/// Sockets and snapshot for a hand-over ([`crate::handover`]).
+#[derive(Default)]
+struct HandoverState {
+    /// A duplicate of each listening socket (kind, name, configured address), to hand over.
+    sockets: Vec<(
+        proto::v1::HandedSocketKind,
+        String,
+        String,
+        std::os::fd::OwnedFd,
+    )>,
+    /// The snapshot serving now, as received.
+    snapshot: Option<proto::v1::Snapshot>,
+    /// Listeners a predecessor handed over, used by the first snapshot instead of binding.
+    listeners: Vec<(String, SocketAddr, std::net::TcpListener)>,
+    admin_http: Option<(SocketAddr, std::net::TcpListener)>,
+    /// Handed over to a successor: the admin socket file is its now.
+    handed_over: bool,
+}
+
+/// A socket to hand over: what it is and a duplicate of its descriptor.
+pub type HandedSocket = (
+    proto::v1::HandedSocketKind,
+    String,
+    String,
+    std::os::fd::OwnedFd,
+);
 
 /// What this data plane serves now, for its own admin socket.
 #[derive(Debug, Clone)]
@@ -121,12 +152,14 @@ impl DataPlane {
             ready: Arc::default(),
             bound: Mutex::new(None),
             servers: TaskTracker::new(),
+            tunnels: TaskTracker::new(),
             shutdown,
             abort,
             log_level_hook,
             control_connected: AtomicBool::new(false),
             from_saved: AtomicBool::new(false),
             started_at: std::time::SystemTime::now(),
+            handover: Mutex::default(),
         }
     }
 
@@ -174,6 +207,72 @@ impl DataPlane {
     /// The version serving now; 0 before the first snapshot.
     pub fn version(&self) -> u64 {
         self.runtime.load().version
+    }
+
+    fn handover(&self) -> MutexGuard<'_, HandoverState> {
+        self.handover.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Listeners a predecessor handed over: the first snapshot serves them instead of binding
+    /// (each matched by name and configured address; the others are bound as usual).
+    pub fn inherit(
+        &self,
+        listeners: Vec<(String, SocketAddr, std::net::TcpListener)>,
+        admin_http: Option<(SocketAddr, std::net::TcpListener)>,
+    ) {
+        let mut handover = self.handover();
+        handover.listeners = listeners;
+        handover.admin_http = admin_http;
+    }
+
+    /// Keeps a duplicate of a listening socket, to hand over to a successor.
+    pub fn keep_for_handover(
+        &self,
+        kind: proto::v1::HandedSocketKind,
+        name: &str,
+        address: String,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) {
+        match fd.try_clone_to_owned() {
+            Ok(fd) => self
+                .handover()
+                .sockets
+                .push((kind, name.to_owned(), address, fd)),
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "cannot keep a listener for hand-over")
+            }
+        }
+    }
+
+    /// Remembers the snapshot serving now, as received, for a successor.
+    pub fn remember(&self, snapshot: proto::v1::Snapshot) {
+        self.handover().snapshot = Some(snapshot);
+    }
+
+    /// What to hand a successor: duplicates of every listening socket, and the snapshot.
+    pub fn handover_parts(
+        &self,
+    ) -> std::io::Result<(Vec<HandedSocket>, Option<proto::v1::Snapshot>)> {
+        let handover = self.handover();
+        let sockets = handover
+            .sockets
+            .iter()
+            .map(|(kind, name, address, fd)| {
+                Ok((*kind, name.clone(), address.clone(), fd.try_clone()?))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok((sockets, handover.snapshot.clone()))
+    }
+
+    /// A successor serves now: this process drains, and leaves the admin socket file to it.
+    pub fn handed_over(&self) {
+        self.handover().handed_over = true;
+        tracing::info!("a successor serves now: draining");
+        self.drain();
+    }
+
+    pub fn is_handed_over(&self) -> bool {
+        self.handover().handed_over
     }
 
     fn bound(&self) -> MutexGuard<'_, Option<(StaticSpec, Vec<Bound>)>> {
@@ -226,6 +325,7 @@ impl DataPlane {
             self.metrics.clone(),
             tls.is_some(),
             statics.limits,
+            self.tunnels.clone(),
         ));
         // One set of connection caps for every listener.
         let gate = Arc::new(crate::server::Gate::new(
@@ -278,31 +378,92 @@ impl DataPlane {
             admin: None,
             tls,
         };
+        use proto::v1::HandedSocketKind;
+        use std::os::fd::AsFd;
+        let (mut inherited, mut inherited_admin) = {
+            let mut handover = self.handover();
+            (
+                std::mem::take(&mut handover.listeners),
+                handover.admin_http.take(),
+            )
+        };
         let mut addresses = Vec::new();
+        let mut kept = Vec::new();
         for ListenerSpec { name, address, tls } in &statics.listeners {
-            let (listener, local) = bind(name, *address)?;
+            let handed = inherited
+                .iter()
+                .position(|(n, a, _)| n == name && a == address)
+                .map(|i| inherited.swap_remove(i).2);
+            let (listener, local) = match handed {
+                Some(listener) => adopt(name, *address, listener)?,
+                None => bind(name, *address)?,
+            };
             addresses.push(Bound {
                 name: name.clone(),
                 address: local,
             });
+            kept.push((
+                HandedSocketKind::Listener,
+                name.clone(),
+                *address,
+                listener.as_fd().try_clone_to_owned(),
+            ));
             sockets.listeners.push((name.clone(), listener, *tls));
         }
         if let Some(address) = statics.admin_address {
-            let (listener, local) = bind(ADMIN_LISTENER_NAME, address)?;
+            let handed = inherited_admin
+                .take()
+                .filter(|(a, _)| *a == address)
+                .map(|(_, l)| l);
+            let (listener, local) = match handed {
+                Some(listener) => adopt(ADMIN_LISTENER_NAME, address, listener)?,
+                None => bind(ADMIN_LISTENER_NAME, address)?,
+            };
             addresses.push(Bound {
                 name: ADMIN_LISTENER_NAME.to_owned(),
                 address: local,
             });
+            kept.push((
+                HandedSocketKind::AdminHttp,
+                ADMIN_LISTENER_NAME.to_owned(),
+                address,
+                listener.as_fd().try_clone_to_owned(),
+            ));
             sockets.admin = Some(listener);
+        }
+        // Handed-over sockets this config does not listen on close here.
+        for (name, address, _) in inherited {
+            tracing::warn!(listener = %name, %address, "closing a handed-over listener the config no longer has");
+        }
+        let mut handover = self.handover();
+        for (kind, name, address, fd) in kept {
+            match fd {
+                Ok(fd) => handover.sockets.push((kind, name, address.to_string(), fd)),
+                Err(e) => {
+                    tracing::warn!(listener = %name, error = %e, "cannot keep a listener for hand-over")
+                }
+            }
         }
         *bound = Some((statics.clone(), addresses));
         Ok(Some(sockets))
     }
 
-    /// Waits until every listener has drained (after `shutdown` was cancelled).
+    /// Waits until every listener has drained (after `shutdown` was cancelled), and every
+    /// open tunnel has closed, both up to the drain deadline (a fast stop cuts it short).
     pub async fn drained(&self) {
+        let deadline = self.bound().as_ref().map(|(s, _)| s.shutdown_timeout);
         self.servers.close();
-        self.servers.wait().await;
+        self.tunnels.close();
+        let tunnels = async {
+            let Some(deadline) = deadline else { return };
+            tokio::select! {
+                waited = tokio::time::timeout(deadline, self.tunnels.wait()) => if waited.is_err() {
+                    tracing::warn!(open = self.tunnels.len(), timeout = ?deadline, "drain deadline passed; closing the open tunnels");
+                },
+                () = self.abort.cancelled() => {}
+            }
+        };
+        tokio::join!(self.servers.wait(), tunnels);
     }
 }
 
@@ -321,6 +482,24 @@ fn bind(
     let local = listener.local_addr().map_err(bind_err)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_err)?;
     tracing::info!(listener = %name, address = %local, "listening");
+    Ok((listener, local))
+}
+
+/// Serves a listener a predecessor handed over.
+fn adopt(
+    name: &str,
+    address: SocketAddr,
+    listener: std::net::TcpListener,
+) -> Result<(tokio::net::TcpListener, SocketAddr), ApplyError> {
+    let adopt_err = |source| ApplyError::Bind {
+        name: name.to_owned(),
+        address,
+        source,
+    };
+    listener.set_nonblocking(true).map_err(adopt_err)?;
+    let local = listener.local_addr().map_err(adopt_err)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(adopt_err)?;
+    tracing::info!(listener = %name, address = %local, "listening (handed over)");
     Ok((listener, local))
 }
 

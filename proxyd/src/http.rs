@@ -87,6 +87,9 @@ pub struct Proxy {
     https_listener: bool,
     /// The body and tunnel deadlines (static).
     limits: ConnectionLimits,
+    /// Open tunnels: a drain waits for them up to its deadline (the connections that carried
+    /// them are gone from the listeners' count once upgraded).
+    tunnels: tokio_util::task::TaskTracker,
 }
 
 impl Proxy {
@@ -95,12 +98,14 @@ impl Proxy {
         metrics: Arc<Metrics>,
         https_listener: bool,
         limits: ConnectionLimits,
+        tunnels: tokio_util::task::TaskTracker,
     ) -> Proxy {
         Proxy {
             runtime,
             metrics,
             https_listener,
             limits,
+            tunnels,
         }
     }
 
@@ -449,7 +454,7 @@ impl Proxy {
             .flatten();
         if let (Some(client_side), Some(_)) = (client_side, &switched_to) {
             let upstream_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel::run(
+            self.tunnels.spawn(tunnel::run(
                 client_side,
                 upstream_side,
                 upstream_name.to_owned(),

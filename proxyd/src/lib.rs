@@ -6,6 +6,7 @@ mod admin;
 mod control;
 pub mod convert;
 mod dataplane;
+mod handover;
 mod http;
 mod limits;
 mod local;
@@ -14,6 +15,7 @@ mod notify;
 mod runtime;
 mod saved;
 mod server;
+mod takeover;
 mod tls;
 mod upstreams;
 
@@ -42,8 +44,14 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// Cancel it together with `shutdown` for a fast stop: in-flight requests are not waited for.
     pub fast_stop: CancellationToken,
-    /// proxyd's own admin socket (Status, Drain); `None`: none.
+    /// proxyd's own admin socket (Status, Drain, Handover); `None`: none.
     pub admin_socket: Option<PathBuf>,
+    /// Take over the listening sockets and snapshot of the proxyd serving `admin_socket`
+    /// ([`handover`]); if that fails, bind as usual.
+    pub takeover: bool,
+    /// Set when a hand-over was received but its snapshot could not be served: this process
+    /// stops, the predecessor serves on.
+    pub failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Options {
@@ -58,13 +66,33 @@ impl Options {
             state_dir: None,
             fast_stop: CancellationToken::new(),
             admin_socket: None,
+            takeover: false,
+            failed: Arc::default(),
         }
     }
 }
 
 /// Runs the data plane until `shutdown`, then stops accepting, drains in-flight requests up to
 /// the snapshot's `shutdown_timeout` and returns.
-pub async fn run(options: Options, shutdown: CancellationToken) {
+pub async fn run(mut options: Options, shutdown: CancellationToken) {
+    let inherited = match (&options.admin_socket, options.takeover) {
+        (Some(path), true) => match takeover::receive(path, &options.identity).await {
+            Ok(inherited) => Some(inherited),
+            Err(e) => {
+                tracing::warn!(error = %e, "taking over from the running proxyd failed; binding instead");
+                None
+            }
+        },
+        (None, true) => {
+            tracing::warn!("--takeover needs the admin socket; binding instead");
+            None
+        }
+        _ => None,
+    };
+    if let Some(inherited) = &inherited {
+        // The same data plane, continued: controld keeps one entry per node.
+        options.identity.node_id = inherited.node_id.clone();
+    }
     let plane = Arc::new(dataplane::DataPlane::new(
         shutdown.clone(),
         options.fast_stop.clone(),
@@ -82,14 +110,55 @@ pub async fn run(options: Options, shutdown: CancellationToken) {
             None
         }
     });
+    let (mut inherited, admin_socket) = match inherited {
+        Some(mut i) => {
+            let admin = i
+                .admin_socket
+                .take()
+                .filter(|(p, _)| Some(p.as_path()) == options.admin_socket.as_deref())
+                .map(|(_, l)| l);
+            plane.inherit(std::mem::take(&mut i.listeners), i.admin_http.take());
+            (Some(i), admin)
+        }
+        None => (None, None),
+    };
     // Bound before controld is tried: status and drain must work while it is down.
     let admin = options.admin_socket.as_deref().and_then(|path| {
-        local::start(path, plane.clone(), options.identity.clone(), shutdown.clone())
-            .inspect_err(|e| tracing::error!(socket = %path.display(), error = %e, "cannot bind the admin socket"))
-            .ok()
+        local::start(
+            path,
+            plane.clone(),
+            options.identity.clone(),
+            shutdown.clone(),
+            admin_socket,
+        )
+        .inspect_err(|e| tracing::error!(socket = %path.display(), error = %e, "cannot bind the admin socket"))
+        .ok()
     });
-    if let Some(saved) = &saved {
-        control::apply_saved(&plane, saved).await;
+    let handed = inherited.as_mut().and_then(|i| i.snapshot.take());
+    match (inherited, handed) {
+        (Some(inherited), Some(snapshot)) => {
+            if control::apply_handed(&plane, snapshot).await {
+                takeover::serving(inherited).await;
+            } else {
+                // Dropping `inherited` tells the predecessor to serve on.
+                tracing::error!(
+                    "cannot serve the snapshot handed over; the running proxyd serves on"
+                );
+                options
+                    .failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                shutdown.cancel();
+            }
+        }
+        (Some(inherited), None) => {
+            // A predecessor that had no snapshot yet: this one waits for controld like it.
+            takeover::serving(inherited).await;
+        }
+        _ => {
+            if let Some(saved) = &saved {
+                control::apply_saved(&plane, saved).await;
+            }
+        }
     }
     control::run(
         options.control_socket,

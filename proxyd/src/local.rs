@@ -3,6 +3,7 @@
 //! socket it is 0660 and bound without a loose-permission window; Drain is allowed only to root
 //! and proxyd's own user (peer credentials).
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +21,8 @@ struct Service {
     plane: Arc<DataPlane>,
     identity: Identity,
     own_uid: Option<u32>,
+    /// The admin socket's path.
+    path: std::path::PathBuf,
 }
 
 #[tonic::async_trait]
@@ -92,6 +95,90 @@ impl pb::data_plane_server::DataPlane for Service {
         self.plane.drain();
         Ok(Response::new(pb::DrainReply { deadline_ms }))
     }
+
+    async fn handover(
+        &self,
+        request: Request<pb::HandoverRequest>,
+    ) -> Result<Response<pb::HandoverReply>, Status> {
+        let cred = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred);
+        let uid = cred.map(|c| c.uid());
+        let allowed = uid.is_some_and(|u| u == 0 || Some(u) == self.own_uid);
+        tracing::info!(target: "audit", call = "Handover", uid, pid = cred.and_then(|c| c.pid()),
+            outcome = if allowed { "handing over" } else { "denied" });
+        if !allowed {
+            return Err(Status::permission_denied(format!(
+                "Handover is not allowed for uid {}: only root and proxyd's own user may take over",
+                uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+            )));
+        }
+        let request = request.into_inner();
+        let inbox = std::path::PathBuf::from(&request.socket_path);
+        // Only to a socket next to this admin socket (where only proxyd's user may create one).
+        if inbox.parent() != self.path.parent() || request.socket_path.is_empty() {
+            return Err(Status::invalid_argument(
+                "socket_path must be in the admin socket's directory",
+            ));
+        }
+        if self.plane.report().draining {
+            return Err(Status::failed_precondition(
+                "draining: nothing to hand over",
+            ));
+        }
+        let (mut sockets, snapshot) = self
+            .plane
+            .handover_parts()
+            .map_err(|e| Status::internal(format!("duplicating the listeners: {e}")))?;
+        // The successor logs where this process does.
+        if let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() {
+            sockets.push((
+                pb::HandedSocketKind::Log,
+                "stderr".into(),
+                String::new(),
+                stderr,
+            ));
+        }
+        let version = snapshot.as_ref().map_or(0, |s| s.version);
+        let node_id = self.identity.node_id.clone();
+        let sent = tokio::task::spawn_blocking(move || {
+            let handed: Vec<crate::handover::Handed<'_>> = sockets
+                .iter()
+                .map(|(kind, name, address, fd)| crate::handover::Handed {
+                    kind: *kind,
+                    name: name.clone(),
+                    address: address.clone(),
+                    fd: std::os::fd::AsFd::as_fd(fd),
+                })
+                .collect();
+            crate::handover::send(&inbox, &handed, snapshot, &node_id)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| {
+            Status::unavailable(format!("handing over to {}: {e}", request.socket_path))
+        })?;
+        tracing::info!(successor = request.pid, build = %request.build_version, version,
+            "listeners and snapshot handed over; serving until the successor does");
+        let plane = self.plane.clone();
+        tokio::spawn(async move {
+            let ready = tokio::task::spawn_blocking(move || crate::handover::wait_ready(sent))
+                .await
+                .unwrap_or(false);
+            if ready {
+                plane.handed_over();
+            } else {
+                tracing::warn!("the successor did not take over; serving on");
+            }
+        });
+        Ok(Response::new(pb::HandoverReply {
+            pid: self.identity.pid,
+            build_version: proto::BUILD_VERSION.to_owned(),
+            version,
+            node_id: self.identity.node_id.clone(),
+        }))
+    }
 }
 
 /// Binds `path` and serves until `shutdown`; the socket file is removed then.
@@ -100,18 +187,37 @@ pub fn start(
     plane: Arc<DataPlane>,
     identity: Identity,
     shutdown: CancellationToken,
+    inherited: Option<std::os::unix::net::UnixListener>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let mut socket = proto::uds::BoundSocket::bind(path)?;
-    if socket.replaced_stale {
-        tracing::warn!(socket = %path.display(), "replaced a stale admin socket left by a previous run");
-    }
-    tracing::info!(socket = %path.display(), "admin socket bound");
+    let mut socket = match inherited {
+        Some(listener) => {
+            tracing::info!(socket = %path.display(), "admin socket handed over");
+            proto::uds::BoundSocket::adopt(listener, path)?
+        }
+        None => {
+            let socket = proto::uds::BoundSocket::bind(path)?;
+            if socket.replaced_stale {
+                tracing::warn!(socket = %path.display(), "replaced a stale admin socket left by a previous run");
+            }
+            tracing::info!(socket = %path.display(), "admin socket bound");
+            socket
+        }
+    };
     let listener = socket.take_listener();
+    if let Some(listener) = &listener {
+        plane.keep_for_handover(
+            pb::HandedSocketKind::AdminSocket,
+            "admin-socket",
+            path.display().to_string(),
+            std::os::fd::AsFd::as_fd(listener),
+        );
+    }
     let own_uid = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
     let service = Service {
-        plane,
+        plane: plane.clone(),
         identity,
         own_uid,
+        path: path.to_owned(),
     };
     Ok(tokio::spawn(async move {
         let Some(listener) = listener else { return };
@@ -128,6 +234,10 @@ pub fn start(
             .await;
         if let Err(e) = served {
             tracing::warn!(error = %e, "admin socket stopped");
+        }
+        if plane.is_handed_over() {
+            // The successor serves this socket now: its file stays.
+            socket.hand_over();
         }
         drop(socket);
     }))

@@ -17,7 +17,8 @@ use tracing_subscriber::{EnvFilter, reload};
   proxyd --control-socket /run/controld/control.sock --state-dir /var/lib/proxyd
 
 Signals: SIGTERM drains (up to proxy.shutdown_timeout), SIGINT stops at once, SIGHUP is ignored.
-Exit codes: 0 stopped; 2 usage error."
+Exit codes: 0 stopped; 1 a hand-over was received but could not be served (--takeover); 2 usage
+error."
 )]
 struct Cli {
     /// controld's Unix socket.
@@ -41,6 +42,11 @@ struct Cli {
     /// process may run on (its affinity mask, so `taskset` and systemd's CPUAffinity count).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
+    /// Take over from the proxyd running on --admin-socket: its listening sockets (no
+    /// connection is refused meanwhile) and the snapshot it serves; it drains once this one
+    /// serves. If that fails, bind as usual. `proxyctl upgrade` starts proxyd this way.
+    #[arg(long)]
+    takeover: bool,
 }
 
 fn main() -> ExitCode {
@@ -64,12 +70,17 @@ fn main() -> ExitCode {
     options.log_level_hook = Some(log_level_hook);
     options.state_dir = cli.state_dir;
     options.admin_socket = (!cli.admin_socket.is_empty()).then(|| PathBuf::from(cli.admin_socket));
+    options.takeover = cli.takeover;
+    let failed = options.failed.clone();
     let fast_stop = options.fast_stop.clone();
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone(), fast_stop));
         proxyd::run(options, shutdown).await;
     });
+    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 

@@ -21,6 +21,12 @@ pub fn refused(version: u64, serving: u64) {
     send(&[NotifyState::Status(&status)]);
 }
 
+/// This process took over from a predecessor: systemd follows it as the service's main process
+/// (the unit needs `NotifyAccess=all`, since systemd only heard from the predecessor so far).
+pub fn main_pid() {
+    send(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
+}
+
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
 }

@@ -9,6 +9,7 @@
 )]
 
 pub mod backend;
+mod client;
 pub mod grpc_raw;
 pub mod h2raw;
 pub mod pebble;
@@ -23,13 +24,12 @@ use std::process::Output;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty};
 use proto::v1 as pb;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+pub use client::{Answer, Conn, get, get_request};
 pub use upstream::MockUpstream;
 
 /// How long any wait in a test may take before the test fails.
@@ -449,71 +449,6 @@ pub fn output_text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-/// One HTTP/1.1 client connection, kept alive across requests.
-pub struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<TestBody>,
-}
-
-/// A response with its body read.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: http::StatusCode,
-    pub headers: http::HeaderMap,
-    pub body: String,
-}
-
-impl Conn {
-    pub async fn open(addr: SocketAddr) -> Conn {
-        Conn::over(TcpStream::connect(addr).await.unwrap()).await
-    }
-
-    /// HTTP/1.1 over an open stream (a TLS one, say).
-    pub async fn over<S>(stream: S) -> Conn
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        Conn { sender }
-    }
-
-    pub async fn send(&mut self, request: Request<TestBody>) -> Answer {
-        self.sender.ready().await.expect("connection still open");
-        let response: Response<hyper::body::Incoming> =
-            self.sender.send_request(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
-
-    pub async fn get(&mut self, host: &str, path: &str) -> Answer {
-        self.send(get_request(host, path)).await
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
-    }
-}
-
-pub fn get_request(host: &str, path: &str) -> Request<TestBody> {
-    Request::get(path)
-        .header(http::header::HOST, host)
-        .body(Empty::new().boxed())
-        .unwrap()
-}
-
-/// GET on a fresh connection.
-pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Answer {
-    Conn::open(addr).await.get(host, path).await
 }
 
 /// A daemon running as a real process; killed if the test ends without stopping it.

@@ -225,4 +225,43 @@ mod tests {
             StatusCode::PAYLOAD_TOO_LARGE
         );
     }
+
+    #[test]
+    fn grpc_callers_get_the_matching_grpc_status_with_http_200() {
+        let id = HeaderValue::from_static("test-id");
+        let cases = [
+            (ProxyError::NoRoute, "12"),
+            (
+                ProxyError::RateLimited {
+                    retry_after: Duration::from_millis(1),
+                },
+                "8",
+            ),
+            (ProxyError::PayloadTooLarge { limit: 1 }, "8"),
+            (
+                ProxyError::UpstreamTimeout {
+                    upstream: "u".into(),
+                    timeout: Duration::from_secs(1),
+                },
+                "4",
+            ),
+            (ProxyError::NoHealthyUpstream, "14"),
+            (
+                ProxyError::UpstreamUnreachable {
+                    upstream: "u".into(),
+                    reason: "refused".into(),
+                },
+                "14",
+            ),
+            (ProxyError::BadRequest("x"), "13"),
+        ];
+        for (error, code) in cases {
+            let response = error.into_grpc_response(&id);
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["content-type"], "application/grpc");
+            assert_eq!(response.headers()["grpc-status"], code);
+            let message = response.headers()["grpc-message"].to_str().unwrap();
+            assert!(message.contains("test-id"), "{message}");
+        }
+    }
 }

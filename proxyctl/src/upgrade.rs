@@ -1,0 +1,166 @@
+//! `proxyctl upgrade [--binary PATH]`: replaces this host's proxyd with a new process (a new
+//! binary, or the same one started afresh) without refusing a connection.
+//!
+//! proxyctl starts the successor with the running proxyd's own command line plus `--takeover`;
+//! the successor takes the listening sockets and the snapshot over the admin socket, serves them,
+//! and only then does the old process stop accepting and drain. proxyctl waits until the admin
+//! socket answers from the new pid, ready; if the successor exits first, or is not ready within
+//! `--timeout`, it is stopped and the old process serves on, untouched.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proto::v1::DataPlaneStatusReply;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::client::DataPlane;
+
+/// How often the admin socket is asked who serves.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What an upgrade did.
+#[derive(Debug, Serialize)]
+pub struct Upgraded {
+    pub node_id: String,
+    pub old_pid: u32,
+    pub old_build: String,
+    pub new_pid: u32,
+    pub new_build: String,
+    /// The config version the new process serves.
+    pub version: u64,
+    pub binary: String,
+}
+
+/// Why an upgrade did not happen (the old process serves on in every case).
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("reading the running proxyd's command line (pid {pid}): {source}")]
+    CommandLine { pid: u32, source: std::io::Error },
+    #[error("starting {binary}: {source}")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("the new proxyd (pid {pid}) exited with {status} before serving; pid {old} serves on")]
+    Exited {
+        pid: u32,
+        status: std::process::ExitStatus,
+        old: u32,
+    },
+    #[error(
+        "the new proxyd (pid {pid}) did not serve within {timeout:?}; stopped it; pid {old} serves on"
+    )]
+    Timeout {
+        pid: u32,
+        timeout: Duration,
+        old: u32,
+    },
+}
+
+/// The running proxyd's binary and arguments, from /proc: the arguments it was started with,
+/// without `--takeover`, and its binary (the file now at its path, when it was replaced).
+pub fn command_line(pid: u32) -> std::io::Result<(PathBuf, Vec<OsString>)> {
+    use std::os::unix::ffi::OsStrExt;
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+    let mut parts = raw
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| OsString::from(std::ffi::OsStr::from_bytes(p)));
+    let argv0 = parts.next().unwrap_or_default();
+    let args = parts.filter(|a| a != "--takeover").collect();
+    let exe =
+        std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_else(|_| PathBuf::from(&argv0));
+    // A binary replaced on disk (the usual upgrade) shows as "<path> (deleted)".
+    let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    };
+    Ok((exe, args))
+}
+
+/// Starts the successor and waits until it serves on `socket`.
+pub async fn upgrade(
+    socket: &Path,
+    timeout: Duration,
+    binary: Option<&Path>,
+    old: &DataPlaneStatusReply,
+) -> Result<Upgraded, UpgradeError> {
+    let (exe, mut args) = command_line(old.pid).map_err(|source| UpgradeError::CommandLine {
+        pid: old.pid,
+        source,
+    })?;
+    let exe = binary.map_or(exe, Path::to_path_buf);
+    args.push("--takeover".into());
+    let mut command = std::process::Command::new(&exe);
+    // Not proxyctl's output: a script reading it would wait for the new proxyd to exit. The new
+    // proxyd logs where the old one does (its stderr is handed over with the sockets).
+    command
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // Its own process group: a Ctrl-C meant for proxyctl must not reach the new proxyd.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command.spawn().map_err(|source| UpgradeError::Spawn {
+        binary: exe.display().to_string(),
+        source,
+    })?;
+    let pid = child.id();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(UpgradeError::Exited {
+                pid,
+                status,
+                old: old.pid,
+            });
+        }
+        if let Ok(Ok(now)) = tokio::time::timeout(POLL_INTERVAL * 4, async {
+            DataPlane::connect(socket, POLL_INTERVAL * 4)
+                .await?
+                .status()
+                .await
+        })
+        .await
+            && now.pid == pid
+            && now.ready
+        {
+            return Ok(Upgraded {
+                node_id: now.node_id,
+                old_pid: old.pid,
+                old_build: old.build_version.clone(),
+                new_pid: pid,
+                new_build: now.build_version,
+                version: now.applied_version,
+                binary: exe.display().to_string(),
+            });
+        }
+        if Instant::now() >= deadline {
+            // Not handed the sockets' "serving" yet, so the old process never stopped.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(UpgradeError::Timeout {
+                pid,
+                timeout,
+                old: old.pid,
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// `upgraded: proxyd edge-1 pid 100 (0.1.0) -> pid 200 (0.1.1), serving version 12`.
+pub fn line(u: &Upgraded) -> String {
+    format!(
+        "upgraded: proxyd {} pid {} ({}) -> pid {} ({}), serving version {}; pid {} drains",
+        crate::output::one_line(&u.node_id),
+        u.old_pid,
+        u.old_build,
+        u.new_pid,
+        u.new_build,
+        u.version,
+        u.old_pid
+    )
+}

@@ -1,0 +1,355 @@
+//! Zero-downtime upgrades (issue 13): `proxyctl upgrade` replaces proxyd, a real process, with a
+//! new one that takes its listening sockets and snapshot, while clients keep connecting and
+//! requesting; none is refused and none fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use proxy_tests::{
+    Conn, MockUpstream, Process, TestEnv, binary, eventually, listener_address, output_text,
+};
+
+fn site(upstream: &str) -> String {
+    format!("[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{upstream}\"]\n")
+}
+
+/// Kills the proxyd processes `proxyctl upgrade` started (they are not this test's children)
+/// should the test end early.
+struct Reaper(Vec<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            if alive(*pid) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// Writes `text` into a tunnel to the echoing upstream and reads it back.
+async fn echo(tunnel: &mut tokio::net::TcpStream, text: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tunnel.write_all(text).await.ok()?;
+    let mut back = vec![0u8; text.len()];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tunnel.read_exact(&mut back),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(back)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_under_load_refuse_no_connection_and_fail_no_request() {
+    let upstream = MockUpstream::start("a").await;
+    let env = TestEnv::paths_only();
+    env.write_config(&site(&upstream.url()));
+    let config = env.config_path.to_str().unwrap().to_owned();
+    let socket = env.socket.to_str().unwrap().to_owned();
+    let admin = env.proxyd_socket();
+    let _controld = Process::start("controld", &["--config", &config]);
+    let mut first = Process::start(
+        "proxyd",
+        &[
+            "--control-socket",
+            &socket,
+            "--node-id",
+            "edge-1",
+            "--admin-socket",
+            admin.to_str().unwrap(),
+            "--log-format",
+            "text",
+        ],
+    );
+    let status = env.wait_for_applied(1).await;
+    let http = listener_address(&status, "http");
+    let mut reaper = Reaper(Vec::new());
+    let baseline_fds = open_fds(first.pid());
+
+    // Steady load: new connections, and requests on kept-alive ones, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for worker in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                // A fresh connection each time: a refused connect is a failure.
+                let Ok(tcp) = tokio::net::TcpStream::connect(http).await else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let mut conn = Conn::over(tcp).await;
+                let requests = if worker % 2 == 0 { 1 } else { 5 };
+                for _ in 0..requests {
+                    match conn.try_get("app.example", "/").await {
+                        Some(200) => ok.fetch_add(1, Ordering::Relaxed),
+                        // The old process closed this kept-alive connection while draining
+                        // between two requests (Connection: close on the last answer): the
+                        // client opens a new one, as clients do.
+                        None if conn.is_closed() => break,
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            }
+        }));
+    }
+
+    // And HTTP/2 (h2c): one connection carrying request after request, reopened when the old
+    // process sends it away (GOAWAY: the requests it did not take are safe to send again, as
+    // every HTTP/2 client does).
+    for _ in 0..2 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(tcp) = tokio::net::TcpStream::connect(http).await else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let Ok((mut sender, connection)) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(tcp),
+                )
+                .await
+                else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                tokio::spawn(connection);
+                while !stop.load(Ordering::Relaxed) {
+                    let request = http::Request::get("http://app.example/")
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    match sender.send_request(request).await {
+                        Ok(response) if response.status() == 200 => {
+                            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if e.is_canceled() || e.is_closed() || sender.is_closed() => break,
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    let mut serving = first.pid();
+    for round in 0..10 {
+        let before = ok.load(Ordering::Relaxed);
+        let out = env
+            .proxyctl(&[
+                "--json",
+                "--data-plane-socket",
+                admin.to_str().unwrap(),
+                "upgrade",
+                "--binary",
+                binary("proxyd").to_str().unwrap(),
+            ])
+            .await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}: {}",
+            output_text(&out)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["old_pid"], serving);
+        let next = u32::try_from(answer["new_pid"].as_u64().unwrap()).unwrap();
+        reaper.0.push(next);
+        assert_eq!(answer["node_id"], "edge-1");
+        // The old process drains and exits; the load goes on meanwhile.
+        let old = serving;
+        eventually("the old proxyd to exit", || async {
+            (!alive(old)).then_some(())
+        })
+        .await;
+        serving = next;
+        eventually("requests served by the new proxyd", || async {
+            (ok.load(Ordering::Relaxed) > before + 20).then_some(())
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{} requests succeeded",
+        ok.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        first.exit_code().await,
+        Some(0),
+        "the first proxyd drained and exited 0"
+    );
+
+    // controld sees one data plane for the node, the last one, serving the same version.
+    let status = eventually("one data plane for edge-1", || async {
+        let status = env.status().await;
+        let planes: Vec<_> = status
+            .data_planes
+            .iter()
+            .filter(|p| p.node_id == "edge-1")
+            .collect();
+        (planes.len() == 1 && planes[0].pid == serving).then_some(status)
+    })
+    .await;
+    assert_eq!(status.data_planes[0].applied_version, 1);
+    // The descriptors held are back to what the first process held.
+    eventually("descriptors back to the baseline", || async {
+        (open_fds(serving) <= baseline_fds + 2).then_some(())
+    })
+    .await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &serving.to_string()])
+        .status();
+    eventually("the last proxyd to exit", || async {
+        (!alive(serving)).then_some(())
+    })
+    .await;
+    assert!(!admin.exists(), "the last proxyd removes the admin socket");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_successor_that_fails_leaves_the_old_proxyd_serving() {
+    let upstream = MockUpstream::start("a").await;
+    let env = TestEnv::paths_only();
+    env.write_config(&site(&upstream.url()));
+    let config = env.config_path.to_str().unwrap().to_owned();
+    let socket = env.socket.to_str().unwrap().to_owned();
+    let admin = env.proxyd_socket();
+    let _controld = Process::start("controld", &["--config", &config]);
+    let mut proxyd = Process::start(
+        "proxyd",
+        &[
+            "--control-socket",
+            &socket,
+            "--admin-socket",
+            admin.to_str().unwrap(),
+        ],
+    );
+    let status = env.wait_for_applied(1).await;
+    let http = listener_address(&status, "http");
+
+    // Not a proxyd: it exits at once.
+    let out = env
+        .proxyctl(&[
+            "--data-plane-socket",
+            admin.to_str().unwrap(),
+            "upgrade",
+            "--binary",
+            "/bin/false",
+        ])
+        .await;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("exited") && text.contains("serves on"),
+        "{text}"
+    );
+    assert_eq!(proxy_tests::get(http, "app.example", "/").await.status, 200);
+    let out = env
+        .proxyctl(&["--data-plane-socket", admin.to_str().unwrap(), "health"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    proxyd.signal("TERM").await;
+    assert_eq!(proxyd.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_of_the_old_proxyd_lives_on_until_its_drain_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = MockUpstream::start("a").await;
+    let env = TestEnv::paths_only();
+    env.write_config(&site(&upstream.url()));
+    let config = env.config_path.to_str().unwrap().to_owned();
+    let socket = env.socket.to_str().unwrap().to_owned();
+    let admin = env.proxyd_socket();
+    let _controld = Process::start("controld", &["--config", &config]);
+    let mut first = Process::start(
+        "proxyd",
+        &[
+            "--control-socket",
+            &socket,
+            "--admin-socket",
+            admin.to_str().unwrap(),
+        ],
+    );
+    let status = env.wait_for_applied(1).await;
+    let http = listener_address(&status, "http");
+    let mut reaper = Reaper(Vec::new());
+
+    let mut tunnel = tokio::net::TcpStream::connect(http).await.unwrap();
+    tunnel
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: app.example\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = tunnel.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    assert_eq!(echo(&mut tunnel, b"before").await.unwrap(), b"before");
+
+    let started = std::time::Instant::now();
+    let out = env
+        .proxyctl(&[
+            "--json",
+            "--data-plane-socket",
+            admin.to_str().unwrap(),
+            "upgrade",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let next = u32::try_from(answer["new_pid"].as_u64().unwrap()).unwrap();
+    reaper.0.push(next);
+    // The old process drains but its tunnel goes on...
+    assert_eq!(echo(&mut tunnel, b"during").await.unwrap(), b"during");
+    assert_eq!(proxy_tests::get(http, "app.example", "/").await.status, 200);
+    // ...until its drain deadline (2 s, `proxy.shutdown_timeout`), when the old process exits.
+    assert_eq!(first.exit_code().await, Some(0));
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1500),
+        "the old proxyd waited for its tunnel: {:?}",
+        started.elapsed()
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tunnel.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "the tunnel closed with the old process");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &next.to_string()])
+        .status();
+    eventually("the new proxyd to exit", || async {
+        (!alive(next)).then_some(())
+    })
+    .await;
+}
