@@ -36,7 +36,7 @@ pub struct Upgraded {
 /// Why an upgrade did not happen (the old process serves on in every case).
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
-    #[error("reading the running proxyd's command line (pid {pid}): {source}")]
+    #[error("reading the running proxyd's command line and environment (pid {pid}): {source}")]
     CommandLine { pid: u32, source: std::io::Error },
     #[error("starting {binary}: {source}")]
     Spawn {
@@ -57,6 +57,23 @@ pub enum UpgradeError {
         timeout: Duration,
         old: u32,
     },
+}
+
+/// The running proxyd's environment, from /proc: the successor runs with the same one (under
+/// systemd that carries `NOTIFY_SOCKET`, so the successor can tell systemd it took over).
+fn environment(pid: u32) -> std::io::Result<Vec<(OsString, OsString)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let raw = std::fs::read(format!("/proc/{pid}/environ"))?;
+    Ok(raw
+        .split(|b| *b == 0)
+        .filter_map(|entry| {
+            let eq = entry.iter().position(|b| *b == b'=')?;
+            Some((
+                std::ffi::OsStr::from_bytes(&entry[..eq]).to_owned(),
+                std::ffi::OsStr::from_bytes(&entry[eq + 1..]).to_owned(),
+            ))
+        })
+        .collect())
 }
 
 /// The running proxyd's binary and arguments, from /proc: the arguments it was started with,
@@ -92,8 +109,13 @@ pub async fn upgrade(
         source,
     })?;
     let exe = binary.map_or(exe, Path::to_path_buf);
+    let environment = environment(old.pid).map_err(|source| UpgradeError::CommandLine {
+        pid: old.pid,
+        source,
+    })?;
     args.push("--takeover".into());
     let mut command = std::process::Command::new(&exe);
+    command.env_clear().envs(environment);
     // Not proxyctl's output: a script reading it would wait for the new proxyd to exit. The new
     // proxyd logs where the old one does (its stderr is handed over with the sockets).
     command

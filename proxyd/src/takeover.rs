@@ -52,14 +52,13 @@ pub async fn receive(admin: &Path, identity: &Identity) -> Result<Inherited, Han
     Ok(inherited)
 }
 
-/// Tells the predecessor this process serves (it drains), and systemd that this is the main
-/// process now.
+/// Tells systemd that this is the main process now, then the predecessor that this process
+/// serves (it drains and exits). In that order: systemd must not see its main process exit
+/// before it knows the new one.
 pub async fn serving(inherited: Inherited) {
+    crate::notify::main_pid();
     match tokio::task::spawn_blocking(move || inherited.serving()).await {
-        Ok(Ok(())) => {
-            tracing::info!("serving; the previous proxyd drains");
-            crate::notify::main_pid();
-        }
+        Ok(Ok(())) => tracing::info!("serving; the previous proxyd drains"),
         Ok(Err(e)) => tracing::warn!(error = %e, "could not tell the previous proxyd to drain"),
         Err(e) => tracing::warn!(error = %e, "could not tell the previous proxyd to drain"),
     }
