@@ -302,12 +302,14 @@ fn limit_fields(c: &Config) -> Vec<(&'static str, String)> {
             c.dynamic.escaped_slashes.as_str().to_owned(),
         ),
         ("upstream_limits", c.dynamic.upstream_limits.to_string()),
+        // Applied live by proxyd: added listeners are bound, removed ones drain.
+        ("proxy.listeners", listener_list(&c.statics)),
     ]
 }
 
-fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
-    let listeners = s
-        .proxy
+/// `http=0.0.0.0:80, https=0.0.0.0:443 (tls)`.
+fn listener_list(s: &StaticConfig) -> String {
+    s.proxy
         .listeners
         .iter()
         .map(|l| {
@@ -319,7 +321,10 @@ fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
             )
         })
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(", ")
+}
+
+fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
     let acme = s.acme.as_ref();
     let none = || "none".to_owned();
     vec![
@@ -344,7 +349,6 @@ fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
             "proxy.admin_address",
             s.proxy.admin_address.map_or_else(none, |a| a.to_string()),
         ),
-        ("proxy.listeners", listeners),
         (
             "proxy.max_request_headers",
             s.proxy.max_request_headers.to_string(),

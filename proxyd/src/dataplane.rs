@@ -12,12 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminState;
-use crate::convert::{ADMIN_LISTENER_NAME, ListenerSpec, SiteSpec, Spec, StaticSpec};
+use crate::convert::{ADMIN_LISTENER_NAME, SiteSpec, Spec, StaticSpec};
 use crate::http::Proxy;
 use crate::limits::LimiterStore;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::tls::Terminator;
 use crate::upstreams::UpstreamStore;
 
 /// How long proxyd waits for an upstream host name to resolve when it checks a snapshot.
@@ -54,15 +53,6 @@ pub struct Bound {
     pub address: SocketAddr,
 }
 
-/// Sockets the first snapshot bound, before they are served.
-struct Sockets {
-    /// Name, socket, and whether it terminates TLS.
-    listeners: Vec<(String, tokio::net::TcpListener, bool)>,
-    admin: Option<tokio::net::TcpListener>,
-    /// Shared by the TLS listeners; `None` when there is none.
-    tls: Option<Arc<Terminator>>,
-}
-
 /// The data plane's state across snapshots.
 pub struct DataPlane {
     runtime: Arc<ArcSwap<Runtime>>,
@@ -73,8 +63,13 @@ pub struct DataPlane {
     metrics: Arc<Metrics>,
     /// Set once a snapshot is applied and its listeners serve: `/readyz`.
     ready: Arc<AtomicBool>,
-    /// Set by the first applied snapshot.
+    /// Set by the first applied snapshot: its static settings, and the admin listener's
+    /// address.
     bound: Mutex<Option<(StaticSpec, Vec<Bound>)>>,
+    /// The `[[proxy.listeners]]` serving now, in step with every snapshot.
+    listeners: crate::listeners::Listeners,
+    /// What the accept loops share, from the first snapshot on.
+    serving: Mutex<Option<Arc<crate::listeners::Serving>>>,
     servers: TaskTracker,
     /// WebSocket and other upgrade tunnels: a drain waits for them up to its deadline.
     tunnels: TaskTracker,
@@ -94,7 +89,8 @@ pub struct DataPlane {
 /// Sockets and snapshot for a hand-over ([`crate::handover`]).
 #[derive(Default)]
 struct HandoverState {
-    /// A duplicate of each listening socket (kind, name, configured address), to hand over.
+    /// A duplicate of the admin listeners (kind, name, configured address), to hand over; the
+    /// `[[proxy.listeners]]` are in [`crate::listeners::Listeners`].
     sockets: Vec<(
         proto::v1::HandedSocketKind,
         String,
@@ -151,6 +147,8 @@ impl DataPlane {
             metrics,
             ready: Arc::default(),
             bound: Mutex::new(None),
+            listeners: Default::default(),
+            serving: Mutex::new(None),
             servers: TaskTracker::new(),
             tunnels: TaskTracker::new(),
             shutdown,
@@ -189,7 +187,7 @@ impl DataPlane {
             hash: runtime.hash.clone(),
             control_connected: self.control_connected.load(Ordering::Relaxed),
             from_saved: self.from_saved.load(Ordering::Relaxed),
-            listeners: bound.as_ref().map(|(_, b)| b.clone()).unwrap_or_default(),
+            listeners: self.all_bound(bound.as_ref()),
             upstreams: self.upstreams.list(),
             ready: self.ready.load(Ordering::Relaxed),
             draining: self.shutdown.is_cancelled(),
@@ -253,14 +251,16 @@ impl DataPlane {
     pub fn handover_parts(
         &self,
     ) -> std::io::Result<(Vec<HandedSocket>, Option<proto::v1::Snapshot>)> {
+        let mut sockets: Vec<HandedSocket> = self
+            .listeners
+            .duplicates()?
+            .into_iter()
+            .map(|(name, address, fd)| (proto::v1::HandedSocketKind::Listener, name, address, fd))
+            .collect();
         let handover = self.handover();
-        let sockets = handover
-            .sockets
-            .iter()
-            .map(|(kind, name, address, fd)| {
-                Ok((*kind, name.clone(), address.clone(), fd.try_clone()?))
-            })
-            .collect::<std::io::Result<Vec<_>>>()?;
+        for (kind, name, address, fd) in &handover.sockets {
+            sockets.push((*kind, name.clone(), address.clone(), fd.try_clone()?));
+        }
         Ok((sockets, handover.snapshot.clone()))
     }
 
@@ -279,18 +279,23 @@ impl DataPlane {
         self.bound.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every listener serving now, then the admin listener.
+    fn all_bound(&self, first: Option<&(StaticSpec, Vec<Bound>)>) -> Vec<Bound> {
+        let mut all = self.listeners.bound();
+        if let Some((_, admin)) = first {
+            all.extend(admin.iter().cloned());
+        }
+        all
+    }
+
     /// Applies `spec` whole, or leaves everything as it was and says why.
     pub async fn apply(&self, spec: Spec) -> Result<Vec<Bound>, ApplyError> {
         let current = self.runtime.load_full();
         if current.version == spec.version && current.hash == spec.hash {
-            return Ok(self
-                .bound()
-                .as_ref()
-                .map(|(_, b)| b.clone())
-                .unwrap_or_default());
+            return Ok(self.all_bound(self.bound().as_ref()));
         }
         check_upstreams_resolve(&spec).await?;
-        let newly_bound = self.bind_once(&spec.statics)?;
+        let (plan, admin) = self.bind(&spec.statics)?;
         // Upstream clients take their timeouts from the first snapshot (they are static).
         self.upstreams.configure(&spec.statics);
         let runtime = Runtime::compile(&spec, &self.limiters, &self.upstreams);
@@ -306,47 +311,48 @@ impl DataPlane {
             sites = spec.sites.len(),
             "applied snapshot"
         );
-        if let Some(sockets) = newly_bound {
-            self.serve(sockets, &spec.statics);
-        }
+        self.serve(plan, admin, &spec.statics);
         crate::notify::serving(spec.version);
-        Ok(self
-            .bound()
-            .as_ref()
-            .map(|(_, b)| b.clone())
-            .unwrap_or_default())
+        Ok(self.all_bound(self.bound().as_ref()))
     }
 
-    /// Serves what the first snapshot bound, until shutdown.
-    fn serve(&self, sockets: Sockets, statics: &StaticSpec) {
-        let tls = sockets.tls;
-        let proxy = Arc::new(Proxy::new(
-            self.runtime.clone(),
-            self.metrics.clone(),
-            tls.is_some(),
-            statics.limits,
-            self.tunnels.clone(),
-        ));
-        // One set of connection caps for every listener.
-        let gate = Arc::new(crate::server::Gate::new(
-            &statics.limits,
-            self.metrics.clone(),
-        ));
-        for (name, listener, terminates_tls) in sockets.listeners {
-            let serve = crate::server::serve(
-                name,
-                listener,
-                proxy.clone(),
-                statics.clone(),
-                gate.clone(),
-                tls.clone().filter(|_| terminates_tls),
-                self.shutdown.clone(),
-                self.abort.clone(),
-            );
-            self.servers.spawn(serve);
+    /// Serves `plan` (every snapshot) and, from the first snapshot, the admin listener.
+    fn serve(
+        &self,
+        plan: crate::listeners::Plan,
+        admin: Option<(tokio::net::TcpListener, Bound)>,
+        statics: &StaticSpec,
+    ) {
+        let serving = {
+            let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+            serving
+                .get_or_insert_with(|| {
+                    Arc::new(crate::listeners::Serving {
+                        proxy: Arc::new(Proxy::new(
+                            self.runtime.clone(),
+                            self.metrics.clone(),
+                            false,
+                            statics.limits,
+                            self.tunnels.clone(),
+                        )),
+                        statics: statics.clone(),
+                        // One set of connection caps for every listener.
+                        gate: Arc::new(crate::server::Gate::new(
+                            &statics.limits,
+                            self.metrics.clone(),
+                        )),
+                        shutdown: self.shutdown.clone(),
+                        abort: self.abort.clone(),
+                        servers: self.servers.clone(),
+                    })
+                })
+                .clone()
+        };
+        if !plan.is_empty() {
+            self.listeners.commit(plan, &serving);
         }
         self.ready.store(true, Ordering::Release);
-        if let Some(listener) = sockets.admin {
+        if let Some((listener, _)) = admin {
             let state = AdminState {
                 metrics: self.metrics.clone(),
                 ready: self.ready.clone(),
@@ -356,96 +362,85 @@ impl DataPlane {
         }
     }
 
-    /// Binds the listeners and the admin listener of the first snapshot; later snapshots only
-    /// get a warning when theirs differ, since they are static.
-    fn bind_once(&self, statics: &StaticSpec) -> Result<Option<Sockets>, ApplyError> {
-        let mut bound = self.bound();
-        if let Some((first, _)) = bound.as_ref() {
-            if first != statics {
-                tracing::warn!(
-                    "listener, admin or drain settings changed; they take effect when proxyd restarts"
-                );
-            }
-            return Ok(None);
-        }
-        // Built before anything is bound, so that a failure leaves nothing half done.
-        let tls = match statics.listeners.iter().any(|l| l.tls) {
-            true => Some(Arc::new(Terminator::new(self.runtime.clone())?)),
-            false => None,
-        };
-        let mut sockets = Sockets {
-            listeners: Vec::new(),
-            admin: None,
-            tls,
-        };
+    /// Binds what the snapshot's listeners add (every snapshot) and the admin listener (the
+    /// first snapshot only: it is static, like the drain deadline and the per-connection
+    /// settings, and a later snapshot that changes them gets a warning).
+    fn bind(
+        &self,
+        statics: &StaticSpec,
+    ) -> Result<
+        (
+            crate::listeners::Plan,
+            Option<(tokio::net::TcpListener, Bound)>,
+        ),
+        ApplyError,
+    > {
         use proto::v1::HandedSocketKind;
         use std::os::fd::AsFd;
-        let (mut inherited, mut inherited_admin) = {
+        let mut bound = self.bound();
+        let (mut inherited, inherited_admin) = {
             let mut handover = self.handover();
             (
                 std::mem::take(&mut handover.listeners),
                 handover.admin_http.take(),
             )
         };
-        let mut addresses = Vec::new();
-        let mut kept = Vec::new();
-        for ListenerSpec { name, address, tls } in &statics.listeners {
-            let handed = inherited
-                .iter()
-                .position(|(n, a, _)| n == name && a == address)
-                .map(|i| inherited.swap_remove(i).2);
-            let (listener, local) = match handed {
-                Some(listener) => adopt(name, *address, listener)?,
-                None => bind(name, *address)?,
+        if let Some((first, _)) = bound.as_ref() {
+            let without_listeners = |s: &StaticSpec| StaticSpec {
+                listeners: Vec::new(),
+                ..s.clone()
             };
-            addresses.push(Bound {
-                name: name.clone(),
-                address: local,
-            });
-            kept.push((
-                HandedSocketKind::Listener,
-                name.clone(),
-                *address,
-                listener.as_fd().try_clone_to_owned(),
-            ));
-            sockets.listeners.push((name.clone(), listener, *tls));
-        }
-        if let Some(address) = statics.admin_address {
-            let handed = inherited_admin
-                .take()
-                .filter(|(a, _)| *a == address)
-                .map(|(_, l)| l);
-            let (listener, local) = match handed {
-                Some(listener) => adopt(ADMIN_LISTENER_NAME, address, listener)?,
-                None => bind(ADMIN_LISTENER_NAME, address)?,
-            };
-            addresses.push(Bound {
-                name: ADMIN_LISTENER_NAME.to_owned(),
-                address: local,
-            });
-            kept.push((
-                HandedSocketKind::AdminHttp,
-                ADMIN_LISTENER_NAME.to_owned(),
-                address,
-                listener.as_fd().try_clone_to_owned(),
-            ));
-            sockets.admin = Some(listener);
-        }
-        // Handed-over sockets this config does not listen on close here.
-        for (name, address, _) in inherited {
-            tracing::warn!(listener = %name, %address, "closing a handed-over listener the config no longer has");
-        }
-        let mut handover = self.handover();
-        for (kind, name, address, fd) in kept {
-            match fd {
-                Ok(fd) => handover.sockets.push((kind, name, address.to_string(), fd)),
-                Err(e) => {
-                    tracing::warn!(listener = %name, error = %e, "cannot keep a listener for hand-over")
-                }
+            if without_listeners(first) != without_listeners(statics) {
+                tracing::warn!(
+                    "admin, drain or connection settings changed; they take effect when proxyd restarts"
+                );
             }
         }
-        *bound = Some((statics.clone(), addresses));
-        Ok(Some(sockets))
+        let plan = self
+            .listeners
+            .plan(&statics.listeners, &mut inherited, &self.runtime)?;
+        // Handed-over sockets this config does not listen on close here.
+        for (name, address, _) in inherited {
+            tracing::warn!(listener = %name, %address, "closing a handed-over listener the config does not have");
+        }
+        if bound.is_some() {
+            return Ok((plan, None));
+        }
+        let admin = match statics.admin_address {
+            None => None,
+            Some(address) => {
+                let handed = inherited_admin
+                    .filter(|(a, _)| *a == address)
+                    .map(|(_, l)| l);
+                let (listener, local) = match handed {
+                    Some(listener) => adopt(ADMIN_LISTENER_NAME, address, listener)?,
+                    None => bind(ADMIN_LISTENER_NAME, address)?,
+                };
+                match listener.as_fd().try_clone_to_owned() {
+                    Ok(fd) => self.handover().sockets.push((
+                        HandedSocketKind::AdminHttp,
+                        ADMIN_LISTENER_NAME.to_owned(),
+                        address.to_string(),
+                        fd,
+                    )),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot keep the admin listener for hand-over")
+                    }
+                }
+                Some((
+                    listener,
+                    Bound {
+                        name: ADMIN_LISTENER_NAME.to_owned(),
+                        address: local,
+                    },
+                ))
+            }
+        };
+        *bound = Some((
+            statics.clone(),
+            admin.iter().map(|(_, b)| b.clone()).collect(),
+        ));
+        Ok((plan, admin))
     }
 
     /// Waits until every listener has drained (after `shutdown` was cancelled), and every

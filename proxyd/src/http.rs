@@ -83,8 +83,8 @@ pub struct Proxy {
     runtime: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
     /// proxyd has a TLS listener: plain-HTTP requests for sites with a certificate are
-    /// redirected to it.
-    https_listener: bool,
+    /// redirected to it. Follows the listeners of each snapshot.
+    https_listener: std::sync::atomic::AtomicBool,
     /// The body and tunnel deadlines (static).
     limits: ConnectionLimits,
     /// Open tunnels: a drain waits for them up to its deadline (the connections that carried
@@ -103,10 +103,16 @@ impl Proxy {
         Proxy {
             runtime,
             metrics,
-            https_listener,
+            https_listener: std::sync::atomic::AtomicBool::new(https_listener),
             limits,
             tunnels,
         }
+    }
+
+    /// Whether a TLS listener serves now (after a snapshot changed the listeners).
+    pub fn set_https_listener(&self, present: bool) {
+        self.https_listener
+            .store(present, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -538,7 +544,9 @@ impl Proxy {
             .path()
             .strip_prefix(ACME_CHALLENGE_PREFIX)
             .is_some_and(|token| runtime.http_challenge(token).is_some());
-        let redirect = self.https_listener
+        let redirect = self
+            .https_listener
+            .load(std::sync::atomic::Ordering::Relaxed)
             && site.https_redirect
             && site.certificate.is_some()
             && !pending_challenge;

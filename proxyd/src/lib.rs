@@ -9,6 +9,7 @@ mod dataplane;
 mod handover;
 mod http;
 mod limits;
+mod listeners;
 mod local;
 mod metrics;
 mod notify;

@@ -32,6 +32,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     /// The connection came with a client certificate.
     pub client_certificate: bool,
+    /// The connection's TLS handshake resumed an earlier session.
+    pub resumed: bool,
 }
 
 /// An HTTP/1.1 and HTTP/2 backend, plaintext or TLS.
@@ -84,15 +86,20 @@ impl Backend {
                 let (seen, name, acceptor) = (seen.clone(), name.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     match acceptor {
-                        None => serve(TokioIo::new(tcp), false, seen, name).await,
+                        None => serve(TokioIo::new(tcp), Handshake::default(), seen, name).await,
                         Some(acceptor) => {
                             // A failed handshake (the proxy refused our certificate, or sent
                             // none) just ends the connection.
                             let Ok(tls) = acceptor.accept(tcp).await else {
                                 return;
                             };
-                            let client_certificate = tls.get_ref().1.peer_certificates().is_some();
-                            serve(TokioIo::new(tls), client_certificate, seen, name).await;
+                            let session = tls.get_ref().1;
+                            let handshake = Handshake {
+                                client_certificate: session.peer_certificates().is_some(),
+                                resumed: session.handshake_kind()
+                                    == Some(rustls::HandshakeKind::Resumed),
+                            };
+                            serve(TokioIo::new(tls), handshake, seen, name).await;
                         }
                     }
                 });
@@ -118,12 +125,15 @@ impl Drop for Backend {
     }
 }
 
-async fn serve<I>(
-    io: TokioIo<I>,
+/// What the TLS handshake of a connection was.
+#[derive(Debug, Clone, Copy, Default)]
+struct Handshake {
     client_certificate: bool,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    name: String,
-) where
+    resumed: bool,
+}
+
+async fn serve<I>(io: TokioIo<I>, handshake: Handshake, seen: Arc<Mutex<Vec<Seen>>>, name: String)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: Request<Incoming>| {
@@ -131,10 +141,22 @@ async fn serve<I>(
             version: req.version(),
             uri: req.uri().clone(),
             headers: req.headers().clone(),
-            client_certificate,
+            client_certificate: handshake.client_certificate,
+            resumed: handshake.resumed,
         });
         let body = format!("backend {name} {:?}", req.version());
-        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+        // `/close...`: the connection ends with this answer (HTTP/1.1).
+        let close = req.uri().path().starts_with("/close");
+        async move {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            if close {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let _ = auto::Builder::new(TokioExecutor::new())
         .serve_connection(io, service)

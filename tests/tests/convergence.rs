@@ -20,12 +20,13 @@ async fn an_unchanged_reload_resends_to_a_data_plane_behind_and_succeeds_only_wh
     let port = held.local_addr().unwrap().port();
     let env = TestEnv::start(&site("a.test", &app.url())).await;
 
-    // The serving proxyd keeps its listeners (static); a proxyd that starts now binds the new one.
-    let listeners = format!(
-        "{}[[proxy.listeners]]\nname = \"extra\"\naddress = \"127.0.0.1:{port}\"\n",
-        site("a.test", &app.url())
+    // The serving proxyd keeps its admin listener (static: a warning); a proxyd that starts now
+    // binds the new one.
+    let with_admin = env.config_text(&site("a.test", &app.url())).replace(
+        "[proxy]\n",
+        &format!("[proxy]\nadmin_address = \"127.0.0.1:{port}\"\n"),
     );
-    env.write_config(&listeners);
+    std::fs::write(&env.config_path, with_admin).unwrap();
     let out = env.proxyctl(&["reload"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
 
@@ -60,8 +61,8 @@ async fn an_unchanged_reload_resends_to_a_data_plane_behind_and_succeeds_only_wh
     let out = env.proxyctl(&["reload"]).await;
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    let extra = format!("127.0.0.1:{port}").parse().unwrap();
-    assert_eq!(get(extra, "a.test", "/").await.status, 200);
+    let admin = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(get(admin, "localhost", "/healthz").await.status, 200);
     let out = env.proxyctl(&["status"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
 

@@ -515,3 +515,37 @@ async fn health_checks_use_the_upstream_s_tls_settings() {
     }
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_upstream_connection_resumes_the_tls_session_of_an_earlier_one() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = ca.issue(dir.path(), "backend", &["127.0.0.1"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let backend = Backend::tls(
+        "resumed",
+        BackendTls {
+            certificate: &cert,
+            alpn: &["http/1.1"],
+            client_ca: None,
+        },
+    )
+    .await;
+    let env = TestEnv::start(&site(
+        &backend.url(),
+        &format!(r#"upstream_tls = {{ ca_file = "{}" }}"#, ca_file.display()),
+    ))
+    .await;
+    // The backend closes the connection after each answer: every request needs a new one.
+    for _ in 0..3 {
+        assert_eq!(get(env.http, "app.example", "/close").await.status, 200);
+    }
+    let resumed: Vec<bool> = backend.seen().iter().map(|s| s.resumed).collect();
+    assert_eq!(
+        resumed,
+        [false, true, true],
+        "a full handshake, then resumptions"
+    );
+    env.stop().await;
+}

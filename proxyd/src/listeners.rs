@@ -1,0 +1,251 @@
+//! The `[[proxy.listeners]]` of the config, kept in step with every snapshot (issue 13 §2):
+//!
+//! - a listener the snapshot adds is bound (a bind failure refuses the whole snapshot, and
+//!   nothing changes);
+//! - one it removes stops accepting, and its connections drain under the drain deadline;
+//! - a changed address is a removal plus an addition (the new address is bound first);
+//! - a changed `tls` keeps the socket (never closed) and applies to new connections: a new
+//!   accept loop takes a duplicate of it, and the old loop stops accepting and drains.
+//!
+//! Changes are made in two steps, so that a snapshot is applied whole or not at all:
+//! [`Listeners::plan`] binds what is new and changes nothing; [`Listeners::commit`] serves the
+//! plan once the snapshot is applied.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::convert::{ListenerSpec, StaticSpec};
+use crate::dataplane::{ApplyError, Bound};
+use crate::http::Proxy;
+use crate::runtime::Runtime;
+use crate::server::Gate;
+use crate::tls::Terminator;
+
+/// A listener serving now.
+struct Running {
+    /// As configured (port 0 stays 0 here; `local` has the real one).
+    address: SocketAddr,
+    tls: bool,
+    local: SocketAddr,
+    /// Cancelled to stop accepting on it; its connections then drain.
+    stop: CancellationToken,
+    /// A duplicate of the socket: for a `tls` change, and for a hand-over.
+    socket: std::net::TcpListener,
+}
+
+/// A listener bound for a snapshot, not serving yet.
+struct Starting {
+    name: String,
+    address: SocketAddr,
+    tls: bool,
+    local: SocketAddr,
+    listener: tokio::net::TcpListener,
+    socket: std::net::TcpListener,
+}
+
+/// What a snapshot changes in the listeners, bound and ready to serve. Dropped unserved (the
+/// snapshot was refused), it closes what it bound.
+pub struct Plan {
+    start: Vec<Starting>,
+    /// Names whose accept loop stops (removed, or replaced by an entry of `start`).
+    stop: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.start.is_empty() && self.stop.is_empty()
+    }
+}
+
+/// What every accept loop shares, from the first snapshot on.
+pub struct Serving {
+    pub proxy: Arc<Proxy>,
+    /// The per-connection settings (static: those of the first snapshot).
+    pub statics: StaticSpec,
+    pub gate: Arc<Gate>,
+    pub shutdown: CancellationToken,
+    pub abort: CancellationToken,
+    pub servers: TaskTracker,
+}
+
+#[derive(Default)]
+pub struct Listeners {
+    running: Mutex<BTreeMap<String, Running>>,
+    /// Shared by the TLS listeners; made when the first one appears.
+    tls: Mutex<Option<Arc<Terminator>>>,
+}
+
+impl Listeners {
+    fn running(&self) -> MutexGuard<'_, BTreeMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Binds what `specs` adds or moves (taking a socket from `inherited` when a predecessor
+    /// handed over one with the same name and configured address), and makes the TLS
+    /// terminator if a TLS listener needs it first. Changes nothing that serves.
+    pub fn plan(
+        &self,
+        specs: &[ListenerSpec],
+        inherited: &mut Vec<(String, SocketAddr, std::net::TcpListener)>,
+        runtime: &Arc<ArcSwap<Runtime>>,
+    ) -> Result<Plan, ApplyError> {
+        if specs.iter().any(|l| l.tls) {
+            let mut tls = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+            if tls.is_none() {
+                *tls = Some(Arc::new(Terminator::new(runtime.clone())?));
+            }
+        }
+        let running = self.running();
+        let mut plan = Plan {
+            start: Vec::new(),
+            stop: Vec::new(),
+        };
+        for ListenerSpec { name, address, tls } in specs {
+            let (listener, local) = match running.get(name) {
+                Some(r) if r.address == *address && r.tls == *tls => continue,
+                // Only `tls` changed: the same socket, served anew.
+                Some(r) if r.address == *address => {
+                    let dup = r.socket.try_clone().map_err(|source| ApplyError::Bind {
+                        name: name.clone(),
+                        address: *address,
+                        source,
+                    })?;
+                    plan.stop.push(name.clone());
+                    (adopt(name, *address, dup)?, r.local)
+                }
+                previous => {
+                    if previous.is_some() {
+                        plan.stop.push(name.clone());
+                    }
+                    let handed = inherited
+                        .iter()
+                        .position(|(n, a, _)| n == name && a == address)
+                        .map(|i| inherited.swap_remove(i).2);
+                    let socket = match handed {
+                        Some(socket) => socket,
+                        None => bind(name, *address)?,
+                    };
+                    let local = socket.local_addr().map_err(|source| ApplyError::Bind {
+                        name: name.clone(),
+                        address: *address,
+                        source,
+                    })?;
+                    (adopt(name, *address, socket)?, local)
+                }
+            };
+            let socket = listener.1;
+            plan.start.push(Starting {
+                name: name.clone(),
+                address: *address,
+                tls: *tls,
+                local,
+                listener: listener.0,
+                socket,
+            });
+        }
+        for name in running.keys() {
+            if !specs.iter().any(|l| l.name == *name) {
+                plan.stop.push(name.clone());
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Serves `plan`: stops the accept loops it ends (their connections drain), then starts
+    /// the new ones.
+    pub fn commit(&self, plan: Plan, serving: &Serving) {
+        let mut running = self.running();
+        for name in plan.stop {
+            if let Some(old) = running.remove(&name) {
+                tracing::info!(listener = %name, address = %old.local, "listener stops accepting; its connections drain");
+                old.stop.cancel();
+            }
+        }
+        let tls = self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for s in plan.start {
+            let stop = serving.shutdown.child_token();
+            tracing::info!(listener = %s.name, address = %s.local, tls = s.tls, "listening");
+            serving.servers.spawn(crate::server::serve(
+                s.name.clone(),
+                s.listener,
+                serving.proxy.clone(),
+                serving.statics.clone(),
+                serving.gate.clone(),
+                tls.clone().filter(|_| s.tls),
+                stop.clone(),
+                serving.abort.clone(),
+            ));
+            running.insert(
+                s.name,
+                Running {
+                    address: s.address,
+                    tls: s.tls,
+                    local: s.local,
+                    stop,
+                    socket: s.socket,
+                },
+            );
+        }
+        serving
+            .proxy
+            .set_https_listener(running.values().any(|r| r.tls));
+    }
+
+    /// Every listener serving now, by name.
+    pub fn bound(&self) -> Vec<Bound> {
+        self.running()
+            .iter()
+            .map(|(name, r)| Bound {
+                name: name.clone(),
+                address: r.local,
+            })
+            .collect()
+    }
+
+    /// A duplicate of each listening socket with its name and configured address, to hand
+    /// over to a successor.
+    pub fn duplicates(&self) -> std::io::Result<Vec<(String, String, std::os::fd::OwnedFd)>> {
+        self.running()
+            .iter()
+            .map(|(name, r)| {
+                let dup = r.socket.try_clone()?;
+                Ok((
+                    name.clone(),
+                    r.address.to_string(),
+                    std::os::fd::OwnedFd::from(dup),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// A socket on `address`, listening.
+fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListener, ApplyError> {
+    std::net::TcpListener::bind(address).map_err(|source| ApplyError::Bind {
+        name: name.to_owned(),
+        address,
+        source,
+    })
+}
+
+/// Serves `socket` from tokio, keeping a duplicate of it.
+fn adopt(
+    name: &str,
+    address: SocketAddr,
+    socket: std::net::TcpListener,
+) -> Result<(tokio::net::TcpListener, std::net::TcpListener), ApplyError> {
+    let err = |source| ApplyError::Bind {
+        name: name.to_owned(),
+        address,
+        source,
+    };
+    let dup = socket.try_clone().map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    let listener = tokio::net::TcpListener::from_std(socket).map_err(err)?;
+    Ok((listener, dup))
+}
