@@ -40,6 +40,7 @@ struct Cli {
     log_format: String,
     /// Threads that serve traffic (like nginx's worker_processes). Default: one per CPU this
     /// process may run on (its affinity mask, so `taskset` and systemd's CPUAffinity count).
+    /// With one, proxyd serves on its main thread alone (tokio's current-thread scheduler).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
     /// Take over from the proxyd running on --admin-socket: its listening sockets (no
@@ -52,10 +53,18 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_level_hook = init_logging(&cli.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = cli.worker_threads {
-        builder.worker_threads(usize::from(threads));
-    }
+    let threads = cli.worker_threads.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    // One thread: tokio's current-thread scheduler, which serves on the main thread itself and
+    // so never wakes a second one; more: the work-stealing multi-thread scheduler.
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -295,6 +295,9 @@ async fn a_tunnel_of_the_old_proxyd_lives_on_until_its_drain_deadline() {
             &socket,
             "--admin-socket",
             admin.to_str().unwrap(),
+            // One thread: the current-thread scheduler serves, hands over and drains too.
+            "--worker-threads",
+            "1",
         ],
     );
     let status = env.wait_for_applied(1).await;
