@@ -25,6 +25,34 @@ struct Service {
     path: std::path::PathBuf,
 }
 
+impl Service {
+    /// Lets root and proxyd's own user (peer credentials) make a changing `call`, and audits
+    /// the attempt either way.
+    fn allow<T>(
+        &self,
+        request: &Request<T>,
+        call: &str,
+        outcome: &str,
+        what: &str,
+    ) -> Result<(), Status> {
+        let cred = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred);
+        let uid = cred.map(|c| c.uid());
+        let allowed = uid.is_some_and(|u| u == 0 || Some(u) == self.own_uid);
+        tracing::info!(target: "audit", call, uid, pid = cred.and_then(|c| c.pid()),
+            outcome = if allowed { outcome } else { "denied" });
+        if allowed {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "{call} is not allowed for uid {}: only root and proxyd's own user may {what}",
+            uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+        )))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::data_plane_server::DataPlane for Service {
     async fn status(
@@ -72,20 +100,7 @@ impl pb::data_plane_server::DataPlane for Service {
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainReply>, Status> {
-        let cred = request
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|i| i.peer_cred);
-        let uid = cred.map(|c| c.uid());
-        let allowed = uid.is_some_and(|u| u == 0 || Some(u) == self.own_uid);
-        tracing::info!(target: "audit", call = "Drain", uid, pid = cred.and_then(|c| c.pid()),
-            outcome = if allowed { "draining" } else { "denied" });
-        if !allowed {
-            return Err(Status::permission_denied(format!(
-                "Drain is not allowed for uid {}: only root and proxyd's own user may stop it",
-                uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string())
-            )));
-        }
+        self.allow(&request, "Drain", "draining", "stop it")?;
         let deadline_ms = self
             .plane
             .report()
@@ -100,20 +115,7 @@ impl pb::data_plane_server::DataPlane for Service {
         &self,
         request: Request<pb::HandoverRequest>,
     ) -> Result<Response<pb::HandoverReply>, Status> {
-        let cred = request
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|i| i.peer_cred);
-        let uid = cred.map(|c| c.uid());
-        let allowed = uid.is_some_and(|u| u == 0 || Some(u) == self.own_uid);
-        tracing::info!(target: "audit", call = "Handover", uid, pid = cred.and_then(|c| c.pid()),
-            outcome = if allowed { "handing over" } else { "denied" });
-        if !allowed {
-            return Err(Status::permission_denied(format!(
-                "Handover is not allowed for uid {}: only root and proxyd's own user may take over",
-                uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string())
-            )));
-        }
+        self.allow(&request, "Handover", "handing over", "take over")?;
         let request = request.into_inner();
         let inbox = std::path::PathBuf::from(&request.socket_path);
         // Only to a socket next to this admin socket (where only proxyd's user may create one).

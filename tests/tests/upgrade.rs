@@ -15,6 +15,44 @@ fn site(upstream: &str) -> String {
     format!("[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{upstream}\"]\n")
 }
 
+/// controld and a first proxyd, as real processes, serving `app.example` from a mock upstream;
+/// proxyd gets its admin socket and `extra` arguments.
+struct Host {
+    env: TestEnv,
+    _upstream: MockUpstream,
+    _controld: Process,
+    proxyd: Process,
+    admin: std::path::PathBuf,
+    http: std::net::SocketAddr,
+}
+
+impl Host {
+    async fn start(extra: &[&str]) -> Host {
+        let upstream = MockUpstream::start("a").await;
+        let env = TestEnv::paths_only();
+        env.write_config(&site(&upstream.url()));
+        let admin = env.proxyd_socket();
+        let controld = Process::start("controld", &["--config", env.config_path.to_str().unwrap()]);
+        let mut args = vec![
+            "--control-socket",
+            env.socket.to_str().unwrap(),
+            "--admin-socket",
+            admin.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let proxyd = Process::start("proxyd", &args);
+        let http = listener_address(&env.wait_for_applied(1).await, "http");
+        Host {
+            env,
+            _upstream: upstream,
+            _controld: controld,
+            proxyd,
+            admin,
+            http,
+        }
+    }
+}
+
 /// Kills the proxyd processes `proxyctl upgrade` started (they are not this test's children)
 /// should the test end early.
 struct Reaper(Vec<u32>);
@@ -59,28 +97,15 @@ fn open_fds(pid: u32) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upgrades_under_load_refuse_no_connection_and_fail_no_request() {
-    let upstream = MockUpstream::start("a").await;
-    let env = TestEnv::paths_only();
-    env.write_config(&site(&upstream.url()));
-    let config = env.config_path.to_str().unwrap().to_owned();
-    let socket = env.socket.to_str().unwrap().to_owned();
-    let admin = env.proxyd_socket();
-    let _controld = Process::start("controld", &["--config", &config]);
-    let mut first = Process::start(
-        "proxyd",
-        &[
-            "--control-socket",
-            &socket,
-            "--node-id",
-            "edge-1",
-            "--admin-socket",
-            admin.to_str().unwrap(),
-            "--log-format",
-            "text",
-        ],
-    );
-    let status = env.wait_for_applied(1).await;
-    let http = listener_address(&status, "http");
+    let Host {
+        env,
+        proxyd: mut first,
+        admin,
+        http,
+        // Bound, so that they live to the end of the test.
+        _upstream,
+        _controld,
+    } = Host::start(&["--node-id", "edge-1", "--log-format", "text"]).await;
     let mut reaper = Reaper(Vec::new());
     let baseline_fds = open_fds(first.pid());
 
@@ -234,24 +259,15 @@ async fn upgrades_under_load_refuse_no_connection_and_fail_no_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_successor_that_fails_leaves_the_old_proxyd_serving() {
-    let upstream = MockUpstream::start("a").await;
-    let env = TestEnv::paths_only();
-    env.write_config(&site(&upstream.url()));
-    let config = env.config_path.to_str().unwrap().to_owned();
-    let socket = env.socket.to_str().unwrap().to_owned();
-    let admin = env.proxyd_socket();
-    let _controld = Process::start("controld", &["--config", &config]);
-    let mut proxyd = Process::start(
-        "proxyd",
-        &[
-            "--control-socket",
-            &socket,
-            "--admin-socket",
-            admin.to_str().unwrap(),
-        ],
-    );
-    let status = env.wait_for_applied(1).await;
-    let http = listener_address(&status, "http");
+    let Host {
+        env,
+        mut proxyd,
+        admin,
+        http,
+        // Bound, so that they live to the end of the test.
+        _upstream,
+        _controld,
+    } = Host::start(&[]).await;
 
     // Not a proxyd: it exits at once.
     let out = env
@@ -281,27 +297,16 @@ async fn a_successor_that_fails_leaves_the_old_proxyd_serving() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tunnel_of_the_old_proxyd_lives_on_until_its_drain_deadline() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = MockUpstream::start("a").await;
-    let env = TestEnv::paths_only();
-    env.write_config(&site(&upstream.url()));
-    let config = env.config_path.to_str().unwrap().to_owned();
-    let socket = env.socket.to_str().unwrap().to_owned();
-    let admin = env.proxyd_socket();
-    let _controld = Process::start("controld", &["--config", &config]);
-    let mut first = Process::start(
-        "proxyd",
-        &[
-            "--control-socket",
-            &socket,
-            "--admin-socket",
-            admin.to_str().unwrap(),
-            // One thread: the current-thread scheduler serves, hands over and drains too.
-            "--worker-threads",
-            "1",
-        ],
-    );
-    let status = env.wait_for_applied(1).await;
-    let http = listener_address(&status, "http");
+    // One thread: the current-thread scheduler serves, hands over and drains too.
+    let Host {
+        env,
+        proxyd: mut first,
+        admin,
+        http,
+        // Bound, so that they live to the end of the test.
+        _upstream,
+        _controld,
+    } = Host::start(&["--worker-threads", "1"]).await;
     let mut reaper = Reaper(Vec::new());
 
     let mut tunnel = tokio::net::TcpStream::connect(http).await.unwrap();

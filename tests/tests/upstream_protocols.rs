@@ -19,22 +19,48 @@ upstreams = ["{upstream}"]
     )
 }
 
+/// A TLS backend with a certificate from a private CA (for `names`), whose PEM is in `ca_file`;
+/// with `mutual`, it requires client certificates from the same CA.
+struct Private {
+    ca: TestCa,
+    dir: tempfile::TempDir,
+    ca_file: std::path::PathBuf,
+    backend: Backend,
+}
+
+impl Private {
+    async fn start(name: &str, names: &[&str], alpn: &[&str], mutual: bool) -> Private {
+        let ca = TestCa::new();
+        let dir = tempfile::tempdir().unwrap();
+        let cert = ca.issue(dir.path(), "backend", names);
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let backend = Backend::tls(
+            name,
+            BackendTls {
+                certificate: &cert,
+                alpn,
+                client_ca: mutual.then_some(&ca),
+            },
+        )
+        .await;
+        Private {
+            ca,
+            dir,
+            ca_file,
+            backend,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_https_backend_with_a_private_ca_is_verified_and_failures_say_why() {
-    let ca = TestCa::new();
-    let dir = tempfile::tempdir().unwrap();
-    let cert = ca.issue(dir.path(), "backend", &["backend.internal"]);
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let backend = Backend::tls(
-        "tls",
-        BackendTls {
-            certificate: &cert,
-            alpn: &["http/1.1"],
-            client_ca: None,
-        },
-    )
-    .await;
+    let Private {
+        ca: _ca,
+        dir: _dir,
+        ca_file,
+        backend,
+    } = Private::start("tls", &["backend.internal"], &["http/1.1"], false).await;
 
     // Verified against the CA, under the name the certificate has.
     let trusted = format!(
@@ -85,21 +111,13 @@ async fn an_https_backend_with_a_private_ca_is_verified_and_failures_say_why() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_sends_the_client_certificate_the_backend_requires() {
-    let ca = TestCa::new();
-    let dir = tempfile::tempdir().unwrap();
-    let cert = ca.issue(dir.path(), "backend", &["127.0.0.1"]);
+    let Private {
+        ca,
+        dir,
+        ca_file,
+        backend,
+    } = Private::start("mtls", &["127.0.0.1"], &["h2", "http/1.1"], true).await;
     let client = ca.issue(dir.path(), "client", &["proxy.internal"]);
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let backend = Backend::tls(
-        "mtls",
-        BackendTls {
-            certificate: &cert,
-            alpn: &["h2", "http/1.1"],
-            client_ca: Some(&ca),
-        },
-    )
-    .await;
 
     // Without a client certificate the backend ends the handshake.
     let no_client = format!(r#"upstream_tls = {{ ca_file = "{}" }}"#, ca_file.display());
@@ -124,20 +142,12 @@ async fn mutual_tls_sends_the_client_certificate_the_backend_requires() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_reaches_backends_over_tls_and_with_prior_knowledge() {
-    let ca = TestCa::new();
-    let dir = tempfile::tempdir().unwrap();
-    let cert = ca.issue(dir.path(), "backend", &["127.0.0.1"]);
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let h2 = Backend::tls(
-        "h2",
-        BackendTls {
-            certificate: &cert,
-            alpn: &["h2", "http/1.1"],
-            client_ca: None,
-        },
-    )
-    .await;
+    let Private {
+        ca: _ca,
+        dir: _dir,
+        ca_file,
+        backend: h2,
+    } = Private::start("h2", &["127.0.0.1"], &["h2", "http/1.1"], false).await;
     let h2c = Backend::plain("h2c").await;
     let config = format!(
         r#"
@@ -479,20 +489,12 @@ upstream_response_timeout = "100ms"
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_checks_use_the_upstream_s_tls_settings() {
-    let ca = TestCa::new();
-    let dir = tempfile::tempdir().unwrap();
-    let cert = ca.issue(dir.path(), "backend", &["127.0.0.1"]);
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let backend = Backend::tls(
-        "checked",
-        BackendTls {
-            certificate: &cert,
-            alpn: &["h2", "http/1.1"],
-            client_ca: None,
-        },
-    )
-    .await;
+    let Private {
+        ca: _ca,
+        dir: _dir,
+        ca_file,
+        backend,
+    } = Private::start("checked", &["127.0.0.1"], &["h2", "http/1.1"], false).await;
     let config = format!(
         "{}\n[sites.health_check]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\n",
         site(
@@ -518,20 +520,12 @@ async fn health_checks_use_the_upstream_s_tls_settings() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_upstream_connection_resumes_the_tls_session_of_an_earlier_one() {
-    let ca = TestCa::new();
-    let dir = tempfile::tempdir().unwrap();
-    let cert = ca.issue(dir.path(), "backend", &["127.0.0.1"]);
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let backend = Backend::tls(
-        "resumed",
-        BackendTls {
-            certificate: &cert,
-            alpn: &["http/1.1"],
-            client_ca: None,
-        },
-    )
-    .await;
+    let Private {
+        ca: _ca,
+        dir: _dir,
+        ca_file,
+        backend,
+    } = Private::start("resumed", &["127.0.0.1"], &["http/1.1"], false).await;
     let env = TestEnv::start(&site(
         &backend.url(),
         &format!(r#"upstream_tls = {{ ca_file = "{}" }}"#, ca_file.display()),

@@ -276,19 +276,13 @@ fn proxy_route(
         }
         (_, None) => PathRewrite::Keep,
     };
-    let upstream = UpstreamConnection {
-        protocol: upstream::protocol(
-            file.upstream_protocol.as_deref(),
-            &at.key("upstream_protocol"),
-            p,
-        ),
-        tls: upstream::tls(
-            file.upstream_tls.as_ref(),
-            &at.key("upstream_tls"),
-            inputs,
-            p,
-        ),
-    };
+    let upstream = upstream::connection(
+        file.upstream_protocol.as_deref(),
+        file.upstream_tls.as_ref(),
+        at,
+        inputs,
+        p,
+    );
     let listed: Vec<(&Upstream, String)> = upstreams
         .iter()
         .map(|u| (u, at.key("upstreams").to_string()))

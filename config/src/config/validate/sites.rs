@@ -72,19 +72,13 @@ fn site(
         inputs,
         p,
     );
-    let upstream = UpstreamConnection {
-        protocol: upstream::protocol(
-            file.upstream_protocol.as_deref(),
-            &at.key("upstream_protocol"),
-            p,
-        ),
-        tls: upstream::tls(
-            file.upstream_tls.as_ref(),
-            &at.key("upstream_tls"),
-            inputs,
-            p,
-        ),
-    };
+    let upstream = upstream::connection(
+        file.upstream_protocol.as_deref(),
+        file.upstream_tls.as_ref(),
+        at,
+        inputs,
+        p,
+    );
     check_site_connection(&upstream, &upstreams, &routes, at, p);
     let request_headers = upstream::header_rules(
         file.request_headers.as_ref(),

@@ -11,6 +11,20 @@ use super::*;
 const PLACEHOLDERS: [&str; 4] = ["{client_ip}", "{request_id}", "{host}", "{scheme}"];
 
 /// `upstream_protocol`; `None` when absent or invalid.
+/// `upstream_protocol` and `upstream_tls` of the table at `at` (a site or a route).
+pub(super) fn connection(
+    protocol_key: Option<&str>,
+    tls_key: Option<&UpstreamTlsFile>,
+    at: &KeyPath,
+    inputs: &Inputs<'_>,
+    p: &mut Problems,
+) -> UpstreamConnection {
+    UpstreamConnection {
+        protocol: protocol(protocol_key, &at.key("upstream_protocol"), p),
+        tls: tls(tls_key, &at.key("upstream_tls"), inputs, p),
+    }
+}
+
 pub(super) fn protocol(
     raw: Option<&str>,
     at: &KeyPath,
