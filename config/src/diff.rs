@@ -226,13 +226,11 @@ impl From<&pb::FieldChange> for FieldChange {
     }
 }
 
-/// The daemon that must restart for a changed static field to apply: proxyd for `proxy.*`,
-/// controld for `control.*` and `logging.format`; `None` for `acme.*`, which controld applies on
-/// every accepted reload.
+/// The daemon that must restart for a changed static field to apply: controld for
+/// `control.*` and `logging.format`; `None` for `acme.*`, which controld applies on every
+/// accepted reload. (proxyd applies all of `[proxy]` live.)
 pub fn restarts(field: &str) -> Option<&'static str> {
-    if field.starts_with("proxy.") {
-        Some("proxyd")
-    } else if field.starts_with("acme.") {
+    if field.starts_with("acme.") {
         None
     } else {
         Some("controld")
@@ -280,7 +278,7 @@ fn rate(rl: Option<RateLimit>) -> String {
 }
 
 fn limit_fields(c: &Config) -> Vec<(&'static str, String)> {
-    vec![
+    [
         ("body_limit_bytes", c.dynamic.body_limit_bytes.to_string()),
         ("rate_limit", rate(c.dynamic.rate_limit)),
         ("logging.level", c.dynamic.log_level.clone()),
@@ -305,42 +303,17 @@ fn limit_fields(c: &Config) -> Vec<(&'static str, String)> {
         // Applied live by proxyd: added listeners are bound, removed ones drain.
         ("proxy.listeners", listener_list(&c.statics)),
     ]
+    .into_iter()
+    .chain(proxy_fields(&c.statics))
+    .collect()
 }
 
-/// `http=0.0.0.0:80, https=0.0.0.0:443 (tls)`.
-fn listener_list(s: &StaticConfig) -> String {
-    s.proxy
-        .listeners
-        .iter()
-        .map(|l| {
-            format!(
-                "{}={}{}",
-                l.name,
-                l.address,
-                if l.tls { " (tls)" } else { "" }
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
-    let acme = s.acme.as_ref();
+/// `[proxy]`'s settings, which proxyd applies live: the admin listener moves, the drain deadline
+/// holds from the next drain, and the rest applies to the connections accepted after the reload
+/// (the upstream timeouts: to the next dial and checkout).
+fn proxy_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
     let none = || "none".to_owned();
     vec![
-        ("control.socket", s.control.socket.display().to_string()),
-        (
-            "control.state_dir",
-            s.control.state_dir.display().to_string(),
-        ),
-        ("control.allowed_uids", list(&s.control.allowed_uids)),
-        ("control.allowed_gids", list(&s.control.allowed_gids)),
-        (
-            "control.metrics_address",
-            s.control
-                .metrics_address
-                .map_or_else(none, |a| a.to_string()),
-        ),
         (
             "proxy.shutdown_timeout",
             humantime::format_duration(s.proxy.shutdown_timeout).to_string(),
@@ -416,6 +389,43 @@ fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
         (
             "proxy.upstream_body_timeout",
             human(s.proxy.limits.upstream_body_timeout),
+        ),
+    ]
+}
+
+/// `http=0.0.0.0:80, https=0.0.0.0:443 (tls)`.
+fn listener_list(s: &StaticConfig) -> String {
+    s.proxy
+        .listeners
+        .iter()
+        .map(|l| {
+            format!(
+                "{}={}{}",
+                l.name,
+                l.address,
+                if l.tls { " (tls)" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
+    let acme = s.acme.as_ref();
+    let none = || "none".to_owned();
+    vec![
+        ("control.socket", s.control.socket.display().to_string()),
+        (
+            "control.state_dir",
+            s.control.state_dir.display().to_string(),
+        ),
+        ("control.allowed_uids", list(&s.control.allowed_uids)),
+        ("control.allowed_gids", list(&s.control.allowed_gids)),
+        (
+            "control.metrics_address",
+            s.control
+                .metrics_address
+                .map_or_else(none, |a| a.to_string()),
         ),
         ("logging.format", s.log_format.as_str().to_owned()),
         (

@@ -184,7 +184,7 @@ fn validated() -> ValidateReply {
             sites_added: vec!["b.example".into()],
             ..ConfigDiff::default()
         }),
-        warnings: vec!["proxy.admin_address changed; it takes effect on restart".into()],
+        warnings: vec!["control.metrics_address changed from none to 127.0.0.1:9100: needs a restart of controld".into()],
         current_version: SERVING,
         next_version: SERVING + 1,
     }
@@ -977,7 +977,7 @@ async fn check_remote_shows_what_a_reload_would_change() {
     assert_eq!(
         stdout(&out),
         "valid: version 4 would become 5 (1 site added: b.example)\n\
-         warning: proxy.admin_address changed; it takes effect on restart\n"
+         warning: control.metrics_address changed from none to 127.0.0.1:9100: needs a restart of controld\n"
     );
     let seen = env.validated.lock().unwrap().clone();
     assert_eq!(
@@ -1000,7 +1000,7 @@ async fn check_remote_shows_what_a_reload_would_change() {
             "next_version": 5,
             "diff": {"sites_added": ["b.example"], "sites_removed": [], "sites_modified": [],
                      "limits_changed": [], "static_changed": [], "site_changes": []},
-            "warnings": ["proxy.admin_address changed; it takes effect on restart"],
+            "warnings": ["control.metrics_address changed from none to 127.0.0.1:9100: needs a restart of controld"],
             "diagnostics": []
         })
     );

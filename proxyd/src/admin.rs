@@ -28,13 +28,19 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
 }
 
-/// Serves `listener` until `shutdown`; open admin connections are dropped then too.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+/// Serves `listener` until `stop` (the address changed) or `shutdown`; open admin connections
+/// are dropped at `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    while let Some((stream, peer)) = crate::server::accept(&listener, "admin", &shutdown).await {
+    while let Some((stream, peer)) = crate::server::accept(&listener, "admin", &stop).await {
         let state = state.clone();
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let response = answer(req.method(), req.uri().path(), &state);

@@ -1,5 +1,7 @@
-//! Applying snapshots: check, compile off the request path, swap in whole. The first snapshot
-//! also binds the listeners and the admin listener; later ones never touch them.
+//! Applying snapshots: check, compile off the request path, swap in whole. Every snapshot also
+//! brings the listeners, the admin listener and the per-connection settings in step with it:
+//! what it adds is bound before anything changes (a bind failure refuses it whole), and new
+//! settings apply to the connections accepted after it.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -63,9 +65,8 @@ pub struct DataPlane {
     metrics: Arc<Metrics>,
     /// Set once a snapshot is applied and its listeners serve: `/readyz`.
     ready: Arc<AtomicBool>,
-    /// Set by the first applied snapshot: its static settings, and the admin listener's
-    /// address.
-    bound: Mutex<Option<(StaticSpec, Vec<Bound>)>>,
+    /// The admin HTTP listener (`proxy.admin_address`) serving now.
+    admin: Mutex<Option<AdminListener>>,
     /// The `[[proxy.listeners]]` serving now, in step with every snapshot.
     listeners: crate::listeners::Listeners,
     /// What the accept loops share, from the first snapshot on.
@@ -104,6 +105,30 @@ struct HandoverState {
     admin_http: Option<(SocketAddr, std::net::TcpListener)>,
     /// Handed over to a successor: the admin socket file is its now.
     handed_over: bool,
+}
+
+/// The admin HTTP listener serving now.
+struct AdminListener {
+    /// As configured (port 0 stays 0 here).
+    address: SocketAddr,
+    local: SocketAddr,
+    /// Cancelled to stop accepting on it.
+    stop: CancellationToken,
+    /// A duplicate of the socket, to hand over.
+    socket: std::net::TcpListener,
+}
+
+/// What a snapshot changes in the admin listener.
+enum AdminChange {
+    Keep,
+    Stop,
+    /// Bound on the new address (or handed over), not serving yet.
+    Start {
+        address: SocketAddr,
+        local: SocketAddr,
+        listener: tokio::net::TcpListener,
+        socket: std::net::TcpListener,
+    },
 }
 
 /// A socket to hand over: what it is and a duplicate of its descriptor.
@@ -146,7 +171,7 @@ impl DataPlane {
             upstreams: UpstreamStore::new(metrics.clone(), shutdown.clone()),
             metrics,
             ready: Arc::default(),
-            bound: Mutex::new(None),
+            admin: Mutex::new(None),
             listeners: Default::default(),
             serving: Mutex::new(None),
             servers: TaskTracker::new(),
@@ -181,19 +206,18 @@ impl DataPlane {
     /// What this data plane serves now.
     pub fn report(&self) -> Report {
         let runtime = self.runtime.load();
-        let bound = self.bound();
         Report {
             version: runtime.version,
             hash: runtime.hash.clone(),
             control_connected: self.control_connected.load(Ordering::Relaxed),
             from_saved: self.from_saved.load(Ordering::Relaxed),
-            listeners: self.all_bound(bound.as_ref()),
+            listeners: self.all_bound(),
             upstreams: self.upstreams.list(),
             ready: self.ready.load(Ordering::Relaxed),
             draining: self.shutdown.is_cancelled(),
             open_connections: self.metrics.open_connections(),
             started_at: self.started_at,
-            drain_timeout: bound.as_ref().map(|(s, _)| s.shutdown_timeout),
+            drain_timeout: self.drain_timeout(),
         }
     }
 
@@ -257,6 +281,14 @@ impl DataPlane {
             .into_iter()
             .map(|(name, address, fd)| (proto::v1::HandedSocketKind::Listener, name, address, fd))
             .collect();
+        if let Some(admin) = self.admin().as_ref() {
+            sockets.push((
+                proto::v1::HandedSocketKind::AdminHttp,
+                ADMIN_LISTENER_NAME.to_owned(),
+                admin.address.to_string(),
+                admin.socket.try_clone()?.into(),
+            ));
+        }
         let handover = self.handover();
         for (kind, name, address, fd) in &handover.sockets {
             sockets.push((*kind, name.clone(), address.clone(), fd.try_clone()?));
@@ -275,15 +307,31 @@ impl DataPlane {
         self.handover().handed_over
     }
 
-    fn bound(&self) -> MutexGuard<'_, Option<(StaticSpec, Vec<Bound>)>> {
-        self.bound.lock().unwrap_or_else(|e| e.into_inner())
+    fn admin(&self) -> MutexGuard<'_, Option<AdminListener>> {
+        self.admin.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn serving(&self) -> Option<Arc<crate::listeners::Serving>> {
+        self.serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The drain deadline in force; `None` before the first snapshot.
+    fn drain_timeout(&self) -> Option<Duration> {
+        self.serving()
+            .map(|serving| serving.settings.load().shutdown_timeout)
     }
 
     /// Every listener serving now, then the admin listener.
-    fn all_bound(&self, first: Option<&(StaticSpec, Vec<Bound>)>) -> Vec<Bound> {
+    fn all_bound(&self) -> Vec<Bound> {
         let mut all = self.listeners.bound();
-        if let Some((_, admin)) = first {
-            all.extend(admin.iter().cloned());
+        if let Some(admin) = self.admin().as_ref() {
+            all.push(Bound {
+                name: ADMIN_LISTENER_NAME.to_owned(),
+                address: admin.local,
+            });
         }
         all
     }
@@ -292,11 +340,10 @@ impl DataPlane {
     pub async fn apply(&self, spec: Spec) -> Result<Vec<Bound>, ApplyError> {
         let current = self.runtime.load_full();
         if current.version == spec.version && current.hash == spec.hash {
-            return Ok(self.all_bound(self.bound().as_ref()));
+            return Ok(self.all_bound());
         }
         check_upstreams_resolve(&spec).await?;
         let (plan, admin) = self.bind(&spec.statics)?;
-        // Upstream clients take their timeouts from the first snapshot (they are static).
         self.upstreams.configure(&spec.statics);
         let runtime = Runtime::compile(&spec, &self.limiters, &self.upstreams);
         self.runtime.store(Arc::new(runtime));
@@ -313,71 +360,87 @@ impl DataPlane {
         );
         self.serve(plan, admin, &spec.statics);
         crate::notify::serving(spec.version);
-        Ok(self.all_bound(self.bound().as_ref()))
+        Ok(self.all_bound())
     }
 
-    /// Serves `plan` (every snapshot) and, from the first snapshot, the admin listener.
-    fn serve(
-        &self,
-        plan: crate::listeners::Plan,
-        admin: Option<(tokio::net::TcpListener, Bound)>,
-        statics: &StaticSpec,
-    ) {
+    /// Serves what `bind` prepared, under `statics`' per-connection settings from the next
+    /// accept on.
+    fn serve(&self, plan: crate::listeners::Plan, admin: AdminChange, statics: &StaticSpec) {
         let serving = {
             let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
-            serving
-                .get_or_insert_with(|| {
-                    Arc::new(crate::listeners::Serving {
-                        proxy: Arc::new(Proxy::new(
+            match serving.as_ref() {
+                Some(serving) => {
+                    serving.update(statics);
+                    serving.clone()
+                }
+                None => serving
+                    .insert(Arc::new(crate::listeners::Serving::new(
+                        Arc::new(Proxy::new(
                             self.runtime.clone(),
                             self.metrics.clone(),
                             false,
-                            statics.limits,
                             self.tunnels.clone(),
                         )),
-                        statics: statics.clone(),
-                        // One set of connection caps for every listener.
-                        gate: Arc::new(crate::server::Gate::new(
-                            &statics.limits,
-                            self.metrics.clone(),
-                        )),
-                        shutdown: self.shutdown.clone(),
-                        abort: self.abort.clone(),
-                        servers: self.servers.clone(),
-                    })
-                })
-                .clone()
+                        statics,
+                        self.metrics.clone(),
+                        self.shutdown.clone(),
+                        self.abort.clone(),
+                        self.servers.clone(),
+                    )))
+                    .clone(),
+            }
         };
         if !plan.is_empty() {
             self.listeners.commit(plan, &serving);
         }
         self.ready.store(true, Ordering::Release);
-        if let Some((listener, _)) = admin {
-            let state = AdminState {
-                metrics: self.metrics.clone(),
-                ready: self.ready.clone(),
-            };
-            let serve = crate::admin::serve(listener, Arc::new(state), self.shutdown.clone());
-            self.servers.spawn(serve);
+        let mut running = self.admin();
+        match admin {
+            AdminChange::Keep => {}
+            AdminChange::Stop => {
+                if let Some(old) = running.take() {
+                    tracing::info!(listener = ADMIN_LISTENER_NAME, address = %old.local, "admin listener stops accepting");
+                    old.stop.cancel();
+                }
+            }
+            AdminChange::Start {
+                address,
+                local,
+                listener,
+                socket,
+            } => {
+                if let Some(old) = running.take() {
+                    tracing::info!(listener = ADMIN_LISTENER_NAME, address = %old.local, "admin listener stops accepting");
+                    old.stop.cancel();
+                }
+                let state = AdminState {
+                    metrics: self.metrics.clone(),
+                    ready: self.ready.clone(),
+                };
+                let stop = self.shutdown.child_token();
+                tracing::info!(listener = ADMIN_LISTENER_NAME, address = %local, "listening");
+                self.servers.spawn(crate::admin::serve(
+                    listener,
+                    Arc::new(state),
+                    stop.clone(),
+                    self.shutdown.clone(),
+                ));
+                *running = Some(AdminListener {
+                    address,
+                    local,
+                    stop,
+                    socket,
+                });
+            }
         }
     }
 
-    /// Binds what the snapshot's listeners add (every snapshot) and the admin listener (the
-    /// first snapshot only: it is static, like the drain deadline and the per-connection
-    /// settings, and a later snapshot that changes them gets a warning).
+    /// Binds what the snapshot adds to the listeners and the admin listener, taking the
+    /// sockets a predecessor handed over where they match. Changes nothing that serves.
     fn bind(
         &self,
         statics: &StaticSpec,
-    ) -> Result<
-        (
-            crate::listeners::Plan,
-            Option<(tokio::net::TcpListener, Bound)>,
-        ),
-        ApplyError,
-    > {
-        use proto::v1::HandedSocketKind;
-        use std::os::fd::AsFd;
-        let mut bound = self.bound();
+    ) -> Result<(crate::listeners::Plan, AdminChange), ApplyError> {
         let (mut inherited, inherited_admin) = {
             let mut handover = self.handover();
             (
@@ -385,17 +448,6 @@ impl DataPlane {
                 handover.admin_http.take(),
             )
         };
-        if let Some((first, _)) = bound.as_ref() {
-            let without_listeners = |s: &StaticSpec| StaticSpec {
-                listeners: Vec::new(),
-                ..s.clone()
-            };
-            if without_listeners(first) != without_listeners(statics) {
-                tracing::warn!(
-                    "admin, drain or connection settings changed; they take effect when proxyd restarts"
-                );
-            }
-        }
         let plan = self
             .listeners
             .plan(&statics.listeners, &mut inherited, &self.runtime)?;
@@ -403,50 +455,38 @@ impl DataPlane {
         for (name, address, _) in inherited {
             tracing::warn!(listener = %name, %address, "closing a handed-over listener the config does not have");
         }
-        if bound.is_some() {
-            return Ok((plan, None));
+        let running = self.admin().as_ref().map(|a| a.address);
+        if running == statics.admin_address {
+            return Ok((plan, AdminChange::Keep));
         }
-        let admin = match statics.admin_address {
-            None => None,
-            Some(address) => {
-                let handed = inherited_admin
-                    .filter(|(a, _)| *a == address)
-                    .map(|(_, l)| l);
-                let (listener, local) = match handed {
-                    Some(listener) => adopt(ADMIN_LISTENER_NAME, address, listener)?,
-                    None => bind(ADMIN_LISTENER_NAME, address)?,
-                };
-                match listener.as_fd().try_clone_to_owned() {
-                    Ok(fd) => self.handover().sockets.push((
-                        HandedSocketKind::AdminHttp,
-                        ADMIN_LISTENER_NAME.to_owned(),
-                        address.to_string(),
-                        fd,
-                    )),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot keep the admin listener for hand-over")
-                    }
-                }
-                Some((
-                    listener,
-                    Bound {
-                        name: ADMIN_LISTENER_NAME.to_owned(),
-                        address: local,
-                    },
-                ))
-            }
+        let Some(address) = statics.admin_address else {
+            return Ok((plan, AdminChange::Stop));
         };
-        *bound = Some((
-            statics.clone(),
-            admin.iter().map(|(_, b)| b.clone()).collect(),
-        ));
-        Ok((plan, admin))
+        let socket = match inherited_admin.filter(|(a, _)| *a == address) {
+            Some((_, socket)) => socket,
+            None => crate::listeners::bind(ADMIN_LISTENER_NAME, address)?,
+        };
+        let local = socket.local_addr().map_err(|source| ApplyError::Bind {
+            name: ADMIN_LISTENER_NAME.to_owned(),
+            address,
+            source,
+        })?;
+        let (listener, socket) = crate::listeners::adopt(ADMIN_LISTENER_NAME, address, socket)?;
+        Ok((
+            plan,
+            AdminChange::Start {
+                address,
+                local,
+                listener,
+                socket,
+            },
+        ))
     }
 
     /// Waits until every listener has drained (after `shutdown` was cancelled), and every
     /// open tunnel has closed, both up to the drain deadline (a fast stop cuts it short).
     pub async fn drained(&self) {
-        let deadline = self.bound().as_ref().map(|(s, _)| s.shutdown_timeout);
+        let deadline = self.drain_timeout();
         self.servers.close();
         self.tunnels.close();
         let tunnels = async {
@@ -460,42 +500,6 @@ impl DataPlane {
         };
         tokio::join!(self.servers.wait(), tunnels);
     }
-}
-
-/// Binds listener `name` on `address`; returns it with its real address (port 0 resolved).
-fn bind(
-    name: &str,
-    address: SocketAddr,
-) -> Result<(tokio::net::TcpListener, SocketAddr), ApplyError> {
-    let bind_err = |source| ApplyError::Bind {
-        name: name.to_owned(),
-        address,
-        source,
-    };
-    let listener = std::net::TcpListener::bind(address).map_err(bind_err)?;
-    listener.set_nonblocking(true).map_err(bind_err)?;
-    let local = listener.local_addr().map_err(bind_err)?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_err)?;
-    tracing::info!(listener = %name, address = %local, "listening");
-    Ok((listener, local))
-}
-
-/// Serves a listener a predecessor handed over.
-fn adopt(
-    name: &str,
-    address: SocketAddr,
-    listener: std::net::TcpListener,
-) -> Result<(tokio::net::TcpListener, SocketAddr), ApplyError> {
-    let adopt_err = |source| ApplyError::Bind {
-        name: name.to_owned(),
-        address,
-        source,
-    };
-    listener.set_nonblocking(true).map_err(adopt_err)?;
-    let local = listener.local_addr().map_err(adopt_err)?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(adopt_err)?;
-    tracing::info!(listener = %name, address = %local, "listening (handed over)");
-    Ok((listener, local))
 }
 
 /// Drops the metric series of the sites `previous` served and `next` does not, so `/metrics`

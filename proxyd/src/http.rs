@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 
 pub use error::ProxyError;
 
-use crate::convert::{Answer, ConnectionLimits};
+use crate::convert::Answer;
 use crate::metrics::Metrics;
 use crate::runtime::{Action, Runtime, Site};
 use crate::server::{Activity, Permit};
@@ -85,8 +85,6 @@ pub struct Proxy {
     /// proxyd has a TLS listener: plain-HTTP requests for sites with a certificate are
     /// redirected to it. Follows the listeners of each snapshot.
     https_listener: std::sync::atomic::AtomicBool,
-    /// The body and tunnel deadlines (static).
-    limits: ConnectionLimits,
     /// Open tunnels: a drain waits for them up to its deadline (the connections that carried
     /// them are gone from the listeners' count once upgraded).
     tunnels: tokio_util::task::TaskTracker,
@@ -97,14 +95,12 @@ impl Proxy {
         runtime: Arc<ArcSwap<Runtime>>,
         metrics: Arc<Metrics>,
         https_listener: bool,
-        limits: ConnectionLimits,
         tunnels: tokio_util::task::TaskTracker,
     ) -> Proxy {
         Proxy {
             runtime,
             metrics,
             https_listener: std::sync::atomic::AtomicBool::new(https_listener),
-            limits,
             tunnels,
         }
     }
@@ -337,7 +333,7 @@ impl Proxy {
         let mut body = upload.as_ref().map(|upload| {
             let watched = Watched::new(
                 body,
-                self.limits.request_body_timeout,
+                runtime.limits.request_body_timeout,
                 Side::Client,
                 self.metrics.clone(),
             )
@@ -465,7 +461,7 @@ impl Proxy {
                 upstream_side,
                 upstream_name.to_owned(),
                 conn.permit.clone(),
-                self.limits.tunnel_idle_timeout,
+                runtime.limits.tunnel_idle_timeout,
                 self.metrics.clone(),
             ));
         }
@@ -483,7 +479,7 @@ impl Proxy {
         parts.version = client_version;
         let body = Watched::new(
             body,
-            self.limits.upstream_body_timeout,
+            runtime.limits.upstream_body_timeout,
             Side::Upstream,
             self.metrics.clone(),
         )

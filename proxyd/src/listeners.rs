@@ -22,8 +22,9 @@ use tokio_util::task::TaskTracker;
 use crate::convert::{ListenerSpec, StaticSpec};
 use crate::dataplane::{ApplyError, Bound};
 use crate::http::Proxy;
+use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::server::Gate;
+use crate::server::{Gate, Settings};
 use crate::tls::Terminator;
 
 /// A listener serving now.
@@ -65,12 +66,44 @@ impl Plan {
 /// What every accept loop shares, from the first snapshot on.
 pub struct Serving {
     pub proxy: Arc<Proxy>,
-    /// The per-connection settings (static: those of the first snapshot).
-    pub statics: StaticSpec,
+    /// The per-connection settings of the snapshot serving now.
+    pub settings: Arc<ArcSwap<Settings>>,
     pub gate: Arc<Gate>,
     pub shutdown: CancellationToken,
     pub abort: CancellationToken,
     pub servers: TaskTracker,
+}
+
+impl Serving {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        statics: &StaticSpec,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        abort: CancellationToken,
+        servers: TaskTracker,
+    ) -> Serving {
+        Serving {
+            proxy,
+            settings: Arc::new(ArcSwap::from_pointee(Settings::new(statics))),
+            // One set of connection caps for every listener.
+            gate: Arc::new(Gate::new(&statics.limits, metrics)),
+            shutdown,
+            abort,
+            servers,
+        }
+    }
+
+    /// Takes a later snapshot's per-connection settings and caps, for the connections accepted
+    /// from now on.
+    pub fn update(&self, statics: &StaticSpec) {
+        let settings = Settings::new(statics);
+        if !self.settings.load().same(&settings) {
+            tracing::info!("connection settings changed; new connections use them");
+        }
+        self.gate.set_limits(&statics.limits);
+        self.settings.store(Arc::new(settings));
+    }
 }
 
 #[derive(Default)]
@@ -174,7 +207,7 @@ impl Listeners {
                 s.name.clone(),
                 s.listener,
                 serving.proxy.clone(),
-                serving.statics.clone(),
+                serving.settings.clone(),
                 serving.gate.clone(),
                 tls.clone().filter(|_| s.tls),
                 stop.clone(),
@@ -225,7 +258,7 @@ impl Listeners {
 }
 
 /// A socket on `address`, listening.
-fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListener, ApplyError> {
+pub fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListener, ApplyError> {
     std::net::TcpListener::bind(address).map_err(|source| ApplyError::Bind {
         name: name.to_owned(),
         address,
@@ -234,7 +267,7 @@ fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListener, ApplyE
 }
 
 /// Serves `socket` from tokio, keeping a duplicate of it.
-fn adopt(
+pub fn adopt(
     name: &str,
     address: SocketAddr,
     socket: std::net::TcpListener,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::convert::{
-    ActionSpec, Answer, Challenges, HeaderRules, PassiveHealthSpec, PathRules, Policy, PoolSpec,
-    ProxySpec, Rewrite, Spec,
+    ActionSpec, Answer, Challenges, ConnectionLimits, HeaderRules, PassiveHealthSpec, PathRules,
+    Policy, PoolSpec, ProxySpec, Rewrite, Spec,
 };
 use crate::limits::{LimiterStore, Scope, SiteLimiter};
 use crate::upstreams::{self, Upstream, UpstreamStore};
@@ -25,6 +25,8 @@ pub struct Runtime {
     challenges: Challenges,
     /// How request paths are normalized before routing.
     pub paths: PathRules,
+    /// The body and tunnel deadlines of requests this runtime takes.
+    pub limits: ConnectionLimits,
 }
 
 #[derive(Debug)]
@@ -212,6 +214,7 @@ impl Runtime {
             default_tls_site: None,
             challenges: Challenges::default(),
             paths: PathRules::default(),
+            limits: ConnectionLimits::default(),
         }
     }
 
@@ -293,6 +296,7 @@ impl Runtime {
             default_tls_site,
             challenges: spec.challenges.clone(),
             paths: spec.paths,
+            limits: spec.statics.limits,
         }
     }
 

@@ -1,8 +1,9 @@
 //! Listeners: accept connections within the connection caps, terminate TLS on TLS listeners,
 //! serve HTTP/1.1 and HTTP/2 on them under their deadlines, and drain on shutdown.
 //!
-//! Listeners outlive snapshots: they are bound once, from the first snapshot, and a reload never
-//! touches them or the connections they accepted.
+//! Listeners outlive snapshots ([`crate::listeners`]), and so do the connections they accepted.
+//! The per-connection settings ([`Settings`]) follow the snapshots: each connection takes those
+//! in force at its accept and keeps them; a reload changes them for the next connections.
 //!
 //! What bounds a client connection (docs/security.md): the caps of [`gate`]; until the protocol
 //! is known, the request-head timeout ([`io`]); an HTTP/1.1 request head, hyper's
@@ -29,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use gate::Permit;
+
+use arc_swap::ArcSwap;
 
 use crate::convert::{ConnectionLimits, StaticSpec};
 use crate::http::{ClientConn, Proxy};
@@ -69,8 +72,9 @@ pub async fn accept(
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting, lets in-flight requests finish
-/// (keep-alive off, HTTP/2 GOAWAY) for up to `drain_timeout`, and drops what is left; `abort`
-/// (a fast stop) cuts the drain short. With `tls`, every connection starts with a TLS handshake.
+/// (keep-alive off, HTTP/2 GOAWAY) for up to the drain deadline in force then, and drops what
+/// is left; `abort` (a fast stop) cuts the drain short. With `tls`, every connection starts
+/// with a TLS handshake. Each connection is served under the `settings` current at its accept.
 /// Connections of every listener count against one `gate`.
 #[allow(
     clippy::too_many_arguments,
@@ -80,7 +84,7 @@ pub async fn serve(
     name: String,
     listener: TcpListener,
     proxy: Arc<Proxy>,
-    statics: StaticSpec,
+    settings: Arc<ArcSwap<Settings>>,
     gate: Arc<Gate>,
     tls: Option<Arc<Terminator>>,
     shutdown: CancellationToken,
@@ -89,12 +93,18 @@ pub async fn serve(
     let connections = TaskTracker::new();
     // Cancelled when the drain deadline passes: drops every connection still open.
     let hard_stop = CancellationToken::new();
-    let builder = http_builder(&statics);
-    let limits = statics.limits;
-    let drain_timeout = statics.shutdown_timeout;
-    // Accepted sockets inherit keepalive from the listener (Linux copies the options).
-    set_keepalive(&listener, limits.tcp_keepalive, &name);
+    // Accepted sockets inherit keepalive from the listener (Linux copies the options); set
+    // again on the listener when a snapshot changes it.
+    let mut keepalive = settings.load().limits.tcp_keepalive;
+    set_keepalive(socket2::SockRef::from(&listener), keepalive, &name);
     while let Some((stream, peer)) = accept(&listener, &name, &shutdown).await {
+        let current = settings.load_full();
+        if current.limits.tcp_keepalive != keepalive {
+            keepalive = current.limits.tcp_keepalive;
+            set_keepalive(socket2::SockRef::from(&listener), keepalive, &name);
+            // This one was accepted with the previous setting.
+            set_keepalive(socket2::SockRef::from(&stream), keepalive, &name);
+        }
         let capped = !proxy.trusts(peer.ip());
         let Ok(permit) = gate.admit(peer.ip(), capped) else {
             tracing::debug!(listener = %name, client = %peer, "connection over a cap; closed");
@@ -105,9 +115,7 @@ pub async fn serve(
             permit: Arc::new(permit),
             peer,
             proxy: proxy.clone(),
-            builder: builder.clone(),
-            limits,
-            first_bytes: statics.request_header_timeout,
+            settings: current,
             shutdown: shutdown.clone(),
         };
         let (tls, hard_stop) = (tls.clone(), hard_stop.clone());
@@ -121,6 +129,7 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
+    let drain_timeout = settings.load().shutdown_timeout;
     tracing::info!(listener = %name, "stopped accepting; draining connections");
     tokio::select! {
         drained = tokio::time::timeout(drain_timeout, connections.wait()) => if drained.is_err() {
@@ -133,11 +142,11 @@ pub async fn serve(
 
 pub use gate::Gate;
 
-fn set_keepalive(listener: &TcpListener, idle: Duration, name: &str) {
+fn set_keepalive(socket: socket2::SockRef<'_>, idle: Duration, name: &str) {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(idle)
         .with_interval(Duration::from_secs(10));
-    if let Err(e) = socket2::SockRef::from(listener).set_tcp_keepalive(&keepalive) {
+    if let Err(e) = socket.set_tcp_keepalive(&keepalive) {
         tracing::warn!(listener = %name, error = %e, "cannot set TCP keepalive");
     }
 }
@@ -145,11 +154,44 @@ fn set_keepalive(listener: &TcpListener, idle: Duration, name: &str) {
 /// hyper's HTTP/1.1 header count limit when none is set.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
+/// The per-connection settings of one snapshot, ready to serve with.
+pub struct Settings {
+    builders: Builders,
+    pub limits: ConnectionLimits,
+    /// Until the protocol is known; also hyper's HTTP/1.1 request-head timeout.
+    first_bytes: Duration,
+    max_request_headers: usize,
+    max_request_header_bytes: usize,
+    /// The drain deadline.
+    pub shutdown_timeout: Duration,
+}
+
+impl Settings {
+    pub fn new(statics: &StaticSpec) -> Settings {
+        Settings {
+            builders: http_builder(statics),
+            limits: statics.limits,
+            first_bytes: statics.request_header_timeout,
+            max_request_headers: statics.max_request_headers,
+            max_request_header_bytes: statics.max_request_header_bytes,
+            shutdown_timeout: statics.shutdown_timeout,
+        }
+    }
+
+    /// Whether `other` sets the same (the builders follow from the rest).
+    pub fn same(&self, other: &Settings) -> bool {
+        self.limits == other.limits
+            && self.first_bytes == other.first_bytes
+            && self.max_request_headers == other.max_request_headers
+            && self.max_request_header_bytes == other.max_request_header_bytes
+            && self.shutdown_timeout == other.shutdown_timeout
+    }
+}
+
 /// HTTP/1.1, and HTTP/2 (h2c with prior knowledge, or h2 after ALPN), told apart by the
-/// connection preface ([`io::choose_protocol`]), with the request-head limits of the first
-/// snapshot. Each connection then gets only the protocol it speaks (a connection serving
-/// either would be as large as both).
-#[derive(Clone)]
+/// connection preface ([`io::choose_protocol`]), with a snapshot's request-head limits. Each
+/// connection then gets only the protocol it speaks (a connection serving either would be as
+/// large as both).
 struct Builders {
     h1: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
@@ -277,10 +319,8 @@ struct Connection {
     permit: Arc<Permit>,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
-    builder: Builders,
-    limits: ConnectionLimits,
-    /// Until the protocol is known.
-    first_bytes: Duration,
+    /// Those in force at its accept.
+    settings: Arc<Settings>,
     shutdown: CancellationToken,
 }
 
@@ -293,7 +333,7 @@ impl Connection {
         let handshake = tokio::select! {
             // Boxed: the handshake's state is large, and the connection's task would otherwise
             // keep room for it while it serves requests.
-            handshake = Box::pin(tls.handshake(stream, self.limits.tls_handshake_timeout)) => handshake,
+            handshake = Box::pin(tls.handshake(stream, self.settings.limits.tls_handshake_timeout)) => handshake,
             // A drain does not wait for handshakes.
             () = self.shutdown.cancelled() => return,
         };
@@ -315,8 +355,8 @@ impl Connection {
         let metrics = self.proxy.metrics().clone();
         let io = io::GuardedIo::new(
             stream,
-            self.first_bytes,
-            self.limits.response_send_timeout,
+            self.settings.first_bytes,
+            self.settings.limits.response_send_timeout,
             metrics.clone(),
         );
         let activity = Arc::new(Activity::new());
@@ -335,17 +375,23 @@ impl Connection {
             return;
         };
         let mut connection: Pin<Box<dyn Served>> = if h2 {
-            Box::pin(self.builder.h2.serve_connection(TokioIo::new(io), service))
+            Box::pin(
+                self.settings
+                    .builders
+                    .h2
+                    .serve_connection(TokioIo::new(io), service),
+            )
         } else {
             Box::pin(
-                self.builder
+                self.settings
+                    .builders
                     .h1
                     .serve_connection(TokioIo::new(io), service)
                     .with_upgrades(),
             )
         };
         let mut closing = false;
-        let idle_timeout = self.limits.http2_idle_timeout;
+        let idle_timeout = self.settings.limits.http2_idle_timeout;
         let result = loop {
             tokio::select! {
                 result = connection.as_mut() => break result,
@@ -374,7 +420,11 @@ mod tests {
     #[tokio::test]
     async fn accepted_sockets_inherit_tcp_keepalive_from_the_listener() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        set_keepalive(&listener, Duration::from_secs(42), "test");
+        set_keepalive(
+            socket2::SockRef::from(&listener),
+            Duration::from_secs(42),
+            "test",
+        );
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();

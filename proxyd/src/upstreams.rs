@@ -42,21 +42,9 @@ pub fn empty_body() -> UpstreamBody {
         .boxed()
 }
 
-/// Connection settings every upstream client shares; static, from the first snapshot.
-#[derive(Debug, Clone, Copy)]
-struct ClientSettings {
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-}
-
-impl Default for ClientSettings {
-    fn default() -> Self {
-        ClientSettings {
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(4),
-        }
-    }
-}
+/// The upstream timeouts until a snapshot sets them.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// One upstream's live state, shared by every route and site that uses it.
 pub struct Upstream {
@@ -94,7 +82,7 @@ impl Upstream {
         connection: &ConnectionSpec,
         limits: UpstreamLimits,
         metrics: Arc<Metrics>,
-        settings: ClientSettings,
+        timeouts: Arc<pool::Timeouts>,
     ) -> Upstream {
         let name = spec.to_string();
         metrics.upstream_health(&name, true);
@@ -103,8 +91,7 @@ impl Upstream {
             spec.scheme.clone(),
             spec.authority.clone(),
             pool::Settings {
-                connect_timeout: settings.connect_timeout,
-                idle_timeout: settings.idle_timeout,
+                timeouts,
                 max_idle: limits.max_idle_connections,
                 protocol: connection.protocol,
                 tls: connection.tls.as_ref().map(|t| t.connector.clone()),
@@ -246,7 +233,8 @@ pub struct UpstreamStore {
     checks: Mutex<HashMap<(UpstreamKey, HealthCheckSpec), CancellationToken>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-    settings: std::sync::OnceLock<ClientSettings>,
+    /// Shared by every upstream's pool.
+    timeouts: Arc<pool::Timeouts>,
 }
 
 impl UpstreamStore {
@@ -256,17 +244,19 @@ impl UpstreamStore {
             checks: Mutex::default(),
             metrics,
             shutdown,
-            settings: std::sync::OnceLock::new(),
+            timeouts: Arc::new(pool::Timeouts::new(
+                DEFAULT_CONNECT_TIMEOUT,
+                DEFAULT_IDLE_TIMEOUT,
+            )),
         }
     }
 
-    /// Sets the upstream clients' connect and idle timeouts; only the first call counts, as
-    /// they are static settings.
+    /// Sets every upstream's connect and idle timeouts, for the next dial and checkout.
     pub fn configure(&self, statics: &StaticSpec) {
-        let _ = self.settings.set(ClientSettings {
-            connect_timeout: statics.upstream_connect_timeout,
-            idle_timeout: statics.upstream_idle_timeout,
-        });
+        self.timeouts.set(
+            statics.upstream_connect_timeout,
+            statics.upstream_idle_timeout,
+        );
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<UpstreamKey, Arc<Upstream>>> {
@@ -278,13 +268,12 @@ impl UpstreamStore {
         self.lock()
             .entry(key(upstream, limits))
             .or_insert_with(|| {
-                let settings = self.settings.get().copied().unwrap_or_default();
                 Arc::new(Upstream::new(
                     upstream.spec.clone(),
                     &upstream.connection,
                     limits,
                     self.metrics.clone(),
-                    settings,
+                    self.timeouts.clone(),
                 ))
             })
             .clone()
@@ -398,7 +387,10 @@ mod tests {
             &ConnectionSpec::default(),
             UpstreamLimits::default(),
             Arc::new(Metrics::new()),
-            ClientSettings::default(),
+            Arc::new(pool::Timeouts::new(
+                DEFAULT_CONNECT_TIMEOUT,
+                DEFAULT_IDLE_TIMEOUT,
+            )),
         ))
     }
 

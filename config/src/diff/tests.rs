@@ -77,31 +77,29 @@ fn an_empty_value_reads_unset() {
 fn limits_and_static_fields_are_named_with_both_values() {
     let old = config("[rate_limit]\nrequests_per_second = 10\nburst = 5\n", A);
     let new = config(
-        "body_limit_bytes = 5\n[proxy]\nshutdown_timeout = \"5s\"\n",
+        "body_limit_bytes = 5\n[proxy]\nshutdown_timeout = \"5s\"\n[logging]\nformat = \"text\"\n",
         A,
     );
     let d = ConfigDiff::between(&old, &new);
+    let change = |field: &str, old: &str, new: &str| FieldChange {
+        field: field.into(),
+        old: old.into(),
+        new: new.into(),
+        ..FieldChange::default()
+    };
     assert_eq!(
         d.limits_changed,
         [
-            FieldChange {
-                field: "body_limit_bytes".into(),
-                old: "10485760".into(),
-                new: "5".into(),
-                ..FieldChange::default()
-            },
-            FieldChange {
-                field: "rate_limit".into(),
-                old: "10/s burst 5".into(),
-                new: "none".into(),
-                ..FieldChange::default()
-            },
+            change("body_limit_bytes", "10485760", "5"),
+            change("rate_limit", "10/s burst 5", "none"),
+            // proxyd applies [proxy] live: no restart.
+            change("proxy.shutdown_timeout", "30s", "5s"),
         ]
     );
     assert_eq!(d.static_changed.len(), 1);
     assert_eq!(
         d.static_warnings(),
-        ["proxy.shutdown_timeout changed from 30s to 5s: needs a restart of proxyd"]
+        ["logging.format changed from json to text: needs a restart of controld"]
     );
     assert!(ConfigDiff::between(&old, &old).is_empty());
 }

@@ -183,12 +183,22 @@ async fn static_changes_are_named_in_warnings_and_the_dynamic_part_applies() {
         .iter()
         .map(|c| c.field.as_str())
         .collect();
-    assert_eq!(fields, ["proxy.shutdown_timeout", "logging.format"]);
-    assert_eq!(report.warnings.len(), 2);
+    assert_eq!(fields, ["logging.format"]);
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
     assert!(
-        report.warnings[0].starts_with("proxy.shutdown_timeout changed from 30s to 5s"),
+        report.warnings[0].starts_with("logging.format changed from json to text"),
         "{:?}",
         report.warnings
+    );
+    // proxyd applies [proxy] live: a change, not a warning.
+    assert!(
+        report
+            .diff
+            .limits_changed
+            .iter()
+            .any(|c| c.field == "proxy.shutdown_timeout" && c.new == "5s"),
+        "{:?}",
+        report.diff.limits_changed
     );
     assert_eq!(upstream(&r.current()), "http://127.0.0.1:9002");
 }

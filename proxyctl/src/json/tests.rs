@@ -295,7 +295,7 @@ fn remote_check_shape() {
                 "static_changed": [],
                 "site_changes": []
             },
-            "warnings": ["proxy.admin_address changed; it takes effect on restart"],
+            "warnings": ["control.metrics_address changed from none to 127.0.0.1:9100: needs a restart of controld"],
             "diagnostics": []
         })
     );

@@ -3,6 +3,9 @@
 //! limits key them). A connection over a cap is closed at once, before any byte is read, and
 //! counted in `proxy_connections_refused_total`. Peers in `trusted_proxies` (load balancers,
 //! which carry many clients on their connections) are not capped per address.
+//!
+//! A snapshot may change the caps: they apply from the next accept. Connections already open
+//! stay, even over a lowered cap; new ones are refused until the count is under it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,8 +34,9 @@ impl Refusal {
 
 /// Counts open client connections, in all and per client.
 pub struct Gate {
-    max_connections: usize,
-    max_per_ip: Option<usize>,
+    max_connections: AtomicUsize,
+    /// `NO_CAP`: no per-client cap.
+    max_per_ip: AtomicUsize,
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     metrics: Arc<Metrics>,
@@ -47,15 +51,29 @@ pub struct Permit {
     _open: ConnectionOpen,
 }
 
+const NO_CAP: usize = usize::MAX;
+
 impl Gate {
     pub fn new(limits: &ConnectionLimits, metrics: Arc<Metrics>) -> Gate {
-        Gate {
-            max_connections: limits.max_connections,
-            max_per_ip: limits.max_connections_per_ip,
+        let gate = Gate {
+            max_connections: AtomicUsize::new(0),
+            max_per_ip: AtomicUsize::new(NO_CAP),
             open: AtomicUsize::new(0),
             per_ip: Mutex::default(),
             metrics,
-        }
+        };
+        gate.set_limits(limits);
+        gate
+    }
+
+    /// The caps of a new snapshot, for the next connections.
+    pub fn set_limits(&self, limits: &ConnectionLimits) {
+        self.max_connections
+            .store(limits.max_connections, Ordering::Relaxed);
+        self.max_per_ip.store(
+            limits.max_connections_per_ip.unwrap_or(NO_CAP),
+            Ordering::Relaxed,
+        );
     }
 
     /// A place for a connection from `peer`; `capped` is false for trusted proxies.
@@ -64,13 +82,16 @@ impl Gate {
             self.metrics.connection_refused(why.as_str());
             Err(why)
         };
-        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_connections.load(Ordering::Relaxed)
+        {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return refuse(Refusal::MaxConnections);
         }
-        let key = match self.max_per_ip.filter(|_| capped) {
-            None => None,
-            Some(max) => {
+        let max_per_ip = self.max_per_ip.load(Ordering::Relaxed);
+        let key = match max_per_ip {
+            NO_CAP => None,
+            _ if !capped => None,
+            max => {
                 let key = client_key(peer);
                 let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
                 let count = per_ip.entry(key).or_insert(0);
@@ -152,6 +173,31 @@ mod tests {
         let g = gate(10, None);
         let held: Vec<_> = (0..5).map(|_| g.admit(lb, true).unwrap()).collect();
         assert_eq!(held.len(), 5);
+    }
+
+    #[test]
+    fn new_caps_apply_to_the_next_connections_and_open_ones_stay() {
+        let g = gate(3, Some(2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let held: Vec<_> = (0..2).map(|_| g.admit(a, true).unwrap()).collect();
+        let lowered = ConnectionLimits {
+            max_connections: 1,
+            max_connections_per_ip: Some(1),
+            ..ConnectionLimits::default()
+        };
+        g.set_limits(&lowered);
+        assert_eq!(g.admit(a, true).err(), Some(Refusal::MaxConnections));
+        drop(held);
+        let one = g.admit(a, true).unwrap();
+        assert_eq!(g.admit(a, true).err(), Some(Refusal::MaxConnections));
+        g.set_limits(&ConnectionLimits {
+            max_connections: 10,
+            max_connections_per_ip: None,
+            ..ConnectionLimits::default()
+        });
+        let more: Vec<_> = (0..5).map(|_| g.admit(a, true).unwrap()).collect();
+        drop((one, more));
+        assert_eq!(g.tracked_clients(), 0);
     }
 
     #[test]

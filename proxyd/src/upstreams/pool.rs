@@ -15,6 +15,7 @@
 //!   until the socket closes.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -54,11 +55,43 @@ impl Protocol {
     }
 }
 
+/// The connect and idle timeouts every pool shares; a snapshot that changes them changes them
+/// for every pool at once (the next dial, the next checkout).
+#[derive(Debug)]
+pub struct Timeouts {
+    connect_ms: AtomicU64,
+    idle_ms: AtomicU64,
+}
+
+impl Timeouts {
+    pub fn new(connect: Duration, idle: Duration) -> Timeouts {
+        let timeouts = Timeouts {
+            connect_ms: AtomicU64::new(0),
+            idle_ms: AtomicU64::new(0),
+        };
+        timeouts.set(connect, idle);
+        timeouts
+    }
+
+    pub fn set(&self, connect: Duration, idle: Duration) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.connect_ms.store(ms(connect), Ordering::Relaxed);
+        self.idle_ms.store(ms(idle), Ordering::Relaxed);
+    }
+
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// How a pool dials and keeps connections.
 #[derive(Clone)]
 pub struct Settings {
-    pub connect_timeout: Duration,
-    pub idle_timeout: Duration,
+    pub timeouts: Arc<Timeouts>,
     pub max_idle: usize,
     pub protocol: Protocol,
     /// For https:// upstreams.
@@ -288,7 +321,7 @@ impl Shared {
     fn checkout_http1(&self) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut idle = self.lock();
         while let Some((sender, since)) = idle.http1.pop() {
-            if sender.is_ready() && since.elapsed() < self.settings.idle_timeout {
+            if sender.is_ready() && since.elapsed() < self.settings.timeouts.idle() {
                 return Some(sender);
             }
         }
@@ -376,7 +409,7 @@ impl Shared {
             true => Some(self.breaker.connection().await.map_err(Error::connect)?),
             false => None,
         };
-        let timeout = self.settings.connect_timeout;
+        let timeout = self.settings.timeouts.connect();
         let (stream, alpn) = tokio::time::timeout(
             timeout,
             connect::stream(&self.authority, self.settings.tls.as_ref()),
@@ -422,7 +455,7 @@ impl Shared {
 async fn reap(pool: Weak<Shared>) {
     loop {
         let Some(shared) = pool.upgrade() else { return };
-        let timeout = shared.settings.idle_timeout;
+        let timeout = shared.settings.timeouts.idle();
         let next = {
             let mut idle = shared.lock();
             let now = Instant::now();

@@ -55,8 +55,7 @@ fn pool(authority: Authority, idle_timeout: Duration) -> Pool {
         Scheme::HTTP,
         authority,
         Settings {
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout,
+            timeouts: Arc::new(Timeouts::new(Duration::from_secs(5), idle_timeout)),
             max_idle: 4,
             protocol: Protocol::Http1,
             tls: None,
