@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use proxy_tests::tls::TestCa;
 use proxy_tests::{MockUpstream, TestEnv, eventually, get, listener_address, output_text};
@@ -142,4 +143,199 @@ async fn listeners_are_added_moved_switched_to_tls_and_removed_by_reload_under_l
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     assert!(ok.load(Ordering::Relaxed) > 0);
     env.stop().await;
+}
+
+/// A connection to `to` from loopback address `from` (each is a client of its own for the
+/// per-address cap).
+async fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Whether the peer closed `stream` (EOF or reset) within `within`; what it sent first is
+/// returned with `true`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> (bool, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let closed = tokio::time::timeout(within, read_all).await.is_ok();
+    (closed, String::from_utf8_lossy(&got).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_settings_caps_drain_deadline_and_admin_listener_follow_reloads_under_load() {
+    use tokio::io::AsyncWriteExt;
+    let app = MockUpstream::start("app").await;
+    let site = format!(
+        "[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{}\"]\n",
+        app.url()
+    );
+    let mut env = TestEnv::start(&site).await;
+    let http = env.http;
+    // `[proxy]` keys in place of the environment's drain deadline.
+    let write = |keys: &str| {
+        let text = env
+            .config_text(&site)
+            .replace("shutdown_timeout = \"2s\"\n", &format!("{keys}\n"));
+        std::fs::write(&env.config_path, text).unwrap();
+    };
+
+    // Steady load from its own client address, untouched by the per-address cap below.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let stream = connect_from([127, 0, 0, 3], http).await;
+                let mut conn = proxy_tests::Conn::over(stream).await;
+                match conn.try_get("app.example", "/").await {
+                    Some(200) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+
+    // An admin listener, added by reload.
+    write("shutdown_timeout = \"2s\"\nadmin_address = \"127.0.0.1:0\"");
+    let out = env.proxyctl(&["reload"]).await;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("restart"), "{text}");
+    let admin = listener_address(&env.status().await, "admin");
+    assert_eq!(get(admin, "localhost", "/healthz").await.status, 200);
+    let open = || async {
+        let metrics = get(admin, "localhost", "/metrics").await.body;
+        proxy_tests::metric(&metrics, "proxy_connections_open").unwrap_or(0.0)
+    };
+
+    // Accepted under the first settings: three idle connections and one half-sent head.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(connect_from([127, 0, 0, 1], http).await);
+    }
+    let mut half_before = connect_from([127, 0, 0, 1], http).await;
+    half_before
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\n")
+        .await
+        .unwrap();
+    eventually("the four connections to be accepted", || async {
+        (open().await >= 4.0).then_some(())
+    })
+    .await;
+
+    // One reload: a cap of 2 per client, a 500 ms request-head deadline and a 300 ms drain
+    // deadline. All live: no restart asked for; the admin listener stays as it is.
+    write(
+        "shutdown_timeout = \"300ms\"\nmax_connections_per_ip = 2\n\
+         request_header_timeout = \"500ms\"\nadmin_address = \"127.0.0.1:0\"",
+    );
+    let out = env.proxyctl(&["reload"]).await;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("proxy.max_connections_per_ip"), "{text}");
+    assert!(!text.contains("restart"), "{text}");
+    assert_eq!(listener_address(&env.status().await, "admin"), admin);
+
+    // The cap holds for new connections from 127.0.0.1 (four are open): closed at once.
+    let mut refused = connect_from([127, 0, 0, 1], http).await;
+    let (closed, sent) = closed_within(&mut refused, Duration::from_secs(5)).await;
+    assert!(closed && sent.is_empty(), "closed unanswered: {sent:?}");
+    let metrics = get(admin, "localhost", "/metrics").await.body;
+    assert!(
+        proxy_tests::metric(
+            &metrics,
+            r#"proxy_connections_refused_total{reason="max_connections_per_ip"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+    // The connections open before stay, over the lowered cap.
+    let mut first = proxy_tests::Conn::over(idle.remove(0)).await;
+    assert_eq!(first.get("app.example", "/").await.status, 200);
+
+    // A new connection gets the 500 ms request-head deadline; the one opened before keeps 30 s.
+    let mut half_after = connect_from([127, 0, 0, 4], http).await;
+    half_after
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\n")
+        .await
+        .unwrap();
+    let (closed, _) = closed_within(&mut half_after, Duration::from_secs(10)).await;
+    assert!(closed, "a half-sent head after the reload times out");
+    let (closed, _) = closed_within(&mut half_before, Duration::from_millis(200)).await;
+    assert!(!closed, "the connection accepted before keeps its deadline");
+    half_before.write_all(b"\r\n").await.unwrap();
+    let (_, answer) = closed_within(&mut half_before, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The admin listener moves to another address, then goes.
+    write("admin_address = \"127.0.0.2:0\"");
+    let out = env.proxyctl(&["reload"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let moved = listener_address(&env.status().await, "admin");
+    assert_eq!(moved.ip(), std::net::IpAddr::from([127, 0, 0, 2]));
+    assert_eq!(get(moved, "localhost", "/healthz").await.status, 200);
+    eventually("the old admin address to refuse connections", || async {
+        tokio::net::TcpStream::connect(admin)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    write("shutdown_timeout = \"300ms\"");
+    let out = env.proxyctl(&["reload"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let status = env.status().await;
+    assert!(
+        !status.data_planes[0]
+            .listeners
+            .iter()
+            .any(|l| l.name == "admin"),
+        "{status:?}"
+    );
+    eventually(
+        "the removed admin listener to refuse connections",
+        || async {
+            tokio::net::TcpStream::connect(moved)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(ok.load(Ordering::Relaxed) > 0);
+
+    // The drain deadline of the last reload (300 ms, not the 2 s proxyd started with) cuts a
+    // request that takes 1.5 s.
+    let before = app.hits();
+    let slow = tokio::spawn(async move {
+        let stream = connect_from([127, 0, 0, 5], http).await;
+        proxy_tests::Conn::over(stream)
+            .await
+            .try_get("app.example", "/sleep/1500")
+            .await
+    });
+    eventually("the slow request to reach the upstream", || async {
+        (app.hits() > before).then_some(())
+    })
+    .await;
+    drop((first, idle));
+    env.stop_proxyd().await;
+    assert_eq!(slow.await.unwrap(), None, "cut at the drain deadline");
+    env.stop_controld().await;
 }

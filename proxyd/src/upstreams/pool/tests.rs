@@ -97,6 +97,37 @@ async fn a_connection_read_to_the_end_is_reused_and_expires_after_the_idle_timeo
 }
 
 #[tokio::test]
+async fn a_shorter_idle_timeout_set_by_a_snapshot_applies_to_the_connections_already_idle() {
+    let (authority, accepted) = upstream(None).await;
+    let timeouts = Arc::new(Timeouts::new(
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    ));
+    let pool = Pool::new(
+        Scheme::HTTP,
+        authority,
+        Settings {
+            timeouts: timeouts.clone(),
+            max_idle: 4,
+            protocol: Protocol::Http1,
+            tls: None,
+        },
+        Arc::new(Breaker::new(UpstreamLimits::default())),
+    );
+    assert_eq!(get(&pool).await.unwrap(), "ok");
+    eventually("the connection to come back", || pool.idle_count() == 1).await;
+    timeouts.set(Duration::from_secs(5), Duration::from_millis(1));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(get(&pool).await.unwrap(), "ok");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the idle one is past the new timeout: a new connection"
+    );
+    assert_eq!(timeouts.connect(), Duration::from_secs(5));
+}
+
+#[tokio::test]
 async fn a_connection_whose_body_was_dropped_unread_is_not_reused() {
     let (authority, accepted) = upstream(None).await;
     let pool = pool(authority, Duration::from_secs(60));
