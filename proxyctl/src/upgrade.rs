@@ -60,7 +60,8 @@ pub enum UpgradeError {
 }
 
 /// The running proxyd's environment, from /proc: the successor runs with the same one (under
-/// systemd that carries `NOTIFY_SOCKET`, so the successor can tell systemd it took over).
+/// systemd that carries `NOTIFY_SOCKET`, so the successor can tell systemd it took over), less
+/// socket activation's variables: the successor takes the sockets by hand-over.
 fn environment(pid: u32) -> std::io::Result<Vec<(OsString, OsString)>> {
     use std::os::unix::ffi::OsStrExt;
     let raw = std::fs::read(format!("/proc/{pid}/environ"))?;
@@ -68,8 +69,12 @@ fn environment(pid: u32) -> std::io::Result<Vec<(OsString, OsString)>> {
         .split(|b| *b == 0)
         .filter_map(|entry| {
             let eq = entry.iter().position(|b| *b == b'=')?;
+            let name = &entry[..eq];
+            if name.starts_with(b"LISTEN_") {
+                return None;
+            }
             Some((
-                std::ffi::OsStr::from_bytes(&entry[..eq]).to_owned(),
+                std::ffi::OsStr::from_bytes(name).to_owned(),
                 std::ffi::OsStr::from_bytes(&entry[eq + 1..]).to_owned(),
             ))
         })

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activation::Activation;
 use crate::admin::AdminState;
 use crate::convert::{ADMIN_LISTENER_NAME, SiteSpec, Spec, StaticSpec};
 use crate::http::Proxy;
@@ -85,6 +86,8 @@ pub struct DataPlane {
     started_at: std::time::SystemTime,
     /// What a hand-over to a successor needs, and what one from a predecessor brought.
     handover: Mutex<HandoverState>,
+    /// The sockets systemd passed (socket activation), for every snapshot.
+    activation: Activation,
 }
 
 /// Sockets and snapshot for a hand-over ([`crate::handover`]).
@@ -162,6 +165,7 @@ impl DataPlane {
         shutdown: CancellationToken,
         abort: CancellationToken,
         log_level_hook: Option<LogLevelHook>,
+        activation: Activation,
     ) -> DataPlane {
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::empty()));
         let metrics = Arc::new(Metrics::new());
@@ -183,6 +187,7 @@ impl DataPlane {
             from_saved: AtomicBool::new(false),
             started_at: std::time::SystemTime::now(),
             handover: Mutex::default(),
+            activation,
         }
     }
 
@@ -448,9 +453,12 @@ impl DataPlane {
                 handover.admin_http.take(),
             )
         };
-        let plan = self
-            .listeners
-            .plan(&statics.listeners, &mut inherited, &self.runtime)?;
+        let plan = self.listeners.plan(
+            &statics.listeners,
+            &mut inherited,
+            &self.activation,
+            &self.runtime,
+        )?;
         // Handed-over sockets this config does not listen on close here.
         for (name, address, _) in inherited {
             tracing::warn!(listener = %name, %address, "closing a handed-over listener the config does not have");
@@ -464,7 +472,7 @@ impl DataPlane {
         };
         let socket = match inherited_admin.filter(|(a, _)| *a == address) {
             Some((_, socket)) => socket,
-            None => crate::listeners::bind(ADMIN_LISTENER_NAME, address)?,
+            None => crate::listeners::socket_for(ADMIN_LISTENER_NAME, address, &self.activation)?,
         };
         let local = socket.local_addr().map_err(|source| ApplyError::Bind {
             name: ADMIN_LISTENER_NAME.to_owned(),

@@ -2,6 +2,7 @@
 //! proxies HTTP traffic to upstreams. It keeps serving its last good snapshot when controld is
 //! gone.
 
+mod activation;
 mod admin;
 mod control;
 pub mod convert;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use activation::Activation;
 pub use control::{Identity, backoff};
 pub use dataplane::LogLevelHook;
 
@@ -53,6 +55,9 @@ pub struct Options {
     /// Set when a hand-over was received but its snapshot could not be served: this process
     /// stops, the predecessor serves on.
     pub failed: Arc<std::sync::atomic::AtomicBool>,
+    /// The sockets systemd passed ([`Activation::from_env`]); listeners take them instead of
+    /// binding.
+    pub activation: Activation,
 }
 
 impl Options {
@@ -69,6 +74,7 @@ impl Options {
             admin_socket: None,
             takeover: false,
             failed: Arc::default(),
+            activation: Activation::default(),
         }
     }
 }
@@ -98,6 +104,7 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
         shutdown.clone(),
         options.fast_stop.clone(),
         options.log_level_hook.clone(),
+        std::mem::take(&mut options.activation),
     ));
     let eviction = tokio::spawn(
         plane

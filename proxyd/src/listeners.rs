@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activation::Activation;
 use crate::convert::{ListenerSpec, StaticSpec};
 use crate::dataplane::{ApplyError, Bound};
 use crate::http::Proxy;
@@ -119,12 +120,14 @@ impl Listeners {
     }
 
     /// Binds what `specs` adds or moves (taking a socket from `inherited` when a predecessor
-    /// handed over one with the same name and configured address), and makes the TLS
-    /// terminator if a TLS listener needs it first. Changes nothing that serves.
+    /// handed over one with the same name and configured address, else a duplicate of the one
+    /// systemd passed for it), and makes the TLS terminator if a TLS listener needs it first.
+    /// Changes nothing that serves.
     pub fn plan(
         &self,
         specs: &[ListenerSpec],
         inherited: &mut Vec<(String, SocketAddr, std::net::TcpListener)>,
+        activation: &Activation,
         runtime: &Arc<ArcSwap<Runtime>>,
     ) -> Result<Plan, ApplyError> {
         if specs.iter().any(|l| l.tls) {
@@ -161,7 +164,7 @@ impl Listeners {
                         .map(|i| inherited.swap_remove(i).2);
                     let socket = match handed {
                         Some(socket) => socket,
-                        None => bind(name, *address)?,
+                        None => socket_for(name, *address, activation)?,
                     };
                     let local = socket.local_addr().map_err(|source| ApplyError::Bind {
                         name: name.clone(),
@@ -257,8 +260,24 @@ impl Listeners {
     }
 }
 
+/// The socket systemd passed for listener `name`, or else a new one bound on `address`.
+pub fn socket_for(
+    name: &str,
+    address: SocketAddr,
+    activation: &Activation,
+) -> Result<std::net::TcpListener, ApplyError> {
+    match activation.socket_for(name, address) {
+        Some(passed) => passed.map_err(|source| ApplyError::Bind {
+            name: name.to_owned(),
+            address,
+            source,
+        }),
+        None => bind(name, address),
+    }
+}
+
 /// A socket on `address`, listening.
-pub fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListener, ApplyError> {
+fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListener, ApplyError> {
     std::net::TcpListener::bind(address).map_err(|source| ApplyError::Bind {
         name: name.to_owned(),
         address,

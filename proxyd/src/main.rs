@@ -53,6 +53,8 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_level_hook = init_logging(&cli.log_format);
+    // Before any thread starts: it edits the environment.
+    let activation = proxyd::Activation::from_env();
     let threads = cli.worker_threads.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
     options.state_dir = cli.state_dir;
     options.admin_socket = (!cli.admin_socket.is_empty()).then(|| PathBuf::from(cli.admin_socket));
     options.takeover = cli.takeover;
+    options.activation = activation;
     let failed = options.failed.clone();
     let fast_stop = options.fast_stop.clone();
     runtime.block_on(async {

@@ -41,7 +41,7 @@ async fn the_systemd_units_verify() {
     let dir = tempfile::tempdir().unwrap();
     let bin = binary("controld").parent().unwrap().to_owned();
     let mut units = Vec::new();
-    for unit in ["controld.service", "proxyd.service"] {
+    for unit in ["controld.service", "proxyd.service", "proxyd.socket"] {
         let text = std::fs::read_to_string(repo().join("deploy").join(unit)).unwrap();
         let path = dir.path().join(unit);
         std::fs::write(&path, text.replace("/usr/local/bin", bin.to_str().unwrap())).unwrap();

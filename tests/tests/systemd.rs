@@ -142,3 +142,131 @@ async fn a_proxyd_that_takes_over_tells_systemd_it_is_the_main_process_now() {
         .args(["-TERM", &new_pid.to_string()])
         .status();
 }
+
+/// A stand-in for systemd's socket units, written to sd_listen_fds(3): it binds two listening
+/// sockets (printing their ports), then runs the command after it as many times as `STARTS`
+/// says, one after the other, each with the sockets as fds 3 and 4 and `LISTEN_FDS`,
+/// `LISTEN_PID` and `LISTEN_FDNAMES` set; before each restart it waits for the file `GO` to
+/// appear, so that a test can act while nothing serves. The sockets stay open in it throughout,
+/// as systemd keeps them.
+const SOCKET_UNIT: &str = r#"
+import fcntl, os, socket, sys, time
+socks = []
+for _ in range(2):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(128)
+    socks.append(s)
+print("socket-unit: ports " + " ".join(str(s.getsockname()[1]) for s in socks), file=sys.stderr, flush=True)
+for start in range(int(os.environ["STARTS"])):
+    if start > 0:
+        while not os.path.exists(os.environ["GO"]):
+            time.sleep(0.01)
+        os.unlink(os.environ["GO"])
+    pid = os.fork()
+    if pid == 0:
+        high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD, 100) for s in socks]
+        for i, fd in enumerate(high):
+            os.dup2(fd, 3 + i)
+            os.set_inheritable(3 + i, True)
+        os.environ["LISTEN_FDS"] = str(len(socks))
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.environ["LISTEN_FDNAMES"] = "http:proxyd.socket"
+        os.execv(sys.argv[1], sys.argv[1:])
+    print(f"socket-unit: started {pid}", file=sys.stderr, flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(f"socket-unit: exited {pid} status {status}", file=sys.stderr, flush=True)
+"#;
+
+/// A GET sent on a new connection to `port`, answered whenever proxyd gets to it.
+fn queued_get(port: u16) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(proxy_tests::raw_exchange(
+        ([127, 0, 0, 1], port).into(),
+        b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxyd_serves_the_sockets_systemd_passed_and_they_queue_connections_across_restarts() {
+    let app = MockUpstream::start("app").await;
+    let env = TestEnv::paths_only();
+    let go = env.dir.path().join("go");
+    let socket = env.socket.to_str().unwrap().to_owned();
+    // Runs the socket unit under `env` (STARTS, GO): env_clear is not wanted, so through sh.
+    let script = format!(
+        "STARTS=2 GO='{}' exec python3 -c \"$0\" \"$@\"",
+        go.display()
+    );
+    let mut unit = Process::start_logged_under(
+        &["sh", "-c", &script, SOCKET_UNIT],
+        "proxyd",
+        &["--control-socket", &socket, "--admin-socket", ""],
+    );
+    let ports: Vec<u16> = unit
+        .wait_for_log(&["socket-unit: ports"])
+        .await
+        .rsplit("ports ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let first = started(&mut unit).await;
+
+    // `http` takes the socket named like it (the config's port 0 notwithstanding); `web` the
+    // unnamed one, by its address.
+    let config = env.config_text(&site(&app.url()))
+        + &format!(
+            "\n[[proxy.listeners]]\nname = \"web\"\naddress = \"127.0.0.1:{}\"\n",
+            ports[1]
+        );
+    std::fs::write(&env.config_path, config).unwrap();
+
+    // Before proxyd has a config, connections queue on the sockets; once it serves, they are
+    // answered.
+    let early = queued_get(ports[0]);
+    let _controld = Process::start("controld", &["--config", env.config_path.to_str().unwrap()]);
+    assert!(early.await.unwrap().starts_with("HTTP/1.1 200"));
+    assert!(
+        queued_get(ports[1])
+            .await
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // proxyd stops; while none runs, both sockets take connections, and the next proxyd
+    // answers them.
+    signal(first, "TERM").await;
+    unit.wait_for_log(&[&format!("socket-unit: exited {first} status 0")])
+        .await;
+    // (A refused connection would make an empty answer.)
+    let during = [queued_get(ports[0]), queued_get(ports[1])];
+    std::fs::write(&go, "").unwrap();
+    let second = started(&mut unit).await;
+    for answer in during {
+        let answer = answer.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    signal(second, "TERM").await;
+    assert_eq!(unit.exit_code().await, Some(0));
+}
+
+/// The pid of the next proxyd the socket unit started.
+async fn started(unit: &mut Process) -> u32 {
+    unit.wait_for_log(&["socket-unit: started"])
+        .await
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn signal(pid: u32, signal: &str) {
+    let status = tokio::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}
