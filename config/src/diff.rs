@@ -83,7 +83,8 @@ pub struct ConfigDiff {
     pub sites_added: Vec<String>,
     pub sites_removed: Vec<String>,
     pub sites_modified: Vec<String>,
-    /// Dynamic settings outside sites: global limits and the log level.
+    /// Settings outside sites that apply live: global limits, the log level, `[proxy]` (proxyd)
+    /// and `control.metrics_address` (controld).
     pub limits_changed: Vec<FieldChange>,
     /// Settings that take effect only when a daemon restarts.
     pub static_changed: Vec<FieldChange>,
@@ -228,7 +229,8 @@ impl From<&pb::FieldChange> for FieldChange {
 
 /// The daemon that must restart for a changed static field to apply: controld for
 /// `control.*` and `logging.format`; `None` for `acme.*`, which controld applies on every
-/// accepted reload. (proxyd applies all of `[proxy]` live.)
+/// accepted reload. (proxyd applies all of `[proxy]` live, and controld
+/// `control.metrics_address`: neither is a static field.)
 pub fn restarts(field: &str) -> Option<&'static str> {
     if field.starts_with("acme.") {
         None
@@ -305,6 +307,15 @@ fn limit_fields(c: &Config) -> Vec<(&'static str, String)> {
     ]
     .into_iter()
     .chain(proxy_fields(&c.statics))
+    // Applied live by controld itself (never sent to data planes): the new address is bound
+    // before the reload commits, and a bind failure rejects the reload.
+    .chain([(
+        "control.metrics_address",
+        c.statics
+            .control
+            .metrics_address
+            .map_or_else(|| "none".to_owned(), |a| a.to_string()),
+    )])
     .collect()
 }
 
@@ -421,12 +432,6 @@ fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
         ),
         ("control.allowed_uids", list(&s.control.allowed_uids)),
         ("control.allowed_gids", list(&s.control.allowed_gids)),
-        (
-            "control.metrics_address",
-            s.control
-                .metrics_address
-                .map_or_else(none, |a| a.to_string()),
-        ),
         ("logging.format", s.log_format.as_str().to_owned()),
         (
             "acme.directory_url",

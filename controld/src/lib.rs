@@ -111,31 +111,16 @@ impl Controld {
             .clone()
     }
 
-    /// Binds `control.metrics_address` (static) and serves `/metrics` there until `shutdown`.
-    async fn serve_metrics(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<std::net::SocketAddr>, Error> {
-        let Some(address) = self
-            .reloader
-            .current()
-            .config
-            .statics
-            .control
-            .metrics_address
-        else {
-            return Ok(None);
-        };
-        let err = |source| Error::Metrics { address, source };
-        let listener = tokio::net::TcpListener::bind(address).await.map_err(err)?;
-        let bound = listener.local_addr().map_err(err)?;
-        tracing::info!(address = %bound, "serving metrics");
+    /// Binds `control.metrics_address` and serves `/metrics` there until `shutdown`; from then
+    /// on the Reloader moves it with every reload that changes it.
+    fn serve_metrics(&self, shutdown: &CancellationToken) -> Result<(), Error> {
         let source = Arc::new(MetricsSource {
-            reloader: self.reloader.clone(),
+            metrics: self.reloader.shared_metrics(),
+            current: self.reloader.subscribe(),
             planes: self.planes.clone(),
         });
-        tokio::spawn(metrics::serve(listener, source, shutdown.clone()));
-        Ok(Some(bound))
+        self.reloader.metrics_listener().start(source, shutdown)?;
+        Ok(())
     }
 
     /// Serves Control and Admin on `socket` until `shutdown` is cancelled, then ends every
@@ -159,15 +144,10 @@ impl Controld {
             planes: self.planes.clone(),
             access: self.access.clone(),
             started_at: self.started_at,
-            metrics_address: None,
             shutdown: shutdown.clone(),
             acme: self.acme.clone(),
         };
-        let metrics_address = self.serve_metrics(&shutdown).await?;
-        let admin = service::AdminService {
-            metrics_address,
-            ..admin
-        };
+        self.serve_metrics(&shutdown)?;
         tokio::spawn(
             self.acme
                 .clone()
@@ -239,19 +219,21 @@ impl Controld {
     }
 }
 
-/// What `/metrics` reads: the serving version and certificates, and the data planes.
+/// What `/metrics` reads: the serving version and certificates, and the data planes. It holds
+/// no reference to the Reloader, which keeps the metrics listener and with it this source.
 struct MetricsSource {
-    reloader: Arc<reloader::Reloader>,
+    metrics: Arc<metrics::Metrics>,
+    current: tokio::sync::watch::Receiver<Arc<reloader::Current>>,
     planes: Arc<dataplanes::DataPlanes>,
 }
 
 impl metrics::Source for MetricsSource {
     fn metrics(&self) -> &metrics::Metrics {
-        self.reloader.metrics()
+        &self.metrics
     }
 
     fn view(&self) -> metrics::View {
-        let current = self.reloader.current();
+        let current = self.current.borrow().clone();
         let planes = self.planes.list();
         metrics::View {
             version: current.version,

@@ -1,6 +1,10 @@
 //! controld's metrics: reloads by result, the last reload's success and time, the version it
 //! serves and its data planes, each certificate's notAfter and ACME renewals by result, as
-//! Prometheus text on `control.metrics_address` (`/metrics`).
+//! Prometheus text on `control.metrics_address` (`/metrics`), which follows reloads ([`listener`]).
+
+mod listener;
+
+pub use listener::{MetricsListener, Rebind};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -198,6 +202,9 @@ impl Metrics {
     }
 }
 
+/// How long a scrape being answered when its listener closes gets to finish.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves `/metrics` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, source: Arc<dyn Source>, shutdown: CancellationToken) {
     let mut builder = http1::Builder::new();
@@ -233,10 +240,15 @@ pub async fn serve(listener: TcpListener, source: Arc<dyn Source>, shutdown: Can
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
             tokio::select! {
-                _ = connection => {}
+                _ = connection.as_mut() => return,
                 () = shutdown.cancelled() => {}
             }
+            // The listener closed (a reload moved it, or controld stops): a scrape being answered
+            // is finished, an idle keep-alive connection closes now.
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
         });
     }
 }

@@ -9,10 +9,10 @@ use tokio::sync::watch;
 
 use crate::config::{Config, Diagnostic, StaticConfig};
 use crate::dataplanes::{DataPlanes, PlaneOutcome};
-use crate::diff::{ConfigDiff, restarts, static_changes};
+use crate::diff::ConfigDiff;
 use crate::error::Error;
 use crate::history::{Entry, History, Kind};
-use crate::metrics::ReloadResult;
+use crate::metrics::{MetricsListener, ReloadResult};
 use crate::snapshot::{AcmeOverlay, Content};
 use crate::state::{Published, StateDir};
 
@@ -50,13 +50,17 @@ pub struct Reloader {
     planes: Arc<DataPlanes>,
     ack_timeout: Duration,
     last: Mutex<Option<LastReload>>,
-    metrics: crate::metrics::Metrics,
+    /// Shared with `/metrics`, which reads it without going through the Reloader.
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Where `/metrics` is served: moved by reloads that change `control.metrics_address`.
+    metrics_listener: MetricsListener,
     log_level_hook: Option<LogLevelHook>,
     /// What ACME adds to every snapshot: changed only under `lock`, through
     /// [`Reloader::publish_acme`], read by every reload.
     acme: Mutex<Arc<AcmeOverlay>>,
     /// The static settings controld started with, which are the ones it runs with (but
-    /// `[acme]`, which controld applies on every accepted reload: `acme_config`).
+    /// `[acme]`, which controld applies on every accepted reload: `acme_config`; and
+    /// `control.metrics_address`, which is not static: `metrics_listener`).
     started_statics: StaticConfig,
     /// `[acme]` of the last accepted reload (applied or unchanged), for the ACME task.
     acme_config: watch::Sender<Option<crate::config::AcmeConfig>>,
@@ -129,7 +133,8 @@ impl Reloader {
             planes,
             ack_timeout,
             last: Mutex::new(None),
-            metrics: crate::metrics::Metrics::default(),
+            metrics: Arc::default(),
+            metrics_listener: MetricsListener::new(started_statics.control.metrics_address),
             log_level_hook,
             acme: Mutex::new(Arc::new(acme)),
             acme_config: watch::channel(started_statics.acme.clone()).0,
@@ -140,6 +145,16 @@ impl Reloader {
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.metrics
+    }
+
+    /// The metrics, for `/metrics` to read (it holds no reference to the Reloader).
+    pub fn shared_metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Where `/metrics` is served.
+    pub fn metrics_listener(&self) -> &MetricsListener {
+        &self.metrics_listener
     }
 
     pub fn config_path(&self) -> &Path {
@@ -281,7 +296,9 @@ impl Reloader {
                 let content = Content::build_with(&config, &self.acme_overlay());
                 if let Some(too_large) = oversize(&content, &file) {
                     report.diagnostics.push(too_large);
-                } else if content.hash != current.content.hash {
+                } else if content.hash != current.content.hash
+                    || controld_changed(&current.config, &config)
+                {
                     report.next_version = current.version + 1;
                 }
             }
@@ -389,7 +406,9 @@ impl Reloader {
         if let Some(too_large) = oversize(&content, &self.config_path) {
             return self.rejected(&current, vec![too_large]);
         }
-        let unchanged = content.hash == current.content.hash && !options.force;
+        let unchanged = content.hash == current.content.hash
+            && !options.force
+            && !controld_changed(&current.config, &config);
         let version = current.version + 1;
         if options.dry_run {
             report.outcome = Outcome::DryRun;
@@ -397,6 +416,19 @@ impl Reloader {
             report.version = if unchanged { current.version } else { version };
             return report;
         }
+        // A new metrics address is bound before anything changes: when it cannot be, the
+        // reload is rejected and the listener serving now goes on serving. It is switched to
+        // once the version is committed.
+        let rebind = match self
+            .metrics_listener
+            .prepare(config.statics.control.metrics_address)
+        {
+            Ok(rebind) => rebind,
+            Err(e) => {
+                let serving = self.metrics_listener.bound();
+                return self.rejected(&current, vec![bind_failed(&e, &self.config_path, serving)]);
+            }
+        };
         // controld's own ACME settings apply with every accepted reload, whatever the snapshot.
         self.acme_config
             .send_if_modified(|acme| replace_if_changed(acme, &config.statics.acme));
@@ -429,6 +461,9 @@ impl Reloader {
         };
         match self.commit(&current, change, &options.origin).await {
             Ok((version, planes)) => {
+                if let Some(rebind) = rebind {
+                    self.metrics_listener.switch(rebind);
+                }
                 if let Some(hook) = &self.log_level_hook {
                     hook(&log_level);
                 }
@@ -521,47 +556,13 @@ impl Reloader {
             .wait_for(current.version, &behind, deadline)
             .await
     }
+}
 
-    /// What a reload of `config` warns about: each changed static field and the daemon that
-    /// must restart for it; each static field of controld's that differs from what it started
-    /// with (a change it did not apply, even if an earlier reload already reported it); each
-    /// certificate that expires soon.
-    fn warnings(&self, diff: &ConfigDiff, config: &Config) -> Vec<String> {
-        let mut warnings = diff.static_warnings();
-        for change in static_changes(&self.started_statics, &config.statics) {
-            let reported = diff.static_changed.iter().any(|c| c.field == change.field);
-            if restarts(&change.field) == Some("controld") && !reported {
-                warnings.push(format!(
-                    "{} is {} in the file but controld still runs with {}: needs a restart of controld",
-                    change.field, change.new, change.old
-                ));
-            }
-        }
-        warnings.extend(config.certificate_warnings(SystemTime::now()));
-        warnings
-    }
-
-    fn log_changes(&self, diff: &ConfigDiff, old: u64, new: u64) {
-        tracing::info!(old_version = old, new_version = new, changes = %diff.summary(), "publishing new config version");
-        for site in &diff.sites_added {
-            tracing::info!(site = %site, "site added");
-        }
-        for site in &diff.sites_removed {
-            tracing::info!(site = %site, "site removed");
-        }
-        for site in &diff.sites_modified {
-            match diff.site_changes.iter().find(|c| &c.site == site) {
-                Some(c) => tracing::info!(site = %site, changes = %c.describe(), "site modified"),
-                None => tracing::info!(site = %site, "site modified"),
-            }
-        }
-        for c in &diff.limits_changed {
-            tracing::info!(field = %c.field, old = %c.old, new = %c.new, "setting changed");
-        }
-        for w in diff.static_warnings() {
-            tracing::warn!("{w}");
-        }
-    }
+/// Whether a setting controld applies itself, and that is not in the snapshot, differs. Such a
+/// change is a new version all the same (the data planes get the same content again), so that
+/// the config in force, the history and the next diff say what runs.
+fn controld_changed(old: &Config, new: &Config) -> bool {
+    old.statics.control.metrics_address != new.statics.control.metrics_address
 }
 
 /// Milliseconds since the Unix epoch, for the wire.
@@ -574,7 +575,7 @@ mod acme;
 mod io;
 mod report;
 
-use io::{load_off_thread, oversize, parse_off_thread, replace_if_changed};
+use io::{bind_failed, load_off_thread, oversize, parse_off_thread, replace_if_changed};
 pub use report::*;
 
 #[cfg(test)]

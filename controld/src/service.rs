@@ -175,8 +175,6 @@ pub struct AdminService {
     pub planes: Arc<DataPlanes>,
     pub access: Access,
     pub started_at: SystemTime,
-    /// Where `/metrics` is served, when it is.
-    pub metrics_address: Option<std::net::SocketAddr>,
     pub shutdown: CancellationToken,
     pub acme: Arc<crate::acme::Acme>,
 }
@@ -458,8 +456,11 @@ impl pb::admin_server::Admin for AdminService {
                 build_version: proto::BUILD_VERSION.to_owned(),
                 started_at_unix_ms: unix_ms(self.started_at),
                 last_reload,
+                // Where `/metrics` is served now (it follows reloads).
                 metrics_address: self
-                    .metrics_address
+                    .reloader
+                    .metrics_listener()
+                    .bound()
                     .map(|a| a.to_string())
                     .unwrap_or_default(),
             }),

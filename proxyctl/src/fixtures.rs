@@ -261,7 +261,9 @@ pub fn validated() -> ValidateReply {
         valid: true,
         diagnostics: Vec::new(),
         diff: Some(diff()),
-        warnings: vec!["control.metrics_address changed from none to 127.0.0.1:9100: needs a restart of controld".into()],
+        warnings: vec![
+            "control.allowed_uids changed from none to 1000: needs a restart of controld".into(),
+        ],
         current_version: 4,
         next_version: 5,
     }

@@ -184,7 +184,9 @@ fn validated() -> ValidateReply {
             sites_added: vec!["b.example".into()],
             ..ConfigDiff::default()
         }),
-        warnings: vec!["control.metrics_address changed from none to 127.0.0.1:9100: needs a restart of controld".into()],
+        warnings: vec![
+            "control.allowed_uids changed from none to 1000: needs a restart of controld".into(),
+        ],
         current_version: SERVING,
         next_version: SERVING + 1,
     }
@@ -977,7 +979,7 @@ async fn check_remote_shows_what_a_reload_would_change() {
     assert_eq!(
         stdout(&out),
         "valid: version 4 would become 5 (1 site added: b.example)\n\
-         warning: control.metrics_address changed from none to 127.0.0.1:9100: needs a restart of controld\n"
+         warning: control.allowed_uids changed from none to 1000: needs a restart of controld\n"
     );
     let seen = env.validated.lock().unwrap().clone();
     assert_eq!(
@@ -1000,7 +1002,7 @@ async fn check_remote_shows_what_a_reload_would_change() {
             "next_version": 5,
             "diff": {"sites_added": ["b.example"], "sites_removed": [], "sites_modified": [],
                      "limits_changed": [], "static_changed": [], "site_changes": []},
-            "warnings": ["control.metrics_address changed from none to 127.0.0.1:9100: needs a restart of controld"],
+            "warnings": ["control.allowed_uids changed from none to 1000: needs a restart of controld"],
             "diagnostics": []
         })
     );

@@ -1,5 +1,6 @@
 //! proxyd's admin listener end to end: health and readiness, and `/metrics` counting real
-//! traffic by site and status class, across reloads that keep, remove or refuse things.
+//! traffic by site and status class, across reloads that keep, remove or refuse things; and
+//! controld's `/metrics`, whose listener follows `control.metrics_address` across reloads.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
@@ -272,5 +273,98 @@ async fn controld_exports_reloads_by_result_and_its_data_planes() {
         text.contains("proxy_config_last_reload_success_timestamp_seconds"),
         "{text}"
     );
+    env.stop().await;
+}
+
+/// Writes `body` with `control.metrics_address` set to `address`, or without it.
+fn write_with_metrics(env: &TestEnv, body: &str, address: Option<&str>) {
+    let key = address.map_or_else(String::new, |a| format!("metrics_address = \"{a}\"\n"));
+    let text = env
+        .config_text(body)
+        .replace("[control]\n", &format!("[control]\n{key}"));
+    std::fs::write(&env.config_path, text).unwrap();
+}
+
+/// Where controld says it serves `/metrics` now.
+async fn controld_metrics_address(env: &TestEnv) -> Option<std::net::SocketAddr> {
+    let address = env.status().await.control_plane.unwrap().metrics_address;
+    (!address.is_empty()).then(|| address.parse().unwrap())
+}
+
+/// Waits until nothing accepts connections on `address` any more.
+async fn wait_until_refused(address: std::net::SocketAddr) {
+    eventually(&format!("{address} to refuse connections"), || async {
+        tokio::net::TcpStream::connect(address)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controld_metrics_are_added_moved_and_removed_by_reload_and_a_busy_address_refused() {
+    let app = MockUpstream::start("app").await;
+    let body = site("app.example", &app.url(), "");
+    let env = TestEnv::start(&body).await;
+    assert_eq!(controld_metrics_address(&env).await, None);
+    let env_ref = &env;
+    let reload = move || async move {
+        let out = env_ref.proxyctl(&["reload"]).await;
+        (out.status.code(), output_text(&out))
+    };
+
+    // Added by a reload, on a free port: served at once, with no restart asked for.
+    write_with_metrics(&env, &body, Some("127.0.0.1:0"));
+    let (code, text) = reload().await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("control.metrics_address"), "{text}");
+    assert!(!text.contains("needs a restart"), "{text}");
+    let first = controld_metrics_address(&env)
+        .await
+        .expect("a metrics listener");
+    assert_ne!(first.port(), 0);
+    let answer = get(first, "localhost", "/metrics").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        metric(&answer.body, "proxy_control_config_version"),
+        Some(2.0),
+        "{}",
+        answer.body
+    );
+
+    // Moved: the new address answers, the old one stops accepting.
+    write_with_metrics(&env, &body, Some("127.0.0.2:0"));
+    let (code, text) = reload().await;
+    assert_eq!(code, Some(0), "{text}");
+    let second = controld_metrics_address(&env)
+        .await
+        .expect("a metrics listener");
+    assert_eq!(second.ip(), std::net::Ipv4Addr::new(127, 0, 0, 2));
+    assert_eq!(get(second, "localhost", "/metrics").await.status, 200);
+    wait_until_refused(first).await;
+
+    // An address in use: the reload is rejected naming the key, and nothing moves.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = busy.local_addr().unwrap();
+    write_with_metrics(&env, &body, Some(&taken.to_string()));
+    let (code, text) = reload().await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("control.metrics_address") && text.contains(&taken.to_string()),
+        "{text}"
+    );
+    let status = env.status().await;
+    assert_eq!(status.control_plane.unwrap().version, 3);
+    assert_eq!(controld_metrics_address(&env).await, Some(second));
+    assert_eq!(get(second, "localhost", "/metrics").await.status, 200);
+    drop(busy);
+
+    // Removed: nothing listens.
+    write_with_metrics(&env, &body, None);
+    let (code, text) = reload().await;
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(controld_metrics_address(&env).await, None);
+    wait_until_refused(second).await;
     env.stop().await;
 }

@@ -103,3 +103,23 @@ fn limits_and_static_fields_are_named_with_both_values() {
     );
     assert!(ConfigDiff::between(&old, &old).is_empty());
 }
+
+#[test]
+fn the_metrics_address_of_controld_applies_live() {
+    let old = config("", A);
+    let new = config("[control]\nmetrics_address = \"127.0.0.1:9100\"\n", A);
+    let d = ConfigDiff::between(&old, &new);
+    assert_eq!(
+        d.limits_changed,
+        [FieldChange {
+            field: "control.metrics_address".into(),
+            old: "none".into(),
+            new: "127.0.0.1:9100".into(),
+            ..FieldChange::default()
+        }]
+    );
+    assert!(d.static_changed.is_empty(), "{:?}", d.static_changed);
+    assert!(d.static_warnings().is_empty());
+    assert!(static_changes(&old.statics, &new.statics).is_empty());
+    assert_eq!(d.summary(), "control.metrics_address none → 127.0.0.1:9100");
+}

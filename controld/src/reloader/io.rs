@@ -31,6 +31,26 @@ pub(super) fn oversize(content: &Content, file: &Path) -> Option<Diagnostic> {
     })
 }
 
+/// Why a reload is rejected when its `control.metrics_address` cannot be bound; `serving` is
+/// the address `/metrics` stays on.
+pub(super) fn bind_failed(
+    error: &crate::Error,
+    file: &Path,
+    serving: Option<std::net::SocketAddr>,
+) -> Diagnostic {
+    let stays = match serving {
+        Some(address) => format!("/metrics stays on {address}"),
+        None => "still no metrics listener".to_owned(),
+    };
+    Diagnostic {
+        key_path: "control.metrics_address".to_owned(),
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        message: format!("{error}; nothing changed ({stays})"),
+    }
+}
+
 /// Reads and checks the config file on a blocking thread: the file and the certificate files it
 /// names may be slow (a network file system) or hostile (checked to be regular files).
 pub(super) async fn load_off_thread(path: PathBuf) -> Result<(Config, String), LoadError> {

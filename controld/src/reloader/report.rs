@@ -3,9 +3,9 @@
 use std::time::{Duration, SystemTime};
 
 use super::MAX_CONCURRENT_CHECKS;
-use crate::config::Diagnostic;
+use crate::config::{Config, Diagnostic};
 use crate::dataplanes::PlaneOutcome;
-use crate::diff::ConfigDiff;
+use crate::diff::{ConfigDiff, restarts, static_changes};
 
 #[derive(Debug, Clone, Default)]
 pub struct ReloadOptions {
@@ -122,4 +122,47 @@ pub struct AcmePublished {
     /// What each data plane connected at publish time did with it (empty when nothing was
     /// published).
     pub data_planes: Vec<PlaneOutcome>,
+}
+
+impl super::Reloader {
+    /// What a reload of `config` warns about: each changed static field and the daemon that
+    /// must restart for it; each static field of controld's that differs from what it started
+    /// with (a change it did not apply, even if an earlier reload already reported it); each
+    /// certificate that expires soon.
+    pub(super) fn warnings(&self, diff: &ConfigDiff, config: &Config) -> Vec<String> {
+        let mut warnings = diff.static_warnings();
+        for change in static_changes(&self.started_statics, &config.statics) {
+            let reported = diff.static_changed.iter().any(|c| c.field == change.field);
+            if restarts(&change.field) == Some("controld") && !reported {
+                warnings.push(format!(
+                    "{} is {} in the file but controld still runs with {}: needs a restart of controld",
+                    change.field, change.new, change.old
+                ));
+            }
+        }
+        warnings.extend(config.certificate_warnings(SystemTime::now()));
+        warnings
+    }
+
+    pub(super) fn log_changes(&self, diff: &ConfigDiff, old: u64, new: u64) {
+        tracing::info!(old_version = old, new_version = new, changes = %diff.summary(), "publishing new config version");
+        for site in &diff.sites_added {
+            tracing::info!(site = %site, "site added");
+        }
+        for site in &diff.sites_removed {
+            tracing::info!(site = %site, "site removed");
+        }
+        for site in &diff.sites_modified {
+            match diff.site_changes.iter().find(|c| &c.site == site) {
+                Some(c) => tracing::info!(site = %site, changes = %c.describe(), "site modified"),
+                None => tracing::info!(site = %site, "site modified"),
+            }
+        }
+        for c in &diff.limits_changed {
+            tracing::info!(field = %c.field, old = %c.old, new = %c.new, "setting changed");
+        }
+        for w in diff.static_warnings() {
+            tracing::warn!("{w}");
+        }
+    }
 }

@@ -166,7 +166,7 @@ fn remote_valid_shows_the_change_and_warnings() {
         render_remote(&reply, "new.toml"),
         "valid: version 4 would become 5 (1 site added: a.example; 1 site modified: b.example; \
          rate_limit.burst 200 → 300)\n\
-         warning: control.metrics_address changed from none to 127.0.0.1:9100: needs a restart of controld\n"
+         warning: control.allowed_uids changed from none to 1000: needs a restart of controld\n"
     );
 }
 

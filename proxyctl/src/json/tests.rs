@@ -295,7 +295,7 @@ fn remote_check_shape() {
                 "static_changed": [],
                 "site_changes": []
             },
-            "warnings": ["control.metrics_address changed from none to 127.0.0.1:9100: needs a restart of controld"],
+            "warnings": ["control.allowed_uids changed from none to 1000: needs a restart of controld"],
             "diagnostics": []
         })
     );
