@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use proxy_tests::{DEADLINE, MockUpstream, Process, TestEnv};
+use proxy_tests::{DEADLINE, MockUpstream, Process, TestEnv, eventually};
 use tokio::net::UnixDatagram;
 
 fn site(upstream: &str) -> String {
@@ -144,20 +144,23 @@ async fn a_proxyd_that_takes_over_tells_systemd_it_is_the_main_process_now() {
 }
 
 /// A stand-in for systemd's socket units, written to sd_listen_fds(3): it binds two listening
-/// sockets (printing their ports), then runs the command after it as many times as `STARTS`
-/// says, one after the other, each with the sockets as fds 3 and 4 and `LISTEN_FDS`,
-/// `LISTEN_PID` and `LISTEN_FDNAMES` set; before each restart it waits for the file `GO` to
-/// appear, so that a test can act while nothing serves. The sockets stay open in it throughout,
-/// as systemd keeps them.
+/// sockets, then runs the command after it as many times as `STARTS` says, one after the
+/// other, each with the sockets as fds 3 and 4 and `LISTEN_FDS`, `LISTEN_PID` and
+/// `LISTEN_FDNAMES` set; before each restart it waits for the file `GO` to appear, so that a
+/// test can act while nothing serves. The sockets stay open in it throughout, as systemd keeps
+/// them. What it does (the ports, each pid started and exited) it appends to the file `STATUS`.
 const SOCKET_UNIT: &str = r#"
 import fcntl, os, socket, sys, time
+def status(line):
+    with open(os.environ["STATUS"], "a") as f:
+        f.write(line + "\n")
 socks = []
 for _ in range(2):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     s.listen(128)
     socks.append(s)
-print("socket-unit: ports " + " ".join(str(s.getsockname()[1]) for s in socks), file=sys.stderr, flush=True)
+status("ports " + " ".join(str(s.getsockname()[1]) for s in socks))
 for start in range(int(os.environ["STARTS"])):
     if start > 0:
         while not os.path.exists(os.environ["GO"]):
@@ -173,9 +176,9 @@ for start in range(int(os.environ["STARTS"])):
         os.environ["LISTEN_PID"] = str(os.getpid())
         os.environ["LISTEN_FDNAMES"] = "http:proxyd.socket"
         os.execv(sys.argv[1], sys.argv[1:])
-    print(f"socket-unit: started {pid}", file=sys.stderr, flush=True)
-    _, status = os.waitpid(pid, 0)
-    print(f"socket-unit: exited {pid} status {status}", file=sys.stderr, flush=True)
+    status(f"started {pid}")
+    _, code = os.waitpid(pid, 0)
+    status(f"exited {pid} status {code}")
 "#;
 
 /// A GET sent on a new connection to `port`, answered whenever proxyd gets to it.
@@ -191,27 +194,25 @@ async fn proxyd_serves_the_sockets_systemd_passed_and_they_queue_connections_acr
     let app = MockUpstream::start("app").await;
     let env = TestEnv::paths_only();
     let go = env.dir.path().join("go");
+    let status = env.dir.path().join("unit-status");
     let socket = env.socket.to_str().unwrap().to_owned();
-    // Runs the socket unit under `env` (STARTS, GO): env_clear is not wanted, so through sh.
+    // Runs the socket unit with STARTS, GO and STATUS added to the environment, through sh.
     let script = format!(
-        "STARTS=2 GO='{}' exec python3 -c \"$0\" \"$@\"",
-        go.display()
+        "STARTS=2 GO='{}' STATUS='{}' exec python3 -c \"$0\" \"$@\"",
+        go.display(),
+        status.display()
     );
     let mut unit = Process::start_logged_under(
         &["sh", "-c", &script, SOCKET_UNIT],
         "proxyd",
         &["--control-socket", &socket, "--admin-socket", ""],
     );
-    let ports: Vec<u16> = unit
-        .wait_for_log(&["socket-unit: ports"])
+    let ports: Vec<u16> = unit_status(&status, "ports ", 0)
         .await
-        .rsplit("ports ")
-        .next()
-        .unwrap()
         .split(' ')
         .map(|p| p.parse().unwrap())
         .collect();
-    let first = started(&mut unit).await;
+    let first = started(&status, 0).await;
 
     // `http` takes the socket named like it (the config's port 0 notwithstanding); `web` the
     // unnamed one, by its address.
@@ -237,12 +238,14 @@ async fn proxyd_serves_the_sockets_systemd_passed_and_they_queue_connections_acr
     // proxyd stops; while none runs, both sockets take connections, and the next proxyd
     // answers them.
     signal(first, "TERM").await;
-    unit.wait_for_log(&[&format!("socket-unit: exited {first} status 0")])
-        .await;
+    assert_eq!(
+        unit_status(&status, "exited ", 0).await,
+        format!("{first} status 0")
+    );
     // (A refused connection would make an empty answer.)
     let during = [queued_get(ports[0]), queued_get(ports[1])];
     std::fs::write(&go, "").unwrap();
-    let second = started(&mut unit).await;
+    let second = started(&status, 1).await;
     for answer in during {
         let answer = answer.await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -251,15 +254,26 @@ async fn proxyd_serves_the_sockets_systemd_passed_and_they_queue_connections_acr
     assert_eq!(unit.exit_code().await, Some(0));
 }
 
-/// The pid of the next proxyd the socket unit started.
-async fn started(unit: &mut Process) -> u32 {
-    unit.wait_for_log(&["socket-unit: started"])
-        .await
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+/// The rest of the `nth` line (from 0) starting with `prefix` in the socket unit's status
+/// file, once there is one.
+async fn unit_status(path: &std::path::Path, prefix: &str, nth: usize) -> String {
+    eventually(&format!("the socket unit's {prefix:?} line"), || async {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        // Whole lines only: the unit may be writing the next one.
+        let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        whole
+            .lines()
+            .filter_map(|line| line.strip_prefix(prefix))
+            .nth(nth)
+            .map(str::to_owned)
+    })
+    .await
+}
+
+/// The pid of the `nth` proxyd (from 0) the socket unit started.
+async fn started(path: &std::path::Path, nth: usize) -> u32 {
+    let pid = unit_status(path, "started ", nth).await;
+    pid.parse().unwrap_or_else(|_| panic!("no pid in {pid:?}"))
 }
 
 async fn signal(pid: u32, signal: &str) {
