@@ -273,7 +273,7 @@ async fn unit_status(path: &std::path::Path, prefix: &str, nth: usize) -> String
 /// The pid of the `nth` proxyd (from 0) the socket unit started.
 async fn started(path: &std::path::Path, nth: usize) -> u32 {
     let pid = unit_status(path, "started ", nth).await;
-    pid.parse().unwrap_or_else(|_| panic!("no pid in {pid:?}"))
+    pid.parse().expect("a pid after \"started\"")
 }
 
 async fn signal(pid: u32, signal: &str) {
