@@ -59,6 +59,14 @@ pub enum UpgradeError {
     },
 }
 
+/// sd_listen_fds(3)'s variables.
+const SOCKET_ACTIVATION: [&[u8]; 4] = [
+    b"LISTEN_FDS",
+    b"LISTEN_PID",
+    b"LISTEN_FDNAMES",
+    b"LISTEN_FDS_FIRST_FD",
+];
+
 /// The running proxyd's environment, from /proc: the successor runs with the same one (under
 /// systemd that carries `NOTIFY_SOCKET`, so the successor can tell systemd it took over), less
 /// socket activation's variables: the successor takes the sockets by hand-over.
@@ -70,7 +78,7 @@ fn environment(pid: u32) -> std::io::Result<Vec<(OsString, OsString)>> {
         .filter_map(|entry| {
             let eq = entry.iter().position(|b| *b == b'=')?;
             let name = &entry[..eq];
-            if name.starts_with(b"LISTEN_") {
+            if SOCKET_ACTIVATION.contains(&name) {
                 return None;
             }
             Some((

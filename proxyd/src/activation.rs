@@ -6,8 +6,10 @@
 //! passed socket that matches them, as a duplicate (systemd's stays open):
 //!
 //! - one named like the listener (`FileDescriptorName=` in the unit, as `LISTEN_FDNAMES`
-//!   reports it), whatever its address;
-//! - otherwise one bound to exactly the listener's configured address.
+//!   reports it), whatever its address (a warning says when it differs from the configured
+//!   one);
+//! - otherwise one bound to exactly the listener's configured address, among those whose name
+//!   is not another listener's (so that one socket never has two accept loops).
 //!
 //! The admin listener matches the name `admin` or its address the same way. A listener that
 //! matches none is bound as usual. The passed sockets stay with proxyd for its whole life, so a
@@ -70,17 +72,26 @@ impl Activation {
     }
 
     /// A duplicate of the passed socket for listener `name` on `address` (see the module's
-    /// rules); `None` when none matches.
+    /// rules), `names` being every listener name of the snapshot (the admin listener's
+    /// included); `None` when none matches.
     pub fn socket_for(
         &self,
         name: &str,
         address: SocketAddr,
+        names: &[&str],
     ) -> Option<std::io::Result<std::net::TcpListener>> {
-        let passed = self
-            .passed
-            .iter()
-            .find(|p| p.name == name)
-            .or_else(|| self.passed.iter().find(|p| p.local == address))?;
+        let passed = match self.passed.iter().find(|p| p.name == name) {
+            Some(named) => {
+                if named.local != address {
+                    tracing::warn!(listener = %name, configured = %address, address = %named.local, "serving the socket systemd passed under this name, not the configured address");
+                }
+                named
+            }
+            None => self
+                .passed
+                .iter()
+                .find(|p| p.local == address && !names.contains(&p.name.as_str()))?,
+        };
         tracing::info!(listener = %name, address = %passed.local, "serving a socket systemd passed");
         Some(passed.socket.try_clone())
     }
@@ -106,19 +117,27 @@ mod tests {
         let activation = Activation {
             passed: Arc::new(vec![http, other]),
         };
+        let names = ["http", "https", "admin"];
         let by_name = activation
-            .socket_for("http", "0.0.0.0:80".parse().unwrap())
+            .socket_for("http", "0.0.0.0:80".parse().unwrap(), &names)
             .unwrap()
             .unwrap();
         assert_eq!(by_name.local_addr().unwrap(), http_at);
-        let by_address = activation.socket_for("https", other_at).unwrap().unwrap();
+        let by_address = activation
+            .socket_for("https", other_at, &names)
+            .unwrap()
+            .unwrap();
         assert_eq!(by_address.local_addr().unwrap(), other_at);
         assert!(
             activation
-                .socket_for("admin", "127.0.0.1:1".parse().unwrap())
+                .socket_for("admin", "127.0.0.1:1".parse().unwrap(), &names)
                 .is_none()
         );
+        // `http`'s socket is its own: another listener on its address does not get it too.
+        assert!(activation.socket_for("web", http_at, &names).is_none());
+        // Unless no listener of the snapshot is named `http`.
+        assert!(activation.socket_for("web", http_at, &["web"]).is_some());
         // A duplicate each time: the passed socket stays for later snapshots.
-        assert!(activation.socket_for("http", http_at).is_some());
+        assert!(activation.socket_for("http", http_at, &names).is_some());
     }
 }

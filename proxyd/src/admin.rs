@@ -1,6 +1,7 @@
 //! The admin listener on `proxy.admin_address`: `/healthz`, `/readyz` and `/metrics` over
-//! HTTP/1.1. Bound with the listeners from the first snapshot; it stops the moment shutdown
-//! begins, so it never holds up the drain.
+//! HTTP/1.1. Bound with the listeners from the first snapshot, and moved or stopped by a later
+//! one that changes the address; it stops the moment shutdown begins, so it never holds up the
+//! drain.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,8 +29,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
 }
 
-/// Serves `listener` until `stop` (the address changed) or `shutdown`; open admin connections
-/// are dropped at `shutdown`.
+/// Serves `listener` until `stop` (the address changed) or `shutdown`. At `stop`, open admin
+/// connections finish the request in progress and close; at `shutdown` they are dropped.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
@@ -47,13 +48,24 @@ pub async fn serve(
             std::future::ready(Ok::<_, Infallible>(response))
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let shutdown = shutdown.clone();
+        let (stop, shutdown) = (stop.clone(), shutdown.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                result = connection => if let Err(e) = result {
-                    tracing::debug!(client = %peer, error = %e, "admin connection ended with an error");
-                },
-                () = shutdown.cancelled() => {}
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                // The address moved or went: a scrape in progress finishes, and a kept-alive
+                // scraper reconnects to where the listener is now.
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        result = connection => result,
+                        () = shutdown.cancelled() => Ok(()),
+                    }
+                }
+                () = shutdown.cancelled() => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::debug!(client = %peer, error = %e, "admin connection ended with an error");
             }
         });
     }

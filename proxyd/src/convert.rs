@@ -47,7 +47,9 @@ pub struct Spec {
     pub paths: PathRules,
 }
 
-/// Settings proxyd takes from the first snapshot it applies and keeps until it restarts.
+/// The process-wide settings of a snapshot (`static_settings` on the wire, a historical name):
+/// listeners, admin listener, drain deadline and per-connection settings. Applied from every
+/// snapshot; the connections accepted after it get the new ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticSpec {
     pub listeners: Vec<ListenerSpec>,

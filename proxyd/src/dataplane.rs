@@ -347,7 +347,12 @@ impl DataPlane {
         if current.version == spec.version && current.hash == spec.hash {
             return Ok(self.all_bound());
         }
-        check_upstreams_resolve(&spec).await?;
+        // The same content under a new version (a forced reload, or a change controld applies
+        // itself): its names resolved when it was applied; a passing DNS failure now must not
+        // refuse it.
+        if current.hash != spec.hash {
+            check_upstreams_resolve(&spec).await?;
+        }
         let (plan, admin) = self.bind(&spec.statics)?;
         self.upstreams.configure(&spec.statics);
         let runtime = Runtime::compile(&spec, &self.limiters, &self.upstreams);
@@ -472,7 +477,17 @@ impl DataPlane {
         };
         let socket = match inherited_admin.filter(|(a, _)| *a == address) {
             Some((_, socket)) => socket,
-            None => crate::listeners::socket_for(ADMIN_LISTENER_NAME, address, &self.activation)?,
+            None => {
+                let mut names: Vec<&str> =
+                    statics.listeners.iter().map(|l| l.name.as_str()).collect();
+                names.push(ADMIN_LISTENER_NAME);
+                crate::listeners::socket_for(
+                    ADMIN_LISTENER_NAME,
+                    address,
+                    &self.activation,
+                    &names,
+                )?
+            }
         };
         let local = socket.local_addr().map_err(|source| ApplyError::Bind {
             name: ADMIN_LISTENER_NAME.to_owned(),

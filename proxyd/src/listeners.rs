@@ -136,6 +136,8 @@ impl Listeners {
                 *tls = Some(Arc::new(Terminator::new(runtime.clone())?));
             }
         }
+        let mut names: Vec<&str> = specs.iter().map(|l| l.name.as_str()).collect();
+        names.push(crate::convert::ADMIN_LISTENER_NAME);
         let running = self.running();
         let mut plan = Plan {
             start: Vec::new(),
@@ -164,7 +166,7 @@ impl Listeners {
                         .map(|i| inherited.swap_remove(i).2);
                     let socket = match handed {
                         Some(socket) => socket,
-                        None => socket_for(name, *address, activation)?,
+                        None => socket_for(name, *address, activation, &names)?,
                     };
                     let local = socket.local_addr().map_err(|source| ApplyError::Bind {
                         name: name.clone(),
@@ -260,13 +262,15 @@ impl Listeners {
     }
 }
 
-/// The socket systemd passed for listener `name`, or else a new one bound on `address`.
+/// The socket systemd passed for listener `name` (`names`: every listener of the snapshot, see
+/// [`Activation::socket_for`]), or else a new one bound on `address`.
 pub fn socket_for(
     name: &str,
     address: SocketAddr,
     activation: &Activation,
+    names: &[&str],
 ) -> Result<std::net::TcpListener, ApplyError> {
-    match activation.socket_for(name, address) {
+    match activation.socket_for(name, address, names) {
         Some(passed) => passed.map_err(|source| ApplyError::Bind {
             name: name.to_owned(),
             address,

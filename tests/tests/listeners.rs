@@ -175,8 +175,9 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> 
 async fn connection_settings_caps_drain_deadline_and_admin_listener_follow_reloads_under_load() {
     use tokio::io::AsyncWriteExt;
     let app = MockUpstream::start("app").await;
+    // The load comes from 127.0.0.3, a trusted proxy: the per-address cap below exempts it.
     let site = format!(
-        "[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{}\"]\n",
+        "trusted_proxies = [\"127.0.0.3/32\"]\n[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{}\"]\n",
         app.url()
     );
     let mut env = TestEnv::start(&site).await;
@@ -189,7 +190,7 @@ async fn connection_settings_caps_drain_deadline_and_admin_listener_follow_reloa
         std::fs::write(&env.config_path, text).unwrap();
     };
 
-    // Steady load from its own client address, untouched by the per-address cap below.
+    // Steady load, a new connection per request.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let load = {

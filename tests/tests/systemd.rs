@@ -168,6 +168,9 @@ for start in range(int(os.environ["STARTS"])):
         os.unlink(os.environ["GO"])
     pid = os.fork()
     if pid == 0:
+        # PR_SET_PDEATHSIG, SIGKILL: proxyd dies with the unit (a failed test kills the unit).
+        import ctypes
+        ctypes.CDLL(None).prctl(1, 9)
         high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD, 100) for s in socks]
         for i, fd in enumerate(high):
             os.dup2(fd, 3 + i)
@@ -181,12 +184,22 @@ for start in range(int(os.environ["STARTS"])):
     status(f"exited {pid} status {code}")
 "#;
 
-/// A GET sent on a new connection to `port`, answered whenever proxyd gets to it.
-fn queued_get(port: u16) -> tokio::task::JoinHandle<String> {
-    tokio::spawn(proxy_tests::raw_exchange(
-        ([127, 0, 0, 1], port).into(),
-        b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
-    ))
+/// A GET sent on a new connection to `port` (connected and sent when this returns), and its
+/// answer, whenever proxyd gets to it; empty if the connection is closed unanswered.
+async fn queued_get(port: u16) -> tokio::task::JoinHandle<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the socket unit's socket takes connections");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -225,11 +238,12 @@ async fn proxyd_serves_the_sockets_systemd_passed_and_they_queue_connections_acr
 
     // Before proxyd has a config, connections queue on the sockets; once it serves, they are
     // answered.
-    let early = queued_get(ports[0]);
+    let early = queued_get(ports[0]).await;
     let _controld = Process::start("controld", &["--config", env.config_path.to_str().unwrap()]);
     assert!(early.await.unwrap().starts_with("HTTP/1.1 200"));
     assert!(
         queued_get(ports[1])
+            .await
             .await
             .unwrap()
             .starts_with("HTTP/1.1 200")
@@ -242,8 +256,8 @@ async fn proxyd_serves_the_sockets_systemd_passed_and_they_queue_connections_acr
         unit_status(&status, "exited ", 0).await,
         format!("{first} status 0")
     );
-    // (A refused connection would make an empty answer.)
-    let during = [queued_get(ports[0]), queued_get(ports[1])];
+    // Connected and sent while no proxyd runs (a refused connection fails the test here).
+    let during = [queued_get(ports[0]).await, queued_get(ports[1]).await];
     std::fs::write(&go, "").unwrap();
     let second = started(&status, 1).await;
     for answer in during {

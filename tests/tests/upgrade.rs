@@ -295,6 +295,63 @@ async fn a_successor_that_fails_leaves_the_old_proxyd_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_admin_listener_moved_by_reload_is_handed_to_the_successor() {
+    let Host {
+        env,
+        proxyd: mut first,
+        admin,
+        // Bound, so that they live to the end of the test.
+        _upstream,
+        _controld,
+        ..
+    } = Host::start(&[]).await;
+    let mut reaper = Reaper(Vec::new());
+    let with_admin = |address: &str| {
+        let text = env.config_text(&site(&_upstream.url())).replace(
+            "[proxy]\n",
+            &format!("[proxy]\nadmin_address = \"{address}\"\n"),
+        );
+        std::fs::write(&env.config_path, text).unwrap();
+    };
+    // Added, then moved to another address, by reload (port 0: the kernel picks the port, so
+    // only a hand-over can keep it).
+    with_admin("127.0.0.1:0");
+    let out = env.proxyctl(&["reload"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    with_admin("127.0.0.2:0");
+    let out = env.proxyctl(&["reload"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let moved = listener_address(&env.status().await, "admin");
+    assert_eq!(moved.ip(), std::net::IpAddr::from([127, 0, 0, 2]));
+
+    let out = env
+        .proxyctl(&[
+            "--json",
+            "--data-plane-socket",
+            admin.to_str().unwrap(),
+            "upgrade",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let next = u32::try_from(answer["new_pid"].as_u64().unwrap()).unwrap();
+    reaper.0.push(next);
+    assert_eq!(first.exit_code().await, Some(0));
+    let status = eventually("the successor alone", || async {
+        let status = env.status().await;
+        (status.data_planes.len() == 1 && status.data_planes[0].pid == next).then_some(status)
+    })
+    .await;
+    assert_eq!(listener_address(&status, "admin"), moved, "the same socket");
+    assert_eq!(
+        proxy_tests::get(moved, "localhost", "/healthz")
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_tunnel_of_the_old_proxyd_lives_on_until_its_drain_deadline() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // One thread: the current-thread scheduler serves, hands over and drains too.

@@ -61,6 +61,8 @@ impl Protocol {
 pub struct Timeouts {
     connect_ms: AtomicU64,
     idle_ms: AtomicU64,
+    /// Wakes the pools' reapers when the idle timeout changes.
+    changed: tokio::sync::Notify,
 }
 
 impl Timeouts {
@@ -68,6 +70,7 @@ impl Timeouts {
         let timeouts = Timeouts {
             connect_ms: AtomicU64::new(0),
             idle_ms: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         };
         timeouts.set(connect, idle);
         timeouts
@@ -76,7 +79,10 @@ impl Timeouts {
     pub fn set(&self, connect: Duration, idle: Duration) {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         self.connect_ms.store(ms(connect), Ordering::Relaxed);
-        self.idle_ms.store(ms(idle), Ordering::Relaxed);
+        let before = self.idle_ms.swap(ms(idle), Ordering::Relaxed);
+        if before != ms(idle) {
+            self.changed.notify_waiters();
+        }
     }
 
     pub fn connect(&self) -> Duration {
@@ -470,8 +476,13 @@ async fn reap(pool: Weak<Shared>) {
                 }
             }
         };
+        let timeouts = shared.settings.timeouts.clone();
         drop(shared);
-        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+        // A new idle timeout (a snapshot) counts at once, not from the old deadline.
+        tokio::select! {
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
+            () = timeouts.changed.notified() => {}
+        }
     }
 }
 
