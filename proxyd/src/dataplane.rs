@@ -405,43 +405,38 @@ impl DataPlane {
         }
         self.ready.store(true, Ordering::Release);
         let mut running = self.admin();
-        match admin {
-            AdminChange::Keep => {}
-            AdminChange::Stop => {
-                if let Some(old) = running.take() {
-                    tracing::info!(listener = ADMIN_LISTENER_NAME, address = %old.local, "admin listener stops accepting");
-                    old.stop.cancel();
-                }
-            }
-            AdminChange::Start {
+        if matches!(admin, AdminChange::Keep) {
+            return;
+        }
+        if let Some(old) = running.take() {
+            tracing::info!(listener = ADMIN_LISTENER_NAME, address = %old.local, "admin listener stops accepting");
+            old.stop.cancel();
+        }
+        if let AdminChange::Start {
+            address,
+            local,
+            listener,
+            socket,
+        } = admin
+        {
+            let state = AdminState {
+                metrics: self.metrics.clone(),
+                ready: self.ready.clone(),
+            };
+            let stop = self.shutdown.child_token();
+            tracing::info!(listener = ADMIN_LISTENER_NAME, address = %local, "listening");
+            self.servers.spawn(crate::admin::serve(
+                listener,
+                Arc::new(state),
+                stop.clone(),
+                self.shutdown.clone(),
+            ));
+            *running = Some(AdminListener {
                 address,
                 local,
-                listener,
+                stop,
                 socket,
-            } => {
-                if let Some(old) = running.take() {
-                    tracing::info!(listener = ADMIN_LISTENER_NAME, address = %old.local, "admin listener stops accepting");
-                    old.stop.cancel();
-                }
-                let state = AdminState {
-                    metrics: self.metrics.clone(),
-                    ready: self.ready.clone(),
-                };
-                let stop = self.shutdown.child_token();
-                tracing::info!(listener = ADMIN_LISTENER_NAME, address = %local, "listening");
-                self.servers.spawn(crate::admin::serve(
-                    listener,
-                    Arc::new(state),
-                    stop.clone(),
-                    self.shutdown.clone(),
-                ));
-                *running = Some(AdminListener {
-                    address,
-                    local,
-                    stop,
-                    socket,
-                });
-            }
+            });
         }
     }
 
@@ -477,17 +472,12 @@ impl DataPlane {
         };
         let socket = match inherited_admin.filter(|(a, _)| *a == address) {
             Some((_, socket)) => socket,
-            None => {
-                let mut names: Vec<&str> =
-                    statics.listeners.iter().map(|l| l.name.as_str()).collect();
-                names.push(ADMIN_LISTENER_NAME);
-                crate::listeners::socket_for(
-                    ADMIN_LISTENER_NAME,
-                    address,
-                    &self.activation,
-                    &names,
-                )?
-            }
+            None => crate::listeners::socket_for(
+                ADMIN_LISTENER_NAME,
+                address,
+                &self.activation,
+                &crate::listeners::names(&statics.listeners),
+            )?,
         };
         let local = socket.local_addr().map_err(|source| ApplyError::Bind {
             name: ADMIN_LISTENER_NAME.to_owned(),

@@ -136,8 +136,7 @@ impl Listeners {
                 *tls = Some(Arc::new(Terminator::new(runtime.clone())?));
             }
         }
-        let mut names: Vec<&str> = specs.iter().map(|l| l.name.as_str()).collect();
-        names.push(crate::convert::ADMIN_LISTENER_NAME);
+        let names = names(specs);
         let running = self.running();
         let mut plan = Plan {
             start: Vec::new(),
@@ -260,6 +259,15 @@ impl Listeners {
             })
             .collect()
     }
+}
+
+/// Every listener name of a snapshot, the admin listener's included.
+pub fn names(specs: &[ListenerSpec]) -> Vec<&str> {
+    specs
+        .iter()
+        .map(|l| l.name.as_str())
+        .chain([crate::convert::ADMIN_LISTENER_NAME])
+        .collect()
 }
 
 /// The socket systemd passed for listener `name` (`names`: every listener of the snapshot, see

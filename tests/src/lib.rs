@@ -368,6 +368,18 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// `proxyctl --json upgrade` of the proxyd on this environment's proxyd socket, which must
+    /// succeed; returns the new proxyd's pid.
+    pub async fn upgrade(&self) -> u32 {
+        let out = self.proxyctl(&["--json", "upgrade"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        answer["new_pid"]
+            .as_u64()
+            .and_then(|pid| u32::try_from(pid).ok())
+            .expect("new_pid in the answer")
+    }
+
     /// GET `path` on proxyd's admin listener.
     pub async fn admin_get(&self, path: &str) -> Answer {
         let admin = self
@@ -388,6 +400,17 @@ impl TestEnv {
         self.stop_proxyd().await;
         self.stop_controld().await;
     }
+}
+
+/// Waits until nothing accepts connections on `address` any more.
+pub async fn wait_until_refused(address: SocketAddr) {
+    eventually(&format!("{address} to refuse connections"), || async {
+        tokio::net::TcpStream::connect(address)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
 }
 
 /// The address a data plane reports for listener `name`.

@@ -11,6 +11,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use proxy_tests::{
     ADMIN_ON_PORT_0, Conn, MockUpstream, TestEnv, eventually, get, metric, output_text,
+    wait_until_refused,
 };
 
 fn site(host: &str, upstream: &str, extra: &str) -> String {
@@ -289,17 +290,6 @@ fn write_with_metrics(env: &TestEnv, body: &str, address: Option<&str>) {
 async fn controld_metrics_address(env: &TestEnv) -> Option<std::net::SocketAddr> {
     let address = env.status().await.control_plane.unwrap().metrics_address;
     (!address.is_empty()).then(|| address.parse().unwrap())
-}
-
-/// Waits until nothing accepts connections on `address` any more.
-async fn wait_until_refused(address: std::net::SocketAddr) {
-    eventually(&format!("{address} to refuse connections"), || async {
-        tokio::net::TcpStream::connect(address)
-            .await
-            .is_err()
-            .then_some(())
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

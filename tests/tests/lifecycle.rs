@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use proxy_tests::{
     Conn, MockUpstream, Process, TestEnv, eventually, get, listener_address, output_text,
+    wait_until_refused,
 };
 
 fn site(upstream: &str) -> String {
@@ -69,13 +70,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
     })
     .await;
     proxyd.signal("TERM").await;
-    eventually("new connections to be refused", || async {
-        tokio::net::TcpStream::connect(http)
-            .await
-            .is_err()
-            .then_some(())
-    })
-    .await;
+    wait_until_refused(http).await;
     for request in slow {
         let answer = request.await.unwrap();
         assert_eq!(answer.status, 200, "{answer:?}");

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use proxy_tests::tls::TestCa;
-use proxy_tests::{MockUpstream, TestEnv, eventually, get, listener_address, output_text};
+use proxy_tests::{
+    MockUpstream, TestEnv, eventually, get, listener_address, output_text, wait_until_refused,
+};
 
 fn listener(name: &str, address: &str, tls: bool) -> String {
     format!("\n[[proxy.listeners]]\nname = \"{name}\"\naddress = \"{address}\"\ntls = {tls}\n")
@@ -105,13 +107,7 @@ async fn listeners_are_added_moved_switched_to_tls_and_removed_by_reload_under_l
             .status,
         200
     );
-    eventually("the old address to refuse connections", || async {
-        tokio::net::TcpStream::connect(extra)
-            .await
-            .is_err()
-            .then_some(())
-    })
-    .await;
+    wait_until_refused(extra).await;
     let extra = moved_to;
 
     // A listener that cannot be bound refuses the whole snapshot: nothing changes.
@@ -130,13 +126,7 @@ async fn listeners_are_added_moved_switched_to_tls_and_removed_by_reload_under_l
     write("");
     let out = env.proxyctl(&["reload"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
-    eventually("the removed listener to refuse connections", || async {
-        tokio::net::TcpStream::connect(extra)
-            .await
-            .is_err()
-            .then_some(())
-    })
-    .await;
+    wait_until_refused(extra).await;
 
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
@@ -287,13 +277,7 @@ async fn connection_settings_caps_drain_deadline_and_admin_listener_follow_reloa
     let moved = listener_address(&env.status().await, "admin");
     assert_eq!(moved.ip(), std::net::IpAddr::from([127, 0, 0, 2]));
     assert_eq!(get(moved, "localhost", "/healthz").await.status, 200);
-    eventually("the old admin address to refuse connections", || async {
-        tokio::net::TcpStream::connect(admin)
-            .await
-            .is_err()
-            .then_some(())
-    })
-    .await;
+    wait_until_refused(admin).await;
     write("shutdown_timeout = \"300ms\"");
     let out = env.proxyctl(&["reload"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
@@ -305,16 +289,7 @@ async fn connection_settings_caps_drain_deadline_and_admin_listener_follow_reloa
             .any(|l| l.name == "admin"),
         "{status:?}"
     );
-    eventually(
-        "the removed admin listener to refuse connections",
-        || async {
-            tokio::net::TcpStream::connect(moved)
-                .await
-                .is_err()
-                .then_some(())
-        },
-    )
-    .await;
+    wait_until_refused(moved).await;
 
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();

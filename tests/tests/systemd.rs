@@ -108,22 +108,7 @@ async fn a_proxyd_that_takes_over_tells_systemd_it_is_the_main_process_now() {
 
     // proxyctl runs without NOTIFY_SOCKET (as it may under ExecReload): the new proxyd gets
     // the old one's environment.
-    let out = env
-        .proxyctl(&[
-            "--json",
-            "--data-plane-socket",
-            admin.to_str().unwrap(),
-            "upgrade",
-        ])
-        .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        proxy_tests::output_text(&out)
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let new_pid = answer["new_pid"].as_u64().unwrap();
+    let new_pid = env.upgrade().await;
     let mut seen = Vec::new();
     let main_pid = loop {
         let message = next(&notify).await;

@@ -299,7 +299,6 @@ async fn an_admin_listener_moved_by_reload_is_handed_to_the_successor() {
     let Host {
         env,
         proxyd: mut first,
-        admin,
         // Bound, so that they live to the end of the test.
         _upstream,
         _controld,
@@ -324,17 +323,7 @@ async fn an_admin_listener_moved_by_reload_is_handed_to_the_successor() {
     let moved = listener_address(&env.status().await, "admin");
     assert_eq!(moved.ip(), std::net::IpAddr::from([127, 0, 0, 2]));
 
-    let out = env
-        .proxyctl(&[
-            "--json",
-            "--data-plane-socket",
-            admin.to_str().unwrap(),
-            "upgrade",
-        ])
-        .await;
-    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let next = u32::try_from(answer["new_pid"].as_u64().unwrap()).unwrap();
+    let next = env.upgrade().await;
     reaper.0.push(next);
     assert_eq!(first.exit_code().await, Some(0));
     let status = eventually("the successor alone", || async {
@@ -358,11 +347,11 @@ async fn a_tunnel_of_the_old_proxyd_lives_on_until_its_drain_deadline() {
     let Host {
         env,
         proxyd: mut first,
-        admin,
         http,
         // Bound, so that they live to the end of the test.
         _upstream,
         _controld,
+        ..
     } = Host::start(&["--worker-threads", "1"]).await;
     let mut reaper = Reaper(Vec::new());
 
@@ -381,17 +370,7 @@ async fn a_tunnel_of_the_old_proxyd_lives_on_until_its_drain_deadline() {
     assert_eq!(echo(&mut tunnel, b"before").await.unwrap(), b"before");
 
     let started = std::time::Instant::now();
-    let out = env
-        .proxyctl(&[
-            "--json",
-            "--data-plane-socket",
-            admin.to_str().unwrap(),
-            "upgrade",
-        ])
-        .await;
-    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let next = u32::try_from(answer["new_pid"].as_u64().unwrap()).unwrap();
+    let next = env.upgrade().await;
     reaper.0.push(next);
     // The old process drains but its tunnel goes on...
     assert_eq!(echo(&mut tunnel, b"during").await.unwrap(), b"during");
