@@ -32,5 +32,17 @@ if ! python_grpc_ok; then
     fi
 fi
 
+# A debug build of the workspace and its tests takes about 5 GiB under target/. When the disk
+# fills during a link, the linker dies of SIGBUS ("ld terminated with signal 7 [Bus error]"),
+# which names neither the disk nor the space: say it first.
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+free_kib=$(df -Pk "$target_dir" | awk 'NR == 2 {print $4}')
+if [ -n "$free_kib" ] && [ "$free_kib" -lt $((6 * 1024 * 1024)) ]; then
+    echo "scripts/test.sh: warning: only $((free_kib / 1024)) MiB free for $target_dir/" \
+        "(a full test build needs about 5 GiB); a linker that runs out of disk dies with" \
+        "SIGBUS (\"Bus error\"). Free space or set CARGO_TARGET_DIR." >&2
+fi
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
