@@ -37,7 +37,7 @@ fi
 # which names neither the disk nor the space: say it first.
 target_dir=${CARGO_TARGET_DIR:-target}
 mkdir -p "$target_dir"
-free_kib=$(df -Pk "$target_dir" | awk 'NR == 2 {print $4}')
+free_kib=$(df -Pk "$target_dir" 2>/dev/null | awk 'NR == 2 {print $4}') || free_kib=
 if [ -n "$free_kib" ] && [ "$free_kib" -lt $((6 * 1024 * 1024)) ]; then
     echo "scripts/test.sh: warning: only $((free_kib / 1024)) MiB free for $target_dir/" \
         "(a full test build needs about 5 GiB); a linker that runs out of disk dies with" \
