@@ -402,6 +402,11 @@ impl TestEnv {
     }
 }
 
+/// One site for `host` with one upstream; `extra` goes inside the site's table.
+pub fn site(host: &str, upstream: &str, extra: &str) -> String {
+    format!("[[sites]]\nhostnames = [\"{host}\"]\nupstreams = [\"{upstream}\"]\n{extra}\n")
+}
+
 /// Waits until nothing accepts connections on `address` any more.
 pub async fn wait_until_refused(address: SocketAddr) {
     eventually(&format!("{address} to refuse connections"), || async {

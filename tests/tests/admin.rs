@@ -10,13 +10,9 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use proxy_tests::{
-    ADMIN_ON_PORT_0, Conn, MockUpstream, TestEnv, eventually, get, metric, output_text,
+    ADMIN_ON_PORT_0, Conn, MockUpstream, TestEnv, eventually, get, metric, output_text, site,
     wait_until_refused,
 };
-
-fn site(host: &str, upstream: &str, extra: &str) -> String {
-    format!("[[sites]]\nhostnames = [\"{host}\"]\nupstreams = [\"{upstream}\"]\n{extra}\n")
-}
 
 /// `proxy_requests_total` of `site` and `class` on `text`.
 fn requests(text: &str, site: &str, class: &str) -> Option<f64> {
@@ -206,10 +202,7 @@ async fn counters_survive_reloads_and_a_removed_sites_series_disappear() {
 #[tokio::test(flavor = "multi_thread")]
 async fn controld_exports_reloads_by_result_and_its_data_planes() {
     let app = MockUpstream::start("app").await;
-    let site = format!(
-        "[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{}\"]\n",
-        app.url()
-    );
+    let site = site("app.example", &app.url(), "");
     let env = TestEnv::start_with_control("metrics_address = \"127.0.0.1:0\"", &site).await;
     let address: std::net::SocketAddr = env
         .status()

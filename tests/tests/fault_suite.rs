@@ -14,15 +14,11 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use proxy_tests::{
-    DEADLINE, MockUpstream, Process, TestEnv, eventually, get, get_request, listener_address,
+    DEADLINE, MockUpstream, Process, TestEnv, eventually, get, get_request, listener_address, site,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-
-fn site(host: &str, upstream: &str, extra: &str) -> String {
-    format!("[[sites]]\nhostnames = [\"{host}\"]\nupstreams = [\"{upstream}\"]\n{extra}\n")
-}
 
 /// An upstream that reads each request head, then hands the connection to `behave`.
 async fn scripted<F, Fut>(behave: F) -> String

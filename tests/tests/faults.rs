@@ -7,13 +7,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use proxy_tests::{DEADLINE, MockUpstream, TestEnv, eventually, get, open_fds, raw_exchange};
+use proxy_tests::{DEADLINE, MockUpstream, TestEnv, eventually, get, open_fds, raw_exchange, site};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-fn site(host: &str, upstream: &str, extra: &str) -> String {
-    format!("[[sites]]\nhostnames = [\"{host}\"]\nupstreams = [\"{upstream}\"]\n{extra}\n")
-}
 
 /// An upstream that accepts and never answers; it closes its side when the proxy closes.
 async fn hanging_upstream() -> SocketAddr {

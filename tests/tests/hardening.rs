@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy_tests::{ADMIN_ON_PORT_0, DEADLINE, MockUpstream, TestEnv, eventually, get, metric};
+use proxy_tests::{
+    ADMIN_ON_PORT_0, DEADLINE, MockUpstream, TestEnv, eventually, get, metric, site,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-fn site(host: &str, upstream: &str, extra: &str) -> String {
-    format!("[[sites]]\nhostnames = [\"{host}\"]\nupstreams = [\"{upstream}\"]\n{extra}\n")
-}
 
 /// Any single fault counted against an upstream ejects it for an hour.
 const EJECT_ON_ONE: &str = "[sites.passive_health]\nconsecutive_failures = 1\ncooldown = \"1h\"";

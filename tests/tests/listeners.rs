@@ -4,17 +4,70 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use proxy_tests::tls::TestCa;
 use proxy_tests::{
-    MockUpstream, TestEnv, eventually, get, listener_address, output_text, wait_until_refused,
+    MockUpstream, TestEnv, eventually, get, listener_address, output_text, site, wait_until_refused,
 };
 
 fn listener(name: &str, address: &str, tls: bool) -> String {
     format!("\n[[proxy.listeners]]\nname = \"{name}\"\naddress = \"{address}\"\ntls = {tls}\n")
+}
+
+/// Requests sent one after another until [`Load::finish`], each counted as answered (`true`) or
+/// failed.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start<F, Fut>(request: F) -> Self
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let task = tokio::spawn({
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let counter = if request().await { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Load {
+            stop,
+            ok,
+            failed,
+            task,
+        }
+    }
+
+    /// Waits for 20 more answered requests, so the load provably outlived every reload before
+    /// this call, then stops it: no request may have failed.
+    async fn finish(self) {
+        let before = self.ok.load(Ordering::Relaxed);
+        eventually("the load to go on after the reloads", || async {
+            (self.ok.load(Ordering::Relaxed) >= before + 20).then_some(())
+        })
+        .await;
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        let (ok, failed) = (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        );
+        assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -23,11 +76,8 @@ async fn listeners_are_added_moved_switched_to_tls_and_removed_by_reload_under_l
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
     let cert = ca.issue(dir.path(), "site", &["app.example"]);
-    let site = format!(
-        "[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{}\"]\nhttps_redirect = false\n{}\n",
-        app.url(),
-        cert.site_tls()
-    );
+    let tls = format!("https_redirect = false\n{}", cert.site_tls());
+    let site = site("app.example", &app.url(), &tls);
     // A site with a certificate needs a TLS listener: `https` stays throughout.
     let env = TestEnv::start_with_listeners(proxy_tests::HTTPS_ON_PORT_0, &site).await;
     let status = env.status().await;
@@ -36,20 +86,8 @@ async fn listeners_are_added_moved_switched_to_tls_and_removed_by_reload_under_l
         |extra: &str| std::fs::write(&env.config_path, env.config_text(&site) + extra).unwrap();
 
     // Steady load on the listener that stays.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if get(http, "app.example", "/").await.status == 200 {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let load =
+        Load::start(move || async move { get(http, "app.example", "/").await.status == 200 });
 
     // Added: bound by the reload, serving at once, no restart asked for.
     write(&listener("extra", "127.0.0.1:0", false));
@@ -128,10 +166,7 @@ async fn listeners_are_added_moved_switched_to_tls_and_removed_by_reload_under_l
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     wait_until_refused(extra).await;
 
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    assert_eq!(failed.load(Ordering::Relaxed), 0);
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    load.finish().await;
     env.stop().await;
 }
 
@@ -167,8 +202,8 @@ async fn connection_settings_caps_drain_deadline_and_admin_listener_follow_reloa
     let app = MockUpstream::start("app").await;
     // The load comes from 127.0.0.3, a trusted proxy: the per-address cap below exempts it.
     let site = format!(
-        "trusted_proxies = [\"127.0.0.3/32\"]\n[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{}\"]\n",
-        app.url()
+        "trusted_proxies = [\"127.0.0.3/32\"]\n{}",
+        site("app.example", &app.url(), "")
     );
     let mut env = TestEnv::start(&site).await;
     let http = env.http;
@@ -181,21 +216,11 @@ async fn connection_settings_caps_drain_deadline_and_admin_listener_follow_reloa
     };
 
     // Steady load, a new connection per request.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let stream = connect_from([127, 0, 0, 3], http).await;
-                let mut conn = proxy_tests::Conn::over(stream).await;
-                match conn.try_get("app.example", "/").await {
-                    Some(200) => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    let load = Load::start(move || async move {
+        let stream = connect_from([127, 0, 0, 3], http).await;
+        let mut conn = proxy_tests::Conn::over(stream).await;
+        conn.try_get("app.example", "/").await == Some(200)
+    });
 
     // An admin listener, added by reload.
     write("shutdown_timeout = \"2s\"\nadmin_address = \"127.0.0.1:0\"");
@@ -291,10 +316,7 @@ async fn connection_settings_caps_drain_deadline_and_admin_listener_follow_reloa
     );
     wait_until_refused(moved).await;
 
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    assert_eq!(failed.load(Ordering::Relaxed), 0);
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    load.finish().await;
 
     // The drain deadline of the last reload (300 ms, not the 2 s proxyd started with) cuts a
     // request that takes 1.5 s.

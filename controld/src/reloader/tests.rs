@@ -49,6 +49,16 @@ fn upstream(current: &Current) -> String {
     current.config.dynamic.sites[0].upstreams[0].to_string()
 }
 
+/// The new value `report` gives for the live setting `field`, when the reload changed it.
+fn live_change<'a>(report: &'a ReloadReport, field: &str) -> Option<&'a str> {
+    let change = report
+        .diff
+        .limits_changed
+        .iter()
+        .find(|c| c.field == field)?;
+    Some(&change.new)
+}
+
 fn plane(name: &str) -> Plane {
     Plane {
         node_id: name.into(),
@@ -191,14 +201,11 @@ async fn static_changes_are_named_in_warnings_and_the_dynamic_part_applies() {
         report.warnings
     );
     // proxyd applies [proxy] live: a change, not a warning.
-    assert!(
-        report
-            .diff
-            .limits_changed
-            .iter()
-            .any(|c| c.field == "proxy.shutdown_timeout" && c.new == "5s"),
+    assert_eq!(
+        live_change(&report, "proxy.shutdown_timeout"),
+        Some("5s"),
         "{:?}",
-        report.diff.limits_changed
+        report.diff
     );
     assert_eq!(upstream(&r.current()), "http://127.0.0.1:9002");
 }

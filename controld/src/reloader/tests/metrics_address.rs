@@ -55,12 +55,9 @@ async fn reloads_move_the_metrics_listener_and_one_that_cannot_bind_is_rejected(
         (Outcome::Applied, 2),
         "{report:?}"
     );
-    assert!(
-        report
-            .diff
-            .limits_changed
-            .iter()
-            .any(|c| c.field == "control.metrics_address" && c.new == "127.0.0.1:0"),
+    assert_eq!(
+        live_change(&report, "control.metrics_address"),
+        Some("127.0.0.1:0"),
         "{:?}",
         report.diff
     );
