@@ -318,7 +318,13 @@ async fn upgrade(cli: &Cli, binary: Option<&Path>) -> Exit {
         Ok(status) => status,
         Err(err) => return fail(&err, &cli.command),
     };
-    match upgrade::upgrade(&cli.data_plane_socket, cli.timeout, binary, &old).await {
+    let upgraded =
+        match upgrade::through_master(&cli.data_plane_socket, cli.timeout, binary, &old).await {
+            Ok(Some(upgraded)) => Ok(upgraded),
+            Ok(None) => upgrade::upgrade(&cli.data_plane_socket, cli.timeout, binary, &old).await,
+            Err(e) => Err(e),
+        };
+    match upgraded {
         Ok(upgraded) => answer(
             cli,
             || &upgraded,

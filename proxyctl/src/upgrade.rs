@@ -6,6 +6,10 @@
 //! and only then does the old process stop accepting and drain. proxyctl waits until the admin
 //! socket answers from the new pid, ready; if the successor exits first, or is not ready within
 //! `--timeout`, it is stopped and the old process serves on, untouched.
+//!
+//! A proxyd run as a master (`proxyd --master`, as the systemd unit runs it) does this itself:
+//! proxyctl asks it on `master.sock` beside the admin socket, and the master, the process
+//! systemd supervises, starts the new worker and keeps its own PID.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -57,6 +61,108 @@ pub enum UpgradeError {
         timeout: Duration,
         old: u32,
     },
+    #[error("the proxyd master ({socket}) refused the upgrade: {reason}")]
+    Master { socket: String, reason: String },
+    #[error("the proxyd master ({socket}) did not answer: {reason}")]
+    MasterSilent { socket: String, reason: String },
+}
+
+/// How much longer than the upgrade's own deadline proxyctl waits for the master's answer.
+const MASTER_GRACE: Duration = Duration::from_secs(5);
+
+/// Upgrades through the master beside `socket`, if one runs: `Ok(None)` when none answers.
+pub async fn through_master(
+    socket: &Path,
+    timeout: Duration,
+    binary: Option<&Path>,
+    old: &DataPlaneStatusReply,
+) -> Result<Option<Upgraded>, UpgradeError> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let master = socket.with_file_name("master.sock");
+    let Ok(mut stream) = tokio::net::UnixStream::connect(&master).await else {
+        return Ok(None);
+    };
+    let shown = master.display().to_string();
+    let silent = |reason: String| UpgradeError::MasterSilent {
+        socket: shown.clone(),
+        reason,
+    };
+    // The master's working directory is not ours.
+    let binary = binary
+        .map(std::path::absolute)
+        .transpose()
+        .map_err(|e| silent(e.to_string()))?;
+    let mut request = format!("upgrade {}", timeout.as_millis());
+    if let Some(binary) = &binary {
+        request.push(' ');
+        request.push_str(&binary.to_string_lossy());
+    }
+    request.push('\n');
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| silent(e.to_string()))?;
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        timeout + MASTER_GRACE,
+        BufReader::new(stream).read_line(&mut line),
+    )
+    .await;
+    match read {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(Ok(_)) => return Err(silent("it closed the connection".into())),
+        Ok(Err(e)) => return Err(silent(e.to_string())),
+        Err(_) => {
+            return Err(silent(format!(
+                "no answer within {:?}",
+                timeout + MASTER_GRACE
+            )));
+        }
+    }
+    let line = line.trim_end();
+    if let Some(reason) = line.strip_prefix("error ") {
+        return Err(UpgradeError::Master {
+            socket: shown,
+            reason: reason.to_owned(),
+        });
+    }
+    let mut pids = line
+        .strip_prefix("ok ")
+        .unwrap_or_default()
+        .split(' ')
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (Some(_), Some(new_pid)) = (pids.next(), pids.next()) else {
+        return Err(silent(format!("unexpected answer {line:?}")));
+    };
+    // The new worker serves; its admin socket says what.
+    let now = DataPlane::connect(socket, POLL_INTERVAL * 20).await.ok();
+    let now = match now {
+        Some(mut dp) => dp.status().await.ok(),
+        None => None,
+    };
+    Ok(Some(Upgraded {
+        node_id: now
+            .as_ref()
+            .map_or_else(|| old.node_id.clone(), |n| n.node_id.clone()),
+        old_pid: old.pid,
+        old_build: old.build_version.clone(),
+        new_pid,
+        new_build: now
+            .as_ref()
+            .map(|n| n.build_version.clone())
+            .unwrap_or_default(),
+        version: now
+            .as_ref()
+            .map_or(old.applied_version, |n| n.applied_version),
+        binary: binary.map_or_else(
+            || {
+                command_line(new_pid)
+                    .map(|(exe, _)| exe.display().to_string())
+                    .unwrap_or_default()
+            },
+            |b| b.display().to_string(),
+        ),
+    }))
 }
 
 /// sd_listen_fds(3)'s variables.

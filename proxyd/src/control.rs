@@ -47,8 +47,16 @@ pub async fn run(
                 }
             }
             Err(e) => {
-                tracing::warn!(socket = %socket.display(), error = %e, version = plane.version(),
-                "cannot reach controld; still serving the last good snapshot")
+                if plane.version() == 0 {
+                    tracing::warn!(socket = %socket.display(), error = %e,
+                        "cannot reach controld, and no snapshot was saved: nothing to serve until it answers");
+                    if failures == 0 {
+                        crate::notify::waiting(&e.to_string());
+                    }
+                } else {
+                    tracing::warn!(socket = %socket.display(), error = %e, version = plane.version(),
+                        "cannot reach controld; still serving the last good snapshot");
+                }
             }
         }
         let delay = backoff(failures);

@@ -108,6 +108,9 @@ struct HandoverState {
     admin_http: Option<(SocketAddr, std::net::TcpListener)>,
     /// Handed over to a successor: the admin socket file is its now.
     handed_over: bool,
+    /// This process took over from a predecessor and serves: the admin socket file it adopted
+    /// is its own now (a successor that failed leaves it to the predecessor).
+    took_over: bool,
 }
 
 /// The admin HTTP listener serving now.
@@ -310,6 +313,16 @@ impl DataPlane {
 
     pub fn is_handed_over(&self) -> bool {
         self.handover().handed_over
+    }
+
+    /// This process took over from its predecessor and serves what it was handed.
+    pub fn took_over(&self) {
+        self.handover().took_over = true;
+    }
+
+    /// Whether the admin socket file, if adopted from a predecessor, is this process's own.
+    pub fn owns_adopted_socket(&self) -> bool {
+        self.handover().took_over
     }
 
     fn admin(&self) -> MutexGuard<'_, Option<AdminListener>> {

@@ -12,6 +12,7 @@ mod http;
 mod limits;
 mod listeners;
 mod local;
+pub mod master;
 mod metrics;
 mod notify;
 mod runtime;
@@ -50,8 +51,11 @@ pub struct Options {
     /// proxyd's own admin socket (Status, Drain, Handover); `None`: none.
     pub admin_socket: Option<PathBuf>,
     /// Take over the listening sockets and snapshot of the proxyd serving `admin_socket`
-    /// ([`handover`]); if that fails, bind as usual.
+    /// ([`handover`]); if that fails, bind as usual (unless `worker`).
     pub takeover: bool,
+    /// Runs as the worker of a [`master`] process: a take-over that fails stops this process
+    /// (the master reports the failed upgrade; the old worker serves on) instead of binding.
+    pub worker: bool,
     /// Set when a hand-over was received but its snapshot could not be served: this process
     /// stops, the predecessor serves on.
     pub failed: Arc<std::sync::atomic::AtomicBool>,
@@ -73,6 +77,7 @@ impl Options {
             fast_stop: CancellationToken::new(),
             admin_socket: None,
             takeover: false,
+            worker: false,
             failed: Arc::default(),
             activation: Activation::default(),
         }
@@ -85,6 +90,13 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
     let inherited = match (&options.admin_socket, options.takeover) {
         (Some(path), true) => match takeover::receive(path, &options.identity).await {
             Ok(inherited) => Some(inherited),
+            Err(e) if options.worker => {
+                tracing::error!(error = %e, "taking over from the running proxyd failed; it serves on");
+                options
+                    .failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "taking over from the running proxyd failed; binding instead");
                 None
@@ -146,6 +158,7 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
     match (inherited, handed) {
         (Some(inherited), Some(snapshot)) => {
             if control::apply_handed(&plane, snapshot).await {
+                plane.took_over();
                 takeover::serving(inherited).await;
             } else {
                 // Dropping `inherited` tells the predecessor to serve on.
@@ -160,6 +173,7 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
         }
         (Some(inherited), None) => {
             // A predecessor that had no snapshot yet: this one waits for controld like it.
+            plane.took_over();
             takeover::serving(inherited).await;
         }
         _ => {
@@ -176,7 +190,10 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
         shutdown.clone(),
     )
     .await;
-    notify::stopping();
+    // Only a process that served says so: a successor that failed never was the main process.
+    if !options.failed.load(std::sync::atomic::Ordering::Relaxed) {
+        notify::stopping();
+    }
     plane.drained().await;
     if let Some(admin) = admin {
         let _ = admin.await;

@@ -191,6 +191,7 @@ pub fn start(
     shutdown: CancellationToken,
     inherited: Option<std::os::unix::net::UnixListener>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let adopted = inherited.is_some();
     let mut socket = match inherited {
         Some(listener) => {
             tracing::info!(socket = %path.display(), "admin socket handed over");
@@ -237,8 +238,9 @@ pub fn start(
         if let Err(e) = served {
             tracing::warn!(error = %e, "admin socket stopped");
         }
-        if plane.is_handed_over() {
-            // The successor serves this socket now: its file stays.
+        if plane.is_handed_over() || (adopted && !plane.owns_adopted_socket()) {
+            // The successor serves this socket now, or this process failed to take it over
+            // and the predecessor serves it still: its file stays.
             socket.hand_over();
         }
         drop(socket);

@@ -48,11 +48,24 @@ struct Cli {
     /// serves. If that fails, bind as usual. `proxyctl upgrade` starts proxyd this way.
     #[arg(long)]
     takeover: bool,
+    /// Run as a master process that keeps its PID (what systemd supervises) and serves
+    /// through a worker child: `proxyctl upgrade` (or SIGHUP) starts a new worker from the
+    /// binary now at this path, which takes over; then the master re-executes itself from it.
+    /// Needs --admin-socket (`master.sock` is beside it).
+    #[arg(long)]
+    master: bool,
+    /// Set by the master on the workers it starts: a failed take-over stops the worker
+    /// instead of binding the listeners itself.
+    #[arg(long, hide = true)]
+    worker: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_level_hook = init_logging(&cli.log_format);
+    if cli.master {
+        return master(&cli);
+    }
     // Before any thread starts: it edits the environment.
     let activation = proxyd::Activation::from_env();
     let threads = cli.worker_threads.map(usize::from).unwrap_or_else(|| {
@@ -82,6 +95,7 @@ fn main() -> ExitCode {
     options.state_dir = cli.state_dir;
     options.admin_socket = (!cli.admin_socket.is_empty()).then(|| PathBuf::from(cli.admin_socket));
     options.takeover = cli.takeover;
+    options.worker = cli.worker;
     options.activation = activation;
     let failed = options.failed.clone();
     let fast_stop = options.fast_stop.clone();
@@ -94,6 +108,45 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// `--master`: the worker runs this binary with the same arguments but `--master`.
+fn master(cli: &Cli) -> ExitCode {
+    if cli.admin_socket.is_empty() {
+        eprintln!("proxyd: --master needs --admin-socket (master.sock is made beside it)");
+        return ExitCode::from(2);
+    }
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    let args: Vec<std::ffi::OsString> = argv
+        .filter(|a| a != "--takeover" && a != "--worker")
+        .collect();
+    let mut worker_args: Vec<std::ffi::OsString> =
+        args.iter().filter(|a| *a != "--master").cloned().collect();
+    worker_args.push("--worker".into());
+    proxyd::master::run(proxyd::master::MasterOptions {
+        binary: binary_path(&argv0),
+        args,
+        worker_args,
+        admin_socket: PathBuf::from(&cli.admin_socket),
+    })
+}
+
+/// The path this binary was started from (not /proc/self/exe, which follows the old file once
+/// an upgrade replaced it): an upgrade runs whatever is at that path then.
+fn binary_path(argv0: &std::ffi::OsStr) -> PathBuf {
+    let path = PathBuf::from(argv0);
+    if path.components().count() > 1 {
+        return std::path::absolute(&path).unwrap_or(path);
+    }
+    // A bare name was found on PATH.
+    std::env::var_os("PATH")
+        .and_then(|dirs| {
+            std::env::split_paths(&dirs)
+                .map(|d| d.join(&path))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or(path)
 }
 
 /// SIGTERM and SIGINT: stop accepting, drain, exit.

@@ -15,6 +15,14 @@ pub fn serving(version: u64) {
     send(&[NotifyState::Ready, NotifyState::Status(&status)]);
 }
 
+/// Nothing to serve yet (no snapshot saved, controld unreachable): ready all the same, so that a
+/// first boot with controld down does not hang in systemd's start timeout; proxyd keeps trying
+/// and serves from the first snapshot it gets. `systemctl status` shows why nothing is served.
+pub fn waiting(reason: &str) {
+    let status = format!("waiting for controld, nothing to serve yet: {reason}");
+    send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+}
+
 /// A snapshot was refused; the previous one keeps serving.
 pub fn refused(version: u64, serving: u64) {
     let status = format!("refused config version {version}; serving version {serving}");
