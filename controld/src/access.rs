@@ -2,10 +2,12 @@
 //! the audit log of every changing call.
 //!
 //! The socket's file mode decides who can connect at all (0660: controld's user and group). On
-//! top of that, changing calls (a reload that publishes, later rollback and shutdown) and
-//! subscriptions (they will carry private keys) are allowed only to root, controld's own user,
-//! and the configured `control.allowed_uids` / `control.allowed_gids`. Read-only calls (status,
-//! dry runs) are open to whoever can connect.
+//! top of that, changing calls (a reload that publishes, rollback and shutdown) are allowed only
+//! to root, controld's own user, and the configured `control.allowed_uids` /
+//! `control.allowed_gids`; subscriptions (they carry private keys) to those and to the users of
+//! `control.data_plane_users`, which may make no other call: an internet-facing proxyd that
+//! is taken over can read its own snapshots and nothing more. Read-only calls (status, dry
+//! runs) are open to whoever else can connect.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -46,6 +48,8 @@ pub struct Access {
     own_uid: Option<u32>,
     uids: Vec<u32>,
     gids: Vec<u32>,
+    /// `control.data_plane_users`, resolved: Subscribe and nothing else.
+    data_planes: Vec<u32>,
     denials: Arc<Denials>,
 }
 
@@ -97,11 +101,54 @@ impl Access {
     pub fn new(control: &ControlConfig) -> Access {
         // The owner of /proc/self is this process's effective uid: no unsafe geteuid() needed.
         let own_uid = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let data_planes = control
+            .data_plane_users
+            .iter()
+            .filter_map(|user| {
+                let uid = resolve_user(&passwd, user);
+                if uid.is_none() {
+                    tracing::info!(user, "control.data_plane_users: no such user in /etc/passwd; ignored");
+                }
+                uid
+            })
+            // Never narrows root's or controld's own rights.
+            .filter(|uid| *uid != 0 && Some(*uid) != own_uid)
+            .collect();
         Access {
             own_uid,
             uids: control.allowed_uids.clone(),
             gids: control.allowed_gids.clone(),
+            data_planes,
             denials: Arc::default(),
+        }
+    }
+
+    /// Lets a subscription through (the allow-list and the data planes), or refuses it.
+    pub fn authorize_subscribe<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = Caller::of(request);
+        if caller.uid.is_some_and(|uid| self.data_planes.contains(&uid)) {
+            return Ok(caller);
+        }
+        self.authorize(request, "Subscribe")
+    }
+
+    /// Lets a read-only `call` through for anyone who can connect but a data plane.
+    pub fn authorize_read<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
+        let caller = Caller::of(request);
+        match caller.uid {
+            Some(uid) if self.data_planes.contains(&uid) => {
+                if let Some(suppressed) = self.denials.record(caller.uid, call) {
+                    tracing::info!(target: "audit", call, uid = caller.uid, gid = caller.gid,
+                        pid = caller.pid, outcome = "denied", suppressed,
+                        denied_total = self.denied_total());
+                }
+                Err(Status::permission_denied(format!(
+                    "{call} is not allowed for uid {uid}: it is a data plane's \
+                     (control.data_plane_users), which may only subscribe"
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -151,6 +198,19 @@ impl Access {
     }
 }
 
+/// The uid of `user` (a name in `passwd`, the text of /etc/passwd, or a uid as digits).
+fn resolve_user(passwd: &str, user: &str) -> Option<u32> {
+    if let Ok(uid) = user.parse() {
+        return Some(uid);
+    }
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(user))
+            .then(|| fields.nth(1).and_then(|uid| uid.parse().ok()))
+            .flatten()
+    })
+}
+
 /// One audit line per changing call, tracing target `audit`.
 pub fn audit(call: &str, caller: &Caller, outcome: &str) {
     tracing::info!(
@@ -172,6 +232,7 @@ mod tests {
             own_uid: Some(1000),
             uids: uids.to_vec(),
             gids: gids.to_vec(),
+            data_planes: vec![4000],
             denials: Arc::default(),
         }
     }
@@ -197,6 +258,21 @@ mod tests {
             gid: None,
             pid: None
         }));
+    }
+
+    #[test]
+    fn a_data_plane_user_is_not_on_the_allow_list() {
+        let a = access(&[], &[]);
+        assert!(!a.allows(&caller(4000, 4000)), "Subscribe only, through its own check");
+    }
+
+    #[test]
+    fn users_resolve_by_name_or_as_digits() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nproxyd:x:998:997::/var/lib/proxyd:/usr/sbin/nologin\n";
+        assert_eq!(resolve_user(passwd, "proxyd"), Some(998));
+        assert_eq!(resolve_user(passwd, "1234"), Some(1234));
+        assert_eq!(resolve_user(passwd, "nobody-here"), None);
+        assert_eq!(resolve_user(passwd, "x"), None);
     }
 
     #[test]

@@ -78,10 +78,19 @@ fn serve(config_path: PathBuf) -> ExitCode {
     let (config, text) = match config::load_with_text(&config_path) {
         Ok(loaded) => loaded,
         Err(e) => {
-            for d in e.diagnostics(&config_path) {
+            let diagnostics = e.diagnostics(&config_path);
+            for d in &diagnostics {
                 eprintln!("{d}");
             }
             eprintln!("controld: refusing to start with an invalid config");
+            // `systemctl status` shows it beside the journal's lines.
+            let first = diagnostics.first().map(ToString::to_string).unwrap_or_default();
+            let status = format!(
+                "refused to start: {} problem(s) in {}; first: {first}",
+                diagnostics.len(),
+                config_path.display()
+            );
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&status)]);
             return ExitCode::from(EXIT_CONFIG);
         }
     };

@@ -59,7 +59,7 @@ impl pb::control_server::Control for ControlService {
         request: Request<Streaming<pb::DataPlaneMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         // Snapshots will carry private keys: only trusted users may subscribe.
-        self.access.authorize(&request, "Subscribe")?;
+        self.access.authorize_subscribe(&request)?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::DataPlaneMessage {
@@ -185,9 +185,12 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ReloadReply>, Status> {
-        // A dry run changes nothing: anyone who can connect may ask for one.
+        // A dry run changes nothing: anyone who can connect may ask for one, but a data plane.
         let caller = match request.get_ref().dry_run {
-            true => None,
+            true => {
+                self.access.authorize_read(&request, "Reload")?;
+                None
+            }
             false => Some(self.access.authorize(&request, "Reload")?),
         };
         let req = request.into_inner();
@@ -236,6 +239,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateReply>, Status> {
+        self.access.authorize_read(&request, "Validate")?;
         let req = request.into_inner();
         let name = if req.file_name.is_empty() {
             "candidate.toml".to_owned()
@@ -259,8 +263,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn get_config(
         &self,
-        _: Request<pb::GetConfigRequest>,
+        request: Request<pb::GetConfigRequest>,
     ) -> Result<Response<pb::GetConfigReply>, Status> {
+        self.access.authorize_read(&request, "GetConfig")?;
         let current = self.reloader.current();
         let text = self
             .reloader
@@ -331,8 +336,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn history(
         &self,
-        _: Request<pb::HistoryRequest>,
+        request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
+        self.access.authorize_read(&request, "History")?;
         let entries = self
             .reloader
             .history()
@@ -357,8 +363,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn certificates(
         &self,
-        _: Request<pb::CertificatesRequest>,
+        request: Request<pb::CertificatesRequest>,
     ) -> Result<Response<pb::CertificatesReply>, Status> {
+        self.access.authorize_read(&request, "Certificates")?;
         use crate::config::SiteTls;
         let current = self.reloader.current();
         let overlay = self.reloader.acme_overlay();
@@ -417,8 +424,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
+        self.access.authorize_read(&request, "Status")?;
         let current = self.reloader.current();
         let last_reload = self.reloader.last_reload().map(|l| pb::LastReload {
             at_unix_ms: unix_ms(l.at),

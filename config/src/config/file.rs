@@ -210,6 +210,7 @@ pub struct ControlFile {
     pub state_dir: Option<String>,
     pub allowed_uids: Vec<i64>,
     pub allowed_gids: Vec<i64>,
+    pub data_plane_users: Option<Vec<String>>,
     pub metrics_address: Option<String>,
 }
 

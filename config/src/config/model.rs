@@ -448,6 +448,9 @@ pub struct ControlConfig {
     pub allowed_uids: Vec<u32>,
     /// Primary groups (as SO_PEERCRED reports them) allowed the same.
     pub allowed_gids: Vec<u32>,
+    /// Users (names, or uids as digits) that run data planes: they may Subscribe and make no
+    /// other call, read-only ones included.
+    pub data_plane_users: Vec<String>,
     /// Where controld serves `/metrics`; `None`: nowhere.
     pub metrics_address: Option<SocketAddr>,
 }

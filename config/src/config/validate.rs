@@ -32,6 +32,8 @@ use tls::default_tls_site;
 pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_SOCKET: &str = "/run/controld/control.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/controld";
+/// The user `deploy/proxyd.service` runs proxyd as: `control.data_plane_users` when unset.
+pub const DEFAULT_DATA_PLANE_USER: &str = "proxyd";
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Further upstreams tried when one fails safely (connect errors, idempotent requests).

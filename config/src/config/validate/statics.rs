@@ -37,6 +37,20 @@ pub(super) fn control(file: &FileConfig, p: &mut Problems) -> ControlConfig {
     };
     let allowed_uids = ids(&file.control.allowed_uids, "allowed_uids", p);
     let allowed_gids = ids(&file.control.allowed_gids, "allowed_gids", p);
+    let mut data_plane_users = Vec::new();
+    // The user deploy/proxyd.service runs proxyd as, by default.
+    let default = [DEFAULT_DATA_PLANE_USER.to_owned()];
+    let users = file.control.data_plane_users.as_deref().unwrap_or(&default);
+    for (i, user) in users.iter().enumerate() {
+        if user.is_empty() || user.contains([':', '\n', ' ']) || user == "root" || user == "0" {
+            p.push(
+                at.key("data_plane_users").index(i),
+                format!("invalid user {user:?}: a user name or uid other than root"),
+            );
+        } else {
+            data_plane_users.push(user.clone());
+        }
+    }
     let metrics_address = file
         .control
         .metrics_address
@@ -47,6 +61,7 @@ pub(super) fn control(file: &FileConfig, p: &mut Problems) -> ControlConfig {
         state_dir,
         allowed_uids,
         allowed_gids,
+        data_plane_users,
         metrics_address,
     }
 }
