@@ -44,5 +44,15 @@ if [ -n "$free_kib" ] && [ "$free_kib" -lt $((6 * 1024 * 1024)) ]; then
         "SIGBUS (\"Bus error\"). Free space or set CARGO_TARGET_DIR." >&2
 fi
 
+# The real-systemd suite (tests/tests/systemd_units.rs) boots systemd in a container: it needs
+# systemd-container and debootstrap (installed when missing) and a Debian root filesystem, built
+# once per machine into /var/cache/proxy-systemd-box (about a minute). It needs root; without
+# it, the suite says it was skipped.
+if [ "$(id -u)" -eq 0 ]; then
+    bash tests/systemd/box.sh prepare
+else
+    echo "scripts/test.sh: not root: the real-systemd suite will be skipped" >&2
+fi
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

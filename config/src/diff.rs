@@ -432,7 +432,10 @@ fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
         ),
         ("control.allowed_uids", list(&s.control.allowed_uids)),
         ("control.allowed_gids", list(&s.control.allowed_gids)),
-        ("control.data_plane_users", list(&s.control.data_plane_users)),
+        (
+            "control.data_plane_users",
+            list(&s.control.data_plane_users),
+        ),
         ("logging.format", s.log_format.as_str().to_owned()),
         (
             "acme.directory_url",

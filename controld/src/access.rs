@@ -108,7 +108,10 @@ impl Access {
             .filter_map(|user| {
                 let uid = resolve_user(&passwd, user);
                 if uid.is_none() {
-                    tracing::info!(user, "control.data_plane_users: no such user in /etc/passwd; ignored");
+                    tracing::info!(
+                        user,
+                        "control.data_plane_users: no such user in /etc/passwd; ignored"
+                    );
                 }
                 uid
             })
@@ -127,7 +130,10 @@ impl Access {
     /// Lets a subscription through (the allow-list and the data planes), or refuses it.
     pub fn authorize_subscribe<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let caller = Caller::of(request);
-        if caller.uid.is_some_and(|uid| self.data_planes.contains(&uid)) {
+        if caller
+            .uid
+            .is_some_and(|uid| self.data_planes.contains(&uid))
+        {
             return Ok(caller);
         }
         self.authorize(request, "Subscribe")
@@ -263,12 +269,16 @@ mod tests {
     #[test]
     fn a_data_plane_user_is_not_on_the_allow_list() {
         let a = access(&[], &[]);
-        assert!(!a.allows(&caller(4000, 4000)), "Subscribe only, through its own check");
+        assert!(
+            !a.allows(&caller(4000, 4000)),
+            "Subscribe only, through its own check"
+        );
     }
 
     #[test]
     fn users_resolve_by_name_or_as_digits() {
-        let passwd = "root:x:0:0:root:/root:/bin/sh\nproxyd:x:998:997::/var/lib/proxyd:/usr/sbin/nologin\n";
+        let passwd =
+            "root:x:0:0:root:/root:/bin/sh\nproxyd:x:998:997::/var/lib/proxyd:/usr/sbin/nologin\n";
         assert_eq!(resolve_user(passwd, "proxyd"), Some(998));
         assert_eq!(resolve_user(passwd, "1234"), Some(1234));
         assert_eq!(resolve_user(passwd, "nobody-here"), None);

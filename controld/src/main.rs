@@ -84,7 +84,10 @@ fn serve(config_path: PathBuf) -> ExitCode {
             }
             eprintln!("controld: refusing to start with an invalid config");
             // `systemctl status` shows it beside the journal's lines.
-            let first = diagnostics.first().map(ToString::to_string).unwrap_or_default();
+            let first = diagnostics
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
             let status = format!(
                 "refused to start: {} problem(s) in {}; first: {first}",
                 diagnostics.len(),

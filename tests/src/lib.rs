@@ -12,8 +12,10 @@ pub mod backend;
 mod client;
 pub mod grpc_raw;
 pub mod h2raw;
+pub mod load;
 pub mod pebble;
 pub mod raw_http;
+pub mod systemd_box;
 pub mod tls;
 pub mod upstream;
 
