@@ -70,6 +70,22 @@ pub enum UpgradeError {
 /// How much longer than the upgrade's own deadline proxyctl waits for the master's answer.
 const MASTER_GRACE: Duration = Duration::from_secs(5);
 
+/// Whether the master on `master` answers a `ping`.
+async fn ping(master: &Path) -> bool {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let exchange = async {
+        let mut stream = tokio::net::UnixStream::connect(master).await.ok()?;
+        stream.write_all(b"ping\n").await.ok()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).await.ok()?;
+        line.starts_with("pong").then_some(())
+    };
+    matches!(
+        tokio::time::timeout(POLL_INTERVAL * 10, exchange).await,
+        Ok(Some(()))
+    )
+}
+
 /// Upgrades through the master beside `socket`, if one runs: `Ok(None)` when none answers.
 pub async fn through_master(
     socket: &Path,
@@ -134,6 +150,18 @@ pub async fn through_master(
     let (Some(_), Some(new_pid)) = (pids.next(), pids.next()) else {
         return Err(silent(format!("unexpected answer {line:?}")));
     };
+    // The master re-executes itself now: done once the new image answers (it can take a
+    // signal then; `systemctl stop` right after this reload must not find it mid-exec).
+    let deadline = tokio::time::Instant::now() + MASTER_GRACE;
+    while !ping(&master).await {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(silent(format!(
+                "the new worker (pid {new_pid}) serves, but the master did not answer after \
+                 re-executing itself within {MASTER_GRACE:?}"
+            )));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
     // The new worker serves; its admin socket says what.
     let now = DataPlane::connect(socket, POLL_INTERVAL * 20).await.ok();
     let now = match now {

@@ -455,6 +455,12 @@ impl Master {
             );
             return;
         }
+        // `ping`: answered once this image has its signal handlers, so after an upgrade
+        // proxyctl returns only when the re-executed master can take a SIGTERM.
+        if line.trim_end() == "ping" {
+            self.answer(Some(stream), format!("pong {}", std::process::id()));
+            return;
+        }
         // `upgrade [TIMEOUT_MS [BINARY]]`
         let mut parts = line.trim_end_matches('\n').splitn(3, ' ');
         if parts.next() != Some("upgrade") {
@@ -571,7 +577,11 @@ fn serves_on(old: Option<u32>) -> String {
 
 /// The state a re-executed master finds in its environment: (current worker, draining ones).
 fn adopted_state() -> Option<(u32, Vec<u32>)> {
-    let state = std::env::var(STATE_VARIABLE).ok()?;
+    parse_state(&std::env::var(STATE_VARIABLE).ok()?)
+}
+
+/// `CURRENT;DRAINING,DRAINING,...`, as [`Master::reexecute`] writes it.
+fn parse_state(state: &str) -> Option<(u32, Vec<u32>)> {
     let (current, draining) = state.split_once(';')?;
     let current = current.parse().ok()?;
     let draining = draining.split(',').filter_map(|p| p.parse().ok()).collect();
@@ -719,5 +729,25 @@ fn describe(status: WaitStatus) -> String {
         (Some(code), _) => format!("exited with status {code}"),
         (_, Some(signal)) => format!("was killed by signal {signal}"),
         _ => "stopped".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_crosses_the_reexecution_as_written() {
+        assert_eq!(parse_state("42;"), Some((42, vec![])));
+        assert_eq!(parse_state("42;7,8"), Some((42, vec![7, 8])));
+        assert_eq!(parse_state("nonsense"), None);
+        assert_eq!(parse_state(";7"), None);
+    }
+
+    #[test]
+    fn the_sockets_live_beside_the_admin_socket() {
+        let admin = Path::new("/run/proxyd/admin.sock");
+        assert_eq!(socket_path(admin), Path::new("/run/proxyd/master.sock"));
+        assert_eq!(notify_path(admin), Path::new("/run/proxyd/master.notify"));
     }
 }

@@ -397,3 +397,148 @@ async fn a_tunnel_of_the_old_proxyd_lives_on_until_its_drain_deadline() {
     })
     .await;
 }
+
+/// `proxyd --master`, as the systemd unit runs it, without systemd: upgrades keep the master's
+/// pid and replace its worker; a successor that refuses the snapshot it is handed leaves the
+/// old worker serving, its admin socket file in place; the master stops its workers on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_keeps_its_pid_across_upgrades_and_survives_a_successor_that_refuses_the_snapshot()
+{
+    // The upstream by a name that only the master's mount namespace resolves (an /etc/hosts
+    // bound over the real one): a successor given the real file cannot resolve it, and so
+    // refuses the snapshot it is handed, as a build that rejects the serving config would.
+    // Mount namespaces need root; without it the test says so and checks the rest.
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    let upstream = MockUpstream::start("a").await;
+    let env = TestEnv::paths_only();
+    let with_name = env.dir.path().join("hosts.with-name");
+    let without_name = env.dir.path().join("hosts.without-name");
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    std::fs::write(&without_name, &hosts).unwrap();
+    std::fs::write(&with_name, format!("{hosts}\n127.0.0.1 proxytestbackend\n")).unwrap();
+    let backend = if root {
+        "proxytestbackend"
+    } else {
+        "127.0.0.1"
+    };
+    env.write_config(&site(&format!("http://{backend}:{}", upstream.addr.port())));
+    let admin = env.proxyd_socket();
+    let _controld = Process::start("controld", &["--config", env.config_path.to_str().unwrap()]);
+    let hosts_over = |file: &std::path::Path| {
+        format!(
+            "mount --bind {} /etc/hosts && exec \"$0\" \"$@\"",
+            file.display()
+        )
+    };
+    let in_namespace = hosts_over(&with_name);
+    let wrapper: Vec<&str> = if root {
+        vec![
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &in_namespace,
+        ]
+    } else {
+        eprintln!("not root: the refused snapshot is not tried (it needs a mount namespace)");
+        vec![]
+    };
+    let mut master = Process::start_logged_under(
+        &wrapper,
+        "proxyd",
+        &[
+            "--master",
+            "--control-socket",
+            env.socket.to_str().unwrap(),
+            "--admin-socket",
+            admin.to_str().unwrap(),
+        ],
+    );
+    let http = listener_address(&env.wait_for_applied(1).await, "http");
+    let data_plane = ["--data-plane-socket", admin.to_str().unwrap()];
+    // `proxyctl --json upgrade`: (old worker, new worker).
+    let upgrade = |binary: Option<std::path::PathBuf>| {
+        let env = &env;
+        async move {
+            let mut args = vec![data_plane[0], data_plane[1], "--json", "upgrade"];
+            let binary = binary.map(|b| b.display().to_string());
+            if let Some(b) = &binary {
+                args.extend(["--binary", b.as_str()]);
+            }
+            let out = env.proxyctl(&args).await;
+            let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            (
+                out.status.code(),
+                answer["old_pid"].as_u64(),
+                answer["new_pid"].as_u64(),
+                output_text(&out),
+            )
+        }
+    };
+
+    // Upgrades: new workers, the same master.
+    let (code, first, mut serving, text) = upgrade(None).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert_ne!(
+        first,
+        Some(u64::from(master.pid())),
+        "the master serves through a worker"
+    );
+    let (code, old, new, text) = upgrade(None).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(old, serving);
+    assert_ne!(new, serving);
+    serving = new;
+    assert!(alive(master.pid()), "the master keeps its pid");
+    assert_eq!(proxy_tests::get(http, "app.example", "/").await.status, 200);
+
+    // A successor that cannot resolve the upstream refuses the handed snapshot (without root:
+    // one that is not a proxyd at all).
+    let wrapper = env.dir.path().join("proxyd-without-the-name");
+    let script = if root {
+        format!(
+            "#!/bin/sh\nexec unshare -m --propagation private sh -c '{}' {} \"$@\"\n",
+            hosts_over(&without_name),
+            binary("proxyd").display()
+        )
+    } else {
+        "#!/bin/sh\nexit 3\n".to_owned()
+    };
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (code, _, _, text) = upgrade(Some(wrapper)).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("before serving") && text.contains("serves on"),
+        "{text}"
+    );
+    assert!(
+        admin.exists(),
+        "the failed successor left the admin socket file"
+    );
+    assert_eq!(proxy_tests::get(http, "app.example", "/").await.status, 200);
+
+    // The old worker served on; the master upgrades from its own binary again, not the
+    // failed one.
+    let (code, old, new, text) = upgrade(None).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(old, serving, "the old worker served on");
+    serving = new;
+
+    master.signal("TERM").await;
+    assert_eq!(master.exit_code().await, Some(0));
+    let gone = u32::try_from(serving.unwrap()).unwrap();
+    eventually("the workers to exit with the master", || async {
+        (!alive(gone)).then_some(())
+    })
+    .await;
+    assert!(!admin.exists(), "the last worker removes the admin socket");
+}
