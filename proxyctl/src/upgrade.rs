@@ -120,7 +120,7 @@ pub async fn through_master(
         .map_err(|e| silent(e.to_string()))?;
     let mut line = String::new();
     let read = tokio::time::timeout(
-        timeout + MASTER_GRACE,
+        timeout.saturating_add(MASTER_GRACE),
         BufReader::new(stream).read_line(&mut line),
     )
     .await;
@@ -131,7 +131,7 @@ pub async fn through_master(
         Err(_) => {
             return Err(silent(format!(
                 "no answer within {:?}",
-                timeout + MASTER_GRACE
+                timeout.saturating_add(MASTER_GRACE)
             )));
         }
     }

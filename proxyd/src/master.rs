@@ -233,6 +233,7 @@ async fn serve(options: MasterOptions) -> Result<u8, MasterError> {
     // Exits that happened before the handler (or across the re-execution).
     master.reap();
 
+    let (incoming_tx, mut incoming) = tokio::sync::mpsc::channel(8);
     let mut buffer = vec![0u8; 4096];
     while !master.done() {
         let deadline = master.upgrade.as_ref().map(|p| p.deadline);
@@ -255,9 +256,12 @@ async fn serve(options: MasterOptions) -> Result<u8, MasterError> {
             }
             accepted = accept(listener.as_ref()) => {
                 if let Ok(stream) = accepted {
-                    master.request(stream).await;
+                    // Read off the event loop: a client that sends nothing must not hold up
+                    // the workers' exits or a signal.
+                    tokio::spawn(read_request(stream, incoming_tx.clone()));
                 }
             }
+            Some(request) = incoming.recv() => master.request(request),
             () = sleep_until(deadline) => master.upgrade_timed_out(),
         }
         if std::mem::take(&mut master.reexec) && !master.stopping {
@@ -436,44 +440,16 @@ impl Master {
         self.answer(reply, format!("error {message}"));
     }
 
-    /// Reads one request from `master.sock` and acts on it.
-    async fn request(&mut self, stream: UnixStream) {
-        let uid = stream.peer_cred().ok().map(|c| c.uid());
-        let own = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
-        let mut reader = BufReader::new(stream).take(MAX_REQUEST as u64);
-        let mut line = String::new();
-        let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
-        let stream = reader.into_inner().into_inner();
-        if !matches!(read, Ok(Ok(n)) if n > 0) {
-            return;
+    /// Acts on a request read from `master.sock`.
+    fn request(&mut self, request: Request) {
+        match request.kind {
+            RequestKind::Ping => {
+                self.answer(Some(request.stream), format!("pong {}", std::process::id()));
+            }
+            RequestKind::Upgrade { timeout, binary } => {
+                self.begin_upgrade(Some(request.stream), timeout, binary);
+            }
         }
-        if !uid.is_some_and(|uid| uid == 0 || Some(uid) == own) {
-            tracing::info!(target: "audit", call = "Upgrade", uid, outcome = "denied");
-            self.answer(
-                Some(stream),
-                "error only root and proxyd's own user may upgrade".to_owned(),
-            );
-            return;
-        }
-        // `ping`: answered once this image has its signal handlers, so after an upgrade
-        // proxyctl returns only when the re-executed master can take a SIGTERM.
-        if line.trim_end() == "ping" {
-            self.answer(Some(stream), format!("pong {}", std::process::id()));
-            return;
-        }
-        // `upgrade [TIMEOUT_MS [BINARY]]`
-        let mut parts = line.trim_end_matches('\n').splitn(3, ' ');
-        if parts.next() != Some("upgrade") {
-            self.answer(Some(stream), "error unknown request".to_owned());
-            return;
-        }
-        let timeout = parts
-            .next()
-            .and_then(|t| t.parse::<u64>().ok())
-            .map(Duration::from_millis);
-        let binary = parts.next().filter(|b| !b.is_empty()).map(PathBuf::from);
-        tracing::info!(target: "audit", call = "Upgrade", uid, outcome = "upgrading");
-        self.begin_upgrade(Some(stream), timeout, binary);
     }
 
     /// Starts a new worker that takes over from the current one.
@@ -586,6 +562,72 @@ fn parse_state(state: &str) -> Option<(u32, Vec<u32>)> {
     let current = current.parse().ok()?;
     let draining = draining.split(',').filter_map(|p| p.parse().ok()).collect();
     Some((current, draining))
+}
+
+/// A request on `master.sock`, from root or proxyd's own user.
+struct Request {
+    stream: UnixStream,
+    kind: RequestKind,
+}
+
+enum RequestKind {
+    /// Answered once this image has its signal handlers: after an upgrade, proxyctl returns
+    /// only when the re-executed master can take a SIGTERM.
+    Ping,
+    /// `upgrade [TIMEOUT_MS [BINARY]]`.
+    Upgrade {
+        timeout: Option<Duration>,
+        binary: Option<PathBuf>,
+    },
+}
+
+/// The longest an upgrade may wait for its new worker.
+const MAX_UPGRADE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Reads one request line (peer credentials first: others get an answer and nothing more),
+/// and hands it to the event loop.
+async fn read_request(stream: UnixStream, to: tokio::sync::mpsc::Sender<Request>) {
+    let uid = stream.peer_cred().ok().map(|c| c.uid());
+    let own = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
+    if !uid.is_some_and(|uid| uid == 0 || Some(uid) == own) {
+        tracing::info!(target: "audit", call = "Upgrade", uid, outcome = "denied");
+        if let Some(reply) = answer(
+            Some(stream),
+            "error only root and proxyd's own user may upgrade".to_owned(),
+        ) {
+            let _ = reply.await;
+        }
+        return;
+    }
+    let mut reader = BufReader::new(stream).take(MAX_REQUEST as u64);
+    let mut line = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+    let stream = reader.into_inner().into_inner();
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        return;
+    }
+    let line = line.trim_end_matches('\n');
+    let kind = if line == "ping" {
+        RequestKind::Ping
+    } else if let Some(rest) = line
+        .strip_prefix("upgrade")
+        .filter(|r| r.is_empty() || r.starts_with(' '))
+    {
+        let mut parts = rest.trim_start_matches(' ').splitn(2, ' ');
+        let timeout = parts
+            .next()
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(|ms| Duration::from_millis(ms).min(MAX_UPGRADE_TIMEOUT));
+        let binary = parts.next().filter(|b| !b.is_empty()).map(PathBuf::from);
+        tracing::info!(target: "audit", call = "Upgrade", uid, outcome = "upgrading");
+        RequestKind::Upgrade { timeout, binary }
+    } else {
+        if let Some(reply) = answer(Some(stream), "error unknown request".to_owned()) {
+            let _ = reply.await;
+        }
+        return;
+    };
+    let _ = to.send(Request { stream, kind }).await;
 }
 
 /// Starts a worker: this binary without `--master`, reporting to the master's notify socket.
