@@ -50,12 +50,15 @@ impl Breaker {
         let overflow = CircuitOpen {
             limit: "max_pending_requests",
         };
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limits.max_pending_requests {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+        // The place is given back however the wait ends: with a connection, or dropped when
+        // the request is cancelled (its deadline, a client gone). A decrement after the
+        // `await` alone leaked one place per cancelled waiter, until every request got 503.
+        let pending = Pending::take(&self.pending);
+        if pending.before >= self.limits.max_pending_requests {
             return Err(overflow);
         }
         let waited = self.connections.clone().acquire_owned().await;
-        self.pending.fetch_sub(1, Ordering::AcqRel);
+        drop(pending);
         waited.map_err(|_| overflow)
     }
 
@@ -65,6 +68,26 @@ impl Breaker {
         self.limits
             .max_connections
             .saturating_sub(self.connections.available_permits())
+    }
+}
+
+/// One place among the pending requests, given back when dropped.
+struct Pending<'a> {
+    count: &'a AtomicUsize,
+    /// How many were pending before this one.
+    before: usize,
+}
+
+impl<'a> Pending<'a> {
+    fn take(count: &'a AtomicUsize) -> Pending<'a> {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        Pending { count, before }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -108,5 +131,34 @@ mod tests {
         drop(first);
         waiting.await.unwrap().unwrap();
         assert_eq!(breaker.open_connections(), 0);
+    }
+
+    /// Issue 19 #4: waiters cancelled by a deadline gave their pending place back never, and
+    /// after `max_pending_requests` of them every request that had to wait got 503 at once.
+    #[tokio::test]
+    async fn cancelled_waiters_give_their_pending_place_back() {
+        let breaker = Arc::new(Breaker::new(UpstreamLimits {
+            max_connections: 1,
+            max_pending_requests: 1,
+            ..UpstreamLimits::default()
+        }));
+        let first = breaker.connection().await.unwrap();
+        for _ in 0..4 {
+            let cancelled = tokio::time::timeout(
+                std::time::Duration::from_millis(10),
+                breaker.connection(),
+            )
+            .await;
+            assert!(cancelled.is_err(), "it waited, and its deadline ended the wait");
+            assert_eq!(breaker.pending.load(Ordering::Acquire), 0);
+        }
+        // A request that must wait still may, and gets the connection once it is free.
+        let b = breaker.clone();
+        let waiting = tokio::spawn(async move { b.connection().await.map(drop) });
+        while breaker.pending.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        waiting.await.unwrap().unwrap();
     }
 }
