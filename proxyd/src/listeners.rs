@@ -288,13 +288,34 @@ pub fn socket_for(
     }
 }
 
-/// A socket on `address`, listening.
+/// A socket on `address`, listening with the kernel's largest accept queue (`somaxconn`), as
+/// HAProxy does: std's `TcpListener::bind` asks for 128, and a burst of connections (clients
+/// reconnecting after a restart) then loses SYNs. nginx asks for 511.
 fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListener, ApplyError> {
-    std::net::TcpListener::bind(address).map_err(|source| ApplyError::Bind {
+    use socket2::{Domain, Socket, Type};
+    let bound = (|| {
+        let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+        // What std sets too: a restarted proxyd rebinds while old connections are in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(listen_backlog())?;
+        Ok(std::net::TcpListener::from(socket))
+    })();
+    bound.map_err(|source| ApplyError::Bind {
         name: name.to_owned(),
         address,
         source,
     })
+}
+
+/// `net.core.somaxconn` (the kernel caps any backlog there), or 4096 when it cannot be read.
+fn listen_backlog() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(4096)
+        .min(65535)
 }
 
 /// Serves `socket` from tokio, keeping a duplicate of it.
@@ -312,4 +333,32 @@ pub fn adopt(
     socket.set_nonblocking(true).map_err(err)?;
     let listener = tokio::net::TcpListener::from_std(socket).map_err(err)?;
     Ok((listener, dup))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 19 #6: the accept queue was std's 128.
+    #[test]
+    fn listeners_get_the_kernels_largest_accept_queue() {
+        let socket = bind("http", "127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        // `ss` shows a listening socket's backlog as its Send-Q.
+        let Ok(out) = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+        else {
+            eprintln!("skipped: ss (iproute2) is not installed");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let backlog: i32 = text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|q| q.parse().ok())
+            .unwrap_or_else(|| panic!("ss: {text}"));
+        assert_eq!(backlog, listen_backlog());
+        assert!(backlog > 128, "{backlog}");
+    }
 }

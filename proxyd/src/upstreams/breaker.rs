@@ -144,12 +144,13 @@ mod tests {
         }));
         let first = breaker.connection().await.unwrap();
         for _ in 0..4 {
-            let cancelled = tokio::time::timeout(
-                std::time::Duration::from_millis(10),
-                breaker.connection(),
-            )
-            .await;
-            assert!(cancelled.is_err(), "it waited, and its deadline ended the wait");
+            let cancelled =
+                tokio::time::timeout(std::time::Duration::from_millis(10), breaker.connection())
+                    .await;
+            assert!(
+                cancelled.is_err(),
+                "it waited, and its deadline ended the wait"
+            );
             assert_eq!(breaker.pending.load(Ordering::Acquire), 0);
         }
         // A request that must wait still may, and gets the connection once it is free.
