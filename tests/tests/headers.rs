@@ -106,3 +106,31 @@ async fn request_heads_over_the_limits_get_431_and_the_proxy_keeps_serving() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     env.stop().await;
 }
+
+/// Issue 19 #5: an HTTP/2 client may send each cookie in a field of its own (RFC 9113 §8.2.3);
+/// the HTTP/1.1 upstream gets them joined with "; " in one line, not only the last.
+#[tokio::test(flavor = "multi_thread")]
+async fn split_http2_cookies_reach_an_http1_upstream_joined() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let app = MockUpstream::start("app").await;
+    let env = TestEnv::start(&site(&app.url())).await;
+    let stream = tokio::net::TcpStream::connect(env.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::get("http://app.example/cookies")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+    let seen = &app.requests()[0].headers;
+    let cookies: Vec<_> = seen.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"], "{seen:?}");
+    env.stop().await;
+}

@@ -75,7 +75,14 @@ pub fn upgrade_protocol(message: &impl HasHeaders) -> Option<HeaderValue> {
     if !asks || message.version() != http::Version::HTTP_11 {
         return None;
     }
-    headers.get(header::UPGRADE).cloned()
+    let protocol = headers.get(header::UPGRADE)?;
+    // h2c (RFC 7540 §3.2, dropped by RFC 9113): a backend that switched would give the client
+    // a raw HTTP/2 connection past routes, rules and limits. Ignored, as a server may: the
+    // request goes on as plain HTTP/1.1, its Upgrade header stripped as hop-by-hop.
+    let h2c = protocol.to_str().map_or(true, |p| {
+        p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+    });
+    (!h2c).then(|| protocol.clone())
 }
 
 /// Requests and responses alike.
@@ -196,6 +203,7 @@ pub fn request_id(headers: &HeaderMap, trusted: bool) -> HeaderValue {
 /// peer appended to the chains); anyone else's is replaced.
 pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &str, peer: &Peer<'_>) {
     strip_hop_by_hop(headers);
+    join_cookies(headers);
     remove_all(headers, &URL_OVERRIDES);
     let ip = peer.addr.ip();
     let original_host = headers.get(header::HOST).cloned();
@@ -228,6 +236,24 @@ pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &str, peer: &Peer
         out.extend_from_slice(proto.as_bytes());
     });
     headers.insert(X_REQUEST_ID, peer.request_id.clone());
+}
+
+/// HTTP/2 clients may split `Cookie` into one field per cookie (RFC 9113 §8.2.3); an HTTP/1.1
+/// server expects one line, and many read only the first or the last. Joined with "; " as
+/// the RFC says, whatever the upstream speaks.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for value in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// The client a request is from, for rate limits and the access log: the TCP peer, unless the
@@ -425,6 +451,40 @@ mod tests {
         assert_eq!(
             client_address(&garbage, ip("10.0.0.1"), trusted),
             ip("10.3.3.3")
+        );
+    }
+
+    #[test]
+    fn split_cookies_are_joined_into_one_field() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        let mut one = HeaderMap::new();
+        one.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1");
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_not_an_upgrade() {
+        let request = |upgrade: &'static str| {
+            Request::get("/")
+                .header(header::CONNECTION, "Upgrade, HTTP2-Settings")
+                .header(header::UPGRADE, upgrade)
+                .header("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA")
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(upgrade_protocol(&request("h2c")), None);
+        assert_eq!(upgrade_protocol(&request("H2C")), None);
+        assert_eq!(upgrade_protocol(&request("websocket, h2c")), None);
+        assert_eq!(
+            upgrade_protocol(&request("websocket")),
+            Some(HeaderValue::from_static("websocket"))
         );
     }
 
