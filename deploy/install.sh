@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 
 binaries=""
 prefix=/usr/local
+migrated=
 while [[ $# -gt 0 ]]; do
     case $1 in
         --binaries) binaries=${2:?--binaries needs a directory}; shift 2 ;;
@@ -45,7 +46,8 @@ for unit in controld.service proxyd.service proxyd.socket; do
     if [[ -f /etc/systemd/system/$unit && ! -L /etc/systemd/system/$unit ]]; then
         mv "/etc/systemd/system/$unit" "/etc/systemd/system/$unit.old"
         echo "install.sh: moved /etc/systemd/system/$unit (from an earlier install) to $unit.old;" \
-            "carry any edits of yours into 'systemctl edit ${unit%.*}'" >&2
+            "carry any edits of yours into 'systemctl edit $unit'" >&2
+        migrated=yes
     fi
 done
 install -D -m 0644 deploy/sysusers.conf /usr/lib/sysusers.d/proxyd.conf
@@ -60,4 +62,11 @@ elif [[ $(stat -c %G /etc/proxyd/proxy.toml) == proxyd ]]; then
     echo "install.sh: /etc/proxyd/proxy.toml is group controld now (was proxyd)" >&2
 fi
 systemctl daemon-reload
+if [[ -n $migrated ]] && systemctl is-active -q proxyd; then
+    # The running proxyd predates `proxyd --master`: `systemctl reload proxyd` refuses to
+    # upgrade it (its successor would escape systemd) until it runs under the new unit.
+    echo "install.sh: restart proxyd once, not reload: systemctl restart controld proxyd" \
+        "(with proxyd.socket enabled no connection is refused); from then on" \
+        "'systemctl reload proxyd' upgrades without one" >&2
+fi
 echo "installed; now: systemctl enable --now controld proxyd (optional, to keep the sockets across restarts: proxyd.socket, see deploy/README.md)"

@@ -165,6 +165,9 @@ impl Access {
 
     fn allows(&self, caller: &Caller) -> bool {
         match (caller.uid, caller.gid) {
+            // A data plane may subscribe, through its own check, and nothing else, whatever
+            // the allow-lists say (its primary group may be in allowed_gids).
+            (Some(uid), _) if self.data_planes.contains(&uid) => false,
             (Some(uid), gid) => {
                 uid == 0
                     || Some(uid) == self.own_uid
@@ -268,10 +271,14 @@ mod tests {
 
     #[test]
     fn a_data_plane_user_is_not_on_the_allow_list() {
-        let a = access(&[], &[]);
+        let a = access(&[4000], &[4000]);
         assert!(
             !a.allows(&caller(4000, 4000)),
-            "Subscribe only, through its own check"
+            "Subscribe only, through its own check, even when the allow-lists name it"
+        );
+        assert!(
+            a.allows(&caller(4001, 4000)),
+            "others of its group stay allowed"
         );
     }
 

@@ -9,7 +9,8 @@
 //!
 //! A proxyd run as a master (`proxyd --master`, as the systemd unit runs it) does this itself:
 //! proxyctl asks it on `master.sock` beside the admin socket, and the master, the process
-//! systemd supervises, starts the new worker and keeps its own PID.
+//! systemd supervises, starts the new worker and keeps its own PID. A proxyd that runs under
+//! systemd without a master is not upgraded: its successor would escape systemd.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,12 @@ pub enum UpgradeError {
         timeout: Duration,
         old: u32,
     },
+    #[error(
+        "proxyd (pid {pid}) runs under systemd without --master (a unit from before proxyd \
+         --master): a new process would not be systemd's to supervise. Restart it once \
+         (`systemctl restart proxyd`; with proxyd.socket no connection is refused), then upgrade"
+    )]
+    UnderSystemd { pid: u32 },
     #[error("the proxyd master ({socket}) refused the upgrade: {reason}")]
     Master { socket: String, reason: String },
     #[error("the proxyd master ({socket}) did not answer: {reason}")]
@@ -69,22 +76,6 @@ pub enum UpgradeError {
 
 /// How much longer than the upgrade's own deadline proxyctl waits for the master's answer.
 const MASTER_GRACE: Duration = Duration::from_secs(5);
-
-/// Whether the master on `master` answers a `ping`.
-async fn ping(master: &Path) -> bool {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let exchange = async {
-        let mut stream = tokio::net::UnixStream::connect(master).await.ok()?;
-        stream.write_all(b"ping\n").await.ok()?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).await.ok()?;
-        line.starts_with("pong").then_some(())
-    };
-    matches!(
-        tokio::time::timeout(POLL_INTERVAL * 10, exchange).await,
-        Ok(Some(()))
-    )
-}
 
 /// Upgrades through the master beside `socket`, if one runs: `Ok(None)` when none answers.
 pub async fn through_master(
@@ -95,13 +86,17 @@ pub async fn through_master(
 ) -> Result<Option<Upgraded>, UpgradeError> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let master = socket.with_file_name("master.sock");
-    let Ok(mut stream) = tokio::net::UnixStream::connect(&master).await else {
-        return Ok(None);
-    };
     let shown = master.display().to_string();
     let silent = |reason: String| UpgradeError::MasterSilent {
         socket: shown.clone(),
         reason,
+    };
+    // No master runs here only when there is no socket: any other failure (a master too busy
+    // to accept, a stale socket) must not lead to an upgrade behind its back.
+    let mut stream = match tokio::net::UnixStream::connect(&master).await {
+        Ok(stream) => stream,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(silent(e.to_string())),
     };
     // The master's working directory is not ours.
     let binary = binary
@@ -110,6 +105,9 @@ pub async fn through_master(
         .map_err(|e| silent(e.to_string()))?;
     let mut request = format!("upgrade {}", timeout.as_millis());
     if let Some(binary) = &binary {
+        if binary.to_string_lossy().contains('\n') {
+            return Err(silent("the binary's path has a newline".into()));
+        }
         request.push(' ');
         request.push_str(&binary.to_string_lossy());
     }
@@ -150,18 +148,6 @@ pub async fn through_master(
     let (Some(_), Some(new_pid)) = (pids.next(), pids.next()) else {
         return Err(silent(format!("unexpected answer {line:?}")));
     };
-    // The master re-executes itself now: done once the new image answers (it can take a
-    // signal then; `systemctl stop` right after this reload must not find it mid-exec).
-    let deadline = tokio::time::Instant::now() + MASTER_GRACE;
-    while !ping(&master).await {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(silent(format!(
-                "the new worker (pid {new_pid}) serves, but the master did not answer after \
-                 re-executing itself within {MASTER_GRACE:?}"
-            )));
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
     // The new worker serves; its admin socket says what.
     let now = DataPlane::connect(socket, POLL_INTERVAL * 20).await.ok();
     let now = match now {
@@ -260,6 +246,11 @@ pub async fn upgrade(
         pid: old.pid,
         source,
     })?;
+    // The successor would be nobody's child that systemd knows: it loses track of the unit
+    // (issue 18). Under systemd, only a master upgrades.
+    if environment.iter().any(|(name, _)| name == "NOTIFY_SOCKET") {
+        return Err(UpgradeError::UnderSystemd { pid: old.pid });
+    }
     args.push("--takeover".into());
     let mut command = std::process::Command::new(&exe);
     command.env_clear().envs(environment);

@@ -297,7 +297,9 @@ impl Proxy {
             parts.headers.insert(http::header::HOST, value);
         }
         let path_and_query = match parts.uri.path_and_query() {
-            Some(original) => rules::rewrite(&pool.rewrite, &route.path_prefix, original),
+            Some(original) => rules::rewrite(&pool.rewrite, &route.path_prefix, original).ok_or(
+                ProxyError::BadRequest("the rewritten path would leave its target"),
+            )?,
             None => http::uri::PathAndQuery::from_static("/"),
         };
         // gRPC needs `te: trailers` to reach an HTTP/2 upstream (it is hop-by-hop otherwise).

@@ -59,6 +59,8 @@ pub struct Options {
     /// Set when a hand-over was received but its snapshot could not be served: this process
     /// stops, the predecessor serves on.
     pub failed: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when this process stopped because a successor took over from it.
+    pub handed_over: Arc<std::sync::atomic::AtomicBool>,
     /// The sockets systemd passed ([`Activation::from_env`]); listeners take them instead of
     /// binding.
     pub activation: Activation,
@@ -79,6 +81,7 @@ impl Options {
             takeover: false,
             worker: false,
             failed: Arc::default(),
+            handed_over: Arc::default(),
             activation: Activation::default(),
         }
     }
@@ -182,19 +185,26 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
             }
         }
     }
-    control::run(
-        options.control_socket,
-        options.identity,
-        plane.clone(),
-        saved,
-        shutdown.clone(),
-    )
-    .await;
-    // Only a process that served says so: a successor that failed never was the main process.
-    if !options.failed.load(std::sync::atomic::Ordering::Relaxed) {
+    // A successor that could not serve what it was handed stops here: it must not reach
+    // controld, nor say anything to systemd (it never was the main process).
+    let failed = options.failed.load(std::sync::atomic::Ordering::Relaxed);
+    if !failed {
+        control::run(
+            options.control_socket,
+            options.identity,
+            plane.clone(),
+            saved,
+            shutdown.clone(),
+        )
+        .await;
         notify::stopping();
     }
     plane.drained().await;
+    if plane.is_handed_over() {
+        options
+            .handed_over
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if let Some(admin) = admin {
         let _ = admin.await;
     }

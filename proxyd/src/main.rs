@@ -16,9 +16,10 @@ use tracing_subscriber::{EnvFilter, reload};
     after_help = "Examples:
   proxyd --control-socket /run/controld/control.sock --state-dir /var/lib/proxyd
 
-Signals: SIGTERM drains (up to proxy.shutdown_timeout), SIGINT stops at once, SIGHUP is ignored.
-Exit codes: 0 stopped; 1 a hand-over was received but could not be served (--takeover); 2 usage
-error."
+Signals: SIGTERM drains (up to proxy.shutdown_timeout), SIGINT stops at once, SIGHUP is ignored
+(with --master: SIGTERM and SIGINT go to the workers, SIGHUP upgrades).
+Exit codes: 0 stopped; 1 a hand-over was received but could not be served (--takeover), or a
+master's worker died; 2 usage error."
 )]
 struct Cli {
     /// controld's Unix socket.
@@ -98,6 +99,7 @@ fn main() -> ExitCode {
     options.worker = cli.worker;
     options.activation = activation;
     let failed = options.failed.clone();
+    let handed_over = options.handed_over.clone();
     let fast_stop = options.fast_stop.clone();
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
@@ -106,6 +108,11 @@ fn main() -> ExitCode {
     });
     if failed.load(std::sync::atomic::Ordering::Relaxed) {
         return ExitCode::FAILURE;
+    }
+    // A master's worker says so in its status: to the master, a serving worker that exits 0
+    // was asked to stop the service.
+    if cli.worker && handed_over.load(std::sync::atomic::Ordering::Relaxed) {
+        return ExitCode::from(proxyd::master::EXIT_HANDED_OVER);
     }
     ExitCode::SUCCESS
 }
@@ -118,15 +125,12 @@ fn master(cli: &Cli) -> ExitCode {
     }
     let mut argv = std::env::args_os();
     let argv0 = argv.next().unwrap_or_default();
-    let args: Vec<std::ffi::OsString> = argv
-        .filter(|a| a != "--takeover" && a != "--worker")
+    let mut worker_args: Vec<std::ffi::OsString> = argv
+        .filter(|a| a != "--master" && a != "--takeover" && a != "--worker")
         .collect();
-    let mut worker_args: Vec<std::ffi::OsString> =
-        args.iter().filter(|a| *a != "--master").cloned().collect();
     worker_args.push("--worker".into());
     proxyd::master::run(proxyd::master::MasterOptions {
         binary: binary_path(&argv0),
-        args,
         worker_args,
         admin_socket: PathBuf::from(&cli.admin_socket),
     })

@@ -1,8 +1,9 @@
 //! proxyd's master process (`proxyd --master`, what `deploy/proxyd.service` runs), after
 //! HAProxy's master-worker mode: the master keeps the PID systemd supervises and runs the data
-//! plane in a worker, a child process; an upgrade starts a new worker that takes the listening
-//! sockets over from the old one ([`crate::handover`]), then the master re-executes itself from
-//! the new binary, keeping its PID. systemd only ever hears from the master.
+//! plane in a worker, a child process; an upgrade starts a new worker, from the binary now at
+//! the master's path, that takes the listening sockets over from the old one
+//! ([`crate::handover`]). systemd only ever hears from the master, which it can always
+//! supervise: its main process never changes.
 //!
 //! The whole lifecycle lives in this module, as one event loop over a small state:
 //!
@@ -16,15 +17,24 @@
 //! Workers report to the master, not to systemd: their `NOTIFY_SOCKET` is the master's own
 //! datagram socket (`master.notify` beside the admin socket), and the kernel tells the master
 //! which pid sent each message (`SO_PASSCRED`), so an old or failed worker can never stop the
-//! unit. Upgrades are asked for on `master.sock` beside the admin socket, by root or proxyd's
-//! own user (`proxyctl upgrade`, the unit's `ExecReload=`), or with SIGHUP.
+//! unit. A new worker counts as serving only when it says it took over (`MAINPID=` with
+//! `READY=1`, sent just before it tells the old one to drain), never from a `READY=1` that
+//! only says it waits for controld. Upgrades are asked for on `master.sock` beside the admin
+//! socket, by root or proxyd's own user (`proxyctl upgrade`, the unit's `ExecReload=`), or
+//! with SIGHUP.
 //!
-//! Workers that end: the current one exiting while nothing stops the master makes the master
-//! exit too (1, or 0 after a clean drain such as `proxyctl shutdown`), so that systemd sees it
-//! and restarts the unit (`Restart=on-failure`); an old, draining one is reaped and logged; a
-//! new one exiting before it serves fails the upgrade, the old one serving on.
+//! Workers that end: the serving one exiting 0 (a drain asked for on its admin socket) stops
+//! the master too, cleanly; exiting any other way (a crash, `kill -9`, a drain after a take-over
+//! the master did not see) makes the master exit 1 at once, so that systemd restarts the unit
+//! (`Restart=on-failure`) without waiting for older workers to drain. An old, draining worker
+//! is reaped and logged; a new one exiting before it serves fails the upgrade, the old one
+//! serving on.
+//!
+//! The master does not re-execute itself (HAProxy's does): its image stays the one systemd
+//! started until the next restart. An `execve` has a window in which SIGTERM or SIGHUP kill
+//! it, which only a signal mask set in the child could close, and that needs `unsafe`; the
+//! master is small and changes rarely (docs/decisions/0006-master-worker.md).
 
-use std::ffi::OsString;
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 use std::os::unix::fs::MetadataExt;
@@ -39,17 +49,25 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixDatagram, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// The environment variable that carries the master's state across its re-execution.
-const STATE_VARIABLE: &str = "PROXYD_MASTER_STATE";
+/// The exit status of a worker that stopped because a successor took over from it: to the
+/// master, the serving worker exiting so means a take-over it did not start, and nothing of
+/// its own serving.
+pub const EXIT_HANDED_OVER: u8 = 100;
 
-/// How long an upgrade waits for the new worker to serve when the request names no deadline.
-const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an upgrade waits for the new worker to serve when the request names no deadline;
+/// also the most it may wait: the old worker waits as long for the new one
+/// ([`crate::handover::READY_DEADLINE`]), and then serves on.
+const MAX_UPGRADE_TIMEOUT: Duration = crate::handover::READY_DEADLINE;
+const MIN_UPGRADE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The longest upgrade request line.
+/// The longest request line on `master.sock`.
 const MAX_REQUEST: usize = 4096;
 
-/// sd_listen_fds(3)'s variables: the first worker gets systemd's sockets; the master itself
-/// and later workers never do.
+/// How long a client on `master.sock` may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// sd_listen_fds(3)'s variables: the first worker gets systemd's sockets; later workers take
+/// them from the one serving.
 const SOCKET_ACTIVATION: [&str; 4] = [
     "LISTEN_FDS",
     "LISTEN_PID",
@@ -60,13 +78,12 @@ const SOCKET_ACTIVATION: [&str; 4] = [
 /// How the master runs.
 #[derive(Debug, Clone)]
 pub struct MasterOptions {
-    /// The binary workers and the re-executed master run: the path the master was started
-    /// from, so that a binary replaced at that path is the one an upgrade runs.
+    /// The binary workers run: the path the master was started from, so that a binary
+    /// replaced at that path is the one an upgrade runs.
     pub binary: PathBuf,
-    /// The master's own arguments (without the program name), for its re-execution.
-    pub args: Vec<OsString>,
-    /// The worker's arguments: the master's without `--master` and `--takeover`.
-    pub worker_args: Vec<OsString>,
+    /// The worker's arguments: the master's without `--master` and `--takeover`, with
+    /// `--worker`.
+    pub worker_args: Vec<std::ffi::OsString>,
     /// The admin socket: `master.sock` and `master.notify` live beside it.
     pub admin_socket: PathBuf,
 }
@@ -123,8 +140,6 @@ struct Pending {
     deadline: tokio::time::Instant,
     /// Where to answer (`None`: asked by SIGHUP).
     reply: Option<UnixStream>,
-    /// The binary it runs: the master's own from when it serves.
-    binary: PathBuf,
 }
 
 /// The master's state.
@@ -136,14 +151,14 @@ struct Master {
     /// Old workers draining after an upgrade, and new ones stopped after a failed one.
     draining: Vec<u32>,
     upgrade: Option<Pending>,
-    /// An upgrade succeeded: re-execute the master from the new binary.
-    reexec: bool,
-    /// SIGTERM or SIGINT, or the serving worker exited: the workers drain, then the master
-    /// exits.
+    /// SIGTERM or SIGINT, or the serving worker stopped after a drain: the workers drain, then
+    /// the master exits.
     stopping: bool,
+    /// The serving worker died: exit now, so that systemd restarts the unit at once.
+    abandon: bool,
     /// The exit code once every worker is gone.
     exit: u8,
-    /// Answers being written.
+    /// Answers being written, awaited before the master exits.
     replies: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -181,11 +196,8 @@ async fn serve(options: MasterOptions) -> Result<u8, MasterError> {
     })();
     let (mut children, mut term, mut int, mut hup) = signals.map_err(MasterError::Signals)?;
 
-    let notify_at = notify_path(&options.admin_socket);
-    let notifications = bind_notify(&notify_at).map_err(|source| MasterError::Bind {
-        path: notify_at.clone(),
-        source,
-    })?;
+    // `master.sock` first: its bind refuses a live socket, so a second master on the same
+    // directory stops here, before it could replace the first one's notify socket.
     let socket_at = socket_path(&options.admin_socket);
     let mut requests =
         proto::uds::BoundSocket::bind(&socket_at).map_err(|source| MasterError::Bind {
@@ -193,67 +205,51 @@ async fn serve(options: MasterOptions) -> Result<u8, MasterError> {
             source,
         })?;
     let listener = requests.take_listener();
+    let notify_at = notify_path(&options.admin_socket);
+    let notifications = bind_notify(&notify_at).map_err(|source| MasterError::Bind {
+        path: notify_at.clone(),
+        source,
+    })?;
 
+    let pid = spawn(&options.binary, &options, &notify_at, false)?;
+    tracing::info!(worker = pid, "proxyd master started its worker");
+    // systemd's sockets went to the first worker; the master keeps none open.
+    close_passed_sockets();
     let mut master = Master {
         options,
         notify_at,
-        current: None,
+        current: Some(Worker::new(pid)),
         draining: Vec::new(),
         upgrade: None,
-        reexec: false,
         stopping: false,
+        abandon: false,
         exit: 0,
         replies: Vec::new(),
     };
-    match adopted_state() {
-        Some((current, draining)) => {
-            tracing::info!(
-                worker = current,
-                ?draining,
-                "proxyd master re-executed; supervising its workers"
-            );
-            master.current = Some(Worker {
-                ready: true,
-                ..Worker::new(current)
-            });
-            master.draining = draining;
-            notify(&[
-                NotifyState::Ready,
-                NotifyState::Status("serving (master upgraded)"),
-            ]);
-        }
-        None => {
-            let pid = spawn(&master.options, &master.notify_at, false)?;
-            tracing::info!(worker = pid, "proxyd master started its worker");
-            master.current = Some(Worker::new(pid));
-            // systemd's sockets went to the first worker; the master keeps none open.
-            close_passed_sockets();
-        }
-    }
-    // Exits that happened before the handler (or across the re-execution).
-    master.reap();
 
-    let (incoming_tx, mut incoming) = tokio::sync::mpsc::channel(8);
+    let (incoming_tx, mut incoming) = tokio::sync::mpsc::channel::<Request>(8);
     let mut buffer = vec![0u8; 4096];
     while !master.done() {
         let deadline = master.upgrade.as_ref().map(|p| p.deadline);
+        // Biased, notifications first: a new worker's READY=1 is sent before the old one
+        // drains and exits, and before an upgrade's deadline may pass; it must be seen first.
         tokio::select! {
-            _ = children.recv() => {
-                // What the workers said before they exited first: a new worker's READY=1
-                // precedes the old one's exit, and must be seen as such.
-                while let Ok((len, pid)) = try_recv(&notifications, &mut buffer) {
-                    master.notified(pid, &String::from_utf8_lossy(&buffer[..len]));
-                }
-                master.reap();
-            }
-            _ = term.recv() => master.stop(Signal::TERM),
-            _ = int.recv() => master.stop(Signal::INT),
-            _ = hup.recv() => master.begin_upgrade(None, None, None),
+            biased;
             received = recv_from(&notifications, &mut buffer) => {
                 if let Ok((len, pid)) = received {
                     master.notified(pid, &String::from_utf8_lossy(&buffer[..len]));
                 }
             }
+            _ = children.recv() => {
+                master.drain_notifications(&notifications, &mut buffer);
+                master.reap();
+            }
+            _ = term.recv() => master.stop(Signal::TERM),
+            _ = int.recv() => master.stop(Signal::INT),
+            _ = hup.recv() => master.begin_upgrade(None, None, None),
+            Some(request) = incoming.recv() => master.begin_upgrade(
+                Some(request.stream), request.timeout, request.binary,
+            ),
             accepted = accept(listener.as_ref()) => {
                 if let Ok(stream) = accepted {
                     // Read off the event loop: a client that sends nothing must not hold up
@@ -261,16 +257,14 @@ async fn serve(options: MasterOptions) -> Result<u8, MasterError> {
                     tokio::spawn(read_request(stream, incoming_tx.clone()));
                 }
             }
-            Some(request) = incoming.recv() => master.request(request),
-            () = sleep_until(deadline) => master.upgrade_timed_out(),
-        }
-        if std::mem::take(&mut master.reexec) && !master.stopping {
-            // The upgrade's answer first: the connection closes with the old image.
-            for reply in std::mem::take(&mut master.replies) {
-                let _ = reply.await;
+            () = sleep_until(deadline) => {
+                master.drain_notifications(&notifications, &mut buffer);
+                master.upgrade_timed_out();
             }
-            master.reexecute();
         }
+    }
+    for reply in std::mem::take(&mut master.replies) {
+        let _ = reply.await;
     }
     drop(requests);
     let _ = std::fs::remove_file(&master.notify_at);
@@ -278,18 +272,26 @@ async fn serve(options: MasterOptions) -> Result<u8, MasterError> {
 }
 
 impl Master {
+    fn done(&self) -> bool {
+        self.abandon
+            || (self.current.is_none() && self.draining.is_empty() && self.upgrade.is_none())
+    }
+
+    fn current_pid(&self) -> Option<u32> {
+        self.current.as_ref().map(|w| w.pid)
+    }
+
     /// Answers an upgrade request.
     fn answer(&mut self, reply: Option<UnixStream>, line: String) {
         self.replies.retain(|h| !h.is_finished());
         self.replies.extend(answer(reply, line));
     }
 
-    fn done(&self) -> bool {
-        self.current.is_none() && self.draining.is_empty() && self.upgrade.is_none()
-    }
-
-    fn current_pid(&self) -> Option<u32> {
-        self.current.as_ref().map(|w| w.pid)
+    /// Handles every notification already queued.
+    fn drain_notifications(&mut self, socket: &UnixDatagram, buffer: &mut [u8]) {
+        while let Ok((len, pid)) = try_recv(socket, buffer) {
+            self.notified(pid, &String::from_utf8_lossy(&buffer[..len]));
+        }
     }
 
     /// Reaps every child that exited.
@@ -305,39 +307,40 @@ impl Master {
             self.current = None;
             if self.stopping {
                 tracing::info!(worker = pid, %how, "worker stopped");
-                if !clean(status) {
+                if status.exit_status() != Some(0) {
                     self.exit = 1;
                 }
                 return;
             }
-            // Nothing serves now: exit so that systemd sees it and restarts the unit. The
-            // others are told to drain first (systemd waits for them before it restarts).
-            self.stopping = true;
-            self.exit = if clean(status) { 0 } else { 1 };
-            if self.exit == 0 {
+            if status.exit_status() == Some(0) {
+                // A drain asked for on its admin socket (`proxyctl shutdown`): the service
+                // stops, after the older workers finish theirs.
                 tracing::info!(
                     worker = pid,
                     "the worker stopped after a drain; proxyd stops"
                 );
-            } else {
-                tracing::error!(worker = pid, %how,
-                    "the serving worker died; proxyd exits so that systemd restarts it");
+                self.stopping = true;
+                notify(&[
+                    NotifyState::Stopping,
+                    NotifyState::Status("stopped by a drain"),
+                ]);
+                self.stop_pending("proxyd is stopping");
+                return;
             }
+            // Nothing serves now: exit at once so that systemd sees it and restarts the unit;
+            // older workers are told to drain (systemd ends what is left of them).
+            tracing::error!(worker = pid, %how,
+                "the serving worker is gone; proxyd exits so that systemd restarts it");
             notify(&[
                 NotifyState::Stopping,
                 NotifyState::Status(&format!("worker {pid} {how}")),
             ]);
+            self.stop_pending(&format!("the serving proxyd (pid {pid}) {how}"));
             for other in &self.draining {
                 signal_pid(*other, Signal::TERM);
             }
-            if let Some(pending) = self.upgrade.take() {
-                signal_pid(pending.worker.pid, Signal::TERM);
-                self.draining.push(pending.worker.pid);
-                self.answer(
-                    pending.reply,
-                    format!("error the serving proxyd (pid {pid}) died during the upgrade"),
-                );
-            }
+            self.exit = 1;
+            self.abandon = true;
             return;
         }
         if let Some(at) = self.draining.iter().position(|p| *p == pid) {
@@ -356,9 +359,19 @@ impl Master {
         }
     }
 
+    /// Ends a pending upgrade without a result; its worker is told to stop.
+    fn stop_pending(&mut self, why: &str) {
+        if let Some(pending) = self.upgrade.take() {
+            signal_pid(pending.worker.pid, Signal::TERM);
+            self.draining.push(pending.worker.pid);
+            self.answer(pending.reply, format!("error {why}"));
+        }
+    }
+
     /// A worker's sd_notify message, `pid` its sender.
     fn notified(&mut self, pid: Option<u32>, message: &str) {
         let ready = message.lines().any(|l| l == "READY=1");
+        let took_over = message.lines().any(|l| l.starts_with("MAINPID="));
         let status = message
             .lines()
             .find_map(|l| l.strip_prefix("STATUS="))
@@ -377,7 +390,7 @@ impl Master {
                 tracing::info!(worker = current.pid, status = ?current.status, "worker ready");
             }
             current.ready |= ready;
-            // Forwarded while no upgrade runs: during one, systemd hears the outcome.
+            // Passed on while no upgrade runs: during one, systemd hears the outcome.
             if current.ready && (ready || status.is_some()) && !upgrading {
                 let status = current.status.clone().unwrap_or_default();
                 notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
@@ -393,10 +406,11 @@ impl Master {
         if let Some(status) = status {
             pending.worker.status = Some(status);
         }
-        if !ready {
+        // Only a take-over counts: a READY=1 that says it waits for controld does not.
+        if !(ready && took_over) {
             return;
         }
-        // The new worker serves and has told the old one, which drains now.
+        // The new worker serves and is telling the old one to drain.
         let Some(pending) = self.upgrade.take() else {
             return;
         };
@@ -405,19 +419,14 @@ impl Master {
             ready: true,
             ..pending.worker
         }) {
-            // The new worker tells it to drain right after its READY=1. No SIGTERM from here:
-            // one that raced the hand-over would make it drop the admin socket file the new
-            // worker serves.
             self.draining.push(old.pid);
         }
         tracing::info!(old = ?pending.old, new, "upgraded: the new worker serves; the old one drains");
-        self.options.binary = pending.binary;
         self.after_upgrade(None);
         self.answer(
             pending.reply,
             format!("ok {} {new}", pending.old.unwrap_or(0)),
         );
-        self.reexec = true;
     }
 
     /// `READY=1` again after an upgrade, with its outcome.
@@ -440,18 +449,6 @@ impl Master {
         self.answer(reply, format!("error {message}"));
     }
 
-    /// Acts on a request read from `master.sock`.
-    fn request(&mut self, request: Request) {
-        match request.kind {
-            RequestKind::Ping => {
-                self.answer(Some(request.stream), format!("pong {}", std::process::id()));
-            }
-            RequestKind::Upgrade { timeout, binary } => {
-                self.begin_upgrade(Some(request.stream), timeout, binary);
-            }
-        }
-    }
-
     /// Starts a new worker that takes over from the current one.
     fn begin_upgrade(
         &mut self,
@@ -459,7 +456,7 @@ impl Master {
         timeout: Option<Duration>,
         binary: Option<PathBuf>,
     ) {
-        if self.stopping {
+        if self.stopping || self.abandon {
             self.answer(reply, "error proxyd is stopping".to_owned());
             return;
         }
@@ -467,27 +464,28 @@ impl Master {
             self.answer(reply, "error an upgrade is already running".to_owned());
             return;
         }
-        let mut options = self.options.clone();
-        if let Some(binary) = binary {
-            options.binary = binary;
-        }
+        // The request's binary is for this upgrade only: the next one runs the binary at the
+        // master's path again.
+        let binary = binary.unwrap_or_else(|| self.options.binary.clone());
         notify(&[NotifyState::Reloading, NotifyState::Status("upgrading")]);
         let old = self.current_pid();
-        let pid = match spawn(&options, &self.notify_at, true) {
+        let pid = match spawn(&binary, &self.options, &self.notify_at, true) {
             Ok(pid) => pid,
             Err(e) => {
                 self.upgrade_failed(&format!("{e}; {}", serves_on(old)), reply);
                 return;
             }
         };
-        tracing::info!(new = pid, binary = %options.binary.display(),
+        tracing::info!(new = pid, binary = %binary.display(),
             "upgrade: started a new worker; it takes over from the current one");
+        let timeout = timeout
+            .unwrap_or(MAX_UPGRADE_TIMEOUT)
+            .clamp(MIN_UPGRADE_TIMEOUT, MAX_UPGRADE_TIMEOUT);
         self.upgrade = Some(Pending {
             worker: Worker::new(pid),
             old,
-            deadline: tokio::time::Instant::now() + timeout.unwrap_or(DEFAULT_UPGRADE_TIMEOUT),
+            deadline: tokio::time::Instant::now() + timeout,
             reply,
-            binary: options.binary,
         });
     }
 
@@ -495,7 +493,8 @@ impl Master {
         let Some(pending) = self.upgrade.take() else {
             return;
         };
-        // Not told "serving" yet, so the old worker never stopped accepting.
+        // It has not said it took over (its READY=1 comes first, and was looked for just
+        // now), so the old worker never stopped accepting.
         signal_pid(pending.worker.pid, Signal::KILL);
         self.draining.push(pending.worker.pid);
         let message = format!(
@@ -512,35 +511,10 @@ impl Master {
             notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
         }
         self.stopping = true;
-        if let Some(pending) = self.upgrade.take() {
-            self.draining.push(pending.worker.pid);
-            self.answer(pending.reply, "error proxyd is stopping".to_owned());
-        }
+        self.stop_pending("proxyd is stopping");
         for pid in self.draining.iter().copied().chain(self.current_pid()) {
             signal_pid(pid, how);
         }
-    }
-
-    /// Replaces this process's image with the binary the workers now run, keeping its PID
-    /// (systemd's main process) and its children; the state crosses in the environment. The
-    /// master's sockets close and the new image binds them again.
-    fn reexecute(&mut self) {
-        use std::os::unix::process::CommandExt;
-        let Some(current) = self.current_pid() else {
-            return;
-        };
-        let draining: Vec<String> = self.draining.iter().map(u32::to_string).collect();
-        let state = format!("{current};{}", draining.join(","));
-        tracing::info!(binary = %self.options.binary.display(), "re-executing the master from the new binary");
-        let mut command = Command::new(&self.options.binary);
-        command.args(&self.options.args).env(STATE_VARIABLE, state);
-        for name in SOCKET_ACTIVATION {
-            command.env_remove(name);
-        }
-        // Only returns on failure; the master then runs on as it is.
-        let error = command.exec();
-        tracing::error!(error = %error, binary = %self.options.binary.display(),
-            "cannot re-execute the master; it runs on from the old binary");
     }
 }
 
@@ -551,92 +525,84 @@ fn serves_on(old: Option<u32>) -> String {
     }
 }
 
-/// The state a re-executed master finds in its environment: (current worker, draining ones).
-fn adopted_state() -> Option<(u32, Vec<u32>)> {
-    parse_state(&std::env::var(STATE_VARIABLE).ok()?)
-}
-
-/// `CURRENT;DRAINING,DRAINING,...`, as [`Master::reexecute`] writes it.
-fn parse_state(state: &str) -> Option<(u32, Vec<u32>)> {
-    let (current, draining) = state.split_once(';')?;
-    let current = current.parse().ok()?;
-    let draining = draining.split(',').filter_map(|p| p.parse().ok()).collect();
-    Some((current, draining))
-}
-
-/// A request on `master.sock`, from root or proxyd's own user.
+/// An upgrade request from root or proxyd's own user.
 struct Request {
     stream: UnixStream,
-    kind: RequestKind,
+    timeout: Option<Duration>,
+    binary: Option<PathBuf>,
 }
 
-enum RequestKind {
-    /// Answered once this image has its signal handlers: after an upgrade, proxyctl returns
-    /// only when the re-executed master can take a SIGTERM.
-    Ping,
-    /// `upgrade [TIMEOUT_MS [BINARY]]`.
-    Upgrade {
-        timeout: Option<Duration>,
-        binary: Option<PathBuf>,
-    },
-}
-
-/// The longest an upgrade may wait for its new worker.
-const MAX_UPGRADE_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// Reads one request line (peer credentials first: others get an answer and nothing more),
-/// and hands it to the event loop.
+/// Reads one request line, `upgrade [TIMEOUT_MS [BINARY]]` (peer credentials first: anyone
+/// else gets an answer and nothing more), and hands it to the event loop.
 async fn read_request(stream: UnixStream, to: tokio::sync::mpsc::Sender<Request>) {
     let uid = stream.peer_cred().ok().map(|c| c.uid());
     let own = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
     if !uid.is_some_and(|uid| uid == 0 || Some(uid) == own) {
         tracing::info!(target: "audit", call = "Upgrade", uid, outcome = "denied");
-        if let Some(reply) = answer(
-            Some(stream),
-            "error only root and proxyd's own user may upgrade".to_owned(),
-        ) {
-            let _ = reply.await;
-        }
+        refuse(stream, "only root and proxyd's own user may upgrade").await;
         return;
     }
     let mut reader = BufReader::new(stream).take(MAX_REQUEST as u64);
     let mut line = String::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
     let stream = reader.into_inner().into_inner();
     if !matches!(read, Ok(Ok(n)) if n > 0) {
+        refuse(stream, "no request line").await;
         return;
     }
-    let line = line.trim_end_matches('\n');
-    let kind = if line == "ping" {
-        RequestKind::Ping
-    } else if let Some(rest) = line
-        .strip_prefix("upgrade")
-        .filter(|r| r.is_empty() || r.starts_with(' '))
-    {
-        let mut parts = rest.trim_start_matches(' ').splitn(2, ' ');
-        let timeout = parts
-            .next()
-            .and_then(|t| t.parse::<u64>().ok())
-            .map(|ms| Duration::from_millis(ms).min(MAX_UPGRADE_TIMEOUT));
-        let binary = parts.next().filter(|b| !b.is_empty()).map(PathBuf::from);
-        tracing::info!(target: "audit", call = "Upgrade", uid, outcome = "upgrading");
-        RequestKind::Upgrade { timeout, binary }
-    } else {
-        if let Some(reply) = answer(Some(stream), "error unknown request".to_owned()) {
-            let _ = reply.await;
+    match parse_request(&line) {
+        Ok((timeout, binary)) => {
+            tracing::info!(target: "audit", call = "Upgrade", uid, outcome = "upgrading");
+            let _ = to
+                .send(Request {
+                    stream,
+                    timeout,
+                    binary,
+                })
+                .await;
         }
-        return;
-    };
-    let _ = to.send(Request { stream, kind }).await;
+        Err(why) => refuse(stream, why).await,
+    }
 }
 
-/// Starts a worker: this binary without `--master`, reporting to the master's notify socket.
-fn spawn(options: &MasterOptions, notify_at: &Path, takeover: bool) -> Result<u32, MasterError> {
-    let mut command = Command::new(&options.binary);
+/// Answers a request that is refused, and waits until the answer is out.
+async fn refuse(stream: UnixStream, why: &str) {
+    if let Some(reply) = answer(Some(stream), format!("error {why}")) {
+        let _ = reply.await;
+    }
+}
+
+/// `upgrade [TIMEOUT_MS [BINARY]]`, the binary an absolute path.
+fn parse_request(line: &str) -> Result<(Option<Duration>, Option<PathBuf>), &'static str> {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    let rest = match line.strip_prefix("upgrade") {
+        Some("") => return Ok((None, None)),
+        Some(rest) if rest.starts_with(' ') => &rest[1..],
+        _ => return Err("unknown request"),
+    };
+    let (timeout, binary) = rest.split_once(' ').unwrap_or((rest, ""));
+    let timeout = timeout
+        .parse::<u64>()
+        .map_err(|_| "the timeout must be milliseconds")?;
+    let binary = match binary {
+        "" => None,
+        b if b.starts_with('/') => Some(PathBuf::from(b)),
+        _ => return Err("the binary must be an absolute path"),
+    };
+    Ok((Some(Duration::from_millis(timeout)), binary))
+}
+
+/// Starts a worker running `binary`, reporting to the master's notify socket.
+fn spawn(
+    binary: &Path,
+    options: &MasterOptions,
+    notify_at: &Path,
+    takeover: bool,
+) -> Result<u32, MasterError> {
+    let mut command = Command::new(binary);
     command
         .args(&options.worker_args)
         .env("NOTIFY_SOCKET", notify_at)
-        .env_remove(STATE_VARIABLE)
         .stdin(Stdio::null());
     if takeover {
         command.arg("--takeover");
@@ -644,16 +610,16 @@ fn spawn(options: &MasterOptions, notify_at: &Path, takeover: bool) -> Result<u3
             command.env_remove(name);
         }
     } else {
-        // systemd's sockets (fds 3 and up, inherited): for the worker, whose pid systemd could
-        // not know. Without LISTEN_PID the worker takes them (sd_listen_fds(3)'s rule, as
-        // listenfd reads it).
+        // systemd's sockets (fds 3 and up, inherited) are for the worker, whose pid systemd
+        // could not know: without LISTEN_PID, proxyd's reader (listenfd) takes them all the
+        // same (libsystemd's would not).
         command.env_remove("LISTEN_PID");
     }
     let child = command.spawn().map_err(|source| MasterError::Spawn {
-        binary: options.binary.clone(),
+        binary: binary.to_owned(),
         source,
     })?;
-    // Reaped through SIGCHLD and waitpid, also after a re-execution: the handle is not needed.
+    // Reaped through SIGCHLD and waitpid: the handle is not needed.
     Ok(child.id())
 }
 
@@ -675,6 +641,7 @@ fn bind_notify(path: &Path) -> std::io::Result<UnixDatagram> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
+    // Ours: `master.sock`, bound just before, proved no other master runs here.
     let _ = std::fs::remove_file(path);
     let socket = std::os::unix::net::UnixDatagram::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -733,8 +700,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Writes the one-line answer to an upgrade request, in the background; the handle lets a
-/// re-execution wait until it is out.
+/// Writes the one-line answer to an upgrade request, in the background.
 fn answer(reply: Option<UnixStream>, line: String) -> Option<tokio::task::JoinHandle<()>> {
     let mut stream = reply?;
     Some(tokio::spawn(async move {
@@ -762,12 +728,11 @@ fn signal_pid(pid: u32, how: Signal) {
     }
 }
 
-fn clean(status: WaitStatus) -> bool {
-    status.exit_status() == Some(0)
-}
-
 fn describe(status: WaitStatus) -> String {
     match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) if code == i32::from(EXIT_HANDED_OVER) => {
+            "stopped after handing over to a successor".to_owned()
+        }
         (Some(code), _) => format!("exited with status {code}"),
         (_, Some(signal)) => format!("was killed by signal {signal}"),
         _ => "stopped".to_owned(),
@@ -779,11 +744,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_state_crosses_the_reexecution_as_written() {
-        assert_eq!(parse_state("42;"), Some((42, vec![])));
-        assert_eq!(parse_state("42;7,8"), Some((42, vec![7, 8])));
-        assert_eq!(parse_state("nonsense"), None);
-        assert_eq!(parse_state(";7"), None);
+    fn upgrade_requests_parse_strictly() {
+        assert_eq!(parse_request("upgrade\n"), Ok((None, None)));
+        assert_eq!(
+            parse_request("upgrade 5000\n"),
+            Ok((Some(Duration::from_secs(5)), None))
+        );
+        assert_eq!(
+            parse_request("upgrade 5000 /opt/new proxyd\n"),
+            Ok((
+                Some(Duration::from_secs(5)),
+                Some(PathBuf::from("/opt/new proxyd"))
+            ))
+        );
+        assert!(parse_request("upgrade soon\n").is_err());
+        assert!(parse_request("upgrade 5000 relative/proxyd\n").is_err());
+        assert!(parse_request("upgrades\n").is_err());
+        assert!(parse_request("ping\n").is_err());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! `%2E` → `.`) and other escapes upper-cased (`%3f` → `%3F`); runs of `/` are merged when the
 //! config says so; dot segments are removed (§5.2.4). Refused with 400: an encoded slash (`%2F`,
 //! unless kept by `escaped_slashes = "keep"`, then left encoded), a backslash raw or encoded, an
-//! encoded NUL, and a `%` not followed by two hex digits.
+//! encoded NUL, a `%` not followed by two hex digits, and a dot segment with parameters
+//! (`/..;/`, `/.;x/`): Tomcat, Jetty and Spring drop the `;…` and resolve it as `..`, so
+//! `/public/..;/admin` would reach `/admin` behind a route that blocks it.
 
 use std::borrow::Cow;
 
@@ -23,6 +25,8 @@ pub enum PathError {
     Nul,
     #[error("a '%' not followed by two hex digits in the path")]
     BadEscape,
+    #[error("a dot segment with parameters (..;) in the path")]
+    DotSegmentParameters,
 }
 
 impl PathError {
@@ -33,6 +37,7 @@ impl PathError {
             PathError::Backslash => "a backslash in the path",
             PathError::Nul => "an encoded NUL (%00) in the path",
             PathError::BadEscape => "a '%' not followed by two hex digits in the path",
+            PathError::DotSegmentParameters => "a dot segment with parameters (..;) in the path",
         }
     }
 }
@@ -52,7 +57,24 @@ pub fn normalize(path: &str, rules: PathRules) -> Result<Cow<'_, str>, PathError
     } else {
         decoded
     };
+    if merged.split('/').any(dot_with_parameters) {
+        return Err(PathError::DotSegmentParameters);
+    }
     Ok(Cow::Owned(remove_dot_segments(&merged)))
+}
+
+/// `.;…` or `..;…`: what servlet containers resolve as a dot segment.
+fn dot_with_parameters(segment: &str) -> bool {
+    segment
+        .split_once(';')
+        .is_some_and(|(name, _)| name == "." || name == "..")
+}
+
+/// Whether `path` has a segment that some server resolves as a dot segment (`.`, `..`, or
+/// either with `;` parameters): a rewritten path with one would leave its target.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/')
+        .any(|s| s == "." || s == ".." || dot_with_parameters(s))
 }
 
 /// No escape, no backslash, no dot segment and (when merging) no `//`.
@@ -64,9 +86,7 @@ fn is_normal(path: &str, rules: PathRules) -> bool {
     if rules.merge_slashes && path.contains("//") {
         return false;
     }
-    !path
-        .split('/')
-        .any(|segment| segment == "." || segment == "..")
+    !has_dot_segment(path)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -239,5 +259,25 @@ mod tests {
             Ok(Cow::Borrowed(_))
         ));
         assert!(matches!(normalize("*", MERGE), Ok(Cow::Borrowed("*"))));
+    }
+
+    /// Issue 19 #2: `..;` is `..` to Tomcat, Jetty and Spring.
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for path in [
+            "/public/..;/admin",
+            "/public/.;/admin",
+            "/a/..;x=1/b",
+            "/%2e%2e;/admin",
+            "/..;",
+        ] {
+            assert_eq!(n(path), Err(PathError::DotSegmentParameters), "{path}");
+        }
+        assert_eq!(
+            n("/a;b/c").unwrap(),
+            "/a;b/c",
+            "parameters on other segments stay"
+        );
+        assert_eq!(n("/a/...;x").unwrap(), "/a/...;x");
     }
 }

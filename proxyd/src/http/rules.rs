@@ -8,10 +8,12 @@ use super::Peer;
 use crate::convert::{HeaderRules, Piece, Rewrite, Template};
 
 /// The path and query to send upstream for a request that matched `prefix`; the query is
-/// kept. A path left empty by stripping becomes "/".
-pub fn rewrite(rewrite: &Rewrite, prefix: &str, original: &PathAndQuery) -> PathAndQuery {
+/// kept. A path left empty by stripping becomes "/". `None` when the result would leave the
+/// target: a prefix matches as a string (`/api` matches `/api../admin`), and the rest glued to
+/// the target could make a dot segment (`/v2/` + `../admin`) that the upstream resolves away.
+pub fn rewrite(rewrite: &Rewrite, prefix: &str, original: &PathAndQuery) -> Option<PathAndQuery> {
     let to = match rewrite {
-        Rewrite::Keep => return original.clone(),
+        Rewrite::Keep => return Some(original.clone()),
         Rewrite::Strip => "/",
         Rewrite::Replace(to) => to.as_str(),
     };
@@ -29,13 +31,16 @@ pub fn rewrite(rewrite: &Rewrite, prefix: &str, original: &PathAndQuery) -> Path
     } else {
         target.push_str(rest);
     }
+    if super::path::has_dot_segment(&target) {
+        return None;
+    }
     if let Some(query) = original.query() {
         target.push('?');
         target.push_str(query);
     }
     // Built from a valid path, a checked replacement and a valid query: it parses. Should it
     // not, the original is sent rather than a guess.
-    PathAndQuery::try_from(target).unwrap_or_else(|_| original.clone())
+    Some(PathAndQuery::try_from(target).unwrap_or_else(|_| original.clone()))
 }
 
 /// The values placeholders stand for in one message.
@@ -95,21 +100,37 @@ mod tests {
 
     #[test]
     fn strip_prefix_and_rewrite_keep_the_query() {
+        let rw = |r: &Rewrite, prefix: &str, p: &PathAndQuery| rewrite(r, prefix, p).unwrap();
         let strip = Rewrite::Strip;
-        assert_eq!(rewrite(&strip, "/api", &pq("/api/users?a=1")), "/users?a=1");
-        assert_eq!(rewrite(&strip, "/api/", &pq("/api/users")), "/users");
-        assert_eq!(rewrite(&strip, "/api", &pq("/api")), "/");
-        assert_eq!(rewrite(&strip, "/api", &pq("/api?x")), "/?x");
+        assert_eq!(rw(&strip, "/api", &pq("/api/users?a=1")), "/users?a=1");
+        assert_eq!(rw(&strip, "/api/", &pq("/api/users")), "/users");
+        assert_eq!(rw(&strip, "/api", &pq("/api")), "/");
+        assert_eq!(rw(&strip, "/api", &pq("/api?x")), "/?x");
         let v2 = Rewrite::Replace("/v2/".into());
-        assert_eq!(
-            rewrite(&v2, "/api/", &pq("/api/users?a=1")),
-            "/v2/users?a=1"
-        );
-        assert_eq!(rewrite(&v2, "/api", &pq("/api/users")), "/v2/users");
-        assert_eq!(rewrite(&v2, "/api", &pq("/api")), "/v2/");
+        assert_eq!(rw(&v2, "/api/", &pq("/api/users?a=1")), "/v2/users?a=1");
+        assert_eq!(rw(&v2, "/api", &pq("/api/users")), "/v2/users");
+        assert_eq!(rw(&v2, "/api", &pq("/api")), "/v2/");
         let plain = Rewrite::Replace("/new".into());
-        assert_eq!(rewrite(&plain, "/old", &pq("/old/x")), "/new/x");
-        assert_eq!(rewrite(&Rewrite::Keep, "/api", &pq("/api/x?q")), "/api/x?q");
+        assert_eq!(rw(&plain, "/old", &pq("/old/x")), "/new/x");
+        assert_eq!(rw(&Rewrite::Keep, "/api", &pq("/api/x?q")), "/api/x?q");
+    }
+
+    /// Issue 19 #1: a prefix matches as a string, so `/api../admin` matched `/api`, and the
+    /// upstream got `/v2/../admin`, which it resolves to `/admin`.
+    #[test]
+    fn a_rewrite_never_leaves_its_target() {
+        let v2 = Rewrite::Replace("/v2/".into());
+        assert_eq!(rewrite(&v2, "/api", &pq("/api../admin")), None);
+        assert_eq!(rewrite(&Rewrite::Strip, "/api", &pq("/api../admin")), None);
+        assert_eq!(
+            rewrite(&Rewrite::Replace("/v2".into()), "/api", &pq("/api/..")),
+            None
+        );
+        assert_eq!(
+            rewrite(&v2, "/api", &pq("/api..x/y")).unwrap(),
+            "/v2/..x/y",
+            "a segment that only starts with dots is no dot segment"
+        );
     }
 
     #[test]
