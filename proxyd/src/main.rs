@@ -51,7 +51,7 @@ struct Cli {
     takeover: bool,
     /// Run as a master process that keeps its PID (what systemd supervises) and serves
     /// through a worker child: `proxyctl upgrade` (or SIGHUP) starts a new worker from the
-    /// binary now at this path, which takes over; then the master re-executes itself from it.
+    /// binary now at this path, which takes over. The master itself runs on.
     /// Needs --admin-socket (`master.sock` is beside it).
     #[arg(long)]
     master: bool,
