@@ -153,7 +153,7 @@ impl Stage {
             r#"
 [[sites]]
 hostnames = ["a.test"]
-upstreams = ["{}"]
+upstreams = ["{0}"]
 
 [sites.passive_health]
 consecutive_failures = 1
@@ -162,6 +162,11 @@ cooldown = "1h"
 [[sites.routes]]
 path_prefix = "/admin"
 respond = {{ status = 403, body = "blocked" }}
+
+[[sites.routes]]
+path_prefix = "/api"
+upstreams = ["{0}"]
+rewrite = "/v2/"
 "#,
             upstream.url()
         );
