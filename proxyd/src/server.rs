@@ -353,6 +353,7 @@ impl Connection {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let metrics = self.proxy.metrics().clone();
+        let negotiated = session.as_ref().and_then(|s| s.h2);
         let io = io::GuardedIo::new(
             stream,
             self.settings.first_bytes,
@@ -371,7 +372,7 @@ impl Connection {
             let (proxy, client) = (proxy.clone(), client.clone());
             async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
         });
-        let Some((io, h2)) = io::choose_protocol(io).await else {
+        let Some((io, h2)) = io::choose_protocol(io, negotiated).await else {
             return;
         };
         let mut connection: Pin<Box<dyn Served>> = if h2 {

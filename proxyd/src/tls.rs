@@ -53,6 +53,8 @@ pub enum HandshakeError {
 pub struct Session {
     /// The site whose certificate the connection got; requests for other sites get 421.
     pub site: String,
+    /// What ALPN agreed on: `Some(true)` h2, `Some(false)` http/1.1, `None` nothing.
+    pub h2: Option<bool>,
 }
 
 /// Terminates TLS for every TLS listener of this proxyd.
@@ -122,7 +124,8 @@ impl Terminator {
             return Err(HandshakeError::UnknownServerName(server_name));
         };
         let stream = start.into_stream(self.config.clone()).await?;
-        Ok((stream, Session { site }))
+        let h2 = stream.get_ref().1.alpn_protocol().map(|p| p == b"h2");
+        Ok((stream, Session { site, h2 }))
     }
 }
 

@@ -615,3 +615,29 @@ async fn hellos_offering_only_versions_before_tls12_get_protocol_version_and_no_
     }
     f.env.stop().await;
 }
+
+/// Issue 19 #10: on TLS, ALPN decides the protocol. A connection that agreed on `http/1.1` and
+/// sends the HTTP/2 preface is an HTTP/1.1 connection (it gets no HTTP/2 frame); one that
+/// agreed on `h2` is HTTP/2 whatever it sends (h2spec's `http2/3.5/2` over TLS, in
+/// tests/tests/h2spec.rs, sends it a bad preface and gets GOAWAY).
+#[tokio::test(flavor = "multi_thread")]
+async fn alpn_decides_the_protocol_on_tls() {
+    let f = Fixture::start(false).await;
+    let mut stream = tls::connect(f.https(), "a.test", f.ca.client(&["http/1.1"], false))
+        .await
+        .unwrap();
+    assert_eq!(tls::alpn(&stream).as_deref(), Some("http/1.1"));
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    // An HTTP/2 server's first frame is SETTINGS: 3 bytes of length, then type 4.
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 "),
+        "an HTTP/1.1 connection answered {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    f.env.stop().await;
+}

@@ -176,14 +176,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     }
 }
 
-/// Which protocol a client speaks, read from its first bytes: HTTP/2 when they are the
-/// connection preface, HTTP/1.1 as soon as one differs. `None`: the client closed or failed
-/// first (the deadline of [`GuardedIo`] bounds the wait). The bytes read are replayed to hyper.
+/// Which protocol a client speaks (`true`: HTTP/2): `negotiated` when TLS's ALPN settled it
+/// (RFC 9113 §3.3: a connection that agreed on `h2` must send the preface, one that agreed on
+/// `http/1.1` speaks HTTP/1.1, whatever its first bytes); otherwise read from its first bytes:
+/// HTTP/2 when they are the connection preface, HTTP/1.1 as soon as one differs. `None`: the
+/// client closed or failed first (the deadline of [`GuardedIo`] bounds the wait). The bytes
+/// read are replayed to hyper.
 pub async fn choose_protocol<T: AsyncRead + Unpin>(
     mut io: GuardedIo<T>,
+    negotiated: Option<bool>,
 ) -> Option<(Prefixed<GuardedIo<T>>, bool)> {
     use tokio::io::AsyncReadExt;
     let mut head = [0u8; H2_PREFACE.len()];
+    if let Some(h2) = negotiated {
+        return Some((
+            Prefixed {
+                head,
+                at: 0,
+                len: 0,
+                inner: io,
+            },
+            h2,
+        ));
+    }
     let mut len = 0;
     while len < head.len() {
         match io.read(&mut head[len..]).await {
@@ -312,7 +327,7 @@ mod tests {
             let (mut client, server) = tokio::io::duplex(64);
             client.write_all(sent).await.unwrap();
             drop(client);
-            let (mut io, chosen) = choose_protocol(guarded(server)).await.unwrap();
+            let (mut io, chosen) = choose_protocol(guarded(server), None).await.unwrap();
             assert_eq!(chosen, h2, "{sent:?}");
             let mut replayed = Vec::new();
             io.read_to_end(&mut replayed).await.unwrap();
@@ -322,7 +337,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64);
         client.write_all(&H2_PREFACE[..5]).await.unwrap();
         drop(client);
-        assert!(choose_protocol(guarded(server)).await.is_none());
+        assert!(choose_protocol(guarded(server), None).await.is_none());
     }
 
     #[tokio::test]
