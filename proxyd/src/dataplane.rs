@@ -111,6 +111,8 @@ struct HandoverState {
     /// This process took over from a predecessor and serves: the admin socket file it adopted
     /// is its own now (a successor that failed leaves it to the predecessor).
     took_over: bool,
+    /// A hand-over to a successor is under way: a second one is refused until it ends.
+    handing_over: bool,
 }
 
 /// The admin HTTP listener serving now.
@@ -313,6 +315,18 @@ impl DataPlane {
 
     pub fn is_handed_over(&self) -> bool {
         self.handover().handed_over
+    }
+
+    /// Starts a hand-over, unless one is under way: two successors must never both receive
+    /// the sockets (both would accept on them).
+    pub fn begin_handover(&self) -> bool {
+        let mut state = self.handover();
+        !std::mem::replace(&mut state.handing_over, true)
+    }
+
+    /// The hand-over ended without a successor serving: another may be tried.
+    pub fn end_handover(&self) {
+        self.handover().handing_over = false;
     }
 
     /// This process took over from its predecessor and serves what it was handed.

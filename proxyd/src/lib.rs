@@ -145,24 +145,31 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
         }
         None => (None, None),
     };
-    // Bound before controld is tried: status and drain must work while it is down.
-    let admin = options.admin_socket.as_deref().and_then(|path| {
-        local::start(
-            path,
-            plane.clone(),
-            options.identity.clone(),
-            shutdown.clone(),
-            admin_socket,
-        )
-        .inspect_err(|e| tracing::error!(socket = %path.display(), error = %e, "cannot bind the admin socket"))
-        .ok()
-    });
+    // The admin socket serves before controld is tried (status and drain must work while it
+    // is down), but a successor's only once it serves what it was handed: until then the
+    // predecessor answers on it alone, and a successor that fails never touches it (issue 19
+    // #11).
+    let start_admin = |inherited: Option<std::os::unix::net::UnixListener>| {
+        options.admin_socket.as_deref().and_then(|path| {
+            local::start(
+                path,
+                plane.clone(),
+                options.identity.clone(),
+                shutdown.clone(),
+                inherited,
+            )
+            .inspect_err(|e| tracing::error!(socket = %path.display(), error = %e, "cannot bind the admin socket"))
+            .ok()
+        })
+    };
     let handed = inherited.as_mut().and_then(|i| i.snapshot.take());
-    match (inherited, handed) {
+    let admin = match (inherited, handed) {
         (Some(inherited), Some(snapshot)) => {
             if control::apply_handed(&plane, snapshot).await {
+                let admin = start_admin(admin_socket);
                 plane.took_over();
                 takeover::serving(inherited).await;
+                admin
             } else {
                 // Dropping `inherited` tells the predecessor to serve on.
                 tracing::error!(
@@ -172,19 +179,24 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
                     .failed
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 shutdown.cancel();
+                None
             }
         }
         (Some(inherited), None) => {
             // A predecessor that had no snapshot yet: this one waits for controld like it.
+            let admin = start_admin(admin_socket);
             plane.took_over();
             takeover::serving(inherited).await;
+            admin
         }
         _ => {
+            let admin = start_admin(None);
             if let Some(saved) = &saved {
                 control::apply_saved(&plane, saved).await;
             }
+            admin
         }
-    }
+    };
     // A successor that could not serve what it was handed stops here: it must not reach
     // controld, nor say anything to systemd (it never was the main process).
     let failed = options.failed.load(std::sync::atomic::Ordering::Relaxed);

@@ -129,6 +129,13 @@ impl pb::data_plane_server::DataPlane for Service {
                 "draining: nothing to hand over",
             ));
         }
+        if !self.plane.begin_handover() {
+            return Err(Status::failed_precondition(
+                "a hand-over to another successor is under way",
+            ));
+        }
+        // Ended below unless the sockets went out (then the successor's answer ends it).
+        let ended = EndHandover(Some(self.plane.clone()));
         let (mut sockets, snapshot) = self
             .plane
             .handover_parts()
@@ -164,6 +171,7 @@ impl pb::data_plane_server::DataPlane for Service {
         tracing::info!(successor = request.pid, build = %request.build_version, version,
             "listeners and snapshot handed over; serving until the successor does");
         let plane = self.plane.clone();
+        ended.defuse();
         tokio::spawn(async move {
             let ready = tokio::task::spawn_blocking(move || crate::handover::wait_ready(sent))
                 .await
@@ -172,6 +180,7 @@ impl pb::data_plane_server::DataPlane for Service {
                 plane.handed_over();
             } else {
                 tracing::warn!("the successor did not take over; serving on");
+                plane.end_handover();
             }
         });
         Ok(Response::new(pb::HandoverReply {
@@ -180,6 +189,24 @@ impl pb::data_plane_server::DataPlane for Service {
             version,
             node_id: self.identity.node_id.clone(),
         }))
+    }
+}
+
+/// Ends a hand-over when dropped, unless defused: every early return of `Handover` lets the
+/// next successor try.
+struct EndHandover(Option<Arc<DataPlane>>);
+
+impl EndHandover {
+    fn defuse(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for EndHandover {
+    fn drop(&mut self) {
+        if let Some(plane) = self.0.take() {
+            plane.end_handover();
+        }
     }
 }
 

@@ -560,3 +560,61 @@ async fn a_master_keeps_its_pid_across_upgrades_and_survives_a_successor_that_re
     .await;
     assert!(!admin.exists(), "the last worker removes the admin socket");
 }
+
+/// Issue 19 #11: two hand-overs at once both got the sockets, and both successors accepted on
+/// them. A second `Handover` is refused while one is under way; once that one fails (its
+/// successor goes away), the next is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_hand_over_at_a_time() {
+    use proto::v1 as pb;
+    let Host {
+        env: _env,
+        proxyd: _proxyd,
+        admin,
+        http,
+        _upstream,
+        _controld,
+    } = Host::start(&[]).await;
+    let dir = admin.parent().unwrap();
+    let handover = |name: &str| {
+        let socket_path = dir.join(name);
+        let admin = admin.clone();
+        async move {
+            let channel = proto::uds::connect(&admin, std::time::Duration::from_secs(5))
+                .await
+                .unwrap();
+            pb::data_plane_client::DataPlaneClient::new(channel)
+                .handover(pb::HandoverRequest {
+                    socket_path: socket_path.display().to_string(),
+                    pid: std::process::id(),
+                    build_version: "test".into(),
+                })
+                .await
+        }
+    };
+    // A successor that receives the sockets and then says nothing.
+    let first = std::os::unix::net::UnixListener::bind(dir.join("first.sock")).unwrap();
+    handover("first.sock").await.expect("the first hand-over");
+    let (held, _) = first.accept().unwrap();
+
+    let second = std::os::unix::net::UnixListener::bind(dir.join("second.sock")).unwrap();
+    let refused = handover("second.sock").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("under way"), "{refused:?}");
+
+    // The first successor goes away without serving: the old proxyd serves on, and hands over
+    // to the next one that asks.
+    drop(held);
+    let answered = eventually("a hand-over after the first one failed", || async {
+        handover("second.sock").await.ok()
+    })
+    .await;
+    assert!(answered.get_ref().pid > 0);
+    let (held, _) = second.accept().unwrap();
+    drop(held);
+    assert_eq!(proxy_tests::get(http, "app.example", "/").await.status, 200);
+}
