@@ -344,7 +344,7 @@ impl Proxy {
         });
         let mut tried = Vec::new();
         let mut last_error = None;
-        let (response, upstream_name) = loop {
+        let (mut response, upstream_name, outstanding) = loop {
             let Some((index, upstream)) = pool.pick(&tried) else {
                 return Err(last_error.unwrap_or(ProxyError::NoHealthyUpstream));
             };
@@ -387,11 +387,12 @@ impl Proxy {
                 sent = upstream.pool.send(request) => Ok(sent),
                 () = deadline => Err(()),
             };
-            drop(outstanding);
             let error = match sent {
                 Ok(Ok(response)) => {
                     upstream.succeeded();
-                    break (response, upstream_name);
+                    // Outstanding until the response body ends (issue 19 #13: streaming
+                    // responses were invisible to least-requests and max_requests).
+                    break (response, upstream_name, outstanding);
                 }
                 // Not the upstream's fault, and not worth another upstream.
                 Ok(Err(e)) if caused_by_body_limit(&e) => {
@@ -451,7 +452,6 @@ impl Proxy {
             }
             last_error = Some(error);
         };
-        let mut response = response;
         let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         let switched_to = switched
             .then(|| headers::upgrade_protocol(&response))
@@ -485,7 +485,8 @@ impl Proxy {
             Side::Upstream,
             self.metrics.clone(),
         )
-        .holding(guards.take());
+        .holding(guards.take())
+        .counting(outstanding);
         Ok(Response::from_parts(parts, body.boxed()))
     }
 }

@@ -572,3 +572,58 @@ async fn an_upstream_that_takes_no_upload_gets_its_response_deadline() {
     .await;
     env.stop().await;
 }
+
+/// Issue 19 #13: a response counted against `max_requests` (and least-requests) only until its
+/// head arrived, so streaming responses were invisible to both. It counts until its body ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_response_counts_against_max_requests_until_its_body_ends() {
+    // Heads at once, then 10 of 1,000 body bytes, then nothing.
+    let (addr, _closed) = body_upstream(1000, 10).await;
+    let upstream = format!("http://{addr}");
+    let env = TestEnv::start_with(
+        ADMIN_ON_PORT_0,
+        &format!(
+            "[upstream_limits]\nmax_requests = 1\n{}",
+            site("a.test", &upstream, "")
+        ),
+    )
+    .await;
+    // The first request has its head; its body streams on.
+    let mut first = TcpStream::connect(env.http).await.unwrap();
+    first
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, first.read(&mut byte))
+            .await
+            .expect("the first response's head")
+            .unwrap();
+        assert_eq!(n, 1, "closed before the head ended: {head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let second = tokio::time::timeout(DEADLINE, get(env.http, "a.test", "/second"))
+        .await
+        .expect("refused at once");
+    assert_eq!(
+        second.status, 503,
+        "the first is still outstanding: {second:?}"
+    );
+    // Its body ended (the client went away): the place is free again.
+    drop(first);
+    eventually("max_requests free again", || async {
+        let mut probe = TcpStream::connect(env.http).await.ok()?;
+        probe
+            .write_all(b"GET /third HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .await
+            .ok()?;
+        let mut status = [0u8; 12];
+        probe.read_exact(&mut status).await.ok()?;
+        (&status == b"HTTP/1.1 200").then_some(())
+    })
+    .await;
+    env.stop().await;
+}

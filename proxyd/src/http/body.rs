@@ -50,6 +50,9 @@ pub struct Watched<B> {
     progress: Option<Arc<Upload>>,
     /// Kept until the body is dropped (a proxied response body holds its request's guards).
     _held: Option<super::RequestGuards>,
+    /// The upstream's count of requests outstanding, for least-requests and `max_requests`:
+    /// a response counts until its body ends (or is dropped), not only until its head.
+    _outstanding: Option<crate::upstreams::Outstanding>,
 }
 
 /// How a request body's upload goes, for the upstream's response deadline: it runs from the
@@ -117,11 +120,18 @@ impl<B> Watched<B> {
             metrics,
             progress: None,
             _held: None,
+            _outstanding: None,
         }
     }
 
     /// Keeps `guards` until the body is dropped, which hyper does once the last frame is
     /// written or the connection goes away.
+    /// Keeps the upstream's outstanding count up until this body ends.
+    pub fn counting(mut self, outstanding: crate::upstreams::Outstanding) -> Watched<B> {
+        self._outstanding = Some(outstanding);
+        self
+    }
+
     pub fn holding(mut self, guards: Option<super::RequestGuards>) -> Watched<B> {
         self._held = guards;
         self
