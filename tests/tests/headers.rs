@@ -134,3 +134,53 @@ async fn split_http2_cookies_reach_an_http1_upstream_joined() {
     assert_eq!(cookies, ["a=1; b=2"], "{seen:?}");
     env.stop().await;
 }
+
+/// Issue 19 #9: `Trailer` was stripped as hop-by-hop, so hyper never sent an HTTP/1.1 client
+/// the trailer fields an upstream sent. They arrive now, those the `Trailer` header declares.
+#[tokio::test(flavor = "multi_thread")]
+async fn trailers_from_an_http1_upstream_reach_an_http1_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
+                          5\r\nhello\r\n0\r\nx-checksum: abc123\r\nx-undeclared: no\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    let env = TestEnv::start(&site(&format!("http://{upstream}"))).await;
+    let answer = raw_exchange(
+        env.http,
+        b"GET /t HTTP/1.1\r\nHost: app.example\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 200"), "{answer}");
+    assert!(lower.contains("hello"), "{answer}");
+    assert!(
+        lower.contains("x-checksum: abc123"),
+        "the trailer: {answer}"
+    );
+    assert!(
+        !lower.contains("x-undeclared"),
+        "only declared trailers: {answer}"
+    );
+    env.stop().await;
+}

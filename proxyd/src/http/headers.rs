@@ -8,14 +8,15 @@ use super::{Peer, ProxyError};
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus the
 /// non-standard ones clients still send.
-const HOP_BY_HOP: [HeaderName; 9] = [
+// `Trailer` is not among them (RFC 9110 §6.6.2: it is end to end): hyper sends an HTTP/1.1
+// peer the trailer fields a message's `Trailer` header declares, and only those.
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
