@@ -248,7 +248,11 @@ pub async fn upgrade(
     })?;
     // The successor would be nobody's child that systemd knows: it loses track of the unit
     // (issue 18). Under systemd, only a master upgrades.
-    if environment.iter().any(|(name, _)| name == "NOTIFY_SOCKET") {
+    // `INVOCATION_ID`: any systemd service, `Type=simple` ones (no NOTIFY_SOCKET) included.
+    if environment
+        .iter()
+        .any(|(name, _)| name == "NOTIFY_SOCKET" || name == "INVOCATION_ID")
+    {
         return Err(UpgradeError::UnderSystemd { pid: old.pid });
     }
     args.push("--takeover".into());

@@ -252,6 +252,9 @@ impl DataPlane {
         listeners: Vec<(String, SocketAddr, std::net::TcpListener)>,
         admin_http: Option<(SocketAddr, std::net::TcpListener)>,
     ) {
+        for (_, _, socket) in &listeners {
+            crate::listeners::raise_backlog(socket);
+        }
         let mut handover = self.handover();
         handover.listeners = listeners;
         handover.admin_http = admin_http;

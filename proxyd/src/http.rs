@@ -254,7 +254,15 @@ impl Proxy {
         if let Some(redirect) = self.https_rules(runtime, site, &host, &req, conn)? {
             return Ok(redirect);
         }
-        let route = site.route(req.method(), req.uri().path(), req.headers());
+        // Routed as a servlet container or a path-merging server would resolve it: without
+        // `;` segment parameters and with `//` merged, so that `/private;x/secret` or `//admin`
+        // cannot pass a route that blocks `/private/` or `/admin`. Forwarded as it came.
+        let view = path::routing_view(req.uri().path());
+        let route = site.route(
+            req.method(),
+            view.as_deref().unwrap_or(req.uri().path()),
+            req.headers(),
+        );
         // A route's own rate limit replaces the site's (a request no route takes counts against
         // the site's).
         if let Some(limiter) = route
@@ -297,6 +305,13 @@ impl Proxy {
             parts.headers.insert(http::header::HOST, value);
         }
         let path_and_query = match parts.uri.path_and_query() {
+            // The prefix matched the routing view, not the path as it came: cutting it off the
+            // latter would cut in the wrong place.
+            Some(_) if view.is_some() && !matches!(pool.rewrite, crate::convert::Rewrite::Keep) => {
+                return Err(ProxyError::BadRequest(
+                    "a path with ';' parameters or '//' on a route that rewrites it",
+                ));
+            }
             Some(original) => rules::rewrite(&pool.rewrite, &route.path_prefix, original).ok_or(
                 ProxyError::BadRequest("the rewritten path would leave its target"),
             )?,

@@ -167,8 +167,7 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
         (Some(inherited), Some(snapshot)) => {
             if control::apply_handed(&plane, snapshot).await {
                 let admin = start_admin(admin_socket);
-                plane.took_over();
-                takeover::serving(inherited).await;
+                took_over(&plane, inherited, &options, &shutdown).await;
                 admin
             } else {
                 // Dropping `inherited` tells the predecessor to serve on.
@@ -185,8 +184,7 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
         (Some(inherited), None) => {
             // A predecessor that had no snapshot yet: this one waits for controld like it.
             let admin = start_admin(admin_socket);
-            plane.took_over();
-            takeover::serving(inherited).await;
+            took_over(&plane, inherited, &options, &shutdown).await;
             admin
         }
         _ => {
@@ -222,6 +220,25 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
     }
     let _ = eviction.await;
     tracing::info!("proxyd stopped");
+}
+
+/// Tells the predecessor this process serves (under a master, once it says so); otherwise this
+/// process stops as one that failed, leaving the predecessor, its sockets and its admin socket
+/// file as they were.
+async fn took_over(
+    plane: &dataplane::DataPlane,
+    inherited: handover::Inherited,
+    options: &Options,
+    shutdown: &CancellationToken,
+) {
+    if takeover::serving(inherited, options.worker).await {
+        plane.took_over();
+    } else {
+        options
+            .failed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        shutdown.cancel();
+    }
 }
 
 /// The default node id: `<hostname>-<pid>`.

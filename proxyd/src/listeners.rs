@@ -308,6 +308,14 @@ fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListener, ApplyE
     })
 }
 
+/// Gives a socket handed over by a predecessor the same accept queue (`listen` again only
+/// changes the backlog): one bound by a build from before it listened with 128.
+pub fn raise_backlog(socket: &std::net::TcpListener) {
+    if let Err(e) = socket2::SockRef::from(socket).listen(listen_backlog()) {
+        tracing::debug!(error = %e, "cannot raise a handed-over socket's backlog");
+    }
+}
+
 /// `net.core.somaxconn` (the kernel caps any backlog there), or 4096 when it cannot be read.
 fn listen_backlog() -> i32 {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")

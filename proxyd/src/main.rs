@@ -101,9 +101,10 @@ fn main() -> ExitCode {
     let failed = options.failed.clone();
     let handed_over = options.handed_over.clone();
     let fast_stop = options.fast_stop.clone();
+    let signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone(), fast_stop));
+        tokio::spawn(signals(shutdown.clone(), fast_stop, signalled.clone()));
         proxyd::run(options, shutdown).await;
     });
     if failed.load(std::sync::atomic::Ordering::Relaxed) {
@@ -113,6 +114,11 @@ fn main() -> ExitCode {
     // was asked to stop the service.
     if cli.worker && handed_over.load(std::sync::atomic::Ordering::Relaxed) {
         return ExitCode::from(proxyd::master::EXIT_HANDED_OVER);
+    }
+    // So is a signal that reached the worker itself rather than through the master: `kill` of
+    // the worker must not stop the unit as if an operator had.
+    if cli.worker && signalled.load(std::sync::atomic::Ordering::Relaxed) {
+        return ExitCode::from(proxyd::master::EXIT_SIGNALLED);
     }
     ExitCode::SUCCESS
 }
@@ -160,6 +166,7 @@ fn binary_path(argv0: &std::ffi::OsStr) -> PathBuf {
 fn signals(
     shutdown: CancellationToken,
     fast_stop: CancellationToken,
+    signalled: Arc<std::sync::atomic::AtomicBool>,
 ) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let handlers = (
@@ -167,7 +174,10 @@ fn signals(
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     );
-    async move { watch_signals(handlers, shutdown, fast_stop).await }
+    async move {
+        watch_signals(handlers, shutdown, fast_stop).await;
+        signalled.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 type Handlers = (

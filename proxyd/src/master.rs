@@ -18,8 +18,9 @@
 //! datagram socket (`master.notify` beside the admin socket), and the kernel tells the master
 //! which pid sent each message (`SO_PASSCRED`), so an old or failed worker can never stop the
 //! unit. A new worker counts as serving only when it says it took over (`MAINPID=` with
-//! `READY=1`, sent just before it tells the old one to drain), never from a `READY=1` that
-//! only says it waits for controld. Upgrades are asked for on `master.sock` beside the admin
+//! `READY=1`), never from a `READY=1` that only says it waits for controld; it then waits for
+//! the master's go-ahead (SIGUSR1) before it tells the old one to drain, so that the master
+//! alone decides between it and the upgrade's deadline (which kills it unannounced). Upgrades are asked for on `master.sock` beside the admin
 //! socket, by root or proxyd's own user (`proxyctl upgrade`, the unit's `ExecReload=`), or
 //! with SIGHUP.
 //!
@@ -53,6 +54,10 @@ use tokio::signal::unix::{SignalKind, signal};
 /// master, the serving worker exiting so means a take-over it did not start, and nothing of
 /// its own serving.
 pub const EXIT_HANDED_OVER: u8 = 100;
+
+/// The exit status of a worker that stopped on a signal of its own (SIGTERM, SIGINT): clean
+/// when the master passed it on, a failure when someone signalled the worker alone.
+pub const EXIT_SIGNALLED: u8 = 101;
 
 /// How long an upgrade waits for the new worker to serve when the request names no deadline;
 /// also the most it may wait: the old worker waits as long for the new one
@@ -307,7 +312,9 @@ impl Master {
             self.current = None;
             if self.stopping {
                 tracing::info!(worker = pid, %how, "worker stopped");
-                if status.exit_status() != Some(0) {
+                let clean = matches!(status.exit_status(), Some(0))
+                    || status.exit_status() == Some(i32::from(EXIT_SIGNALLED));
+                if !clean {
                     self.exit = 1;
                 }
                 return;
@@ -421,6 +428,9 @@ impl Master {
         }) {
             self.draining.push(old.pid);
         }
+        // Its go-ahead: only now does it tell the old worker to drain. A deadline that passed
+        // first killed it instead, and the old worker, never told, serves on.
+        signal_pid(new, Signal::USR1);
         tracing::info!(old = ?pending.old, new, "upgraded: the new worker serves; the old one drains");
         self.after_upgrade(None);
         self.answer(
@@ -493,8 +503,8 @@ impl Master {
         let Some(pending) = self.upgrade.take() else {
             return;
         };
-        // It has not said it took over (its READY=1 comes first, and was looked for just
-        // now), so the old worker never stopped accepting.
+        // It has not been given the go-ahead (SIGUSR1), so it never told the old worker to
+        // drain, even if its READY=1 is on its way: the old worker serves on.
         signal_pid(pending.worker.pid, Signal::KILL);
         self.draining.push(pending.worker.pid);
         let message = format!(
@@ -733,6 +743,7 @@ fn describe(status: WaitStatus) -> String {
         (Some(code), _) if code == i32::from(EXIT_HANDED_OVER) => {
             "stopped after handing over to a successor".to_owned()
         }
+        (Some(code), _) if code == i32::from(EXIT_SIGNALLED) => "stopped on a signal".to_owned(),
         (Some(code), _) => format!("exited with status {code}"),
         (_, Some(signal)) => format!("was killed by signal {signal}"),
         _ => "stopped".to_owned(),

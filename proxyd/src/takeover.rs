@@ -52,14 +52,38 @@ pub async fn receive(admin: &Path, identity: &Identity) -> Result<Inherited, Han
     Ok(inherited)
 }
 
-/// Tells systemd that this is the main process now, then the predecessor that this process
-/// serves (it drains and exits). In that order: systemd must not see its main process exit
-/// before it knows the new one.
-pub async fn serving(inherited: Inherited) {
+/// Tells systemd (or the master) that this is the main process now, then the predecessor that
+/// this process serves (it drains and exits). In that order: systemd must not see its main
+/// process exit before it knows the new one.
+///
+/// A master's worker (`worker`) then waits for the master's go-ahead (SIGUSR1) before it tells
+/// the predecessor: the master decides, in one place, whether this worker won the upgrade or
+/// its deadline passed (then it kills this worker, and the predecessor, never told, serves
+/// on). `false`: no go-ahead came; the predecessor serves on and this process must stop.
+pub async fn serving(inherited: Inherited, worker: bool) -> bool {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed before the master can send it: SIGUSR1's default action kills.
+    let mut go_ahead = match worker.then(|| signal(SignalKind::user_defined1())) {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot wait for the master's go-ahead");
+            return false;
+        }
+        None => None,
+    };
     crate::notify::main_pid();
+    if let Some(go_ahead) = go_ahead.as_mut()
+        && tokio::time::timeout(crate::handover::READY_DEADLINE, go_ahead.recv())
+            .await
+            .is_err()
+    {
+        tracing::error!("the master did not take this worker on; the running proxyd serves on");
+        return false;
+    }
     match tokio::task::spawn_blocking(move || inherited.serving()).await {
         Ok(Ok(())) => tracing::info!("serving; the previous proxyd drains"),
         Ok(Err(e)) => tracing::warn!(error = %e, "could not tell the previous proxyd to drain"),
         Err(e) => tracing::warn!(error = %e, "could not tell the previous proxyd to drain"),
     }
+    true
 }

@@ -266,16 +266,18 @@ async fn failed_upgrades_leave_the_old_proxyd_serving_and_a_killed_one_is_restar
     // A working binary again, an upgrade, then kill -9: systemd restarts the unit, and the new
     // proxyd serves the snapshot it saved (controld is still down).
     upgrade(&b).await;
-    for target in ["the serving worker", "the master"] {
+    // And a SIGTERM to the worker alone (not through systemd): a failure too, not a stop.
+    let worker = "$(pgrep -n -P $(systemctl show -p MainPID --value proxyd) -x proxyd)";
+    let master = "$(systemctl show -p MainPID --value proxyd)";
+    for (target, signal, pid) in [
+        ("the serving worker", "KILL", worker),
+        ("the master", "KILL", master),
+        ("the serving worker alone", "TERM", worker),
+    ] {
         let restarts: u32 = b.property("proxyd", "NRestarts").await.parse().unwrap();
-        let pid = if target == "the master" {
-            "$(systemctl show -p MainPID --value proxyd)"
-        } else {
-            "$(pgrep -n -P $(systemctl show -p MainPID --value proxyd) -x proxyd)"
-        };
-        b.ok(&format!("kill -9 {pid}")).await;
+        b.ok(&format!("kill -{signal} {pid}")).await;
         b.wait_for(
-            &format!("systemd to restart proxyd after kill -9 of {target}"),
+            &format!("systemd to restart proxyd after kill -{signal} of {target}"),
             &format!(
                 "[ \"$(systemctl show -p NRestarts --value proxyd)\" = {} ] && systemctl is-active -q proxyd",
                 restarts + 1
@@ -293,7 +295,7 @@ async fn failed_upgrades_leave_the_old_proxyd_serving_and_a_killed_one_is_restar
         )
         .await;
         eprintln!(
-            "figures: kill -9 of {target}: restarted (NRestarts {})",
+            "figures: kill -{signal} of {target}: restarted (NRestarts {})",
             restarts + 1
         );
     }

@@ -80,8 +80,13 @@ pub fn upgrade_protocol(message: &impl HasHeaders) -> Option<HeaderValue> {
     // h2c (RFC 7540 §3.2, dropped by RFC 9113): a backend that switched would give the client
     // a raw HTTP/2 connection past routes, rules and limits. Ignored, as a server may: the
     // request goes on as plain HTTP/1.1, its Upgrade header stripped as hop-by-hop.
+    // Any `h2…` token: Jetty also switches on `h2c-14` to `h2c-17`.
     let h2c = protocol.to_str().map_or(true, |p| {
-        p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+        p.split(',').any(|t| {
+            t.trim()
+                .get(..2)
+                .is_some_and(|head| head.eq_ignore_ascii_case("h2"))
+        })
     });
     (!h2c).then(|| protocol.clone())
 }
@@ -483,6 +488,8 @@ mod tests {
         assert_eq!(upgrade_protocol(&request("h2c")), None);
         assert_eq!(upgrade_protocol(&request("H2C")), None);
         assert_eq!(upgrade_protocol(&request("websocket, h2c")), None);
+        assert_eq!(upgrade_protocol(&request("h2c-17")), None);
+        assert_eq!(upgrade_protocol(&request("H2c/1.0")), None);
         assert_eq!(
             upgrade_protocol(&request("websocket")),
             Some(HeaderValue::from_static("websocket"))

@@ -70,6 +70,20 @@ fn dot_with_parameters(segment: &str) -> bool {
         .is_some_and(|(name, _)| name == "." || name == "..")
 }
 
+/// The path routing sees when it differs from `path` (`None`: the same): `;` parameters cut
+/// off every segment, as Tomcat, Jetty and Spring do before they map a request, and runs of
+/// `/` merged, as most servers do.
+pub fn routing_view(path: &str) -> Option<String> {
+    if !path.contains(';') && !path.contains("//") {
+        return None;
+    }
+    let without: Vec<&str> = path
+        .split('/')
+        .map(|segment| segment.split_once(';').map_or(segment, |(name, _)| name))
+        .collect();
+    Some(merge_slashes(&without.join("/")))
+}
+
 /// Whether `path` has a segment that some server resolves as a dot segment (`.`, `..`, or
 /// either with `;` parameters): a rewritten path with one would leave its target.
 pub fn has_dot_segment(path: &str) -> bool {
@@ -279,5 +293,23 @@ mod tests {
             "parameters on other segments stay"
         );
         assert_eq!(n("/a/...;x").unwrap(), "/a/...;x");
+    }
+
+    /// Review of issue 19 #2: any `;` parameter, not only on dot segments, hid a blocked
+    /// prefix from routing (`/private;x/secret`), and so did `//` with merging off.
+    #[test]
+    fn routing_sees_the_path_without_parameters_and_merged() {
+        assert_eq!(routing_view("/a/b"), None);
+        assert_eq!(
+            routing_view("/private;x/secret").as_deref(),
+            Some("/private/secret")
+        );
+        assert_eq!(
+            routing_view("/private;/secret").as_deref(),
+            Some("/private/secret")
+        );
+        assert_eq!(routing_view("/;/admin").as_deref(), Some("/admin"));
+        assert_eq!(routing_view("//admin").as_deref(), Some("/admin"));
+        assert_eq!(routing_view("/a;b=c;d/e;f").as_deref(), Some("/a/e"));
     }
 }
