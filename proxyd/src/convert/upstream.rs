@@ -320,7 +320,13 @@ pub fn rewrite(route: &pb::Route) -> Result<Rewrite, String> {
         (None, false) => Ok(Rewrite::Keep),
         (None, true) => Ok(Rewrite::Strip),
         (Some(_), true) => Err("strip_prefix and rewrite together".into()),
-        (Some(to), false) if to.starts_with('/') && !to.contains(['?', '#', ' ']) => {
+        // A valid path of its own (`<`, `"`, controls are not): one that is not could only be
+        // dropped for the original path at request time.
+        (Some(to), false)
+            if to.starts_with('/')
+                && !to.contains(['?', '#', ' '])
+                && http::uri::PathAndQuery::try_from(to.as_str()).is_ok() =>
+        {
             Ok(Rewrite::Replace(to.clone()))
         }
         (Some(to), false) => Err(format!("invalid rewrite {to:?}")),

@@ -27,6 +27,8 @@ pub enum PathError {
     BadEscape,
     #[error("a dot segment with parameters (..;) in the path")]
     DotSegmentParameters,
+    #[error("a dot segment behind an encoded slash (..%2F) in the path")]
+    EncodedDotSegment,
 }
 
 impl PathError {
@@ -38,6 +40,9 @@ impl PathError {
             PathError::Nul => "an encoded NUL (%00) in the path",
             PathError::BadEscape => "a '%' not followed by two hex digits in the path",
             PathError::DotSegmentParameters => "a dot segment with parameters (..;) in the path",
+            PathError::EncodedDotSegment => {
+                "a dot segment behind an encoded slash (..%2F) in the path"
+            }
         }
     }
 }
@@ -60,7 +65,13 @@ pub fn normalize(path: &str, rules: PathRules) -> Result<Cow<'_, str>, PathError
     if merged.split('/').any(dot_with_parameters) {
         return Err(PathError::DotSegmentParameters);
     }
-    Ok(Cow::Owned(remove_dot_segments(&merged)))
+    // Kept `%2F`s are separators to an upstream that decodes them: `/x/..%2Fadmin` is
+    // `/x/../admin` there, which nothing here would have resolved.
+    let resolved = remove_dot_segments(&merged);
+    if rules.keep_escaped_slashes && resolved.contains("%2F") && has_dot_segment(&resolved) {
+        return Err(PathError::EncodedDotSegment);
+    }
+    Ok(Cow::Owned(resolved))
 }
 
 /// `.;…` or `..;…`: what servlet containers resolve as a dot segment.
@@ -74,7 +85,10 @@ fn dot_with_parameters(segment: &str) -> bool {
 /// off every segment, as Tomcat, Jetty and Spring do before they map a request, and runs of
 /// `/` merged, as most servers do.
 pub fn routing_view(path: &str) -> Option<String> {
-    if !path.contains(';') && !path.contains("//") {
+    // A kept `%2F` (`escaped_slashes = "keep"`) is a separator to an upstream that decodes it.
+    let decoded = path.contains("%2F").then(|| path.replace("%2F", "/"));
+    let path = decoded.as_deref().unwrap_or(path);
+    if decoded.is_none() && !path.contains(';') && !path.contains("//") {
         return None;
     }
     let without: Vec<&str> = path
@@ -87,7 +101,9 @@ pub fn routing_view(path: &str) -> Option<String> {
 /// Whether `path` has a segment that some server resolves as a dot segment (`.`, `..`, or
 /// either with `;` parameters): a rewritten path with one would leave its target.
 pub fn has_dot_segment(path: &str) -> bool {
+    // A kept `%2F` separates too (normalization leaves it upper-case).
     path.split('/')
+        .flat_map(|s| s.split("%2F"))
         .any(|s| s == "." || s == ".." || dot_with_parameters(s))
 }
 
@@ -311,5 +327,29 @@ mod tests {
         assert_eq!(routing_view("/;/admin").as_deref(), Some("/admin"));
         assert_eq!(routing_view("//admin").as_deref(), Some("/admin"));
         assert_eq!(routing_view("/a;b=c;d/e;f").as_deref(), Some("/a/e"));
+    }
+
+    /// Review of issue 19: with `escaped_slashes = "keep"`, `%2F` is a separator to an
+    /// upstream that decodes it.
+    #[test]
+    fn kept_encoded_slashes_cannot_hide_dot_segments_or_prefixes() {
+        let keep = PathRules {
+            merge_slashes: true,
+            keep_escaped_slashes: true,
+        };
+        assert_eq!(
+            normalize("/x/..%2Fadmin", keep),
+            Err(PathError::EncodedDotSegment)
+        );
+        assert_eq!(
+            normalize("/x/%2e%2e%2fadmin", keep),
+            Err(PathError::EncodedDotSegment)
+        );
+        assert_eq!(normalize("/a%2Fb", keep).unwrap(), "/a%2Fb");
+        assert!(has_dot_segment("/v2/..%2Fadmin"));
+        assert_eq!(
+            routing_view("/admin%2Fsecret").as_deref(),
+            Some("/admin/secret")
+        );
     }
 }
