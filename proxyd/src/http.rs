@@ -305,9 +305,13 @@ impl Proxy {
             parts.headers.insert(http::header::HOST, value);
         }
         let path_and_query = match parts.uri.path_and_query() {
-            // The prefix matched the routing view, not the path as it came: cutting it off the
-            // latter would cut in the wrong place.
-            Some(_) if view.is_some() && !matches!(pool.rewrite, crate::convert::Rewrite::Keep) => {
+            // The prefix matched the routing view; when the path as it came does not start with
+            // it too (`/api;x` or `//api` for `/api/`), cutting it off would cut in the wrong
+            // place.
+            Some(original)
+                if !matches!(pool.rewrite, crate::convert::Rewrite::Keep)
+                    && !original.path().starts_with(route.path_prefix.as_str()) =>
+            {
                 return Err(ProxyError::BadRequest(
                     "a path with ';' parameters or '//' on a route that rewrites it",
                 ));

@@ -231,7 +231,7 @@ async fn took_over(
     options: &Options,
     shutdown: &CancellationToken,
 ) {
-    if takeover::serving(inherited, options.worker).await {
+    if takeover::serving(inherited, options.worker, shutdown).await {
         plane.took_over();
     } else {
         options

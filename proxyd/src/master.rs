@@ -366,10 +366,11 @@ impl Master {
         }
     }
 
-    /// Ends a pending upgrade without a result; its worker is told to stop.
+    /// Ends a pending upgrade without a result; its worker, which never served (it had no
+    /// go-ahead), is killed: waiting for it could outlast systemd's stop timeout.
     fn stop_pending(&mut self, why: &str) {
         if let Some(pending) = self.upgrade.take() {
-            signal_pid(pending.worker.pid, Signal::TERM);
+            signal_pid(pending.worker.pid, Signal::KILL);
             self.draining.push(pending.worker.pid);
             self.answer(pending.reply, format!("error {why}"));
         }

@@ -60,7 +60,11 @@ pub async fn receive(admin: &Path, identity: &Identity) -> Result<Inherited, Han
 /// the predecessor: the master decides, in one place, whether this worker won the upgrade or
 /// its deadline passed (then it kills this worker, and the predecessor, never told, serves
 /// on). `false`: no go-ahead came; the predecessor serves on and this process must stop.
-pub async fn serving(inherited: Inherited, worker: bool) -> bool {
+pub async fn serving(
+    inherited: Inherited,
+    worker: bool,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
     use tokio::signal::unix::{SignalKind, signal};
     // Installed before the master can send it: SIGUSR1's default action kills.
     let mut go_ahead = match worker.then(|| signal(SignalKind::user_defined1())) {
@@ -71,13 +75,22 @@ pub async fn serving(inherited: Inherited, worker: bool) -> bool {
         }
         None => None,
     };
+    // Told to stop meanwhile (SIGTERM, a stop queued behind the upgrade): never take over.
+    if shutdown.is_cancelled() {
+        return false;
+    }
     crate::notify::main_pid();
-    if let Some(go_ahead) = go_ahead.as_mut()
-        && tokio::time::timeout(crate::handover::READY_DEADLINE, go_ahead.recv())
-            .await
-            .is_err()
-    {
-        tracing::error!("the master did not take this worker on; the running proxyd serves on");
+    if let Some(go_ahead) = go_ahead.as_mut() {
+        let went = tokio::select! {
+            got = tokio::time::timeout(crate::handover::READY_DEADLINE, go_ahead.recv()) => got.is_ok(),
+            () = shutdown.cancelled() => false,
+        };
+        if !went {
+            tracing::error!("the master did not take this worker on; the running proxyd serves on");
+            return false;
+        }
+    }
+    if shutdown.is_cancelled() {
         return false;
     }
     match tokio::task::spawn_blocking(move || inherited.serving()).await {

@@ -184,3 +184,54 @@ async fn trailers_from_an_http1_upstream_reach_an_http1_client() {
     );
     env.stop().await;
 }
+
+/// Review of issue 19 #9: with `Trailer` end to end, a client's request trailers reached the
+/// upstream, forged forwarding headers among them. A request's `Trailer` goes, and with it the
+/// trailer fields hyper would send.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_trailers_never_reach_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                // The whole chunked body, its last chunk and trailer section included.
+                while !got.windows(5).any(|w| w == b"0\r\n\r\n") && !got.ends_with(b"\r\n\r\n\r\n")
+                {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        stream.read(&mut buf),
+                    )
+                    .await
+                    {
+                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let _ = seen_tx.send(got);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let env = TestEnv::start(&site(&format!("http://{upstream}"))).await;
+    let answer = raw_exchange(
+        env.http,
+        b"POST /t HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\
+          Trailer: x-forwarded-for, x-original-url\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n0\r\nx-forwarded-for: 6.6.6.6\r\nx-original-url: /admin\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = String::from_utf8_lossy(&seen_rx.recv().await.unwrap()).to_ascii_lowercase();
+    assert!(!seen.contains("6.6.6.6"), "{seen}");
+    assert!(!seen.contains("x-original-url"), "{seen}");
+    assert!(!seen.contains("trailer:"), "{seen}");
+    env.stop().await;
+}

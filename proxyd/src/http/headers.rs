@@ -209,6 +209,10 @@ pub fn request_id(headers: &HeaderMap, trusted: bool) -> HeaderValue {
 /// peer appended to the chains); anyone else's is replaced.
 pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &str, peer: &Peer<'_>) {
     strip_hop_by_hop(headers);
+    // A request's `Trailer` goes: hyper would send an HTTP/1.1 upstream the trailer fields it
+    // names, and nothing here cleans trailers (a client's `X-Forwarded-For` or `X-Original-URL`
+    // would arrive as one). Responses keep theirs.
+    headers.remove(header::TRAILER);
     join_cookies(headers);
     remove_all(headers, &URL_OVERRIDES);
     let ip = peer.addr.ip();
