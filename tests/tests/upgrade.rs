@@ -618,3 +618,63 @@ async fn one_hand_over_at_a_time() {
     drop(held);
     assert_eq!(proxy_tests::get(http, "app.example", "/").await.status, 200);
 }
+
+/// Third review of issue 18: a new worker told to stop while it takes over (a stop queued
+/// behind the upgrade) took over all the same and then stopped, leaving nothing serving. It
+/// never takes over now: the old worker serves on and the master with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_successor_stopped_during_its_take_over_leaves_the_old_worker_serving() {
+    let Host {
+        env,
+        proxyd: master,
+        admin,
+        http,
+        _upstream,
+        _controld,
+    } = {
+        // `Host::start` with `--master`: the first worker serves once version 1 applies.
+        Host::start(&["--master"]).await
+    };
+    let children = |pid: u32| -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let old = eventually("the first worker", || async {
+        children(master.pid()).first().copied()
+    })
+    .await;
+    // The old worker, stopped, cannot answer the new one: the take-over waits.
+    let signal = |sig: &str, pid: u32| {
+        std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    signal("-STOP", old);
+    // SIGHUP: an upgrade with no answer to wait for (proxyctl would first ask the stopped
+    // worker who it is).
+    signal("-HUP", master.pid());
+    let new = eventually("the new worker", || async {
+        children(master.pid()).into_iter().find(|p| *p != old)
+    })
+    .await;
+    // It asked for the sockets (its inbox is bound, its signal handlers long installed).
+    let inbox = std::path::PathBuf::from(format!("{}.handover.{new}", admin.display()));
+    eventually("the new worker's inbox", || async {
+        inbox.exists().then_some(())
+    })
+    .await;
+    signal("-TERM", new);
+    signal("-CONT", old);
+    eventually("the new worker gone", || async {
+        (!alive(new)).then_some(())
+    })
+    .await;
+    assert!(alive(old), "the old worker serves on");
+    assert!(alive(master.pid()), "and the master with it");
+    assert_eq!(proxy_tests::get(http, "app.example", "/").await.status, 200);
+    drop(env);
+}
