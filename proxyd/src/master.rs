@@ -36,19 +36,22 @@
 //! it, which only a signal mask set in the child could close, and that needs `unsafe`; the
 //! master is small and changes rarely (docs/decisions/0006-master-worker.md).
 
-use std::io::IoSliceMut;
-use std::mem::MaybeUninit;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
+use rustix::process::{Signal, WaitOptions, WaitStatus};
 use sd_notify::NotifyState;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixDatagram, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
+
+use requests::{Request, accept, answer, read_request};
+use workers::{
+    bind_notify, close_passed_sockets, describe, recv_from, signal_pid, spawn, try_recv,
+};
+
+mod requests;
+mod workers;
 
 /// The exit status of a worker that stopped because a successor took over from it: to the
 /// master, the serving worker exiting so means a take-over it did not start, and nothing of
@@ -64,21 +67,6 @@ pub const EXIT_SIGNALLED: u8 = 101;
 /// ([`crate::handover::READY_DEADLINE`]), and then serves on.
 const MAX_UPGRADE_TIMEOUT: Duration = crate::handover::READY_DEADLINE;
 const MIN_UPGRADE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The longest request line on `master.sock`.
-const MAX_REQUEST: usize = 4096;
-
-/// How long a client on `master.sock` may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// sd_listen_fds(3)'s variables: the first worker gets systemd's sockets; later workers take
-/// them from the one serving.
-const SOCKET_ACTIVATION: [&str; 4] = [
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "LISTEN_FDS_FIRST_FD",
-];
 
 /// How the master runs.
 #[derive(Debug, Clone)]
@@ -536,191 +524,11 @@ fn serves_on(old: Option<u32>) -> String {
     }
 }
 
-/// An upgrade request from root or proxyd's own user.
-struct Request {
-    stream: UnixStream,
-    timeout: Option<Duration>,
-    binary: Option<PathBuf>,
-}
-
-/// Reads one request line, `upgrade [TIMEOUT_MS [BINARY]]` (peer credentials first: anyone
-/// else gets an answer and nothing more), and hands it to the event loop.
-async fn read_request(stream: UnixStream, to: tokio::sync::mpsc::Sender<Request>) {
-    let uid = stream.peer_cred().ok().map(|c| c.uid());
-    let own = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
-    if !uid.is_some_and(|uid| uid == 0 || Some(uid) == own) {
-        tracing::info!(target: "audit", call = "Upgrade", uid, outcome = "denied");
-        refuse(stream, "only root and proxyd's own user may upgrade").await;
-        return;
-    }
-    let mut reader = BufReader::new(stream).take(MAX_REQUEST as u64);
-    let mut line = String::new();
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
-    let stream = reader.into_inner().into_inner();
-    if !matches!(read, Ok(Ok(n)) if n > 0) {
-        refuse(stream, "no request line").await;
-        return;
-    }
-    match parse_request(&line) {
-        Ok((timeout, binary)) => {
-            tracing::info!(target: "audit", call = "Upgrade", uid, outcome = "upgrading");
-            let _ = to
-                .send(Request {
-                    stream,
-                    timeout,
-                    binary,
-                })
-                .await;
-        }
-        Err(why) => refuse(stream, why).await,
-    }
-}
-
-/// Answers a request that is refused, and waits until the answer is out.
-async fn refuse(stream: UnixStream, why: &str) {
-    if let Some(reply) = answer(Some(stream), format!("error {why}")) {
-        let _ = reply.await;
-    }
-}
-
-/// `upgrade [TIMEOUT_MS [BINARY]]`, the binary an absolute path.
-fn parse_request(line: &str) -> Result<(Option<Duration>, Option<PathBuf>), &'static str> {
-    let line = line.strip_suffix('\n').unwrap_or(line);
-    let rest = match line.strip_prefix("upgrade") {
-        Some("") => return Ok((None, None)),
-        Some(rest) if rest.starts_with(' ') => &rest[1..],
-        _ => return Err("unknown request"),
-    };
-    let (timeout, binary) = rest.split_once(' ').unwrap_or((rest, ""));
-    let timeout = timeout
-        .parse::<u64>()
-        .map_err(|_| "the timeout must be milliseconds")?;
-    let binary = match binary {
-        "" => None,
-        b if b.starts_with('/') => Some(PathBuf::from(b)),
-        _ => return Err("the binary must be an absolute path"),
-    };
-    Ok((Some(Duration::from_millis(timeout)), binary))
-}
-
-/// Starts a worker running `binary`, reporting to the master's notify socket.
-fn spawn(
-    binary: &Path,
-    options: &MasterOptions,
-    notify_at: &Path,
-    takeover: bool,
-) -> Result<u32, MasterError> {
-    let mut command = Command::new(binary);
-    command
-        .args(&options.worker_args)
-        .env("NOTIFY_SOCKET", notify_at)
-        .stdin(Stdio::null());
-    if takeover {
-        command.arg("--takeover");
-        for name in SOCKET_ACTIVATION {
-            command.env_remove(name);
-        }
-    } else {
-        // systemd's sockets (fds 3 and up, inherited) are for the worker, whose pid systemd
-        // could not know: without LISTEN_PID, proxyd's reader (listenfd) takes them all the
-        // same (libsystemd's would not).
-        command.env_remove("LISTEN_PID");
-    }
-    let child = command.spawn().map_err(|source| MasterError::Spawn {
-        binary: binary.to_owned(),
-        source,
-    })?;
-    // Reaped through SIGCHLD and waitpid: the handle is not needed.
-    Ok(child.id())
-}
-
-/// Closes the master's copies of the sockets systemd passed (the first worker has them).
-fn close_passed_sockets() {
-    let mut passed = listenfd::ListenFd::from_env();
-    for index in 0..passed.len() {
-        // Taking one as what it is closes it when dropped; proxyd only takes TCP ones.
-        if !matches!(passed.take_tcp_listener(index), Ok(Some(_))) {
-            let _ = passed.take_unix_listener(index);
-        }
-    }
-}
-
-/// The workers' notify socket: only this process's user may send to it (mode 0600), and each
-/// message comes with its sender's pid.
-fn bind_notify(path: &Path) -> std::io::Result<UnixDatagram> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    // Ours: `master.sock`, bound just before, proved no other master runs here.
-    let _ = std::fs::remove_file(path);
-    let socket = std::os::unix::net::UnixDatagram::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    rustix::net::sockopt::set_socket_passcred(&socket, true)?;
-    socket.set_nonblocking(true)?;
-    UnixDatagram::from_std(socket)
-}
-
-/// One datagram and the pid that sent it.
-async fn recv_from(
-    socket: &UnixDatagram,
-    buffer: &mut [u8],
-) -> std::io::Result<(usize, Option<u32>)> {
-    loop {
-        socket.readable().await?;
-        match try_recv(socket, buffer) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            other => return other,
-        }
-    }
-}
-
-/// A datagram already queued, and the pid that sent it; `WouldBlock` when none is.
-fn try_recv(socket: &UnixDatagram, buffer: &mut [u8]) -> std::io::Result<(usize, Option<u32>)> {
-    socket.try_io(tokio::io::Interest::READABLE, || {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let message = rustix::net::recvmsg(
-            socket,
-            &mut [IoSliceMut::new(buffer)],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        )
-        .map_err(std::io::Error::from)?;
-        let mut sender = None;
-        for part in control.drain() {
-            if let RecvAncillaryMessage::ScmCredentials(cred) = part {
-                sender = Some(cred.pid.as_raw_pid().unsigned_abs());
-            }
-        }
-        Ok((message.bytes, sender))
-    })
-}
-
-async fn accept(listener: Option<&tokio::net::UnixListener>) -> std::io::Result<UnixStream> {
-    match listener {
-        Some(l) => l.accept().await.map(|(s, _)| s),
-        None => std::future::pending().await,
-    }
-}
-
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// Writes the one-line answer to an upgrade request, in the background.
-fn answer(reply: Option<UnixStream>, line: String) -> Option<tokio::task::JoinHandle<()>> {
-    let mut stream = reply?;
-    Some(tokio::spawn(async move {
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            stream.write_all(format!("{line}\n").as_bytes()).await?;
-            stream.shutdown().await
-        })
-        .await;
-    }))
 }
 
 /// To systemd (a no-op without `NOTIFY_SOCKET`).
@@ -730,50 +538,9 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
-fn signal_pid(pid: u32, how: Signal) {
-    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
-        return;
-    };
-    if let Err(e) = rustix::process::kill_process(pid, how) {
-        tracing::debug!(pid = pid.as_raw_pid(), error = %e, "signalling a worker");
-    }
-}
-
-fn describe(status: WaitStatus) -> String {
-    match (status.exit_status(), status.terminating_signal()) {
-        (Some(code), _) if code == i32::from(EXIT_HANDED_OVER) => {
-            "stopped after handing over to a successor".to_owned()
-        }
-        (Some(code), _) if code == i32::from(EXIT_SIGNALLED) => "stopped on a signal".to_owned(),
-        (Some(code), _) => format!("exited with status {code}"),
-        (_, Some(signal)) => format!("was killed by signal {signal}"),
-        _ => "stopped".to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upgrade_requests_parse_strictly() {
-        assert_eq!(parse_request("upgrade\n"), Ok((None, None)));
-        assert_eq!(
-            parse_request("upgrade 5000\n"),
-            Ok((Some(Duration::from_secs(5)), None))
-        );
-        assert_eq!(
-            parse_request("upgrade 5000 /opt/new proxyd\n"),
-            Ok((
-                Some(Duration::from_secs(5)),
-                Some(PathBuf::from("/opt/new proxyd"))
-            ))
-        );
-        assert!(parse_request("upgrade soon\n").is_err());
-        assert!(parse_request("upgrade 5000 relative/proxyd\n").is_err());
-        assert!(parse_request("upgrades\n").is_err());
-        assert!(parse_request("ping\n").is_err());
-    }
 
     #[test]
     fn the_sockets_live_beside_the_admin_socket() {
