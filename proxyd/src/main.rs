@@ -67,6 +67,15 @@ fn main() -> ExitCode {
     if cli.master {
         return master(&cli);
     }
+    // A master's worker stops (drains) when its master dies: outside systemd nobody else would
+    // end it, and under systemd the unit restarts anyway. The master forks from its one
+    // thread, so this fires on the master's death, not a thread's.
+    if cli.worker
+        && let Err(e) =
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+    {
+        eprintln!("proxyd: cannot follow the master's death: {e}");
+    }
     // Before any thread starts: it edits the environment.
     let activation = proxyd::Activation::from_env();
     let threads = cli.worker_threads.map(usize::from).unwrap_or_else(|| {
