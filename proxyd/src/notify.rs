@@ -30,7 +30,8 @@ pub fn refused(version: u64, serving: u64) {
 }
 
 /// This process took over from a predecessor: systemd follows it as the service's main process
-/// (the unit needs `NotifyAccess=all`, since systemd only heard from the predecessor so far).
+/// (under `proxyd --master`, the master reads it as this worker's take-over and tells systemd
+/// nothing of it; a proxyd run by systemd without a master is not upgraded this way at all).
 pub fn main_pid() {
     send(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
 }

@@ -358,7 +358,14 @@ async fn the_units_keep_their_promises() {
     .await;
     let out = b.sh("systemctl start controld").await;
     assert!(!out.status.success());
-    tokio::time::sleep(Duration::from_secs(3)).await; // RestartSec would have fired by now
+    // A unit that restarts passes through `activating (auto-restart)`, and is `failed` only at
+    // the start limit (then with NRestarts above 0): `failed` with none means it was not retried.
+    b.wait_for(
+        "controld to be failed",
+        "[ \"$(systemctl show -p ActiveState --value controld)\" = failed ]",
+        Duration::from_secs(15),
+    )
+    .await;
     let state = b
         .ok("systemctl show -p ActiveState -p NRestarts -p ExecMainStatus -p StatusText controld")
         .await;
