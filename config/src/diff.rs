@@ -354,6 +354,14 @@ fn proxy_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
             human(s.proxy.upstream_idle_timeout),
         ),
         (
+            "proxy.upstream_h2_ping_interval",
+            human(s.proxy.upstream_h2_ping_interval),
+        ),
+        (
+            "proxy.upstream_h2_ping_timeout",
+            human(s.proxy.upstream_h2_ping_timeout),
+        ),
+        (
             "proxy.max_connections",
             s.proxy.limits.max_connections.to_string(),
         ),

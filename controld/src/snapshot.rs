@@ -135,6 +135,8 @@ impl Content {
                 request_header_timeout_ms: millis(statics.proxy.request_header_timeout),
                 upstream_connect_timeout_ms: millis(statics.proxy.upstream_connect_timeout),
                 upstream_idle_timeout_ms: millis(statics.proxy.upstream_idle_timeout),
+                upstream_h2_ping_interval_ms: millis(statics.proxy.upstream_h2_ping_interval),
+                upstream_h2_ping_timeout_ms: millis(statics.proxy.upstream_h2_ping_timeout),
                 connection_limits: Some(connection_limits(&statics.proxy.limits)),
             }),
             dynamic: Some(pb::DynamicConfig {

@@ -65,6 +65,9 @@ pub struct StaticSpec {
     pub upstream_connect_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub upstream_idle_timeout: Duration,
+    /// Silence on an HTTP/2 upstream connection with requests open before it is PINGed, and
+    /// how long the PING may go unanswered.
+    pub upstream_h2_ping: (Duration, Duration),
     /// Caps and deadlines on client connections.
     pub limits: ConnectionLimits,
 }
@@ -75,6 +78,9 @@ const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// As controld's (above grpc-go's keepalive enforcement, 5 minutes by default).
+pub const DEFAULT_UPSTREAM_H2_PING_INTERVAL: Duration = Duration::from_secs(300);
+pub const DEFAULT_UPSTREAM_H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// hyper's read buffer cannot be smaller.
 const MIN_HEADER_BYTES: usize = 8192;
@@ -177,6 +183,16 @@ impl TryFrom<pb::Snapshot> for Spec {
                 upstream_idle_timeout: millis_or(
                     statics.upstream_idle_timeout_ms,
                     DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+                ),
+                upstream_h2_ping: (
+                    millis_or(
+                        statics.upstream_h2_ping_interval_ms,
+                        DEFAULT_UPSTREAM_H2_PING_INTERVAL,
+                    ),
+                    millis_or(
+                        statics.upstream_h2_ping_timeout_ms,
+                        DEFAULT_UPSTREAM_H2_PING_TIMEOUT,
+                    ),
                 ),
                 limits: statics.connection_limits.into(),
             },

@@ -395,6 +395,7 @@ mod tests {
                 request_header_timeout: std::time::Duration::from_secs(1),
                 upstream_connect_timeout: std::time::Duration::from_secs(1),
                 upstream_idle_timeout: std::time::Duration::from_secs(1),
+                upstream_h2_ping: Default::default(),
                 limits: Default::default(),
             },
             sites: vec![SiteSpec {

@@ -257,6 +257,8 @@ impl UpstreamStore {
             statics.upstream_connect_timeout,
             statics.upstream_idle_timeout,
         );
+        let (interval, timeout) = statics.upstream_h2_ping;
+        self.timeouts.set_h2_ping(interval, timeout);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<UpstreamKey, Arc<Upstream>>> {

@@ -239,3 +239,136 @@ impl Drop for GrpcBackend {
         self.shutdown.cancel();
     }
 }
+
+/// An h2c backend that allows `max_streams` concurrent streams on each connection and holds
+/// every request until [`H2Backend::release`]. It counts the connections that carried requests
+/// and the requests in progress. Started [`H2Backend::gated`], it accepts nothing until
+/// [`H2Backend::open`], and its accept queue is full meanwhile: a dial to it hangs, as one to a
+/// slow network does.
+pub struct H2Backend {
+    pub addr: SocketAddr,
+    used_connections: Arc<std::sync::atomic::AtomicUsize>,
+    in_progress: Arc<std::sync::atomic::AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+    open: tokio::sync::watch::Sender<bool>,
+    /// Connections that fill the accept queue of a gated backend.
+    _filler: Vec<std::net::TcpStream>,
+    shutdown: CancellationToken,
+}
+
+impl H2Backend {
+    pub async fn start(max_streams: u32) -> H2Backend {
+        H2Backend::launch(max_streams, false).await
+    }
+
+    pub async fn gated(max_streams: u32) -> H2Backend {
+        H2Backend::launch(max_streams, true).await
+    }
+
+    async fn launch(max_streams: u32, gated: bool) -> H2Backend {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let listener = socket.listen(if gated { 1 } else { 1024 }).unwrap();
+        let mut filler = Vec::new();
+        if gated {
+            // Fill the accept queue until a connect no longer completes: then SYNs are dropped.
+            loop {
+                let attempt = tokio::time::timeout(
+                    std::time::Duration::from_millis(300),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await;
+                match attempt {
+                    Ok(Ok(stream)) => filler.push(stream.into_std().unwrap()),
+                    _ => break,
+                }
+                assert!(filler.len() < 64, "the accept queue never filled");
+            }
+        }
+        let used_connections = Arc::new(AtomicUsize::new(0));
+        let in_progress = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let (open, mut opened) = tokio::sync::watch::channel(!gated);
+        let shutdown = CancellationToken::new();
+        let backend = H2Backend {
+            addr,
+            used_connections: used_connections.clone(),
+            in_progress: in_progress.clone(),
+            release,
+            open,
+            _filler: filler,
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = opened.wait_for(|open| *open) => {}
+            }
+            loop {
+                let (tcp, _) = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                let used = Arc::new(AtomicBool::new(false));
+                let (used_connections, in_progress, released) = (
+                    used_connections.clone(),
+                    in_progress.clone(),
+                    released.clone(),
+                );
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    if !used.swap(true, Ordering::SeqCst) {
+                        used_connections.fetch_add(1, Ordering::SeqCst);
+                    }
+                    in_progress.fetch_add(1, Ordering::SeqCst);
+                    let (in_progress, mut released) = (in_progress.clone(), released.clone());
+                    async move {
+                        let _ = released.wait_for(|r| *r).await;
+                        in_progress.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            b"held",
+                        ))))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(max_streams)
+                        .serve_connection(TokioIo::new(tcp), service),
+                );
+            }
+        });
+        backend
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts accepting (a gated backend).
+    pub fn open(&self) {
+        let _ = self.open.send(true);
+    }
+
+    /// Answers the requests held and every later one at once.
+    pub fn release(&self) {
+        let _ = self.release.send(true);
+    }
+
+    /// Connections that carried at least one request.
+    pub fn used_connections(&self) -> usize {
+        self.used_connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Requests received and not answered yet.
+    pub fn in_progress(&self) -> usize {
+        self.in_progress.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for H2Backend {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -15,6 +15,7 @@ pub mod h2raw;
 pub mod load;
 pub mod pebble;
 pub mod raw_http;
+pub mod relay;
 pub mod systemd_box;
 pub mod tls;
 pub mod upstream;

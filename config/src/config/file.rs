@@ -222,6 +222,8 @@ pub struct ProxyFile {
     pub request_header_timeout: Option<String>,
     pub upstream_connect_timeout: Option<String>,
     pub upstream_idle_timeout: Option<String>,
+    pub upstream_h2_ping_interval: Option<String>,
+    pub upstream_h2_ping_timeout: Option<String>,
     pub max_request_header_bytes: Option<SizeValue>,
     pub admin_address: Option<String>,
     pub listeners: Vec<ListenerFile>,

@@ -462,6 +462,10 @@ pub struct ProxyConfig {
     pub request_header_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub upstream_idle_timeout: Duration,
+    /// Silence on an HTTP/2 upstream connection with requests open before it is PINGed.
+    pub upstream_h2_ping_interval: Duration,
+    /// How long that PING may go unanswered before the connection is closed.
+    pub upstream_h2_ping_timeout: Duration,
     pub max_request_header_bytes: u64,
     pub admin_address: Option<SocketAddr>,
     /// Never empty; names and addresses unique.

@@ -49,6 +49,10 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Below the keep-alive timeouts common upstream servers use (nginx 75 s, Apache 5 s, Node 5 s),
 /// so proxyd closes an idle pooled connection before the upstream does.
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Above grpc-go's default keepalive enforcement (a client that PINGs a silent connection more
+/// often than every 5 minutes is sent GOAWAY `too_many_pings`).
+pub const DEFAULT_UPSTREAM_H2_PING_INTERVAL: Duration = Duration::from_secs(300);
+pub const DEFAULT_UPSTREAM_H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Header fields a request head may have (nginx and HAProxy allow about 100).
 pub const DEFAULT_MAX_REQUEST_HEADERS: u32 = 100;

@@ -21,6 +21,8 @@ fn snapshot() -> pb::Snapshot {
             request_header_timeout_ms: 0,
             upstream_connect_timeout_ms: 250,
             upstream_idle_timeout_ms: 0,
+            upstream_h2_ping_interval_ms: 0,
+            upstream_h2_ping_timeout_ms: 0,
             connection_limits: None,
         }),
         dynamic: Some(pb::DynamicConfig {

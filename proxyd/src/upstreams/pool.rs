@@ -5,8 +5,13 @@
 //! - HTTP/1.1: idle connections wait in a LIFO stack (the warmest first); a connection goes back
 //!   when its response body has been read to the end, and is closed instead when the body is
 //!   dropped early, the upstream asked to close, or `max_idle_connections` wait already.
-//! - HTTP/2 (h2 over TLS, h2c with prior knowledge, or what ALPN picked with `auto`): one shared
-//!   connection multiplexes every request.
+//! - HTTP/2 (h2 over TLS, h2c with prior knowledge, or what ALPN picked with `auto`): requests
+//!   share connections up to the upstream's stream limit, more connections open when they are
+//!   full, one dial at a time ([`h2`]). A connection silent while requests wait on it is PINGed
+//!   after `upstream_h2_ping_interval` and closed when the answer does not come in time.
+//! - Every upstream socket has TCP keepalive and `TCP_USER_TIMEOUT`: a peer gone without a FIN
+//!   (a NAT or load balancer that dropped the flow) is found in about a minute instead of the
+//!   kernel's 15 minutes of retransmissions.
 //! - A request that a pooled connection could not even start sending (the upstream closed it
 //!   while it idled) is sent again on another connection: nothing of it went out.
 //! - Idle connections close after the idle timeout, and all at once when the pool is dropped
@@ -15,7 +20,7 @@
 //!   until the socket closes.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -30,7 +35,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::UpstreamBody;
 use super::breaker::Breaker;
 use super::connect::{self, Counted, DialError, Negotiated, TlsConnector};
-use crate::http::BoxError;
+
+mod h2;
 
 /// What a pool's connections speak (`upstream_protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,6 +67,8 @@ impl Protocol {
 pub struct Timeouts {
     connect_ms: AtomicU64,
     idle_ms: AtomicU64,
+    h2_ping_interval_ms: AtomicU64,
+    h2_ping_timeout_ms: AtomicU64,
     /// Wakes the pools' reapers when the idle timeout changes.
     changed: tokio::sync::Notify,
 }
@@ -70,10 +78,31 @@ impl Timeouts {
         let timeouts = Timeouts {
             connect_ms: AtomicU64::new(0),
             idle_ms: AtomicU64::new(0),
+            h2_ping_interval_ms: AtomicU64::new(0),
+            h2_ping_timeout_ms: AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
         };
         timeouts.set(connect, idle);
+        timeouts.set_h2_ping(
+            crate::convert::DEFAULT_UPSTREAM_H2_PING_INTERVAL,
+            crate::convert::DEFAULT_UPSTREAM_H2_PING_TIMEOUT,
+        );
         timeouts
+    }
+
+    /// For HTTP/2 connections dialed from now on.
+    pub fn set_h2_ping(&self, interval: Duration, timeout: Duration) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.h2_ping_interval_ms
+            .store(ms(interval), Ordering::Relaxed);
+        self.h2_ping_timeout_ms.store(ms(timeout), Ordering::Relaxed);
+    }
+
+    fn h2_ping(&self) -> (Duration, Duration) {
+        (
+            Duration::from_millis(self.h2_ping_interval_ms.load(Ordering::Relaxed)),
+            Duration::from_millis(self.h2_ping_timeout_ms.load(Ordering::Relaxed)),
+        )
     }
 
     pub fn set(&self, connect: Duration, idle: Duration) {
@@ -104,26 +133,29 @@ pub struct Settings {
     pub tls: Option<TlsConnector>,
 }
 
-/// Why a request did not get a response.
-#[derive(Debug)]
+type SharedError = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why a request did not get a response. Cloned for the requests that waited for a failed
+/// dial.
+#[derive(Debug, Clone)]
 pub struct Error {
     /// No connection could be made: nothing reached the upstream.
     connect: bool,
-    source: BoxError,
+    source: SharedError,
 }
 
 impl Error {
-    fn connect(source: impl Into<BoxError>) -> Error {
+    fn connect(source: impl std::error::Error + Send + Sync + 'static) -> Error {
         Error {
             connect: true,
-            source: source.into(),
+            source: Arc::new(source),
         }
     }
 
-    fn request(source: impl Into<BoxError>) -> Error {
+    fn request(source: impl std::error::Error + Send + Sync + 'static) -> Error {
         Error {
             connect: false,
-            source: source.into(),
+            source: Arc::new(source),
         }
     }
 
@@ -158,7 +190,7 @@ impl std::error::Error for Error {
 /// A ready connection, just dialed.
 enum Dialed {
     Http1(http1::SendRequest<UpstreamBody>),
-    H2(http2::SendRequest<UpstreamBody>),
+    H2(h2::Conn),
 }
 
 /// One upstream's pool. Dropping it closes its idle connections at once; connections busy with a
@@ -173,14 +205,16 @@ struct Shared {
     settings: Settings,
     breaker: Arc<Breaker>,
     idle: Mutex<Idle>,
+    /// An `auto` pool's upstream picked h2 by ALPN.
+    learned_h2: AtomicBool,
 }
 
 #[derive(Default)]
 struct Idle {
     /// Idle HTTP/1.1 connections, the most recently used last.
     http1: Vec<(http1::SendRequest<UpstreamBody>, Instant)>,
-    /// The shared HTTP/2 connection.
-    h2: Option<http2::SendRequest<UpstreamBody>>,
+    /// The HTTP/2 connections.
+    h2: h2::Conns,
     /// Whether a task is expiring idle connections.
     reaping: bool,
     /// The pool was dropped: nothing comes back.
@@ -201,6 +235,7 @@ impl Pool {
                 settings,
                 breaker,
                 idle: Mutex::default(),
+                learned_h2: AtomicBool::new(false),
             }),
         }
     }
@@ -211,18 +246,41 @@ impl Pool {
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, Error> {
         let shared = &self.shared;
-        // Pooled connections first. One the upstream closed while it idled refuses the request
-        // before sending any of it, and gives it back for the next.
-        if let Some(mut sender) = shared.shared_h2() {
-            shared.absolute_form(&mut request);
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(PooledBody::unpooled)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(Error::request(e.into_error())),
-                },
+        // HTTP/2 first: a free stream, else the dial in flight, else this request dials.
+        let mut dialing = None;
+        while shared.speaks_h2() {
+            let checkout = shared.lock().h2.checkout();
+            match checkout {
+                h2::Checkout::Stream(stream) => {
+                    shared.absolute_form(&mut request);
+                    match stream.sender().try_send_request(request).await {
+                        Ok(response) => return Ok(response.map(|b| PooledBody::h2(b, stream))),
+                        // The connection is closing: nothing of the request went out.
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) => {
+                                request = unsent;
+                                shared.lock().h2.forget(&stream);
+                            }
+                            None => return Err(Error::request(e.into_error())),
+                        },
+                    }
+                }
+                h2::Checkout::Wait(other) => {
+                    if let Some(failed) = other.wait().await {
+                        return Err(failed);
+                    }
+                }
+                h2::Checkout::Dial(mine) => {
+                    dialing = Some(DialTicket {
+                        shared: shared.clone(),
+                        dialing: mine,
+                    });
+                    break;
+                }
             }
         }
+        // Pooled HTTP/1.1 connections. One the upstream closed while it idled refuses the
+        // request before sending any of it, and gives it back for the next.
         while let Some(mut sender) = shared.checkout_http1() {
             shared.origin_form(&mut request);
             match sender.try_send_request(request).await {
@@ -235,19 +293,34 @@ impl Pool {
         }
         // Boxed: dialing is rare, and inline its state would grow every request's future, which
         // hyper keeps allocated for each idle client connection.
-        match Box::pin(shared.dial(true)).await? {
+        let dialed = Box::pin(shared.dial(true)).await;
+        if let (Err(e), Some(ticket)) = (&dialed, &dialing) {
+            ticket.dialing.finish(Some(e.clone()));
+        }
+        match dialed? {
             Dialed::Http1(mut sender) => {
+                drop(dialing);
                 shared.origin_form(&mut request);
                 match sender.send_request(request).await {
                     Ok(response) => Ok(shared.http1_response(sender, response)),
                     Err(e) => Err(Error::request(e)),
                 }
             }
-            Dialed::H2(mut sender) => {
-                shared.share_h2(&sender);
+            Dialed::H2(conn) => {
+                let stream = shared.share_h2(conn);
+                // The requests that waited for this dial look again once the connection knows
+                // how many streams the upstream allows.
+                if let Some(ticket) = dialing {
+                    let settings = stream.settings();
+                    let bound = shared.settings.timeouts.connect();
+                    tokio::spawn(async move {
+                        settings.heard(bound).await;
+                        drop(ticket);
+                    });
+                }
                 shared.absolute_form(&mut request);
-                match sender.send_request(request).await {
-                    Ok(response) => Ok(response.map(PooledBody::unpooled)),
+                match stream.sender().send_request(request).await {
+                    Ok(response) => Ok(response.map(|b| PooledBody::h2(b, stream))),
                     Err(e) => Err(Error::request(e)),
                 }
             }
@@ -271,9 +344,9 @@ impl Pool {
                 .ok()?;
             let response = match shared.dial(false).await.ok()? {
                 Dialed::Http1(mut sender) => sender.send_request(request).await.ok()?,
-                Dialed::H2(mut sender) => {
+                Dialed::H2(conn) => {
                     shared.absolute_form(&mut request);
-                    sender.send_request(request).await.ok()?
+                    conn.sender.clone().send_request(request).await.ok()?
                 }
             };
             let status = response.status();
@@ -290,6 +363,12 @@ impl Pool {
     fn idle_count(&self) -> usize {
         self.shared.lock().http1.len()
     }
+
+    /// The streams open on each HTTP/2 connection, oldest first.
+    #[cfg(test)]
+    fn h2_streams(&self) -> Vec<usize> {
+        self.shared.lock().h2.open_streams()
+    }
 }
 
 impl Drop for Pool {
@@ -297,7 +376,21 @@ impl Drop for Pool {
         let mut idle = self.shared.lock();
         idle.closed = true;
         idle.http1.clear();
-        idle.h2 = None;
+        idle.h2.clear();
+    }
+}
+
+/// This request dials the connection others wait for; whatever happens to it (a connection, an
+/// error, the request cancelled), they are woken when it drops.
+struct DialTicket {
+    shared: Arc<Shared>,
+    dialing: Arc<h2::Dialing>,
+}
+
+impl Drop for DialTicket {
+    fn drop(&mut self) {
+        self.shared.lock().h2.dialed(&self.dialing);
+        self.dialing.finish(None);
     }
 }
 
@@ -306,20 +399,35 @@ impl Shared {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The shared HTTP/2 connection, while it is open.
-    fn shared_h2(&self) -> Option<http2::SendRequest<UpstreamBody>> {
-        if self.settings.protocol == Protocol::Http1 {
-            return None;
+    /// Whether requests look for an HTTP/2 stream first: h2 and h2c pools, and `auto` pools
+    /// whose upstream picked h2.
+    fn speaks_h2(&self) -> bool {
+        match self.settings.protocol {
+            Protocol::H2 | Protocol::H2c => true,
+            Protocol::Http1 => false,
+            Protocol::Auto => self.learned_h2.load(Ordering::Relaxed),
         }
-        let idle = self.lock();
-        idle.h2.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    /// Shares a new HTTP/2 connection, unless another open one is shared already.
-    fn share_h2(&self, sender: &http2::SendRequest<UpstreamBody>) {
+    /// A new HTTP/2 connection joins the pool (unless the pool is gone), with the first stream
+    /// on it for the request that dialed it.
+    fn share_h2(self: &Arc<Self>, conn: h2::Conn) -> h2::Stream {
+        self.learned_h2.store(true, Ordering::Relaxed);
         let mut idle = self.lock();
-        if !idle.closed && idle.h2.as_ref().is_none_or(|s| s.is_closed()) {
-            idle.h2 = Some(sender.clone());
+        if idle.closed {
+            return h2::Conns::default().add(conn);
+        }
+        let stream = idle.h2.add(conn);
+        if idle.h2.len() > 1 {
+            self.start_reaper(&mut idle);
+        }
+        stream
+    }
+
+    fn start_reaper(self: &Arc<Self>, idle: &mut Idle) {
+        if !idle.reaping {
+            idle.reaping = true;
+            tokio::spawn(reap(Arc::downgrade(self)));
         }
     }
 
@@ -349,6 +457,7 @@ impl Shared {
         let mut body = PooledBody {
             inner: body,
             giveback,
+            stream: None,
         };
         if body.inner.is_end_stream() {
             body.give_back();
@@ -362,10 +471,7 @@ impl Shared {
             return;
         }
         idle.http1.push((sender, Instant::now()));
-        if !idle.reaping {
-            idle.reaping = true;
-            tokio::spawn(reap(Arc::downgrade(self)));
-        }
+        self.start_reaper(&mut idle);
     }
 
     /// HTTP/2 carries the target as :scheme and :authority: the authority the client asked
@@ -423,6 +529,7 @@ impl Shared {
         .await
         .map_err(|_| Error::connect(DialError::Timeout(timeout)))?
         .map_err(Error::connect)?;
+        keep_alive(&stream);
         let io = Counted::new(stream, permit);
         let h2 = match self.settings.protocol {
             Protocol::H2 | Protocol::H2c => true,
@@ -430,8 +537,16 @@ impl Shared {
             Protocol::Auto => alpn == Some(Negotiated::H2),
         };
         if h2 {
+            let (interval, ping_timeout) = self.settings.timeouts.h2_ping();
+            let (io, settings) = h2::FirstRead::new(io);
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                // Only while requests wait on it: an idle connection's liveness is TCP
+                // keepalive's business, and a server enforcing a PING policy (grpc-go) would
+                // close a connection PINGed while idle.
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(ping_timeout)
+                .keep_alive_while_idle(false)
                 .handshake(io)
                 .await
                 .map_err(|e| Error::connect(DialError::Handshake(e)))?;
@@ -440,7 +555,7 @@ impl Shared {
                     tracing::debug!(error = %e, "upstream connection ended");
                 }
             });
-            Ok(Dialed::H2(sender))
+            Ok(Dialed::H2(h2::Conn::new(sender, settings)))
         } else {
             let (sender, connection) = http1::Builder::new()
                 .handshake(io)
@@ -467,10 +582,15 @@ async fn reap(pool: Weak<Shared>) {
             let now = Instant::now();
             idle.http1
                 .retain(|(sender, since)| !sender.is_closed() && now - *since < timeout);
-            match idle.http1.first() {
-                // The oldest is the first to expire.
-                Some((_, since)) => *since + timeout,
-                None => {
+            // The oldest is the first to expire.
+            let http1 = idle.http1.first().map(|(_, since)| *since + timeout);
+            let h2 = idle
+                .h2
+                .reap(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+            match (http1, h2) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(next), None) | (None, Some(next)) => next,
+                (None, None) => {
                     idle.reaping = false;
                     return;
                 }
@@ -497,13 +617,17 @@ struct GiveBack {
 pub struct PooledBody {
     inner: Incoming,
     giveback: Option<GiveBack>,
+    /// An HTTP/2 response's stream, counted on its connection until the body ends.
+    stream: Option<h2::Stream>,
 }
 
 impl PooledBody {
-    fn unpooled(inner: Incoming) -> PooledBody {
+    fn h2(inner: Incoming, stream: h2::Stream) -> PooledBody {
+        let stream = (!inner.is_end_stream()).then_some(stream);
         PooledBody {
             inner,
             giveback: None,
+            stream,
         }
     }
 
@@ -535,11 +659,13 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
+            Poll::Pending => return polled,
+            Poll::Ready(Some(Ok(_))) if !self.inner.is_end_stream() => return polled,
+            Poll::Ready(None) | Poll::Ready(Some(Ok(_))) => self.give_back(),
             Poll::Ready(Some(Err(_))) => self.giveback = None,
-            _ => {}
         }
+        // Ended (or failed): its HTTP/2 stream is free for another request.
+        self.stream = None;
         polled
     }
 
@@ -551,6 +677,32 @@ impl Body for PooledBody {
         self.inner.size_hint()
     }
 }
+
+/// TCP keepalive and `TCP_USER_TIMEOUT` on an upstream socket: a peer that vanished without a
+/// FIN is found after 30 s idle and three unanswered probes 10 s apart, and data it never
+/// acknowledges fails the connection after 30 s instead of about 15 minutes of retransmissions.
+fn keep_alive(stream: &connect::Stream) {
+    let tcp = match stream {
+        connect::Stream::Tcp(tcp) => tcp,
+        connect::Stream::Tls(tls) => tls.get_ref().0,
+    };
+    let socket = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(UPSTREAM_KEEPALIVE_IDLE)
+        .with_interval(UPSTREAM_KEEPALIVE_PROBE_INTERVAL)
+        .with_retries(UPSTREAM_KEEPALIVE_PROBES);
+    if let Err(e) = socket
+        .set_tcp_keepalive(&keepalive)
+        .and_then(|()| socket.set_tcp_user_timeout(Some(UPSTREAM_USER_TIMEOUT)))
+    {
+        tracing::debug!(error = %e, "cannot set TCP keepalive on an upstream connection");
+    }
+}
+
+const UPSTREAM_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const UPSTREAM_KEEPALIVE_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+const UPSTREAM_KEEPALIVE_PROBES: u32 = 3;
+const UPSTREAM_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests;

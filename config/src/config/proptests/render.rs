@@ -268,6 +268,14 @@ fn proxy(p: &ProxyConfig) -> Value {
         duration(p.upstream_idle_timeout),
     );
     t.insert(
+        "upstream_h2_ping_interval".into(),
+        duration(p.upstream_h2_ping_interval),
+    );
+    t.insert(
+        "upstream_h2_ping_timeout".into(),
+        duration(p.upstream_h2_ping_timeout),
+    );
+    t.insert(
         "max_request_header_bytes".into(),
         size(p.max_request_header_bytes),
     );

@@ -174,6 +174,18 @@ pub(super) fn proxy(file: &FileConfig, p: &mut Problems) -> ProxyConfig {
             at.key("upstream_idle_timeout"),
             p,
         ),
+        upstream_h2_ping_interval: timeout_or(
+            &file.proxy.upstream_h2_ping_interval,
+            DEFAULT_UPSTREAM_H2_PING_INTERVAL,
+            at.key("upstream_h2_ping_interval"),
+            p,
+        ),
+        upstream_h2_ping_timeout: timeout_or(
+            &file.proxy.upstream_h2_ping_timeout,
+            DEFAULT_UPSTREAM_H2_PING_TIMEOUT,
+            at.key("upstream_h2_ping_timeout"),
+            p,
+        ),
         max_request_header_bytes,
         admin_address,
         listeners,

@@ -198,3 +198,74 @@ async fn an_upstream_that_refuses_connections_is_a_connect_error() {
         .unwrap_err();
     assert!(e.is_connect(), "{e:?}");
 }
+
+/// An h2c upstream allowing one stream per connection; each request is answered when
+/// `release` says so. Counts its connections.
+async fn h2c_upstream(
+    release: tokio::sync::watch::Receiver<bool>,
+) -> (Authority, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let release = release.clone();
+            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                let mut release = release.clone();
+                async move {
+                    let _ = release.wait_for(|r| *r).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"ok")),
+                    ))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(1)
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+            );
+        }
+    });
+    (authority, accepted)
+}
+
+#[tokio::test]
+async fn full_h2_connections_get_company_and_the_extra_ones_close_when_idle() {
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (authority, accepted) = h2c_upstream(released).await;
+    let pool = Arc::new(Pool::new(
+        Scheme::HTTP,
+        authority,
+        Settings {
+            timeouts: Arc::new(Timeouts::new(
+                Duration::from_secs(5),
+                Duration::from_millis(200),
+            )),
+            max_idle: 4,
+            protocol: Protocol::H2c,
+            tls: None,
+        },
+        Arc::new(Breaker::new(UpstreamLimits::default())),
+    ));
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let pool = pool.clone();
+        requests.spawn(async move { get(&pool).await.unwrap() });
+    }
+    eventually("three connections, one stream each", || {
+        pool.h2_streams() == [1, 1, 1]
+    })
+    .await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    release.send(true).unwrap();
+    while let Some(body) = requests.join_next().await {
+        assert_eq!(body.unwrap(), "ok");
+    }
+    // The streams end with their bodies; the two extra connections idle out, the oldest stays.
+    eventually("the extra connections to close", || pool.h2_streams() == [0]).await;
+    assert_eq!(get(&pool).await.unwrap(), "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "the oldest was reused");
+}
