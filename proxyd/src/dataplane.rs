@@ -18,6 +18,7 @@ use crate::admin::AdminState;
 use crate::convert::{ADMIN_LISTENER_NAME, SiteSpec, Spec, StaticSpec};
 use crate::http::Proxy;
 use crate::limits::LimiterStore;
+pub use crate::listeners::{Bound, ListenerError};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::upstreams::UpstreamStore;
@@ -39,21 +40,8 @@ pub enum ApplyError {
     },
     #[error("upstream host names did not resolve within {timeout:?}")]
     ResolveTimeout { timeout: Duration },
-    #[error("binding listener {name:?} on {address}: {source}")]
-    Bind {
-        name: String,
-        address: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("setting up TLS for the TLS listeners: {0}")]
-    Tls(#[from] rustls::Error),
-}
-
-/// A listener as bound, with its real address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bound {
-    pub name: String,
-    pub address: SocketAddr,
+    #[error(transparent)]
+    Listeners(#[from] ListenerError),
 }
 
 /// The data plane's state across snapshots.
@@ -509,7 +497,7 @@ impl DataPlane {
                 &crate::listeners::names(&statics.listeners),
             )?,
         };
-        let local = socket.local_addr().map_err(|source| ApplyError::Bind {
+        let local = socket.local_addr().map_err(|source| ListenerError::Bind {
             name: ADMIN_LISTENER_NAME.to_owned(),
             address,
             source,

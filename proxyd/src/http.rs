@@ -2,6 +2,7 @@
 //! https://), rate limit, body limit, forward to the site's upstream within its circuit breakers,
 //! and tell the client's faults from the upstream's.
 
+mod activity;
 mod body;
 mod error;
 mod headers;
@@ -22,17 +23,18 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
+pub use activity::{ActiveRequest, Activity};
 pub use error::ProxyError;
 
 use crate::convert::Answer;
+use crate::gate::Permit;
 use crate::metrics::Metrics;
 use crate::runtime::{Action, Runtime, Site};
-use crate::server::{Activity, Permit};
 use crate::tls::Session;
 use crate::upstreams::{circuit_open, empty_body};
 use body::{ClientBodyError, Side, Upload, Watched, client_body_fault};
 
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub use crate::upstreams::BoxError;
 pub type ResponseBody = BoxBody<Bytes, BoxError>;
 
 /// What the request path decided, for the access log and metrics, whether it ended in a
@@ -48,7 +50,7 @@ struct Outcome<'r> {
 
 /// What a request holds until its response body ends: its place in `proxy_requests_in_flight`
 /// and on its connection (whose idle timeout waits for it).
-pub type RequestGuards = (crate::metrics::InFlight, crate::server::ActiveRequest);
+pub type RequestGuards = (crate::metrics::InFlight, ActiveRequest);
 
 /// Paths that ACME HTTP-01 validation requests use: answered from the runtime's pending
 /// challenges, never redirected to https://.
@@ -164,7 +166,9 @@ impl Proxy {
         let mut response = match forwarded {
             Ok(r) => r,
             Err(e) => {
-                self.metrics.request_failed(site_name, &e);
+                if let Some(failure) = e.counted() {
+                    self.metrics.request_failed(site_name, failure);
+                }
                 match &e {
                     ProxyError::UpstreamUnreachable { .. }
                     | ProxyError::UpstreamFailed { .. }

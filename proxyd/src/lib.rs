@@ -7,6 +7,7 @@ mod admin;
 mod control;
 pub mod convert;
 mod dataplane;
+mod gate;
 mod handover;
 mod http;
 mod limits;

@@ -21,12 +21,31 @@ use tokio_util::task::TaskTracker;
 
 use crate::activation::Activation;
 use crate::convert::{ListenerSpec, StaticSpec};
-use crate::dataplane::{ApplyError, Bound};
 use crate::http::Proxy;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::server::{Gate, Settings};
 use crate::tls::Terminator;
+
+/// Why the listeners of a snapshot could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("binding listener {name:?} on {address}: {source}")]
+    Bind {
+        name: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("setting up TLS for the TLS listeners: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A listener as bound, with its real address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    pub name: String,
+    pub address: SocketAddr,
+}
 
 /// A listener serving now.
 struct Running {
@@ -129,7 +148,7 @@ impl Listeners {
         inherited: &mut Vec<(String, SocketAddr, std::net::TcpListener)>,
         activation: &Activation,
         runtime: &Arc<ArcSwap<Runtime>>,
-    ) -> Result<Plan, ApplyError> {
+    ) -> Result<Plan, ListenerError> {
         if specs.iter().any(|l| l.tls) {
             let mut tls = self.tls.lock().unwrap_or_else(|e| e.into_inner());
             if tls.is_none() {
@@ -147,7 +166,7 @@ impl Listeners {
                 Some(r) if r.address == *address && r.tls == *tls => continue,
                 // Only `tls` changed: the same socket, served anew.
                 Some(r) if r.address == *address => {
-                    let dup = r.socket.try_clone().map_err(|source| ApplyError::Bind {
+                    let dup = r.socket.try_clone().map_err(|source| ListenerError::Bind {
                         name: name.clone(),
                         address: *address,
                         source,
@@ -167,7 +186,7 @@ impl Listeners {
                         Some(socket) => socket,
                         None => socket_for(name, *address, activation, &names)?,
                     };
-                    let local = socket.local_addr().map_err(|source| ApplyError::Bind {
+                    let local = socket.local_addr().map_err(|source| ListenerError::Bind {
                         name: name.clone(),
                         address: *address,
                         source,
@@ -277,9 +296,9 @@ pub fn socket_for(
     address: SocketAddr,
     activation: &Activation,
     names: &[&str],
-) -> Result<std::net::TcpListener, ApplyError> {
+) -> Result<std::net::TcpListener, ListenerError> {
     match activation.socket_for(name, address, names) {
-        Some(passed) => passed.map_err(|source| ApplyError::Bind {
+        Some(passed) => passed.map_err(|source| ListenerError::Bind {
             name: name.to_owned(),
             address,
             source,
@@ -291,7 +310,7 @@ pub fn socket_for(
 /// A socket on `address`, listening with the kernel's largest accept queue (`somaxconn`), as
 /// HAProxy does: std's `TcpListener::bind` asks for 128, and a burst of connections (clients
 /// reconnecting after a restart) then loses SYNs. nginx asks for 511.
-fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListener, ApplyError> {
+fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListener, ListenerError> {
     use socket2::{Domain, Socket, Type};
     let bound = (|| {
         let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
@@ -301,7 +320,7 @@ fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListener, ApplyE
         socket.listen(listen_backlog())?;
         Ok(std::net::TcpListener::from(socket))
     })();
-    bound.map_err(|source| ApplyError::Bind {
+    bound.map_err(|source| ListenerError::Bind {
         name: name.to_owned(),
         address,
         source,
@@ -331,8 +350,8 @@ pub fn adopt(
     name: &str,
     address: SocketAddr,
     socket: std::net::TcpListener,
-) -> Result<(tokio::net::TcpListener, std::net::TcpListener), ApplyError> {
-    let err = |source| ApplyError::Bind {
+) -> Result<(tokio::net::TcpListener, std::net::TcpListener), ListenerError> {
+    let err = |source| ListenerError::Bind {
         name: name.to_owned(),
         address,
         source,

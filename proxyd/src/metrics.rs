@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,7 +15,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::http::{ProxyError, ResponseBody};
+/// Why proxyd answered a request itself, for the failures that have a counter of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    RateLimited,
+    BodyTooLarge,
+    /// An upstream failed the request: `unreachable`, `failed` or `timeout`.
+    Upstream(&'static str),
+}
 
 /// The `site` label of a request no site matched (unknown or invalid host). Labels carry
 /// configured site names only, never the raw Host header, so their number stays bounded.
@@ -378,24 +386,20 @@ impl SiteMetrics {
 
 impl Metrics {
     /// Counts why proxyd answered a request itself, for the errors that have their own counter.
-    pub fn request_failed(&self, site: Option<&str>, error: &ProxyError) {
+    pub fn request_failed(&self, site: Option<&str>, failure: Failure) {
         let site = site.unwrap_or(NO_SITE).to_owned();
-        let kind = match error {
-            ProxyError::RateLimited { .. } => {
+        let kind = match failure {
+            Failure::RateLimited => {
                 self.rate_limited.get_or_create(&SiteLabels { site }).inc();
                 return;
             }
-            ProxyError::PayloadTooLarge { .. } => {
+            Failure::BodyTooLarge => {
                 self.body_too_large
                     .get_or_create(&SiteLabels { site })
                     .inc();
                 return;
             }
-            ProxyError::UpstreamUnreachable { .. } => "unreachable",
-            ProxyError::UpstreamFailed { .. } => "failed",
-            ProxyError::UpstreamTimeout { .. } => "timeout",
-            // Counted by `proxy_requests_total` alone.
-            _ => return,
+            Failure::Upstream(kind) => kind,
         };
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels { site, kind })
@@ -541,10 +545,14 @@ pub struct InFlight(Gauge);
 
 /// Keeps `guard` alive until the response body has been sent or dropped, rather than only until
 /// the response head is ready.
-pub fn until_body_ends<G: Send + Sync + 'static>(
+pub fn until_body_ends<G, B>(
     guard: G,
-    response: Response<ResponseBody>,
-) -> Response<ResponseBody> {
+    response: Response<B>,
+) -> Response<BoxBody<B::Data, B::Error>>
+where
+    G: Send + Sync + 'static,
+    B: hyper::body::Body + Send + Sync + 'static,
+{
     // The closure owns the guard: it is dropped with the body, which hyper does once the
     // last frame is written or the connection goes away.
     response.map(|body| {

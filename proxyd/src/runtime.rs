@@ -352,6 +352,20 @@ impl Runtime {
     }
 }
 
+/// The terminator's certificates: those of the runtime serving now, one lock-free load per
+/// handshake.
+impl crate::tls::Certificates for arc_swap::ArcSwap<Runtime> {
+    fn site(&self, server_name: Option<&str>) -> Option<(String, Arc<rustls::sign::CertifiedKey>)> {
+        let runtime = self.load();
+        let site = runtime.tls_site(server_name)?;
+        Some((site.name.clone(), site.certificate.clone()?))
+    }
+
+    fn alpn_challenge(&self, server_name: Option<&str>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.load().alpn_challenge(server_name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

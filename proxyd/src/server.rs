@@ -11,7 +11,6 @@
 //! the idle timeout below; a client that stops reading, the send timeout ([`io`]); a dead peer,
 //! TCP keepalive.
 
-mod gate;
 mod io;
 
 use std::convert::Infallible;
@@ -19,22 +18,20 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use gate::Permit;
+pub use crate::gate::Permit;
 
 use arc_swap::ArcSwap;
 
 use crate::convert::{ConnectionLimits, StaticSpec};
-use crate::http::{ClientConn, Proxy};
+use crate::http::{Activity, ClientConn, Proxy};
 use crate::tls::Terminator;
 
 /// The next connection, with `TCP_NODELAY` set; `None` once `shutdown` is cancelled.
@@ -140,7 +137,7 @@ pub async fn serve(
     hard_stop.cancel();
 }
 
-pub use gate::Gate;
+pub use crate::gate::Gate;
 
 fn set_keepalive(socket: socket2::SockRef<'_>, idle: Duration, name: &str) {
     let keepalive = socket2::TcpKeepalive::new()
@@ -252,64 +249,6 @@ where
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         hyper::server::conn::http2::Connection::graceful_shutdown(self);
-    }
-}
-
-/// Requests in progress on one client connection, and since when it has had none: the HTTP/2
-/// idle timeout reads it.
-#[derive(Debug)]
-pub struct Activity {
-    active: AtomicUsize,
-    /// Milliseconds since `start` when the last request ended.
-    idle_since_ms: AtomicU64,
-    start: Instant,
-}
-
-/// Holds one request in [`Activity`] until dropped (with the response body).
-#[derive(Debug)]
-pub struct ActiveRequest(Arc<Activity>);
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            active: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(0),
-            start: Instant::now(),
-        }
-    }
-
-    pub fn request_started(self: &Arc<Self>) -> ActiveRequest {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        ActiveRequest(self.clone())
-    }
-
-    /// How long the connection has been without a request; `None` while one is in progress.
-    fn idle_for(&self) -> Option<Duration> {
-        if self.active.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        Some(self.start.elapsed().saturating_sub(since))
-    }
-
-    /// Resolves once the connection has been idle for `timeout`.
-    async fn idle(&self, timeout: Duration) {
-        loop {
-            let wait = match self.idle_for() {
-                Some(idle) if idle >= timeout => return,
-                Some(idle) => timeout - idle,
-                None => timeout,
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        let now = u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.idle_since_ms.store(now, Ordering::Release);
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -432,18 +371,5 @@ mod tests {
         let sock = socket2::SockRef::from(&accepted);
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
-    }
-
-    #[tokio::test]
-    async fn idle_counts_from_the_end_of_the_last_request() {
-        let activity = Arc::new(Activity::new());
-        let request = activity.request_started();
-        assert!(activity.idle_for().is_none());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        drop(request);
-        assert!(activity.idle_for().unwrap() < Duration::from_millis(200));
-        let started = Instant::now();
-        activity.idle(Duration::from_millis(300)).await;
-        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 }

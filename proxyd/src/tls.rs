@@ -1,6 +1,7 @@
 //! TLS termination for listeners with `tls = true`: one rustls `ServerConfig` (ring provider,
-//! TLS 1.2 and 1.3, ALPN h2 and http/1.1) whose certificate resolver reads the *current* runtime,
-//! and the handshake of each connection under one deadline.
+//! TLS 1.2 and 1.3, ALPN h2 and http/1.1) whose certificate resolver asks [`Certificates`] (the
+//! runtime serving now) on every handshake, and the handshake of each connection under one
+//! deadline. Nothing here knows routing: the runtime implements [`Certificates`].
 //!
 //! The certificate is looked up on every handshake, so a reload that brings a new certificate
 //! applies to the next handshake at once, while connections already established keep the one
@@ -13,7 +14,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -22,7 +22,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{LazyConfigAcceptor, StartHandshake};
 
-use crate::runtime::Runtime;
+/// Where the terminator finds certificates, asked on every handshake.
+pub trait Certificates: std::fmt::Debug + Send + Sync + 'static {
+    /// The site whose certificate answers for `server_name` (SNI), and that certificate.
+    fn site(&self, server_name: Option<&str>) -> Option<(String, Arc<CertifiedKey>)>;
+    /// The certificate of a pending ACME TLS-ALPN-01 challenge for `server_name`.
+    fn alpn_challenge(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>>;
+}
 
 /// A fatal `unrecognized_name` alert (RFC 6066 §3) as a plaintext record: nothing has been
 /// negotiated yet when proxyd finds it has no certificate for the name asked.
@@ -60,27 +66,25 @@ pub struct Session {
 /// Terminates TLS for every TLS listener of this proxyd.
 pub struct Terminator {
     config: Arc<ServerConfig>,
-    runtime: Arc<ArcSwap<Runtime>>,
+    certificates: Arc<dyn Certificates>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl Terminator {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Result<Terminator, rustls::Error> {
+    pub fn new(certificates: Arc<dyn Certificates>) -> Result<Terminator, rustls::Error> {
         // The provider is passed explicitly: no process-wide default to install or race on.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(CurrentCertificates {
-                runtime: runtime.clone(),
-            }));
+            .with_cert_resolver(Arc::new(CurrentCertificates(certificates.clone())));
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         // The server's order (rustls': AES-GCM first, then ChaCha20), as TLS scanners and most
         // hardening guides expect; every suite offered is a forward-secret AEAD either way.
         config.ignore_client_order = true;
         Ok(Terminator {
             config: Arc::new(config),
-            runtime,
+            certificates,
             provider,
         })
     }
@@ -115,10 +119,9 @@ impl Terminator {
             return self.answer_challenge(start, server_name).await;
         }
         let site = self
-            .runtime
-            .load()
-            .tls_site(server_name.as_deref())
-            .map(|site| site.name.clone());
+            .certificates
+            .site(server_name.as_deref())
+            .map(|(site, _)| site);
         let Some(site) = site else {
             refuse(start).await;
             return Err(HandshakeError::UnknownServerName(server_name));
@@ -137,7 +140,7 @@ impl Terminator {
         start: StartHandshake<TcpStream>,
         server_name: Option<String>,
     ) -> Result<(TlsStream<TcpStream>, Session), HandshakeError> {
-        let Some(key) = self.runtime.load().alpn_challenge(server_name.as_deref()) else {
+        let Some(key) = self.certificates.alpn_challenge(server_name.as_deref()) else {
             refuse(start).await;
             return Err(HandshakeError::UnknownServerName(server_name));
         };
@@ -174,17 +177,12 @@ async fn refuse(start: StartHandshake<TcpStream>) {
     let _ = io.shutdown().await;
 }
 
-/// The certificate resolver: one lock-free load of the current runtime per handshake.
+/// The certificate resolver: the certificates in force at the handshake.
 #[derive(Debug)]
-struct CurrentCertificates {
-    runtime: Arc<ArcSwap<Runtime>>,
-}
+struct CurrentCertificates(Arc<dyn Certificates>);
 
 impl ResolvesServerCert for CurrentCertificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.runtime
-            .load()
-            .tls_site(hello.server_name())
-            .and_then(|site| site.certificate.clone())
+        self.0.site(hello.server_name()).map(|(_, key)| key)
     }
 }

@@ -32,8 +32,11 @@ use pool::Pool;
 /// connected to.
 pub type UpstreamKey = (String, UpstreamLimits, ConnectionKey);
 
+/// The error of a body in flight (a client's, an upstream's).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body type proxyd sends upstream.
-pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, crate::http::BoxError>;
+pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// An empty request body.
 pub fn empty_body() -> UpstreamBody {

@@ -326,9 +326,7 @@ impl H2Backend {
                     async move {
                         let _ = released.wait_for(|r| *r).await;
                         in_progress.fetch_sub(1, Ordering::SeqCst);
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                            b"held",
-                        ))))
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"held"))))
                     }
                 });
                 tokio::spawn(

@@ -67,6 +67,20 @@ impl ProxyError {
         }
     }
 
+    /// The failure's own counter, when it has one (the rest are counted by
+    /// `proxy_requests_total` alone).
+    pub fn counted(&self) -> Option<crate::metrics::Failure> {
+        use crate::metrics::Failure;
+        Some(match self {
+            ProxyError::RateLimited { .. } => Failure::RateLimited,
+            ProxyError::PayloadTooLarge { .. } => Failure::BodyTooLarge,
+            ProxyError::UpstreamUnreachable { .. } => Failure::Upstream("unreachable"),
+            ProxyError::UpstreamFailed { .. } => Failure::Upstream("failed"),
+            ProxyError::UpstreamTimeout { .. } => Failure::Upstream("timeout"),
+            _ => return None,
+        })
+    }
+
     /// The gRPC status code that says the same to a gRPC client.
     pub fn grpc_status(&self) -> u8 {
         const INTERNAL: u8 = 13;

@@ -13,8 +13,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::gate::Permit;
 use crate::metrics::Metrics;
-use crate::server::Permit;
 
 /// Copies until either side closes or the tunnel has been idle for `idle_timeout`.
 pub async fn run(

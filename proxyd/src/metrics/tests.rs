@@ -27,14 +27,7 @@ fn requests_are_counted_by_site_and_class_with_no_site_as_dash() {
     m.request_finished(Some("a.example"), StatusCode::OK, ms);
     m.request_finished(Some("a.example"), StatusCode::CREATED, ms);
     m.request_finished(None, StatusCode::NOT_FOUND, ms);
-    m.request_failed(
-        Some("a.example"),
-        &ProxyError::UpstreamTimeout {
-            upstream: "u".into(),
-            timeout: ms,
-        },
-    );
-    m.request_failed(None, &ProxyError::UnknownHost);
+    m.request_failed(Some("a.example"), Failure::Upstream("timeout"));
     let text = m.encode().unwrap();
     let get = |series: &str| sample(&text, series);
     assert_eq!(
@@ -63,20 +56,9 @@ fn a_forgotten_site_loses_every_series_and_others_keep_theirs() {
     for site in ["gone.example", "kept.example"] {
         m.request_finished(Some(site), StatusCode::OK, Duration::ZERO);
         m.request_finished(Some(site), StatusCode::BAD_GATEWAY, Duration::ZERO);
-        m.request_failed(
-            Some(site),
-            &ProxyError::RateLimited {
-                retry_after: Duration::ZERO,
-            },
-        );
-        m.request_failed(Some(site), &ProxyError::PayloadTooLarge { limit: 1 });
-        m.request_failed(
-            Some(site),
-            &ProxyError::UpstreamFailed {
-                upstream: "u".into(),
-                reason: "r".into(),
-            },
-        );
+        m.request_failed(Some(site), Failure::RateLimited);
+        m.request_failed(Some(site), Failure::BodyTooLarge);
+        m.request_failed(Some(site), Failure::Upstream("failed"));
     }
     m.forget_site("gone.example");
     let text = m.encode().unwrap();
@@ -127,7 +109,9 @@ async fn in_flight_lasts_until_the_body_is_done() {
     assert_eq!(m.in_flight.get(), 1);
     let response = until_body_ends(
         guard,
-        ProxyError::UnknownHost.into_response(&http::HeaderValue::from_static("id")),
+        Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"not found",
+        ))),
     );
     assert_eq!(
         m.in_flight.get(),

@@ -95,7 +95,8 @@ impl Timeouts {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         self.h2_ping_interval_ms
             .store(ms(interval), Ordering::Relaxed);
-        self.h2_ping_timeout_ms.store(ms(timeout), Ordering::Relaxed);
+        self.h2_ping_timeout_ms
+            .store(ms(timeout), Ordering::Relaxed);
     }
 
     fn h2_ping(&self) -> (Duration, Duration) {

@@ -14,8 +14,8 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -297,7 +297,8 @@ impl<T> FirstRead<T> {
 /// (`Some(None)` when it is no SETTINGS frame, or states none).
 fn parse_settings(bytes: &[u8]) -> Option<Option<usize>> {
     let header = bytes.get(..9)?;
-    let length = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let length =
+        usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
     if header[3] != FRAME_SETTINGS {
         return Some(None);
     }
@@ -383,7 +384,17 @@ mod tests {
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         let len = payload.len();
-        let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, 0, 0, 0, 0, 0];
+        let mut frame = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
         frame.extend_from_slice(payload);
         frame
     }
@@ -395,7 +406,15 @@ mod tests {
         assert_eq!(parse_settings(&settings[..8]), None);
         assert_eq!(parse_settings(&settings[..15]), None);
         assert_eq!(parse_settings(&settings), Some(Some(2)));
-        assert_eq!(parse_settings(&frame(4, &[])), Some(None), "no limit stated");
-        assert_eq!(parse_settings(&frame(6, &[0; 8])), Some(None), "no SETTINGS");
+        assert_eq!(
+            parse_settings(&frame(4, &[])),
+            Some(None),
+            "no limit stated"
+        );
+        assert_eq!(
+            parse_settings(&frame(6, &[0; 8])),
+            Some(None),
+            "no SETTINGS"
+        );
     }
 }

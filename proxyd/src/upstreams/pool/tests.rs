@@ -217,9 +217,9 @@ async fn h2c_upstream(
                 let mut release = release.clone();
                 async move {
                     let _ = release.wait_for(|r| *r).await;
-                    Ok::<_, std::convert::Infallible>(Response::new(
-                        http_body_util::Full::new(Bytes::from_static(b"ok")),
-                    ))
+                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                        Bytes::from_static(b"ok"),
+                    )))
                 }
             });
             tokio::spawn(
@@ -265,7 +265,10 @@ async fn full_h2_connections_get_company_and_the_extra_ones_close_when_idle() {
         assert_eq!(body.unwrap(), "ok");
     }
     // The streams end with their bodies; the two extra connections idle out, the oldest stays.
-    eventually("the extra connections to close", || pool.h2_streams() == [0]).await;
+    eventually("the extra connections to close", || {
+        pool.h2_streams() == [0]
+    })
+    .await;
     assert_eq!(get(&pool).await.unwrap(), "ok");
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "the oldest was reused");
 }
