@@ -409,6 +409,14 @@ fn proxy_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
             "proxy.upstream_body_timeout",
             human(s.proxy.limits.upstream_body_timeout),
         ),
+        (
+            "proxy.request_body_min_rate",
+            format!("{} B/s", s.proxy.limits.request_body_min_rate),
+        ),
+        (
+            "proxy.response_min_rate",
+            format!("{} B/s", s.proxy.limits.response_min_rate),
+        ),
     ]
 }
 

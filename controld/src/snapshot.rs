@@ -339,6 +339,15 @@ fn connection_limits(l: &ConnectionLimits) -> pb::ConnectionLimits {
         request_body_timeout_ms: millis(l.request_body_timeout),
         response_send_timeout_ms: millis(l.response_send_timeout),
         upstream_body_timeout_ms: millis(l.upstream_body_timeout),
+        // u64::MAX on the wire: no minimum (0 would mean proxyd's default).
+        request_body_min_rate: match l.request_body_min_rate {
+            0 => u64::MAX,
+            n => n,
+        },
+        response_min_rate: match l.response_min_rate {
+            0 => u64::MAX,
+            n => n,
+        },
     }
 }
 

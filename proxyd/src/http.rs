@@ -5,6 +5,7 @@
 mod activity;
 mod body;
 mod error;
+mod forward;
 mod headers;
 mod path;
 mod respond;
@@ -20,7 +21,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, Uri, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 pub use activity::{ActiveRequest, Activity};
@@ -29,10 +29,9 @@ pub use error::ProxyError;
 use crate::convert::Answer;
 use crate::gate::Permit;
 use crate::metrics::Metrics;
-use crate::runtime::{Action, Runtime, Site};
+use crate::runtime::{Action, Route, Runtime, Site};
 use crate::tls::Session;
-use crate::upstreams::{circuit_open, empty_body};
-use body::{ClientBodyError, Side, Upload, Watched, client_body_fault};
+use forward::Deadline;
 
 pub use crate::upstreams::BoxError;
 pub type ResponseBody = BoxBody<Bytes, BoxError>;
@@ -160,7 +159,7 @@ impl Proxy {
         };
         let mut out = Outcome::default();
         let forwarded = self
-            .forward(&runtime, req, &peer, conn, &mut out, &mut guards)
+            .forward(&runtime, req, &peer, conn, grpc, &mut out, &mut guards)
             .await;
         let site_name = out.site.map(|s| s.name.as_str());
         let mut response = match forwarded {
@@ -181,7 +180,8 @@ impl Proxy {
                     }
                     _ => {}
                 }
-                if grpc {
+                // A 421 stays one for gRPC too: browsers retry grpc-web on a 421 only.
+                if grpc && !matches!(e, ProxyError::MisdirectedRequest { .. }) {
                     e.into_grpc_response(&request_id)
                 } else {
                     e.into_response(&request_id)
@@ -228,13 +228,16 @@ impl Proxy {
         }
     }
 
-    /// Forwards `req`; a proxied response's body takes `guards`.
+    /// Routes `req` and answers it: proxyd's own answer, or the upstream's (whose body takes
+    /// `guards`).
+    #[allow(clippy::too_many_arguments, reason = "the parts of one request")]
     async fn forward<'r>(
         &self,
         runtime: &'r Runtime,
         mut req: Request<Incoming>,
         peer: &Peer<'_>,
         conn: &ClientConn,
+        grpc: bool,
         out: &mut Outcome<'r>,
         guards: &mut Option<RequestGuards>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -258,26 +261,7 @@ impl Proxy {
         if let Some(redirect) = self.https_rules(runtime, site, &host, &req, conn)? {
             return Ok(redirect);
         }
-        // Routed as a servlet container or a path-merging server would resolve it: without
-        // `;` segment parameters and with `//` merged, so that `/private;x/secret` or `//admin`
-        // cannot pass a route that blocks `/private/` or `/admin`. Forwarded as it came.
-        let view = path::routing_view(req.uri().path());
-        let route = site.route(
-            req.method(),
-            view.as_deref().unwrap_or(req.uri().path()),
-            req.headers(),
-        );
-        // A route's own rate limit replaces the site's (a request no route takes counts against
-        // the site's).
-        if let Some(limiter) = route
-            .and_then(|r| r.limiter.as_ref())
-            .or(site.limiter.as_ref())
-        {
-            limiter
-                .check(peer.client)
-                .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
-        }
-        let route = route.ok_or(ProxyError::NoRoute)?;
+        let route = route(site, &req, peer)?;
         out.route = Some(&route.path_prefix);
         check_content_length(&req, route.body_limit_bytes)?;
         let pool = match &route.action {
@@ -297,221 +281,61 @@ impl Proxy {
         // switches protocols.
         let upgrade = headers::upgrade_protocol(&req);
         let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        let client_version = parts.version;
-        // Upstream connections are pooled HTTP/1.1 whatever the client spoke.
-        parts.version = http::Version::HTTP_11;
-        // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
-        if !parts.headers.contains_key(http::header::HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(value) = http::HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(http::header::HOST, value);
-        }
-        let path_and_query = match parts.uri.path_and_query() {
-            // The prefix matched the routing view; when the path as it came does not start with
-            // it too (`/api;x` or `//api` for `/api/`), cutting it off would cut in the wrong
-            // place.
-            Some(original)
-                if !matches!(pool.rewrite, crate::convert::Rewrite::Keep)
-                    && !original.path().starts_with(route.path_prefix.as_str()) =>
-            {
-                return Err(ProxyError::BadRequest(
-                    "a path with ';' parameters or '//' on a route that rewrites it",
-                ));
-            }
-            Some(original) => rules::rewrite(&pool.rewrite, &route.path_prefix, original).ok_or(
-                ProxyError::BadRequest("the rewritten path would leave its target"),
-            )?,
-            None => http::uri::PathAndQuery::from_static("/"),
-        };
-        // gRPC needs `te: trailers` to reach an HTTP/2 upstream (it is hop-by-hop otherwise).
-        let te_trailers = parts
-            .headers
-            .get(header::TE)
-            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        headers::prepare_upstream_request(&mut parts.headers, &host, peer);
-        let fill = rules::Fill { peer, host: &host };
-        rules::apply(&mut parts.headers, &pool.request_headers, &fill);
-        if let Some(protocol) = upgrade {
-            headers::restore_upgrade(&mut parts.headers, protocol);
-        }
-        // Only a request whose body is known to be empty can be sent again: nothing of it is
-        // lost with the first attempt.
-        let bodiless = hyper::body::Body::is_end_stream(&body);
-        let idempotent = matches!(
-            parts.method,
-            http::Method::GET
-                | http::Method::HEAD
-                | http::Method::OPTIONS
-                | http::Method::TRACE
-                | http::Method::PUT
-                | http::Method::DELETE
-        );
-        let limit = usize::try_from(route.body_limit_bytes).unwrap_or(usize::MAX);
-        // The response deadline runs from the end of the request body (a slow upload is the
-        // request body timeout's business, never the upstream's), or from when the upstream
-        // stopped taking the body.
-        // Only a request with a body has an upload to follow, and a body to watch and limit
-        // (nothing allocated for the rest).
-        let upload = (!bodiless).then(Upload::new);
-        let mut body = upload.as_ref().map(|upload| {
-            let watched = Watched::new(
+        let (parts, body) = req.into_parts();
+        let deadline = Deadline::of(&parts.headers, grpc, pool.upstream_response_timeout);
+        let mut prepared = forward::prepare(parts, route, pool, &host, peer, upgrade)?;
+        let answered = self
+            .attempts(
+                site,
+                pool,
+                route,
+                &mut prepared,
                 body,
-                runtime.limits.request_body_timeout,
-                Side::Client,
-                self.metrics.clone(),
+                deadline,
+                runtime,
+                out,
             )
-            .report_to(upload.clone());
-            Limited::new(watched, limit).boxed()
-        });
-        let mut tried = Vec::new();
-        let mut last_error = None;
-        let (mut response, upstream_name, outstanding) = loop {
-            let Some((index, upstream)) = pool.pick(&tried) else {
-                return Err(last_error.unwrap_or(ProxyError::NoHealthyUpstream));
-            };
-            if !tried.is_empty() {
-                self.metrics.retried(&site.name);
-            }
-            tried.push(index);
-            let upstream_name = upstream.name.as_str();
-            out.upstream = Some(upstream_name);
-            let mut request = Request::new(body.take().unwrap_or_else(empty_body));
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = Uri::from(path_and_query.clone());
-            *request.version_mut() = parts.version;
-            // Keep the headers only while another attempt could still need them (the common
-            // request, with a body or without retries, moves them instead of copying).
-            let may_retry = bodiless && tried.len() <= pool.retries as usize;
-            *request.headers_mut() = if may_retry {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
-            if te_trailers && upstream.may_speak_h2() {
-                // The pool takes it out again should the connection be HTTP/1.1.
-                request
-                    .headers_mut()
-                    .insert(header::TE, http::HeaderValue::from_static("trailers"));
-            }
-            let outstanding = upstream.start().map_err(|open| ProxyError::CircuitOpen {
-                upstream: upstream_name.to_owned(),
-                limit: open.limit,
-            })?;
-            let timeout = pool.upstream_response_timeout;
-            let deadline = async {
-                match &upload {
-                    Some(upload) => upload.upstream_deadline(timeout).await,
-                    None => tokio::time::sleep(timeout).await,
-                }
-            };
-            let sent = tokio::select! {
-                sent = upstream.pool.send(request) => Ok(sent),
-                () = deadline => Err(()),
-            };
-            let error = match sent {
-                Ok(Ok(response)) => {
-                    upstream.succeeded();
-                    // Outstanding until the response body ends (issue 19 #13: streaming
-                    // responses were invisible to least-requests and max_requests).
-                    break (response, upstream_name, outstanding);
-                }
-                // Not the upstream's fault, and not worth another upstream.
-                Ok(Err(e)) if caused_by_body_limit(&e) => {
-                    return Err(ProxyError::PayloadTooLarge {
-                        limit: route.body_limit_bytes,
-                    });
-                }
-                Ok(Err(e)) if client_body_fault(&e).is_some() => {
-                    return Err(match client_body_fault(&e) {
-                        Some(ClientBodyError::Timeout(_)) => {
-                            ProxyError::RequestBodyTimeout(error_chain(&e))
-                        }
-                        _ => ProxyError::BadRequestBody(error_chain(&e)),
-                    });
-                }
-                Ok(Err(e)) if circuit_open(&e).is_some() => {
-                    return Err(ProxyError::CircuitOpen {
-                        upstream: upstream_name.to_owned(),
-                        limit: circuit_open(&e).map_or("max_connections", |o| o.limit),
-                    });
-                }
-                // The request may be in progress there: never sent twice.
-                Err(()) => {
-                    upstream.failed(pool.passive);
-                    self.metrics.timed_out("upstream_response");
-                    return Err(ProxyError::UpstreamTimeout {
-                        upstream: upstream_name.to_owned(),
-                        timeout,
-                    });
-                }
-                Ok(Err(e)) => {
-                    upstream.failed(pool.passive);
-                    if let Some((reason, text)) = e.tls_failure() {
-                        upstream.tls_failed(reason, text);
-                    }
-                    let retryable = bodiless && (e.is_connect() || idempotent);
-                    let error = if e.is_connect() {
-                        ProxyError::UpstreamUnreachable {
-                            upstream: upstream_name.to_owned(),
-                            reason: error_chain(&e),
-                        }
-                    } else {
-                        ProxyError::UpstreamFailed {
-                            upstream: upstream_name.to_owned(),
-                            reason: error_chain(&e),
-                        }
-                    };
-                    if !retryable {
-                        return Err(error);
-                    }
-                    error
-                }
-            };
-            tracing::debug!(error = %error, "upstream attempt failed");
-            if tried.len() > pool.retries as usize {
-                return Err(error);
-            }
-            last_error = Some(error);
-        };
-        let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-        let switched_to = switched
-            .then(|| headers::upgrade_protocol(&response))
-            .flatten();
-        if let (Some(client_side), Some(_)) = (client_side, &switched_to) {
-            let upstream_side = hyper::upgrade::on(&mut response);
-            self.tunnels.spawn(tunnel::run(
-                client_side,
-                upstream_side,
-                upstream_name.to_owned(),
-                conn.permit.clone(),
-                runtime.limits.tunnel_idle_timeout,
-                self.metrics.clone(),
-            ));
-        }
-        let (mut parts, body) = response.into_parts();
-        // hyper decoded a body that came with both framings by Transfer-Encoding (RFC 9112
-        // §6.3): its Content-Length is wrong, and passing it on would truncate the body.
-        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-            parts.headers.remove(header::CONTENT_LENGTH);
-        }
-        headers::strip_hop_by_hop(&mut parts.headers);
-        if let Some(protocol) = switched_to {
-            headers::restore_upgrade(&mut parts.headers, protocol);
-        }
-        rules::apply(&mut parts.headers, &pool.response_headers, &fill);
-        parts.version = client_version;
-        let body = Watched::new(
-            body,
-            runtime.limits.upstream_body_timeout,
-            Side::Upstream,
-            self.metrics.clone(),
-        )
-        .holding(guards.take())
-        .counting(outstanding);
-        Ok(Response::from_parts(parts, body.boxed()))
+            .await?;
+        let fill = rules::Fill { peer, host: &host };
+        Ok(self.client_response(
+            answered,
+            client_side,
+            &prepared,
+            pool,
+            &fill,
+            deadline,
+            runtime,
+            conn,
+            guards.take(),
+        ))
     }
+}
+
+/// The route `req` takes, within its rate limit: a route's own limit replaces the site's (a
+/// request no route takes counts against the site's).
+fn route<'r, B>(
+    site: &'r Site,
+    req: &Request<B>,
+    peer: &Peer<'_>,
+) -> Result<&'r Route, ProxyError> {
+    // Routed as a servlet container or a path-merging server would resolve it: without `;`
+    // segment parameters and with `//` merged, so that `/private;x/secret` or `//admin` cannot
+    // pass a route that blocks `/private/` or `/admin`. Forwarded as it came.
+    let view = path::routing_view(req.uri().path());
+    let route = site.route(
+        req.method(),
+        view.as_deref().unwrap_or(req.uri().path()),
+        req.headers(),
+    );
+    if let Some(limiter) = route
+        .and_then(|r| r.limiter.as_ref())
+        .or(site.limiter.as_ref())
+    {
+        limiter
+            .check(peer.client)
+            .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
+    }
+    route.ok_or(ProxyError::NoRoute)
 }
 
 /// Routes and forwards on the normalized path ([`path`]): the request's URI is rewritten to it,
@@ -591,17 +415,6 @@ fn check_content_length(req: &Request<Incoming>, limit: u64) -> Result<(), Proxy
         return Err(ProxyError::PayloadTooLarge { limit });
     }
     Ok(())
-}
-
-fn caused_by_body_limit(e: &(dyn StdError + 'static)) -> bool {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<LengthLimitError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 fn error_chain(e: &(dyn StdError + 'static)) -> String {

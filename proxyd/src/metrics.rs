@@ -104,14 +104,17 @@ pub const TLS_FAILURE_REASONS: [&str; 8] = [
 ];
 
 /// Every value of the `kind` label of `proxy_timeouts_total` (docs/security.md).
-pub const TIMEOUT_KINDS: [&str; 8] = [
+pub const TIMEOUT_KINDS: [&str; 11] = [
     "first_bytes",
     "idle",
     "tls_handshake",
     "request_body",
+    "request_body_rate",
     "response_send",
+    "response_rate",
     "upstream_response",
     "upstream_body",
+    "grpc_deadline",
     "tunnel_idle",
 ];
 

@@ -332,9 +332,19 @@ impl Connection {
         };
         let mut closing = false;
         let idle_timeout = self.settings.limits.http2_idle_timeout;
+        let send_timeout = self.settings.limits.response_send_timeout;
+        let min_rate = self.settings.limits.response_min_rate;
         let result = loop {
             tokio::select! {
                 result = connection.as_mut() => break result,
+                // A client that keeps responses waiting, taking them slower than the minimum
+                // rate, loses the connection: its responses' upstream connections and places
+                // go with it.
+                () = activity.slow_reader(send_timeout, min_rate.unwrap_or(0)), if min_rate.is_some() => {
+                    metrics.timed_out("response_rate");
+                    tracing::debug!(client = %self.peer, "client reads responses too slowly; connection closed");
+                    break Ok(());
+                }
                 () = self.shutdown.cancelled(), if !closing => {
                     closing = true;
                     connection.as_mut().graceful_shutdown();

@@ -16,9 +16,9 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
-pub use breaker::{CircuitOpen, circuit_open};
+pub use breaker::CircuitOpen;
 pub use connect::{TlsConnector, system_roots};
-pub use pool::Protocol;
+pub use pool::{Error as PoolError, PooledBody, Protocol};
 
 use crate::convert::{
     ConnectionKey, ConnectionSpec, HealthCheckSpec, PassiveHealthSpec, StaticSpec, UpstreamLimits,

@@ -284,6 +284,16 @@ async fn a_request_for_another_site_on_a_tls_connection_gets_421() {
     let mut conn = Conn::over(stream).await;
     let misdirected = conn.get("b.test", "/").await;
     assert_eq!(misdirected.status, 421, "{misdirected:?}");
+    // A gRPC call too gets the 421 (not a gRPC status in a 200): browsers retry grpc-web on a
+    // 421 alone.
+    let mut grpc = proxy_tests::get_request("b.test", "/pkg.Service/Call");
+    grpc.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc-web+proto"),
+    );
+    let misdirected = conn.send(grpc).await;
+    assert_eq!(misdirected.status, 421, "{misdirected:?}");
+    assert!(!misdirected.headers.contains_key("grpc-status"));
     assert!(b.requests().is_empty(), "nothing reached site b");
     assert!(a.requests().is_empty(), "nor site a");
     let right = conn.get("a.test", "/").await;

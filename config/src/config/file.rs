@@ -239,6 +239,8 @@ pub struct ProxyFile {
     pub request_body_timeout: Option<String>,
     pub response_send_timeout: Option<String>,
     pub upstream_body_timeout: Option<String>,
+    pub request_body_min_rate: Option<SizeValue>,
+    pub response_min_rate: Option<SizeValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -490,6 +490,12 @@ pub struct ConnectionLimits {
     pub request_body_timeout: Duration,
     pub response_send_timeout: Duration,
     pub upstream_body_timeout: Duration,
+    /// Bytes per second a request body must average once `request_body_timeout` has passed;
+    /// 0: no minimum.
+    pub request_body_min_rate: u64,
+    /// Bytes per second a response must average while it waits on the client, once
+    /// `response_send_timeout` has passed; 0: no minimum.
+    pub response_min_rate: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,6 +31,12 @@ pub struct ConnectionLimits {
     pub response_send_timeout: Duration,
     /// Longest pause between two reads of an upstream's response body.
     pub upstream_body_timeout: Duration,
+    /// Bytes per second a request body must average after `request_body_timeout`; `None`: no
+    /// minimum.
+    pub request_body_min_rate: Option<u64>,
+    /// Bytes per second a response must average while it waits on the client, after
+    /// `response_send_timeout`; `None`: no minimum.
+    pub response_min_rate: Option<u64>,
 }
 
 impl Default for ConnectionLimits {
@@ -48,6 +54,8 @@ impl Default for ConnectionLimits {
             request_body_timeout: Duration::from_secs(60),
             response_send_timeout: Duration::from_secs(60),
             upstream_body_timeout: Duration::from_secs(60),
+            request_body_min_rate: Some(1024),
+            response_min_rate: Some(1024),
         }
     }
 }
@@ -59,6 +67,11 @@ impl From<Option<pb::ConnectionLimits>> for ConnectionLimits {
         let count = |n: u32, default: usize| match n {
             0 => default,
             n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let rate = |rate: u64, default: Option<u64>| match rate {
+            0 => default,
+            u64::MAX => None,
+            n => Some(n),
         };
         let ms = |ms: u64, default: Duration| match ms {
             0 => default,
@@ -84,6 +97,8 @@ impl From<Option<pb::ConnectionLimits>> for ConnectionLimits {
             request_body_timeout: ms(w.request_body_timeout_ms, d.request_body_timeout),
             response_send_timeout: ms(w.response_send_timeout_ms, d.response_send_timeout),
             upstream_body_timeout: ms(w.upstream_body_timeout_ms, d.upstream_body_timeout),
+            request_body_min_rate: rate(w.request_body_min_rate, d.request_body_min_rate),
+            response_min_rate: rate(w.response_min_rate, d.response_min_rate),
         }
     }
 }

@@ -1,8 +1,11 @@
 //! What a client connection has in progress, for the deadlines of the connection that serves
-//! it: requests (the HTTP/2 idle timeout waits for none to be in progress).
+//! it: requests (the HTTP/2 idle timeout waits for none to be in progress), and responses on
+//! their way to the client (a client that takes them slower than `response_min_rate` loses the
+//! connection: a response body that hyper does not poll cannot time itself, and it holds an
+//! upstream connection and a `max_requests` place meanwhile).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// Requests in progress on one client connection, and since when it has had none: the HTTP/2
@@ -13,11 +16,90 @@ pub struct Activity {
     /// Milliseconds since `start` when the last request ended.
     idle_since_ms: AtomicU64,
     start: Instant,
+    /// Responses that have handed the client a part and have more to come.
+    deliveries: Mutex<Vec<Weak<Delivery>>>,
+    delivery_added: tokio::sync::Notify,
 }
 
 /// Holds one request in [`Activity`] until dropped (with the response body).
 #[derive(Debug)]
-pub struct ActiveRequest(Arc<Activity>);
+pub struct ActiveRequest {
+    activity: Arc<Activity>,
+    /// Its response's delivery, once a first part of several was handed out.
+    delivery: Option<Arc<Delivery>>,
+}
+
+/// How a response's delivery to the client goes.
+#[derive(Debug)]
+struct Delivery {
+    started: Instant,
+    /// Bytes handed to the client so far.
+    bytes: AtomicU64,
+    /// Milliseconds since `started` when a part was handed out and not taken yet;
+    /// `NOT_WAITING` while the response waits on its upstream instead.
+    handed_ms: AtomicU64,
+}
+
+const NOT_WAITING: u64 = u64::MAX;
+
+impl Delivery {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Whether the client has kept the part it was handed for `grace` while the whole response
+    /// averaged less than `min_rate`; else when to look again (`None`: not waiting on the
+    /// client).
+    fn judge(&self, grace: Duration, min_rate: u64) -> Result<Option<Instant>, ()> {
+        let handed = self.handed_ms.load(Ordering::Acquire);
+        if handed == NOT_WAITING {
+            return Ok(None);
+        }
+        let now = self.now_ms();
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        // The rate falls under the minimum once the elapsed time exceeds what the bytes buy.
+        let bought_ms = bytes.saturating_mul(1000) / min_rate.max(1);
+        let due = handed.saturating_add(grace_ms).max(bought_ms);
+        if now >= due {
+            return Err(());
+        }
+        Ok(Some(self.started + Duration::from_millis(due)))
+    }
+}
+
+impl ActiveRequest {
+    /// Its response handed the client a part (`bytes` in all so far) and has more to come.
+    pub fn delivery_handed(&mut self, bytes: u64) {
+        let delivery = self.delivery.get_or_insert_with(|| {
+            let delivery = Arc::new(Delivery {
+                started: Instant::now(),
+                bytes: AtomicU64::new(0),
+                handed_ms: AtomicU64::new(NOT_WAITING),
+            });
+            let mut deliveries = self
+                .activity
+                .deliveries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            deliveries.retain(|d| d.strong_count() > 0);
+            deliveries.push(Arc::downgrade(&delivery));
+            drop(deliveries);
+            self.activity.delivery_added.notify_waiters();
+            delivery
+        });
+        delivery.bytes.store(bytes, Ordering::Relaxed);
+        let now = delivery.now_ms();
+        delivery.handed_ms.store(now, Ordering::Release);
+    }
+
+    /// The client took what it was handed: the response waits on its upstream again.
+    pub fn delivery_taken(&self) {
+        if let Some(delivery) = &self.delivery {
+            delivery.handed_ms.store(NOT_WAITING, Ordering::Release);
+        }
+    }
+}
 
 impl Activity {
     pub fn new() -> Activity {
@@ -25,12 +107,47 @@ impl Activity {
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             start: Instant::now(),
+            deliveries: Mutex::default(),
+            delivery_added: tokio::sync::Notify::new(),
         }
     }
 
     pub fn request_started(self: &Arc<Self>) -> ActiveRequest {
         self.active.fetch_add(1, Ordering::AcqRel);
-        ActiveRequest(self.clone())
+        ActiveRequest {
+            activity: self.clone(),
+            delivery: None,
+        }
+    }
+
+    /// Resolves once a response has waited on the client for `grace` with its whole delivery
+    /// slower than `min_rate` bytes per second: the client is too slow to keep the connection.
+    pub async fn slow_reader(&self, grace: Duration, min_rate: u64) {
+        loop {
+            let added = self.delivery_added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            let next = {
+                let mut deliveries = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+                deliveries.retain(|d| d.strong_count() > 0);
+                let mut next: Option<Instant> = None;
+                for delivery in deliveries.iter().filter_map(Weak::upgrade) {
+                    match delivery.judge(grace, min_rate) {
+                        Err(()) => return,
+                        Ok(Some(at)) => next = Some(next.map_or(at, |n| n.min(at))),
+                        Ok(None) => {}
+                    }
+                }
+                next
+            };
+            // A response that waits on its upstream now may wait on the client later: look
+            // again after the grace at the latest.
+            let recheck = next.unwrap_or_else(|| Instant::now() + grace);
+            tokio::select! {
+                () = tokio::time::sleep_until(recheck.into()) => {}
+                () = &mut added => {}
+            }
+        }
     }
 
     /// How long the connection has been without a request; `None` while one is in progress.
@@ -57,9 +174,10 @@ impl Activity {
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        let now = u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.idle_since_ms.store(now, Ordering::Release);
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        let activity = &self.activity;
+        let now = u64::try_from(activity.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.idle_since_ms.store(now, Ordering::Release);
+        activity.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

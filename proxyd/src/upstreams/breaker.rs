@@ -91,18 +91,6 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// The breaker that refused `e`, when one did.
-pub fn circuit_open(e: &(dyn std::error::Error + 'static)) -> Option<CircuitOpen> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(open) = err.downcast_ref::<CircuitOpen>() {
-            return Some(*open);
-        }
-        source = err.source();
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

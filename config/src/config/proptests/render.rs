@@ -314,6 +314,11 @@ fn proxy(p: &ProxyConfig) -> Value {
     ] {
         t.insert(key.into(), duration(value));
     }
+    t.insert(
+        "request_body_min_rate".into(),
+        size(l.request_body_min_rate),
+    );
+    t.insert("response_min_rate".into(), size(l.response_min_rate));
     t.into()
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::super::file::{FileConfig, ProxyFile, UpstreamLimitsFile};
+use super::super::file::{FileConfig, ProxyFile, SizeValue, UpstreamLimitsFile};
 use super::super::locate::KeyPath;
 use super::super::model::{ConnectionLimits, EscapedSlashes, UpstreamLimits};
 use super::{Problems, timeout_or};
@@ -22,6 +22,8 @@ pub const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = ConnectionLimits {
     request_body_timeout: Duration::from_secs(60),
     response_send_timeout: Duration::from_secs(60),
     upstream_body_timeout: Duration::from_secs(60),
+    request_body_min_rate: 1024,
+    response_min_rate: 1024,
 };
 
 pub const DEFAULT_UPSTREAM_LIMITS: UpstreamLimits = UpstreamLimits {
@@ -49,6 +51,22 @@ fn bounded(
                 default
             }
         },
+    }
+}
+
+/// Bytes per second, as a size (`"1k"`); 0 turns the minimum off.
+fn rate(value: &Option<SizeValue>, default: u64, at: KeyPath, p: &mut Problems) -> u64 {
+    let Some(value) = value else { return default };
+    match super::parse_size(value) {
+        Ok(n) if n <= 1 << 40 => n,
+        Ok(n) => {
+            p.push(at, format!("must be at most 1t bytes per second (got {n})"));
+            default
+        }
+        Err(e) => {
+            p.push(at, e);
+            default
+        }
     }
 }
 
@@ -136,6 +154,18 @@ pub fn connection_limits(file: &ProxyFile, at: &KeyPath, p: &mut Problems) -> Co
             &file.upstream_body_timeout,
             d.upstream_body_timeout,
             "upstream_body_timeout",
+            p,
+        ),
+        request_body_min_rate: rate(
+            &file.request_body_min_rate,
+            d.request_body_min_rate,
+            at.key("request_body_min_rate"),
+            p,
+        ),
+        response_min_rate: rate(
+            &file.response_min_rate,
+            d.response_min_rate,
+            at.key("response_min_rate"),
             p,
         ),
     };
