@@ -38,7 +38,10 @@ impl SiteLimiter {
     /// one host usually holds a whole /64, and keying by address would let it rotate through
     /// 2^64 fresh budgets.
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
-        if self.limiter.len() >= MAX_TRACKED_CLIENTS {
+        // Counting the tracked clients visits every shard of the map (a read lock on each,
+        // which every core's checks then contend for): one check in `SIZE_CHECK_EVERY` on
+        // each thread looks, which bounds the overshoot to that many new clients per thread.
+        if size_check_due() && self.limiter.len() >= MAX_TRACKED_CLIENTS {
             // Over the cap between two eviction rounds: the eviction task runs early. The
             // request path never scans a limiter itself.
             self.evict_soon.notify_one();
@@ -47,6 +50,21 @@ impl SiteLimiter {
             .check_key(&client_key(client))
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
+}
+
+/// How often (in checks, per thread) a check looks at how many clients its limiter tracks.
+const SIZE_CHECK_EVERY: u32 = 256;
+
+/// Whether this thread's check is the one in [`SIZE_CHECK_EVERY`] that counts.
+fn size_check_due() -> bool {
+    thread_local! {
+        static CHECKS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    CHECKS.with(|checks| {
+        let n = checks.get().wrapping_add(1);
+        checks.set(n);
+        n % SIZE_CHECK_EVERY == 0
+    })
 }
 
 /// Clients one limiter tracks before it evicts idle ones on the request path instead of waiting

@@ -12,7 +12,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 /// Why proxyd answered a request itself, for the failures that have a counter of their own.
@@ -30,11 +29,6 @@ pub const NO_SITE: &str = "-";
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Upper bounds of the request duration buckets, in seconds (`+Inf` is added).
-const DURATION_BUCKETS: [f64; 13] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 
 /// Every value of the `status_class` label.
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
@@ -118,7 +112,7 @@ pub const TIMEOUT_KINDS: [&str; 11] = [
     "tunnel_idle",
 ];
 
-type DurationFamily = Family<SiteLabels, Histogram, fn() -> Histogram>;
+type DurationFamily = Family<SiteLabels, Latency>;
 
 /// Every metric proxyd exports. Cheap handles (atomics behind `Arc`s) registered once.
 pub struct Metrics {
@@ -154,7 +148,7 @@ impl Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("proxy"),
             requests: Family::default(),
-            duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            duration: Family::default(),
             in_flight: Gauge::default(),
             rate_limited: Family::default(),
             body_too_large: Family::default(),
@@ -332,7 +326,7 @@ impl Metrics {
             .get_or_create(&SiteLabels {
                 site: site.to_owned(),
             })
-            .observe(elapsed.as_secs_f64());
+            .observe(elapsed);
         self.requests
             .get_or_create(&RequestLabels {
                 site: site.to_owned(),
@@ -348,7 +342,7 @@ impl Metrics {
 #[derive(Debug, Default)]
 pub struct SiteMetrics {
     requests: [std::sync::OnceLock<Counter>; STATUS_CLASSES.len()],
-    duration: std::sync::OnceLock<Histogram>,
+    duration: std::sync::OnceLock<Latency>,
 }
 
 impl SiteMetrics {
@@ -369,7 +363,7 @@ impl SiteMetrics {
                     })
                     .clone()
             })
-            .observe(elapsed.as_secs_f64());
+            .observe(elapsed);
         let class = status_class_index(status);
         if let Some(counter) = self.requests.get(class) {
             counter
@@ -516,10 +510,6 @@ impl Metrics {
     }
 }
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
-}
-
 /// "2xx" for 200 to 299, and so on; "other" for the 600 to 999 an upstream may send.
 pub fn status_class(status: StatusCode) -> &'static str {
     STATUS_CLASSES[status_class_index(status)]
@@ -572,6 +562,10 @@ impl Drop for InFlight {
         self.0.dec();
     }
 }
+
+mod latency;
+
+pub use latency::Latency;
 
 #[cfg(test)]
 mod tests;
