@@ -23,6 +23,13 @@ mod takeover;
 mod tls;
 mod upstreams;
 
+/// What `bench/contention` measures on the request path, exported for it alone.
+#[doc(hidden)]
+pub mod contention {
+    pub use crate::limits::{LimiterStore, Scope, SiteLimiter};
+    pub use crate::metrics::Latency;
+}
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
