@@ -8,7 +8,6 @@ mod control;
 pub mod convert;
 mod dataplane;
 mod gate;
-mod handover;
 mod http;
 mod limits;
 mod listeners;
@@ -98,31 +97,10 @@ impl Options {
 /// Runs the data plane until `shutdown`, then stops accepting, drains in-flight requests up to
 /// the snapshot's `shutdown_timeout` and returns.
 pub async fn run(mut options: Options, shutdown: CancellationToken) {
-    let inherited = match (&options.admin_socket, options.takeover) {
-        (Some(path), true) => match takeover::receive(path, &options.identity).await {
-            Ok(inherited) => Some(inherited),
-            Err(e) if options.worker => {
-                tracing::error!(error = %e, "taking over from the running proxyd failed; it serves on");
-                options
-                    .failed
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "taking over from the running proxyd failed; binding instead");
-                None
-            }
-        },
-        (None, true) => {
-            tracing::warn!("--takeover needs the admin socket; binding instead");
-            None
-        }
-        _ => None,
+    // A successor's first step (crate::takeover says them all).
+    let Ok(inherited) = takeover::inherit(&mut options).await else {
+        return;
     };
-    if let Some(inherited) = &inherited {
-        // The same data plane, continued: controld keeps one entry per node.
-        options.identity.node_id = inherited.node_id.clone();
-    }
     let plane = Arc::new(dataplane::DataPlane::new(
         shutdown.clone(),
         options.fast_stop.clone(),
@@ -141,18 +119,6 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
             None
         }
     });
-    let (mut inherited, admin_socket) = match inherited {
-        Some(mut i) => {
-            let admin = i
-                .admin_socket
-                .take()
-                .filter(|(p, _)| Some(p.as_path()) == options.admin_socket.as_deref())
-                .map(|(_, l)| l);
-            plane.inherit(std::mem::take(&mut i.listeners), i.admin_http.take());
-            (Some(i), admin)
-        }
-        None => (None, None),
-    };
     // The admin socket serves before controld is tried (status and drain must work while it
     // is down), but a successor's only once it serves what it was handed: until then the
     // predecessor answers on it alone, and a successor that fails never touches it (issue 19
@@ -170,32 +136,11 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
             .ok()
         })
     };
-    let handed = inherited.as_mut().and_then(|i| i.snapshot.take());
-    let admin = match (inherited, handed) {
-        (Some(inherited), Some(snapshot)) => {
-            if control::apply_handed(&plane, snapshot).await {
-                let admin = start_admin(admin_socket);
-                took_over(&plane, inherited, &options, &shutdown).await;
-                admin
-            } else {
-                // Dropping `inherited` tells the predecessor to serve on.
-                tracing::error!(
-                    "cannot serve the snapshot handed over; the running proxyd serves on"
-                );
-                options
-                    .failed
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                shutdown.cancel();
-                None
-            }
+    let admin = match inherited {
+        Some(inherited) => {
+            takeover::serve_inherited(&plane, inherited, &options, &shutdown, start_admin).await
         }
-        (Some(inherited), None) => {
-            // A predecessor that had no snapshot yet: this one waits for controld like it.
-            let admin = start_admin(admin_socket);
-            took_over(&plane, inherited, &options, &shutdown).await;
-            admin
-        }
-        _ => {
+        None => {
             let admin = start_admin(None);
             if let Some(saved) = &saved {
                 control::apply_saved(&plane, saved).await;
@@ -228,25 +173,6 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
     }
     let _ = eviction.await;
     tracing::info!("proxyd stopped");
-}
-
-/// Tells the predecessor this process serves (under a master, once it says so); otherwise this
-/// process stops as one that failed, leaving the predecessor, its sockets and its admin socket
-/// file as they were.
-async fn took_over(
-    plane: &dataplane::DataPlane,
-    inherited: handover::Inherited,
-    options: &Options,
-    shutdown: &CancellationToken,
-) {
-    if takeover::serving(inherited, options.worker, shutdown).await {
-        plane.took_over();
-    } else {
-        options
-            .failed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        shutdown.cancel();
-    }
 }
 
 /// The default node id: `<hostname>-<pid>`.

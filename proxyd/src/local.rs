@@ -3,7 +3,6 @@
 //! socket it is 0660 and bound without a loose-permission window; Drain is allowed only to root
 //! and proxyd's own user (peer credentials).
 
-use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -116,97 +115,14 @@ impl pb::data_plane_server::DataPlane for Service {
         request: Request<pb::HandoverRequest>,
     ) -> Result<Response<pb::HandoverReply>, Status> {
         self.allow(&request, "Handover", "handing over", "take over")?;
-        let request = request.into_inner();
-        let inbox = std::path::PathBuf::from(&request.socket_path);
-        // Only to a socket next to this admin socket (where only proxyd's user may create one).
-        if inbox.parent() != self.path.parent() || request.socket_path.is_empty() {
-            return Err(Status::invalid_argument(
-                "socket_path must be in the admin socket's directory",
-            ));
-        }
-        if self.plane.report().draining {
-            return Err(Status::failed_precondition(
-                "draining: nothing to hand over",
-            ));
-        }
-        if !self.plane.begin_handover() {
-            return Err(Status::failed_precondition(
-                "a hand-over to another successor is under way",
-            ));
-        }
-        // Ended below unless the sockets went out (then the successor's answer ends it).
-        let ended = EndHandover(Some(self.plane.clone()));
-        let (mut sockets, snapshot) = self
-            .plane
-            .handover_parts()
-            .map_err(|e| Status::internal(format!("duplicating the listeners: {e}")))?;
-        // The successor logs where this process does.
-        if let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() {
-            sockets.push((
-                pb::HandedSocketKind::Log,
-                "stderr".into(),
-                String::new(),
-                stderr,
-            ));
-        }
-        let version = snapshot.as_ref().map_or(0, |s| s.version);
-        let node_id = self.identity.node_id.clone();
-        let sent = tokio::task::spawn_blocking(move || {
-            let handed: Vec<crate::handover::Handed<'_>> = sockets
-                .iter()
-                .map(|(kind, name, address, fd)| crate::handover::Handed {
-                    kind: *kind,
-                    name: name.clone(),
-                    address: address.clone(),
-                    fd: std::os::fd::AsFd::as_fd(fd),
-                })
-                .collect();
-            crate::handover::send(&inbox, &handed, snapshot, &node_id)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| {
-            Status::unavailable(format!("handing over to {}: {e}", request.socket_path))
-        })?;
-        tracing::info!(successor = request.pid, build = %request.build_version, version,
-            "listeners and snapshot handed over; serving until the successor does");
-        let plane = self.plane.clone();
-        ended.defuse();
-        tokio::spawn(async move {
-            let ready = tokio::task::spawn_blocking(move || crate::handover::wait_ready(sent))
-                .await
-                .unwrap_or(false);
-            if ready {
-                plane.handed_over();
-            } else {
-                tracing::warn!("the successor did not take over; serving on");
-                plane.end_handover();
-            }
-        });
-        Ok(Response::new(pb::HandoverReply {
-            pid: self.identity.pid,
-            build_version: proto::BUILD_VERSION.to_owned(),
-            version,
-            node_id: self.identity.node_id.clone(),
-        }))
-    }
-}
-
-/// Ends a hand-over when dropped, unless defused: every early return of `Handover` lets the
-/// next successor try.
-struct EndHandover(Option<Arc<DataPlane>>);
-
-impl EndHandover {
-    fn defuse(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for EndHandover {
-    fn drop(&mut self) {
-        if let Some(plane) = self.0.take() {
-            plane.end_handover();
-        }
+        let reply = crate::takeover::hand_over(
+            &self.plane,
+            &self.identity,
+            &self.path,
+            request.into_inner(),
+        )
+        .await?;
+        Ok(Response::new(reply))
     }
 }
 

@@ -64,8 +64,8 @@ pub const EXIT_SIGNALLED: u8 = 101;
 
 /// How long an upgrade waits for the new worker to serve when the request names no deadline;
 /// also the most it may wait: the old worker waits as long for the new one
-/// ([`crate::handover::READY_DEADLINE`]), and then serves on.
-const MAX_UPGRADE_TIMEOUT: Duration = crate::handover::READY_DEADLINE;
+/// ([`crate::takeover::READY_DEADLINE`]), and then serves on.
+const MAX_UPGRADE_TIMEOUT: Duration = crate::takeover::READY_DEADLINE;
 const MIN_UPGRADE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How the master runs.
