@@ -159,7 +159,7 @@ async fn apply(
     let version = snapshot.version;
     let before = plane.version();
     let copy = saved.map(|_| snapshot.clone());
-    // Kept as received, for a successor ([`crate::handover`]).
+    // Kept as received, for a successor ([`crate::takeover`]).
     let for_handover = (version != before).then(|| snapshot.clone());
     let result = match Spec::try_from(snapshot) {
         Ok(spec) => plane.apply(spec).await.map_err(|e| e.to_string()),

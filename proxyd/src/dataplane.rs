@@ -78,7 +78,7 @@ pub struct DataPlane {
     activation: Activation,
 }
 
-/// Sockets and snapshot for a hand-over ([`crate::handover`]).
+/// Sockets and snapshot for a hand-over ([`crate::takeover`]).
 #[derive(Default)]
 struct HandoverState {
     /// A duplicate of the admin listeners (kind, name, configured address), to hand over; the

@@ -2,7 +2,7 @@
 //! HAProxy's master-worker mode: the master keeps the PID systemd supervises and runs the data
 //! plane in a worker, a child process; an upgrade starts a new worker, from the binary now at
 //! the master's path, that takes the listening sockets over from the old one
-//! ([`crate::handover`]). systemd only ever hears from the master, which it can always
+//! ([`crate::takeover`]). systemd only ever hears from the master, which it can always
 //! supervise: its main process never changes.
 //!
 //! The whole lifecycle lives in this module, as one event loop over a small state:
