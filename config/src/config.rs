@@ -325,8 +325,15 @@ fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
 mod hardening_tests;
 #[cfg(test)]
 mod proptests;
+
 #[cfg(test)]
 mod scale_tests;
+/// Proptest strategies of valid config files (`strategies` feature): controld's differential
+/// test feeds them through validation, the snapshot and proxyd's conversion.
+#[cfg(any(test, feature = "strategies"))]
+#[doc(hidden)]
+#[path = "config/proptests/strategies.rs"]
+pub mod strategies;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -258,7 +258,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Loads the config, binds its control socket and serves until `shutdown`.
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
-    let (config, text) = config::load_with_text(&options.config_path)?;
+    let (config, text) = snapshot::load_checked(&options.config_path)?;
     let controld = Controld::start(&options, config, &text)?;
     let socket = socket::bind(&controld.socket_path())?;
     controld.serve(socket, shutdown).await

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use controld::config::{self, LogFormat};
+use controld::config::LogFormat;
 use controld::{Controld, Options, ReloadOptions};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, reload};
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match config::load(path) {
+    match controld::snapshot::load_checked(path).map(|(c, _)| c) {
         Ok(c) => {
             for w in c.certificate_warnings(std::time::SystemTime::now()) {
                 eprintln!("warning: {w}");
@@ -75,7 +75,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn serve(config_path: PathBuf) -> ExitCode {
-    let (config, text) = match config::load_with_text(&config_path) {
+    let (config, text) = match controld::snapshot::load_checked(&config_path) {
         Ok(loaded) => loaded,
         Err(e) => {
             let diagnostics = e.diagnostics(&config_path);

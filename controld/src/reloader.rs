@@ -294,7 +294,7 @@ impl Reloader {
                 report.diff = ConfigDiff::between(&current.config, &config);
                 report.warnings = self.warnings(&report.diff, &config);
                 let content = Content::build_with(&config, &self.acme_overlay());
-                if let Some(too_large) = oversize(&content, &file) {
+                if let Some(too_large) = refusal(&content, &file) {
                     report.diagnostics.push(too_large);
                 } else if content.hash != current.content.hash
                     || controld_changed(&current.config, &config)
@@ -403,7 +403,7 @@ impl Reloader {
         report.warnings = self.warnings(&report.diff, &config);
         let content = Content::build_with(&config, &self.acme_overlay());
         // Never publish what data planes cannot read.
-        if let Some(too_large) = oversize(&content, &self.config_path) {
+        if let Some(too_large) = refusal(&content, &self.config_path) {
             return self.rejected(&current, vec![too_large]);
         }
         let unchanged = content.hash == current.content.hash
@@ -575,7 +575,9 @@ mod acme;
 mod io;
 mod report;
 
-use io::{bind_failed, load_off_thread, oversize, parse_off_thread, replace_if_changed};
+#[cfg(test)]
+use io::oversize;
+use io::{bind_failed, load_off_thread, parse_off_thread, refusal, replace_if_changed};
 pub use report::*;
 
 #[cfg(test)]

@@ -7,9 +7,9 @@ use proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    Certificate, Config, ConnectionLimits, EscapedSlashes, HeaderRules, LoadBalancing, PathRewrite,
-    PoolConfig, RateLimit, Route, RouteAction, Site, SiteTls, Upstream, UpstreamConnection,
-    UpstreamProtocol, covers,
+    Certificate, Config, ConnectionLimits, Diagnostic, EscapedSlashes, HeaderRules, LoadBalancing,
+    LoadError, PathRewrite, PoolConfig, RateLimit, Route, RouteAction, Site, SiteTls, Upstream,
+    UpstreamConnection, UpstreamProtocol, covers,
 };
 
 /// What ACME adds to a snapshot beyond the config: the certificates it issued and the challenges
@@ -87,6 +87,29 @@ impl std::fmt::Debug for Challenge {
                 .finish_non_exhaustive(),
         }
     }
+}
+
+/// Why a data plane of this build would refuse `content`: proxyd's own conversion of it (all
+/// of a snapshot's checks but DNS and binding) as a diagnostic, located at the file.
+pub fn data_plane_refusal(content: &Content, file: &std::path::Path) -> Option<Diagnostic> {
+    let refused = proxyd::convert::Spec::try_from(content.snapshot.clone()).err()?;
+    Some(Diagnostic {
+        key_path: String::new(),
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        message: format!("the data plane would refuse this config: {refused}"),
+    })
+}
+
+/// Loads the config at `path` as controld starts from it: read, parse, validate, and the
+/// snapshot it makes checked as a data plane would check it ([`data_plane_refusal`]).
+pub fn load_checked(path: &std::path::Path) -> Result<(Config, String), LoadError> {
+    let (config, text) = crate::config::load_with_text(path)?;
+    if let Some(refused) = data_plane_refusal(&Content::build(&config), path) {
+        return Err(LoadError::Invalid(vec![refused]));
+    }
+    Ok((config, text))
 }
 
 /// A snapshot's content without its version, and the hash that identifies that content.

@@ -40,7 +40,7 @@ struct Counts {
 /// Checks `file` exactly as controld would load it: read (size-capped), parse, validate. Every
 /// problem is a diagnostic, a file that cannot be read too.
 pub fn local(file: &Path) -> Local {
-    let outcome = match config::load(file) {
+    let outcome = match controld::snapshot::load_checked(file).map(|(c, _)| c) {
         Ok(config) => Ok(Counts {
             sites: config.dynamic.sites.len(),
             listeners: config.statics.proxy.listeners.len(),

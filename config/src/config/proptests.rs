@@ -9,7 +9,8 @@
 
 mod faults;
 mod render;
-mod strategies;
+
+use super::strategies;
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

@@ -239,8 +239,91 @@ fn rate_limit(rl: &RateLimitFile, path: &KeyPath, p: &mut Problems) -> Option<Ra
     })
 }
 
+/// What is wrong with `path` as the path of a request (a route's prefix, a rewrite target, a
+/// health check's path): it starts with '/', and holds only what a URI path may (RFC 3986:
+/// letters, digits, `-._~!$&'()*+,;=:@/` and `%` escapes), with a query after '?' when
+/// `query` allows one. With `normalized`, it is also as proxyd routes it: no empty segment
+/// (`//`), no dot segment, no escaped letter, digit or `-._~` (proxyd decodes those before
+/// routing, so a prefix holding one would never match).
+pub(super) fn request_path_problem(path: &str, query: bool, normalized: bool) -> Option<String> {
+    if !path.starts_with('/') {
+        return Some("it starts with '/'".to_owned());
+    }
+    let (path_part, query_part) = match path.split_once('?') {
+        Some((p, q)) if query => (p, Some(q)),
+        Some(_) => return Some("it has no '?' (a query)".to_owned()),
+        None => (path, None),
+    };
+    let allowed = |b: u8, extra: &[u8]| {
+        b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b) || extra.contains(&b)
+    };
+    let bytes = path.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'?' && query {
+            continue;
+        }
+        if !allowed(b, if query { b"?" } else { b"" }) {
+            let shown = if b.is_ascii_graphic() {
+                format!("'{}'", b as char)
+            } else if b.is_ascii() {
+                format!("byte 0x{b:02x}")
+            } else {
+                "a non-ASCII character (write it %-escaped, as UTF-8)".to_owned()
+            };
+            return Some(format!("{shown} is not allowed in a URI path"));
+        }
+        if b == b'%' {
+            let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if !(hex(i + 1) && hex(i + 2)) {
+                return Some("a '%' starts a two-digit hex escape".to_owned());
+            }
+        }
+    }
+    if query_part.is_some_and(|q| q.contains('#')) {
+        return Some("it has no '#'".to_owned());
+    }
+    if normalized {
+        if path_part.contains("//") {
+            return Some(
+                "an empty segment ('//'): requests are routed with slashes merged".to_owned(),
+            );
+        }
+        if path_part
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+        {
+            return Some(
+                "a dot segment: requests are routed with '.' and '..' resolved".to_owned(),
+            );
+        }
+        let escaped_unreserved = path_part.match_indices('%').any(|(i, _)| {
+            u8::from_str_radix(path_part.get(i + 1..i + 3).unwrap_or(""), 16)
+                .is_ok_and(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        });
+        if escaped_unreserved {
+            return Some(
+                "an escaped letter, digit or '-._~': requests are routed with those decoded"
+                    .to_owned(),
+            );
+        }
+    }
+    None
+}
+
+/// A duration, in whole milliseconds or more: snapshots carry milliseconds, so `"999us"` would
+/// reach the data plane as 0 (refused, or its default), and `"1500us"` as 1 ms.
 fn duration(text: &str, path: KeyPath, p: &mut Problems) -> Duration {
     match humantime::parse_duration(text) {
+        Ok(d) if d.subsec_nanos() % 1_000_000 != 0 => {
+            p.push(
+                path,
+                format!(
+                    "invalid duration {text:?}: the smallest unit is 1ms (write \"{}ms\")",
+                    d.as_millis().max(1)
+                ),
+            );
+            Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+        }
         Ok(d) => d,
         Err(e) => {
             p.push(path, format!("invalid duration {text:?}: {e} (write it with a unit, like \"30s\" or \"1m 30s\")"));

@@ -31,7 +31,7 @@ impl Reloader {
         let mut overlay = (*self.acme_overlay()).clone();
         change(&mut overlay);
         let content = Content::build_with(&current.config, &overlay);
-        if let Some(too_large) = oversize(&content, &self.config_path) {
+        if let Some(too_large) = refusal(&content, &self.config_path) {
             return Err(Error::Publish(too_large.message));
         }
         if content.hash == current.content.hash {

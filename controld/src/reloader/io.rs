@@ -15,6 +15,13 @@ pub(super) fn replace_if_changed<T: PartialEq + Clone>(slot: &mut T, new: &T) ->
 }
 
 /// A diagnostic when `content` is larger than data planes accept.
+/// Why no data plane of this build would apply `content`: too large, or refused by the data
+/// plane's own conversion (the last step of validation, so that a config controld accepts is
+/// one every proxyd of the same build applies).
+pub(super) fn refusal(content: &Content, file: &Path) -> Option<Diagnostic> {
+    oversize(content, file).or_else(|| crate::snapshot::data_plane_refusal(content, file))
+}
+
 pub(super) fn oversize(content: &Content, file: &Path) -> Option<Diagnostic> {
     let bytes = prost::Message::encoded_len(&content.snapshot);
     (bytes > proto::MAX_SNAPSHOT_BYTES).then(|| Diagnostic {

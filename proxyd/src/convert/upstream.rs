@@ -253,7 +253,7 @@ pub fn header_rules(wire: Option<&pb::HeaderRules>, request: bool) -> Result<Hea
     };
     let pairs = |list: &[pb::Header], may_be_host: bool| {
         list.iter()
-            .map(|h| Ok((name(&h.name, may_be_host)?, template(&h.value)?)))
+            .map(|h| Ok((name(&h.name, may_be_host)?, template(&h.name, &h.value)?)))
             .collect::<Result<Vec<_>, String>>()
     };
     Ok(HeaderRules {
@@ -267,11 +267,13 @@ pub fn header_rules(wire: Option<&pb::HeaderRules>, request: bool) -> Result<Hea
     })
 }
 
-fn template(raw: &str) -> Result<Template, String> {
+/// A header value with its placeholders. Errors name the header, never quote the value: it may
+/// be a credential, and NACK texts reach logs and `proxyctl status`.
+fn template(header: &str, raw: &str) -> Result<Template, String> {
     if !raw.contains('{') {
         return HeaderValue::from_str(raw)
             .map(Template::Fixed)
-            .map_err(|_| format!("header rules: invalid header value {raw:?}"));
+            .map_err(|_| format!("header rules: invalid value for header {header:?}"));
     }
     let mut pieces = Vec::new();
     let mut rest = raw;
@@ -280,7 +282,9 @@ fn template(raw: &str) -> Result<Template, String> {
             pieces.push(Piece::Text(rest[..open].to_owned()));
         }
         let Some(close) = rest[open..].find('}') else {
-            return Err(format!("header rules: unclosed placeholder in {raw:?}"));
+            return Err(format!(
+                "header rules: unclosed placeholder in the value of header {header:?}"
+            ));
         };
         pieces.push(match &rest[open + 1..open + close] {
             "client_ip" => Piece::ClientIp,
@@ -298,7 +302,7 @@ fn template(raw: &str) -> Result<Template, String> {
         if let Piece::Text(text) = piece
             && HeaderValue::from_str(text).is_err()
         {
-            return Err(format!("header rules: invalid header value {raw:?}"));
+            return Err(format!("header rules: invalid value for header {header:?}"));
         }
     }
     Ok(Template::Filled(pieces))

@@ -128,7 +128,9 @@ fn upstream_list(len: std::ops::RangeInclusive<usize>, weighted: bool) -> BoxedS
 
 /// A route with a path prefix of its own (`/r<k>...`) and one action.
 fn route(k: usize, weighted: bool) -> impl Strategy<Value = Value> {
-    let prefix = "[a-z0-9/_-]{0,8}".prop_map(move |rest| text(format!("/r{k}{rest}")));
+    // Normalized, as proxyd routes: no empty segment.
+    let prefix = "[a-z0-9_-]{0,3}(/[a-z0-9_-]{1,3}){0,2}/?"
+        .prop_map(move |rest| text(format!("/r{k}{rest}")));
     let redirect = (
         prop::sample::select(vec![
             "https://{host}{path}",
@@ -143,24 +145,28 @@ fn route(k: usize, weighted: bool) -> impl Strategy<Value = Value> {
             insert_some(&mut t, [("status", status.map(Value::Integer))]);
             ("redirect", Value::Table(t))
         });
-    // Header names differ in lower case (the model lower-cases them), values are printable.
-    let headers =
-        vec(("[a-z][a-z0-9-]{0,8}", "[ -~]{0,20}", any::<bool>()), 0..=3).prop_map(|items| {
-            let t: Table = items
-                .into_iter()
-                .enumerate()
-                .map(|(i, (name, value, upper))| {
-                    let name = format!("x-{name}-{i}");
-                    let name = if upper {
-                        name.to_ascii_uppercase()
-                    } else {
-                        name
-                    };
-                    (name, text(value))
-                })
-                .collect();
-            Value::Table(t)
-        });
+    // Header names differ in lower case (the model lower-cases them), values are printable
+    // and without braces (a '{' opens a placeholder).
+    let headers = vec(
+        ("[a-z][a-z0-9-]{0,8}", "[ -z|~]{0,20}", any::<bool>()),
+        0..=3,
+    )
+    .prop_map(|items| {
+        let t: Table = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, value, upper))| {
+                let name = format!("x-{name}-{i}");
+                let name = if upper {
+                    name.to_ascii_uppercase()
+                } else {
+                    name
+                };
+                (name, text(value))
+            })
+            .collect();
+        Value::Table(t)
+    });
     let respond = (of(200i64..=599), of(".{0,40}"), headers).prop_map(|(status, body, headers)| {
         let mut t = Table::new();
         insert_some(

@@ -25,10 +25,11 @@ pub(super) fn routes(
                 p.push(rp.clone(), "missing key `path_prefix`");
                 continue;
             }
-            Some(prefix) if !prefix.starts_with('/') || prefix.contains(char::is_whitespace) => {
+            Some(prefix) if super::request_path_problem(prefix, false, true).is_some() => {
+                let why = super::request_path_problem(prefix, false, true).unwrap_or_default();
                 p.push(
                     rp.key("path_prefix"),
-                    format!("invalid path prefix {prefix:?}: it starts with '/' and has no spaces"),
+                    format!("invalid path prefix {prefix:?}: {why}"),
                 );
                 continue;
             }
@@ -185,6 +186,11 @@ fn route_action(
                 at.key("redirect"),
                 "`location` is required, e.g. \"https://{host}{path}\"",
             );
+        } else if !super::upstream::valid_header_value(&location) {
+            p.push(
+                at.key("redirect").key("location"),
+                "invalid location: no CR, LF, NUL or other control characters",
+            );
         }
         let status = r.status.unwrap_or(308);
         if ![301, 302, 303, 307, 308].contains(&status) {
@@ -264,13 +270,8 @@ fn proxy_route(
         }
         (Some(true), None) => PathRewrite::StripPrefix,
         (_, Some(to)) => {
-            if !to.starts_with('/') || to.contains(char::is_whitespace) || to.contains(['?', '#']) {
-                p.push(
-                    at.key("rewrite"),
-                    format!(
-                        "invalid rewrite {to:?}: it starts with '/' and has no spaces, '?' or '#'"
-                    ),
-                );
+            if let Some(why) = super::request_path_problem(to, false, false) {
+                p.push(at.key("rewrite"), format!("invalid rewrite {to:?}: {why}"));
             }
             PathRewrite::Replace(to.clone())
         }

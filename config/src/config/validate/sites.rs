@@ -291,11 +291,8 @@ fn pool(file: &SiteFile, at: &KeyPath, p: &mut Problems) -> PoolConfig {
 
 fn health_check(file: &HealthCheckFile, at: &KeyPath, p: &mut Problems) -> HealthCheck {
     let path = file.path.clone().unwrap_or_else(|| "/".to_owned());
-    if !path.starts_with('/') || path.contains(char::is_whitespace) {
-        p.push(
-            at.key("path"),
-            format!("invalid path {path:?}: it starts with '/' and has no spaces"),
-        );
+    if let Some(why) = super::request_path_problem(&path, true, false) {
+        p.push(at.key("path"), format!("invalid path {path:?}: {why}"));
     }
     let interval = timeout_or(
         &file.interval,

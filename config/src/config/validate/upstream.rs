@@ -297,7 +297,16 @@ fn header_value(value: &str, name: &str, at: &KeyPath, p: &mut Problems) -> bool
     let mut valid = true;
     while let Some(open) = rest.find('{') {
         let Some(len) = rest[open..].find('}') else {
-            break;
+            // As the data plane reads it: a `{` opens a placeholder. The value is not quoted:
+            // it may be a credential.
+            p.push(
+                at.clone(),
+                format!(
+                    "unclosed placeholder in the value of header {name:?}: a '{{' starts one of {}",
+                    PLACEHOLDERS.join(", ")
+                ),
+            );
+            return false;
         };
         let placeholder = &rest[open..=open + len];
         if !PLACEHOLDERS.contains(&placeholder) {
