@@ -1,6 +1,11 @@
-//! Dialing an upstream: DNS (none for an IP literal), TCP with TCP_NODELAY, TLS for https://
-//! upstreams, and the place the connection takes under the breaker's `max_connections`.
+//! Dialing an upstream: DNS (none for an IP literal; cached, in `dns`), TCP to the resolved
+//! addresses Happy-Eyeballs style with TCP_NODELAY, TLS for https:// upstreams, and the place the
+//! connection takes under the breaker's `max_connections`.
 
+mod dns;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -71,30 +76,122 @@ impl DialError {
     }
 }
 
-/// Resolves `authority` (an IP literal needs no lookup) and connects to the first address that
-/// answers, with TCP_NODELAY.
+/// Resolves `authority` (an IP literal needs no lookup; a name goes through the cache in
+/// `dns`) and connects to the first address that answers (`connect_any`), with TCP_NODELAY.
 pub async fn tcp(authority: &Authority, default_port: u16) -> Result<TcpStream, DialError> {
     let host = authority.host();
     let port = authority.port_u16().unwrap_or(default_port);
     let literal = host.trim_start_matches('[').trim_end_matches(']');
-    let addresses: Vec<std::net::SocketAddr> = match literal.parse::<std::net::IpAddr>() {
-        Ok(ip) => vec![(ip, port).into()],
-        Err(_) => tokio::net::lookup_host((host, port))
+    let addresses: Arc<[SocketAddr]> = match literal.parse::<IpAddr>() {
+        Ok(ip) => Arc::new([SocketAddr::new(ip, port)]),
+        Err(_) => dns::system()
+            .resolve(host, port, std::time::Instant::now())
             .await
-            .map_err(|e| DialError::Resolve(host.to_owned(), e))?
-            .collect(),
+            .map_err(|e| DialError::Resolve(host.to_owned(), e))?,
     };
-    let mut last = DialError::NoAddress(host.to_owned());
-    for address in addresses {
-        match TcpStream::connect(address).await {
-            Ok(tcp) => {
+    if addresses.is_empty() {
+        return Err(DialError::NoAddress(host.to_owned()));
+    }
+    connect_any(&addresses).await
+}
+
+/// RFC 8305's Connection Attempt Delay: how long an attempt has before the next address is
+/// tried alongside it. A blackholed address (a broken IPv6 route, a full accept queue) never
+/// fails by itself, so without this it would use up the whole connect timeout.
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Happy Eyeballs (RFC 8305 sections 4 to 6) over `addresses`: families interleaved, a new
+/// attempt every `ATTEMPT_DELAY` or as soon as one fails, earlier ones kept running; the first
+/// connection wins (with TCP_NODELAY) and the others are dropped. When all fail, the last error.
+/// The caller's connect timeout bounds the whole.
+pub async fn connect_any(addresses: &[SocketAddr]) -> Result<TcpStream, DialError> {
+    connect_staggered(addresses, ATTEMPT_DELAY).await
+}
+
+type Attempt = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
+
+/// What woke `connect_staggered`.
+enum Event {
+    Connected(TcpStream),
+    Failed(std::io::Error),
+    DelayPassed,
+}
+
+async fn connect_staggered(
+    addresses: &[SocketAddr],
+    delay: Duration,
+) -> Result<TcpStream, DialError> {
+    let mut queue = interleave(addresses).into_iter();
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut last_error = None;
+    let timer = tokio::time::sleep(delay);
+    tokio::pin!(timer);
+    loop {
+        if attempts.is_empty() {
+            let Some(address) = queue.next() else {
+                return Err(last_error.map_or_else(
+                    || DialError::Tcp(std::io::Error::other("no address to connect to")),
+                    DialError::Tcp,
+                ));
+            };
+            attempts.push(Box::pin(TcpStream::connect(address)));
+            timer.as_mut().reset(tokio::time::Instant::now() + delay);
+        }
+        let more = !queue.as_slice().is_empty();
+        let event = std::future::poll_fn(|cx| {
+            for i in 0..attempts.len() {
+                if let Poll::Ready(result) = attempts[i].as_mut().poll(cx) {
+                    drop(attempts.swap_remove(i));
+                    return Poll::Ready(match result {
+                        Ok(tcp) => Event::Connected(tcp),
+                        Err(e) => Event::Failed(e),
+                    });
+                }
+            }
+            if more && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::DelayPassed);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Connected(tcp) => {
                 let _ = tcp.set_nodelay(true);
                 return Ok(tcp);
             }
-            Err(e) => last = DialError::Tcp(e),
+            // A failure starts the next attempt at once (the top of the loop, when none is
+            // left running; here otherwise), with a new delay.
+            Event::Failed(e) => last_error = Some(e),
+            Event::DelayPassed => {}
+        }
+        if !attempts.is_empty()
+            && let Some(address) = queue.next()
+        {
+            attempts.push(Box::pin(TcpStream::connect(address)));
+            timer.as_mut().reset(tokio::time::Instant::now() + delay);
         }
     }
-    Err(last)
+}
+
+/// `addresses` with the families alternating, starting with the family of the first one (the
+/// resolver's preference), each family in the resolver's order (RFC 8305 section 4).
+fn interleave(addresses: &[SocketAddr]) -> Vec<SocketAddr> {
+    let first_is_v6 = addresses.first().is_some_and(SocketAddr::is_ipv6);
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for address in addresses {
+        match address.is_ipv6() == first_is_v6 {
+            true => first.push(*address),
+            false => second.push(*address),
+        }
+    }
+    let mut ordered = Vec::with_capacity(addresses.len());
+    let (mut first, mut second) = (first.into_iter(), second.into_iter());
+    loop {
+        match (first.next(), second.next()) {
+            (None, None) => return ordered,
+            (a, b) => ordered.extend(a.into_iter().chain(b)),
+        }
+    }
 }
 
 /// TCP, then TLS when `tls` is set; what ALPN agreed on (HTTP/1.1 when nothing was).
@@ -265,3 +362,6 @@ impl hyper::rt::Write for Counted {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
+
+#[cfg(test)]
+mod tests;
