@@ -190,7 +190,14 @@ impl Reloader {
                     ..Reloader::empty_report(&current)
                 };
             }
-            let mut report = match load_off_thread(self.config_path.clone()).await {
+            let loaded = load_off_thread(self.config_path.clone()).await;
+            if !expected_text(&options, &loaded) {
+                return ReloadReport {
+                    outcome: Outcome::FileChanged,
+                    ..Reloader::empty_report(&current)
+                };
+            }
+            let mut report = match loaded {
                 Ok((config, text)) => self.publish(current, config, &text, &options).await,
                 Err(e) => self.rejected(&current, e.diagnostics(&self.config_path)),
             };
@@ -205,9 +212,17 @@ impl Reloader {
                 ..Reloader::empty_report(&current)
             };
         }
+        // Read under the lock: the bytes checked against `if_text_hash` are the ones published.
+        let loaded = load_off_thread(self.config_path.clone()).await;
+        if !expected_text(&options, &loaded) {
+            return ReloadReport {
+                outcome: Outcome::FileChanged,
+                ..Reloader::empty_report(&current)
+            };
+        }
         self.around(&options, started, async {
             let current = self.current();
-            match load_off_thread(self.config_path.clone()).await {
+            match loaded {
                 Ok((config, text)) => self.publish(current, config, &text, &options).await,
                 Err(e) => self.rejected(&current, e.diagnostics(&self.config_path)),
             }
@@ -252,6 +267,7 @@ impl Reloader {
             dry_run: false,
             force: false,
             if_version: None,
+            if_text_hash: None,
             origin: Origin {
                 source: format!("rollback to {target}"),
                 ..origin
@@ -283,6 +299,7 @@ impl Reloader {
         let _permit = self.check_permit()?;
         let current = self.current();
         let mut report = ValidateReport {
+            text_hash: crate::snapshot::text_hash(&text),
             diagnostics: Vec::new(),
             diff: ConfigDiff::default(),
             warnings: Vec::new(),
@@ -346,7 +363,7 @@ impl Reloader {
                 Outcome::Applied => Some(ReloadResult::Applied),
                 Outcome::Unchanged => Some(ReloadResult::Unchanged),
                 Outcome::Rejected => Some(ReloadResult::Rejected),
-                Outcome::DryRun | Outcome::Conflict => None,
+                Outcome::DryRun | Outcome::Conflict | Outcome::FileChanged => None,
             };
             if let Some(result) = result {
                 self.metrics.reloaded(result);
@@ -577,6 +594,18 @@ mod report;
 
 #[cfg(test)]
 use io::oversize;
+/// Whether the file read is the one the caller validated (`if_text_hash`); a file that does not
+/// parse is judged by the reload itself (rejected, nothing published).
+fn expected_text(
+    options: &ReloadOptions,
+    loaded: &Result<(Config, String), crate::config::LoadError>,
+) -> bool {
+    match (&options.if_text_hash, loaded) {
+        (Some(expected), Ok((_, text))) => crate::snapshot::text_hash(text) == *expected,
+        _ => true,
+    }
+}
+
 use io::{bind_failed, load_off_thread, parse_off_thread, refusal, replace_if_changed};
 pub use report::*;
 

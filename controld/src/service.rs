@@ -194,10 +194,12 @@ impl pb::admin_server::Admin for AdminService {
             false => Some(self.access.authorize(&request, "Reload")?),
         };
         let req = request.into_inner();
+        let req_hash = req.if_text_hash.clone();
         let options = ReloadOptions {
             dry_run: req.dry_run,
             force: req.force,
             if_version: req.if_version,
+            if_text_hash: req.if_text_hash.clone(),
             origin: Origin {
                 source: "reload".to_owned(),
                 uid: caller.and_then(|c| c.uid),
@@ -211,6 +213,9 @@ impl pb::admin_server::Admin for AdminService {
                 .check_permit()
                 .map_err(|e| Status::resource_exhausted(e.to_string()))?;
             let report = self.reloader.reload(options).await;
+            if let Some(conflict) = conflict(&report, req_hash.as_deref()) {
+                return Err(conflict);
+            }
             return Ok(Response::new(reload_reply(&report, &self.reloader)));
         }
         // A reload runs to its end even if the caller gives up (a short --timeout drops this
@@ -226,11 +231,8 @@ impl pb::admin_server::Admin for AdminService {
             );
             audit("Reload", &caller, &outcome.to_ascii_lowercase());
         }
-        if report.outcome == Outcome::Conflict {
-            return Err(Status::failed_precondition(format!(
-                "version is now {}: another writer published first; nothing was reloaded",
-                report.version
-            )));
+        if let Some(conflict) = conflict(&report, req_hash.as_deref()) {
+            return Err(conflict);
         }
         Ok(Response::new(reload_reply(&report, &self.reloader)))
     }
@@ -252,6 +254,7 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         Ok(Response::new(pb::ValidateReply {
+            text_hash: report.text_hash,
             valid: report.diagnostics.is_empty(),
             diagnostics: report.diagnostics.iter().map(diagnostic).collect(),
             diff: Some(report.diff.to_proto()),
@@ -477,6 +480,23 @@ impl pb::admin_server::Admin for AdminService {
     }
 }
 
+/// A reload that a precondition stopped, as the FAILED_PRECONDITION scripts read: nothing was
+/// published.
+fn conflict(report: &ReloadReport, expected_hash: Option<&str>) -> Option<Status> {
+    match report.outcome {
+        Outcome::Conflict => Some(Status::failed_precondition(format!(
+            "version is now {}: another writer published first; nothing was reloaded",
+            report.version
+        ))),
+        Outcome::FileChanged => Some(Status::failed_precondition(format!(
+            "the config file is not the one validated (expected text hash {}): another writer \
+             changed it; nothing was reloaded",
+            expected_hash.unwrap_or("-")
+        ))),
+        _ => None,
+    }
+}
+
 fn outcome(o: Outcome) -> pb::ReloadOutcome {
     match o {
         Outcome::Applied => pb::ReloadOutcome::Applied,
@@ -484,7 +504,7 @@ fn outcome(o: Outcome) -> pb::ReloadOutcome {
         Outcome::Rejected => pb::ReloadOutcome::Rejected,
         Outcome::DryRun => pb::ReloadOutcome::DryRun,
         // Answered as FAILED_PRECONDITION before a reply is built.
-        Outcome::Conflict => pb::ReloadOutcome::Unspecified,
+        Outcome::Conflict | Outcome::FileChanged => pb::ReloadOutcome::Unspecified,
     }
 }
 

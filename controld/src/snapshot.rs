@@ -102,6 +102,15 @@ pub fn data_plane_refusal(content: &Content, file: &std::path::Path) -> Option<D
     })
 }
 
+/// The hash that names a config file's text: SHA-256, hex. Validate returns it for a candidate;
+/// a reload with `if_text_hash` publishes the file only if its text still has it.
+pub fn text_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Loads the config at `path` as controld starts from it: read, parse, validate, and the
 /// snapshot it makes checked as a data plane would check it ([`data_plane_refusal`]).
 pub fn load_checked(path: &std::path::Path) -> Result<(Config, String), LoadError> {

@@ -100,9 +100,13 @@ pub enum Command {
         #[arg(long)]
         force: bool,
         /// Reload only if VERSION still serves (see `status`); if another writer published
-        /// first, publish nothing and exit 1 ("version is now N").
+        /// first, publish nothing and exit 4 ("version is now N").
         #[arg(long, value_name = "VERSION")]
         if_version: Option<u64>,
+        /// Reload only if the config file still holds exactly the text that `check --remote`
+        /// validated (its `text_hash`); if another writer changed it, publish nothing and exit 4.
+        #[arg(long, value_name = "HASH")]
+        if_hash: Option<String>,
     },
     /// Check a config file without applying it: here, with controld's own validation (no daemon
     /// needed), or with --remote by the running controld, which also says what a reload of it

@@ -13,6 +13,10 @@ pub enum Exit {
     /// deadline), or a daemon refused the request (not allowed, unknown version, nothing to roll
     /// back to).
     Failed,
+    /// 4: `reload --if-version` or `--if-hash` found another writer first (the serving version
+    /// or the config file changed since the caller looked); nothing was published. A deploy
+    /// script stops without rolling anything back: the other writer's work stands.
+    Conflict,
     /// 3: the daemon is not running (its socket file is missing or nobody listens on it): for
     /// `status` neither controld nor the local proxyd answers; for `health` and `shutdown`, the
     /// local proxyd.
@@ -29,6 +33,7 @@ impl Exit {
             Exit::Ok => 0,
             Exit::Failed => 1,
             Exit::NotRunning => 3,
+            Exit::Conflict => 4,
             Exit::Unavailable => 69,
         }
     }
@@ -49,6 +54,7 @@ mod tests {
         assert_eq!(Exit::Ok.code(), 0);
         assert_eq!(Exit::Failed.code(), 1);
         assert_eq!(Exit::NotRunning.code(), 3);
+        assert_eq!(Exit::Conflict.code(), 4);
         assert_eq!(Exit::Unavailable.code(), 69);
     }
 }

@@ -266,6 +266,7 @@ pub fn validated() -> ValidateReply {
         ],
         current_version: 4,
         next_version: 5,
+        text_hash: "3f2a".into(),
     }
 }
 
@@ -293,6 +294,7 @@ pub fn invalid() -> ValidateReply {
         warnings: Vec::new(),
         current_version: 4,
         next_version: 4,
+        text_hash: "9c1e".into(),
     }
 }
 

@@ -142,6 +142,9 @@ pub struct RemoteCheck {
     pub warnings: Vec<String>,
     /// Every problem, named after FILE as given on the command line; `[]` when valid.
     pub diagnostics: Vec<Diagnostic>,
+    /// The file's text hash: `reload --if-hash` publishes the config file only while it holds
+    /// exactly this text.
+    pub text_hash: String,
 }
 
 /// `proxyctl --json config show`: the serving version's config.
@@ -457,6 +460,7 @@ impl RemoteCheck {
             diff: reply.diff.as_ref().map(Diff::from).unwrap_or_default(),
             warnings: reply.warnings.clone(),
             diagnostics: reply.diagnostics.iter().map(Diagnostic::from).collect(),
+            text_hash: reply.text_hash.clone(),
         }
     }
 }

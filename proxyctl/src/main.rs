@@ -51,11 +51,13 @@ async fn run(cli: &Cli) -> Exit {
             dry_run,
             force,
             if_version,
+            ref if_hash,
         } => {
             let request = ReloadRequest {
                 dry_run,
                 force,
                 if_version,
+                if_text_hash: if_hash.clone(),
             };
             match call(cli, |mut admin| async move { admin.reload(request).await }).await {
                 Ok(reply) => answer(
@@ -376,6 +378,9 @@ fn fail(err: &client::Error, command: &Command) -> Exit {
 /// `health`, `shutdown`): for `reload` a missing daemon is as unreachable (69) as a broken one,
 /// which is what `ExecReload=` expects.
 fn error_exit(err: &client::Error, command: &Command) -> Exit {
+    if err.is_conflict() && matches!(command, Command::Reload { .. }) {
+        return Exit::Conflict;
+    }
     if err.is_refused() {
         return Exit::Failed;
     }

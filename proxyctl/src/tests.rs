@@ -20,6 +20,7 @@ fn missing_daemon_is_3_for_status_and_69_for_reload() {
         dry_run: false,
         force: false,
         if_version: None,
+        if_hash: None,
     };
     assert_eq!(error_exit(&missing, &reload), Exit::Unavailable);
     let check = Command::Check {
@@ -81,6 +82,7 @@ fn refusals_exit_1_for_every_command() {
             dry_run: false,
             force: false,
             if_version: Some(3),
+            if_hash: None,
         },
         Command::Check {
             file: PathBuf::from("proxy.toml"),
@@ -103,7 +105,12 @@ fn refusals_exit_1_for_every_command() {
             tonic::Code::FailedPrecondition,
             tonic::Code::InvalidArgument,
         ] {
-            assert_eq!(error_exit(&refused(code), command), Exit::Failed);
+            // A reload whose precondition no longer holds is a conflict (4), nothing else is.
+            let expected = match (command, code) {
+                (Command::Reload { .. }, tonic::Code::FailedPrecondition) => Exit::Conflict,
+                _ => Exit::Failed,
+            };
+            assert_eq!(error_exit(&refused(code), command), expected);
         }
         let lost = client::Error::Rpc {
             daemon: client::Daemon::Controld,

@@ -71,7 +71,7 @@ impl Admin for Fake {
         self.seen
             .lock()
             .unwrap()
-            .push((*request.get_ref(), deadline));
+            .push((request.get_ref().clone(), deadline));
         if let Some(expected) = request.get_ref().if_version
             && expected != SERVING
         {
@@ -189,6 +189,7 @@ fn validated() -> ValidateReply {
         ],
         current_version: SERVING,
         next_version: SERVING + 1,
+        text_hash: "ab12".into(),
     }
 }
 
@@ -207,6 +208,7 @@ fn rejected_candidate(file_name: &str) -> ValidateReply {
         warnings: Vec::new(),
         current_version: SERVING,
         next_version: SERVING,
+        text_hash: "cd34".into(),
     }
 }
 
@@ -545,6 +547,7 @@ async fn applied_reload_prints_the_change_and_exits_0() {
             dry_run: false,
             force: true,
             if_version: None,
+            if_text_hash: None,
         }
     );
     assert!(seen[0].1.is_some(), "the deadline travels to controld");

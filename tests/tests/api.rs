@@ -85,6 +85,7 @@ async fn two_writers_racing_on_the_same_version_exactly_one_wins() {
         dry_run: false,
         force: true,
         if_version: Some(1),
+        if_text_hash: None,
     };
     let (mut one, mut two) = (env.admin().await, env.admin().await);
     let (first, second) = tokio::join!(one.reload(request()), two.reload(request()));
@@ -304,5 +305,170 @@ async fn the_reference_deploy_script_deploys_and_rolls_back_while_traffic_flows(
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(load.await.unwrap(), 0, "requests failed during the deploys");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_deploys_raced_leave_the_winner_s_config_and_the_loser_touches_nothing() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+    let a = MockUpstream::start("a").await;
+    let b = MockUpstream::start("b").await;
+    let c = MockUpstream::start("c").await;
+    let env = TestEnv::start(&site(&a.url())).await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/deploy.sh");
+    // Hold the deploy lock while both validate against version 1, so that they truly race.
+    let lock = format!("{}.deploy-lock", env.config_path.display());
+    let mut holder = tokio::process::Command::new("flock")
+        .args([lock.as_str(), "-c", "echo locked; cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut locked = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut locked)
+        .await
+        .unwrap();
+    assert_eq!(locked.trim(), "locked");
+
+    let mut deploys = Vec::new();
+    for (name, upstream) in [("b", &b), ("c", &c)] {
+        let path = env.dir.path().join(format!("candidate-{name}.toml"));
+        std::fs::write(&path, env.config_text(&site(&upstream.url()))).unwrap();
+        let mut child = tokio::process::Command::new("bash")
+            .arg(&script)
+            .arg(&path)
+            .arg(&env.config_path)
+            .env("PROXYCTL", binary("proxyctl"))
+            .env("PROXYCTL_SOCKET", &env.socket)
+            .env("PROXYCTL_DATA_PLANE_SOCKET", env.proxyd_socket())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until it has validated; keep the rest of its output.
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        while !seen.contains("validated against version 1") {
+            let mut line = String::new();
+            assert!(stderr.read_line(&mut line).await.unwrap() > 0, "{seen}");
+            seen.push_str(&line);
+        }
+        deploys.push((name, path, child, stderr, seen));
+    }
+    drop(holder.stdin.take());
+    holder.wait().await.unwrap();
+
+    let mut outcomes = Vec::new();
+    for (name, path, mut child, mut stderr, mut seen) in deploys {
+        stderr.read_to_string(&mut seen).await.unwrap();
+        let code = child.wait().await.unwrap().code();
+        outcomes.push((name, path, code, seen));
+    }
+    let winner = outcomes
+        .iter()
+        .find(|o| o.2 == Some(0))
+        .expect("one deploy won");
+    let loser = outcomes
+        .iter()
+        .find(|o| o.2 == Some(4))
+        .expect("the other got exit 4");
+    assert!(
+        loser.3.contains("nothing was changed"),
+        "the loser says it changed nothing: {}",
+        loser.3
+    );
+    // The running config is the winner's candidate, published once; the loser's is nowhere.
+    assert_eq!(
+        std::fs::read_to_string(&env.config_path).unwrap(),
+        std::fs::read_to_string(&winner.1).unwrap()
+    );
+    let status = env.wait_for_applied(2).await;
+    assert_eq!(
+        status.control_plane.unwrap().version,
+        2,
+        "one version published"
+    );
+    let served = proxy_tests::get(env.http, "app.example", "/").await.body;
+    assert!(
+        served.starts_with(&format!("upstream {}", winner.0)),
+        "{served}"
+    );
+    // Neither left a temporary or backup file behind.
+    let leftovers: Vec<_> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".deploy.") || n.contains("before-deploy"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_names_the_validated_text_publishes_only_that_text() {
+    let a = MockUpstream::start("a").await;
+    let b = MockUpstream::start("b").await;
+    let c = MockUpstream::start("c").await;
+    let env = TestEnv::start(&site(&a.url())).await;
+    let mut admin = env.admin().await;
+    let candidate = env.config_text(&site(&b.url()));
+    let validated = admin
+        .validate(pb::ValidateRequest {
+            config_text: candidate.clone(),
+            file_name: "candidate.toml".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(validated.valid);
+    assert_eq!(validated.text_hash.len(), 64, "{validated:?}");
+    let reload = |hash: &str| pb::ReloadRequest {
+        dry_run: false,
+        force: false,
+        if_version: Some(1),
+        if_text_hash: Some(hash.to_owned()),
+    };
+    // Someone else's file in place of the candidate: refused, nothing published.
+    env.write_config(&site(&c.url()));
+    let refused = admin
+        .reload(reload(&validated.text_hash))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("not the one validated"),
+        "{refused:?}"
+    );
+    assert_eq!(env.status().await.control_plane.unwrap().version, 1);
+    // proxyctl says so with its conflict code.
+    std::fs::write(&env.config_path, &candidate).unwrap();
+    let out = env
+        .proxyctl(&["reload", "--if-version", "1", "--if-hash", "0000"])
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        proxy_tests::output_text(&out)
+    );
+    // The validated text: published.
+    let applied = admin
+        .reload(reload(&validated.text_hash))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(applied.version, 2);
+    assert!(
+        proxy_tests::get(env.http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream b")
+    );
     env.stop().await;
 }

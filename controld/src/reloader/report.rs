@@ -17,6 +17,9 @@ pub struct ReloadOptions {
     pub origin: Origin,
     /// Optimistic concurrency: reload only if this version is still serving.
     pub if_version: Option<u64>,
+    /// Reload only if the file's text has this hash ([`crate::snapshot::text_hash`], what
+    /// Validate returned for the candidate): the content published is the content checked.
+    pub if_text_hash: Option<String>,
 }
 
 /// Where a published version came from.
@@ -55,6 +58,9 @@ pub enum Outcome {
     DryRun,
     /// `if_version` did not match: another writer published first; nothing was read.
     Conflict,
+    /// `if_text_hash` did not match: the file is not the config that was validated; nothing was
+    /// published.
+    FileChanged,
 }
 
 /// Everything a reload has to say; Admin.Reload sends it as is.
@@ -94,6 +100,8 @@ pub struct ValidateReport {
     pub current_version: u64,
     /// The version a reload of the text would publish.
     pub next_version: u64,
+    /// The text's hash, for a reload's `if_text_hash`.
+    pub text_hash: String,
 }
 
 /// The last reload requested since start.

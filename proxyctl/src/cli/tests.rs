@@ -44,6 +44,7 @@ fn global_flags_work_after_the_subcommand() {
             dry_run: true,
             force: false,
             if_version: None,
+            if_hash: None,
         }
     ));
 }
@@ -57,7 +58,16 @@ fn reload_takes_if_version() {
             if_version: Some(12),
             dry_run: false,
             force: false,
+            if_hash: None,
         })
+    ));
+    assert!(matches!(
+        parse(&["proxyctl", "reload", "--if-version", "12", "--if-hash", "ab12"]),
+        Ok(Command::Reload {
+            if_version: Some(12),
+            if_hash: Some(ref hash),
+            ..
+        }) if hash == "ab12"
     ));
     assert!(parse(&["proxyctl", "reload", "--if-version"]).is_err());
     assert!(parse(&["proxyctl", "reload", "--if-version", "twelve"]).is_err());

@@ -91,6 +91,18 @@ impl Error {
     pub fn is_refused(&self) -> bool {
         matches!(self, Error::Refused { .. })
     }
+
+    /// True when the daemon refused because a precondition the caller set no longer holds
+    /// (`reload --if-version` / `--if-hash`: another writer got there first).
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            Error::Refused {
+                code: Code::FailedPrecondition,
+                ..
+            }
+        )
+    }
 }
 
 fn running_hint(daemon: Daemon, not_running: bool) -> String {

@@ -296,7 +296,8 @@ fn remote_check_shape() {
                 "site_changes": []
             },
             "warnings": ["control.allowed_uids changed from none to 1000: needs a restart of controld"],
-            "diagnostics": []
+            "diagnostics": [],
+            "text_hash": "3f2a"
         })
     );
 }
