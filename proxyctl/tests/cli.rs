@@ -1006,7 +1006,8 @@ async fn check_remote_shows_what_a_reload_would_change() {
             "diff": {"sites_added": ["b.example"], "sites_removed": [], "sites_modified": [],
                      "limits_changed": [], "static_changed": [], "site_changes": []},
             "warnings": ["control.allowed_uids changed from none to 1000: needs a restart of controld"],
-            "diagnostics": []
+            "diagnostics": [],
+            "text_hash": "ab12"
         })
     );
 }
@@ -1138,7 +1139,7 @@ async fn reload_if_version_conflict_fails_with_controlds_message() {
     )
     .await;
     let out = env.proxyctl(&["reload", "--if-version", "3"]).await;
-    assert_eq!(out.status.code(), Some(1), "a refusal, not unreachable");
+    assert_eq!(out.status.code(), Some(4), "a conflict, not unreachable");
     assert_eq!(
         stderr(&out),
         "proxyctl: reload: version is now 4: another writer published first; \
