@@ -1150,7 +1150,7 @@ async fn reload_if_version_conflict_fails_with_controlds_message() {
     let json = env
         .proxyctl(&["--json", "reload", "--if-version", "3"])
         .await;
-    assert_eq!(json.status.code(), Some(1));
+    assert_eq!(json.status.code(), Some(4));
     assert!(json.stdout.is_empty(), "errors never go to stdout");
 
     let out = env.proxyctl(&["reload", "--if-version", "4"]).await;
