@@ -1,7 +1,14 @@
 //! What GetConfig may show: the config text with secret-looking values replaced, and the
-//! snapshot without key material.
+//! snapshot without key material or credential header values.
+//!
+//! The text is redacted by its structure, not line by line: TOML writes one value many ways
+//! (inline tables, `"quoted" = keys`, multi-line strings), and a header's credential sits under
+//! the header's name (`set = { Authorization = "Bearer ..." }`), which no line-based rule sees.
+
+use std::ops::Range;
 
 use proto::v1 as pb;
+use toml::de::{DeTable, DeValue};
 
 /// Keys whose values are never shown, whatever table they are in.
 const SECRET_WORDS: [&str; 6] = [
@@ -27,26 +34,94 @@ pub fn header_looks_secret(name: &str) -> bool {
         .any(|w| name.contains(w))
 }
 
-/// Replaces the value of every `key = value` line whose key looks secret with "<redacted>".
-/// Only single-line values are ever secrets in this config, and keys like `key_file` (a path) are
-/// not secrets.
+/// Tables whose keys are header names (header rules, `respond` headers, `match_headers`): the
+/// value of a header whose name looks secret ([`header_looks_secret`]) is never shown.
+const HEADER_TABLES: [&str; 4] = ["set", "add", "headers", "match_headers"];
+
+/// What replaces a secret value.
+const REDACTED: &str = "\"<redacted>\"";
+
+/// The config text with every secret-looking value replaced by `"<redacted>"`: the value of a
+/// key whose name looks secret ([`SECRET_WORDS`], whatever it holds: a string, a table, an
+/// array), and the value of a header whose name looks secret in a table of headers. Keys like
+/// `key_file` (a path) are not secrets. Comments are left out (they may quote anything). Text
+/// that does not parse (never a config controld accepted) is not shown at all.
 pub fn redact(text: &str) -> String {
+    let Ok(doc) = DeTable::parse(text) else {
+        return "# <redacted: the text does not parse>\n".to_owned();
+    };
+    let mut spans = Vec::new();
+    secret_spans(doc.get_ref(), false, &mut spans);
+    spans.sort_by_key(|s| s.start);
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for span in spans {
+        // Nested spans (a secret inside a secret table) are covered by the outer one.
+        if span.start < at {
+            continue;
+        }
+        out.push_str(text.get(at..span.start).unwrap_or(""));
+        out.push_str(REDACTED);
+        at = span.end;
+    }
+    out.push_str(text.get(at..).unwrap_or(""));
+    without_comments(&out)
+}
+
+/// The spans of the values to hide under `table`; `headers`: its keys are header names.
+fn secret_spans(table: &DeTable<'_>, headers: bool, spans: &mut Vec<Range<usize>>) {
+    for (key, value) in table {
+        let name = key.get_ref().to_ascii_lowercase();
+        let secret = SECRET_WORDS.iter().any(|w| name.contains(w))
+            || (headers && header_looks_secret(&name));
+        if secret {
+            spans.push(value.span());
+            continue;
+        }
+        let header_table = HEADER_TABLES.contains(&name.as_str());
+        walk(value.get_ref(), header_table, spans);
+    }
+}
+
+fn walk(value: &DeValue<'_>, headers: bool, spans: &mut Vec<Range<usize>>) {
+    match value {
+        DeValue::Table(t) => secret_spans(t, headers, spans),
+        DeValue::Array(items) => {
+            for item in items {
+                walk(item.get_ref(), headers, spans);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `text` without its comments: a `#` outside strings starts one. Conservative: a line whose
+/// strings cannot be followed simply (a multi-line string) keeps everything but what follows
+/// an unquoted `#`.
+fn without_comments(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
-        let key = line
-            .split('=')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .trim_matches('"')
-            .to_ascii_lowercase();
-        let is_secret = line.contains('=') && SECRET_WORDS.iter().any(|w| key.contains(w));
-        if is_secret {
-            let indent: String = line.chars().take_while(|c| c.is_whitespace()).collect();
-            let name = line.split('=').next().unwrap_or("").trim();
-            out.push_str(&format!("{indent}{name} = \"<redacted>\"\n"));
-        } else {
-            out.push_str(line);
+        let mut in_string: Option<char> = None;
+        let mut escaped = false;
+        let mut cut = line.len();
+        for (i, c) in line.char_indices() {
+            match in_string {
+                Some('"') if escaped => escaped = false,
+                Some('"') if c == '\\' => escaped = true,
+                Some(q) if c == q => in_string = None,
+                Some(_) => {}
+                None if c == '"' || c == '\'' => in_string = Some(c),
+                None if c == '#' => {
+                    cut = i;
+                    break;
+                }
+                None => {}
+            }
+        }
+        let kept = line[..cut].trim_end();
+        out.push_str(kept);
+        if line.ends_with('\n') {
+            out.push('\n');
         }
     }
     out
@@ -68,8 +143,31 @@ pub fn snapshot(mut snapshot: pb::Snapshot) -> pb::Snapshot {
                 tls.client_key_pem.clear();
             }
         }
+        let rules = [&mut site.request_headers, &mut site.response_headers];
+        for rules in rules.into_iter().flatten() {
+            redact_headers(rules.set.iter_mut().chain(rules.add.iter_mut()));
+        }
+        for route in &mut site.routes {
+            let rules = [&mut route.request_headers, &mut route.response_headers];
+            for rules in rules.into_iter().flatten() {
+                redact_headers(rules.set.iter_mut().chain(rules.add.iter_mut()));
+            }
+            redact_headers(route.match_headers.iter_mut());
+            if let Some(pb::route::Action::Respond(respond)) = route.action.as_mut() {
+                redact_headers(respond.headers.iter_mut());
+            }
+        }
     }
     snapshot
+}
+
+/// Replaces the value of every header whose name looks secret.
+fn redact_headers<'a>(headers: impl Iterator<Item = &'a mut pb::Header>) {
+    for header in headers {
+        if header_looks_secret(&header.name) {
+            header.value = "<redacted>".to_owned();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -82,7 +180,40 @@ mod tests {
         let got = redact(text);
         assert_eq!(
             got,
-            "a = 1\n  api_token = \"<redacted>\"\nkey_file = \"/k.pem\"\n# password = \"<redacted>\"\nprivate_key_pem = \"<redacted>\"\n"
+            "a = 1\n  api_token = \"<redacted>\"\nkey_file = \"/k.pem\"\n\nprivate_key_pem = \"<redacted>\"\n"
+        );
+    }
+
+    #[test]
+    fn secrets_in_every_toml_form_and_credential_headers_are_redacted() {
+        let text = r#"
+[[sites]]
+hostnames = ["a.example"]   # the shop
+request_headers = { set = { Authorization = "Bearer eyJhbGci", "X-Env" = "prod" }, add = { "X-Api-Key" = 'k-123' } }
+"api_token" = """
+multi
+line"""
+match = { token = { inner = "t0k" } }
+
+[[sites.routes]]
+path_prefix = "/admin"
+match_headers = { cookie = "session=s3cr3t" }
+respond = { status = 200, body = "ok", headers = { "X-Session" = "abc#def", "Cache-Control" = "no-store" } }
+"#;
+        let got = redact(text);
+        for secret in [
+            "eyJhbGci", "k-123", "multi", "t0k", "s3cr3t", "abc#def", "the shop",
+        ] {
+            assert!(!got.contains(secret), "{secret} shown in:\n{got}");
+        }
+        for kept in ["prod", "no-store", "/admin", "a.example"] {
+            assert!(got.contains(kept), "{kept} missing from:\n{got}");
+        }
+        // Still a config: it parses.
+        assert!(DeTable::parse(&got).is_ok(), "{got}");
+        assert_eq!(
+            redact("a = [unclosed"),
+            "# <redacted: the text does not parse>\n"
         );
     }
 
@@ -159,5 +290,45 @@ mod tests {
             );
         }
         assert_eq!(site.routes[1].upstream, None);
+    }
+
+    #[test]
+    fn credential_header_values_in_the_snapshot_are_redacted() {
+        let header = |name: &str, value: &str| pb::Header {
+            name: name.into(),
+            value: value.into(),
+        };
+        let rules = || pb::HeaderRules {
+            set: vec![
+                header("authorization", "Bearer eyJ"),
+                header("x-env", "prod"),
+            ],
+            add: vec![header("x-api-key", "k-1")],
+            ..Default::default()
+        };
+        let shown = snapshot(pb::Snapshot {
+            dynamic: Some(pb::DynamicConfig {
+                sites: vec![pb::Site {
+                    request_headers: Some(rules()),
+                    routes: vec![pb::Route {
+                        response_headers: Some(rules()),
+                        match_headers: vec![header("cookie", "session=1")],
+                        action: Some(pb::route::Action::Respond(pb::FixedResponse {
+                            headers: vec![header("x-session", "s")],
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let text = format!("{shown:?}");
+        for secret in ["eyJ", "k-1", "session=1", "value: \"s\""] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("prod"));
     }
 }

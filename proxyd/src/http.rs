@@ -282,7 +282,8 @@ impl Proxy {
         let upgrade = headers::upgrade_protocol(&req);
         let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let deadline = Deadline::of(&parts.headers, grpc, pool.upstream_response_timeout);
+        let grpc_call = grpc && parts.version == http::Version::HTTP_2 && pool.may_speak_h2();
+        let deadline = Deadline::of(&parts.headers, grpc_call, pool.upstream_response_timeout);
         let mut prepared = forward::prepare(parts, route, pool, &host, peer, upgrade)?;
         let answered = self
             .attempts(

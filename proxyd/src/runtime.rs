@@ -119,6 +119,11 @@ impl Pool {
 
     /// The next upstream to try, skipping unavailable ones and those in `tried`; `None` when
     /// none is left.
+    /// Whether its upstreams may speak HTTP/2 (they share one protocol setting).
+    pub fn may_speak_h2(&self) -> bool {
+        self.upstreams.first().is_some_and(|u| u.may_speak_h2())
+    }
+
     pub fn pick(&self, tried: &[usize]) -> Option<(usize, &Arc<Upstream>)> {
         let usable = |i: &usize| !tried.contains(i) && self.upstreams[*i].available();
         let start = self.next.fetch_add(1, Ordering::Relaxed);

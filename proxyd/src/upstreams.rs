@@ -121,7 +121,7 @@ impl Upstream {
 
     /// Whether its connections may be HTTP/2 (and so carry `te: trailers`).
     pub fn may_speak_h2(&self) -> bool {
-        self.pool.protocol() != Protocol::Http1
+        self.pool.may_speak_h2()
     }
 
     /// Whether it should get traffic now.

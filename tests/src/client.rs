@@ -14,6 +14,36 @@ pub struct Conn {
     sender: hyper::client::conn::http1::SendRequest<TestBody>,
 }
 
+/// One HTTP/2 client connection with prior knowledge (h2c), for requests that must be HTTP/2
+/// (gRPC calls). Requests carry an absolute URI (`http://host/path`).
+pub struct H2Conn {
+    sender: hyper::client::conn::http2::SendRequest<TestBody>,
+}
+
+impl H2Conn {
+    pub async fn open(addr: SocketAddr) -> H2Conn {
+        let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        H2Conn { sender }
+    }
+
+    pub async fn send(&mut self, request: Request<TestBody>) -> Answer {
+        self.sender.ready().await.expect("connection still open");
+        let response = self.sender.send_request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}
+
 /// A response with its body read.
 #[derive(Debug)]
 pub struct Answer {

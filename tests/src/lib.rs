@@ -32,7 +32,7 @@ use proto::v1 as pb;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-pub use client::{Answer, Conn, get, get_request};
+pub use client::{Answer, Conn, H2Conn, get, get_request};
 pub use upstream::MockUpstream;
 
 /// How long any wait in a test may take before the test fails.

@@ -191,3 +191,66 @@ async fn an_http2_client_that_opens_its_window_a_trickle_at_a_time_loses_the_con
     );
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expect_continue_upload_that_waited_for_a_connection_is_not_the_client_s_fault() {
+    // Review of issue 19: the minimum rate's clock started before the upload had a connection,
+    // so a client waiting for `100 Continue` behind the breaker got 408 without being told to
+    // send.
+    let upstream = MockUpstream::start("app").await;
+    let env = TestEnv::start_with(
+        &format!("{ADMIN_ON_PORT_0}\nrequest_body_timeout = \"1s\""),
+        &format!(
+            "[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{}\"]\n\
+             upstream_response_timeout = \"30s\"\nupstream_limits = {{ max_connections = 1 }}\n",
+            upstream.url()
+        ),
+    )
+    .await;
+    // The one upstream connection is busy for 2.5 s.
+    let busy = tokio::spawn({
+        let addr = env.http;
+        async move {
+            proxy_tests::Conn::open(addr)
+                .await
+                .get("app.example", "/sleep/2500")
+                .await
+                .status
+        }
+    });
+    eventually("the slow request at the upstream", || async {
+        (upstream.requests().len() == 1).then_some(())
+    })
+    .await;
+    let mut client = TcpStream::connect(env.http).await.unwrap();
+    client
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nhost: app.example\r\ncontent-length: 5\r\n\
+              expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let mut sent = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains("HTTP/1.1 2")
+        && !seen.contains("HTTP/1.1 4")
+        && !seen.contains("HTTP/1.1 5")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no answer: {seen}");
+        let n = match tokio::time::timeout(Duration::from_secs(1), client.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => continue,
+        };
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if !sent && seen.contains("100 Continue") {
+            sent = true;
+            client.write_all(b"hello").await.unwrap();
+        }
+    }
+    assert_eq!(busy.await.unwrap(), 200);
+    assert!(seen.contains("HTTP/1.1 200"), "{seen}");
+    env.stop().await;
+}

@@ -110,3 +110,95 @@ async fn a_connection_gone_silent_is_found_by_ping_and_replaced() {
     assert_eq!(relay.accepted(), 2);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_waiting_at_the_connection_cap_take_streams_freed_on_the_existing_connection() {
+    // Review of issue 19: with max_connections reached, the request that would dial waited for
+    // a connection place while streams freed up on the one connection; it (and the requests
+    // behind it) hung until the deadline, and the 504 ejected a healthy upstream.
+    let backend = H2Backend::start(2).await;
+    let env = TestEnv::start_with(
+        ADMIN_ON_PORT_0,
+        &h2c_site(
+            &backend.url(),
+            "upstream_response_timeout = \"8s\"\nupstream_limits = { max_connections = 1 }\n\
+             passive_health = { consecutive_failures = 1, cooldown = \"60s\" }",
+        ),
+    )
+    .await;
+    let mut requests = concurrent_gets(&env, 2);
+    eventually("2 requests at the backend", || async {
+        (backend.in_progress() == 2).then_some(())
+    })
+    .await;
+    // Two more: no stream free, no connection place left; they wait in proxyd.
+    let mut waiting = concurrent_gets(&env, 2);
+    eventually("4 requests in flight", || async {
+        (in_flight(&env).await == Some(4.0)).then_some(())
+    })
+    .await;
+    let released = std::time::Instant::now();
+    backend.release();
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    while let Some(status) = waiting.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert!(
+        released.elapsed() < Duration::from_secs(4),
+        "the waiting requests took the freed streams at once, not at the 8 s deadline"
+    );
+    assert_eq!(backend.used_connections(), 1);
+    // Nothing counted against the upstream.
+    let mut conn = Conn::open(env.http).await;
+    assert_eq!(conn.get("app.example", "/").await.status, 200);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_allowing_no_stream_gets_503_at_once_not_a_connection_per_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // SETTINGS_MAX_CONCURRENT_STREAMS = 0 ("for short durations", RFC 9113 §5.1.2).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0];
+                let _ = tcp.write_all(&settings).await;
+                let mut buf = [0u8; 4096];
+                let mut acked = false;
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    if !acked {
+                        acked = true;
+                        let _ = tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                    }
+                }
+            });
+        }
+    });
+    let env = TestEnv::start(&h2c_site(
+        &format!("http://{addr}"),
+        "upstream_response_timeout = \"30s\"",
+    ))
+    .await;
+    for _ in 0..5 {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            Conn::open(env.http).await.get("app.example", "/"),
+        )
+        .await
+        .expect("answered at once, not at the response timeout");
+        assert_eq!(answer.status, 503, "{answer:?}");
+    }
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n <= 2, "{n} connections for 5 requests made one at a time");
+    env.stop().await;
+}

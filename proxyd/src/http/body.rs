@@ -63,7 +63,10 @@ pub struct Watched<B> {
     pause_ends: Option<Instant>,
     /// A request body's least average rate, in bytes per second, once `timeout` has passed.
     min_rate: Option<u64>,
-    started: Instant,
+    /// The first poll: the rate's clock starts when the body is first asked for (a request
+    /// that waited for a connection, or an `Expect: 100-continue` client not yet told to send,
+    /// has not been slow).
+    started: Option<Instant>,
     /// Data bytes read so far.
     bytes: u64,
     /// A gRPC call's deadline: the response ends with DEADLINE_EXCEEDED trailers there.
@@ -144,7 +147,7 @@ impl<B> Watched<B> {
             sleep: None,
             pause_ends: None,
             min_rate: None,
-            started: Instant::now(),
+            started: None,
             bytes: 0,
             call_deadline: None,
             finished: false,
@@ -188,7 +191,7 @@ impl<B> Watched<B> {
         let rate = self.min_rate?;
         let grace = self.timeout?;
         let bought = Duration::from_millis(self.bytes.saturating_mul(1000) / rate);
-        Some(self.started + grace + bought)
+        Some(self.started? + grace + bought)
     }
 
     /// Reports the body's progress to `upload`.
@@ -323,6 +326,9 @@ where
         let me = &mut *self;
         if me.finished {
             return Poll::Ready(None);
+        }
+        if me.started.is_none() {
+            me.started = Some(Instant::now());
         }
         me.delivered();
         match Pin::new(&mut me.inner).poll_frame(cx) {

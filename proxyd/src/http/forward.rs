@@ -106,6 +106,9 @@ pub(super) enum Deadline {
 
 impl Deadline {
     /// The deadline of a request with `headers`, on a route whose timeout is `route_timeout`.
+    /// Only a gRPC call that can be one (HTTP/2 from the client, to upstreams that may speak
+    /// it) is let off the head timeout: a content type alone must not lift a plain route's
+    /// timeouts.
     pub(super) fn of(headers: &HeaderMap, grpc: bool, route_timeout: Duration) -> Deadline {
         if !grpc {
             return Deadline::Head(route_timeout);
@@ -254,7 +257,11 @@ impl Proxy {
                 Side::Client,
                 self.metrics.clone(),
             )
-            .min_rate(runtime.limits.request_body_min_rate)
+            // A gRPC call's request body is a stream, not an upload: its deadline bounds it.
+            .min_rate(match deadline {
+                Deadline::Head(_) => runtime.limits.request_body_min_rate,
+                Deadline::Call(_) => None,
+            })
             .report_to(upload.clone());
             Limited::new(watched, limit).boxed()
         });
@@ -292,9 +299,18 @@ impl Proxy {
                 upstream: name.to_owned(),
                 limit: open.limit,
             })?;
+            let reached = std::sync::atomic::AtomicBool::new(false);
             let sent = tokio::select! {
-                sent = upstream.pool.send(request) => sent,
+                sent = upstream.pool.send(request, &reached) => sent,
                 () = deadline.head(upload.as_deref()) => {
+                    // Still waiting for a connection (the breaker's max_connections, a dial
+                    // others wait on): an overflow, not the upstream's failure.
+                    if !reached.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(ProxyError::CircuitOpen {
+                            upstream: name.to_owned(),
+                            limit: "max_connections",
+                        });
+                    }
                     // The request may be in progress there: never sent twice. A gRPC call's
                     // own deadline is the client's choice, not the upstream's failure.
                     if matches!(deadline, Deadline::Head(_)) {

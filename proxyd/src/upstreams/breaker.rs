@@ -42,6 +42,11 @@ impl Breaker {
         &self.limits
     }
 
+    /// A place for one more connection if one is free now; never waits.
+    pub(super) fn try_connection(&self) -> Option<OwnedSemaphorePermit> {
+        self.connections.clone().try_acquire_owned().ok()
+    }
+
     /// A place for one more connection: at once, or after waiting as a pending request.
     pub(super) async fn connection(&self) -> Result<OwnedSemaphorePermit, CircuitOpen> {
         if let Ok(permit) = self.connections.clone().try_acquire_owned() {

@@ -35,6 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::UpstreamBody;
 use super::breaker::Breaker;
 use super::connect::{self, Counted, DialError, Negotiated, TlsConnector};
+use tokio::sync::OwnedSemaphorePermit;
 
 mod h2;
 
@@ -208,6 +209,8 @@ struct Shared {
     idle: Mutex<Idle>,
     /// An `auto` pool's upstream picked h2 by ALPN.
     learned_h2: AtomicBool,
+    /// Woken when a full HTTP/2 connection frees a stream.
+    freed: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -237,52 +240,29 @@ impl Pool {
                 breaker,
                 idle: Mutex::default(),
                 learned_h2: AtomicBool::new(false),
+                freed: Arc::default(),
             }),
         }
     }
 
     /// Sends `request` (origin-form URI, with its Host header) on a pooled or new connection.
+    /// `reached` is set once the request has a connection to go on: until then it waits on
+    /// the pool (a dial, the breaker's `max_connections`), which is no fault of the upstream's.
     pub async fn send(
         &self,
         mut request: Request<UpstreamBody>,
+        reached: &AtomicBool,
     ) -> Result<Response<PooledBody>, Error> {
         let shared = &self.shared;
-        // HTTP/2 first: a free stream, else the dial in flight, else this request dials.
-        let mut dialing = None;
-        while shared.speaks_h2() {
-            let checkout = shared.lock().h2.checkout();
-            match checkout {
-                h2::Checkout::Stream(stream) => {
-                    shared.absolute_form(&mut request);
-                    match stream.sender().try_send_request(request).await {
-                        Ok(response) => return Ok(response.map(|b| PooledBody::h2(b, stream))),
-                        // The connection is closing: nothing of the request went out.
-                        Err(mut e) => match e.take_message() {
-                            Some(unsent) => {
-                                request = unsent;
-                                shared.lock().h2.forget(&stream);
-                            }
-                            None => return Err(Error::request(e.into_error())),
-                        },
-                    }
-                }
-                h2::Checkout::Wait(other) => {
-                    if let Some(failed) = other.wait().await {
-                        return Err(failed);
-                    }
-                }
-                h2::Checkout::Dial(mine) => {
-                    dialing = Some(DialTicket {
-                        shared: shared.clone(),
-                        dialing: mine,
-                    });
-                    break;
-                }
-            }
+        if shared.speaks_h2() {
+            // Boxed: HTTP/2's waits would grow every request's future, which hyper keeps
+            // allocated for each idle client connection.
+            return Box::pin(shared.send_h2(request, reached)).await;
         }
         // Pooled HTTP/1.1 connections. One the upstream closed while it idled refuses the
         // request before sending any of it, and gives it back for the next.
         while let Some(mut sender) = shared.checkout_http1() {
+            reached.store(true, Ordering::Relaxed);
             shared.origin_form(&mut request);
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(shared.http1_response(sender, response)),
@@ -292,44 +272,17 @@ impl Pool {
                 },
             }
         }
-        // Boxed: dialing is rare, and inline its state would grow every request's future, which
-        // hyper keeps allocated for each idle client connection.
-        let dialed = Box::pin(shared.dial(true)).await;
-        if let (Err(e), Some(ticket)) = (&dialed, &dialing) {
-            ticket.dialing.finish(Some(e.clone()));
-        }
-        match dialed? {
-            Dialed::Http1(mut sender) => {
-                drop(dialing);
-                shared.origin_form(&mut request);
-                match sender.send_request(request).await {
-                    Ok(response) => Ok(shared.http1_response(sender, response)),
-                    Err(e) => Err(Error::request(e)),
-                }
-            }
-            Dialed::H2(conn) => {
-                let stream = shared.share_h2(conn);
-                // The requests that waited for this dial look again once the connection knows
-                // how many streams the upstream allows.
-                if let Some(ticket) = dialing {
-                    let settings = stream.settings();
-                    let bound = shared.settings.timeouts.connect();
-                    tokio::spawn(async move {
-                        settings.heard(bound).await;
-                        drop(ticket);
-                    });
-                }
-                shared.absolute_form(&mut request);
-                match stream.sender().send_request(request).await {
-                    Ok(response) => Ok(response.map(|b| PooledBody::h2(b, stream))),
-                    Err(e) => Err(Error::request(e)),
-                }
-            }
-        }
+        // Boxed: dialing is rare, and inline its state would grow every request's future.
+        Box::pin(shared.dial_and_send(request, None, None, reached)).await
     }
 
-    pub fn protocol(&self) -> Protocol {
-        self.shared.settings.protocol
+    /// Whether its connections may be HTTP/2: h2 and h2c, and `auto` over TLS (ALPN).
+    pub fn may_speak_h2(&self) -> bool {
+        match self.shared.settings.protocol {
+            Protocol::H2 | Protocol::H2c => true,
+            Protocol::Auto => self.shared.settings.tls.is_some(),
+            Protocol::Http1 => false,
+        }
     }
 
     /// One GET for `path` on a connection of its own (outside the breaker's limits, as a new
@@ -343,7 +296,7 @@ impl Pool {
                 .header(http::header::USER_AGENT, "proxyd-health-check")
                 .body(super::empty_body())
                 .ok()?;
-            let response = match shared.dial(false).await.ok()? {
+            let response = match shared.dial(false, None).await.ok()? {
                 Dialed::Http1(mut sender) => sender.send_request(request).await.ok()?,
                 Dialed::H2(conn) => {
                     shared.absolute_form(&mut request);
@@ -423,6 +376,134 @@ impl Shared {
             self.start_reaper(&mut idle);
         }
         stream
+    }
+
+    /// HTTP/2: a free stream, else the dial in flight, else this request dials (within the
+    /// breaker's `max_connections`); a stream freed on a connection wakes every wait.
+    async fn send_h2(
+        self: &Arc<Self>,
+        mut request: Request<UpstreamBody>,
+        reached: &AtomicBool,
+    ) -> Result<Response<PooledBody>, Error> {
+        loop {
+            // Enabled before looking, so that a stream freed meanwhile is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let checkout = self.lock().h2.checkout(|| self.breaker.try_connection());
+            match checkout {
+                h2::Checkout::Stream(stream) => {
+                    reached.store(true, Ordering::Relaxed);
+                    self.absolute_form(&mut request);
+                    match stream.sender().try_send_request(request).await {
+                        Ok(response) => return Ok(response.map(|b| PooledBody::h2(b, stream))),
+                        // The connection is closing: nothing of the request went out.
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) => {
+                                request = unsent;
+                                self.lock().h2.forget(&stream);
+                            }
+                            None => return Err(Error::request(e.into_error())),
+                        },
+                    }
+                }
+                h2::Checkout::Wait(other) => {
+                    tokio::select! {
+                        failed = other.wait() => if let Some(failed) = failed {
+                            return Err(failed);
+                        },
+                        () = &mut freed => {}
+                    }
+                }
+                h2::Checkout::Dial(mine, permit) => {
+                    let ticket = DialTicket {
+                        shared: self.clone(),
+                        dialing: mine,
+                    };
+                    return self
+                        .dial_and_send(request, Some(ticket), Some(permit), reached)
+                        .await;
+                }
+                // Every connection full and no room for another: a stream freed, or a
+                // connection closed, lets it on (the wait counts as a pending request).
+                h2::Checkout::Full => {
+                    tokio::select! {
+                        permit = self.breaker.connection() => {
+                            let permit = permit.map_err(Error::connect)?;
+                            return self.dial_and_send(request, None, Some(permit), reached).await;
+                        }
+                        () = &mut freed => {}
+                    }
+                }
+                // The upstream allows no stream at all: no use dialing again.
+                h2::Checkout::NoStreams => {
+                    return Err(Error::connect(super::CircuitOpen {
+                        limit: "upstream_max_concurrent_streams",
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Dials (with `permit`, else within the breaker's limit) and sends `request` on the new
+    /// connection; `ticket` (this request dials for others) shares the outcome.
+    async fn dial_and_send(
+        self: &Arc<Self>,
+        mut request: Request<UpstreamBody>,
+        ticket: Option<DialTicket>,
+        permit: Option<OwnedSemaphorePermit>,
+        reached: &AtomicBool,
+    ) -> Result<Response<PooledBody>, Error> {
+        let dialed = self.dial(true, permit).await;
+        if let (Err(e), Some(ticket)) = (&dialed, &ticket) {
+            ticket.dialing.finish(Some(e.clone()));
+        }
+        match dialed? {
+            Dialed::Http1(mut sender) => {
+                drop(ticket);
+                reached.store(true, Ordering::Relaxed);
+                self.origin_form(&mut request);
+                match sender.send_request(request).await {
+                    Ok(response) => Ok(self.http1_response(sender, response)),
+                    Err(e) => Err(Error::request(e)),
+                }
+            }
+            Dialed::H2(conn) => {
+                // How many streams the upstream allows, before anyone takes one: its preface
+                // comes within a round trip (bounded by the connect timeout).
+                conn.heard(self.settings.timeouts.connect()).await;
+                if conn.allows_no_stream() {
+                    // Kept, streamless, until it idles out: the requests until then get 503 at
+                    // once instead of a connection each.
+                    self.keep_h2(conn);
+                    let refused = Error::connect(super::CircuitOpen {
+                        limit: "upstream_max_concurrent_streams",
+                    });
+                    if let Some(ticket) = &ticket {
+                        ticket.dialing.finish(Some(refused.clone()));
+                    }
+                    return Err(refused);
+                }
+                let stream = self.share_h2(conn);
+                // The requests that waited for this dial look again.
+                drop(ticket);
+                reached.store(true, Ordering::Relaxed);
+                self.absolute_form(&mut request);
+                match stream.sender().send_request(request).await {
+                    Ok(response) => Ok(response.map(|b| PooledBody::h2(b, stream))),
+                    Err(e) => Err(Error::request(e)),
+                }
+            }
+        }
+    }
+
+    /// A new HTTP/2 connection joins the pool with no stream on it.
+    fn keep_h2(self: &Arc<Self>, conn: h2::Conn) {
+        let mut idle = self.lock();
+        if !idle.closed {
+            idle.h2.keep(conn);
+            self.start_reaper(&mut idle);
+        }
     }
 
     fn start_reaper(self: &Arc<Self>, idle: &mut Idle) {
@@ -517,10 +598,15 @@ impl Shared {
 
     /// A new connection (within the breaker's limit when `counted`) and the connect timeout,
     /// speaking what the settings and ALPN say.
-    async fn dial(&self, counted: bool) -> Result<Dialed, Error> {
-        let permit = match counted {
-            true => Some(self.breaker.connection().await.map_err(Error::connect)?),
-            false => None,
+    async fn dial(
+        &self,
+        counted: bool,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Dialed, Error> {
+        let permit = match (counted, permit) {
+            (_, Some(permit)) => Some(permit),
+            (true, None) => Some(self.breaker.connection().await.map_err(Error::connect)?),
+            (false, None) => None,
         };
         let timeout = self.settings.timeouts.connect();
         let (stream, alpn) = tokio::time::timeout(
@@ -556,7 +642,11 @@ impl Shared {
                     tracing::debug!(error = %e, "upstream connection ended");
                 }
             });
-            Ok(Dialed::H2(h2::Conn::new(sender, settings)))
+            Ok(Dialed::H2(h2::Conn::new(
+                sender,
+                settings,
+                self.freed.clone(),
+            )))
         } else {
             let (sender, connection) = http1::Builder::new()
                 .handshake(io)

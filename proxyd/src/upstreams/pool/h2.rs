@@ -33,17 +33,35 @@ pub(super) struct Conn {
     /// When its last stream ended, in milliseconds since `epoch`.
     idle_since_ms: AtomicU64,
     epoch: Instant,
+    /// The pool's: woken when this connection, full, frees a stream.
+    freed: Arc<tokio::sync::Notify>,
 }
 
 impl Conn {
-    pub(super) fn new(sender: http2::SendRequest<UpstreamBody>, settings: Arc<Settings>) -> Conn {
+    pub(super) fn new(
+        sender: http2::SendRequest<UpstreamBody>,
+        settings: Arc<Settings>,
+        freed: Arc<tokio::sync::Notify>,
+    ) -> Conn {
         Conn {
             sender,
             open: AtomicUsize::new(0),
             settings,
             idle_since_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            freed,
         }
+    }
+
+    /// Until the upstream's SETTINGS have been read, or `bound` passed.
+    pub(super) async fn heard(&self, bound: std::time::Duration) {
+        self.settings.heard(bound).await;
+    }
+
+    /// The upstream said it allows no stream (SETTINGS_MAX_CONCURRENT_STREAMS = 0).
+    pub(super) fn allows_no_stream(&self) -> bool {
+        self.settings.heard.load(Ordering::SeqCst)
+            && self.settings.max_streams.load(Ordering::Relaxed) == 0
     }
 
     fn now_ms(&self) -> u64 {
@@ -71,17 +89,20 @@ impl Stream {
     pub(super) fn sender(&self) -> http2::SendRequest<UpstreamBody> {
         self.conn.sender.clone()
     }
-
-    pub(super) fn settings(&self) -> Arc<Settings> {
-        self.conn.settings.clone()
-    }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        if self.conn.open.fetch_sub(1, Ordering::Relaxed) == 1 {
-            let now = self.conn.now_ms();
-            self.conn.idle_since_ms.store(now, Ordering::Relaxed);
+        let conn = &self.conn;
+        let before = conn.open.fetch_sub(1, Ordering::Relaxed);
+        if before == 1 {
+            let now = conn.now_ms();
+            conn.idle_since_ms.store(now, Ordering::Relaxed);
+        }
+        // It was full: requests may be waiting for room (only then, to keep the common drop
+        // free of the notifier's lock).
+        if before >= conn.settings.max_streams.load(Ordering::Relaxed) {
+            conn.freed.notify_waiters();
         }
     }
 }
@@ -96,26 +117,40 @@ pub(super) struct Conns {
 /// What a request does next to get a stream.
 pub(super) enum Checkout {
     Stream(Stream),
-    /// Wait for the connection being dialed, then look again.
+    /// Wait for the connection being dialed (or a stream freed), then look again.
     Wait(Arc<Dialing>),
-    /// Dial one; the others wait for it.
-    Dial(Arc<Dialing>),
+    /// Dial one, with this place under `max_connections`; the others wait for it.
+    Dial(Arc<Dialing>, tokio::sync::OwnedSemaphorePermit),
+    /// Every connection is full and no other may be opened now: wait for a stream or a place.
+    Full,
+    /// The upstream allows no stream on its connection: another would not either.
+    NoStreams,
 }
 
 impl Conns {
-    /// A stream on the oldest open connection with room; else the dial to wait for, or to make.
-    pub(super) fn checkout(&mut self) -> Checkout {
+    /// A stream on the oldest open connection with room; else the dial in flight to wait for,
+    /// or a dial to make with a place `place` gives under `max_connections`.
+    pub(super) fn checkout(
+        &mut self,
+        place: impl FnOnce() -> Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Checkout {
         self.list.retain(|c| !c.sender.is_closed());
         if let Some(conn) = self.list.iter().find(|c| c.has_room()) {
             return Checkout::Stream(conn.stream());
         }
-        match &self.dialing {
-            Some(dialing) => Checkout::Wait(dialing.clone()),
-            None => {
+        if let Some(dialing) = &self.dialing {
+            return Checkout::Wait(dialing.clone());
+        }
+        if !self.list.is_empty() && self.list.iter().all(|c| c.allows_no_stream()) {
+            return Checkout::NoStreams;
+        }
+        match place() {
+            Some(permit) => {
                 let dialing = Arc::new(Dialing::default());
                 self.dialing = Some(dialing.clone());
-                Checkout::Dial(dialing)
+                Checkout::Dial(dialing, permit)
             }
+            None => Checkout::Full,
         }
     }
 
@@ -125,6 +160,12 @@ impl Conns {
         let stream = conn.stream();
         self.list.push(conn);
         stream
+    }
+
+    /// A new connection joins with no stream on it (idle from now).
+    pub(super) fn keep(&mut self, conn: Conn) {
+        conn.idle_since_ms.store(conn.now_ms(), Ordering::Relaxed);
+        self.list.push(Arc::new(conn));
     }
 
     /// The request could not even start on `stream`'s connection: it is closing.
@@ -159,7 +200,8 @@ impl Conns {
         let mut next: Option<Instant> = None;
         let mut oldest = true;
         self.list.retain(|c| {
-            if std::mem::take(&mut oldest) {
+            // The oldest stays, unless it allows no stream: then a new one asks again.
+            if !c.allows_no_stream() && std::mem::take(&mut oldest) {
                 return true;
             }
             let now = c.now_ms();

@@ -69,7 +69,9 @@ async fn get(pool: &Pool) -> Result<String, Error> {
         .header(http::header::HOST, "app.example")
         .body(super::super::empty_body())
         .unwrap();
-    let response = pool.send(request).await?;
+    let response = pool
+        .send(request, &std::sync::atomic::AtomicBool::new(false))
+        .await?;
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Ok(String::from_utf8(body.to_vec()).unwrap())
 }
@@ -139,7 +141,10 @@ async fn a_connection_whose_body_was_dropped_unread_is_not_reused() {
         .header(http::header::HOST, "app.example")
         .body(super::super::empty_body())
         .unwrap();
-    let response = pool.send(request).await.unwrap();
+    let response = pool
+        .send(request, &std::sync::atomic::AtomicBool::new(false))
+        .await
+        .unwrap();
     drop(response);
     assert_eq!(pool.idle_count(), 0);
     assert_eq!(get(&pool).await.unwrap(), "ok");
