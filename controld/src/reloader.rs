@@ -66,7 +66,7 @@ pub struct Reloader {
     acme_config: watch::Sender<Option<crate::config::AcmeConfig>>,
     /// Bounds the Validate calls and dry runs checked at once (each may parse 4 MiB and read
     /// certificate files): more are refused at once rather than queued.
-    checks: tokio::sync::Semaphore,
+    checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// Validate calls and dry runs checked at the same time.
@@ -139,7 +139,7 @@ impl Reloader {
             acme: Mutex::new(Arc::new(acme)),
             acme_config: watch::channel(started_statics.acme.clone()).0,
             started_statics,
-            checks: tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS),
+            checks: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS)),
         })
     }
 
@@ -190,7 +190,8 @@ impl Reloader {
                     ..Reloader::empty_report(&current)
                 };
             }
-            let loaded = load_off_thread(self.config_path.clone()).await;
+            let loaded =
+                load_off_thread(self.config_path.clone(), options.check_permit.clone()).await;
             if !expected_text(&options, &loaded) {
                 return ReloadReport {
                     outcome: Outcome::FileChanged,
@@ -213,7 +214,7 @@ impl Reloader {
             };
         }
         // Read under the lock: the bytes checked against `if_text_hash` are the ones published.
-        let loaded = load_off_thread(self.config_path.clone()).await;
+        let loaded = load_off_thread(self.config_path.clone(), None).await;
         if !expected_text(&options, &loaded) {
             return ReloadReport {
                 outcome: Outcome::FileChanged,
@@ -268,6 +269,7 @@ impl Reloader {
             force: false,
             if_version: None,
             if_text_hash: None,
+            check_permit: None,
             origin: Origin {
                 source: format!("rollback to {target}"),
                 ..origin
@@ -276,7 +278,7 @@ impl Reloader {
         let path = self.history.config_path(target);
         let report = self
             .around(&options, started, async {
-                match parse_off_thread(text.clone(), path.clone()).await {
+                match parse_off_thread(text.clone(), path.clone(), None).await {
                     Ok(config) => self.publish(current, config, &text, &options).await,
                     // Rules may have tightened since that version was published.
                     Err(e) => self.rejected(&current, e.diagnostics(&path)),
@@ -296,7 +298,7 @@ impl Reloader {
         text: String,
         file: PathBuf,
     ) -> Result<ValidateReport, CheckError> {
-        let _permit = self.check_permit()?;
+        let permit = self.check_permit()?;
         let current = self.current();
         let mut report = ValidateReport {
             text_hash: crate::snapshot::text_hash(&text),
@@ -306,7 +308,12 @@ impl Reloader {
             current_version: current.version,
             next_version: current.version,
         };
-        match parse_off_thread(text, file.clone()).await {
+        if text.len() as u64 > crate::config::MAX_CONFIG_BYTES {
+            report.diagnostics =
+                crate::config::LoadError::TooLarge { path: file.clone() }.diagnostics(&file);
+            return Ok(report);
+        }
+        match parse_off_thread(text, file.clone(), Some(permit)).await {
             Ok(config) => {
                 report.diff = ConfigDiff::between(&current.config, &config);
                 report.warnings = self.warnings(&report.diff, &config);
@@ -325,8 +332,14 @@ impl Reloader {
     }
 
     /// A place among the [`MAX_CONCURRENT_CHECKS`] Validate calls and dry runs checked at once.
-    pub fn check_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, CheckError> {
-        self.checks.try_acquire().map_err(|_| CheckError::Busy)
+    /// Held by the work, not the caller: a caller that hangs up does not free its place while
+    /// the parse it started goes on.
+    pub fn check_permit(&self) -> Result<Arc<tokio::sync::OwnedSemaphorePermit>, CheckError> {
+        self.checks
+            .clone()
+            .try_acquire_owned()
+            .map(Arc::new)
+            .map_err(|_| CheckError::Busy)
     }
 
     /// The config text `version` was built from, if the history still has it.

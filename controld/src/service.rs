@@ -200,6 +200,7 @@ impl pb::admin_server::Admin for AdminService {
             force: req.force,
             if_version: req.if_version,
             if_text_hash: req.if_text_hash.clone(),
+            check_permit: None,
             origin: Origin {
                 source: "reload".to_owned(),
                 uid: caller.and_then(|c| c.uid),
@@ -207,11 +208,16 @@ impl pb::admin_server::Admin for AdminService {
             },
         };
         if options.dry_run {
-            // Open to anyone: bounded, and dropped with the caller.
-            let _permit = self
+            // Open to anyone: bounded by places the work holds to its end (the reading goes
+            // on when a caller hangs up; its place is not free before).
+            let permit = self
                 .reloader
                 .check_permit()
                 .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            let options = ReloadOptions {
+                check_permit: Some(permit),
+                ..options
+            };
             let report = self.reloader.reload(options).await;
             if let Some(conflict) = conflict(&report, req_hash.as_deref()) {
                 return Err(conflict);

@@ -22,18 +22,56 @@ const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// The certificate files a config names, as read: text, or why it could not be read.
 pub type Files = HashMap<PathBuf, Result<String, String>>;
 
+/// What one load may read and keep of the files a config names, counted once per place that
+/// names a file (each place gets a copy into the model and the snapshot): far above any real
+/// config (a few chains and CA bundles), and within what a snapshot may carry.
+pub const MAX_NAMED_FILE_BYTES: u64 = 48 * 1024 * 1024;
+
+/// Distinct files (after resolving `..` and links) one load may read.
+pub const MAX_NAMED_FILES: usize = 1024;
+
 /// Reads every file the config names for TLS, once each, off the validation (which then does
 /// no I/O): the `cert_file` and `key_file` of each site, and the `ca_file`, `client_cert_file`
 /// and `client_key_file` of each `upstream_tls` of a site or a route.
+///
+/// Bounded (any member of the control socket's group may ask for a validation): a file named
+/// by several spellings (`../` variants, links) is read once, at most [`MAX_NAMED_FILES`]
+/// distinct files are read, and when the files add up to more than [`MAX_NAMED_FILE_BYTES`],
+/// counted once per place that names them, every file is refused, so the config is.
 pub fn read_files(file: &FileConfig) -> Files {
     let mut files = Files::new();
+    let mut by_canonical: HashMap<PathBuf, Result<String, String>> = HashMap::new();
+    let mut named_bytes: u64 = 0;
     let mut read = |path: &Option<String>, key: &str| {
         let Some(path) = path.as_deref().filter(|p| !p.is_empty()) else {
             return;
         };
-        if let std::collections::hash_map::Entry::Vacant(slot) = files.entry(PathBuf::from(path)) {
-            let read = read_pem(slot.key(), key);
-            slot.insert(read);
+        let written = PathBuf::from(path);
+        let read = match files.get(&written) {
+            Some(read) => read.clone(),
+            None => {
+                let read = match std::fs::canonicalize(&written) {
+                    // Unresolvable: read_pem says why, with the path as written.
+                    Err(_) => read_pem(&written, key),
+                    Ok(canonical) => match by_canonical.get(&canonical) {
+                        Some(read) => read.clone(),
+                        None if by_canonical.len() >= MAX_NAMED_FILES => Err(format!(
+                            "{key} {path}: more than {MAX_NAMED_FILES} distinct files named by \
+                             one config"
+                        )),
+                        None => {
+                            let read = read_pem(&written, key);
+                            by_canonical.insert(canonical, read.clone());
+                            read
+                        }
+                    },
+                };
+                files.insert(written, read.clone());
+                read
+            }
+        };
+        if let Ok(text) = &read {
+            named_bytes = named_bytes.saturating_add(text.len() as u64);
         }
     };
     for site in &file.sites {
@@ -46,6 +84,16 @@ pub fn read_files(file: &FileConfig) -> Files {
             read(&tls.ca_file, "ca_file");
             read(&tls.client_cert_file, "client_cert_file");
             read(&tls.client_key_file, "client_key_file");
+        }
+    }
+    if named_bytes > MAX_NAMED_FILE_BYTES {
+        for (path, read) in files.iter_mut() {
+            *read = Err(format!(
+                "{}: the files this config names add up to more than {} MiB (counted once per \
+                 place that names them); name fewer, or smaller, files",
+                path.display(),
+                MAX_NAMED_FILE_BYTES / (1024 * 1024)
+            ));
         }
     }
     files

@@ -2,6 +2,7 @@
 //! keeps controld from publishing what its data planes cannot read.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::{self, Config, Diagnostic, LoadError};
 use crate::snapshot::Content;
@@ -60,27 +61,41 @@ pub(super) fn bind_failed(
 
 /// Reads and checks the config file on a blocking thread: the file and the certificate files it
 /// names may be slow (a network file system) or hostile (checked to be regular files).
-pub(super) async fn load_off_thread(path: PathBuf) -> Result<(Config, String), LoadError> {
+/// `permit` (a check's place) is held until the work ends, even if the caller goes away.
+pub(super) async fn load_off_thread(
+    path: PathBuf,
+    permit: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+) -> Result<(Config, String), LoadError> {
     let read = path.clone();
-    tokio::task::spawn_blocking(move || config::load_with_text(&read))
-        .await
-        .unwrap_or_else(|e| {
-            Err(LoadError::Read {
-                path,
-                source: std::io::Error::other(e.to_string()),
-            })
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        config::load_with_text(&read)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(LoadError::Read {
+            path,
+            source: std::io::Error::other(e.to_string()),
         })
+    })
 }
 
 /// Parses config text on a blocking thread (it reads the certificate files it names).
-pub(super) async fn parse_off_thread(text: String, file: PathBuf) -> Result<Config, LoadError> {
+pub(super) async fn parse_off_thread(
+    text: String,
+    file: PathBuf,
+    permit: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+) -> Result<Config, LoadError> {
     let name = file.clone();
-    tokio::task::spawn_blocking(move || config::parse(&text, &name))
-        .await
-        .unwrap_or_else(|e| {
-            Err(LoadError::Read {
-                path: file,
-                source: std::io::Error::other(e.to_string()),
-            })
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        config::parse(&text, &name)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(LoadError::Read {
+            path: file,
+            source: std::io::Error::other(e.to_string()),
         })
+    })
 }

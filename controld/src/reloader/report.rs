@@ -20,6 +20,8 @@ pub struct ReloadOptions {
     /// Reload only if the file's text has this hash ([`crate::snapshot::text_hash`], what
     /// Validate returned for the candidate): the content published is the content checked.
     pub if_text_hash: Option<String>,
+    /// A dry run's place among the checks run at once, held by the work until it ends.
+    pub check_permit: Option<std::sync::Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 /// Where a published version came from.

@@ -584,3 +584,44 @@ async fn acme_versions_take_the_commit_path_and_rollback_skips_them() {
 }
 
 mod metrics_address;
+
+#[tokio::test]
+async fn validate_refuses_a_text_over_the_config_limit_and_files_over_their_budget() {
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    // Over the 4 MiB a config file may have, as a reload of it would be.
+    let huge = format!(
+        "# {}\n",
+        "x".repeat(crate::config::MAX_CONFIG_BYTES as usize)
+    );
+    let report = r.validate(huge, f.path.clone()).await.unwrap();
+    let messages: Vec<_> = report.diagnostics.iter().map(ToString::to_string).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("larger than")),
+        "{messages:#?}"
+    );
+
+    // One 1 MiB file named by 60 routes (through `..` spellings, each a different path): it is
+    // read once, but each place would copy it into the model and the snapshot, 60 MiB in all.
+    let big = f.dir.path().join("big-ca.pem");
+    std::fs::write(&big, "A".repeat(1 << 20)).unwrap();
+    let sub = f.dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let mut text = std::fs::read_to_string(&f.path).unwrap();
+    for i in 0..60 {
+        let spelled = format!("{}/{}../big-ca.pem", sub.display(), "./".repeat(i));
+        text.push_str(&format!(
+            "[[sites.routes]]\npath_prefix = \"/r{i}\"\nupstreams = [\"https://127.0.0.1:9443\"]\n\
+             upstream_tls = {{ ca_file = \"{spelled}\" }}\n"
+        ));
+    }
+    let report = r.validate(text, f.path.clone()).await.unwrap();
+    let messages: Vec<_> = report.diagnostics.iter().map(ToString::to_string).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("add up to more than 48 MiB")),
+        "{:#?}",
+        &messages[..messages.len().min(3)]
+    );
+}

@@ -60,7 +60,10 @@ fn rate(value: &Option<SizeValue>, default: u64, at: KeyPath, p: &mut Problems) 
     match super::parse_size(value) {
         Ok(n) if n <= 1 << 40 => n,
         Ok(n) => {
-            p.push(at, format!("must be at most 1024g bytes per second (got {n})"));
+            p.push(
+                at,
+                format!("must be at most 1024g bytes per second (got {n})"),
+            );
             default
         }
         Err(e) => {
