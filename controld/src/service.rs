@@ -225,18 +225,22 @@ impl pb::admin_server::Admin for AdminService {
             return Ok(Response::new(reload_reply(&report, &self.reloader)));
         }
         // A reload runs to its end even if the caller gives up (a short --timeout drops this
-        // handler): its version is published and its outcome recorded either way.
+        // handler): its version is published and its outcome recorded, and audited, either way
+        // (the task that does the work writes the audit line).
         let reloader = self.reloader.clone();
-        let report = tokio::spawn(async move { reloader.reload(options).await })
-            .await
-            .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
-        if let Some(caller) = caller {
-            let outcome = format!(
-                "{:?}, version {} → {}",
-                report.outcome, report.previous_version, report.version
-            );
-            audit("Reload", &caller, &outcome.to_ascii_lowercase());
-        }
+        let report = tokio::spawn(async move {
+            let report = reloader.reload(options).await;
+            if let Some(caller) = caller {
+                let outcome = format!(
+                    "{:?}, version {} → {}",
+                    report.outcome, report.previous_version, report.version
+                );
+                audit("Reload", &caller, &outcome.to_ascii_lowercase());
+            }
+            report
+        })
+        .await
+        .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
         if let Some(conflict) = conflict(&report, req_hash.as_deref()) {
             return Err(conflict);
         }
@@ -320,26 +324,28 @@ impl pb::admin_server::Admin for AdminService {
             uid: caller.uid,
             pid: caller.pid,
         };
-        // Like a reload, it runs to its end even if the caller gives up.
+        // Like a reload, it runs to its end, and is audited, even if the caller gives up.
         let reloader = self.reloader.clone();
-        let result = tokio::spawn(async move { reloader.rollback(version, origin).await })
-            .await
-            .map_err(|e| Status::internal(format!("rollback task failed: {e}")))?;
-        let report = match result {
-            Ok(report) => report,
-            Err(e) => {
-                audit("Rollback", &caller, &format!("refused: {e}"));
-                return Err(match e {
-                    RollbackError::UnknownVersion(_) => Status::not_found(e.to_string()),
-                    RollbackError::NothingEarlier => Status::failed_precondition(e.to_string()),
-                });
+        let result = tokio::spawn(async move {
+            let result = reloader.rollback(version, origin).await;
+            match &result {
+                Ok(report) => {
+                    let outcome = format!(
+                        "{:?}, version {} → {}",
+                        report.outcome, report.previous_version, report.version
+                    );
+                    audit("Rollback", &caller, &outcome.to_ascii_lowercase());
+                }
+                Err(e) => audit("Rollback", &caller, &format!("refused: {e}")),
             }
-        };
-        let outcome = format!(
-            "{:?}, version {} → {}",
-            report.outcome, report.previous_version, report.version
-        );
-        audit("Rollback", &caller, &outcome.to_ascii_lowercase());
+            result
+        })
+        .await
+        .map_err(|e| Status::internal(format!("rollback task failed: {e}")))?;
+        let report = result.map_err(|e| match e {
+            RollbackError::UnknownVersion(_) => Status::not_found(e.to_string()),
+            RollbackError::NothingEarlier => Status::failed_precondition(e.to_string()),
+        })?;
         Ok(Response::new(reload_reply(&report, &self.reloader)))
     }
 
