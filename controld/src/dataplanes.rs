@@ -21,9 +21,14 @@ pub struct Plane {
     pub build_version: String,
     /// The version it reports serving (from Hello, then from each ACK or NACK); 0 = none.
     pub applied_version: u64,
+    /// The content hash of what it serves; empty when it has none, or said none (an older
+    /// proxyd). A number stands for content only within one controld's history.
+    pub applied_hash: String,
     /// The last version it ACKed on this stream. Only an ACK counts as an answer: a Hello's
     /// version says nothing about a version published after it.
     pub acked_version: u64,
+    /// The content hash of that ACK (empty from an older proxyd).
+    pub acked_hash: String,
     /// The last version sent to it.
     pub sent_version: u64,
     /// The last refused version and why.
@@ -155,9 +160,22 @@ impl DataPlanes {
     }
 
     pub fn acked(&self, id: u64, version: u64, listeners: Vec<(String, String)>) {
+        self.acked_content(id, version, String::new(), listeners);
+    }
+
+    /// An ACK of `version` whose content hash is `hash` (empty: not said).
+    pub fn acked_content(
+        &self,
+        id: u64,
+        version: u64,
+        hash: String,
+        listeners: Vec<(String, String)>,
+    ) {
         self.update(id, |p| {
             p.applied_version = version;
+            p.applied_hash = hash.clone();
             p.acked_version = version;
+            p.acked_hash = hash;
             p.listeners = listeners;
             if p.last_nack.as_ref().is_some_and(|(v, _)| *v <= version) {
                 p.last_nack = None;
@@ -166,10 +184,23 @@ impl DataPlanes {
     }
 
     pub fn nacked(&self, id: u64, version: u64, error: String, serving: u64) {
+        self.nacked_content(id, version, error, serving, String::new());
+    }
+
+    /// A NACK; the data plane goes on serving `serving` with content `serving_hash`.
+    pub fn nacked_content(
+        &self,
+        id: u64,
+        version: u64,
+        error: String,
+        serving: u64,
+        serving_hash: String,
+    ) {
         self.update(id, |p| {
             tracing::warn!(node_id = %p.node_id, version, serving, %error, "data plane refused a snapshot");
             p.last_nack = Some((version, error));
             p.applied_version = serving;
+            p.applied_hash = serving_hash;
         });
     }
 
@@ -204,6 +235,18 @@ impl DataPlanes {
         waiting: &[(u64, Plane)],
         deadline: Instant,
     ) -> Vec<PlaneOutcome> {
+        self.wait_for_content(version, "", waiting, deadline).await
+    }
+
+    /// [`DataPlanes::wait_for`] `version` with content `hash`: an ACK of that number for other
+    /// content (empty `hash`: any) is no answer.
+    pub async fn wait_for_content(
+        &self,
+        version: u64,
+        hash: &str,
+        waiting: &[(u64, Plane)],
+        deadline: Instant,
+    ) -> Vec<PlaneOutcome> {
         let mut changes = self.changed.subscribe();
         // Registrations after the publish: every id above the ones waited for.
         let first_new_id = waiting.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
@@ -231,7 +274,7 @@ impl DataPlanes {
                     match newest(&planes, node) {
                         Some(p) => {
                             missing_since.remove(node);
-                            pending |= answer(p, version).is_none();
+                            pending |= answer(p, version, hash).is_none();
                             known.insert(node, p.clone());
                         }
                         None => {
@@ -262,7 +305,7 @@ impl DataPlanes {
             .iter()
             .filter_map(|&node| {
                 let (plane, result) = match newest(&planes, node) {
-                    Some(p) => (p, answer(p, version).unwrap_or(PlaneResult::TimedOut)),
+                    Some(p) => (p, answer(p, version, hash).unwrap_or(PlaneResult::TimedOut)),
                     None => (known.get(node)?, PlaneResult::Disconnected),
                 };
                 Some(outcome(plane, result))
@@ -275,7 +318,7 @@ impl DataPlanes {
             .collect();
         joined.sort_unstable_by_key(|(id, _)| **id);
         for (_, p) in joined {
-            if let Some(result) = answer(p, version) {
+            if let Some(result) = answer(p, version, hash) {
                 outcomes.push(outcome(p, result));
             }
         }
@@ -293,6 +336,15 @@ fn newest<'a>(planes: &'a HashMap<u64, Plane>, node: &str) -> Option<&'a Plane> 
         .map(|(_, p)| p)
 }
 
+impl Plane {
+    /// Whether it serves `version` with content `hash` (as far as it said: an older proxyd
+    /// sends no hash, and its number is taken at its word).
+    pub fn serves(&self, version: u64, hash: &str) -> bool {
+        self.applied_version == version
+            && (self.applied_hash.is_empty() || hash.is_empty() || self.applied_hash == hash)
+    }
+}
+
 fn outcome(plane: &Plane, result: PlaneResult) -> PlaneOutcome {
     let error = match (&plane.last_nack, result) {
         (Some((_, e)), PlaneResult::Nacked) => e.clone(),
@@ -307,8 +359,9 @@ fn outcome(plane: &Plane, result: PlaneResult) -> PlaneOutcome {
     }
 }
 
-fn answer(p: &Plane, version: u64) -> Option<PlaneResult> {
-    if p.acked_version >= version {
+fn answer(p: &Plane, version: u64, hash: &str) -> Option<PlaneResult> {
+    let same_content = hash.is_empty() || p.acked_hash.is_empty() || p.acked_hash == hash;
+    if p.acked_version > version || (p.acked_version == version && same_content) {
         Some(PlaneResult::Acked)
     } else if p.last_nack.as_ref().is_some_and(|(v, _)| *v >= version) {
         Some(PlaneResult::Nacked)
@@ -327,7 +380,9 @@ mod tests {
             pid: 1,
             build_version: "test".into(),
             applied_version: 1,
+            applied_hash: String::new(),
             acked_version: 1,
+            acked_hash: String::new(),
             sent_version: 1,
             last_nack: None,
             listeners: vec![],

@@ -247,7 +247,7 @@ impl metrics::Source for MetricsSource {
             data_planes: planes.len(),
             data_planes_in_sync: planes
                 .iter()
-                .filter(|p| p.applied_version == current.version)
+                .filter(|p| p.serves(current.version, &current.content.hash))
                 .count(),
         }
     }

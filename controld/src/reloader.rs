@@ -517,9 +517,10 @@ impl Reloader {
         origin: &Origin,
     ) -> Result<(u64, Vec<PlaneOutcome>), Diagnostic> {
         let version = current.version + 1;
+        let hash = change.content.hash.clone();
         if let Err(e) = self.state.record(&Published {
             version,
-            hash: change.content.hash.clone(),
+            hash: hash.clone(),
         }) {
             tracing::error!(error = %e, version, "cannot record the new version; nothing was published");
             return Err(Diagnostic {
@@ -559,7 +560,10 @@ impl Reloader {
             tracing::warn!(error = %e, version, "cannot record the version in the history");
         }
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
-        let planes = self.planes.wait_for(version, &waiting, deadline).await;
+        let planes = self
+            .planes
+            .wait_for_content(version, &hash, &waiting, deadline)
+            .await;
         Ok((version, planes))
     }
 
@@ -571,7 +575,10 @@ impl Reloader {
             .planes
             .connected()
             .into_iter()
-            .filter(|(_, p)| p.acked_version != current.version)
+            .filter(|(_, p)| {
+                p.acked_version != current.version
+                    || !p.serves(current.version, &current.content.hash)
+            })
             .collect();
         if behind.is_empty() {
             return Vec::new();
@@ -583,7 +590,7 @@ impl Reloader {
         }
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
         self.planes
-            .wait_for(current.version, &behind, deadline)
+            .wait_for_content(current.version, &current.content.hash, &behind, deadline)
             .await
     }
 }

@@ -85,7 +85,9 @@ impl pb::control_server::Control for ControlService {
             pid: hello.pid,
             build_version: bounded(hello.build_version, MAX_LABEL_BYTES),
             applied_version: hello.current_version,
+            applied_hash: bounded(hello.current_content_hash, MAX_LABEL_BYTES),
             acked_version: 0,
+            acked_hash: String::new(),
             sent_version: 0,
             last_nack: None,
             listeners: Vec::new(),
@@ -155,13 +157,19 @@ fn handle_answer(planes: &DataPlanes, id: u64, message: pb::DataPlaneMessage) {
                     )
                 })
                 .collect();
-            planes.acked(id, ack.version, listeners);
+            planes.acked_content(
+                id,
+                ack.version,
+                bounded(ack.content_hash, MAX_LABEL_BYTES),
+                listeners,
+            );
         }
-        Some(Msg::Nack(nack)) => planes.nacked(
+        Some(Msg::Nack(nack)) => planes.nacked_content(
             id,
             nack.version,
             bounded(nack.error, MAX_NACK_ERROR_BYTES),
             nack.serving_version,
+            bounded(nack.serving_content_hash, MAX_LABEL_BYTES),
         ),
         Some(Msg::Hello(_)) => tracing::warn!("ignoring a second Hello on a Subscribe stream"),
         None => {
@@ -454,7 +462,8 @@ impl pb::admin_server::Admin for AdminService {
             .list()
             .into_iter()
             .map(|p| pb::DataPlaneStatus {
-                in_sync: p.applied_version == current.version,
+                in_sync: p.serves(current.version, &current.content.hash),
+                applied_content_hash: p.applied_hash.clone(),
                 node_id: p.node_id,
                 pid: p.pid,
                 build_version: p.build_version,

@@ -162,6 +162,7 @@ pub fn status() -> StatusReply {
                 address: "127.0.0.1:8080".into(),
             }],
             connected_at_unix_ms: 1_795_290_000_500,
+            applied_content_hash: String::new(),
         }],
     }
 }

@@ -108,6 +108,7 @@ async fn subscribe(
         pid: identity.pid,
         build_version: proto::BUILD_VERSION.to_owned(),
         current_version: plane.version(),
+        current_content_hash: plane.report().hash,
     };
     let send = |msg| pb::DataPlaneMessage { msg: Some(msg) };
     // The channel has room: the Hello cannot block.
@@ -157,10 +158,14 @@ async fn apply(
 ) -> pb::data_plane_message::Msg {
     use pb::data_plane_message::Msg;
     let version = snapshot.version;
-    let before = plane.version();
+    let hash = snapshot.content_hash.clone();
+    let before = plane.report();
+    // New content, whatever its number: a saved version 7 may meet a controld whose version 7
+    // is something else (its state directory was lost).
+    let new = version != before.version || hash != before.hash;
     let copy = saved.map(|_| snapshot.clone());
     // Kept as received, for a successor ([`crate::takeover`]).
-    let for_handover = (version != before).then(|| snapshot.clone());
+    let for_handover = new.then(|| snapshot.clone());
     let result = match Spec::try_from(snapshot) {
         Ok(spec) => plane.apply(spec).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -169,7 +174,7 @@ async fn apply(
         plane.remember(snapshot);
     }
     if let (Ok(_), Some(saved), Some(copy)) = (&result, saved, copy)
-        && version != before
+        && new
     {
         // Off the async threads (a write and two fsyncs), in order (awaited).
         let writer = saved.clone();
@@ -184,6 +189,7 @@ async fn apply(
     match result {
         Ok(bound) => Msg::Ack(pb::Ack {
             version,
+            content_hash: hash,
             listeners: bound
                 .into_iter()
                 .map(|b| pb::BoundListener {
@@ -194,13 +200,15 @@ async fn apply(
         }),
         Err(error) => {
             plane.metrics().snapshot_refused();
-            let serving = plane.version();
-            crate::notify::refused(version, serving);
-            tracing::error!(version, serving, %error, "refusing snapshot; the previous one keeps serving");
+            let serving = plane.report();
+            crate::notify::refused(version, serving.version);
+            tracing::error!(version, serving = serving.version, %error, "refusing snapshot; the previous one keeps serving");
             Msg::Nack(pb::Nack {
                 version,
                 error,
-                serving_version: serving,
+                serving_version: serving.version,
+                content_hash: hash,
+                serving_content_hash: serving.hash,
             })
         }
     }

@@ -163,6 +163,7 @@ impl Subscriber {
                 pid: 1,
                 build_version: "garbage".into(),
                 current_version: 0,
+                current_content_hash: String::new(),
             })),
         };
         let mut connection = H2::connect_with_window(&env.socket, window).await;

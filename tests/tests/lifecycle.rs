@@ -289,3 +289,72 @@ async fn sigint_stops_fast_without_waiting_for_the_drain() {
     );
     assert!(!answer.contains("200 OK"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controld_that_lost_its_state_is_met_by_content_not_by_version_number() {
+    // Issue 20 §3: proxyd serves version 1 (upstream a) and saves it; controld loses its state
+    // directory and starts again, its version 1 now upstream b. Before, proxyd applied b but
+    // did not save it (same number), status said "in sync" whatever it served, and the next
+    // cold boot served a again.
+    let a = MockUpstream::start("a").await;
+    let b = MockUpstream::start("b").await;
+    let env = TestEnv::paths_only();
+    env.write_config(&site(&a.url()));
+    let state = env.dir.path().join("proxyd-state");
+    let state = state.to_str().unwrap();
+    let (mut controld, mut proxyd, http) = start(&env, state).await;
+    assert!(
+        get(http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream a")
+    );
+
+    controld.signal("TERM").await;
+    controld.exit_code().await;
+    std::fs::remove_dir_all(env.dir.path().join("state")).unwrap();
+    env.write_config(&site(&b.url()));
+    let config = env.config_path.to_str().unwrap().to_owned();
+    let mut controld = Process::start("controld", &["--config", &config]);
+    env.wait_for_socket().await;
+    let status = eventually("proxyd to serve controld's version 1 content", || async {
+        let status = env.status().await;
+        let in_sync = status.data_planes.first().is_some_and(|p| p.in_sync);
+        (in_sync
+            && get(http, "app.example", "/")
+                .await
+                .body
+                .starts_with("upstream b"))
+        .then_some(status)
+    })
+    .await;
+    let control = status.control_plane.unwrap();
+    assert_eq!(control.version, 1);
+    assert_eq!(
+        status.data_planes[0].applied_content_hash,
+        control.content_hash
+    );
+
+    // What it saved is what it serves: a cold boot without controld serves b.
+    controld.signal("TERM").await;
+    controld.exit_code().await;
+    proxyd.signal("TERM").await;
+    assert_eq!(proxyd.exit_code().await, Some(0));
+    let socket = env.socket.to_str().unwrap().to_owned();
+    let mut proxyd = Process::start_logged(
+        "proxyd",
+        &[
+            "--control-socket",
+            &socket,
+            "--state-dir",
+            state,
+            "--admin-socket",
+            &admin_socket(&env),
+        ],
+    );
+    let line = proxyd.wait_for_log(&["listening", "\"http\""]).await;
+    let http = listening_address(&line);
+    proxyd.wait_for_log(&["serving the saved snapshot"]).await;
+    let answer = get(http, "app.example", "/").await;
+    assert!(answer.body.starts_with("upstream b"), "{answer:?}");
+}

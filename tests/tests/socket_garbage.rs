@@ -461,6 +461,7 @@ async fn absurd_but_valid_protobuf_is_answered() {
             pid: 1,
             build_version: "garbage".into(),
             current_version: 0,
+            current_content_hash: String::new(),
         })),
     };
     let mut connection = H2::connect(&env.socket).await;
