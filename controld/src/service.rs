@@ -101,6 +101,12 @@ impl pb::control_server::Control for ControlService {
             let id = registration.id;
             let resend = registration.resend.clone();
             let mut next = Some(snapshots.borrow_and_update().clone());
+            // What was sent and not answered yet, oldest first: proxyd answers each snapshot
+            // once, in order, so each answer is tied to the send it answers.
+            let mut unanswered: std::collections::VecDeque<(u64, String)> = Default::default();
+            // A refusal of the serving version is retried, with back-off, until the data plane
+            // takes it (a transient DNS failure heals itself): no reload needed.
+            let mut retry = Retry::default();
             loop {
                 if let Some(current) = next.take() {
                     // A data plane that stops reading must not hold up shutdown.
@@ -112,17 +118,44 @@ impl pb::control_server::Control for ControlService {
                         break;
                     }
                     planes.sent(id, current.version);
+                    unanswered.push_back((current.version, current.content.hash.clone()));
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     changed = snapshots.changed() => match changed {
-                        Ok(()) => next = Some(snapshots.borrow_and_update().clone()),
+                        Ok(()) => {
+                            next = Some(snapshots.borrow_and_update().clone());
+                            retry = Retry::default();
+                        }
                         Err(_) => break,
                     },
                     // A reload found this data plane out of sync: the same snapshot again.
                     () = resend.notified() => next = Some(snapshots.borrow().clone()),
+                    () = retry.due() => {
+                        retry.at = None;
+                        next = Some(snapshots.borrow().clone());
+                    }
                     message = inbound.message() => match message {
-                        Ok(Some(m)) => handle_answer(&planes, id, m),
+                        Ok(Some(m)) => {
+                            let is_answer = matches!(
+                                m.msg,
+                                Some(pb::data_plane_message::Msg::Ack(_) | pb::data_plane_message::Msg::Nack(_))
+                            );
+                            let answers = if is_answer { unanswered.pop_front() } else { None };
+                            let refused = handle_answer(&planes, id, m, answers.as_ref());
+                            let current = snapshots.borrow().clone();
+                            let serving = (current.version, current.content.hash.clone());
+                            match (refused, answers) {
+                                // The serving version, refused: again after a while.
+                                (true, Some(sent)) if sent == serving && unanswered.is_empty() => {
+                                    let wait = retry.schedule();
+                                    tracing::info!(version = current.version, retry_in = ?wait,
+                                        "data plane refused the serving version; sending it again later");
+                                }
+                                (false, Some(sent)) if sent == serving => retry = Retry::default(),
+                                _ => {}
+                            }
+                        }
                         Ok(None) | Err(_) => break,
                     },
                 }
@@ -141,8 +174,65 @@ fn snapshot_message(current: &Current) -> pb::ControlMessage {
     }
 }
 
-fn handle_answer(planes: &DataPlanes, id: u64, message: pb::DataPlaneMessage) {
+/// Re-sending a refused serving version: after 1 s, doubling to a minute.
+#[derive(Debug, Default)]
+struct Retry {
+    at: Option<tokio::time::Instant>,
+    /// The wait before the next retry; 0 until the first.
+    wait: Duration,
+}
+
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+impl Retry {
+    /// Schedules the next retry; the wait it took.
+    fn schedule(&mut self) -> Duration {
+        self.wait = if self.wait.is_zero() {
+            RETRY_FIRST
+        } else {
+            (self.wait * 2).min(RETRY_MAX)
+        };
+        self.at = Some(tokio::time::Instant::now() + self.wait);
+        self.wait
+    }
+
+    /// Resolves when the retry is due; never when none is scheduled.
+    async fn due(&self) {
+        match self.at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Records an answer; `sent`: the (version, content hash) sent that it answers, when known.
+/// Whether it was a refusal.
+fn handle_answer(
+    planes: &DataPlanes,
+    id: u64,
+    message: pb::DataPlaneMessage,
+    sent: Option<&(u64, String)>,
+) -> bool {
     use pb::data_plane_message::Msg;
+    // An answer names its version; one that does not match the send it answers is logged, and
+    // recorded as it says. An older proxyd says no hash: the send's stands in.
+    let hash_of = |version: u64, said: String| match sent {
+        Some((v, hash)) if said.is_empty() && *v == version => hash.clone(),
+        _ => said,
+    };
+    if let (
+        Some((v, _)),
+        Some(Msg::Ack(pb::Ack { version, .. }) | Msg::Nack(pb::Nack { version, .. })),
+    ) = (sent, &message.msg)
+        && v != version
+    {
+        tracing::warn!(
+            sent = v,
+            answered = version,
+            "a data plane's answer names another version than the one sent"
+        );
+    }
     match message.msg {
         Some(Msg::Ack(ack)) => {
             // A data plane has a handful of listeners: an Ack listing more is kept short.
@@ -157,23 +247,27 @@ fn handle_answer(planes: &DataPlanes, id: u64, message: pb::DataPlaneMessage) {
                     )
                 })
                 .collect();
-            planes.acked_content(
-                id,
-                ack.version,
-                bounded(ack.content_hash, MAX_LABEL_BYTES),
-                listeners,
-            );
+            let hash = hash_of(ack.version, bounded(ack.content_hash, MAX_LABEL_BYTES));
+            planes.acked_content(id, ack.version, hash, listeners);
+            false
         }
-        Some(Msg::Nack(nack)) => planes.nacked_content(
-            id,
-            nack.version,
-            bounded(nack.error, MAX_NACK_ERROR_BYTES),
-            nack.serving_version,
-            bounded(nack.serving_content_hash, MAX_LABEL_BYTES),
-        ),
-        Some(Msg::Hello(_)) => tracing::warn!("ignoring a second Hello on a Subscribe stream"),
+        Some(Msg::Nack(nack)) => {
+            planes.nacked_content(
+                id,
+                nack.version,
+                bounded(nack.error, MAX_NACK_ERROR_BYTES),
+                nack.serving_version,
+                bounded(nack.serving_content_hash, MAX_LABEL_BYTES),
+            );
+            true
+        }
+        Some(Msg::Hello(_)) => {
+            tracing::warn!("ignoring a second Hello on a Subscribe stream");
+            false
+        }
         None => {
-            tracing::warn!("ignoring a data plane message of a kind this controld does not know")
+            tracing::warn!("ignoring a data plane message of a kind this controld does not know");
+            false
         }
     }
 }

@@ -337,3 +337,31 @@ async fn connection_settings_caps_drain_deadline_and_admin_listener_follow_reloa
     assert_eq!(slow.await.unwrap(), None, "cut at the drain deadline");
     env.stop_controld().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_version_is_sent_again_until_it_applies_without_a_reload() {
+    // Issue 20 §3: a version a data plane refused for a passing reason (here a port someone
+    // else held) stayed refused until the next reload; now controld sends it again with
+    // back-off, and the data plane converges by itself.
+    let app = MockUpstream::start("app").await;
+    let env = TestEnv::start(&site("app.example", &app.url(), "")).await;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = busy.local_addr().unwrap();
+    env.write_config(
+        &(site("app.example", &app.url(), "") + &listener("late", &address.to_string(), false)),
+    );
+    let out = env.proxyctl(&["reload"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let status = env.status().await;
+    assert!(!status.data_planes[0].in_sync, "{status:?}");
+    // The port is free now: no reload, and yet the data plane serves version 2.
+    drop(busy);
+    eventually("the data plane to take version 2 by itself", || async {
+        let status = env.status().await;
+        status.data_planes[0].in_sync.then_some(())
+    })
+    .await;
+    assert_eq!(env.status().await.data_planes[0].applied_version, 2);
+    assert_eq!(get(address, "app.example", "/").await.status, 200);
+    env.stop().await;
+}
