@@ -100,7 +100,12 @@ impl Reloader {
             version,
             hash: content.hash.clone(),
         })?;
-        if last.is_none_or(|l| l.version != version) {
+        // A new version, or the recorded one whose history entry a crash lost (the entry is
+        // written after the version is published): without it, `rollback` would count back
+        // from the wrong version.
+        let repaired = last.as_ref().is_some_and(|l| l.version == version)
+            && history.config_text(version).is_none();
+        if last.is_none_or(|l| l.version != version) || repaired {
             let entry = Entry {
                 version,
                 hash: content.hash.clone(),
@@ -108,7 +113,11 @@ impl Reloader {
                 source: "startup".to_owned(),
                 uid: None,
                 pid: None,
-                summary: "published at startup".to_owned(),
+                summary: if repaired {
+                    "history entry written again at startup (it was lost)".to_owned()
+                } else {
+                    "published at startup".to_owned()
+                },
                 kind: Kind::Config,
                 diff: None,
             };

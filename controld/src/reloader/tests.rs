@@ -627,3 +627,32 @@ async fn validate_refuses_a_text_over_the_config_limit_and_files_over_their_budg
         &messages[..messages.len().min(3)]
     );
 }
+
+#[tokio::test]
+async fn a_history_entry_lost_in_a_crash_is_written_again_at_startup() {
+    // Issue 20 §3: the history entry is written after the version is published; a crash in
+    // between left a serving version with no history, and `rollback` counted back from the
+    // wrong one.
+    let f = Fixture::new();
+    let r = f.reloader(Arc::default());
+    f.write("http://127.0.0.1:9002", "");
+    let report = r.reload(ReloadOptions::default()).await;
+    assert_eq!(report.version, 2);
+    drop(r);
+    // The crash: version 2 is recorded as published, its history entry is not.
+    let history = f.dir.path().join("state").join("history");
+    std::fs::remove_file(history.join("2.json")).unwrap();
+    std::fs::remove_file(history.join("2.toml")).unwrap();
+    let r = f.reloader(Arc::default());
+    assert_eq!(r.current().version, 2);
+    let entries = r.history();
+    assert_eq!(entries.first().map(|e| e.version), Some(2), "{entries:?}");
+    // And a rollback goes to version 1, the one before the serving config.
+    let report = r.rollback(None, Origin::default()).await.unwrap();
+    assert_eq!(report.version, 3);
+    assert!(
+        upstream(&r.current()).contains("9001"),
+        "{}",
+        upstream(&r.current())
+    );
+}
