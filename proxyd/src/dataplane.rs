@@ -365,11 +365,14 @@ impl DataPlane {
         if current.version == spec.version && current.hash == spec.hash {
             return Ok(self.all_bound());
         }
-        // The same content under a new version (a forced reload, or a change controld applies
-        // itself): its names resolved when it was applied; a passing DNS failure now must not
-        // refuse it.
+        // Only upstreams this data plane does not use yet are looked up: the others resolved
+        // when they were applied, and a passing DNS failure now must not refuse a version that
+        // changes something else (a certificate, an ACME challenge, a route), nor the same
+        // content under a new version.
         if current.hash != spec.hash {
-            check_upstreams_resolve(&spec).await?;
+            let known: std::collections::HashSet<String> =
+                self.upstreams.list().into_iter().map(|u| u.url).collect();
+            check_upstreams_resolve(&spec, &known).await?;
         }
         let (plan, admin) = self.bind(&spec.statics)?;
         self.upstreams.configure(&spec.statics);
@@ -549,11 +552,17 @@ fn forget_removed_sites(metrics: &Metrics, previous: &Runtime, next: &Spec) {
 /// Like nginx's "host not found in upstream": a snapshot naming an upstream host that does not
 /// resolve here is refused, rather than turning into 502s. Connections still resolve at
 /// connect time, so DNS changes are followed. Names resolve concurrently under one deadline.
-async fn check_upstreams_resolve(spec: &Spec) -> Result<(), ApplyError> {
+pub(crate) async fn check_upstreams_resolve(
+    spec: &Spec,
+    known: &std::collections::HashSet<String>,
+) -> Result<(), ApplyError> {
     let mut checked = std::collections::HashSet::new();
     let mut lookups = tokio::task::JoinSet::new();
     for upstream in spec.sites.iter().flat_map(|s| s.upstreams()) {
         let upstream = &upstream.spec;
+        if known.contains(&upstream.to_string()) {
+            continue;
+        }
         let host = upstream
             .host()
             .trim_start_matches('[')

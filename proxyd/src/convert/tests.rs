@@ -534,3 +534,27 @@ fn header_rules_refuse_framing_headers_and_unknown_placeholders() {
     );
     assert!(rules("x-a", "{client_ip").is_err());
 }
+
+#[tokio::test]
+async fn only_upstreams_new_to_the_data_plane_are_looked_up() {
+    // Issue 20 §3: a version that changes a certificate or a challenge must not be refused for
+    // a passing DNS failure of an upstream already in use.
+    let mut wire = snapshot();
+    if let Some(site) = wire.dynamic.as_mut().and_then(|d| d.sites.first_mut()) {
+        site.upstreams = vec!["http://upstream.invalid:80".into()];
+    }
+    let spec = Spec::try_from(wire).unwrap();
+    let known = std::collections::HashSet::from(["http://upstream.invalid:80".to_owned()]);
+    assert!(
+        crate::dataplane::check_upstreams_resolve(&spec, &known)
+            .await
+            .is_ok()
+    );
+    let refused = crate::dataplane::check_upstreams_resolve(&spec, &Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("upstream.invalid"),
+        "{refused}"
+    );
+}
