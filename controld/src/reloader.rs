@@ -35,6 +35,13 @@ struct Change {
     summary: String,
     /// The config diff, for the history (none for ACME changes).
     diff: Option<ConfigDiff>,
+    /// What ACME adds, from this version on: installed in the same step that publishes it, so
+    /// that a caller dropped while the data planes answer (a timeout) never leaves the overlay
+    /// behind the serving version.
+    overlay: Option<Arc<AcmeOverlay>>,
+    /// controld's own `[acme]`, from this version on (a reload's), applied with the commit: a
+    /// reload rejected, or never published, leaves it as it was.
+    acme: Option<Option<crate::config::AcmeConfig>>,
 }
 
 /// Called with the new `logging.level` after every applied reload.
@@ -468,10 +475,11 @@ impl Reloader {
                 return self.rejected(&current, vec![bind_failed(&e, &self.config_path, serving)]);
             }
         };
-        // controld's own ACME settings apply with every accepted reload, whatever the snapshot.
-        self.acme_config
-            .send_if_modified(|acme| replace_if_changed(acme, &config.statics.acme));
         if unchanged {
+            // controld's own ACME settings apply with every accepted reload, whatever the
+            // snapshot (a changed one is a new version, and applies with its commit).
+            self.acme_config
+                .send_if_modified(|acme| replace_if_changed(acme, &config.statics.acme));
             report.outcome = Outcome::Unchanged;
             // Unchanged is success only when every data plane serves it: send it again to any
             // that does not, and report their answers.
@@ -490,13 +498,16 @@ impl Reloader {
             tracing::warn!("{w}");
         }
         let log_level = config.dynamic.log_level.clone();
+        let acme = Some(config.statics.acme.clone());
         let change = Change {
+            acme,
             config,
             text: Arc::from(text),
             content,
             kind: Kind::Config,
             summary: report.diff.summary(),
             diff: Some(report.diff.clone()),
+            overlay: None,
         };
         match self.commit(&current, change, &options.origin).await {
             Ok((version, planes)) => {
@@ -556,6 +567,13 @@ impl Reloader {
         }
         let waiting = self.planes.connected();
         let text = change.text.clone();
+        if let Some(overlay) = change.overlay {
+            *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = overlay;
+        }
+        if let Some(acme) = &change.acme {
+            self.acme_config
+                .send_if_modified(|serving| replace_if_changed(serving, acme));
+        }
         self.current.send_replace(Arc::new(Current {
             version,
             config: change.config,

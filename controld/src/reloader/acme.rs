@@ -57,6 +57,8 @@ impl Reloader {
             kind: Kind::Certificate,
             summary: summary.to_owned(),
             diff: None,
+            overlay: Some(Arc::new(overlay)),
+            acme: None,
         };
         let mut committed = Err(String::new());
         let report = self
@@ -64,7 +66,6 @@ impl Reloader {
                 let mut report = Reloader::empty_report(&current);
                 match self.commit(&current, change, &options.origin).await {
                     Ok((version, planes)) => {
-                        *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(overlay);
                         report.outcome = Outcome::Applied;
                         report.version = version;
                         report.data_planes = planes;

@@ -656,3 +656,35 @@ async fn a_history_entry_lost_in_a_crash_is_written_again_at_startup() {
         upstream(&r.current())
     );
 }
+
+#[tokio::test]
+async fn an_acme_change_dropped_while_the_data_planes_answer_leaves_the_overlay_in_step() {
+    // Issue 20 §3: publish_acme was not cancel-safe. A caller that timed out during the wait
+    // for the data planes left the overlay behind the serving version, and the "challenge
+    // withdrawn" version that followed served the old certificate again.
+    let planes = Arc::new(DataPlanes::default());
+    let f = Fixture::new();
+    let r = f.reloader(planes.clone());
+    // A data plane that never answers: the commit waits for it.
+    let _silent = planes.register(plane("silent"));
+    let challenge = crate::snapshot::Challenge::Http01 {
+        name: "a.example".into(),
+        token: "tok".into(),
+        key_authorization: "tok.thumb".into(),
+    };
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(200),
+        r.publish_acme("acme: challenge", |o| o.challenges.push(challenge)),
+    )
+    .await;
+    assert!(
+        dropped.is_err(),
+        "the caller gave up while the data plane was waited for"
+    );
+    assert_eq!(r.current().version, 2, "the version was published");
+    assert_eq!(
+        r.acme_overlay().challenges.len(),
+        1,
+        "the overlay is the serving version's"
+    );
+}
