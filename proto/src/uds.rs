@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -198,20 +199,32 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// must follow it.
 const HANDSHAKE_BYTES: usize = 24 + 9;
 
+/// Connections one socket keeps open at once: a caller past it is closed at accept. Far above
+/// what the local tools and the data planes of one host open; it bounds what the members of the
+/// socket's group can make a daemon hold (each connection may have calls and replies in flight).
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// The connections accepted on a control or admin socket, each with a handshake deadline: hyper's
 /// HTTP/2 server reads the preface with no deadline of its own, so a caller that stops inside it
 /// would hold its connection (and a file descriptor) forever. Past the handshake, the server's
-/// HTTP/2 keep-alive PINGs find dead peers.
+/// HTTP/2 keep-alive PINGs find dead peers. At most [`MAX_CONNECTIONS`] are open at once.
 pub struct Incoming {
     listener: UnixListener,
     handshake: Duration,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Incoming {
     pub fn new(listener: UnixListener, handshake: Duration) -> Incoming {
+        Incoming::with_limit(listener, handshake, MAX_CONNECTIONS)
+    }
+
+    /// At most `max` connections open at once.
+    pub fn with_limit(listener: UnixListener, handshake: Duration, max: usize) -> Incoming {
         Incoming {
             listener,
             handshake,
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
         }
     }
 }
@@ -221,13 +234,24 @@ impl tokio_stream::Stream for Incoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let handshake = self.handshake;
-        self.listener.poll_accept(cx).map(|accepted| {
-            Some(accepted.map(|(stream, _)| Handshaking {
+        loop {
+            let (stream, _) = match self.listener.poll_accept(cx) {
+                Poll::Ready(Ok(accepted)) => accepted,
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => return Poll::Pending,
+            };
+            // Over the cap: closed at once (the caller sees its connection end), and the next.
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
+            return Poll::Ready(Some(Ok(Handshaking {
                 inner: stream,
                 read: 0,
                 deadline: Some(Box::pin(tokio::time::sleep(handshake))),
-            }))
-        })
+                _slot: slot,
+            })));
+        }
     }
 }
 
@@ -238,6 +262,8 @@ pub struct Handshaking {
     read: usize,
     /// Dropped once the handshake's bytes are in.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Its place among the socket's connections, until it closes.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl AsyncRead for Handshaking {
@@ -339,6 +365,35 @@ mod tests {
             .expect("the deadline fires")
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn callers_past_the_connection_cap_are_closed_at_accept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let mut incoming = Incoming::with_limit(
+            UnixListener::bind(&path).unwrap(),
+            Duration::from_secs(5),
+            2,
+        );
+        let _a = UnixStream::connect(&path).await.unwrap();
+        let held_a = incoming.next().await.unwrap().unwrap();
+        let _b = UnixStream::connect(&path).await.unwrap();
+        let _held_b = incoming.next().await.unwrap().unwrap();
+        // The third is closed at accept (and nothing is handed to the server)...
+        let mut third = UnixStream::connect(&path).await.unwrap();
+        let none = tokio::time::timeout(Duration::from_millis(300), incoming.next()).await;
+        assert!(none.is_err(), "nothing served past the cap");
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("closed, not left waiting")
+            .unwrap();
+        assert_eq!(closed, 0);
+        // ...and one after a place freed is served.
+        drop(held_a);
+        let _d = UnixStream::connect(&path).await.unwrap();
+        let _held_d = incoming.next().await.unwrap().unwrap();
     }
 
     #[tokio::test]
