@@ -230,7 +230,7 @@ impl Acme {
         // The [acme] of the last accepted reload, even one that left the snapshot unchanged:
         // never whichever config last happened to change the snapshot.
         let acme = reloader.acme_config()?;
-        self.forget_removed_sites(&current.config);
+        self.forget_removed_sites(&current.config).await;
         let mut next: Option<SystemTime> = None;
         for site in acme_sites(&current.config) {
             let mut overlay = reloader.acme_overlay();
@@ -383,9 +383,7 @@ impl Acme {
             }
         }
         *lock(&self.backoff) = state.clone();
-        if let Err(e) = self.store.save_backoff(&state) {
-            tracing::warn!(error = %e, "cannot persist the ACME back-off state");
-        }
+        self.save_backoff(state).await;
         if result.is_err() {
             let names: BTreeSet<String> = site.hostnames.iter().map(|h| h.to_string()).collect();
             let cleared = reloader
@@ -510,14 +508,27 @@ impl Acme {
     }
 
     /// Drops the back-off of sites that no longer use ACME.
-    fn forget_removed_sites(&self, config: &Config) {
+    async fn forget_removed_sites(&self, config: &Config) {
         let names: BTreeSet<&str> = acme_sites(config).map(Site::name).collect();
-        let mut backoff = lock(&self.backoff);
-        if backoff.keys().all(|k| names.contains(k.as_str())) {
-            return;
-        }
-        backoff.retain(|k, _| names.contains(k.as_str()));
-        if let Err(e) = self.store.save_backoff(&backoff) {
+        let kept = {
+            let mut backoff = lock(&self.backoff);
+            if backoff.keys().all(|k| names.contains(k.as_str())) {
+                return;
+            }
+            backoff.retain(|k, _| names.contains(k.as_str()));
+            backoff.clone()
+        };
+        self.save_backoff(kept).await;
+    }
+
+    /// Persists the back-off state off the async threads (a write and fsyncs), never under the
+    /// lock; the ACME task saves one state at a time, in order.
+    async fn save_backoff(&self, state: BTreeMap<String, Backoff>) {
+        let store = self.store.clone();
+        let saved = tokio::task::spawn_blocking(move || store.save_backoff(&state))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = saved {
             tracing::warn!(error = %e, "cannot persist the ACME back-off state");
         }
     }

@@ -538,10 +538,25 @@ impl Reloader {
     ) -> Result<(u64, Vec<PlaneOutcome>), Diagnostic> {
         let version = current.version + 1;
         let hash = change.content.hash.clone();
-        if let Err(e) = self.state.record(&Published {
-            version,
-            hash: hash.clone(),
-        }) {
+        // Off the async threads: a write and fsyncs.
+        let recorded = {
+            let (state, published) = (
+                self.state.clone(),
+                Published {
+                    version,
+                    hash: hash.clone(),
+                },
+            );
+            tokio::task::spawn_blocking(move || state.record(&published))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(Error::StateDir {
+                        path: self.state.path().to_owned(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                })
+        };
+        if let Err(e) = recorded {
             tracing::error!(error = %e, version, "cannot record the new version; nothing was published");
             return Err(Diagnostic {
                 key_path: "control.state_dir".to_owned(),
@@ -581,9 +596,16 @@ impl Reloader {
             text: change.text,
         }));
         // Recorded once the data planes have the snapshot on its way: its writes and fsyncs
-        // (two files) no longer delay the new routes (only the version must be durable first).
-        if let Err(e) = self.history.record(&entry, &text) {
-            // The version is published either way; only its history entry is missing.
+        // (two files) no longer delay the new routes (only the version must be durable first),
+        // off the async threads.
+        let history = self.history.clone();
+        let recorded = tokio::task::spawn_blocking(move || history.record(&entry, &text)).await;
+        if let Ok(Err(e)) | Err(e) = recorded.map_err(|e| Error::StateDir {
+            path: std::path::PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        }) {
+            // The version is published either way; only its history entry is missing (the next
+            // start writes it again).
             tracing::warn!(error = %e, version, "cannot record the version in the history");
         }
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
