@@ -95,34 +95,91 @@ fn walk(value: &DeValue<'_>, headers: bool, spans: &mut Vec<Range<usize>>) {
     }
 }
 
-/// `text` without its comments: a `#` outside strings starts one. Conservative: a line whose
-/// strings cannot be followed simply (a multi-line string) keeps everything but what follows
-/// an unquoted `#`.
+/// `text` without its comments: a `#` outside strings starts one, which runs to the end of its
+/// line. Strings are followed across lines as TOML writes them: basic (`"`, with `\` escapes),
+/// literal (`'`), and their multi-line forms (`"""`, `'''`).
 fn without_comments(text: &str) -> String {
+    #[derive(Clone, Copy, PartialEq)]
+    enum In {
+        Code,
+        Comment,
+        Basic,
+        Literal,
+        MultiBasic,
+        MultiLiteral,
+    }
     let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        let mut in_string: Option<char> = None;
-        let mut escaped = false;
-        let mut cut = line.len();
-        for (i, c) in line.char_indices() {
-            match in_string {
-                Some('"') if escaped => escaped = false,
-                Some('"') if c == '\\' => escaped = true,
-                Some(q) if c == q => in_string = None,
-                Some(_) => {}
-                None if c == '"' || c == '\'' => in_string = Some(c),
-                None if c == '#' => {
-                    cut = i;
-                    break;
+    let mut state = In::Code;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let rest = &text[i..];
+        match state {
+            In::Comment => {
+                if c == '\n' {
+                    state = In::Code;
+                    // Trailing blanks before the comment go too.
+                    let kept = out.trim_end_matches([' ', '\t']).len();
+                    out.truncate(kept);
+                    out.push('\n');
                 }
-                None => {}
+                continue;
             }
+            In::Code => {
+                if c == '#' {
+                    state = In::Comment;
+                    continue;
+                }
+                if rest.starts_with("\"\"\"") {
+                    state = In::MultiBasic;
+                    out.push_str("\"\"\"");
+                    chars.next();
+                    chars.next();
+                    continue;
+                }
+                if rest.starts_with("'''") {
+                    state = In::MultiLiteral;
+                    out.push_str("'''");
+                    chars.next();
+                    chars.next();
+                    continue;
+                }
+                if c == '"' {
+                    state = In::Basic;
+                } else if c == '\'' {
+                    state = In::Literal;
+                }
+            }
+            In::Basic | In::MultiBasic if c == '\\' => {
+                // An escape: the next character is the string's, whatever it is.
+                out.push(c);
+                if let Some((_, next)) = chars.next() {
+                    out.push(next);
+                }
+                continue;
+            }
+            In::Basic if c == '"' || c == '\n' => state = In::Code,
+            In::Literal if c == '\'' || c == '\n' => state = In::Code,
+            In::MultiBasic if rest.starts_with("\"\"\"") => {
+                state = In::Code;
+                out.push_str("\"\"\"");
+                chars.next();
+                chars.next();
+                continue;
+            }
+            In::MultiLiteral if rest.starts_with("'''") => {
+                state = In::Code;
+                out.push_str("'''");
+                chars.next();
+                chars.next();
+                continue;
+            }
+            _ => {}
         }
-        let kept = line[..cut].trim_end();
-        out.push_str(kept);
-        if line.ends_with('\n') {
-            out.push('\n');
-        }
+        out.push(c);
+    }
+    if state == In::Comment {
+        let kept = out.trim_end_matches([' ', '\t']).len();
+        out.truncate(kept);
     }
     out
 }
@@ -330,5 +387,15 @@ respond = { status = 200, body = "ok", headers = { "X-Session" = "abc#def", "Cac
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert!(text.contains("prod"));
+    }
+
+    #[test]
+    fn comments_after_multi_line_strings_go_and_strings_with_hashes_stay_whole() {
+        let text = "a = { body = \"\"\"\nWe are #1 \"\"\" } # old admin password: hunter2\nb = 'x#y' # c\n";
+        let got = redact(text);
+        assert!(!got.contains("hunter2"), "{got}");
+        assert!(got.contains("We are #1"), "{got}");
+        assert!(got.contains("'x#y'"), "{got}");
+        assert!(DeTable::parse(&got).is_ok(), "{got}");
     }
 }

@@ -90,6 +90,9 @@ fn the_drifts_review_found_are_refused_by_controld_at_their_key() {
         ("/a/./b", ""),
         ("/a/../b", ""),
         ("/%61pi", ""),
+        ("/caf%c3%a9/admin", ""),
+        ("/a%2Fb", ""),
+        ("/a%5Cb", ""),
         ("/api", "rewrite = \"/ü/\"\n"),
     ] {
         let route = format!(
@@ -107,4 +110,14 @@ fn the_drifts_review_found_are_refused_by_controld_at_their_key() {
         "sites[0].routes[0].redirect.location",
         None,
     );
+}
+
+#[test]
+fn prefixes_with_bytes_browsers_send_unescaped_are_accepted() {
+    // Next.js asset paths hold `[slug]`; browsers send `[ ] | ^` unescaped and proxyd takes them.
+    let route = "[[sites.routes]]\npath_prefix = \"/_next/static/chunks/pages/[slug]\"\n\
+                 upstreams = [\"http://127.0.0.1:9001\"]\n";
+    assert_eq!(refused(route), Vec::<String>::new());
+    let route = "[[sites.routes]]\npath_prefix = \"/caf%C3%A9/\"\nupstreams = [\"http://127.0.0.1:9001\"]\n";
+    assert_eq!(refused(route), Vec::<String>::new());
 }

@@ -73,6 +73,14 @@ cp "$candidate" "$staged"
 chmod --reference="$target" "$staged" 2>/dev/null || true
 mv "$staged" "$target"
 
+# Whether the config serving now is the candidate (by content: a reload by someone else may
+# have published it).
+candidate_serves() {
+    local r
+    r=$("$proxyctl" --json check --remote "$candidate" 2>/dev/null) || return 1
+    [[ -n $r && $(field current_version <<<"$r") == "$(field next_version <<<"$r")" ]]
+}
+
 # Puts the previous file back, but only over our own candidate: a file someone else wrote
 # since is theirs.
 restore_file() {
@@ -91,31 +99,39 @@ set +e
 reloaded=$?
 set -e
 if [[ $reloaded == 4 ]]; then
+    if candidate_serves; then
+        # Another reload (systemctl reload controld, say) published the file we installed:
+        # the candidate serves. Keep the file: restoring it would let the next reload undo it.
+        rm -f "$backup"
+        say "another reload published this candidate first; it serves, and $target holds it"
+        exit 0
+    fi
     restore_file
     say "another writer published (or changed $target) first; nothing was published by this deploy"
     exit 4
 fi
 if [[ $reloaded != 0 ]]; then
-    restore_file
-    # status exits 1 while a data plane lags: its JSON is still what we need.
-    now=$("$proxyctl" --json status | field version || true)
-    if [[ -n $now && $now == "$next" ]]; then
-        # Our version was published but not applied everywhere: put version $current back.
+    # Rolled back only if what serves is this deploy's candidate, by content: a version number
+    # says nothing about whose it is.
+    if candidate_serves; then
+        restore_file
         "$proxyctl" rollback "$current" >&2 || true
         say "rolled back to the config of version $current"
+    else
+        restore_file
     fi
     exit 1
 fi
 
 # 5. Verify: every data plane runs the new version.
 if ! "$proxyctl" status >&2; then
-    restore_file
-    now=$("$proxyctl" --json status | field version || true)
-    if [[ $now == "$next" ]]; then
+    if candidate_serves; then
+        restore_file
         "$proxyctl" rollback "$current" >&2 || true
         say "not every data plane runs the new version; rolled back to the config of version $current"
     else
-        say "not every data plane runs the new version, and version $now serves now: left as it is"
+        restore_file
+        say "not every data plane runs the new version, and another config serves now: left as it is"
     fi
     exit 1
 fi

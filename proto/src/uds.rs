@@ -199,10 +199,15 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// must follow it.
 const HANDSHAKE_BYTES: usize = 24 + 9;
 
-/// Connections one socket keeps open at once: a caller past it is closed at accept. Far above
-/// what the local tools and the data planes of one host open; it bounds what the members of the
-/// socket's group can make a daemon hold (each connection may have calls and replies in flight).
-pub const MAX_CONNECTIONS: usize = 256;
+/// Connections one socket keeps open at once: a caller past it is closed at accept. A backstop:
+/// each user but root and the daemon's own is held to [`MAX_CONNECTIONS_PER_USER`] first, so that
+/// no one member of the socket's group can take every place and lock out the operators and the
+/// data planes.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Connections one user (by peer credentials) may keep open at once on one socket; root and the
+/// daemon's own user are held only to [`MAX_CONNECTIONS`].
+pub const MAX_CONNECTIONS_PER_USER: usize = 32;
 
 /// The connections accepted on a control or admin socket, each with a handshake deadline: hyper's
 /// HTTP/2 server reads the preface with no deadline of its own, so a caller that stops inside it
@@ -212,19 +217,81 @@ pub struct Incoming {
     listener: UnixListener,
     handshake: Duration,
     slots: Arc<tokio::sync::Semaphore>,
+    per_user: Arc<PerUser>,
+}
+
+/// Connections open per user.
+struct PerUser {
+    max: usize,
+    /// Root and this process's own user: not held to `max`.
+    exempt: [u32; 2],
+    open: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+}
+
+impl PerUser {
+    /// A place for one more connection of `uid`, or `None` when it has `max` open.
+    fn take(self: &Arc<Self>, uid: Option<u32>) -> Option<UserSlot> {
+        let Some(uid) = uid.filter(|u| !self.exempt.contains(u)) else {
+            return Some(UserSlot(None));
+        };
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(uid).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(UserSlot(Some((self.clone(), uid))))
+    }
+}
+
+/// One connection's place among its user's; given back when dropped.
+struct UserSlot(Option<(Arc<PerUser>, u32)>);
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        if let Some((per_user, uid)) = self.0.take() {
+            let mut open = per_user.open.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = open.get_mut(&uid) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    open.remove(&uid);
+                }
+            }
+        }
+    }
 }
 
 impl Incoming {
     pub fn new(listener: UnixListener, handshake: Duration) -> Incoming {
-        Incoming::with_limit(listener, handshake, MAX_CONNECTIONS)
+        Incoming::with_limits(
+            listener,
+            handshake,
+            MAX_CONNECTIONS,
+            MAX_CONNECTIONS_PER_USER,
+        )
     }
 
-    /// At most `max` connections open at once.
-    pub fn with_limit(listener: UnixListener, handshake: Duration, max: usize) -> Incoming {
+    /// At most `max` connections open at once, and `per_user` of one (non-exempt) user.
+    pub fn with_limits(
+        listener: UnixListener,
+        handshake: Duration,
+        max: usize,
+        per_user: usize,
+    ) -> Incoming {
+        // This process's effective uid, without unsafe code: the owner of /proc/self (without
+        // procfs, only root is exempt).
+        let own = std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap_or(0);
         Incoming {
             listener,
             handshake,
             slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            per_user: Arc::new(PerUser {
+                max: per_user,
+                exempt: [0, own],
+                open: Default::default(),
+            }),
         }
     }
 }
@@ -240,7 +307,12 @@ impl tokio_stream::Stream for Incoming {
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                 Poll::Pending => return Poll::Pending,
             };
-            // Over the cap: closed at once (the caller sees its connection end), and the next.
+            // Over a cap: closed at once (the caller sees its connection end), and the next.
+            let uid = stream.peer_cred().ok().map(|c| c.uid());
+            let Some(user_slot) = self.per_user.take(uid) else {
+                drop(stream);
+                continue;
+            };
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                 drop(stream);
                 continue;
@@ -249,7 +321,7 @@ impl tokio_stream::Stream for Incoming {
                 inner: stream,
                 read: 0,
                 deadline: Some(Box::pin(tokio::time::sleep(handshake))),
-                _slot: slot,
+                _slot: (slot, user_slot),
             })));
         }
     }
@@ -262,8 +334,8 @@ pub struct Handshaking {
     read: usize,
     /// Dropped once the handshake's bytes are in.
     deadline: Option<Pin<Box<Sleep>>>,
-    /// Its place among the socket's connections, until it closes.
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Its place among the socket's connections and its user's, until it closes.
+    _slot: (tokio::sync::OwnedSemaphorePermit, UserSlot),
 }
 
 impl AsyncRead for Handshaking {
@@ -367,13 +439,33 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
+    #[test]
+    fn one_user_cannot_take_every_place_and_root_and_the_daemon_are_not_held_to_it() {
+        let per_user = Arc::new(PerUser {
+            max: 2,
+            exempt: [0, 1000],
+            open: Default::default(),
+        });
+        let a = per_user.take(Some(500)).unwrap();
+        let _b = per_user.take(Some(500)).unwrap();
+        assert!(per_user.take(Some(500)).is_none(), "a third of user 500's");
+        let _other = per_user
+            .take(Some(501))
+            .expect("another user still gets in");
+        let _root: Vec<_> = (0..5).map(|_| per_user.take(Some(0)).unwrap()).collect();
+        let _own: Vec<_> = (0..5).map(|_| per_user.take(Some(1000)).unwrap()).collect();
+        drop(a);
+        assert!(per_user.take(Some(500)).is_some(), "a place given back");
+    }
+
     #[tokio::test]
     async fn callers_past_the_connection_cap_are_closed_at_accept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        let mut incoming = Incoming::with_limit(
+        let mut incoming = Incoming::with_limits(
             UnixListener::bind(&path).unwrap(),
             Duration::from_secs(5),
+            2,
             2,
         );
         let _a = UnixStream::connect(&path).await.unwrap();

@@ -472,3 +472,66 @@ async fn a_reload_that_names_the_validated_text_publishes_only_that_text() {
     );
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_racing_a_plain_reload_keeps_the_candidate_it_installed() {
+    // Review of issue 20: a plain reload (`systemctl reload controld`) between the deploy's
+    // install and its own reload published the candidate; the deploy then restored the old file
+    // and said nothing was published, and the next reload silently undid the deploy.
+    let a = MockUpstream::start("a").await;
+    let b = MockUpstream::start("b").await;
+    let env = TestEnv::start(&site(&a.url())).await;
+    let wrapper = env.dir.path().join("proxyctl-racing");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/usr/bin/env bash\n\
+             # Someone reloads just before the deploy's own reload.\n\
+             if [[ \" $* \" == *\" --if-hash \"* ]]; then {0} reload >/dev/null 2>&1; fi\n\
+             exec {0} \"$@\"\n",
+            binary("proxyctl").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let candidate = env.config_text(&site(&b.url()));
+    let path = env.dir.path().join("candidate.toml");
+    std::fs::write(&path, &candidate).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/deploy.sh");
+    let out = tokio::process::Command::new("bash")
+        .arg(script)
+        .arg(&path)
+        .arg(&env.config_path)
+        .env("PROXYCTL", &wrapper)
+        .env("PROXYCTL_SOCKET", &env.socket)
+        .env("PROXYCTL_DATA_PLANE_SOCKET", env.proxyd_socket())
+        .output()
+        .await
+        .unwrap();
+    let text = proxy_tests::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&env.config_path).unwrap(),
+        candidate,
+        "{text}"
+    );
+    // The next plain reload changes nothing: the candidate stays.
+    let out = env.proxyctl(&["reload"]).await;
+    assert!(
+        proxy_tests::output_text(&out).contains("unchanged"),
+        "{}",
+        proxy_tests::output_text(&out)
+    );
+    assert!(
+        proxy_tests::get(env.http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream b")
+    );
+    env.stop().await;
+}

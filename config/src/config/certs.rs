@@ -40,39 +40,50 @@ pub const MAX_NAMED_FILES: usize = 1024;
 /// counted once per place that names them, every file is refused, so the config is.
 pub fn read_files(file: &FileConfig) -> Files {
     let mut files = Files::new();
-    let mut by_canonical: HashMap<PathBuf, Result<String, String>> = HashMap::new();
+    // Each distinct file (by canonical path) and the spelling it was first read under.
+    let mut by_canonical: HashMap<PathBuf, PathBuf> = HashMap::new();
     let mut named_bytes: u64 = 0;
+    // Past the budget nothing more is read or copied; every file is refused at the end.
+    let mut over = false;
     let mut read = |path: &Option<String>, key: &str| {
         let Some(path) = path.as_deref().filter(|p| !p.is_empty()) else {
             return;
         };
-        let written = PathBuf::from(path);
-        let read = match files.get(&written) {
-            Some(read) => read.clone(),
-            None => {
-                let read = match std::fs::canonicalize(&written) {
-                    // Unresolvable: read_pem says why, with the path as written.
-                    Err(_) => read_pem(&written, key),
-                    Ok(canonical) => match by_canonical.get(&canonical) {
-                        Some(read) => read.clone(),
-                        None if by_canonical.len() >= MAX_NAMED_FILES => Err(format!(
-                            "{key} {path}: more than {MAX_NAMED_FILES} distinct files named by \
-                             one config"
-                        )),
-                        None => {
-                            let read = read_pem(&written, key);
-                            by_canonical.insert(canonical, read.clone());
-                            read
-                        }
-                    },
-                };
-                files.insert(written, read.clone());
-                read
-            }
-        };
-        if let Ok(text) = &read {
-            named_bytes = named_bytes.saturating_add(text.len() as u64);
+        if over {
+            return;
         }
+        let written = PathBuf::from(path);
+        if let Some(read) = files.get(&written) {
+            over = !within_budget(&mut named_bytes, read);
+            return;
+        }
+        let read = match std::fs::canonicalize(&written) {
+            // Unresolvable: read_pem says why, with the path as written.
+            Err(_) => read_pem(&written, key),
+            Ok(canonical) => match by_canonical.get(&canonical) {
+                Some(first) => files
+                    .get(first)
+                    .cloned()
+                    .unwrap_or_else(|| read_pem(&written, key)),
+                None if by_canonical.len() >= MAX_NAMED_FILES => Err(format!(
+                    "{key} {path}: more than {MAX_NAMED_FILES} distinct files named by one config"
+                )),
+                None => {
+                    // Within the budget before it is read, by its size on disk.
+                    let size = std::fs::metadata(&canonical).map_or(0, |m| m.len());
+                    if named_bytes.saturating_add(size.min(MAX_PEM_BYTES + 1))
+                        > MAX_NAMED_FILE_BYTES
+                    {
+                        over = true;
+                        return;
+                    }
+                    by_canonical.insert(canonical, written.clone());
+                    read_pem(&written, key)
+                }
+            },
+        };
+        over = !within_budget(&mut named_bytes, &read);
+        files.insert(written, read);
     };
     for site in &file.sites {
         if let Some(TlsFile::Files(f)) = &site.tls {
@@ -86,7 +97,7 @@ pub fn read_files(file: &FileConfig) -> Files {
             read(&tls.client_key_file, "client_key_file");
         }
     }
-    if named_bytes > MAX_NAMED_FILE_BYTES {
+    if over {
         for (path, read) in files.iter_mut() {
             *read = Err(format!(
                 "{}: the files this config names add up to more than {} MiB (counted once per \
@@ -97,6 +108,13 @@ pub fn read_files(file: &FileConfig) -> Files {
         }
     }
     files
+}
+
+/// Adds what `read` holds to `named`; whether that stays within [`MAX_NAMED_FILE_BYTES`].
+fn within_budget(named: &mut u64, read: &Result<String, String>) -> bool {
+    let len = read.as_ref().map_or(0, |t| t.len() as u64);
+    *named = named.saturating_add(len);
+    *named <= MAX_NAMED_FILE_BYTES
 }
 
 /// Checks the pair of files of a site serving `hostnames`, as read; on failure, every problem

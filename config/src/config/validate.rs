@@ -239,6 +239,13 @@ fn rate_limit(rl: &RateLimitFile, path: &KeyPath, p: &mut Problems) -> Option<Ra
     })
 }
 
+/// An HTTP token (RFC 9110 §5.6.2), as header names and methods are.
+pub(super) fn http_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// What is wrong with `path` as the path of a request (a route's prefix, a rewrite target, a
 /// health check's path): it starts with '/', and holds only what a URI path may (RFC 3986:
 /// letters, digits, `-._~!$&'()*+,;=:@/` and `%` escapes), with a query after '?' when
@@ -257,12 +264,20 @@ pub(super) fn request_path_problem(path: &str, query: bool, normalized: bool) ->
     let allowed = |b: u8, extra: &[u8]| {
         b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b) || extra.contains(&b)
     };
+    // A prefix is matched against request paths as they arrive, and browsers send some bytes
+    // RFC 3986 reserves unescaped (Next.js asset paths have `[slug]`): hyper takes them, so a
+    // prefix may hold them too.
+    let extra: &[u8] = match (query, normalized) {
+        (true, _) => b"?",
+        (false, true) => b"[]|^{}\"`",
+        (false, false) => b"",
+    };
     let bytes = path.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'?' && query {
             continue;
         }
-        if !allowed(b, if query { b"?" } else { b"" }) {
+        if !allowed(b, extra) {
             let shown = if b.is_ascii_graphic() {
                 format!("'{}'", b as char)
             } else if b.is_ascii() {
@@ -296,15 +311,29 @@ pub(super) fn request_path_problem(path: &str, query: bool, normalized: bool) ->
                 "a dot segment: requests are routed with '.' and '..' resolved".to_owned(),
             );
         }
-        let escaped_unreserved = path_part.match_indices('%').any(|(i, _)| {
-            u8::from_str_radix(path_part.get(i + 1..i + 3).unwrap_or(""), 16)
-                .is_ok_and(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
-        });
-        if escaped_unreserved {
-            return Some(
-                "an escaped letter, digit or '-._~': requests are routed with those decoded"
-                    .to_owned(),
-            );
+        for (i, _) in path_part.match_indices('%') {
+            let hex = path_part.get(i + 1..i + 3).unwrap_or("");
+            let Ok(b) = u8::from_str_radix(hex, 16) else {
+                continue;
+            };
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                return Some(
+                    "an escaped letter, digit or '-._~': requests are routed with those decoded"
+                        .to_owned(),
+                );
+            }
+            if hex.bytes().any(|h| h.is_ascii_lowercase()) {
+                return Some(format!(
+                    "'%{hex}': requests are routed with escapes in upper case (write '%{}')",
+                    hex.to_ascii_uppercase()
+                ));
+            }
+            if matches!(b, b'/' | b'\\' | 0) {
+                return Some(format!(
+                    "'%{hex}': a request path with an escaped slash, backslash or NUL is refused \
+                     or routed as a separator, so this prefix would never match"
+                ));
+            }
         }
     }
     None

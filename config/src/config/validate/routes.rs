@@ -244,13 +244,6 @@ fn route_action(
     })
 }
 
-/// An HTTP token (RFC 9110 §5.6.2), as header names are.
-pub(super) fn http_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 /// A proxying route's own settings.
 fn proxy_route(
     file: &RouteFile,

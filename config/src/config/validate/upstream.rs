@@ -4,7 +4,7 @@
 use proto::FRAMING_HEADERS;
 
 use super::super::file::{HeaderRulesFile, UpstreamTlsFile};
-use super::routes::http_token;
+use super::http_token;
 use super::*;
 
 /// The placeholders a header value may hold.
