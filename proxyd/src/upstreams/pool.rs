@@ -19,16 +19,13 @@
 //! - Every new connection first takes a place under the breaker's `max_connections`, and keeps it
 //!   until the socket closes.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -38,6 +35,10 @@ use super::connect::{self, Counted, DialError, Negotiated, TlsConnector};
 use tokio::sync::OwnedSemaphorePermit;
 
 mod h2;
+mod idle;
+
+pub use idle::PooledBody;
+use idle::{GiveBack, reap};
 
 /// What a pool's connections speak (`upstream_protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -334,20 +335,6 @@ impl Drop for Pool {
     }
 }
 
-/// This request dials the connection others wait for; whatever happens to it (a connection, an
-/// error, the request cancelled), they are woken when it drops.
-struct DialTicket {
-    shared: Arc<Shared>,
-    dialing: Arc<h2::Dialing>,
-}
-
-impl Drop for DialTicket {
-    fn drop(&mut self) {
-        self.shared.lock().h2.dialed(&self.dialing);
-        self.dialing.finish(None);
-    }
-}
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Idle> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
@@ -376,134 +363,6 @@ impl Shared {
             self.start_reaper(&mut idle);
         }
         stream
-    }
-
-    /// HTTP/2: a free stream, else the dial in flight, else this request dials (within the
-    /// breaker's `max_connections`); a stream freed on a connection wakes every wait.
-    async fn send_h2(
-        self: &Arc<Self>,
-        mut request: Request<UpstreamBody>,
-        reached: &AtomicBool,
-    ) -> Result<Response<PooledBody>, Error> {
-        loop {
-            // Enabled before looking, so that a stream freed meanwhile is not missed.
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let checkout = self.lock().h2.checkout(|| self.breaker.try_connection());
-            match checkout {
-                h2::Checkout::Stream(stream) => {
-                    reached.store(true, Ordering::Relaxed);
-                    self.absolute_form(&mut request);
-                    match stream.sender().try_send_request(request).await {
-                        Ok(response) => return Ok(response.map(|b| PooledBody::h2(b, stream))),
-                        // The connection is closing: nothing of the request went out.
-                        Err(mut e) => match e.take_message() {
-                            Some(unsent) => {
-                                request = unsent;
-                                self.lock().h2.forget(&stream);
-                            }
-                            None => return Err(Error::request(e.into_error())),
-                        },
-                    }
-                }
-                h2::Checkout::Wait(other) => {
-                    tokio::select! {
-                        failed = other.wait() => if let Some(failed) = failed {
-                            return Err(failed);
-                        },
-                        () = &mut freed => {}
-                    }
-                }
-                h2::Checkout::Dial(mine, permit) => {
-                    let ticket = DialTicket {
-                        shared: self.clone(),
-                        dialing: mine,
-                    };
-                    return self
-                        .dial_and_send(request, Some(ticket), Some(permit), reached)
-                        .await;
-                }
-                // Every connection full and no room for another: a stream freed, or a
-                // connection closed, lets it on (the wait counts as a pending request).
-                h2::Checkout::Full => {
-                    tokio::select! {
-                        permit = self.breaker.connection() => {
-                            let permit = permit.map_err(Error::connect)?;
-                            return self.dial_and_send(request, None, Some(permit), reached).await;
-                        }
-                        () = &mut freed => {}
-                    }
-                }
-                // The upstream allows no stream at all: no use dialing again.
-                h2::Checkout::NoStreams => {
-                    return Err(Error::connect(super::CircuitOpen {
-                        limit: "upstream_max_concurrent_streams",
-                    }));
-                }
-            }
-        }
-    }
-
-    /// Dials (with `permit`, else within the breaker's limit) and sends `request` on the new
-    /// connection; `ticket` (this request dials for others) shares the outcome.
-    async fn dial_and_send(
-        self: &Arc<Self>,
-        mut request: Request<UpstreamBody>,
-        ticket: Option<DialTicket>,
-        permit: Option<OwnedSemaphorePermit>,
-        reached: &AtomicBool,
-    ) -> Result<Response<PooledBody>, Error> {
-        let dialed = self.dial(true, permit).await;
-        if let (Err(e), Some(ticket)) = (&dialed, &ticket) {
-            ticket.dialing.finish(Some(e.clone()));
-        }
-        match dialed? {
-            Dialed::Http1(mut sender) => {
-                drop(ticket);
-                reached.store(true, Ordering::Relaxed);
-                self.origin_form(&mut request);
-                match sender.send_request(request).await {
-                    Ok(response) => Ok(self.http1_response(sender, response)),
-                    Err(e) => Err(Error::request(e)),
-                }
-            }
-            Dialed::H2(conn) => {
-                // How many streams the upstream allows, before anyone takes one: its preface
-                // comes within a round trip (bounded by the connect timeout).
-                conn.heard(self.settings.timeouts.connect()).await;
-                if conn.allows_no_stream() {
-                    // Kept, streamless, until it idles out: the requests until then get 503 at
-                    // once instead of a connection each.
-                    self.keep_h2(conn);
-                    let refused = Error::connect(super::CircuitOpen {
-                        limit: "upstream_max_concurrent_streams",
-                    });
-                    if let Some(ticket) = &ticket {
-                        ticket.dialing.finish(Some(refused.clone()));
-                    }
-                    return Err(refused);
-                }
-                let stream = self.share_h2(conn);
-                // The requests that waited for this dial look again.
-                drop(ticket);
-                reached.store(true, Ordering::Relaxed);
-                self.absolute_form(&mut request);
-                match stream.sender().send_request(request).await {
-                    Ok(response) => Ok(response.map(|b| PooledBody::h2(b, stream))),
-                    Err(e) => Err(Error::request(e)),
-                }
-            }
-        }
-    }
-
-    /// A new HTTP/2 connection joins the pool with no stream on it.
-    fn keep_h2(self: &Arc<Self>, conn: h2::Conn) {
-        let mut idle = self.lock();
-        if !idle.closed {
-            idle.h2.keep(conn);
-            self.start_reaper(&mut idle);
-        }
     }
 
     fn start_reaper(self: &Arc<Self>, idle: &mut Idle) {
@@ -616,7 +475,7 @@ impl Shared {
         .await
         .map_err(|_| Error::connect(DialError::Timeout(timeout)))?
         .map_err(Error::connect)?;
-        keep_alive(&stream);
+        connect::keep_alive(&stream);
         let io = Counted::new(stream, permit);
         let h2 = match self.settings.protocol {
             Protocol::H2 | Protocol::H2c => true,
@@ -661,139 +520,6 @@ impl Shared {
         }
     }
 }
-
-/// Closes idle connections once they have idled for the timeout; stops when none are left (the
-/// next one to come back starts it again) or the pool is gone.
-async fn reap(pool: Weak<Shared>) {
-    loop {
-        let Some(shared) = pool.upgrade() else { return };
-        let timeout = shared.settings.timeouts.idle();
-        let next = {
-            let mut idle = shared.lock();
-            let now = Instant::now();
-            idle.http1
-                .retain(|(sender, since)| !sender.is_closed() && now - *since < timeout);
-            // The oldest is the first to expire.
-            let http1 = idle.http1.first().map(|(_, since)| *since + timeout);
-            let h2 = idle
-                .h2
-                .reap(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-            match (http1, h2) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(next), None) | (None, Some(next)) => next,
-                (None, None) => {
-                    idle.reaping = false;
-                    return;
-                }
-            }
-        };
-        let timeouts = shared.settings.timeouts.clone();
-        drop(shared);
-        // A new idle timeout (a snapshot) counts at once, not from the old deadline.
-        tokio::select! {
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
-            () = timeouts.changed.notified() => {}
-        }
-    }
-}
-
-/// An HTTP/1.1 connection to give back when the response body ends.
-struct GiveBack {
-    shared: Arc<Shared>,
-    sender: http1::SendRequest<UpstreamBody>,
-}
-
-/// A response body that gives its connection back to the pool when read to the end. Dropped
-/// before that, the connection closes (hyper cannot reuse it with a body half read).
-pub struct PooledBody {
-    inner: Incoming,
-    giveback: Option<GiveBack>,
-    /// An HTTP/2 response's stream, counted on its connection until the body ends.
-    stream: Option<h2::Stream>,
-}
-
-impl PooledBody {
-    fn h2(inner: Incoming, stream: h2::Stream) -> PooledBody {
-        let stream = (!inner.is_end_stream()).then_some(stream);
-        PooledBody {
-            inner,
-            giveback: None,
-            stream,
-        }
-    }
-
-    fn give_back(&mut self) {
-        let Some(GiveBack { shared, mut sender }) = self.giveback.take() else {
-            return;
-        };
-        if sender.is_ready() {
-            shared.put_back(sender);
-        } else if !sender.is_closed() {
-            // hyper's connection task has not seen the end of the exchange yet (it runs on
-            // its own task): it comes back as soon as it has.
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    shared.put_back(sender);
-                }
-            });
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Pending => return polled,
-            Poll::Ready(Some(Ok(_))) if !self.inner.is_end_stream() => return polled,
-            Poll::Ready(None) | Poll::Ready(Some(Ok(_))) => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.giveback = None,
-        }
-        // Ended (or failed): its HTTP/2 stream is free for another request.
-        self.stream = None;
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// TCP keepalive and `TCP_USER_TIMEOUT` on an upstream socket: a peer that vanished without a
-/// FIN is found after 30 s idle and three unanswered probes 10 s apart, and data it never
-/// acknowledges fails the connection after 30 s instead of about 15 minutes of retransmissions.
-fn keep_alive(stream: &connect::Stream) {
-    let tcp = match stream {
-        connect::Stream::Tcp(tcp) => tcp,
-        connect::Stream::Tls(tls) => tls.get_ref().0,
-    };
-    let socket = socket2::SockRef::from(tcp);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(UPSTREAM_KEEPALIVE_IDLE)
-        .with_interval(UPSTREAM_KEEPALIVE_PROBE_INTERVAL)
-        .with_retries(UPSTREAM_KEEPALIVE_PROBES);
-    if let Err(e) = socket
-        .set_tcp_keepalive(&keepalive)
-        .and_then(|()| socket.set_tcp_user_timeout(Some(UPSTREAM_USER_TIMEOUT)))
-    {
-        tracing::debug!(error = %e, "cannot set TCP keepalive on an upstream connection");
-    }
-}
-
-const UPSTREAM_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
-const UPSTREAM_KEEPALIVE_PROBE_INTERVAL: Duration = Duration::from_secs(10);
-const UPSTREAM_KEEPALIVE_PROBES: u32 = 3;
-const UPSTREAM_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests;

@@ -12,16 +12,17 @@
 //! - A connection that idles past the idle timeout closes, except the oldest: it stays, and
 //!   its liveness is the PINGs' business (`upstream_h2_ping_interval`).
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use hyper::client::conn::http2;
 
-use super::{Error, UpstreamBody};
+use http::{Request, Response};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{Dialed, Error, PooledBody, Shared, UpstreamBody};
 
 /// One HTTP/2 connection of the pool.
 pub(super) struct Conn {
@@ -253,159 +254,148 @@ impl Dialing {
     }
 }
 
-/// What the upstream's connection preface said: its first SETTINGS frame, which proxyd reads
-/// itself as the bytes pass (hyper runs the HTTP/2 connection in a task of its own and tells
-/// nothing of it). A later SETTINGS frame that lowers the limit is not seen here; the
-/// connection itself still obeys it, queueing the streams past it.
-pub(super) struct Settings {
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS`; until the preface is read, 1.
-    max_streams: AtomicUsize,
-    heard: AtomicBool,
-    /// Wakes who waits for `heard`.
-    heard_changed: tokio::sync::Notify,
-}
-
-impl Settings {
-    fn new() -> Settings {
-        Settings {
-            max_streams: AtomicUsize::new(1),
-            heard: AtomicBool::new(false),
-            heard_changed: tokio::sync::Notify::new(),
-        }
-    }
-
-    fn hear(&self, max_streams: usize) {
-        self.max_streams.store(max_streams, Ordering::Relaxed);
-        self.heard.store(true, Ordering::SeqCst);
-        self.heard_changed.notify_waiters();
-    }
-
-    /// Until the upstream's SETTINGS have been read, or `bound` passed (a silent upstream).
-    pub(super) async fn heard(&self, bound: std::time::Duration) {
-        let wait = async {
-            let changed = self.heard_changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if !self.heard.load(Ordering::SeqCst) {
-                changed.await;
+/// The pool's HTTP/2 requests: how they find a stream, wait, or dial.
+impl Shared {
+    /// HTTP/2: a free stream, else the dial in flight, else this request dials (within the
+    /// breaker's `max_connections`); a stream freed on a connection wakes every wait.
+    pub(super) async fn send_h2(
+        self: &Arc<Self>,
+        mut request: Request<UpstreamBody>,
+        reached: &AtomicBool,
+    ) -> Result<Response<PooledBody>, Error> {
+        loop {
+            // Enabled before looking, so that a stream freed meanwhile is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let checkout = self.lock().h2.checkout(|| self.breaker.try_connection());
+            match checkout {
+                Checkout::Stream(stream) => {
+                    reached.store(true, Ordering::Relaxed);
+                    self.absolute_form(&mut request);
+                    match stream.sender().try_send_request(request).await {
+                        Ok(response) => return Ok(response.map(|b| PooledBody::h2(b, stream))),
+                        // The connection is closing: nothing of the request went out.
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) => {
+                                request = unsent;
+                                self.lock().h2.forget(&stream);
+                            }
+                            None => return Err(Error::request(e.into_error())),
+                        },
+                    }
+                }
+                Checkout::Wait(other) => {
+                    tokio::select! {
+                        failed = other.wait() => if let Some(failed) = failed {
+                            return Err(failed);
+                        },
+                        () = &mut freed => {}
+                    }
+                }
+                Checkout::Dial(mine, permit) => {
+                    let ticket = DialTicket {
+                        shared: self.clone(),
+                        dialing: mine,
+                    };
+                    return self
+                        .dial_and_send(request, Some(ticket), Some(permit), reached)
+                        .await;
+                }
+                // Every connection full and no room for another: a stream freed, or a
+                // connection closed, lets it on (the wait counts as a pending request).
+                Checkout::Full => {
+                    tokio::select! {
+                        permit = self.breaker.connection() => {
+                            let permit = permit.map_err(Error::connect)?;
+                            return self.dial_and_send(request, None, Some(permit), reached).await;
+                        }
+                        () = &mut freed => {}
+                    }
+                }
+                // The upstream allows no stream at all: no use dialing again.
+                Checkout::NoStreams => {
+                    return Err(Error::connect(crate::upstreams::CircuitOpen {
+                        limit: "upstream_max_concurrent_streams",
+                    }));
+                }
             }
-        };
-        let _ = tokio::time::timeout(bound, wait).await;
-    }
-}
-
-/// The longest first SETTINGS frame read (RFC 9113's default SETTINGS_MAX_FRAME_SIZE); a longer
-/// one is not parsed, and the connection's own reader refuses it anyway.
-const MAX_PREFACE: usize = 9 + 16_384;
-const FRAME_SETTINGS: u8 = 0x4;
-const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
-
-/// An upstream connection's IO, reading the upstream's first SETTINGS frame as it passes.
-pub(super) struct FirstRead<T> {
-    io: T,
-    /// The preface read so far; `None` once it has been parsed.
-    preface: Option<Vec<u8>>,
-    settings: Arc<Settings>,
-}
-
-impl<T> FirstRead<T> {
-    pub(super) fn new(io: T) -> (FirstRead<T>, Arc<Settings>) {
-        let settings = Arc::new(Settings::new());
-        let io = FirstRead {
-            io,
-            preface: Some(Vec::new()),
-            settings: settings.clone(),
-        };
-        (io, settings)
+        }
     }
 
-    /// Takes `bytes` of the preface; parses it once it is whole.
-    fn preface(&mut self, bytes: &[u8], eof: bool) {
-        let Some(preface) = &mut self.preface else {
-            return;
-        };
-        preface.extend_from_slice(bytes);
-        let parsed = parse_settings(preface);
-        if parsed.is_some() || eof || preface.len() >= MAX_PREFACE {
-            self.preface = None;
-            // No limit stated, or no SETTINGS frame: unlimited, as RFC 9113 starts.
-            let max = parsed.flatten().unwrap_or(usize::MAX);
-            self.settings.hear(max);
+    /// Dials (with `permit`, else within the breaker's limit) and sends `request` on the new
+    /// connection; `ticket` (this request dials for others) shares the outcome.
+    pub(super) async fn dial_and_send(
+        self: &Arc<Self>,
+        mut request: Request<UpstreamBody>,
+        ticket: Option<DialTicket>,
+        permit: Option<OwnedSemaphorePermit>,
+        reached: &AtomicBool,
+    ) -> Result<Response<PooledBody>, Error> {
+        let dialed = self.dial(true, permit).await;
+        if let (Err(e), Some(ticket)) = (&dialed, &ticket) {
+            ticket.dialing.finish(Some(e.clone()));
+        }
+        match dialed? {
+            Dialed::Http1(mut sender) => {
+                drop(ticket);
+                reached.store(true, Ordering::Relaxed);
+                self.origin_form(&mut request);
+                match sender.send_request(request).await {
+                    Ok(response) => Ok(self.http1_response(sender, response)),
+                    Err(e) => Err(Error::request(e)),
+                }
+            }
+            Dialed::H2(conn) => {
+                // How many streams the upstream allows, before anyone takes one: its preface
+                // comes within a round trip (bounded by the connect timeout).
+                conn.heard(self.settings.timeouts.connect()).await;
+                if conn.allows_no_stream() {
+                    // Kept, streamless, until it idles out: the requests until then get 503 at
+                    // once instead of a connection each.
+                    self.keep_h2(conn);
+                    let refused = Error::connect(crate::upstreams::CircuitOpen {
+                        limit: "upstream_max_concurrent_streams",
+                    });
+                    if let Some(ticket) = &ticket {
+                        ticket.dialing.finish(Some(refused.clone()));
+                    }
+                    return Err(refused);
+                }
+                let stream = self.share_h2(conn);
+                // The requests that waited for this dial look again.
+                drop(ticket);
+                reached.store(true, Ordering::Relaxed);
+                self.absolute_form(&mut request);
+                match stream.sender().send_request(request).await {
+                    Ok(response) => Ok(response.map(|b| PooledBody::h2(b, stream))),
+                    Err(e) => Err(Error::request(e)),
+                }
+            }
+        }
+    }
+
+    /// A new HTTP/2 connection joins the pool with no stream on it.
+    fn keep_h2(self: &Arc<Self>, conn: Conn) {
+        let mut idle = self.lock();
+        if !idle.closed {
+            idle.h2.keep(conn);
+            self.start_reaper(&mut idle);
         }
     }
 }
 
-/// `None`: incomplete. `Some(limit)`: a whole first frame, with the stream limit it states
-/// (`Some(None)` when it is no SETTINGS frame, or states none).
-fn parse_settings(bytes: &[u8]) -> Option<Option<usize>> {
-    let header = bytes.get(..9)?;
-    let length =
-        usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
-    if header[3] != FRAME_SETTINGS {
-        return Some(None);
-    }
-    let payload = bytes.get(9..9 + length)?;
-    let mut limit = None;
-    for entry in payload.chunks_exact(6) {
-        if u16::from_be_bytes([entry[0], entry[1]]) == SETTINGS_MAX_CONCURRENT_STREAMS {
-            let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
-            limit = Some(usize::try_from(value).unwrap_or(usize::MAX));
-        }
-    }
-    Some(limit)
+/// This request dials the connection others wait for; whatever happens to it (a connection, an
+/// error, the request cancelled), they are woken when it drops.
+pub(super) struct DialTicket {
+    shared: Arc<Shared>,
+    dialing: Arc<Dialing>,
 }
 
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for FirstRead<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.preface.is_none() {
-            return Pin::new(&mut self.io).poll_read(cx, buf);
-        }
-        // Through a buffer of our own while the preface passes, to see its bytes.
-        let mut local = [0u8; 4096];
-        let room = buf.remaining().min(local.len());
-        let mut read = hyper::rt::ReadBuf::new(&mut local[..room]);
-        let polled = Pin::new(&mut self.io).poll_read(cx, read.unfilled());
-        if let Poll::Ready(Ok(())) = polled {
-            let filled = read.filled();
-            buf.put_slice(filled);
-            let eof = filled.is_empty();
-            self.as_mut().get_mut().preface(filled, eof);
-        }
-        polled
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for FirstRead<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+impl Drop for DialTicket {
+    fn drop(&mut self) {
+        self.shared.lock().h2.dialed(&self.dialing);
+        self.dialing.finish(None);
     }
 }
 
@@ -420,43 +410,6 @@ impl Conns {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod preface;
 
-    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len();
-        let mut frame = vec![
-            (len >> 16) as u8,
-            (len >> 8) as u8,
-            len as u8,
-            kind,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ];
-        frame.extend_from_slice(payload);
-        frame
-    }
-
-    #[test]
-    fn the_preface_s_stream_limit_is_read_once_the_frame_is_whole() {
-        // SETTINGS_INITIAL_WINDOW_SIZE, then SETTINGS_MAX_CONCURRENT_STREAMS = 2.
-        let settings = frame(4, &[0, 4, 0, 1, 0, 0, 0, 3, 0, 0, 0, 2]);
-        assert_eq!(parse_settings(&settings[..8]), None);
-        assert_eq!(parse_settings(&settings[..15]), None);
-        assert_eq!(parse_settings(&settings), Some(Some(2)));
-        assert_eq!(
-            parse_settings(&frame(4, &[])),
-            Some(None),
-            "no limit stated"
-        );
-        assert_eq!(
-            parse_settings(&frame(6, &[0; 8])),
-            Some(None),
-            "no SETTINGS"
-        );
-    }
-}
+pub(crate) use preface::{FirstRead, Settings};

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::convert::UpstreamLimits;
+use bytes::Bytes;
 
 /// A raw HTTP/1.1 upstream answering "ok" to every request; with `close_after`, it closes
 /// each connection that long after its first answer, without saying so (as an upstream whose
