@@ -127,7 +127,7 @@ impl Activity {
             let added = self.delivery_added.notified();
             tokio::pin!(added);
             added.as_mut().enable();
-            let next = {
+            let (next, watching) = {
                 let mut deliveries = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
                 deliveries.retain(|d| d.strong_count() > 0);
                 let mut next: Option<Instant> = None;
@@ -138,14 +138,21 @@ impl Activity {
                         Ok(None) => {}
                     }
                 }
-                next
+                (next, !deliveries.is_empty())
             };
-            // A response that waits on its upstream now may wait on the client later: look
-            // again after the grace at the latest.
-            let recheck = next.unwrap_or_else(|| Instant::now() + grace);
-            tokio::select! {
-                () = tokio::time::sleep_until(recheck.into()) => {}
-                () = &mut added => {}
+            match (next, watching) {
+                // Nothing on its way to the client: no timer until a response registers (an
+                // idle keep-alive connection costs no wake-ups).
+                (None, false) => added.await,
+                // A response that waits on its upstream now may wait on the client later: look
+                // again after the grace at the latest.
+                (next, _) => {
+                    let recheck = next.unwrap_or_else(|| Instant::now() + grace);
+                    tokio::select! {
+                        () = tokio::time::sleep_until(recheck.into()) => {}
+                        () = &mut added => {}
+                    }
+                }
             }
         }
     }
