@@ -370,3 +370,78 @@ impl Drop for H2Backend {
         self.shutdown.cancel();
     }
 }
+
+/// Bytes in a [`big_upstream`] response: far more than every buffer on the way can hold.
+pub const BIG_BODY: usize = 64 << 20;
+
+static CHUNK: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+
+/// What a [`big_upstream`] handed out: body bytes, and bodies dropped before their end.
+#[derive(Debug, Default)]
+pub struct BigCounts {
+    pub produced: std::sync::atomic::AtomicUsize,
+    pub abandoned: std::sync::atomic::AtomicUsize,
+}
+
+/// A [`BIG_BODY`] response body made as it is read.
+struct BigBody {
+    left: usize,
+    counts: Arc<BigCounts>,
+}
+
+impl hyper::body::Body for BigBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        use std::sync::atomic::Ordering;
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK.len());
+        self.left -= n;
+        self.counts.produced.fetch_add(n, Ordering::SeqCst);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            &CHUNK[..n],
+        )))))
+    }
+}
+
+impl Drop for BigBody {
+    fn drop(&mut self) {
+        if self.left > 0 {
+            self.counts
+                .abandoned
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// An HTTP/1.1 upstream that answers every request with a [`BIG_BODY`] body, made as it is
+/// read, and counts what it handed out.
+pub async fn big_upstream() -> (SocketAddr, Arc<BigCounts>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = Arc::new(BigCounts::default());
+    let shared = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counts = shared.clone();
+            let service = service_fn(move |_req: Request<Incoming>| {
+                let body = BigBody {
+                    left: BIG_BODY,
+                    counts: counts.clone(),
+                };
+                std::future::ready(Ok::<_, Infallible>(Response::new(body)))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, counts)
+}

@@ -14,18 +14,13 @@
     reason = "tests"
 )]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Frame as BodyFrame;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy_tests::h2raw::{
     PREFACE, Pong, RawConn, code, continuation, data, flag, headers, kind, literal, literal_head,
@@ -652,76 +647,11 @@ async fn a_stream_flood_is_refused_past_max_concurrent_streams_then_sent_away() 
     env.stop().await;
 }
 
-/// Bytes in the zero-window test's response: far more than every buffer on the way can hold.
-const BIG_BODY: usize = 64 << 20;
-
-static CHUNK: [u8; 16 * 1024] = [b'x'; 16 * 1024];
-
-/// A [`BIG_BODY`] response body made as it is read; counts the bytes handed out, and the
-/// bodies dropped before their end.
-struct Counted {
-    left: usize,
-    counts: Arc<[AtomicUsize; 2]>,
-}
-
-const PRODUCED: usize = 0;
-const ABANDONED: usize = 1;
-
-impl hyper::body::Body for Counted {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
-        if self.left == 0 {
-            return Poll::Ready(None);
-        }
-        let n = self.left.min(CHUNK.len());
-        self.left -= n;
-        self.counts[PRODUCED].fetch_add(n, Ordering::SeqCst);
-        Poll::Ready(Some(Ok(BodyFrame::data(Bytes::from_static(&CHUNK[..n])))))
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        if self.left > 0 {
-            self.counts[ABANDONED].fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// An HTTP/1.1 upstream that answers every request with a [`BIG_BODY`] body.
-async fn big_upstream() -> (SocketAddr, Arc<[AtomicUsize; 2]>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let counts: Arc<[AtomicUsize; 2]> = Arc::default();
-    let shared = counts.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counts = shared.clone();
-            let service = service_fn(move |_req| {
-                let body = Counted {
-                    left: BIG_BODY,
-                    counts: counts.clone(),
-                };
-                std::future::ready(Ok::<_, Infallible>(http::Response::new(body)))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    (addr, counts)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_zero_window_client_stalls_its_response_without_the_proxy_buffering_it() {
     let _serial = SERIAL.lock().await;
-    let (big, counts) = big_upstream().await;
+    let (big, counts) = proxy_tests::backend::big_upstream().await;
+    const BIG_BODY: usize = proxy_tests::backend::BIG_BODY;
     let app = MockUpstream::start("app").await;
     let big_url = format!("http://{big}");
     let env = start(&[("big.test", &big_url), ("app.test", &app.url())]).await;
@@ -743,10 +673,10 @@ async fn a_zero_window_client_stalls_its_response_without_the_proxy_buffering_it
     // Wait until the upstream's body stops moving (the same count twice, 200 ms apart):
     // every buffer on the way is full.
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut produced = counts[PRODUCED].load(Ordering::SeqCst);
+    let mut produced = counts.produced.load(Ordering::SeqCst);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = counts[PRODUCED].load(Ordering::SeqCst);
+        let now = counts.produced.load(Ordering::SeqCst);
         if now == produced {
             break;
         }
@@ -782,7 +712,7 @@ async fn a_zero_window_client_stalls_its_response_without_the_proxy_buffering_it
     // The client goes away: the proxy drops the upstream response.
     drop(conn);
     eventually("the proxy to drop the upstream body", || {
-        std::future::ready((counts[ABANDONED].load(Ordering::SeqCst) == 1).then_some(()))
+        std::future::ready((counts.abandoned.load(Ordering::SeqCst) == 1).then_some(()))
     })
     .await;
     env.stop().await;

@@ -38,6 +38,26 @@ async fn start(env: &TestEnv, state: &str) -> (Process, Process, SocketAddr) {
     (controld, proxyd, listener_address(&status, "http"))
 }
 
+/// proxyd started again on its saved snapshot in `state`, with controld down; its http listener.
+async fn boot_from_saved(env: &TestEnv, state: &str) -> (Process, SocketAddr) {
+    let socket = env.socket.to_str().unwrap().to_owned();
+    let mut proxyd = Process::start_logged(
+        "proxyd",
+        &[
+            "--control-socket",
+            &socket,
+            "--state-dir",
+            state,
+            "--admin-socket",
+            &admin_socket(env),
+        ],
+    );
+    let line = proxyd.wait_for_log(&["listening", "\"http\""]).await;
+    let http = listening_address(&line);
+    proxyd.wait_for_log(&["serving the saved snapshot"]).await;
+    (proxyd, http)
+}
+
 /// proxyd's own admin socket in `env`'s directory.
 fn admin_socket(env: &TestEnv) -> String {
     env.dir
@@ -181,21 +201,7 @@ async fn proxyd_restarted_while_controld_is_down_serves_its_saved_snapshot() {
     proxyd.signal("TERM").await;
     assert_eq!(proxyd.exit_code().await, Some(0));
 
-    let socket = env.socket.to_str().unwrap().to_owned();
-    let mut proxyd = Process::start_logged(
-        "proxyd",
-        &[
-            "--control-socket",
-            &socket,
-            "--state-dir",
-            state,
-            "--admin-socket",
-            &admin_socket(&env),
-        ],
-    );
-    let line = proxyd.wait_for_log(&["listening", "\"http\""]).await;
-    let http = listening_address(&line);
-    proxyd.wait_for_log(&["serving the saved snapshot"]).await;
+    let (mut proxyd, http) = boot_from_saved(&env, state).await;
     let answer = get(http, "app.example", "/").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert!(answer.body.starts_with("upstream app"));
@@ -340,21 +346,7 @@ async fn a_controld_that_lost_its_state_is_met_by_content_not_by_version_number(
     controld.exit_code().await;
     proxyd.signal("TERM").await;
     assert_eq!(proxyd.exit_code().await, Some(0));
-    let socket = env.socket.to_str().unwrap().to_owned();
-    let mut proxyd = Process::start_logged(
-        "proxyd",
-        &[
-            "--control-socket",
-            &socket,
-            "--state-dir",
-            state,
-            "--admin-socket",
-            &admin_socket(&env),
-        ],
-    );
-    let line = proxyd.wait_for_log(&["listening", "\"http\""]).await;
-    let http = listening_address(&line);
-    proxyd.wait_for_log(&["serving the saved snapshot"]).await;
+    let (_proxyd, http) = boot_from_saved(&env, state).await;
     let answer = get(http, "app.example", "/").await;
     assert!(answer.body.starts_with("upstream b"), "{answer:?}");
 }

@@ -5,22 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::body::Frame as BodyFrame;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use proxy_tests::h2raw::{RawConn, flag, headers, kind, request, setting, window_update};
 use proxy_tests::{ADMIN_ON_PORT_0, MockUpstream, TestEnv, eventually, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trickled_upload_is_cut_once_it_falls_behind_the_minimum_rate() {
@@ -74,67 +65,9 @@ async fn a_trickled_upload_is_cut_once_it_falls_behind_the_minimum_rate() {
     env.stop().await;
 }
 
-const BIG_BODY: usize = 64 << 20;
-static CHUNK: [u8; 16 * 1024] = [b'x'; 16 * 1024];
-
-/// A [`BIG_BODY`] response body made as it is read; counts the bodies dropped before their end.
-struct Big {
-    left: usize,
-    abandoned: Arc<AtomicUsize>,
-}
-
-impl hyper::body::Body for Big {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
-        if self.left == 0 {
-            return Poll::Ready(None);
-        }
-        let n = self.left.min(CHUNK.len());
-        self.left -= n;
-        Poll::Ready(Some(Ok(BodyFrame::data(Bytes::from_static(&CHUNK[..n])))))
-    }
-}
-
-impl Drop for Big {
-    fn drop(&mut self) {
-        if self.left > 0 {
-            self.abandoned.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-async fn big_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let abandoned = Arc::new(AtomicUsize::new(0));
-    let shared = abandoned.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let abandoned = shared.clone();
-            let service = service_fn(move |_req| {
-                let body = Big {
-                    left: BIG_BODY,
-                    abandoned: abandoned.clone(),
-                };
-                std::future::ready(Ok::<_, Infallible>(http::Response::new(body)))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    (addr, abandoned)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http2_client_that_opens_its_window_a_trickle_at_a_time_loses_the_connection() {
-    let (big, abandoned) = big_upstream().await;
+    let (big, counts) = proxy_tests::backend::big_upstream().await;
     let env = TestEnv::start_with(
         &format!(
             "{ADMIN_ON_PORT_0}\nresponse_send_timeout = \"500ms\"\nresponse_min_rate = \"64k\""
@@ -181,7 +114,7 @@ async fn an_http2_client_that_opens_its_window_a_trickle_at_a_time_loses_the_con
     }
     // Its upstream response went with it.
     eventually("the upstream body to be dropped", || {
-        std::future::ready((abandoned.load(Ordering::SeqCst) == 1).then_some(()))
+        std::future::ready((counts.abandoned.load(Ordering::SeqCst) == 1).then_some(()))
     })
     .await;
     let metrics = env.metrics().await;
