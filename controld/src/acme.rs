@@ -1,6 +1,6 @@
 //! ACME for sites with `tls = "acme"`: a background task that issues and renews their
-//! certificates and publishes them (and the challenges on the way) through the Reloader, the
-//! single writer. Nothing here blocks a reload or startup: the certificates stored by earlier
+//! certificates and publishes them through the Reloader, the single writer (the challenges on
+//! the way go to the data planes apart from versions). Nothing here blocks a reload or startup: the certificates stored by earlier
 //! runs are read at startup, and everything that talks to the CA runs in the task.
 //!
 //! A certificate is renewed when a third of its lifetime remains, or at a random point of the
@@ -22,6 +22,7 @@ use instant_acme::{Account, NewAccount};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AcmeConfig, Certificate, Config, Site, SiteTls};
+use crate::dataplanes::PlaneResult;
 use crate::error::Error;
 use crate::reloader::{Reloader, unix_ms};
 use crate::snapshot::AcmeOverlay;
@@ -339,9 +340,6 @@ impl Acme {
         let not_after = certificate.not_after;
         let published = reloader
             .publish_acme(&summary, |overlay| {
-                overlay
-                    .challenges
-                    .retain(|c| !names.iter().any(|n| n == c.name()));
                 overlay.certificates.insert(name, certificate);
             })
             .await
@@ -352,8 +350,8 @@ impl Acme {
         Ok(())
     }
 
-    /// Records the outcome of an attempt: the back-off (persisted), metrics, and after a
-    /// failure the challenges are taken back out of the snapshot.
+    /// Records the outcome of an attempt: the back-off (persisted), metrics; and withdraws the
+    /// attempt's challenges from the data planes.
     async fn finish(&self, reloader: &Reloader, site: &Site, result: Result<(), String>) {
         let now = self.now();
         let mut state = lock(&self.backoff).clone();
@@ -384,19 +382,14 @@ impl Acme {
         }
         *lock(&self.backoff) = state.clone();
         self.save_backoff(state).await;
-        if result.is_err() {
-            let names: BTreeSet<String> = site.hostnames.iter().map(|h| h.to_string()).collect();
-            let cleared = reloader
-                .publish_acme(
-                    &format!("acme: challenge for {} withdrawn", site.name()),
-                    |o| {
-                        o.challenges.retain(|c| !names.contains(c.name()));
-                    },
-                )
-                .await;
-            if let Err(e) = cleared {
-                tracing::warn!(error = %e, "cannot withdraw the ACME challenges");
-            }
+        // The CA has decided (or the attempt was given up): the challenges are over.
+        let names: BTreeSet<String> = site.hostnames.iter().map(|h| h.to_string()).collect();
+        let withdrawn = reloader
+            .publish_challenges(|pending| pending.retain(|c| !names.contains(c.name())))
+            .await;
+        for p in withdrawn.iter().filter(|p| p.result != PlaneResult::Acked) {
+            tracing::warn!(node_id = %p.node_id, result = ?p.result, error = %p.error,
+                site = site.name(), "a data plane did not take back the ACME challenges");
         }
     }
 

@@ -36,6 +36,12 @@ pub struct Plane {
     /// (name, bound address).
     pub listeners: Vec<(String, String)>,
     pub connected_at_unix_ms: u64,
+    /// It answers ACME challenges sent apart from snapshots (it said so in its Hello).
+    pub answers_challenges: bool,
+    /// The last challenge generation it answers, and what it could not take of it (empty:
+    /// nothing refused).
+    pub challenges_applied: u64,
+    pub challenges_error: String,
 }
 
 /// What one data plane did with a published version.
@@ -187,6 +193,14 @@ impl DataPlanes {
         self.nacked_content(id, version, error, serving, String::new());
     }
 
+    /// The data plane answers the challenges of `generation`; `error`: those it could not take.
+    pub fn challenges_applied(&self, id: u64, generation: u64, error: String) {
+        self.update(id, |p| {
+            p.challenges_applied = generation;
+            p.challenges_error = error;
+        });
+    }
+
     /// A NACK; the data plane goes on serving `serving` with content `serving_hash`.
     pub fn nacked_content(
         &self,
@@ -247,6 +261,77 @@ impl DataPlanes {
         waiting: &[(u64, Plane)],
         deadline: Instant,
     ) -> Vec<PlaneOutcome> {
+        let answered = self
+            .wait_until(waiting, deadline, |p| answer(p, version, hash))
+            .await;
+        answered
+            .into_iter()
+            .map(|(plane, result)| outcome(&plane, result))
+            .collect()
+    }
+
+    /// Waits until each data plane of `waiting` answers challenge generation `generation` (or
+    /// a later one), has gone away, or `deadline` passes, as [`DataPlanes::wait_for_content`]
+    /// waits for a version. A data plane that cannot answer challenges sent apart from
+    /// snapshots (an older proxyd) is refused at once.
+    pub async fn wait_for_challenges(
+        &self,
+        generation: u64,
+        waiting: &[(u64, Plane)],
+        deadline: Instant,
+    ) -> Vec<PlaneOutcome> {
+        let answered = self
+            .wait_until(waiting, deadline, |p| {
+                if !p.answers_challenges {
+                    Some(PlaneResult::Nacked)
+                } else if p.challenges_applied >= generation {
+                    Some(if p.challenges_error.is_empty() {
+                        PlaneResult::Acked
+                    } else {
+                        PlaneResult::Nacked
+                    })
+                } else {
+                    None
+                }
+            })
+            .await;
+        answered
+            .into_iter()
+            .map(|(plane, result)| {
+                let error = match result {
+                    PlaneResult::Nacked if !plane.answers_challenges => format!(
+                        "proxyd {} answers ACME challenges only inside snapshots; upgrade it \
+                         to this controld's build",
+                        plane.build_version
+                    ),
+                    PlaneResult::Nacked => plane.challenges_error.clone(),
+                    _ => String::new(),
+                };
+                PlaneOutcome {
+                    node_id: plane.node_id.clone(),
+                    pid: plane.pid,
+                    result,
+                    serving_version: plane.applied_version,
+                    error,
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until `answered` says something of each data plane of `waiting`, each has gone
+    /// away, or `deadline` passes; then says what each did (its last state, and
+    /// [`PlaneResult::TimedOut`] or [`PlaneResult::Disconnected`] when it said nothing).
+    ///
+    /// A data plane is known by its node id: one that reconnects during the wait (within
+    /// [`RECONNECT_GRACE`]) is the same data plane, and its answer on the new stream counts.
+    /// Data planes that subscribe during the wait are not waited for, but the ones that have
+    /// answered by the end are reported too.
+    async fn wait_until(
+        &self,
+        waiting: &[(u64, Plane)],
+        deadline: Instant,
+        answered: impl Fn(&Plane) -> Option<PlaneResult>,
+    ) -> Vec<(Plane, PlaneResult)> {
         let mut changes = self.changed.subscribe();
         // Registrations after the publish: every id above the ones waited for.
         let first_new_id = waiting.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
@@ -274,7 +359,7 @@ impl DataPlanes {
                     match newest(&planes, node) {
                         Some(p) => {
                             missing_since.remove(node);
-                            pending |= answer(p, version, hash).is_none();
+                            pending |= answered(p).is_none();
                             known.insert(node, p.clone());
                         }
                         None => {
@@ -301,14 +386,14 @@ impl DataPlanes {
             }
         }
         let planes = self.lock();
-        let mut outcomes: Vec<PlaneOutcome> = nodes
+        let mut outcomes: Vec<(Plane, PlaneResult)> = nodes
             .iter()
             .filter_map(|&node| {
                 let (plane, result) = match newest(&planes, node) {
-                    Some(p) => (p, answer(p, version, hash).unwrap_or(PlaneResult::TimedOut)),
+                    Some(p) => (p, answered(p).unwrap_or(PlaneResult::TimedOut)),
                     None => (known.get(node)?, PlaneResult::Disconnected),
                 };
-                Some(outcome(plane, result))
+                Some((plane.clone(), result))
             })
             .collect();
         // Newcomers that answered this version (a NACK from one must not go unreported).
@@ -318,8 +403,8 @@ impl DataPlanes {
             .collect();
         joined.sort_unstable_by_key(|(id, _)| **id);
         for (_, p) in joined {
-            if let Some(result) = answer(p, version, hash) {
-                outcomes.push(outcome(p, result));
+            if let Some(result) = answered(p) {
+                outcomes.push((p.clone(), result));
             }
         }
         outcomes
@@ -387,6 +472,9 @@ mod tests {
             last_nack: None,
             listeners: vec![],
             connected_at_unix_ms: 0,
+            answers_challenges: true,
+            challenges_applied: 0,
+            challenges_error: String::new(),
         }
     }
 

@@ -10,6 +10,7 @@ pub use proxy_config::{config, diff, redact};
 
 pub mod access;
 pub mod acme;
+pub mod challenges;
 pub mod dataplanes;
 pub mod error;
 pub mod history;

@@ -71,6 +71,8 @@ pub struct Reloader {
     started_statics: StaticConfig,
     /// `[acme]` of the last accepted reload (applied or unchanged), for the ACME task.
     acme_config: watch::Sender<Option<crate::config::AcmeConfig>>,
+    /// The ACME challenges being completed: delivered to the data planes apart from versions.
+    challenges: crate::challenges::Challenges,
     /// Bounds the Validate calls and dry runs checked at once (each may parse 4 MiB and read
     /// certificate files): more are refused at once rather than queued.
     checks: Arc<tokio::sync::Semaphore>,
@@ -156,6 +158,7 @@ impl Reloader {
             acme_config: watch::channel(started_statics.acme.clone()).0,
             started_statics,
             checks: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS)),
+            challenges: Default::default(),
         })
     }
 

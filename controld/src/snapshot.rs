@@ -12,81 +12,14 @@ use crate::config::{
     UpstreamConnection, UpstreamProtocol, covers,
 };
 
-/// What ACME adds to a snapshot beyond the config: the certificates it issued and the challenges
-/// it is completing. Only the Reloader changes it, and every change is a new version.
+/// What ACME adds to a snapshot beyond the config: the certificates it issued. Only the
+/// Reloader changes it, and every change is a new version. (The challenges it is completing are
+/// not config: [`crate::challenges`].)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AcmeOverlay {
     /// By site name. A certificate goes into the snapshot only while its site says
     /// `tls = "acme"` and the certificate covers every hostname of the site.
     pub certificates: BTreeMap<String, Certificate>,
-    pub challenges: Vec<Challenge>,
-}
-
-/// A pending ACME challenge, as a data plane answers it. Its `Debug` leaves keys out.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Challenge {
-    Http01 {
-        name: String,
-        token: String,
-        key_authorization: String,
-    },
-    TlsAlpn01 {
-        name: String,
-        certificate_pem: String,
-        key_pem: String,
-    },
-}
-
-impl Challenge {
-    /// The DNS name being validated.
-    pub fn name(&self) -> &str {
-        match self {
-            Challenge::Http01 { name, .. } | Challenge::TlsAlpn01 { name, .. } => name,
-        }
-    }
-
-    fn to_proto(&self) -> pb::AcmeChallenge {
-        match self {
-            Challenge::Http01 {
-                name,
-                token,
-                key_authorization,
-            } => pb::AcmeChallenge {
-                r#type: pb::AcmeChallengeType::Http01.into(),
-                name: name.clone(),
-                token: token.clone(),
-                key_authorization: key_authorization.clone(),
-                ..Default::default()
-            },
-            Challenge::TlsAlpn01 {
-                name,
-                certificate_pem,
-                key_pem,
-            } => pb::AcmeChallenge {
-                r#type: pb::AcmeChallengeType::TlsAlpn01.into(),
-                name: name.clone(),
-                certificate_pem: certificate_pem.clone(),
-                key_pem: key_pem.clone(),
-                ..Default::default()
-            },
-        }
-    }
-}
-
-impl std::fmt::Debug for Challenge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Challenge::Http01 { name, token, .. } => f
-                .debug_struct("Http01")
-                .field("name", name)
-                .field("token", token)
-                .finish_non_exhaustive(),
-            Challenge::TlsAlpn01 { name, .. } => f
-                .debug_struct("TlsAlpn01")
-                .field("name", name)
-                .finish_non_exhaustive(),
-        }
-    }
 }
 
 /// Why a data plane of this build would refuse `content`: proxyd's own conversion of it (all
@@ -129,7 +62,7 @@ pub struct Content {
 }
 
 impl Content {
-    /// Builds the snapshot content for `config` alone (no ACME certificates or challenges).
+    /// Builds the snapshot content for `config` alone (no ACME certificates).
     pub fn build(config: &Config) -> Content {
         Content::build_with(config, &AcmeOverlay::default())
     }
@@ -195,7 +128,8 @@ impl Content {
                 .iter()
                 .filter_map(|s| certificate(s, acme))
                 .collect(),
-            acme_challenges: acme.challenges.iter().map(Challenge::to_proto).collect(),
+            // Sent apart, as `AcmeChallenges` (they are not config).
+            acme_challenges: Vec::new(),
         };
         let hash = hex(&Sha256::digest(prost::Message::encode_to_vec(&snapshot)));
         snapshot.content_hash = hash.clone();

@@ -109,6 +109,7 @@ async fn subscribe(
         build_version: proto::BUILD_VERSION.to_owned(),
         current_version: plane.version(),
         current_content_hash: plane.report().hash,
+        answers_challenges: true,
     };
     let send = |msg| pb::DataPlaneMessage { msg: Some(msg) };
     // The channel has room: the Hello cannot block.
@@ -134,9 +135,19 @@ async fn subscribe(
     };
     while let Some(message) = inbound.message().await? {
         session.received_any = true;
-        let Some(pb::control_message::Msg::Snapshot(snapshot)) = message.msg else {
-            tracing::warn!("ignoring a control message of a kind this proxyd does not know");
-            continue;
+        let snapshot = match message.msg {
+            Some(pb::control_message::Msg::Snapshot(snapshot)) => snapshot,
+            Some(pb::control_message::Msg::AcmeChallenges(set)) => {
+                let answer = answer_challenges(plane, &set);
+                if tx.send(send(answer)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            None => {
+                tracing::warn!("ignoring a control message of a kind this proxyd does not know");
+                continue;
+            }
         };
         let answer = apply(plane, snapshot, saved).await;
         if matches!(answer, pb::data_plane_message::Msg::Ack(_)) {
@@ -148,6 +159,30 @@ async fn subscribe(
         }
     }
     Ok(session)
+}
+
+/// Answers the challenges of `set` from now on (not the ones before), whatever snapshot serves.
+fn answer_challenges(plane: &DataPlane, set: &pb::AcmeChallenges) -> pb::data_plane_message::Msg {
+    let (challenges, errors) = crate::convert::Challenges::delivered(&set.challenges);
+    tracing::info!(
+        generation = set.generation,
+        http_01 = challenges.http.len(),
+        tls_alpn_01 = challenges.tls_alpn.len(),
+        "answering the ACME challenges controld sent"
+    );
+    plane.set_challenges(challenges);
+    let error = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if !error.is_empty() {
+        tracing::warn!(generation = set.generation, %error, "cannot answer some ACME challenges");
+    }
+    pb::data_plane_message::Msg::ChallengesApplied(pb::ChallengesApplied {
+        generation: set.generation,
+        error,
+    })
 }
 
 /// Applies `snapshot` and says ACK or NACK; a newly applied one is saved for the next boot.

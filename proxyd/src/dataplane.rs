@@ -47,6 +47,8 @@ pub enum ApplyError {
 /// The data plane's state across snapshots.
 pub struct DataPlane {
     runtime: Arc<ArcSwap<Runtime>>,
+    /// The ACME challenges controld sent apart from snapshots, answered by every runtime.
+    challenges: Arc<ArcSwap<crate::convert::Challenges>>,
     limiters: Arc<LimiterStore>,
     /// Health, ejections and load of every upstream, across snapshots.
     upstreams: UpstreamStore,
@@ -160,10 +162,14 @@ impl DataPlane {
         log_level_hook: Option<LogLevelHook>,
         activation: Activation,
     ) -> DataPlane {
-        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::empty()));
+        let challenges = Arc::<ArcSwap<crate::convert::Challenges>>::default();
+        let runtime = Arc::new(ArcSwap::from_pointee(
+            Runtime::empty().with_delivered(challenges.clone()),
+        ));
         let metrics = Arc::new(Metrics::new());
         DataPlane {
             runtime,
+            challenges,
             limiters: Arc::default(),
             upstreams: UpstreamStore::new(metrics.clone(), shutdown.clone()),
             metrics,
@@ -182,6 +188,11 @@ impl DataPlane {
             handover: Mutex::default(),
             activation,
         }
+    }
+
+    /// Answers `challenges` from now on, instead of the ones before: whichever snapshot serves.
+    pub fn set_challenges(&self, challenges: crate::convert::Challenges) {
+        self.challenges.store(Arc::new(challenges));
     }
 
     pub fn limiters(&self) -> Arc<LimiterStore> {
@@ -376,7 +387,8 @@ impl DataPlane {
         }
         let (plan, admin) = self.bind(&spec.statics)?;
         self.upstreams.configure(&spec.statics);
-        let runtime = Runtime::compile(&spec, &self.limiters, &self.upstreams);
+        let runtime = Runtime::compile(&spec, &self.limiters, &self.upstreams)
+            .with_delivered(self.challenges.clone());
         self.runtime.store(Arc::new(runtime));
         self.metrics.snapshot_applied(spec.version);
         forget_removed_sites(&self.metrics, &current, &spec);

@@ -253,7 +253,7 @@ impl Proxy {
             && let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX)
             && let Some(answer) = runtime.http_challenge(token)
         {
-            return Ok(respond::challenge(answer));
+            return Ok(respond::challenge(&answer));
         }
         let host = headers::request_host(&req)?;
         let site = runtime.site(&host).ok_or(ProxyError::UnknownHost)?;

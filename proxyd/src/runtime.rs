@@ -21,8 +21,12 @@ pub struct Runtime {
     sites: HashMap<String, Arc<Site>>,
     /// Whose certificate a handshake gets when its SNI is missing or names no site with one.
     default_tls_site: Option<Arc<Site>>,
-    /// The ACME challenges controld is completing.
+    /// ACME challenges that came inside the snapshot (from a controld older than
+    /// `AcmeChallenges` messages).
     challenges: Challenges,
+    /// The ACME challenges controld is completing, delivered apart from snapshots: shared by
+    /// every runtime, replaced whole by each `AcmeChallenges` message.
+    delivered: Arc<arc_swap::ArcSwap<Challenges>>,
     /// How request paths are normalized before routing.
     pub paths: PathRules,
     /// The body and tunnel deadlines of requests this runtime takes.
@@ -218,9 +222,16 @@ impl Runtime {
             sites: HashMap::new(),
             default_tls_site: None,
             challenges: Challenges::default(),
+            delivered: Arc::default(),
             paths: PathRules::default(),
             limits: ConnectionLimits::default(),
         }
+    }
+
+    /// The runtime, answering the challenges of `delivered` too.
+    pub fn with_delivered(mut self, delivered: Arc<arc_swap::ArcSwap<Challenges>>) -> Runtime {
+        self.delivered = delivered;
+        self
     }
 
     /// Compiles `spec`, reusing the limiters of sites whose scope and quota did not change.
@@ -300,14 +311,18 @@ impl Runtime {
             sites,
             default_tls_site,
             challenges: spec.challenges.clone(),
+            delivered: Arc::default(),
             paths: spec.paths,
             limits: spec.statics.limits,
         }
     }
 
     /// The body of the HTTP-01 answer for `token`, while that challenge is pending.
-    pub fn http_challenge(&self, token: &str) -> Option<&str> {
-        self.challenges.http.get(token).map(String::as_str)
+    pub fn http_challenge(&self, token: &str) -> Option<String> {
+        if let Some(answer) = self.delivered.load().http.get(token) {
+            return Some(answer.clone());
+        }
+        self.challenges.http.get(token).cloned()
     }
 
     /// The TLS-ALPN-01 challenge certificate for `server_name`, while that challenge is pending.
@@ -316,6 +331,9 @@ impl Runtime {
         server_name: Option<&str>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
         let name = server_name?.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(c) = self.delivered.load().tls_alpn.get(&name) {
+            return Some(c.key.clone());
+        }
         self.challenges.tls_alpn.get(&name).map(|c| c.key.clone())
     }
 

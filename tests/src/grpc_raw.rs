@@ -164,6 +164,7 @@ impl Subscriber {
                 build_version: "garbage".into(),
                 current_version: 0,
                 current_content_hash: String::new(),
+                answers_challenges: false,
             })),
         };
         let mut connection = H2::connect_with_window(&env.socket, window).await;

@@ -54,6 +54,25 @@ impl AcmeTest {
         ca_up: bool,
         before_reload: impl FnOnce(&TestEnv),
     ) -> AcmeTest {
+        let mut test = AcmeTest::prepare(challenge, nonce_reject).await;
+        if !ca_up {
+            test.pebble.kill().await;
+        }
+        before_reload(&test.env);
+        test.write_config(true);
+        let started = std::time::Instant::now();
+        let out = test.env.proxyctl(&["reload"]).await;
+        assert!(out.status.success(), "{}", output_text(&out));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a reload does not wait for the CA"
+        );
+        test
+    }
+
+    /// proxyd and controld serving the site on plain HTTP, and Pebble: the site is not
+    /// switched to ACME yet.
+    async fn prepare(challenge: &'static str, nonce_reject: u8) -> AcmeTest {
         let app = MockUpstream::start("app").await;
         let clock = Arc::new(TestClock::default());
         let setup = Setup {
@@ -70,33 +89,20 @@ impl AcmeTest {
         };
         // Pebble must know proxyd's ports, so proxyd comes first, with the site on plain HTTP.
         let env = TestEnv::start_setup(setup, &site(&app, false)).await;
-        let mut pebble = Pebble::start(PebbleOptions {
+        let pebble = Pebble::start(PebbleOptions {
             http_port: env.http.port(),
             tls_port: env.https.unwrap().port(),
             nonce_reject,
             ports: None,
         })
         .await;
-        if !ca_up {
-            pebble.kill().await;
-        }
-        before_reload(&env);
-        let test = AcmeTest {
+        AcmeTest {
             env,
             pebble,
             app,
             clock,
             challenge,
-        };
-        test.write_config(true);
-        let started = std::time::Instant::now();
-        let out = test.env.proxyctl(&["reload"]).await;
-        assert!(out.status.success(), "{}", output_text(&out));
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "a reload does not wait for the CA"
-        );
-        test
+        }
     }
 
     fn write_config(&self, tls: bool) {
@@ -271,6 +277,41 @@ async fn http01_issues_a_certificate_that_proxyd_serves_and_pebbles_root_verifie
     assert_eq!(t.certificate().await.serial, serial);
     let answer = t.https_get(&roots).await.unwrap();
     assert_eq!(answer.status, 200, "{answer:?}");
+    t.env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_plane_that_refuses_the_config_still_answers_the_challenge() {
+    // Issue 20 §3: challenges went out as config versions, so a data plane that refused the
+    // config (an upstream its DNS cannot resolve) failed every issuance, for every site. Now
+    // they travel apart from versions and are answered whatever config the data plane serves.
+    let t = AcmeTest::prepare("http-01", 0).await;
+    let broken = "[[sites]]\nhostnames = [\"broken.test\"]\n\
+                  upstreams = [\"http://no-such-host.invalid:8080\"]\n";
+    let acme = t.pebble.acme_section(t.challenge);
+    t.env
+        .write_config(&format!("{}\n{broken}\n{acme}", site(&t.app, true)));
+    let out = t.env.proxyctl(&["reload"]).await;
+    let text = output_text(&out);
+    assert!(
+        !out.status.success() && text.contains("does not resolve"),
+        "{text}"
+    );
+    let issued = eventually("a certificate issued", || async {
+        let status = t.certificate().await;
+        (status.not_after_unix != 0).then_some(status)
+    })
+    .await;
+    assert_eq!(issued.source, "acme");
+    assert!(issued.last_error.is_empty(), "{issued:?}");
+    // The data plane still refuses the config, and serves the one before it.
+    let status = t.env.status().await;
+    let plane = &status.data_planes[0];
+    assert!(
+        plane.last_nack_error.contains("does not resolve"),
+        "{plane:?}"
+    );
+    assert!(!plane.in_sync, "{plane:?}");
     t.env.stop().await;
 }
 

@@ -462,6 +462,7 @@ async fn absurd_but_valid_protobuf_is_answered() {
             build_version: "garbage".into(),
             current_version: 0,
             current_content_hash: String::new(),
+            answers_challenges: false,
         })),
     };
     let mut connection = H2::connect(&env.socket).await;

@@ -1,5 +1,5 @@
-//! One issuance: order → challenges published through the Reloader and ACKed by the data planes
-//! → the CA told to validate → a new ECDSA P-256 key and its CSR → the certificate chain.
+//! One issuance: order → challenges delivered to the data planes and answered by each → the CA
+//! told to validate → a new ECDSA P-256 key and its CSR → the certificate chain.
 
 use std::time::Duration;
 
@@ -7,10 +7,10 @@ use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
 };
 
+use crate::challenges::Challenge;
 use crate::config::AcmeChallenge;
 use crate::dataplanes::PlaneResult;
 use crate::reloader::Reloader;
-use crate::snapshot::Challenge;
 
 /// How long the CA may take to validate the challenges, and then to issue.
 const VALIDATION_TIMEOUT: Duration = Duration::from_secs(90);
@@ -43,8 +43,8 @@ fn other(text: impl Into<String>) -> IssueError {
 }
 
 /// Orders a certificate for `names` (the hostnames of `site`) and proves control of each name
-/// with `challenge`. The challenges it publishes stay in the snapshot: the caller removes them,
-/// together with publishing the certificate or after a failure.
+/// with `challenge`. The challenges it delivers stay with the data planes: the caller withdraws
+/// them once the attempt is over, whatever its outcome.
 pub async fn issue(
     account: &Account,
     reloader: &Reloader,
@@ -101,29 +101,22 @@ pub async fn issue(
     }
 
     if !answers.is_empty() {
-        // The CA may look only once every data plane serves the answers.
-        let summary = format!("acme: {} challenge for {site}", challenge.as_str());
-        let published = reloader
-            .publish_acme(&summary, |overlay| {
-                overlay
-                    .challenges
-                    .retain(|c| !names.iter().any(|n| n == c.name()));
-                overlay.challenges.extend(answers);
+        // The CA may look only once every data plane answers them. Challenges are not config:
+        // a data plane that refuses the serving config answers them all the same.
+        let planes = reloader
+            .publish_challenges(|pending| {
+                pending.retain(|c| !names.iter().any(|n| n == c.name()));
+                pending.extend(answers);
             })
-            .await
-            .map_err(|e| other(format!("publishing the challenge: {e}")))?;
-        if published.published && published.data_planes.is_empty() {
+            .await;
+        if planes.is_empty() {
             return Err(other(
                 "no data plane is connected to answer the ACME challenge",
             ));
         }
-        if let Some(p) = published
-            .data_planes
-            .iter()
-            .find(|p| p.result != PlaneResult::Acked)
-        {
+        if let Some(p) = planes.iter().find(|p| p.result != PlaneResult::Acked) {
             return Err(other(format!(
-                "data plane {} did not apply the snapshot with the ACME challenge ({:?}{})",
+                "data plane {} cannot answer the ACME challenge for {site} ({:?}{})",
                 p.node_id,
                 p.result,
                 if p.error.is_empty() {

@@ -1,6 +1,6 @@
-//! What ACME adds to every snapshot (certificates, pending challenges) and the `[acme]`
-//! controld runs with: changed only under the reload lock, published through the same commit
-//! path as a reload.
+//! What ACME adds to every snapshot (certificates) and the `[acme]` controld runs with: changed
+//! only under the reload lock, published through the same commit path as a reload. And the
+//! challenges it is completing, which are not config: delivered apart, without a version.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,8 +16,7 @@ impl Reloader {
         self.acme.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Changes what ACME adds to the snapshots (a new certificate, a challenge to answer, one
-    /// to forget) and, when that changes the snapshot, publishes it as a new version on top of
+    /// Changes what ACME adds to the snapshots (a new certificate) and, when that changes the snapshot, publishes it as a new version on top of
     /// the config serving now, then waits for the data planes like a reload. The single writer:
     /// this runs under the reload lock, so it never interleaves with a reload.
     pub async fn publish_acme(
@@ -91,6 +90,28 @@ impl Reloader {
             published: true,
             data_planes: report.data_planes,
         })
+    }
+
+    /// The ACME challenges being completed, which every Subscribe stream delivers.
+    pub fn challenges(&self) -> &crate::challenges::Challenges {
+        &self.challenges
+    }
+
+    /// Changes the challenges the data planes answer (a challenge to answer, one to forget)
+    /// and waits until every connected data plane answers the new set, or the ACK timeout.
+    /// No version, no reload lock: a data plane answers challenges whichever snapshot it
+    /// serves, even while it refuses the latest one. Dropping the future leaves the change
+    /// made; the data planes still get it.
+    pub async fn publish_challenges(
+        &self,
+        change: impl FnOnce(&mut Vec<crate::challenges::Challenge>),
+    ) -> Vec<crate::dataplanes::PlaneOutcome> {
+        let generation = self.challenges.change(change);
+        let waiting = self.planes.connected();
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        self.planes
+            .wait_for_challenges(generation, &waiting, deadline)
+            .await
     }
 
     /// The `[acme]` controld runs its ACME task with now.

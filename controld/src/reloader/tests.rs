@@ -30,6 +30,20 @@ impl Fixture {
         std::fs::write(&self.path, text).unwrap();
     }
 
+    /// The site of [`Fixture::write`], with `tls = "acme"`, a TLS listener and an `[acme]`.
+    fn write_acme(&self, upstream: &str) {
+        self.write(
+            upstream,
+            "[acme]\ndirectory_url = \"https://ca.example/dir\"\n",
+        );
+        let text = std::fs::read_to_string(&self.path).unwrap().replace(
+            "name = \"http\"\naddress = \"127.0.0.1:0\"\n",
+            "name = \"http\"\naddress = \"127.0.0.1:0\"\n\
+             [[proxy.listeners]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = true\n",
+        ) + "tls = \"acme\"\n";
+        std::fs::write(&self.path, text).unwrap();
+    }
+
     fn reloader(&self, planes: Arc<DataPlanes>) -> Reloader {
         let (config, text) = config::load_with_text(&self.path).unwrap();
         Reloader::start(
@@ -72,7 +86,20 @@ fn plane(name: &str) -> Plane {
         last_nack: None,
         listeners: vec![],
         connected_at_unix_ms: 0,
+        answers_challenges: true,
+        challenges_applied: 0,
+        challenges_error: String::new(),
     }
+}
+
+/// A self-signed certificate for `a.example`, as ACME would add it.
+fn acme_certificate() -> crate::config::Certificate {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["a.example".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    crate::config::check_pem(&cert.pem(), &key.serialize_pem(), std::path::Path::new("t")).unwrap()
 }
 
 #[tokio::test]
@@ -555,34 +582,96 @@ async fn acme_versions_take_the_commit_path_and_rollback_skips_them() {
         r.reload(ReloadOptions::default()).await.outcome,
         Outcome::Applied
     );
-    // Two ACME versions on top of config version 2: a challenge, then its withdrawal.
-    let challenge = crate::snapshot::Challenge::Http01 {
+    // The site takes its certificate from ACME: config version 3.
+    f.write_acme("http://127.0.0.1:9002");
+    assert_eq!(
+        r.reload(ReloadOptions::default()).await.outcome,
+        Outcome::Applied
+    );
+    // Two ACME versions on top of it: a certificate, then another.
+    let published = r
+        .publish_acme("acme: certificate", |o| {
+            o.certificates
+                .insert("a.example".into(), acme_certificate());
+        })
+        .await
+        .unwrap();
+    assert_eq!((published.version, published.published), (4, true));
+    let published = r
+        .publish_acme("acme: renewed", |o| {
+            o.certificates
+                .insert("a.example".into(), acme_certificate());
+        })
+        .await
+        .unwrap();
+    assert_eq!(published.version, 5);
+    // Like a reload: the last reload and the history, with the config text.
+    assert_eq!(r.last_reload().unwrap().version, 5);
+    let history = r.history();
+    assert_eq!(history[0].kind, Kind::Certificate);
+    assert_eq!(history[0].source, "acme");
+    assert!(r.config_text(5).unwrap().contains("9002"));
+
+    // Without a version, a rollback goes back to the config before the serving one (2), not to
+    // an ACME version with the same config.
+    let report = r.rollback(None, Origin::default()).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
+    assert!(!r.current().text.contains("[acme]"), "{}", r.current().text);
+    assert_eq!(upstream(&r.current()), "http://127.0.0.1:9002");
+}
+
+#[tokio::test]
+async fn challenges_are_not_versions_and_a_data_plane_refusing_the_config_still_answers_them() {
+    // Issue 20 §3: a challenge was published as a new config version, so one data plane that
+    // refused the config failed every issuance. Now the set goes apart from versions, and is
+    // answered whatever the data plane serves.
+    let planes = Arc::new(DataPlanes::default());
+    let f = Fixture::new();
+    let r = f.reloader(planes.clone());
+    let refusing = planes.register(plane("refusing"));
+    planes.nacked(refusing.id, 1, "host does not resolve".into(), 0);
+    let _old = planes.register(Plane {
+        answers_challenges: false,
+        ..plane("older-proxyd")
+    });
+    let challenge = crate::challenges::Challenge::Http01 {
         name: "a.example".into(),
         token: "tok".into(),
         key_authorization: "tok.thumb".into(),
     };
-    let published = r
-        .publish_acme("acme: challenge", |o| o.challenges.push(challenge))
-        .await
-        .unwrap();
-    assert_eq!((published.version, published.published), (3, true));
-    let published = r
-        .publish_acme("acme: withdrawn", |o| o.challenges.clear())
-        .await
-        .unwrap();
-    assert_eq!(published.version, 4);
-    // Like a reload: the last reload and the history, with the config text.
-    assert_eq!(r.last_reload().unwrap().version, 4);
-    let history = r.history();
-    assert_eq!(history[0].kind, Kind::Certificate);
-    assert_eq!(history[0].source, "acme");
-    assert!(r.config_text(4).unwrap().contains("9002"));
-
-    // Without a version, a rollback goes back to the config before the serving one (1), not to
-    // an ACME version with the same config.
-    let report = r.rollback(None, Origin::default()).await.unwrap();
-    assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
-    assert_eq!(upstream(&r.current()), "http://127.0.0.1:9001");
+    let generation = r.challenges().current().generation;
+    // The data plane answers the generation its stream delivers.
+    let mut delivered = r.challenges().subscribe();
+    let answering = {
+        let planes = planes.clone();
+        let id = refusing.id;
+        tokio::spawn(async move {
+            delivered.changed().await.unwrap();
+            let generation = delivered.borrow().generation;
+            planes.challenges_applied(id, generation, String::new());
+        })
+    };
+    let outcomes = r.publish_challenges(|c| c.push(challenge)).await;
+    answering.await.unwrap();
+    let results: Vec<_> = outcomes
+        .iter()
+        .map(|o| (o.node_id.as_str(), o.result))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("refusing", PlaneResult::Acked),
+            ("older-proxyd", PlaneResult::Nacked)
+        ]
+    );
+    assert!(outcomes[1].error.contains("upgrade"), "{outcomes:?}");
+    // Not a version: nothing was published, the snapshot holds no challenge.
+    assert_eq!(r.current().version, 1);
+    assert!(r.current().content.snapshot.acme_challenges.is_empty());
+    assert_eq!(r.challenges().current().generation, generation + 1);
+    // The same set again is no new generation.
+    let same = r.challenges().change(|_| {});
+    assert_eq!(same, generation + 1);
 }
 
 mod metrics_address;
@@ -660,21 +749,20 @@ async fn a_history_entry_lost_in_a_crash_is_written_again_at_startup() {
 #[tokio::test]
 async fn an_acme_change_dropped_while_the_data_planes_answer_leaves_the_overlay_in_step() {
     // Issue 20 §3: publish_acme was not cancel-safe. A caller that timed out during the wait
-    // for the data planes left the overlay behind the serving version, and the "challenge
-    // withdrawn" version that followed served the old certificate again.
+    // for the data planes left the overlay behind the serving version, and the version that
+    // followed served the old certificate again.
     let planes = Arc::new(DataPlanes::default());
     let f = Fixture::new();
+    f.write_acme("http://127.0.0.1:9001");
     let r = f.reloader(planes.clone());
     // A data plane that never answers: the commit waits for it.
     let _silent = planes.register(plane("silent"));
-    let challenge = crate::snapshot::Challenge::Http01 {
-        name: "a.example".into(),
-        token: "tok".into(),
-        key_authorization: "tok.thumb".into(),
-    };
     let dropped = tokio::time::timeout(
         Duration::from_millis(200),
-        r.publish_acme("acme: challenge", |o| o.challenges.push(challenge)),
+        r.publish_acme("acme: certificate", |o| {
+            o.certificates
+                .insert("a.example".into(), acme_certificate());
+        }),
     )
     .await;
     assert!(
@@ -683,7 +771,7 @@ async fn an_acme_change_dropped_while_the_data_planes_answer_leaves_the_overlay_
     );
     assert_eq!(r.current().version, 2, "the version was published");
     assert_eq!(
-        r.acme_overlay().challenges.len(),
+        r.acme_overlay().certificates.len(),
         1,
         "the overlay is the serving version's"
     );

@@ -1,5 +1,6 @@
 //! The `Control` service: data planes subscribe, get every published snapshot, and answer each
-//! once, in order; a refused serving version is sent again with back-off.
+//! once, in order; a refused serving version is sent again with back-off. The ACME challenges
+//! travel on the same stream, apart from snapshots: each new set, answered by its generation.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -90,15 +91,24 @@ impl pb::control_server::Control for ControlService {
             last_nack: None,
             listeners: Vec::new(),
             connected_at_unix_ms: unix_ms(SystemTime::now()),
+            answers_challenges: hello.answers_challenges,
+            challenges_applied: 0,
+            challenges_error: String::new(),
         });
+        let answers_challenges = hello.answers_challenges;
         let (tx, rx) = mpsc::channel(4);
         let planes = self.planes.clone();
         let mut snapshots = self.reloader.subscribe();
+        let mut challenges = self.reloader.challenges().subscribe();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let id = registration.id;
             let resend = registration.resend.clone();
             let mut next = Some(snapshots.borrow_and_update().clone());
+            // The challenge set, whole (latest wins), to a data plane that answers it: the
+            // first one too, so that a reconnected proxyd forgets challenges that are over.
+            let mut next_challenges =
+                answers_challenges.then(|| challenges.borrow_and_update().clone());
             // What was sent and not answered yet, oldest first: proxyd answers each snapshot
             // once, in order, so each answer is tied to the send it answers.
             let mut unanswered: std::collections::VecDeque<(u64, String)> = Default::default();
@@ -106,6 +116,15 @@ impl pb::control_server::Control for ControlService {
             // takes it (a transient DNS failure heals itself): no reload needed.
             let mut retry = Retry::default();
             loop {
+                if let Some(set) = next_challenges.take() {
+                    let sent = tokio::select! {
+                        sent = tx.send(Ok(set.message())) => sent.is_ok(),
+                        () = shutdown.cancelled() => false,
+                    };
+                    if !sent {
+                        break;
+                    }
+                }
                 if let Some(current) = next.take() {
                     // A data plane that stops reading must not hold up shutdown.
                     let sent = tokio::select! {
@@ -125,6 +144,10 @@ impl pb::control_server::Control for ControlService {
                             next = Some(snapshots.borrow_and_update().clone());
                             retry = Retry::default();
                         }
+                        Err(_) => break,
+                    },
+                    changed = challenges.changed(), if answers_challenges => match changed {
+                        Ok(()) => next_challenges = Some(challenges.borrow_and_update().clone()),
                         Err(_) => break,
                     },
                     // A reload found this data plane out of sync: the same snapshot again.
@@ -258,6 +281,14 @@ fn handle_answer(
                 bounded(nack.serving_content_hash, MAX_LABEL_BYTES),
             );
             true
+        }
+        Some(Msg::ChallengesApplied(applied)) => {
+            planes.challenges_applied(
+                id,
+                applied.generation,
+                bounded(applied.error, MAX_NACK_ERROR_BYTES),
+            );
+            false
         }
         Some(Msg::Hello(_)) => {
             tracing::warn!("ignoring a second Hello on a Subscribe stream");

@@ -61,7 +61,7 @@ pub fn by_site(
     Ok(found)
 }
 
-/// The ACME challenges a data plane answers, as the snapshot lists them.
+/// The ACME challenges a data plane answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Challenges {
     /// HTTP-01: token → key authorization, answered on plain-HTTP listeners.
@@ -71,11 +71,34 @@ pub struct Challenges {
     pub tls_alpn: HashMap<String, SiteCertificate>,
 }
 
-/// Every pending challenge of the snapshot, checked.
+/// Every pending challenge of the snapshot, checked: one that does not check refuses all.
 pub fn challenges(list: &[pb::AcmeChallenge]) -> Result<Challenges, SnapshotError> {
     let provider = rustls::crypto::ring::default_provider();
     let mut found = Challenges::default();
     for c in list {
+        found.add(c, &provider)?;
+    }
+    Ok(found)
+}
+
+impl Challenges {
+    /// The challenges of an `AcmeChallenges` message: each one that checks is answered, and
+    /// those that do not are named in the error (the others need not wait for them).
+    pub fn delivered(list: &[pb::AcmeChallenge]) -> (Challenges, Vec<SnapshotError>) {
+        let provider = rustls::crypto::ring::default_provider();
+        let mut found = Challenges::default();
+        let errors = list
+            .iter()
+            .filter_map(|c| found.add(c, &provider).err())
+            .collect();
+        (found, errors)
+    }
+
+    fn add(
+        &mut self,
+        c: &pb::AcmeChallenge,
+        provider: &CryptoProvider,
+    ) -> Result<(), SnapshotError> {
         let fail = |reason: String| SnapshotError::Challenge {
             name: c.name.clone(),
             reason,
@@ -89,22 +112,20 @@ pub fn challenges(list: &[pb::AcmeChallenge]) -> Result<Challenges, SnapshotErro
                 if !token_ok {
                     return Err(fail(format!("invalid HTTP-01 token {:?}", c.token)));
                 }
-                found
-                    .http
+                self.http
                     .insert(c.token.clone(), c.key_authorization.clone());
             }
             Ok(pb::AcmeChallengeType::TlsAlpn01) => {
-                let checked = challenge_certificate(c, &provider).map_err(fail)?;
-                found
-                    .tls_alpn
+                let checked = challenge_certificate(c, provider).map_err(fail)?;
+                self.tls_alpn
                     .insert(c.name.trim_end_matches('.').to_ascii_lowercase(), checked);
             }
             Ok(pb::AcmeChallengeType::Unspecified) | Err(_) => {
                 return Err(fail(format!("unknown challenge type {}", c.r#type)));
             }
         }
+        Ok(())
     }
-    Ok(found)
 }
 
 /// A TLS-ALPN-01 challenge certificate and its key. Not checked against each other with

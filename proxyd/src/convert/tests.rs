@@ -128,10 +128,20 @@ fn acme_challenges_convert_and_unknown_kinds_are_refused() {
         Spec::try_from(bad),
         Err(SnapshotError::Challenge { .. })
     ));
-    let mut unknown = s;
+    let mut unknown = s.clone();
     unknown.acme_challenges[0].r#type = 99;
     let err = Spec::try_from(unknown).unwrap_err();
     assert!(err.to_string().contains("unknown challenge type"), "{err}");
+
+    // Delivered apart from snapshots, one that does not check is named and the others are
+    // answered all the same.
+    let mut list = s.acme_challenges;
+    list[1].key_pem = "not a key".into();
+    let (answered, errors) = crate::convert::Challenges::delivered(&list);
+    assert_eq!(answered.http["tok-EN_1"], "tok-EN_1.thumb");
+    assert!(answered.tls_alpn.is_empty());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].to_string().contains("A.example"), "{}", errors[0]);
 }
 
 #[test]
