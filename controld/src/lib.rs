@@ -189,11 +189,13 @@ impl Controld {
                     .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
                     .max_decoding_message_size(proto::MAX_REQUEST_BYTES),
             )
-            .add_service(
+            .add_service(service::SharedReads::new(
                 proto::v1::admin_server::AdminServer::new(admin)
                     .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
                     .max_decoding_message_size(proto::MAX_REQUEST_BYTES),
-            )
+                self.reloader.clone(),
+                self.access.clone(),
+            ))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(health_service)

@@ -73,6 +73,8 @@ pub struct Reloader {
     acme_config: watch::Sender<Option<crate::config::AcmeConfig>>,
     /// The ACME challenges being completed: delivered to the data planes apart from versions.
     challenges: crate::challenges::Challenges,
+    /// History entries written since start: what `History` answered may be stale once it moves.
+    history_written: std::sync::atomic::AtomicU64,
     /// Bounds the Validate calls and dry runs checked at once (each may parse 4 MiB and read
     /// certificate files): more are refused at once rather than queued.
     checks: Arc<tokio::sync::Semaphore>,
@@ -159,6 +161,7 @@ impl Reloader {
             started_statics,
             checks: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS)),
             challenges: Default::default(),
+            history_written: Default::default(),
         })
     }
 
@@ -366,7 +369,14 @@ impl Reloader {
         self.history.config_text(version)
     }
 
-    /// The recorded versions, newest first.
+    /// How many history entries this controld has written (or tried to): changes when
+    /// [`Reloader::history`] may.
+    pub fn history_written(&self) -> u64 {
+        self.history_written
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The recorded versions, newest first (reads the state directory: blocking).
     pub fn history(&self) -> Vec<Entry> {
         self.history.list()
     }

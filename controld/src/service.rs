@@ -15,8 +15,10 @@ use crate::reloader::{
 };
 
 mod control;
+mod reads;
 
 pub use control::ControlService;
+pub use reads::SharedReads;
 
 pub struct AdminService {
     pub reloader: Arc<Reloader>,
@@ -127,20 +129,13 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::GetConfigRequest>,
     ) -> Result<Response<pb::GetConfigReply>, Status> {
         self.access.authorize_read(&request, "GetConfig")?;
+        // Served by [`SharedReads`] on the socket; this answers direct callers of the trait.
         let current = self.reloader.current();
-        let text = self
-            .reloader
-            .config_text(current.version)
-            .unwrap_or_default();
-        Ok(Response::new(pb::GetConfigReply {
-            version: current.version,
-            content_hash: current.content.hash.clone(),
-            config_text: crate::redact::redact(&text),
-            snapshot: Some(crate::redact::snapshot(
-                current.content.versioned(current.version),
-            )),
-            config_path: self.reloader.config_path().display().to_string(),
-        }))
+        let path = self.reloader.config_path().display().to_string();
+        let reply = tokio::task::spawn_blocking(move || reads::get_config_reply(&current, path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(reply))
     }
 
     async fn shutdown(
@@ -202,26 +197,13 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
         self.access.authorize_read(&request, "History")?;
-        let entries = self
-            .reloader
-            .history()
-            .into_iter()
-            .map(|e| pb::HistoryEntry {
-                version: e.version,
-                content_hash: e.hash,
-                at_unix_ms: e.at_unix_ms,
-                source: e.source,
-                uid: e.uid,
-                pid: e.pid,
-                summary: e.summary,
-                kind: e.kind.as_str().to_owned(),
-                diff: e.diff.as_ref().map(crate::diff::ConfigDiff::to_proto),
-            })
-            .collect();
-        Ok(Response::new(pb::HistoryReply {
-            entries,
-            current_version: self.reloader.current().version,
-        }))
+        // Served by [`SharedReads`] on the socket; this answers direct callers of the trait.
+        let reloader = self.reloader.clone();
+        let version = reloader.current().version;
+        let reply = tokio::task::spawn_blocking(move || reads::history_reply(&reloader, version))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(reply))
     }
 
     async fn certificates(

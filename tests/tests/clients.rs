@@ -209,6 +209,15 @@ async fn the_documented_deploy_calls_work_from_python() {
         reply["snapshot"]["dynamic"]["sites"][0]["hostnames"][0], "app.example",
         "{reply}"
     );
+    // History: the versions, newest first (like GetConfig, one encoded reply shared by every
+    // caller: the same bytes twice).
+    let reply = call(&env, "proxy.v1.Admin/History", &serde_json::json!({})).await;
+    assert_eq!(uint(&reply["current_version"]), 3, "{reply}");
+    assert_eq!(uint(&reply["entries"][0]["version"]), 3, "{reply}");
+    assert_eq!(
+        call(&env, "proxy.v1.Admin/History", &serde_json::json!({})).await,
+        reply
+    );
     env.stop().await;
 }
 

@@ -551,3 +551,63 @@ async fn proxyctl_status_shows_a_data_plane_with_the_longest_node_id() {
     plane.gone(&env).await;
     env.stop().await;
 }
+
+/// Issue 20 §4: every GetConfig and History call cloned and encoded the whole snapshot, and a
+/// caller whose HTTP/2 window never opens kept that copy for as long as it liked: a few dozen
+/// such calls held hundreds of MiB. Now each version's reply is encoded once and every call
+/// sends a reference to the same bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_that_never_open_their_window_share_one_reply() {
+    let _serial = SERIAL.lock().await;
+    // A config whose GetConfig reply is several MiB (its text and its snapshot).
+    let sites: String = (0..30_000)
+        .map(|i| {
+            format!(
+                "[[sites]]\nhostnames = [\"s{i}.example\"]\nupstreams = [\"http://127.0.0.1:9\"]\n"
+            )
+        })
+        .collect();
+    let env = TestEnv::start(&sites).await;
+    let get_config = message_frame(&pb::GetConfigRequest {});
+    // One whole call first: the reply as a caller gets it, and its size.
+    let answer = H2::connect(&env.socket)
+        .await
+        .call("/proxy.v1.Admin/GetConfig", get_config.clone(), true)
+        .await;
+    assert_eq!(
+        answer.grpc_status,
+        Some(Code::Ok as i32),
+        "{:?}",
+        answer.grpc_message
+    );
+    let reply_kib = answer.body.len() as u64 / 1024;
+    assert!(reply_kib > 4 * 1024, "the reply is {reply_kib} KiB");
+    let reply = <pb::GetConfigReply as prost::Message>::decode(&answer.body[5..]).unwrap();
+    assert_eq!(reply.snapshot.unwrap().dynamic.unwrap().sites.len(), 30_000);
+    drop(answer);
+
+    let rss = rss_kib();
+    let mut stuck = Vec::new();
+    for _ in 0..30 {
+        let mut connection = H2::connect_with_window(&env.socket, 0).await;
+        let (response, send) = connection
+            .start("/proxy.v1.Admin/GetConfig", get_config.clone(), true)
+            .await;
+        let response = tokio::time::timeout(DEADLINE, response)
+            .await
+            .expect("the headers need no window")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        stuck.push((connection, response, send));
+    }
+    // 30 copies would be 30 times the reply; a shared one is none.
+    assert_daemons_answer_within(
+        &env,
+        rss,
+        "30 GetConfig readers that never read",
+        reply_kib * 5,
+    )
+    .await;
+    drop(stuck);
+    env.stop().await;
+}

@@ -78,6 +78,8 @@ impl Reloader {
         // off the async threads.
         let history = self.history.clone();
         let recorded = tokio::task::spawn_blocking(move || history.record(&entry, &text)).await;
+        self.history_written
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Ok(Err(e)) | Err(e) = recorded.map_err(|e| Error::StateDir {
             path: std::path::PathBuf::new(),
             source: std::io::Error::other(e.to_string()),

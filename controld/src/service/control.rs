@@ -96,7 +96,10 @@ impl pb::control_server::Control for ControlService {
             challenges_error: String::new(),
         });
         let answers_challenges = hello.answers_challenges;
-        let (tx, rx) = mpsc::channel(4);
+        // Latest wins for a data plane that reads slowly: one message waits here at most, and
+        // the stream takes the newest snapshot from the watch each time it can send again,
+        // skipping the versions in between (each is whole).
+        let (tx, rx) = mpsc::channel(1);
         let planes = self.planes.clone();
         let mut snapshots = self.reloader.subscribe();
         let mut challenges = self.reloader.challenges().subscribe();
