@@ -236,7 +236,13 @@ impl Acme {
         for site in acme_sites(&current.config) {
             let mut overlay = reloader.acme_overlay();
             if !overlay.certificates.contains_key(site.name())
-                && let Some(stored) = self.store.load_certificate(site.name())
+                && let Some(stored) = {
+                    let name = site.name().to_owned();
+                    self.on_store(move |s| s.load_certificate(&name))
+                        .await
+                        .ok()
+                        .flatten()
+                }
             {
                 // A site added by a reload may have a certificate from an earlier run.
                 let name = site.name().to_owned();
@@ -325,15 +331,18 @@ impl Acme {
             Err(e) => {
                 if e.unknown_account() {
                     tracing::warn!(ca = %acme.directory_url, "the CA does not know the stored ACME account; a new one will be created");
-                    self.store.forget_account(&acme.directory_url);
+                    let url = acme.directory_url.clone();
+                    let _ = self.on_store(move |s| s.forget_account(&url)).await;
                     *self.account.lock().await = None;
                 }
                 return Err(e.to_string());
             }
         };
-        let certificate =
-            self.store
-                .save_certificate(site.name(), &issued.chain_pem, &issued.key_pem)?;
+        let certificate = {
+            let name = site.name().to_owned();
+            self.on_store(move |s| s.save_certificate(&name, &issued.chain_pem, &issued.key_pem))
+                .await??
+        };
         let summary = format!("acme: certificate for {}", site.name());
         let name = site.name().to_owned();
         let serial = certificate.serial.clone();
@@ -393,6 +402,17 @@ impl Acme {
         }
     }
 
+    /// Runs `work` on the ACME store off the async threads (its reads, writes and fsyncs).
+    async fn on_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| format!("the ACME store task failed: {e}"))
+    }
+
     /// The account for the CA of `acme`: cached, else restored from the state directory, else
     /// created (and stored) once.
     async fn account(&self, acme: &AcmeConfig) -> Result<Account, String> {
@@ -404,7 +424,8 @@ impl Acme {
         }
         let http = client::CaClient::new(acme, self.retry_after.clone())?;
         let builder = Account::builder_with_http(Box::new(http));
-        let account = match self.store.load_account(&acme.directory_url)? {
+        let url = acme.directory_url.clone();
+        let account = match self.on_store(move |s| s.load_account(&url)).await?? {
             Some(credentials) => builder
                 .from_credentials(credentials)
                 .await
@@ -423,7 +444,9 @@ impl Acme {
                     )
                     .await
                     .map_err(|e| format!("creating the ACME account: {e}"))?;
-                self.store.save_account(&acme.directory_url, &credentials)?;
+                let url = acme.directory_url.clone();
+                self.on_store(move |s| s.save_account(&url, &credentials))
+                    .await??;
                 tracing::info!(ca = %acme.directory_url, "ACME account created and stored");
                 account
             }
