@@ -335,13 +335,22 @@ impl Reloader {
                 crate::config::LoadError::TooLarge { path: file.clone() }.diagnostics(&file);
             return Ok(report);
         }
-        match parse_off_thread(text, file.clone(), Some(permit)).await {
+        let parsed = parse_off_thread(text, file.clone(), Some(permit.clone())).await;
+        match parsed {
             Ok(config) => {
+                let built =
+                    build_off_thread(config, self.acme_overlay(), file.clone(), Some(permit)).await;
+                let (config, content, refused) = match built {
+                    Ok(built) => built,
+                    Err(failed) => {
+                        report.diagnostics.push(failed);
+                        return Ok(report);
+                    }
+                };
                 report.diff = ConfigDiff::between(&current.config, &config);
                 report.warnings = self.warnings(&report.diff, &config);
-                let content = Content::build_with(&config, &self.acme_overlay());
-                if let Some(too_large) = refusal(&content, &file) {
-                    report.diagnostics.push(too_large);
+                if let Some(refused) = refused {
+                    report.diagnostics.push(refused);
                 } else if content.hash != current.content.hash
                     || controld_changed(&current.config, &config)
                 {
@@ -458,13 +467,22 @@ impl Reloader {
         options: &ReloadOptions,
     ) -> ReloadReport {
         let mut report = Reloader::empty_report(&current);
+        // Never publish what data planes cannot read, or would refuse.
+        let built = build_off_thread(
+            config,
+            self.acme_overlay(),
+            self.config_path.clone(),
+            options.check_permit.clone(),
+        )
+        .await;
+        let (config, content) = match built {
+            Ok((_, _, Some(refused))) | Err(refused) => {
+                return self.rejected(&current, vec![refused]);
+            }
+            Ok((config, content, None)) => (config, content),
+        };
         report.diff = ConfigDiff::between(&current.config, &config);
         report.warnings = self.warnings(&report.diff, &config);
-        let content = Content::build_with(&config, &self.acme_overlay());
-        // Never publish what data planes cannot read.
-        if let Some(too_large) = refusal(&content, &self.config_path) {
-            return self.rejected(&current, vec![too_large]);
-        }
         let unchanged = content.hash == current.content.hash
             && !options.force
             && !controld_changed(&current.config, &config);
@@ -572,7 +590,7 @@ fn expected_text(
     }
 }
 
-use io::{bind_failed, load_off_thread, parse_off_thread, refusal, replace_if_changed};
+use io::{bind_failed, build_off_thread, load_off_thread, parse_off_thread, replace_if_changed};
 pub use report::*;
 
 #[cfg(test)]

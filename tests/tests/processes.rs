@@ -3,9 +3,11 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::path::Path;
+use std::time::Duration;
 
 use proxy_tests::{
-    MockUpstream, Process, TestEnv, binary, eventually, get, listener_address, output_text,
+    DEADLINE, MockUpstream, Process, TestEnv, binary, eventually, get, listener_address,
+    output_text,
 };
 
 fn site(upstream: &str) -> String {
@@ -154,4 +156,36 @@ async fn a_live_socket_is_never_stolen_and_a_stale_one_is_replaced() {
     .await;
     third.signal("TERM").await;
     assert_eq!(third.exit_code().await, Some(0));
+}
+
+/// Issue 20 §4: the audit line of a changing call is written by the task that does the work,
+/// so a caller that hangs up before the answer (a short `--timeout`) cannot erase it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_whose_caller_hung_up_is_still_audited() {
+    let a = MockUpstream::start("a").await;
+    let b = MockUpstream::start("b").await;
+    let env = TestEnv::paths_only();
+    env.write_config(&site(&a.url()));
+    let config = env.config_path.to_str().unwrap().to_owned();
+    let mut controld = Process::start_logged("controld", &["--config", &config]);
+    eventually("controld's socket", || async {
+        proto::uds::connect(&env.socket, DEADLINE).await.ok()
+    })
+    .await;
+    // A data plane that never answers: the reload waits for it (10 s).
+    let _silent = proxy_tests::grpc_raw::Subscriber::hello(&env, "silent").await;
+    env.write_config(&site(&b.url()));
+    let started = std::time::Instant::now();
+    let out = env.proxyctl(&["--timeout", "1s", "reload"]).await;
+    assert_eq!(out.status.code(), Some(69), "{}", output_text(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the caller gave up"
+    );
+    let line = controld
+        .wait_for_log(&["audit", "Reload", "version 1 → 2"])
+        .await;
+    assert!(line.contains("\"uid\""), "{line}");
+    controld.signal("TERM").await;
+    assert_eq!(controld.exit_code().await, Some(0));
 }

@@ -29,12 +29,22 @@ impl Reloader {
         let current = self.current();
         let mut overlay = (*self.acme_overlay()).clone();
         change(&mut overlay);
-        let content = Content::build_with(&current.config, &overlay);
-        if let Some(too_large) = refusal(&content, &self.config_path) {
-            return Err(Error::Publish(too_large.message));
-        }
+        let overlay = Arc::new(overlay);
+        let built = build_off_thread(
+            current.config.clone(),
+            overlay.clone(),
+            self.config_path.clone(),
+            None,
+        )
+        .await;
+        let (config, content) = match built {
+            Ok((_, _, Some(refused))) | Err(refused) => {
+                return Err(Error::Publish(refused.message));
+            }
+            Ok((config, content, None)) => (config, content),
+        };
         if content.hash == current.content.hash {
-            *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(overlay);
+            *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = overlay;
             return Ok(AcmePublished {
                 version: current.version,
                 published: false,
@@ -50,13 +60,13 @@ impl Reloader {
             ..ReloadOptions::default()
         };
         let change = Change {
-            config: current.config.clone(),
+            config,
             text: current.text.clone(),
             content,
             kind: Kind::Certificate,
             summary: summary.to_owned(),
             diff: None,
-            overlay: Some(Arc::new(overlay)),
+            overlay: Some(overlay),
             acme: None,
         };
         let mut committed = Err(String::new());

@@ -15,7 +15,32 @@ pub(super) fn replace_if_changed<T: PartialEq + Clone>(slot: &mut T, new: &T) ->
     true
 }
 
-/// A diagnostic when `content` is larger than data planes accept.
+/// Builds the snapshot of `config` with what ACME adds, and checks it with [`refusal`], off the
+/// async threads (the data plane's conversion loads every certificate and key it carries),
+/// holding `permit` to the end: a caller that hangs up does not free its place while this runs.
+pub(super) async fn build_off_thread(
+    config: Config,
+    overlay: Arc<crate::snapshot::AcmeOverlay>,
+    file: PathBuf,
+    permit: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+) -> Result<(Config, Content, Option<Diagnostic>), Diagnostic> {
+    let path = file.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let content = Content::build_with(&config, &overlay);
+        let refused = refusal(&content, &path);
+        (config, content, refused)
+    })
+    .await
+    .map_err(|e| Diagnostic {
+        key_path: String::new(),
+        file,
+        line: 0,
+        column: 0,
+        message: format!("checking the snapshot failed: {e}"),
+    })
+}
+
 /// Why no data plane of this build would apply `content`: too large, or refused by the data
 /// plane's own conversion (the last step of validation, so that a config controld accepts is
 /// one every proxyd of the same build applies).

@@ -776,3 +776,53 @@ async fn an_acme_change_dropped_while_the_data_planes_answer_leaves_the_overlay_
         "the overlay is the serving version's"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_keeps_its_place_until_its_work_ends_even_when_its_caller_hangs_up() {
+    // Issue 20 §4: the place was the caller's, so cancel-and-retry ran any number of parses
+    // at once past the limit of four.
+    let f = Fixture::new();
+    let r = Arc::new(f.reloader(Arc::default()));
+    // A candidate that takes a while to check.
+    let mut text = std::fs::read_to_string(&f.path).unwrap();
+    for i in 0..40_000 {
+        text.push_str(&format!(
+            "[[sites]]\nhostnames = [\"s{i}.example\"]\nupstreams = [\"http://127.0.0.1:9\"]\n"
+        ));
+    }
+    let callers: Vec<_> = (0..MAX_CONCURRENT_CHECKS)
+        .map(|_| {
+            let (r, text, path) = (r.clone(), text.clone(), f.path.clone());
+            tokio::spawn(async move { r.validate(text, path).await })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while r.checks.available_permits() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checks never started"
+        );
+        tokio::task::yield_now().await;
+    }
+    for caller in &callers {
+        caller.abort();
+    }
+    for caller in callers {
+        assert!(caller.await.unwrap_err().is_cancelled());
+    }
+    // The callers are gone; their work is not: no place is free.
+    assert_eq!(r.checks.available_permits(), 0);
+    assert!(matches!(
+        r.validate(String::new(), f.path.clone()).await,
+        Err(CheckError::Busy)
+    ));
+    // Until it ends.
+    while r.checks.available_permits() < MAX_CONCURRENT_CHECKS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the places never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(r.validate(String::new(), f.path.clone()).await.is_ok());
+}
