@@ -218,6 +218,38 @@ pub struct Incoming {
     handshake: Duration,
     slots: Arc<tokio::sync::Semaphore>,
     per_user: Arc<PerUser>,
+    max: usize,
+    shed: Shed,
+}
+
+/// Connections closed over a cap: logged at most once per [`SHED_LOG_INTERVAL`], with how many
+/// were closed since, so a caller hammering the socket cannot flood the log.
+#[derive(Default)]
+struct Shed {
+    since_logged: u64,
+    logged_at: Option<std::time::Instant>,
+}
+
+const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Shed {
+    fn note(&mut self, uid: Option<u32>, what: &str, cap: usize) {
+        self.since_logged += 1;
+        let now = std::time::Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < SHED_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            uid,
+            closed = self.since_logged,
+            "closing a new connection at once: {what} are at their cap of {cap}"
+        );
+        self.logged_at = Some(now);
+        self.since_logged = 0;
+    }
 }
 
 /// Connections open per user.
@@ -292,6 +324,8 @@ impl Incoming {
                 exempt: [0, own],
                 open: Default::default(),
             }),
+            max,
+            shed: Shed::default(),
         }
     }
 }
@@ -299,7 +333,7 @@ impl Incoming {
 impl tokio_stream::Stream for Incoming {
     type Item = io::Result<Handshaking>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let handshake = self.handshake;
         loop {
             let (stream, _) = match self.listener.poll_accept(cx) {
@@ -310,10 +344,14 @@ impl tokio_stream::Stream for Incoming {
             // Over a cap: closed at once (the caller sees its connection end), and the next.
             let uid = stream.peer_cred().ok().map(|c| c.uid());
             let Some(user_slot) = self.per_user.take(uid) else {
+                let cap = self.per_user.max;
+                self.shed.note(uid, "this user's connections", cap);
                 drop(stream);
                 continue;
             };
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                let cap = self.max;
+                self.shed.note(uid, "connections", cap);
                 drop(stream);
                 continue;
             };

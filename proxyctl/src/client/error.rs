@@ -147,6 +147,11 @@ pub(super) fn rpc_error(
     }
     let message = match (code, text.is_empty()) {
         (Code::Unavailable, _) => format!("connection lost: {}", or_unknown(&text)),
+        // The connection ended under the call, before any answer.
+        (Code::Unknown, _) if text.starts_with("transport error") => format!(
+            "the connection ended before an answer ({text}): the daemon stopped, or closed it \
+             at once because this user has 32 connections open to it (1024 in all)"
+        ),
         (Code::Unimplemented, _) => {
             format!("{call} is not supported (is {daemon} older than proxyctl?)")
         }
@@ -191,7 +196,22 @@ pub(super) fn describe_connect_failure(err: &(dyn StdError + 'static)) -> (Strin
                 io.kind(),
                 io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
             );
-            return (describe_io(io), not_running);
+            // Accepted, then closed before a word: the daemon sheds connections over its caps
+            // that way (32 per user, 1024 in all).
+            let closed_at_once = matches!(
+                io.kind(),
+                io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::UnexpectedEof
+            );
+            let mut reason = describe_io(io);
+            if closed_at_once {
+                reason.push_str(
+                    ": the daemon closed the connection at once, as it does when this user has \
+                     32 connections open to it (1024 in all)",
+                );
+            }
+            return (reason, not_running);
         }
         innermost = e;
         current = e.source();

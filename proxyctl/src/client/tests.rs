@@ -243,3 +243,23 @@ async fn a_listening_socket_accepts_connections_and_a_stale_one_does_not() {
         "stale file, nobody listens"
     );
 }
+
+#[test]
+fn a_connection_closed_at_once_names_the_connection_cap() {
+    // controld and proxyd close a new connection at once when its user has 32 open to them:
+    // the caller sees a broken pipe or a reset at connect, or the call's transport error.
+    let closed = Wrapper(io::Error::from(io::ErrorKind::BrokenPipe));
+    let (reason, not_running) = describe_connect_failure(&closed);
+    assert!(!not_running, "the daemon runs");
+    assert!(reason.contains("32 connections open"), "{reason}");
+    let status = Status::unknown("transport error");
+    let err = rpc_error(
+        Daemon::Controld,
+        Path::new("/run/controld/control.sock"),
+        "history",
+        Duration::from_secs(30),
+        &status,
+    );
+    assert!(err.to_string().contains("32 connections open"), "{err}");
+    assert!(!err.is_refused());
+}
