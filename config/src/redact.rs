@@ -52,47 +52,109 @@ pub fn redact(text: &str) -> String {
     };
     let mut spans = Vec::new();
     secret_spans(doc.get_ref(), false, &mut spans);
-    spans.sort_by_key(|s| s.start);
+    spans.sort_by_key(|(s, _)| s.start);
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
-    for span in spans {
+    for (span, replacement) in spans {
         // Nested spans (a secret inside a secret table) are covered by the outer one.
         if span.start < at {
             continue;
         }
         out.push_str(text.get(at..span.start).unwrap_or(""));
-        out.push_str(REDACTED);
+        out.push_str(&replacement);
         at = span.end;
     }
     out.push_str(text.get(at..).unwrap_or(""));
     without_comments(&out)
 }
 
+/// A value's span and what replaces it.
+type Replacement = (Range<usize>, String);
+
 /// The spans of the values to hide under `table`; `headers`: its keys are header names.
-fn secret_spans(table: &DeTable<'_>, headers: bool, spans: &mut Vec<Range<usize>>) {
+fn secret_spans(table: &DeTable<'_>, headers: bool, spans: &mut Vec<Replacement>) {
     for (key, value) in table {
         let name = key.get_ref().to_ascii_lowercase();
         let secret = SECRET_WORDS.iter().any(|w| name.contains(w))
             || (headers && header_looks_secret(&name));
         if secret {
-            spans.push(value.span());
+            spans.push((value.span(), REDACTED.to_owned()));
             continue;
         }
         let header_table = HEADER_TABLES.contains(&name.as_str());
-        walk(value.get_ref(), header_table, spans);
+        walk(value, header_table, spans);
     }
 }
 
-fn walk(value: &DeValue<'_>, headers: bool, spans: &mut Vec<Range<usize>>) {
-    match value {
+fn walk(value: &toml::Spanned<DeValue<'_>>, headers: bool, spans: &mut Vec<Replacement>) {
+    match value.get_ref() {
         DeValue::Table(t) => secret_spans(t, headers, spans),
         DeValue::Array(items) => {
             for item in items {
-                walk(item.get_ref(), headers, spans);
+                walk(item, headers, spans);
+            }
+        }
+        // A URL or path with a password or a credential in its query (a health-check path, a
+        // redirect location, an upstream): that part is hidden, the rest shown.
+        DeValue::String(text) => {
+            if let Some(hidden) = url_credentials_hidden(text) {
+                let literal = toml::Value::String(hidden).to_string();
+                spans.push((value.span(), literal));
             }
         }
         _ => {}
     }
+}
+
+/// Words in a query parameter's name whose value is never shown, besides [`SECRET_WORDS`].
+const SECRET_QUERY_WORDS: [&str; 5] = ["key", "auth", "sig", "session", "pass"];
+
+/// `text` with the password of a `scheme://user:password@` and the value of every query
+/// parameter whose name looks secret replaced by `<redacted>`; `None` when it has neither.
+pub fn url_credentials_hidden(text: &str) -> Option<String> {
+    let mut out = text.to_owned();
+    let mut changed = false;
+    // scheme://user:password@host
+    if let Some(scheme_end) = out.find("://") {
+        let authority_start = scheme_end + 3;
+        let authority_end = out[authority_start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| authority_start + i);
+        if let Some(at) = out[authority_start..authority_end].rfind('@') {
+            let userinfo = authority_start..authority_start + at;
+            if let Some(colon) = out[userinfo.clone()].find(':') {
+                out.replace_range(userinfo.start + colon + 1..userinfo.end, "<redacted>");
+                changed = true;
+            }
+        }
+    }
+    // ?name=value&...
+    if let Some(query_start) = out.find('?') {
+        let query_end = out[query_start..]
+            .find('#')
+            .map_or(out.len(), |i| query_start + i);
+        let query = &out[query_start + 1..query_end];
+        let mut parts = Vec::new();
+        for pair in query.split('&') {
+            match pair.split_once('=') {
+                Some((name, _)) if query_name_looks_secret(name) => {
+                    parts.push(format!("{name}=<redacted>"));
+                    changed = true;
+                }
+                _ => parts.push(pair.to_owned()),
+            }
+        }
+        out.replace_range(query_start + 1..query_end, &parts.join("&"));
+    }
+    changed.then_some(out)
+}
+
+fn query_name_looks_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_WORDS
+        .iter()
+        .chain(&SECRET_QUERY_WORDS)
+        .any(|w| name.contains(w))
 }
 
 /// `text` without its comments: a `#` outside strings starts one, which runs to the end of its
@@ -204,7 +266,13 @@ pub fn snapshot(mut snapshot: pb::Snapshot) -> pb::Snapshot {
         for rules in rules.into_iter().flatten() {
             redact_headers(rules.set.iter_mut().chain(rules.add.iter_mut()));
         }
+        if let Some(check) = site.pool.as_mut().and_then(|p| p.health_check.as_mut()) {
+            hide_url_credentials(&mut check.path);
+        }
         for route in &mut site.routes {
+            if let Some(pb::route::Action::Redirect(redirect)) = route.action.as_mut() {
+                hide_url_credentials(&mut redirect.location);
+            }
             let rules = [&mut route.request_headers, &mut route.response_headers];
             for rules in rules.into_iter().flatten() {
                 redact_headers(rules.set.iter_mut().chain(rules.add.iter_mut()));
@@ -216,6 +284,12 @@ pub fn snapshot(mut snapshot: pb::Snapshot) -> pb::Snapshot {
         }
     }
     snapshot
+}
+
+fn hide_url_credentials(text: &mut String) {
+    if let Some(hidden) = url_credentials_hidden(text) {
+        *text = hidden;
+    }
 }
 
 /// Replaces the value of every header whose name looks secret.
@@ -397,5 +471,68 @@ respond = { status = 200, body = "ok", headers = { "X-Session" = "abc#def", "Cac
         assert!(got.contains("We are #1"), "{got}");
         assert!(got.contains("'x#y'"), "{got}");
         assert!(DeTable::parse(&got).is_ok(), "{got}");
+    }
+
+    #[test]
+    fn credentials_in_urls_and_queries_are_hidden_and_the_rest_kept() {
+        let text = r#"
+[[sites]]
+hostnames = ["a.example"]
+upstreams = ["http://127.0.0.1:9"]
+health_check = { path = "/health?probe=1&api_key=s3cr3t" }
+
+[[sites.routes]]
+path_prefix = "/old"
+redirect = { location = "https://deploy:hunter2@new.example/{path}?sig=abc#top" }
+"#;
+        let got = redact(text);
+        assert!(!got.contains("s3cr3t") && !got.contains("hunter2") && !got.contains("abc#"));
+        assert!(got.contains("/health?probe=1&api_key=<redacted>"), "{got}");
+        assert!(
+            got.contains("https://deploy:<redacted>@new.example/{path}?sig=<redacted>#top"),
+            "{got}"
+        );
+        assert!(DeTable::parse(&got).is_ok(), "{got}");
+        assert_eq!(url_credentials_hidden("/plain/path?page=2"), None);
+        assert_eq!(url_credentials_hidden("http://127.0.0.1:9"), None);
+
+        let sent = pb::Snapshot {
+            dynamic: Some(pb::DynamicConfig {
+                sites: vec![pb::Site {
+                    pool: Some(pb::UpstreamPool {
+                        health_check: Some(pb::HealthCheck {
+                            path: "/h?token=t".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    routes: vec![pb::Route {
+                        action: Some(pb::route::Action::Redirect(pb::Redirect {
+                            location: "https://u:p@x/".into(),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let shown = snapshot(sent);
+        let site = &shown.dynamic.unwrap().sites[0];
+        let path = &site
+            .pool
+            .as_ref()
+            .unwrap()
+            .health_check
+            .as_ref()
+            .unwrap()
+            .path;
+        assert_eq!(path, "/h?token=<redacted>");
+        let Some(pb::route::Action::Redirect(redirect)) = &site.routes[0].action else {
+            panic!("a redirect")
+        };
+        assert_eq!(redirect.location, "https://u:<redacted>@x/");
     }
 }
