@@ -6,6 +6,9 @@
 
 pub mod uds;
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
+
 /// `proxy.v1`: the Subscribe stream between controld and proxyd, and the Admin service.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
