@@ -269,15 +269,14 @@ impl Acme {
                 continue;
             }
             *lock(&self.issuing) = Some(site.name().to_owned());
+            // The deadline covers the talk with the CA, not the publishing of what it issued:
+            // a commit is never dropped half-way by it.
+            let deadline = tokio::time::Instant::now() + self.options.attempt_timeout;
             let outcome = tokio::select! {
                 () = shutdown.cancelled() => None,
-                result = tokio::time::timeout(
-                    self.options.attempt_timeout,
-                    self.attempt_retrying_bad_nonces(reloader, &acme, site),
-                ) => Some(result.unwrap_or_else(|_| Err(format!(
-                    "the attempt did not finish within {}",
-                    humantime::format_duration(self.options.attempt_timeout)
-                )))),
+                result = self.attempt_retrying_bad_nonces(reloader, &acme, site, deadline) => {
+                    Some(result)
+                }
             };
             *lock(&self.issuing) = None;
             // Shutting down: the attempt was dropped mid-way.
@@ -298,11 +297,12 @@ impl Acme {
         reloader: &Reloader,
         acme: &AcmeConfig,
         site: &Site,
+        deadline: tokio::time::Instant,
     ) -> Result<(), String> {
         const TRIES: u32 = 8;
         let mut tries = 1;
         loop {
-            match self.attempt(reloader, acme, site).await {
+            match self.attempt(reloader, acme, site, deadline).await {
                 Err(e) if e.contains(BAD_NONCE) && tries < TRIES => {
                     tracing::info!(site = site.name(), error = %e, "the CA refused a nonce; starting over");
                     tries += 1;
@@ -312,32 +312,42 @@ impl Acme {
         }
     }
 
-    /// One attempt for `site`: account, order, challenges, certificate, stored, published.
+    /// One attempt for `site`: account, order, challenges, certificate (all before `deadline`),
+    /// then stored and published.
     async fn attempt(
         &self,
         reloader: &Reloader,
         acme: &AcmeConfig,
         site: &Site,
+        deadline: tokio::time::Instant,
     ) -> Result<(), String> {
         *lock(&self.retry_after) = None;
         let names: Vec<String> = site.hostnames.iter().map(|h| h.to_string()).collect();
         tracing::info!(site = site.name(), names = %names.join(","), ca = %acme.directory_url,
             "requesting a certificate through ACME");
-        let account = self.account(acme).await?;
-        let issued = match issue::issue(&account, reloader, site.name(), &names, acme.challenge)
-            .await
-        {
-            Ok(issued) => issued,
-            Err(e) => {
-                if e.unknown_account() {
-                    tracing::warn!(ca = %acme.directory_url, "the CA does not know the stored ACME account; a new one will be created");
-                    let url = acme.directory_url.clone();
-                    let _ = self.on_store(move |s| s.forget_account(&url)).await;
-                    *self.account.lock().await = None;
+        let talk = async {
+            let account = self.account(acme).await?;
+            match issue::issue(&account, reloader, site.name(), &names, acme.challenge).await {
+                Ok(issued) => Ok(issued),
+                Err(e) => {
+                    if e.unknown_account() {
+                        tracing::warn!(ca = %acme.directory_url, "the CA does not know the stored ACME account; a new one will be created");
+                        let url = acme.directory_url.clone();
+                        let _ = self.on_store(move |s| s.forget_account(&url)).await;
+                        *self.account.lock().await = None;
+                    }
+                    Err(e.to_string())
                 }
-                return Err(e.to_string());
             }
         };
+        let issued = tokio::time::timeout_at(deadline, talk)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the attempt did not finish within {}",
+                    humantime::format_duration(self.options.attempt_timeout)
+                ))
+            })?;
         let certificate = {
             let name = site.name().to_owned();
             self.on_store(move |s| s.save_certificate(&name, &issued.chain_pem, &issued.key_pem))

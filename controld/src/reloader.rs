@@ -268,9 +268,11 @@ impl Reloader {
             // The config before the one serving: certificate versions (ACME) on top of the same
             // config are not a config to go back to.
             None => {
-                let configs: Vec<u64> = self
-                    .history
-                    .list()
+                let history = self.history.clone();
+                let entries = tokio::task::spawn_blocking(move || history.list())
+                    .await
+                    .unwrap_or_default();
+                let configs: Vec<u64> = entries
                     .into_iter()
                     .filter(|e| e.kind == Kind::Config && e.source != "acme")
                     .map(|e| e.version)
@@ -282,9 +284,12 @@ impl Reloader {
                     .ok_or(RollbackError::NothingEarlier)?
             }
         };
-        let text = self
-            .history
-            .config_text(target)
+        // Off the async threads, as every read of the state directory.
+        let history = self.history.clone();
+        let text = tokio::task::spawn_blocking(move || history.config_text(target))
+            .await
+            .ok()
+            .flatten()
             .ok_or(RollbackError::UnknownVersion(target))?;
         let options = ReloadOptions {
             dry_run: false,

@@ -611,3 +611,80 @@ async fn readers_that_never_open_their_window_share_one_reply() {
     drop(stuck);
     env.stop().await;
 }
+
+/// The review of issue 20 found the shared reply's build owned by the caller: a GetConfig caller
+/// that hung up dropped the build half-way, so callers cancelling every few milliseconds started
+/// one whole build each (10 GiB in 3 s). The build is now a task of its own: callers that come
+/// and go wait for that one build and take its bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn get_config_callers_that_hang_up_share_one_build() {
+    let _serial = SERIAL.lock().await;
+    let sites: String = (0..30_000)
+        .map(|i| {
+            format!(
+                "[[sites]]\nhostnames = [\"s{i}.example\"]\nupstreams = [\"http://127.0.0.1:9\"]\n"
+            )
+        })
+        .collect();
+    let env = TestEnv::start(&sites).await;
+    let get_config = message_frame(&pb::GetConfigRequest {});
+    let (rss, cpu) = (rss_kib(), cpu_ticks());
+    let stop = Instant::now() + std::time::Duration::from_secs(3);
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        let (socket, body) = (env.socket.clone(), get_config.clone());
+        attackers.push(tokio::spawn(async move {
+            let mut calls = 0u64;
+            let mut connection = H2::connect(&socket).await;
+            while Instant::now() < stop {
+                let (response, send) = connection
+                    .start("/proxy.v1.Admin/GetConfig", body.clone(), true)
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                // RST_STREAM(CANCEL): the caller hangs up.
+                drop((response, send));
+                calls += 1;
+            }
+            calls
+        }));
+    }
+    let mut peak = rss;
+    while Instant::now() < stop + std::time::Duration::from_secs(5) {
+        peak = peak.max(rss_kib());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut calls = 0;
+    for attacker in attackers {
+        calls += attacker.await.unwrap();
+    }
+    let cpu_s = (cpu_ticks() - cpu) as f64 / 100.0;
+    eprintln!(
+        "{calls} cancelled GetConfig calls: RSS {rss} KiB -> peak {peak} KiB; {cpu_s:.1} s CPU"
+    );
+    assert!(calls > 100, "{calls} calls");
+    assert!(
+        peak.saturating_sub(rss) < 200 * 1024,
+        "peak grew by {} MiB",
+        (peak - rss) / 1024
+    );
+    assert!(cpu_s < 8.0, "{cpu_s} s of CPU for one version's reply");
+    // And the reply is there for the next caller.
+    let answer = H2::connect(&env.socket)
+        .await
+        .call("/proxy.v1.Admin/GetConfig", get_config, true)
+        .await;
+    assert_eq!(
+        answer.grpc_status,
+        Some(Code::Ok as i32),
+        "{:?}",
+        answer.grpc_message
+    );
+    env.stop().await;
+}
+
+/// This process's user and system CPU time, in clock ticks (100 per second).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}

@@ -43,14 +43,18 @@ pub struct SharedReads<S> {
 pub struct Replies {
     reloader: Arc<Reloader>,
     access: Access,
-    config: tokio::sync::Mutex<Option<Cached>>,
-    history: tokio::sync::Mutex<Option<Cached>>,
+    config: Slot,
+    history: Slot,
 }
 
-/// One encoded reply (the whole gRPC message: flag, length, bytes) and what it stands for.
+/// The latest reply of one call, behind the lock its builder holds.
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
+/// One encoded reply (the whole gRPC message: flag, length, bytes), or why there is none (too
+/// large), and what it stands for.
 struct Cached {
     key: (u64, u64),
-    frame: Bytes,
+    frame: Result<Bytes, Status>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,8 +70,8 @@ impl<S> SharedReads<S> {
             replies: Arc::new(Replies {
                 reloader,
                 access,
-                config: tokio::sync::Mutex::new(None),
-                history: tokio::sync::Mutex::new(None),
+                config: Slot::default(),
+                history: Slot::default(),
             }),
         }
     }
@@ -155,25 +159,33 @@ impl Replies {
     }
 }
 
-/// The reply cached in `slot` when it was built for `key`; else one built now by `build` (off
-/// the async threads, one at a time) and cached.
+/// The reply cached in `slot` when it was built for `key`; else one built now by `build` and
+/// cached. The build belongs to a task of its own, which holds the slot until the reply is in
+/// it: a caller that hangs up does not drop it half-way, so callers that come and go while it
+/// runs cannot start one build each; they wait for this one and take its bytes.
 async fn latest<M: prost::Message + 'static>(
-    slot: &tokio::sync::Mutex<Option<Cached>>,
+    slot: &Slot,
     key: (u64, u64),
     build: impl FnOnce() -> M + Send + 'static,
 ) -> Result<Bytes, Status> {
-    let mut cached = slot.lock().await;
-    if let Some(c) = cached.as_ref().filter(|c| c.key == key) {
-        return Ok(c.frame.clone());
-    }
-    let frame = tokio::task::spawn_blocking(move || frame(&build()))
-        .await
-        .map_err(|e| Status::internal(format!("building the reply: {e}")))??;
-    *cached = Some(Cached {
-        key,
-        frame: frame.clone(),
+    let slot = slot.clone();
+    let builder = tokio::spawn(async move {
+        let mut cached = slot.lock_owned().await;
+        if let Some(c) = cached.as_ref().filter(|c| c.key == key) {
+            return c.frame.clone();
+        }
+        let frame = tokio::task::spawn_blocking(move || frame(&build()))
+            .await
+            .map_err(|e| Status::internal(format!("building the reply: {e}")))?;
+        *cached = Some(Cached {
+            key,
+            frame: frame.clone(),
+        });
+        frame
     });
-    Ok(frame)
+    builder
+        .await
+        .map_err(|e| Status::internal(format!("building the reply: {e}")))?
 }
 
 /// `message` as a gRPC length-prefixed message (uncompressed).
