@@ -16,6 +16,23 @@ if ! command -v pebble >/dev/null 2>&1 || ! command -v pebble-challtestsrv >/dev
     fi
 fi
 
+# The fleet tests (tests/tests/fleet.rs) run a three-member etcd cluster on loopback: Debian's
+# `etcd-server`, installed when missing. Where systemd runs, the package starts its own etcd on
+# 127.0.0.1:2379; the tests use ports of their own, and that service is stopped and disabled again
+# when this script is what installed it.
+if ! command -v etcd >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    if ! $sudo apt-get install -y -qq etcd-server >/dev/null 2>&1; then
+        $sudo apt-get update -qq >/dev/null
+        $sudo apt-get install -y -qq etcd-server >/dev/null
+    fi
+    if [ -d /run/systemd/system ]; then
+        $sudo systemctl disable --now etcd >/dev/null 2>&1 || true
+    fi
+fi
+
 # The independent-client tests (tests/tests/clients.rs) drive controld's API from Python's grpcio
 # with grpcio-reflection (tests/clients/admin_client.py). Installed from PyPI when missing or too
 # old; quiet and idempotent. A Python that refuses pip installs (PEP 668) gets them all the same:

@@ -439,6 +439,7 @@ fn listener_list(s: &StaticConfig) -> String {
 
 fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
     let acme = s.acme.as_ref();
+    let cluster = s.cluster.as_ref();
     let none = || "none".to_owned();
     vec![
         ("control.socket", s.control.socket.display().to_string()),
@@ -466,6 +467,19 @@ fn static_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
             "acme.ca_roots",
             acme.and_then(|a| a.ca_roots.as_ref())
                 .map_or_else(none, |p| p.display().to_string()),
+        ),
+        ("cluster.etcd", cluster.map_or_else(none, |c| list(&c.etcd))),
+        (
+            "cluster.name",
+            cluster.map_or_else(none, |c| c.name.clone()),
+        ),
+        (
+            "cluster.node",
+            cluster.map_or_else(none, |c| c.node.clone()),
+        ),
+        (
+            "cluster.lease_ttl",
+            cluster.map_or_else(none, |c| human(c.lease_ttl)),
         ),
     ]
 }

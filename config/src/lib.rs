@@ -5,4 +5,5 @@
 
 pub mod config;
 pub mod diff;
+pub mod fleet;
 pub mod redact;

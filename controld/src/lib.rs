@@ -11,6 +11,7 @@ pub use proxy_config::{config, diff, redact};
 pub mod access;
 pub mod acme;
 pub mod challenges;
+pub mod cluster;
 pub mod dataplanes;
 pub mod error;
 pub mod history;

@@ -10,6 +10,7 @@
 
 pub mod backend;
 mod client;
+pub mod etcd;
 pub mod grpc_raw;
 pub mod h2raw;
 pub mod load;

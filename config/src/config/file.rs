@@ -26,6 +26,27 @@ pub struct FileConfig {
     pub control: ControlFile,
     pub proxy: ProxyFile,
     pub acme: Option<AcmeFile>,
+    pub cluster: Option<ClusterFile>,
+}
+
+/// `[cluster]`: this host's place in a fleet (never published, like `[control]` and `[proxy]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ClusterFile {
+    pub etcd: Vec<String>,
+    pub name: Option<String>,
+    pub node: Option<String>,
+    pub lease_ttl: Option<String>,
+    pub tls: Option<ClusterTlsFile>,
+}
+
+/// `[cluster] tls = { ... }`: client TLS to etcd.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ClusterTlsFile {
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 /// `[rate_limit]` and `sites[].rate_limit`: both keys are required when the table is present.

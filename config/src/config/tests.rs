@@ -628,3 +628,49 @@ fn a_metrics_address_is_an_ip_and_port() {
         "{got:#?}"
     );
 }
+
+#[test]
+fn a_cluster_table_joins_a_fleet_and_its_mistakes_are_each_located() {
+    let c = parse(MINIMAL, Path::new("proxy.toml")).unwrap();
+    assert_eq!(c.statics.cluster, None, "no [cluster]: a single host");
+
+    let text = format!(
+        "{MINIMAL}\n[cluster]\netcd = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\n\
+         name = \"prod\"\nnode = \"web-1\"\n"
+    );
+    let cluster = parse(&text, Path::new("proxy.toml"))
+        .unwrap()
+        .statics
+        .cluster
+        .unwrap();
+    assert_eq!(cluster.etcd.len(), 2);
+    assert_eq!(
+        (cluster.name.as_str(), cluster.node.as_str()),
+        ("prod", "web-1")
+    );
+    assert_eq!(cluster.lease_ttl, std::time::Duration::from_secs(10));
+
+    let text = format!(
+        "{MINIMAL}\n[cluster]\netcd = [\"10.0.0.1:2379\", \"http://10.0.0.2\"]\n\
+         name = \"prod/x\"\nnode = \"\"\nlease_ttl = \"1s\"\n"
+    );
+    let got = rendered(&text);
+    for expected in [
+        "cluster.etcd[0]: invalid etcd endpoint \"10.0.0.1:2379\"",
+        "cluster.etcd[1]: invalid etcd endpoint \"http://10.0.0.2\"",
+        "cluster.name: invalid name \"prod/x\"",
+        "cluster.node: invalid name \"\"",
+        "cluster.lease_ttl: must be from 2s to 5m",
+    ] {
+        assert!(
+            got.iter().any(|d| d.contains(expected)),
+            "{expected}: {got:#?}"
+        );
+    }
+    let got = rendered(&format!("{MINIMAL}\n[cluster]\n"));
+    assert!(
+        got.iter()
+            .any(|d| d.contains("cluster.etcd: list at least one etcd endpoint")),
+        "{got:#?}"
+    );
+}

@@ -25,7 +25,7 @@ mod upstream;
 pub use hardening::DEFAULT_UPSTREAM_LIMITS;
 use routes::routes;
 use sites::sites;
-use statics::{acme, control, proxy};
+use statics::{acme, cluster, control, proxy};
 use tls::default_tls_site;
 
 /// Default `body_limit_bytes`: 10 MiB.
@@ -131,6 +131,7 @@ pub fn validate(file: FileConfig, inputs: &Inputs<'_>) -> Result<Config, Vec<Pro
         proxy: proxy(&file, &mut p),
         log_format,
         acme: acme(&file, &mut p),
+        cluster: cluster(&file, &mut p),
     };
     let upstream_limits = hardening::upstream_limits(
         file.upstream_limits.as_ref(),

@@ -1,4 +1,4 @@
-//! The static sections: `[control]`, `[proxy]` with its listeners, and `[acme]`.
+//! The static sections: `[control]`, `[proxy]` with its listeners, `[acme]` and `[cluster]`.
 
 use super::*;
 
@@ -283,5 +283,137 @@ pub(super) fn acme(file: &FileConfig, p: &mut Problems) -> Option<AcmeConfig> {
         contact: acme.contact.clone(),
         challenge,
         ca_roots,
+    })
+}
+
+/// A name in etcd keys (`[cluster] name` and `node`): letters, digits, `.`, `_`, `-`.
+fn key_name(text: &str, at: KeyPath, p: &mut Problems) {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !ok {
+        p.push(
+            at,
+            format!(
+                "invalid name {text:?}: 1 to 64 letters, digits, '.', '_' or '-' (it is part of \
+                 etcd keys)"
+            ),
+        );
+    }
+}
+
+/// This host's name: the node of `[cluster]` when it names none.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The most etcd endpoints `[cluster] etcd` may list.
+const MAX_ETCD_ENDPOINTS: usize = 16;
+
+pub(super) fn cluster(file: &FileConfig, p: &mut Problems) -> Option<ClusterConfig> {
+    let cluster = file.cluster.as_ref()?;
+    let at = KeyPath::root().key("cluster");
+    if cluster.etcd.is_empty() {
+        p.push(
+            at.key("etcd"),
+            "list at least one etcd endpoint, e.g. [\"http://10.0.0.1:2379\"]",
+        );
+    }
+    if cluster.etcd.len() > MAX_ETCD_ENDPOINTS {
+        p.push(
+            at.key("etcd"),
+            format!("at most {MAX_ETCD_ENDPOINTS} endpoints"),
+        );
+    }
+    let mut https = false;
+    for (i, endpoint) in cluster.etcd.iter().enumerate() {
+        match url::Url::parse(endpoint) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+                    && u.port().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && u.username().is_empty()
+                    && !endpoint.ends_with('/') =>
+            {
+                https |= u.scheme() == "https";
+            }
+            _ => p.push(
+                at.key("etcd").index(i),
+                format!(
+                    "invalid etcd endpoint {endpoint:?}: expected http://host:port or \
+                     https://host:port"
+                ),
+            ),
+        }
+    }
+    let name = cluster.name.clone().unwrap_or_else(|| "default".to_owned());
+    key_name(&name, at.key("name"), p);
+    let node = match &cluster.node {
+        Some(node) => {
+            key_name(node, at.key("node"), p);
+            node.clone()
+        }
+        None => {
+            let host = host_name();
+            key_name(&host, at.key("node"), p);
+            host
+        }
+    };
+    let lease_ttl = match &cluster.lease_ttl {
+        None => Duration::from_secs(10),
+        Some(text) => {
+            let d = duration(text, at.key("lease_ttl"), p);
+            if !(Duration::from_secs(2)..=Duration::from_secs(300)).contains(&d) {
+                p.push(at.key("lease_ttl"), "must be from 2s to 5m");
+            }
+            d
+        }
+    };
+    let tls = cluster.tls.as_ref().map(|t| {
+        let tls_at = at.key("tls");
+        let ca_file = non_empty_path(t.ca_file.as_deref(), "", tls_at.key("ca_file"), p);
+        let cert_file = t
+            .cert_file
+            .as_deref()
+            .map(|f| non_empty_path(Some(f), "", tls_at.key("cert_file"), p));
+        let key_file = t
+            .key_file
+            .as_deref()
+            .map(|f| non_empty_path(Some(f), "", tls_at.key("key_file"), p));
+        if cert_file.is_some() != key_file.is_some() {
+            p.push(tls_at.clone(), "cert_file and key_file go together");
+        }
+        ClusterTls {
+            ca_file,
+            cert_file,
+            key_file,
+        }
+    });
+    if https {
+        p.push(
+            at.key("etcd"),
+            "https:// endpoints are not supported yet: reach etcd over http:// on a trusted \
+             network, or through a local TLS tunnel",
+        );
+    }
+    if tls.is_some() {
+        p.push(
+            at.key("tls"),
+            "client TLS to etcd is not supported yet (see docs/fleets.md)",
+        );
+    }
+    Some(ClusterConfig {
+        etcd: cluster.etcd.clone(),
+        name,
+        node,
+        lease_ttl,
+        tls,
     })
 }

@@ -1,0 +1,289 @@
+//! What a fleet keeps in etcd, under `/proxy/fleets/<name>/`:
+//!
+//! - `head`: the fleet's version now, `{"version": N, "hash": H}`. The one version counter:
+//!   every publish advances it in a transaction guarded by its last revision, so two publishes
+//!   at once give two consecutive versions (or a conflict when the caller named the version it
+//!   expected), never a lost or duplicated one.
+//! - `versions/<N, 20 digits>`: each version: the fleet's config text (the file without the
+//!   host's tables), its hash, who published it, from which node, when. The last
+//!   [`KEPT_VERSIONS`] are kept.
+//! - `nodes/<node>`: what each node serves, under the node's lease: a node whose controld is
+//!   gone drops out when its lease lapses.
+
+use serde::{Deserialize, Serialize};
+
+use super::etcd::{Etcd, EtcdError};
+
+/// Versions kept in etcd; older ones are deleted by the publish that pushes them out.
+pub const KEPT_VERSIONS: u64 = 50;
+
+/// How many times a publish that lost a race to another publish reads the head again and
+/// retries, when the caller did not name the version it expects (each loss is another
+/// writer's success, so this bounds only a storm of publishes).
+const PUBLISH_TRIES: usize = 64;
+
+/// The fleet's version now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub version: u64,
+    pub hash: String,
+}
+
+/// One published version of the fleet's config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetVersion {
+    pub version: u64,
+    /// SHA-256 (hex) of `text`.
+    pub hash: String,
+    /// The fleet's part of the config: the file without the host's tables.
+    pub text: String,
+    pub at_unix_ms: u64,
+    /// "reload", "rollback to N", ...
+    pub source: String,
+    /// The node it was published from.
+    pub node: String,
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+    pub summary: String,
+}
+
+/// What one node serves, as its controld recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub node: String,
+    pub build: String,
+    /// The fleet version it serves (0: none yet) and that version's hash.
+    pub applied_version: u64,
+    pub applied_hash: String,
+    /// The fleet version it last tried, and why it could not serve it (empty: it does).
+    pub tried_version: u64,
+    pub error: String,
+    pub at_unix_ms: u64,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// A new version.
+    New(FleetVersion),
+    /// The head already holds this text: nothing was written.
+    Unchanged(Head),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    /// The caller named the version it expected and the fleet has moved on.
+    #[error(
+        "the fleet's version is now {now}: another writer published first; nothing was published"
+    )]
+    Conflict { now: u64 },
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error("etcd holds something this controld cannot read at {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Who publishes, for the version's record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Publisher {
+    pub source: String,
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+    pub summary: String,
+}
+
+/// One fleet's keys in etcd, as one node sees them.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    etcd: Etcd,
+    prefix: String,
+    node: String,
+}
+
+/// SHA-256 of `text`, hex: a fleet version's hash.
+pub fn text_hash(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn unix_ms() -> u64 {
+    crate::reloader::unix_ms(std::time::SystemTime::now())
+}
+
+impl Fleet {
+    pub fn new(etcd: Etcd, name: &str, node: &str) -> Fleet {
+        Fleet {
+            etcd,
+            prefix: format!("/proxy/fleets/{name}/"),
+            node: node.to_owned(),
+        }
+    }
+
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The full key of `rest` under this fleet.
+    pub fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{}{rest}", self.prefix).into_bytes()
+    }
+
+    fn version_key(&self, version: u64) -> Vec<u8> {
+        self.key(&format!("versions/{version:020}"))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<T, PublishError> {
+        serde_json::from_slice(value).map_err(|e| PublishError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The fleet's version now (`None`: nothing was published yet), and the revision of its
+    /// last change.
+    pub async fn head(&self) -> Result<(Option<Head>, i64), PublishError> {
+        let key = self.key("head");
+        let (kv, _) = self.etcd.get(&key).await?;
+        match kv {
+            None => Ok((None, 0)),
+            Some(kv) => Ok((Some(self.decode(&key, &kv.value)?), kv.mod_revision)),
+        }
+    }
+
+    /// Version `version`, if etcd still keeps it.
+    pub async fn version(&self, version: u64) -> Result<Option<FleetVersion>, PublishError> {
+        let key = self.version_key(version);
+        let (kv, _) = self.etcd.get(&key).await?;
+        kv.map(|kv| self.decode(&key, &kv.value)).transpose()
+    }
+
+    /// The versions etcd keeps, newest first.
+    pub async fn history(&self) -> Result<Vec<FleetVersion>, PublishError> {
+        let (kvs, _) = self.etcd.prefix(&self.key("versions/")).await?;
+        let mut versions = kvs
+            .iter()
+            .map(|kv| self.decode::<FleetVersion>(&kv.key, &kv.value))
+            .collect::<Result<Vec<_>, _>>()?;
+        versions.reverse();
+        Ok(versions)
+    }
+
+    /// Publishes `text` as the fleet's next version. With `expected`, only while the fleet's
+    /// version is still that one ([`PublishError::Conflict`] otherwise); without, a publish
+    /// that loses a race to another reads the head again and goes after it. Unless `force`,
+    /// a text the head already holds publishes nothing.
+    pub async fn publish(
+        &self,
+        text: &str,
+        publisher: &Publisher,
+        expected: Option<u64>,
+        force: bool,
+    ) -> Result<Published, PublishError> {
+        let hash = text_hash(text);
+        let mut tries = 0;
+        // A transaction whose answer was lost (a timeout, a leader change) may have been
+        // applied: then the head holds this text because of it, and it is this publish's.
+        let mut maybe_applied: Option<u64> = None;
+        loop {
+            tries += 1;
+            let (head, revision) = self.head().await?;
+            let now = head.as_ref().map_or(0, |h| h.version);
+            if let Some(mine) = maybe_applied.filter(|v| *v == now)
+                && head.as_ref().is_some_and(|h| h.hash == hash)
+                && let Some(version) = self.version(mine).await?
+                && version.node == self.node
+            {
+                return Ok(Published::New(version));
+            }
+            if expected.is_some_and(|e| e != now) {
+                return Err(PublishError::Conflict { now });
+            }
+            if let Some(head) = head.filter(|h| h.hash == hash && !force) {
+                return Ok(Published::Unchanged(head));
+            }
+            let version = FleetVersion {
+                version: now + 1,
+                hash: hash.clone(),
+                text: text.to_owned(),
+                at_unix_ms: unix_ms(),
+                source: publisher.source.clone(),
+                node: self.node.clone(),
+                uid: publisher.uid,
+                pid: publisher.pid,
+                summary: publisher.summary.clone(),
+            };
+            let head = Head {
+                version: version.version,
+                hash: hash.clone(),
+            };
+            let puts = vec![
+                (self.key("head"), json(&head)),
+                (self.version_key(version.version), json(&version)),
+            ];
+            let deletes = version
+                .version
+                .checked_sub(KEPT_VERSIONS)
+                .filter(|old| *old > 0)
+                .map(|old| vec![self.version_key(old)])
+                .unwrap_or_default();
+            let written = match self
+                .etcd
+                .put_if(&self.key("head"), revision, puts, deletes)
+                .await
+            {
+                Ok(written) => written,
+                Err(e) if tries < PUBLISH_TRIES => {
+                    tracing::info!(error = %e, version = version.version, "a fleet publish may not have landed; reading the head again");
+                    maybe_applied = Some(version.version);
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match written {
+                Some(_) => return Ok(Published::New(version)),
+                None if expected.is_some() || tries >= PUBLISH_TRIES => {
+                    let now = self.head().await?.0.map_or(0, |h| h.version);
+                    return Err(PublishError::Conflict { now });
+                }
+                // Another writer went first: after it, with a little jitter so that two
+                // writers do not meet again in step.
+                None => {
+                    let jitter = std::time::Duration::from_millis(fastrand::u64(0..5));
+                    tokio::time::sleep(jitter).await;
+                }
+            }
+        }
+    }
+
+    /// Records what this node serves, attached to `lease` (so that it lapses with the node).
+    pub async fn record(&self, state: &NodeState, lease: i64) -> Result<(), PublishError> {
+        let key = self.key(&format!("nodes/{}", self.node));
+        self.etcd.put(&key, json(state), lease).await?;
+        Ok(())
+    }
+
+    /// Every live node's state, by node name.
+    pub async fn nodes(&self) -> Result<Vec<NodeState>, PublishError> {
+        let (kvs, _) = self.etcd.prefix(&self.key("nodes/")).await?;
+        kvs.iter()
+            .map(|kv| self.decode::<NodeState>(&kv.key, &kv.value))
+            .collect()
+    }
+}
+
+/// A record as JSON (the records here always serialize).
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}

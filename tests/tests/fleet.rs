@@ -1,0 +1,215 @@
+//! Fleets on a real etcd: Debian's `etcd-server` (3.4), three members on loopback
+//! (`proxy_tests::etcd`). The fleet's keys as controld keeps them (`controld::cluster::store`):
+//! one version counter advanced by transactions, node states under leases, watches; and the
+//! faults the issue names: a member stopped, then the leader; etcd gone.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::time::{Duration, Instant};
+
+use controld::cluster::etcd::{Change, Etcd, EtcdError, Watched};
+use controld::cluster::store::{Fleet, NodeState, PublishError, Published, Publisher};
+use proxy_tests::etcd::EtcdCluster;
+use proxy_tests::{DEADLINE, eventually};
+
+fn fleet(cluster: &EtcdCluster, node: &str) -> Fleet {
+    let etcd = Etcd::connect(&cluster.endpoints(), Duration::from_secs(2)).unwrap();
+    Fleet::new(etcd, "test", node)
+}
+
+fn by(source: &str) -> Publisher {
+    Publisher {
+        source: source.to_owned(),
+        ..Publisher::default()
+    }
+}
+
+/// Publishes `text`, retrying while etcd elects a leader (a publish in the middle of an
+/// election fails with the reason; the caller may try again).
+async fn publish_eventually(fleet: &Fleet, text: &str) -> u64 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match fleet.publish(text, &by("reload"), None, false).await {
+            Ok(Published::New(v)) => return v.version,
+            Ok(other) => panic!("{other:?}"),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("publish failed, trying again: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no publish within {DEADLINE:?}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publishes_from_two_hosts_at_once_give_consecutive_versions_or_a_conflict_never_a_lost_one()
+{
+    let cluster = EtcdCluster::start(3).await;
+    let (a, b) = (fleet(&cluster, "a"), fleet(&cluster, "b"));
+    // Twenty publishes from each host at once, neither naming the version it expects: every
+    // one lands, and the versions are 1 to 40 without a gap or a double.
+    let run = |f: Fleet, tag: &'static str| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..20 {
+                let text = format!("# {tag} {i}\n");
+                match f.publish(&text, &by("reload"), None, false).await.unwrap() {
+                    Published::New(v) => got.push((v.version, text)),
+                    other => panic!("{other:?}"),
+                }
+            }
+            got
+        })
+    };
+    let (from_a, from_b) = (run(a.clone(), "a"), run(b.clone(), "b"));
+    let mut all = from_a.await.unwrap();
+    all.extend(from_b.await.unwrap());
+    all.sort();
+    let numbers: Vec<u64> = all.iter().map(|(v, _)| *v).collect();
+    assert_eq!(numbers, (1..=40).collect::<Vec<_>>());
+    for (version, text) in &all {
+        let stored = a.version(*version).await.unwrap().unwrap();
+        assert_eq!(&stored.text, text, "version {version}");
+    }
+    assert_eq!(a.history().await.unwrap().len(), 40);
+
+    // Both naming version 40: one lands as 41, the other is told the fleet moved on.
+    let reload = by("reload");
+    let (ra, rb) = tokio::join!(
+        a.publish("# a last\n", &reload, Some(40), false),
+        b.publish("# b last\n", &reload, Some(40), false)
+    );
+    match (ra, rb) {
+        (Ok(Published::New(v)), Err(PublishError::Conflict { now: 41 }))
+        | (Err(PublishError::Conflict { now: 41 }), Ok(Published::New(v))) => {
+            assert_eq!(v.version, 41);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The text the fleet serves again is no new version.
+    let head = a.head().await.unwrap().0.unwrap();
+    let text = a.version(41).await.unwrap().unwrap().text;
+    assert_eq!(
+        b.publish(&text, &by("reload"), None, false).await.unwrap(),
+        Published::Unchanged(head)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_stopped_then_the_leader_publishes_go_on_and_no_version_is_lost() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let a = fleet(&cluster, "a");
+    assert_eq!(publish_eventually(&a, "# one\n").await, 1);
+
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    cluster.stop_member(follower).await;
+    assert_eq!(publish_eventually(&a, "# two\n").await, 2);
+
+    cluster.start_member(follower);
+    cluster.wait_for_leader().await;
+    let stopped = cluster.stop_leader().await;
+    eprintln!("stopped the leader, member {stopped}");
+    assert_eq!(publish_eventually(&a, "# three\n").await, 3);
+    let texts: Vec<String> = a
+        .history()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.text)
+        .collect();
+    assert_eq!(texts, ["# three\n", "# two\n", "# one\n"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_etcd_gone_a_publish_fails_at_once_naming_etcd_and_changes_nothing() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let a = fleet(&cluster, "a");
+    assert_eq!(publish_eventually(&a, "# one\n").await, 1);
+    for i in 0..3 {
+        cluster.stop_member(i).await;
+    }
+    let started = Instant::now();
+    let error = a
+        .publish("# two\n", &by("reload"), None, false)
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(error, PublishError::Etcd(EtcdError::Unreachable { .. })),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(text.contains(&cluster.endpoints()[0]), "{text}");
+
+    // Back: nothing was published meanwhile.
+    for i in 0..3 {
+        cluster.start_member(i);
+    }
+    cluster.wait_for_leader().await;
+    let head = eventually("etcd back", || async { a.head().await.ok() }).await;
+    assert_eq!(head.0.unwrap().version, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_lease_lapses_drops_out_and_a_watch_sees_each_version() {
+    let cluster = EtcdCluster::start(3).await;
+    let a = fleet(&cluster, "a");
+    let b = fleet(&cluster, "b");
+
+    // A watch on the head from the start sees every publish, in order.
+    let (_, revision) = a.etcd().get(&a.key("head")).await.unwrap();
+    let mut watch = a.etcd().watch(&a.key("head"), revision + 1).await.unwrap();
+    for text in ["# one\n", "# two\n"] {
+        publish_eventually(&b, text).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let watched = tokio::time::timeout(DEADLINE, watch.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match watched {
+            Watched::Changes { changes, .. } => {
+                for change in changes {
+                    let Change::Put(kv) = change else {
+                        panic!("{change:?}")
+                    };
+                    let head: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+                    seen.push(head["version"].as_u64().unwrap());
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, [1, 2]);
+
+    // Node states live as long as their lease.
+    let lease = a.etcd().grant(Duration::from_secs(2)).await.unwrap();
+    let state = NodeState {
+        node: "a".into(),
+        build: "test".into(),
+        applied_version: 2,
+        applied_hash: String::new(),
+        tried_version: 2,
+        error: String::new(),
+        at_unix_ms: 0,
+    };
+    a.record(&state, lease).await.unwrap();
+    assert_eq!(b.nodes().await.unwrap(), [state]);
+    // Not kept alive: gone within the TTL (and etcd's own lease checks).
+    eventually("node a dropped out", || async {
+        b.nodes().await.unwrap().is_empty().then_some(())
+    })
+    .await;
+}
