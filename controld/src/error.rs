@@ -36,6 +36,9 @@ pub enum Error {
     /// A version that could not be published (its snapshot is too large for data planes).
     #[error("publishing: {0}")]
     Publish(String),
+    /// The fleet of `[cluster]` cannot be followed.
+    #[error("[cluster]: {0}")]
+    Fleet(String),
 }
 
 impl Error {

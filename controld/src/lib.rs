@@ -155,6 +155,18 @@ impl Controld {
                 .clone()
                 .run(self.reloader.clone(), shutdown.clone()),
         );
+        // A host of a fleet follows it from now on, and its reloads publish to it.
+        if let Some(cluster) = self.reloader.current().config.statics.cluster.clone() {
+            let link =
+                Arc::new(cluster::Link::new(&cluster).map_err(|e| Error::Fleet(e.to_string()))?);
+            self.reloader.join_fleet(link.clone());
+            tracing::info!(fleet = %cluster.name, node = %cluster.node, etcd = %cluster.etcd.join(","), "following the fleet");
+            tokio::spawn(cluster::follow(
+                self.reloader.clone(),
+                link,
+                shutdown.clone(),
+            ));
+        }
         notify::ready(self.reloader.current().version);
         // Discoverable with standard tools: `grpcurl -unix <socket> list`, and health probes
         // through grpc.health.v1 with no custom client. Reflection is served as v1 and as

@@ -75,6 +75,8 @@ pub struct Reloader {
     challenges: crate::challenges::Challenges,
     /// History entries written since start: what `History` answered may be stale once it moves.
     history_written: std::sync::atomic::AtomicU64,
+    /// The fleet this host belongs to (`[cluster]`): reloads publish to it.
+    fleet: std::sync::OnceLock<Arc<crate::cluster::Link>>,
     /// Bounds the Validate calls and dry runs checked at once (each may parse 4 MiB and read
     /// certificate files): more are refused at once rather than queued.
     checks: Arc<tokio::sync::Semaphore>,
@@ -162,6 +164,7 @@ impl Reloader {
             checks: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS)),
             challenges: Default::default(),
             history_written: Default::default(),
+            fleet: std::sync::OnceLock::new(),
         })
     }
 
@@ -201,6 +204,12 @@ impl Reloader {
     /// a time; one that waited reads the file after the previous one finished, so it applies
     /// the latest content.
     pub async fn reload(&self, options: ReloadOptions) -> ReloadReport {
+        // In a fleet, a reload publishes the file's fleet part to every host.
+        if !options.dry_run
+            && let Some(link) = self.fleet.get()
+        {
+            return crate::cluster::reload(self, link, options).await;
+        }
         let started = Instant::now();
         if options.dry_run {
             // Against the snapshot serving now, without the lock: a dry run never waits for a
@@ -251,6 +260,63 @@ impl Reloader {
             }
         })
         .await
+    }
+
+    /// Joins this host to its fleet: from now on a (non-dry-run) reload publishes to it.
+    pub fn join_fleet(&self, link: Arc<crate::cluster::Link>) {
+        let _ = self.fleet.set(link);
+    }
+
+    /// The fleet this host belongs to, if any.
+    pub fn fleet(&self) -> Option<&Arc<crate::cluster::Link>> {
+        self.fleet.get()
+    }
+
+    /// Publishes `text` (a fleet version joined to this host's tables) as a reload of the file
+    /// would: validated, diffed, versioned, sent to the data planes and waited for, under the
+    /// reload lock. `name` locates its diagnostics. The config file is not touched.
+    pub async fn reload_text(&self, text: String, name: PathBuf, origin: Origin) -> ReloadReport {
+        let started = Instant::now();
+        let options = ReloadOptions {
+            origin,
+            ..ReloadOptions::default()
+        };
+        let _serialized = self.lock.lock().await;
+        self.around(&options, started, async {
+            let current = self.current();
+            match parse_off_thread(text.clone(), name.clone(), None).await {
+                Ok(config) => self.publish(current, config, &text, &options).await,
+                Err(e) => self.rejected(&current, e.diagnostics(&name)),
+            }
+        })
+        .await
+    }
+
+    /// Checks `text` as a reload of it would be checked (parse, validation, the data plane's
+    /// conversion of its snapshot; off the async threads), without a check's place: the
+    /// problems, and what it would change against the serving config.
+    pub async fn check_text(&self, text: String, file: PathBuf) -> (Vec<Diagnostic>, ConfigDiff) {
+        let current = self.current();
+        match parse_off_thread(text, file.clone(), None).await {
+            Err(e) => (e.diagnostics(&file), ConfigDiff::default()),
+            Ok(config) => {
+                let diff = ConfigDiff::between(&current.config, &config);
+                match build_off_thread(config, self.acme_overlay(), file, None).await {
+                    Ok((_, _, None)) => (Vec::new(), diff),
+                    Ok((_, _, Some(refused))) | Err(refused) => (vec![refused], diff),
+                }
+            }
+        }
+    }
+
+    /// How long a reload waits for the data planes' answers.
+    pub fn ack_timeout(&self) -> Duration {
+        self.ack_timeout
+    }
+
+    /// Reads the config file as a reload does (off the async threads), without publishing.
+    pub async fn read_file(&self) -> Result<(Config, String), crate::config::LoadError> {
+        load_off_thread(self.config_path.clone(), None).await
     }
 
     /// Publishes the config `version` was built from again, as a new version; `None`: the

@@ -86,6 +86,8 @@ pub struct TestEnv {
     control_keys: String,
     /// Extra `[[proxy.listeners]]` after the fixed `http` one.
     listeners: String,
+    /// Tables after everything else (e.g. `[cluster]`).
+    tables: String,
     /// How controld's ACME task runs; `None`: its defaults.
     acme: Option<controld::acme::AcmeOptions>,
 }
@@ -99,6 +101,8 @@ pub struct Setup {
     pub control_keys: String,
     /// `[[proxy.listeners]]` tables after the fixed plain one (e.g. [`HTTPS_ON_PORT_0`]).
     pub listeners: String,
+    /// Tables at the end of the file (e.g. `[cluster]`).
+    pub tables: String,
     /// How controld's ACME task runs (a test clock, short back-off); `None`: the defaults.
     pub acme: Option<controld::acme::AcmeOptions>,
 }
@@ -200,6 +204,7 @@ impl TestEnv {
         env.proxy_keys = setup.proxy_keys;
         env.control_keys = setup.control_keys;
         env.listeners = setup.listeners;
+        env.tables = setup.tables;
         env.acme = setup.acme;
         env.launch(body).await
     }
@@ -232,6 +237,7 @@ impl TestEnv {
             proxy_keys: String::new(),
             control_keys: String::new(),
             listeners: String::new(),
+            tables: String::new(),
             acme: None,
         }
     }
@@ -262,7 +268,7 @@ impl TestEnv {
     pub fn config_text(&self, body: &str) -> String {
         format!(
             "{body}\n\n[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{}\n[proxy]\nshutdown_timeout = \"2s\"\n{}\n\
-             [[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n{}",
+             [[proxy.listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n{}\n{}",
             self.socket.display(),
             self.dir.path().join("state").display(),
             self.control_keys,
@@ -271,6 +277,7 @@ impl TestEnv {
                 keys => format!("{keys}\n"),
             },
             self.listeners,
+            self.tables,
         )
     }
 

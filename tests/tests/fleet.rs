@@ -213,3 +213,202 @@ async fn a_node_whose_lease_lapses_drops_out_and_a_watch_sees_each_version() {
     })
     .await;
 }
+
+/// Three hosts (controld and proxyd each, in this process) in one fleet on the etcd cluster.
+struct Hosts {
+    etcd: EtcdCluster,
+    hosts: Vec<proxy_tests::TestEnv>,
+}
+
+fn site(upstream: &str) -> String {
+    format!("[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{upstream}\"]\n")
+}
+
+impl Hosts {
+    async fn start(body: &str) -> Hosts {
+        let etcd = EtcdCluster::start(3).await;
+        let mut hosts = Vec::new();
+        for node in ["web-1", "web-2", "web-3"] {
+            let setup = proxy_tests::Setup {
+                tables: format!(
+                    "[cluster]\netcd = {}\nname = \"shop\"\nnode = \"{node}\"\nlease_ttl = \"3s\"\n",
+                    etcd.toml_endpoints()
+                ),
+                ..proxy_tests::Setup::default()
+            };
+            hosts.push(proxy_tests::TestEnv::start_setup(setup, body).await);
+        }
+        let hosts = Hosts { etcd, hosts };
+        // Every node is live in etcd before a test reloads.
+        let watcher = fleet(&hosts.etcd, "watcher");
+        let watcher = Fleet::new(watcher.etcd().clone(), "shop", "watcher");
+        eventually("three live nodes", || async {
+            (watcher.nodes().await.ok()?.len() == 3).then_some(())
+        })
+        .await;
+        hosts
+    }
+
+    /// What host `i`'s proxyd answers for app.example.
+    async fn body(&self, i: usize) -> String {
+        proxy_tests::get(self.hosts[i].http, "app.example", "/")
+            .await
+            .body
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_on_any_host_is_applied_on_every_host_and_answers_for_each() {
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let hosts = Hosts::start(&site(&a.url())).await;
+
+    // web-1 changes the site: every host serves it when the reload returns.
+    hosts.hosts[0].write_config(&site(&b.url()));
+    let out = hosts.hosts[0].proxyctl(&["--json", "reload"]).await;
+    let text = proxy_tests::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["outcome"], "applied", "{text}");
+    assert_eq!(reply["version"], 1, "{text}");
+    let mut nodes: Vec<(String, String)> = reply["data_planes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["node_id"].as_str().unwrap().to_owned(),
+                p["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        [
+            ("web-1".to_owned(), "acked".to_owned()),
+            ("web-2".to_owned(), "acked".to_owned()),
+            ("web-3".to_owned(), "acked".to_owned())
+        ],
+        "{text}"
+    );
+    for i in 0..3 {
+        assert!(hosts.body(i).await.starts_with("upstream b"), "host {i}");
+    }
+
+    // web-3, whose file still names upstream a, reloads: that is the fleet's version 2.
+    let out = hosts.hosts[2].proxyctl(&["--json", "reload"]).await;
+    let text = proxy_tests::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["version"], 2, "{text}");
+    for i in 0..3 {
+        assert!(hosts.body(i).await.starts_with("upstream a"), "host {i}");
+    }
+    drop(hosts);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_etcd_gone_traffic_goes_on_a_reload_fails_at_once_and_every_node_converges_after() {
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let mut hosts = Hosts::start(&site(&a.url())).await;
+    for i in 0..3 {
+        hosts.etcd.stop_member(i).await;
+    }
+    // Traffic does not depend on etcd.
+    for i in 0..3 {
+        assert!(hosts.body(i).await.starts_with("upstream a"), "host {i}");
+    }
+    // A reload fails at once, names etcd, and changes nothing anywhere.
+    hosts.hosts[0].write_config(&site(&b.url()));
+    let started = Instant::now();
+    let out = hosts.hosts[0].proxyctl(&["reload"]).await;
+    let text = proxy_tests::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("etcd") && text.contains("unreachable"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    for i in 0..3 {
+        assert!(hosts.body(i).await.starts_with("upstream a"), "host {i}");
+    }
+
+    // etcd back: the reload goes through, and every host serves it.
+    for i in 0..3 {
+        hosts.etcd.start_member(i);
+    }
+    hosts.etcd.wait_for_leader().await;
+    let out = eventually("a reload once etcd is back", || async {
+        let out = hosts.hosts[0].proxyctl(&["reload"]).await;
+        out.status.success().then_some(out)
+    })
+    .await;
+    let text = proxy_tests::output_text(&out);
+    for i in 0..3 {
+        let body = eventually("the new version everywhere", || async {
+            let body = hosts.body(i).await;
+            body.starts_with("upstream b").then_some(body)
+        })
+        .await;
+        assert!(body.starts_with("upstream b"), "host {i}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_was_down_for_several_versions_catches_up_to_the_newest_and_is_not_waited_for()
+{
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let c = proxy_tests::MockUpstream::start("c").await;
+    let mut hosts = Hosts::start(&site(&a.url())).await;
+    let watcher = Fleet::new(
+        Etcd::connect(&hosts.etcd.endpoints(), Duration::from_secs(2)).unwrap(),
+        "shop",
+        "watcher",
+    );
+    // web-3's controld stops (its proxyd serves on); once its lease lapses it is not live.
+    hosts.hosts[2].stop_controld().await;
+    eventually("web-3 no longer live", || async {
+        let nodes = watcher.nodes().await.ok()?;
+        (!nodes.iter().any(|n| n.node == "web-3")).then_some(())
+    })
+    .await;
+    // Two versions meanwhile; each reload answers for the live nodes only, at once.
+    for upstream in [&b, &c] {
+        hosts.hosts[0].write_config(&site(&upstream.url()));
+        let started = Instant::now();
+        let out = hosts.hosts[0].proxyctl(&["--json", "reload"]).await;
+        let text = proxy_tests::output_text(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{text}");
+        assert!(!text.contains("web-3"), "{text}");
+    }
+    assert!(
+        hosts.body(2).await.starts_with("upstream a"),
+        "web-3 serves on"
+    );
+    // Back: web-3 goes to the newest version directly.
+    hosts.hosts[2].start_controld().await;
+    let body = eventually("web-3 caught up", || async {
+        let body = hosts.body(2).await;
+        body.starts_with("upstream c").then_some(body)
+    })
+    .await;
+    assert!(body.starts_with("upstream c"));
+    let web3 = eventually("web-3 recorded", || async {
+        let nodes = watcher.nodes().await.ok()?;
+        nodes
+            .into_iter()
+            .find(|n| n.node == "web-3" && n.applied_version == 2)
+    })
+    .await;
+    assert_eq!(web3.tried_version, 2, "straight to the newest: {web3:?}");
+    let history = watcher.history().await.unwrap();
+    assert_eq!(history.len(), 2);
+}
