@@ -319,6 +319,10 @@ impl pb::admin_server::Admin for AdminService {
                     .unwrap_or_default(),
             }),
             data_planes,
+            fleet: match self.reloader.fleet() {
+                Some(link) => Some(crate::cluster::status(link).await),
+                None => None,
+            },
         }))
     }
 }

@@ -164,6 +164,7 @@ pub fn status() -> StatusReply {
             connected_at_unix_ms: 1_795_290_000_500,
             applied_content_hash: String::new(),
         }],
+        fleet: None,
     }
 }
 

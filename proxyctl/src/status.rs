@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use proto::v1::{
-    BoundListener, ControlPlaneStatus, DataPlaneStatus, DataPlaneStatusReply, LastReload,
-    StatusReply, UpstreamStatus,
+    BoundListener, ControlPlaneStatus, DataPlaneStatus, DataPlaneStatusReply, FleetStatus,
+    LastReload, StatusReply, UpstreamStatus,
 };
 
 use crate::exit::Exit;
@@ -117,7 +117,16 @@ fn local_is_healthy(dp: &DataPlaneStatusReply) -> bool {
 /// desired version; 1 (degraded) otherwise.
 fn control_exit(reply: &StatusReply) -> Exit {
     let healthy = !reply.data_planes.is_empty() && reply.data_planes.iter().all(|dp| dp.in_sync);
-    if healthy { Exit::Ok } else { Exit::Failed }
+    // In a fleet, also: etcd answered and every live node serves the fleet's version.
+    let fleet_ok = reply
+        .fleet
+        .as_ref()
+        .is_none_or(|f| f.error.is_empty() && f.nodes.iter().all(|n| n.in_sync));
+    if healthy && fleet_ok {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    }
 }
 
 /// controld's part alone: what `status` printed before it also asked the local proxyd.
@@ -133,6 +142,75 @@ fn control_lines(reply: &StatusReply) -> Vec<String> {
         out.extend(data_plane_table(&reply.data_planes));
         out.extend(reply.data_planes.iter().filter_map(nack_line));
     }
+    if let Some(fleet) = &reply.fleet {
+        out.push(String::new());
+        out.extend(fleet_lines(fleet, std::time::SystemTime::now()));
+    }
+    out
+}
+
+/// The fleet: its version, then a line per live node (NODE, APPLIED, DESIRED, IN SYNC, LAST
+/// SEEN) and the reason of each node that does not serve what it last tried.
+pub fn fleet_lines(fleet: &FleetStatus, now: std::time::SystemTime) -> Vec<String> {
+    let short = |hash: &str| hash.get(..8).unwrap_or(hash).to_owned();
+    let mut out = Vec::new();
+    if fleet.error.is_empty() {
+        out.push(format!(
+            "fleet {}  version {} ({})  this host: {}",
+            fleet.name,
+            fleet.desired_version,
+            if fleet.desired_hash.is_empty() {
+                "-".to_owned()
+            } else {
+                short(&fleet.desired_hash)
+            },
+            fleet.node
+        ));
+    } else {
+        out.push(format!(
+            "fleet {}  etcd unreachable: {}; this host ({}) as it last recorded itself:",
+            fleet.name, fleet.error, fleet.node
+        ));
+    }
+    let now_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut rows = vec![
+        ["NODE", "APPLIED", "DESIRED", "IN SYNC", "LAST SEEN"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    rows.extend(fleet.nodes.iter().map(|n| {
+        let seen = if n.last_seen_unix_ms == 0 {
+            "-".to_owned()
+        } else {
+            format!("{}s ago", now_ms.saturating_sub(n.last_seen_unix_ms) / 1000)
+        };
+        vec![
+            n.node.clone(),
+            if n.applied_version == 0 {
+                "-".to_owned()
+            } else {
+                format!("{} ({})", n.applied_version, short(&n.applied_hash))
+            },
+            if fleet.error.is_empty() {
+                fleet.desired_version.to_string()
+            } else {
+                "?".to_owned()
+            },
+            if n.in_sync { "yes" } else { "no" }.to_owned(),
+            seen,
+        ]
+    }));
+    out.extend(align(&rows));
+    out.extend(fleet.nodes.iter().filter(|n| !n.error.is_empty()).map(|n| {
+        format!(
+            "{}: does not serve version {}: {}",
+            n.node,
+            n.tried_version,
+            one_line(&n.error)
+        )
+    }));
     out
 }
 

@@ -456,6 +456,7 @@ fn fleet() -> StatusReply {
             connected_at_unix_ms: 1_795_290_000_500,
             ..DataPlaneStatus::default()
         }],
+        fleet: None,
     }
 }
 

@@ -295,6 +295,26 @@ async fn a_reload_on_any_host_is_applied_on_every_host_and_answers_for_each() {
     for i in 0..3 {
         assert!(hosts.body(i).await.starts_with("upstream b"), "host {i}");
     }
+    // Any host answers for the fleet: every node, what it serves, in sync.
+    let out = hosts.hosts[1].proxyctl(&["status"]).await;
+    let text = proxy_tests::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("fleet shop  version 1"), "{text}");
+    for node in ["web-1", "web-2", "web-3"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(node) && l.contains(" 1 (") && l.contains(" yes ")),
+            "{node}: {text}"
+        );
+    }
+    let out = hosts.hosts[2].proxyctl(&["--json", "status"]).await;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["fleet"]["desired_version"], 1, "{status}");
+    assert_eq!(
+        status["fleet"]["nodes"].as_array().unwrap().len(),
+        3,
+        "{status}"
+    );
 
     // web-3, whose file still names upstream a, reloads: that is the fleet's version 2.
     let out = hosts.hosts[2].proxyctl(&["--json", "reload"]).await;

@@ -165,7 +165,8 @@ fn status_reply_shape() {
                 "listeners": [{"name": "http", "address": "127.0.0.1:8080"}],
                 "connected_at_unix_ms": 1_795_290_000_500_u64
             }],
-            "local_data_plane": null
+            "local_data_plane": null,
+            "fleet": null
         })
     );
 }
@@ -233,6 +234,7 @@ fn status_with_controld_down_has_null_control_plane_and_no_data_planes() {
             "certificate_warnings",
             "control_plane",
             "data_planes",
+            "fleet",
             "local_data_plane"
         ]
     );

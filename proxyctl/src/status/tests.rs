@@ -251,3 +251,53 @@ fn a_local_data_plane_that_fails_is_noted_but_does_not_decide() {
     ));
     assert_eq!(report.exit(), Exit::Ok);
 }
+
+#[test]
+fn a_fleet_lists_every_node_and_why_one_does_not_serve_the_fleet_s_version() {
+    use proto::v1::{FleetNode, FleetStatus};
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_290_010);
+    let node = |name: &str, applied: u64, in_sync: bool, error: &str| FleetNode {
+        node: name.into(),
+        applied_version: applied,
+        applied_hash: format!("{applied}abcdef0123456789"),
+        in_sync,
+        last_seen_unix_ms: 1_795_290_008_000,
+        error: error.into(),
+        tried_version: 3,
+        build: "0.1.0".into(),
+    };
+    let fleet = FleetStatus {
+        name: "shop".into(),
+        node: "web-1".into(),
+        desired_version: 3,
+        desired_hash: "3abcdef0123456789".into(),
+        nodes: vec![
+            node("web-1", 3, true, ""),
+            node(
+                "web-2",
+                2,
+                false,
+                "upstream http://db:80: host \"db\" does not resolve",
+            ),
+        ],
+        error: String::new(),
+    };
+    assert_eq!(
+        fleet_lines(&fleet, now),
+        [
+            "fleet shop  version 3 (3abcdef0)  this host: web-1",
+            "NODE   APPLIED       DESIRED  IN SYNC  LAST SEEN",
+            "web-1  3 (3abcdef0)  3        yes      2s ago",
+            "web-2  2 (2abcdef0)  3        no       2s ago",
+            "web-2: does not serve version 3: upstream http://db:80: host \"db\" does not resolve",
+        ]
+    );
+    let unreachable = FleetStatus {
+        error: "etcd (http://10.0.0.1:2379) is unreachable: tcp connect error".into(),
+        nodes: vec![node("web-1", 2, false, "")],
+        ..fleet
+    };
+    let lines = fleet_lines(&unreachable, now);
+    assert!(lines[0].contains("etcd unreachable"), "{lines:?}");
+    assert!(lines[2].starts_with("web-1  2 (2abcdef0)  ?"), "{lines:?}");
+}
