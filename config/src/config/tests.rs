@@ -667,6 +667,17 @@ fn a_cluster_table_joins_a_fleet_and_its_mistakes_are_each_located() {
             "{expected}: {got:#?}"
         );
     }
+    // ACME in a fleet would order one certificate per host: refused until the fleet has one
+    // issuer.
+    let acme = MINIMAL.replace("upstreams = [", "tls = \"acme\"\nupstreams = [")
+        + "[acme]\ndirectory_url = \"https://ca.example/dir\"\n"
+        + "[cluster]\netcd = [\"http://10.0.0.1:2379\"]\nnode = \"a\"\n";
+    let got = rendered(&acme);
+    assert!(
+        got.iter()
+            .any(|d| d.contains("sites[0].tls: tls = \"acme\" is not supported in a fleet yet")),
+        "{got:#?}"
+    );
     let got = rendered(&format!("{MINIMAL}\n[cluster]\n"));
     assert!(
         got.iter()

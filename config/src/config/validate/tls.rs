@@ -25,6 +25,15 @@ pub(super) fn site_tls(
             if statics.acme.is_none() {
                 p.push(at.clone(), "tls = \"acme\" needs an [acme] section");
             }
+            if statics.cluster.is_some() {
+                // Each host would order its own certificate and answer only its own challenges,
+                // while the CA may reach any host (docs/fleets.md).
+                p.push(
+                    at.clone(),
+                    "tls = \"acme\" is not supported in a fleet yet ([cluster]): give the site \
+                     certificate files, the same on every host",
+                );
+            }
             TlsWanted::Acme
         }
         Some(TlsFile::Mode(other)) => {
