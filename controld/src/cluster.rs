@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, Config};
 use crate::dataplanes::{PlaneOutcome, PlaneResult};
 use crate::reloader::{Origin, Outcome, ReloadOptions, ReloadReport, Reloader};
 use etcd::{Etcd, Watched};
@@ -35,6 +35,8 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 pub struct Link {
     fleet: Fleet,
     config: ClusterConfig,
+    /// controld's state directory: the last fleet version applied here is kept there.
+    state_dir: PathBuf,
     /// The lease this node's state is attached to; 0 while it has none.
     lease: AtomicI64,
     /// What this node serves, as last recorded (or about to be).
@@ -51,18 +53,24 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    /// A link to the fleet `config` names; connects lazily (etcd may be down now).
-    pub fn new(config: &ClusterConfig) -> Result<Link, etcd::EtcdError> {
+    /// A link to the fleet `config` names; connects lazily (etcd may be down now). It starts
+    /// from the fleet version this host applied last (kept in `state_dir`), if any.
+    pub fn new(
+        config: &ClusterConfig,
+        state_dir: &std::path::Path,
+    ) -> Result<Link, etcd::EtcdError> {
         let etcd = Etcd::connect(&config.etcd, ETCD_TIMEOUT)?;
+        let applied = load_applied(state_dir);
         Ok(Link {
             fleet: Fleet::new(etcd, &config.name, &config.node),
             config: config.clone(),
+            state_dir: state_dir.to_owned(),
             lease: AtomicI64::new(0),
             state: std::sync::Mutex::new(NodeState {
                 node: config.node.clone(),
                 build: proto::BUILD_VERSION.to_owned(),
-                applied_version: 0,
-                applied_hash: String::new(),
+                applied_version: applied.as_ref().map_or(0, |a| a.version),
+                applied_hash: applied.map(|a| a.hash).unwrap_or_default(),
                 tried_version: 0,
                 error: String::new(),
                 at_unix_ms: 0,
@@ -308,6 +316,18 @@ async fn apply(
     let error = local_problem(&report);
     if !error.is_empty() {
         tracing::warn!(version, node = link.node(), %error, "this node does not serve the fleet version");
+    }
+    if error.is_empty() {
+        let applied = Applied {
+            version,
+            hash: hash.to_owned(),
+            text: fleet_text.to_owned(),
+        };
+        let dir = link.state_dir.clone();
+        let saved = tokio::task::spawn_blocking(move || save_applied(&dir, &applied)).await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!(version, error = %e, "cannot keep the applied fleet version in the state directory; a restart starts from the config file's");
+        }
     }
     let recorded = link
         .record(|state| {
@@ -557,6 +577,71 @@ pub async fn status(link: &Link) -> proto::v1::FleetStatus {
                 nodes: vec![node(own, (0, ""))],
                 error,
             }
+        }
+    }
+}
+
+/// The fleet version this host applied last, kept in the state directory so that a controld
+/// that restarts serves it (with this host's tables as the file has them now), not the fleet
+/// part of its config file, which may be older.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Applied {
+    version: u64,
+    hash: String,
+    text: String,
+}
+
+const APPLIED_FILE: &str = "fleet-applied.json";
+
+fn load_applied(state_dir: &std::path::Path) -> Option<Applied> {
+    let bytes = std::fs::read(state_dir.join(APPLIED_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn save_applied(state_dir: &std::path::Path, applied: &Applied) -> Result<(), crate::Error> {
+    let bytes = serde_json::to_vec(applied).unwrap_or_default();
+    crate::state::write_atomically(state_dir, APPLIED_FILE, &bytes)
+}
+
+/// What controld starts with in a fleet: the fleet version it applied last joined to this
+/// file's host tables, when it kept one and that still checks; else the file as it is.
+pub fn resume(config: Config, text: &str, path: &std::path::Path) -> (Config, String) {
+    let Some(cluster) = config.statics.cluster.as_ref() else {
+        return (config, text.to_owned());
+    };
+    let Some(applied) = load_applied(&config.statics.control.state_dir) else {
+        return (config, text.to_owned());
+    };
+    let host = match proxy_config::fleet::split(text) {
+        Ok(split) => split.host,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot split the config file; starting from it as it is");
+            return (config, text.to_owned());
+        }
+    };
+    let joined = proxy_config::fleet::join(&applied.text, &host);
+    let name = path.with_file_name(format!("fleet-version-{}.toml", applied.version));
+    let checked = crate::config::parse(&joined, &name)
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            match crate::snapshot::data_plane_refusal(&crate::snapshot::Content::build(&c), &name) {
+                Some(refused) => Err(refused.to_string()),
+                None => Ok(c),
+            }
+        });
+    match checked {
+        Ok(resumed) if resumed.statics.cluster.as_ref() == Some(cluster) => {
+            tracing::info!(
+                version = applied.version,
+                "starting from the fleet version applied last"
+            );
+            (resumed, joined)
+        }
+        Ok(_) => (config, text.to_owned()),
+        Err(e) => {
+            tracing::warn!(version = applied.version, error = %e,
+                "the fleet version applied last no longer checks with this host's tables; starting from the config file");
+            (config, text.to_owned())
         }
     }
 }

@@ -74,6 +74,9 @@ impl Controld {
     /// Versions `config` (loaded from `options.config_path`) and opens the state directory.
     /// `config_text` is the file's text `config` was parsed from, for the version history.
     pub fn start(options: &Options, config: Config, config_text: &str) -> Result<Controld, Error> {
+        // A host of a fleet starts from the fleet version it applied last.
+        let (config, config_text) = cluster::resume(config, config_text, &options.config_path);
+        let config_text = config_text.as_str();
         let planes = Arc::new(dataplanes::DataPlanes::default());
         let access = access::Access::new(&config.statics.control);
         // The certificates earlier runs stored go into the first version; the CA is only ever
@@ -157,8 +160,13 @@ impl Controld {
         );
         // A host of a fleet follows it from now on, and its reloads publish to it.
         if let Some(cluster) = self.reloader.current().config.statics.cluster.clone() {
-            let link =
-                Arc::new(cluster::Link::new(&cluster).map_err(|e| Error::Fleet(e.to_string()))?);
+            let link = Arc::new(
+                cluster::Link::new(
+                    &cluster,
+                    &self.reloader.current().config.statics.control.state_dir,
+                )
+                .map_err(|e| Error::Fleet(e.to_string()))?,
+            );
             self.reloader.join_fleet(link.clone());
             tracing::info!(fleet = %cluster.name, node = %cluster.node, etcd = %cluster.etcd.join(","), "following the fleet");
             tokio::spawn(cluster::follow(

@@ -432,3 +432,78 @@ async fn a_node_that_was_down_for_several_versions_catches_up_to_the_newest_and_
     let history = watcher.history().await.unwrap();
     assert_eq!(history.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_whose_controld_dies_during_a_reload_is_reported_not_applied_and_catches_up_after_a_compaction()
+ {
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let mut hosts = Hosts::start(&site(&a.url())).await;
+    // web-3's controld dies (no goodbye: its lease stays until it lapses), just as web-1
+    // reloads.
+    hosts.hosts[2].stop_controld().await;
+    hosts.hosts[0].write_config(&site(&b.url()));
+    let started = Instant::now();
+    let out = hosts.hosts[0].proxyctl(&["--json", "reload"]).await;
+    let text = proxy_tests::output_text(&out);
+    assert!(!out.status.success(), "not every node applied it: {text}");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let web3 = reply["data_planes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node_id"] == "web-3")
+        .cloned()
+        .unwrap_or_else(|| panic!("web-3 is reported: {text}"));
+    assert_ne!(web3["result"], "acked", "{text}");
+    // Not waited for past its lease (3 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(hosts.body(0).await.starts_with("upstream b"));
+    assert!(
+        hosts.body(2).await.starts_with("upstream a"),
+        "web-3's proxyd serves on"
+    );
+
+    // etcd compacts its history meanwhile: web-3 cannot resume a watch from where it was.
+    let etcd = Etcd::connect(&hosts.etcd.endpoints(), Duration::from_secs(2)).unwrap();
+    let (_, revision) = etcd.get(b"/").await.unwrap();
+    etcd.compact(revision).await.unwrap();
+
+    // Back: it catches up to the fleet's version.
+    hosts.hosts[2].start_controld().await;
+    eventually("web-3 caught up", || async {
+        hosts.body(2).await.starts_with("upstream b").then_some(())
+    })
+    .await;
+    let out = hosts.hosts[2].proxyctl(&["status"]).await;
+    let text = proxy_tests::output_text(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("web-3") && l.contains(" yes ")),
+        "{text}"
+    );
+    // web-3's controld restarts again: its file still names upstream a, but it starts from the
+    // fleet version it applied last, so its proxyd never goes back to a, not even for a moment.
+    hosts.hosts[2].stop_controld().await;
+    let http = hosts.hosts[2].http;
+    let poll = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            seen.push(proxy_tests::get(http, "app.example", "/").await.body);
+        }
+        seen
+    });
+    hosts.hosts[2].start_controld().await;
+    let seen = poll.await.unwrap();
+    assert!(seen.len() > 10, "{}", seen.len());
+    assert!(
+        seen.iter().all(|b| b.starts_with("upstream b")),
+        "{:?}",
+        seen.iter().find(|b| !b.starts_with("upstream b"))
+    );
+}

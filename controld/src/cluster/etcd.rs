@@ -298,6 +298,17 @@ impl Etcd {
             .then(|| reply.header.map_or(0, |h| h.revision)))
     }
 
+    /// Compacts the store's history up to `revision`: watches cannot start before it since.
+    pub async fn compact(&self, revision: i64) -> Result<(), EtcdError> {
+        let request = pb::CompactionRequest {
+            revision,
+            physical: true,
+        };
+        self.call(|c| async move { Etcd::kv(c).compact(request).await })
+            .await?;
+        Ok(())
+    }
+
     /// Deletes `key`.
     pub async fn delete(&self, key: &[u8]) -> Result<(), EtcdError> {
         let request = pb::DeleteRangeRequest {
