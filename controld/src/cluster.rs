@@ -205,9 +205,33 @@ pub async fn reload(reloader: &Reloader, link: &Link, options: ReloadOptions) ->
         pid: options.origin.pid,
         summary: diff.summary(),
     };
+    publish_and_wait(
+        reloader,
+        link,
+        &split.fleet,
+        &publisher,
+        (options.if_version, options.force),
+        previous,
+        started,
+    )
+    .await
+}
+
+/// Publishes `fleet_text` as the fleet's next version (`expected`: only while the fleet is at
+/// that version; `force`: even when the fleet serves that text), applies it here, and waits for
+/// every node live when it was published.
+async fn publish_and_wait(
+    reloader: &Reloader,
+    link: &Link,
+    fleet_text: &str,
+    publisher: &Publisher,
+    (expected, force): (Option<u64>, bool),
+    previous: u64,
+    started: std::time::Instant,
+) -> ReloadReport {
     let published = link
         .fleet
-        .publish(&split.fleet, &publisher, options.if_version, options.force)
+        .publish(fleet_text, publisher, expected, force)
         .await;
     let (version, hash, new) = match published {
         Ok(Published::New(v)) => (v.version, v.hash, true),
@@ -221,10 +245,18 @@ pub async fn reload(reloader: &Reloader, link: &Link, options: ReloadOptions) ->
         }
         Err(e) => return unreachable_report(reloader, &e),
     };
-    tracing::info!(version, node = link.node(), new, "fleet version published");
+    tracing::info!(version, node = link.node(), new, source = %publisher.source, "fleet version published");
     // The waiting list: the nodes live now (this one included once it records).
     let nodes = link.fleet.nodes().await.unwrap_or_default();
-    let local = apply(reloader, link, version, &hash, &split.fleet, "reload").await;
+    let local = apply(
+        reloader,
+        link,
+        version,
+        &hash,
+        fleet_text,
+        &publisher.source,
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + reloader.ack_timeout() + Duration::from_secs(2);
     let mut waiting: Vec<String> = nodes.into_iter().map(|n| n.node).collect();
     if !waiting.iter().any(|n| n == link.node()) {
@@ -247,6 +279,121 @@ pub async fn reload(reloader: &Reloader, link: &Link, options: ReloadOptions) ->
     }
 }
 
+/// Why a fleet rollback could not be attempted.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("version {0} is not in the fleet's history (etcd keeps the last {kept})", kept = store::KEPT_VERSIONS)]
+    UnknownVersion(u64),
+    #[error("there is no earlier fleet version to roll back to")]
+    NothingEarlier,
+    #[error(transparent)]
+    Etcd(#[from] PublishError),
+}
+
+/// Publishes fleet version `version` (`None`: the one before the fleet's version now) again,
+/// as the fleet's next version, applied on every node like a reload. Checked on this host
+/// first: rules may have tightened since.
+pub async fn rollback(
+    reloader: &Reloader,
+    link: &Link,
+    version: Option<u64>,
+    origin: &Origin,
+) -> Result<ReloadReport, RollbackError> {
+    let started = std::time::Instant::now();
+    let (head, _) = link.fleet.head().await?;
+    let now = head.as_ref().map_or(0, |h| h.version);
+    let target = match version {
+        Some(v) => v,
+        None => {
+            let history = link.fleet.history().await?;
+            let serving = head.as_ref().map(|h| h.hash.clone()).unwrap_or_default();
+            // The newest version with other content than the fleet serves.
+            history
+                .iter()
+                .find(|e| e.version < now && e.hash != serving)
+                .map(|e| e.version)
+                .ok_or(RollbackError::NothingEarlier)?
+        }
+    };
+    let old = link
+        .fleet
+        .version(target)
+        .await?
+        .ok_or(RollbackError::UnknownVersion(target))?;
+    let host = match reloader.read_file().await {
+        Ok((_, text)) => proxy_config::fleet::split(&text).map(|s| s.host),
+        Err(e) => Err(proxy_config::fleet::SplitError {
+            line: 0,
+            message: e.to_string(),
+        }),
+    };
+    let host = match host {
+        Ok(host) => host,
+        Err(e) => {
+            return Ok(ReloadReport {
+                diagnostics: vec![crate::config::Diagnostic {
+                    key_path: String::new(),
+                    file: reloader.config_path().to_owned(),
+                    line: u32::try_from(e.line).unwrap_or(u32::MAX),
+                    column: 1,
+                    message: format!("this host's tables: {}", e.message),
+                }],
+                ..report_of(now)
+            });
+        }
+    };
+    let name = PathBuf::from(format!("fleet-version-{target}.toml"));
+    let (diagnostics, diff) = reloader
+        .check_text(proxy_config::fleet::join(&old.text, &host), name)
+        .await;
+    if !diagnostics.is_empty() {
+        return Ok(ReloadReport {
+            diagnostics,
+            ..report_of(now)
+        });
+    }
+    let publisher = Publisher {
+        source: format!("rollback to {target}"),
+        uid: origin.uid,
+        pid: origin.pid,
+        summary: diff.summary(),
+    };
+    Ok(publish_and_wait(
+        reloader,
+        link,
+        &old.text,
+        &publisher,
+        (None, true),
+        now,
+        started,
+    )
+    .await)
+}
+
+/// What `Admin.History` answers in a fleet: the fleet's versions, newest first.
+pub async fn history(link: &Link) -> Result<proto::v1::HistoryReply, PublishError> {
+    let (head, _) = link.fleet.head().await?;
+    let entries = link.fleet.history().await?;
+    Ok(proto::v1::HistoryReply {
+        current_version: head.map_or(0, |h| h.version),
+        entries: entries
+            .into_iter()
+            .map(|e| proto::v1::HistoryEntry {
+                version: e.version,
+                content_hash: e.hash,
+                at_unix_ms: e.at_unix_ms,
+                source: e.source,
+                uid: e.uid,
+                pid: e.pid,
+                summary: e.summary,
+                kind: "config".to_owned(),
+                diff: None,
+                node: e.node,
+            })
+            .collect(),
+    })
+}
+
 fn report_of(version: u64) -> ReloadReport {
     ReloadReport {
         outcome: Outcome::Rejected,
@@ -258,6 +405,11 @@ fn report_of(version: u64) -> ReloadReport {
         data_planes: Vec::new(),
         duration: Duration::ZERO,
     }
+}
+
+/// A reload or rollback that could not reach etcd: rejected, with the reason.
+pub fn unreachable(reloader: &Reloader, e: &PublishError) -> ReloadReport {
+    unreachable_report(reloader, e)
 }
 
 /// A reload that could not reach etcd: rejected, with the reason, and nothing changed.

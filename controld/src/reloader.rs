@@ -326,6 +326,21 @@ impl Reloader {
         version: Option<u64>,
         origin: Origin,
     ) -> Result<ReloadReport, RollbackError> {
+        // In a fleet, the fleet rolls back.
+        if let Some(link) = self.fleet.get() {
+            return match crate::cluster::rollback(self, link, version, &origin).await {
+                Ok(report) => Ok(report),
+                Err(crate::cluster::RollbackError::UnknownVersion(v)) => {
+                    Err(RollbackError::UnknownVersion(v))
+                }
+                Err(crate::cluster::RollbackError::NothingEarlier) => {
+                    Err(RollbackError::NothingEarlier)
+                }
+                Err(crate::cluster::RollbackError::Etcd(e)) => {
+                    Ok(crate::cluster::unreachable(self, &e))
+                }
+            };
+        }
         let started = Instant::now();
         let _serialized = self.lock.lock().await;
         let current = self.current();

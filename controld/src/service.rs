@@ -197,6 +197,13 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
         self.access.authorize_read(&request, "History")?;
+        // In a fleet: the fleet's versions, from etcd.
+        if let Some(link) = self.reloader.fleet() {
+            return crate::cluster::history(link)
+                .await
+                .map(Response::new)
+                .map_err(|e| Status::unavailable(e.to_string()));
+        }
         // Served by [`SharedReads`] on the socket; this answers direct callers of the trait.
         let reloader = self.reloader.clone();
         let version = reloader.current().version;

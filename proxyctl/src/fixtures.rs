@@ -181,6 +181,7 @@ pub fn history() -> HistoryReply {
             summary: summary.into(),
             kind: "config".into(),
             diff: None,
+            node: String::new(),
         };
     HistoryReply {
         entries: vec![

@@ -42,9 +42,13 @@ fn row(entry: &HistoryEntry, current_version: u64) -> Vec<String> {
         format!("{}{marker}", entry.version),
         format_unix_ms(entry.at_unix_ms),
         or_dash(one_line(&entry.source)),
-        entry
-            .uid
-            .map_or_else(|| "-".to_owned(), |uid| format!("uid {uid}")),
+        // In a fleet: the node it was published from, and who asked there.
+        match (entry.uid, entry.node.is_empty()) {
+            (Some(uid), true) => format!("uid {uid}"),
+            (Some(uid), false) => format!("uid {uid}@{}", one_line(&entry.node)),
+            (None, false) => one_line(&entry.node),
+            (None, true) => "-".to_owned(),
+        },
         or_dash(one_line(&entry.summary)),
     ]
 }

@@ -371,6 +371,8 @@ pub struct HistoryEntry {
     /// The same in detail, shaped like `reload`'s `diff`; `null` for versions published at
     /// startup or by ACME, and for those recorded by a controld that did not keep it.
     pub diff: Option<Diff>,
+    /// In a fleet, the node it was published from; `null` on a single host.
+    pub node: Option<String>,
 }
 
 /// `proxyctl --json version`: `{"proxyctl": "0.1.0"}`.
@@ -444,6 +446,7 @@ impl From<&pb::HistoryReply> for History {
                     summary: entry.summary.clone(),
                     kind: entry.kind.clone(),
                     diff: entry.diff.as_ref().map(Diff::from),
+                    node: non_empty(&entry.node),
                 })
                 .collect(),
         }

@@ -241,6 +241,7 @@ fn history() -> HistoryReply {
                 summary: "1 site added: a.example".into(),
                 kind: "config".into(),
                 diff: None,
+                node: String::new(),
             },
             HistoryEntry {
                 version: 1,
@@ -252,6 +253,7 @@ fn history() -> HistoryReply {
                 summary: "no content change".into(),
                 kind: "config".into(),
                 diff: None,
+                node: String::new(),
             },
         ],
         current_version: 2,

@@ -116,13 +116,10 @@ async fn a_member_stopped_then_the_leader_publishes_go_on_and_no_version_is_lost
     let stopped = cluster.stop_leader().await;
     eprintln!("stopped the leader, member {stopped}");
     assert_eq!(publish_eventually(&a, "# three\n").await, 3);
-    let texts: Vec<String> = a
-        .history()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|v| v.text)
-        .collect();
+    let mut texts = Vec::new();
+    for entry in a.history().await.unwrap() {
+        texts.push(a.version(entry.version).await.unwrap().unwrap().text);
+    }
     assert_eq!(texts, ["# three\n", "# two\n", "# one\n"]);
 }
 
@@ -506,4 +503,45 @@ async fn a_host_whose_controld_dies_during_a_reload_is_reported_not_applied_and_
         "{:?}",
         seen.iter().find(|b| !b.starts_with("upstream b"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_and_rollback_answer_for_the_fleet_from_any_host() {
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let hosts = Hosts::start(&site(&a.url())).await;
+    for (host, upstream) in [(0, &b), (1, &a)] {
+        hosts.hosts[host].write_config(&site(&upstream.url()));
+        let out = hosts.hosts[host].proxyctl(&["reload"]).await;
+        assert!(out.status.success(), "{}", proxy_tests::output_text(&out));
+    }
+    // web-3 lists the fleet's versions, each with the node it came from.
+    let out = hosts.hosts[2].proxyctl(&["--json", "history"]).await;
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(history["current_version"], 2, "{history}");
+    let nodes: Vec<&str> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["web-2", "web-1"], "{history}");
+
+    // A rollback on web-3 goes back to version 1 on every host, as version 3.
+    let out = hosts.hosts[2].proxyctl(&["--json", "rollback"]).await;
+    let text = proxy_tests::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["version"], 3, "{text}");
+    assert_eq!(reply["data_planes"].as_array().unwrap().len(), 3, "{text}");
+    for i in 0..3 {
+        assert!(hosts.body(i).await.starts_with("upstream b"), "host {i}");
+    }
+    let out = hosts.hosts[0].proxyctl(&["--json", "history"]).await;
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        history["entries"][0]["source"], "rollback to 1",
+        "{history}"
+    );
+    assert_eq!(history["entries"][0]["node"], "web-3", "{history}");
 }

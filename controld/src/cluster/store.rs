@@ -7,6 +7,8 @@
 //! - `versions/<N, 20 digits>`: each version: the fleet's config text (the file without the
 //!   host's tables), its hash, who published it, from which node, when. The last
 //!   [`KEPT_VERSIONS`] are kept.
+//! - `log/<N, 20 digits>`: the same without the text, for `history` (a few hundred bytes each,
+//!   where a version may hold megabytes).
 //! - `nodes/<node>`: what each node serves, under the node's lease: a node whose controld is
 //!   gone drops out when its lease lapses.
 
@@ -45,6 +47,34 @@ pub struct FleetVersion {
     pub uid: Option<u32>,
     pub pid: Option<i32>,
     pub summary: String,
+}
+
+/// A version as `history` lists it: [`FleetVersion`] without its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetEntry {
+    pub version: u64,
+    pub hash: String,
+    pub at_unix_ms: u64,
+    pub source: String,
+    pub node: String,
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+    pub summary: String,
+}
+
+impl From<&FleetVersion> for FleetEntry {
+    fn from(v: &FleetVersion) -> FleetEntry {
+        FleetEntry {
+            version: v.version,
+            hash: v.hash.clone(),
+            at_unix_ms: v.at_unix_ms,
+            source: v.source.clone(),
+            node: v.node.clone(),
+            uid: v.uid,
+            pid: v.pid,
+            summary: v.summary.clone(),
+        }
+    }
 }
 
 /// What one node serves, as its controld recorded it.
@@ -139,6 +169,10 @@ impl Fleet {
         self.key(&format!("versions/{version:020}"))
     }
 
+    fn log_key(&self, version: u64) -> Vec<u8> {
+        self.key(&format!("log/{version:020}"))
+    }
+
     fn decode<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
@@ -168,15 +202,15 @@ impl Fleet {
         kv.map(|kv| self.decode(&key, &kv.value)).transpose()
     }
 
-    /// The versions etcd keeps, newest first.
-    pub async fn history(&self) -> Result<Vec<FleetVersion>, PublishError> {
-        let (kvs, _) = self.etcd.prefix(&self.key("versions/")).await?;
-        let mut versions = kvs
+    /// The versions etcd keeps, newest first, without their texts.
+    pub async fn history(&self) -> Result<Vec<FleetEntry>, PublishError> {
+        let (kvs, _) = self.etcd.prefix(&self.key("log/")).await?;
+        let mut entries = kvs
             .iter()
-            .map(|kv| self.decode::<FleetVersion>(&kv.key, &kv.value))
+            .map(|kv| self.decode::<FleetEntry>(&kv.key, &kv.value))
             .collect::<Result<Vec<_>, _>>()?;
-        versions.reverse();
-        Ok(versions)
+        entries.reverse();
+        Ok(entries)
     }
 
     /// Publishes `text` as the fleet's next version. With `expected`, only while the fleet's
@@ -230,12 +264,16 @@ impl Fleet {
             let puts = vec![
                 (self.key("head"), json(&head)),
                 (self.version_key(version.version), json(&version)),
+                (
+                    self.log_key(version.version),
+                    json(&FleetEntry::from(&version)),
+                ),
             ];
             let deletes = version
                 .version
                 .checked_sub(KEPT_VERSIONS)
                 .filter(|old| *old > 0)
-                .map(|old| vec![self.version_key(old)])
+                .map(|old| vec![self.version_key(old), self.log_key(old)])
                 .unwrap_or_default();
             let written = match self
                 .etcd

@@ -99,7 +99,8 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Answer {
         let read = match request.uri().path() {
             GET_CONFIG => Read::Config,
-            HISTORY => Read::History,
+            // In a fleet, the history is the fleet's, read from etcd by the service itself.
+            HISTORY if self.replies.reloader.fleet().is_none() => Read::History,
             _ => return Box::pin(self.inner.call(request)),
         };
         let replies = self.replies.clone();
@@ -254,6 +255,7 @@ pub(crate) fn history_reply(reloader: &Reloader, current_version: u64) -> pb::Hi
             summary: e.summary,
             kind: e.kind.as_str().to_owned(),
             diff: e.diff.as_ref().map(crate::diff::ConfigDiff::to_proto),
+            node: String::new(),
         })
         .collect();
     pb::HistoryReply {

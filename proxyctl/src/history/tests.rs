@@ -72,6 +72,7 @@ fn empty_cells_and_multi_line_text_keep_the_table_intact() {
             summary: "1 site added:\na.example".into(),
             kind: "config".into(),
             diff: None,
+            node: String::new(),
         }],
         current_version: 2,
     };

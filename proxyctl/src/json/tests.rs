@@ -252,10 +252,12 @@ fn history_shape() {
             "entries": [
                 {"version": 7, "content_hash": "hash7", "at_unix_ms": 1_795_290_001_000_u64,
                  "source": "rollback to 5", "uid": 0, "pid": 812,
-                 "summary": "1 site modified: a.example", "kind": "config", "diff": null},
+                 "summary": "1 site modified: a.example", "kind": "config", "diff": null,
+                 "node": null},
                 {"version": 6, "content_hash": "hash6", "at_unix_ms": 1_795_289_940_000_u64,
                  "source": "reload", "uid": 1000, "pid": null,
-                 "summary": "rate_limit 10/s burst 5 → none", "kind": "config", "diff": null}
+                 "summary": "rate_limit 10/s burst 5 → none", "kind": "config", "diff": null,
+                 "node": null}
             ]
         })
     );
