@@ -143,12 +143,17 @@ run three
 p50_3=$(percentile 0.5); p99_3=$(percentile 0.99)
 echo "3 nodes: reload → applied on every node: p50 $p50_3 ms, p99 $p99_3 ms; $reloads reloads ($failed failed), not visible on a host when the reload returned: $invisible"
 
-"$sim" --etcd "$endpoints" --fleet bench --nodes "$simulated" >"$work/sim.out" 2>"$work/sim.err" </dev/zero & sim_pid=$!
+"$sim" --etcd "$endpoints" --fleet bench --nodes "$simulated" --ignore-stdin >"$work/sim.out" 2>"$work/sim.err" & sim_pid=$!
 pids+=($sim_pid)
 for _ in $(seq 1 300); do
     if grep -q '^ready' "$work/sim.out"; then break; fi
     sleep 0.1
 done
+if ! grep -q "^ready $simulated" "$work/sim.out"; then
+    cat "$work/sim.err" >&2
+    echo "fleetsim did not get $simulated nodes ready" >&2
+    exit 1
+fi
 run more
 p50_n=$(percentile 0.5); p99_n=$(percentile 0.99)
 nodes=$((3 + simulated))

@@ -9,6 +9,7 @@
 
 pub mod etcd;
 pub mod store;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -55,11 +56,9 @@ impl std::fmt::Debug for Link {
 impl Link {
     /// A link to the fleet `config` names; connects lazily (etcd may be down now). It starts
     /// from the fleet version this host applied last (kept in `state_dir`), if any.
-    pub fn new(
-        config: &ClusterConfig,
-        state_dir: &std::path::Path,
-    ) -> Result<Link, etcd::EtcdError> {
-        let etcd = Etcd::connect(&config.etcd, ETCD_TIMEOUT)?;
+    pub fn new(config: &ClusterConfig, state_dir: &std::path::Path) -> Result<Link, String> {
+        let tls = config.tls.as_ref().map(tls::client_config).transpose()?;
+        let etcd = Etcd::connect(&config.etcd, ETCD_TIMEOUT, tls).map_err(|e| e.to_string())?;
         let applied = load_applied(state_dir);
         Ok(Link {
             fleet: Fleet::new(etcd, &config.name, &config.node),
@@ -414,13 +413,31 @@ pub fn unreachable(reloader: &Reloader, e: &PublishError) -> ReloadReport {
 
 /// A reload that could not reach etcd: rejected, with the reason, and nothing changed.
 fn unreachable_report(reloader: &Reloader, e: &PublishError) -> ReloadReport {
+    // etcd with `--client-cert-auth` closes the connection of a client without a certificate
+    // after the handshake, which reads as a broken pipe: say what is likely.
+    let hint = reloader
+        .fleet()
+        .filter(|link| {
+            matches!(e, PublishError::Etcd(etcd::EtcdError::Unreachable { .. }))
+                && link.config.etcd.iter().any(|u| u.starts_with("https://"))
+                && link
+                    .config
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.cert_file.is_none())
+        })
+        .map(|_| {
+            " (this host presents no client certificate: if etcd runs with --client-cert-auth, \
+             set cert_file and key_file in [cluster] tls)"
+        })
+        .unwrap_or_default();
     ReloadReport {
         diagnostics: vec![crate::config::Diagnostic {
             key_path: "cluster.etcd".to_owned(),
             file: reloader.config_path().to_owned(),
             line: 0,
             column: 0,
-            message: format!("nothing was published: {e}"),
+            message: format!("nothing was published: {e}{hint}"),
         }],
         ..report_of(reloader.current().version)
     }

@@ -165,7 +165,7 @@ impl Controld {
                     &cluster,
                     &self.reloader.current().config.statics.control.state_dir,
                 )
-                .map_err(|e| Error::Fleet(e.to_string()))?,
+                .map_err(Error::Fleet)?,
             );
             self.reloader.join_fleet(link.clone());
             tracing::info!(fleet = %cluster.name, node = %cluster.node, etcd = %cluster.etcd.join(","), "following the fleet");

@@ -1,6 +1,7 @@
 //! A real etcd cluster for the fleet tests: Debian's `etcd-server` (3.4; scripts/test.sh
 //! installs it), three members on free loopback ports, each with its data in a temporary
-//! directory. Members can be stopped and started again, the leader found and stopped.
+//! directory. Members can be stopped and started again, the leader found and stopped. With
+//! [`EtcdCluster::start_tls`], clients speak TLS and must present a certificate of the test CA.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,18 +22,40 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Plain HTTP `/health` (etcd's `--listen-metrics-urls`).
+    metrics_port: u16,
     process: Option<tokio::process::Child>,
+}
+
+/// The files a client of a TLS cluster uses: the CA, and a client certificate and key.
+#[derive(Debug, Clone)]
+pub struct ClientFiles {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// A running etcd cluster; every member is killed when it is dropped.
 pub struct EtcdCluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// Set for a TLS cluster: the server's certificate and key, and what clients use.
+    tls: Option<(crate::tls::Issued, ClientFiles)>,
 }
 
 impl EtcdCluster {
     /// Starts `size` members and waits until the cluster has a leader.
     pub async fn start(size: usize) -> EtcdCluster {
+        EtcdCluster::start_with(size, false).await
+    }
+
+    /// Like [`EtcdCluster::start`], with TLS for clients (`https://` URLs) and client
+    /// certificates required (`--client-cert-auth`).
+    pub async fn start_tls(size: usize) -> EtcdCluster {
+        EtcdCluster::start_with(size, true).await
+    }
+
+    async fn start_with(size: usize, tls: bool) -> EtcdCluster {
         assert!(
             installed(),
             "etcd is not on PATH: install the Debian package `etcd-server` (scripts/test.sh \
@@ -44,15 +67,52 @@ impl EtcdCluster {
                 name: format!("m{i}"),
                 client_port: free_port(),
                 peer_port: free_port(),
+                metrics_port: free_port(),
                 process: None,
             })
             .collect();
-        let mut cluster = EtcdCluster { dir, members };
+        let tls = tls.then(|| {
+            let ca = crate::tls::TestCa::new();
+            let server = ca.issue(dir.path(), "etcd-server", &["127.0.0.1", "localhost"]);
+            let client = ca.issue(dir.path(), "etcd-client", &["controld"]);
+            let ca_file = dir.path().join("etcd-ca.pem");
+            std::fs::write(&ca_file, ca.pem()).unwrap();
+            (
+                server,
+                ClientFiles {
+                    ca_file,
+                    cert_file: client.cert_file,
+                    key_file: client.key_file,
+                },
+            )
+        });
+        let mut cluster = EtcdCluster { dir, members, tls };
         for i in 0..size {
             cluster.start_member(i);
         }
-        cluster.wait_for_leader().await;
+        cluster.wait_healthy().await;
+        if cluster.tls.is_none() {
+            cluster.wait_for_leader().await;
+        }
         cluster
+    }
+
+    /// What a client of this TLS cluster uses; `None` for a plain one.
+    pub fn client_files(&self) -> Option<&ClientFiles> {
+        self.tls.as_ref().map(|(_, client)| client)
+    }
+
+    /// Waits until a member says it is healthy (it has a leader).
+    pub async fn wait_healthy(&self) {
+        eventually("a healthy etcd", || async {
+            for m in self.members.iter().filter(|m| m.process.is_some()) {
+                if health(m.metrics_port).await {
+                    return Some(());
+                }
+            }
+            None
+        })
+        .await;
     }
 
     fn initial_cluster(&self) -> String {
@@ -67,10 +127,25 @@ impl EtcdCluster {
     pub fn start_member(&mut self, i: usize) {
         let initial = self.initial_cluster();
         let data: PathBuf = self.dir.path().join(&self.members[i].name);
+        let tls = self.tls.clone();
         let member = &mut self.members[i];
         assert!(member.process.is_none(), "member {i} runs already");
-        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", member.client_port);
         let peer = format!("http://127.0.0.1:{}", member.peer_port);
+        let metrics = format!("http://127.0.0.1:{}", member.metrics_port);
+        let tls_args: Vec<String> = match &tls {
+            None => Vec::new(),
+            Some((server, client)) => vec![
+                "--cert-file".into(),
+                server.cert_file.display().to_string(),
+                "--key-file".into(),
+                server.key_file.display().to_string(),
+                "--trusted-ca-file".into(),
+                client.ca_file.display().to_string(),
+                "--client-cert-auth".into(),
+            ],
+        };
         let logs = || match std::env::var_os("PROXY_TESTS_LOG") {
             Some(_) => std::process::Stdio::inherit(),
             None => std::process::Stdio::null(),
@@ -89,6 +164,8 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", "proxy-tests"])
             // Fast elections on loopback: a stopped leader is replaced within a second.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--listen-metrics-urls", &metrics])
+            .args(&tls_args)
             .args(["--logger", "zap", "--log-level", "error"])
             .stdout(logs())
             .stderr(logs())
@@ -107,9 +184,10 @@ impl EtcdCluster {
 
     /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
             .collect()
     }
 
@@ -165,3 +243,26 @@ impl EtcdCluster {
 
 /// How long the tests wait on etcd at most.
 pub const ETCD_DEADLINE: Duration = DEADLINE;
+
+/// Whether the member whose metrics listen on `port` says it is healthy (`GET /health`); any
+/// failure is a no.
+async fn health(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        Some(String::from_utf8_lossy(&answer).contains("\"health\":\"true\""))
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}

@@ -18,7 +18,7 @@ use proxy_tests::etcd::EtcdCluster;
 use proxy_tests::{DEADLINE, eventually};
 
 fn fleet(cluster: &EtcdCluster, node: &str) -> Fleet {
-    let etcd = Etcd::connect(&cluster.endpoints(), Duration::from_secs(2)).unwrap();
+    let etcd = Etcd::connect(&cluster.endpoints(), Duration::from_secs(2), None).unwrap();
     Fleet::new(etcd, "test", node)
 }
 
@@ -385,7 +385,7 @@ async fn a_node_that_was_down_for_several_versions_catches_up_to_the_newest_and_
     let c = proxy_tests::MockUpstream::start("c").await;
     let mut hosts = Hosts::start(&site(&a.url())).await;
     let watcher = Fleet::new(
-        Etcd::connect(&hosts.etcd.endpoints(), Duration::from_secs(2)).unwrap(),
+        Etcd::connect(&hosts.etcd.endpoints(), Duration::from_secs(2), None).unwrap(),
         "shop",
         "watcher",
     );
@@ -466,7 +466,7 @@ async fn a_host_whose_controld_dies_during_a_reload_is_reported_not_applied_and_
     );
 
     // etcd compacts its history meanwhile: web-3 cannot resume a watch from where it was.
-    let etcd = Etcd::connect(&hosts.etcd.endpoints(), Duration::from_secs(2)).unwrap();
+    let etcd = Etcd::connect(&hosts.etcd.endpoints(), Duration::from_secs(2), None).unwrap();
     let (_, revision) = etcd.get(b"/").await.unwrap();
     etcd.compact(revision).await.unwrap();
 
@@ -544,4 +544,75 @@ async fn history_and_rollback_answer_for_the_fleet_from_any_host() {
         "{history}"
     );
     assert_eq!(history["entries"][0]["node"], "web-3", "{history}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_tls_with_a_client_certificate_a_fleet_works_and_without_one_etcd_refuses_and_says_so()
+{
+    let etcd = EtcdCluster::start_tls(3).await;
+    let files = etcd.client_files().unwrap().clone();
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let cluster = |node: &str, client: bool| {
+        let client = if client {
+            format!(
+                ", cert_file = \"{}\", key_file = \"{}\"",
+                files.cert_file.display(),
+                files.key_file.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "[cluster]\netcd = {}\nname = \"tls\"\nnode = \"{node}\"\n\
+             tls = {{ ca_file = \"{}\"{client} }}\n",
+            etcd.toml_endpoints(),
+            files.ca_file.display()
+        )
+    };
+    let host = proxy_tests::TestEnv::start_setup(
+        proxy_tests::Setup {
+            tables: cluster("web-1", true),
+            ..proxy_tests::Setup::default()
+        },
+        &site(&a.url()),
+    )
+    .await;
+    host.write_config(&site(&b.url()));
+    let out = host.proxyctl(&["--json", "reload"]).await;
+    let text = proxy_tests::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["data_planes"][0]["node_id"], "web-1", "{text}");
+    assert!(
+        proxy_tests::get(host.http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream b")
+    );
+
+    // No client certificate: etcd refuses the handshake, and the reload says why.
+    let other = proxy_tests::TestEnv::start_setup(
+        proxy_tests::Setup {
+            tables: cluster("web-2", false),
+            ..proxy_tests::Setup::default()
+        },
+        &site(&a.url()),
+    )
+    .await;
+    let out = other.proxyctl(&["reload"]).await;
+    let text = proxy_tests::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("nothing was published") && text.contains("etcd"),
+        "{text}"
+    );
+    assert!(
+        proxy_tests::get(other.http, "app.example", "/")
+            .await
+            .body
+            .starts_with("upstream a"),
+        "{text}"
+    );
+    eprintln!("{text}");
 }

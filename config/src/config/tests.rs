@@ -678,6 +678,41 @@ fn a_cluster_table_joins_a_fleet_and_its_mistakes_are_each_located() {
             .any(|d| d.contains("sites[0].tls: tls = \"acme\" is not supported in a fleet yet")),
         "{got:#?}"
     );
+    // https:// endpoints need a CA; tls goes with https:// only.
+    let got = rendered(&format!(
+        "{MINIMAL}\n[cluster]\netcd = [\"https://10.0.0.1:2379\"]\nnode = \"a\"\n"
+    ));
+    assert!(
+        got.iter()
+            .any(|d| d.contains("cluster.tls: https:// endpoints need `tls = { ca_file")),
+        "{got:#?}"
+    );
+    let got = rendered(&format!(
+        "{MINIMAL}\n[cluster]\netcd = [\"http://10.0.0.1:2379\"]\nnode = \"a\"\n\
+         tls = {{ cert_file = \"/c.pem\" }}\n"
+    ));
+    for expected in [
+        "cluster.tls: tls applies to https:// endpoints",
+        "cluster.tls.ca_file: required",
+        "cluster.tls: cert_file and key_file go together",
+    ] {
+        assert!(
+            got.iter().any(|d| d.contains(expected)),
+            "{expected}: {got:#?}"
+        );
+    }
+    let ok = format!(
+        "{MINIMAL}\n[cluster]\netcd = [\"https://10.0.0.1:2379\"]\nnode = \"a\"\n\
+         tls = {{ ca_file = \"/ca.pem\", cert_file = \"/c.pem\", key_file = \"/k.pem\" }}\n"
+    );
+    let tls = parse(&ok, Path::new("proxy.toml"))
+        .unwrap()
+        .statics
+        .cluster
+        .unwrap()
+        .tls
+        .unwrap();
+    assert_eq!(tls.ca_file, PathBuf::from("/ca.pem"));
     let got = rendered(&format!("{MINIMAL}\n[cluster]\n"));
     assert!(
         got.iter()

@@ -100,10 +100,14 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 impl Etcd {
-    /// A client of the members at `endpoints` (`http://host:port`); connects lazily, so an etcd
-    /// that is down now is not an error until a call is made. Each call waits at most
-    /// `timeout`.
-    pub fn connect(endpoints: &[String], timeout: Duration) -> Result<Etcd, EtcdError> {
+    /// A client of the members at `endpoints` (`http://host:port`, or `https://host:port` with
+    /// `tls`); connects lazily, so an etcd that is down now is not an error until a call is
+    /// made. Each call waits at most `timeout`.
+    pub fn connect(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Etcd, EtcdError> {
         let mut list = Vec::new();
         for endpoint in endpoints {
             let e = Endpoint::from_shared(endpoint.clone())
@@ -116,7 +120,19 @@ impl Etcd {
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5));
-            list.push(e);
+            let channel = match (endpoint.starts_with("https://"), &tls) {
+                (false, _) => e.connect_lazy(),
+                (true, Some(config)) => {
+                    e.connect_with_connector_lazy(super::tls::connector(config.clone()))
+                }
+                (true, None) => {
+                    return Err(EtcdError::Endpoint {
+                        endpoint: endpoint.clone(),
+                        reason: "an https:// endpoint needs [cluster] tls".to_owned(),
+                    });
+                }
+            };
+            list.push(channel);
         }
         if list.is_empty() {
             return Err(EtcdError::Endpoint {
@@ -126,7 +142,7 @@ impl Etcd {
         }
         Ok(Etcd {
             endpoints: endpoints.join(",").into(),
-            channels: list.into_iter().map(|e| e.connect_lazy()).collect(),
+            channels: list.into(),
             current: Arc::default(),
             timeout,
         })
@@ -161,10 +177,20 @@ impl Etcd {
 
     fn error(&self, status: tonic::Status) -> EtcdError {
         let endpoints = self.endpoints.to_string();
-        let reason = match status.message() {
+        let mut reason = match status.message() {
             "" => status.code().description().to_owned(),
             m => m.to_owned(),
         };
+        // A transport error says why only in its sources (a refused TLS handshake, say).
+        let mut source = std::error::Error::source(&status);
+        let mut innermost = None;
+        while let Some(e) = source {
+            innermost = Some(e.to_string());
+            source = e.source();
+        }
+        if let Some(why) = innermost.filter(|why| !reason.contains(why.as_str())) {
+            reason = format!("{reason}: {why}");
+        }
         match status.code() {
             tonic::Code::Unavailable
             | tonic::Code::DeadlineExceeded
@@ -350,6 +376,9 @@ impl Etcd {
     /// stopped.
     pub async fn keep_alive(&self, lease: i64, every: Duration) -> EtcdError {
         let (tx, rx) = mpsc::channel(1);
+        // The first request goes out with the call: etcd sends its response headers, which
+        // the call waits for, only with its first answer.
+        let _ = tx.send(pb::LeaseKeepAliveRequest { id: lease }).await;
         let channel =
             self.channels[self.current.load(Ordering::Relaxed) % self.channels.len()].clone();
         let mut responses = match self
@@ -366,14 +395,17 @@ impl Etcd {
                 return e;
             }
         };
+        let mut first = true;
         loop {
-            if tx
-                .send(pb::LeaseKeepAliveRequest { id: lease })
-                .await
-                .is_err()
+            if !first
+                && tx
+                    .send(pb::LeaseKeepAliveRequest { id: lease })
+                    .await
+                    .is_err()
             {
                 return self.gone("the keep-alive stream closed");
             }
+            first = false;
             match tokio::time::timeout(self.timeout, responses.message()).await {
                 Ok(Ok(Some(reply))) if reply.ttl > 0 => {}
                 Ok(Ok(Some(_))) => {

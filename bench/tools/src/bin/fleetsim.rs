@@ -20,10 +20,12 @@ use tonic::transport::{Channel, Endpoint};
 
 const USAGE: &str = "\
 usage: fleetsim --etcd URL[,URL...] --fleet NAME --nodes N [--prefix sim-] [--lease-ttl 10]
+                [--ignore-stdin]
        fleetsim sizes --etcd URL[,URL...] --fleet NAME
 
 Simulates N nodes of fleet NAME (node i talks to etcd endpoint i mod the number given), prints
-`ready N` once each recorded itself, and runs until stdin reaches EOF or SIGTERM/SIGINT.
+`ready N` once each recorded itself, and runs until stdin reaches EOF (unless --ignore-stdin)
+or SIGTERM/SIGINT.
 `sizes` prints the bytes one version costs in etcd.";
 
 #[derive(serde::Serialize)]
@@ -74,14 +76,20 @@ async fn node(
         .await?
         .into_inner()
         .id;
-    // Kept alive every third of the TTL.
+    // Kept alive every third of the TTL. The first request goes out with the call: etcd
+    // answers (and sends the headers the call waits for) only then.
     let (keep_tx, keep_rx) = mpsc::channel(1);
+    keep_tx.send(pb::LeaseKeepAliveRequest { id: lease }).await?;
     let mut keep = leases
         .lease_keep_alive(ReceiverStream::new(keep_rx))
         .await?
         .into_inner();
     tokio::spawn(async move {
         loop {
+            if keep.message().await.ok().flatten().is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs((ttl / 3).max(1) as u64)).await;
             if keep_tx
                 .send(pb::LeaseKeepAliveRequest { id: lease })
                 .await
@@ -89,10 +97,6 @@ async fn node(
             {
                 return;
             }
-            if keep.message().await.ok().flatten().is_none() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs((ttl / 3).max(1) as u64)).await;
         }
     });
     let head_key = format!("/proxy/fleets/{fleet}/head").into_bytes();
@@ -210,7 +214,11 @@ async fn main() {
     if sizes_mode {
         argv.remove(0);
     }
-    let args = match Args::parse(argv, &["etcd", "fleet", "nodes", "prefix", "lease-ttl"], &[]) {
+    let args = match Args::parse(
+        argv,
+        &["etcd", "fleet", "nodes", "prefix", "lease-ttl"],
+        &["ignore-stdin"],
+    ) {
         Ok(a) => a,
         Err(ParseError::Help) => {
             println!("{USAGE}");
@@ -266,10 +274,21 @@ async fn main() {
     }
     println!("ready {recorded}");
     let mut term = signal(SignalKind::terminate()).ok();
+    let ignore_stdin = args.flag("ignore-stdin");
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
     tokio::select! {
-        _ = async { loop { match stdin.read(&mut buf).await { Ok(0) | Err(_) => break, Ok(_) => {} } } } => {}
+        _ = async {
+            if ignore_stdin {
+                std::future::pending::<()>().await;
+            }
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        } => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         _ = tokio::signal::ctrl_c() => {}
     }

@@ -378,7 +378,13 @@ pub(super) fn cluster(file: &FileConfig, p: &mut Problems) -> Option<ClusterConf
     };
     let tls = cluster.tls.as_ref().map(|t| {
         let tls_at = at.key("tls");
-        let ca_file = non_empty_path(t.ca_file.as_deref(), "", tls_at.key("ca_file"), p);
+        if t.ca_file.is_none() {
+            p.push(
+                tls_at.key("ca_file"),
+                "required: the CA etcd's certificates chain to",
+            );
+        }
+        let ca_file = non_empty_path(t.ca_file.as_deref(), "-", tls_at.key("ca_file"), p);
         let cert_file = t
             .cert_file
             .as_deref()
@@ -396,17 +402,17 @@ pub(super) fn cluster(file: &FileConfig, p: &mut Problems) -> Option<ClusterConf
             key_file,
         }
     });
-    if https {
-        p.push(
-            at.key("etcd"),
-            "https:// endpoints are not supported yet: reach etcd over http:// on a trusted \
-             network, or through a local TLS tunnel",
-        );
-    }
-    if tls.is_some() {
+    if https && tls.is_none() {
         p.push(
             at.key("tls"),
-            "client TLS to etcd is not supported yet (see docs/fleets.md)",
+            "https:// endpoints need `tls = { ca_file = \"...\" }` (the CA etcd's certificates \
+             chain to)",
+        );
+    }
+    if !https && tls.is_some() && !cluster.etcd.is_empty() {
+        p.push(
+            at.key("tls"),
+            "tls applies to https:// endpoints; these are http://",
         );
     }
     Some(ClusterConfig {
