@@ -138,6 +138,27 @@ impl Controld {
         let Some(listener) = socket.take_listener() else {
             return Ok(());
         };
+        // A host of a fleet follows it from now on, and its reloads publish to it.
+        let fleet = match self.reloader.current().config.statics.cluster.clone() {
+            None => None,
+            Some(cluster) => {
+                let link = Arc::new(
+                    cluster::Link::new(
+                        &cluster,
+                        &self.reloader.current().config.statics.control.state_dir,
+                    )
+                    .map_err(Error::Fleet)?,
+                );
+                self.reloader.join_fleet(link.clone());
+                tracing::info!(fleet = %cluster.name, node = %cluster.node, etcd = %cluster.etcd.join(","), "following the fleet");
+                tokio::spawn(cluster::follow(
+                    self.reloader.clone(),
+                    link.clone(),
+                    shutdown.clone(),
+                ));
+                Some(link)
+            }
+        };
         let control = service::ControlService {
             reloader: self.reloader.clone(),
             planes: self.planes.clone(),
@@ -146,6 +167,7 @@ impl Controld {
         };
         let admin = service::AdminService {
             reloader: self.reloader.clone(),
+            fleet,
             planes: self.planes.clone(),
             access: self.access.clone(),
             started_at: self.started_at,
@@ -158,23 +180,6 @@ impl Controld {
                 .clone()
                 .run(self.reloader.clone(), shutdown.clone()),
         );
-        // A host of a fleet follows it from now on, and its reloads publish to it.
-        if let Some(cluster) = self.reloader.current().config.statics.cluster.clone() {
-            let link = Arc::new(
-                cluster::Link::new(
-                    &cluster,
-                    &self.reloader.current().config.statics.control.state_dir,
-                )
-                .map_err(Error::Fleet)?,
-            );
-            self.reloader.join_fleet(link.clone());
-            tracing::info!(fleet = %cluster.name, node = %cluster.node, etcd = %cluster.etcd.join(","), "following the fleet");
-            tokio::spawn(cluster::follow(
-                self.reloader.clone(),
-                link,
-                shutdown.clone(),
-            ));
-        }
         notify::ready(self.reloader.current().version);
         // Discoverable with standard tools: `grpcurl -unix <socket> list`, and health probes
         // through grpc.health.v1 with no custom client. Reflection is served as v1 and as

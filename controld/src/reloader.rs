@@ -76,7 +76,7 @@ pub struct Reloader {
     /// History entries written since start: what `History` answered may be stale once it moves.
     history_written: std::sync::atomic::AtomicU64,
     /// The fleet this host belongs to (`[cluster]`): reloads publish to it.
-    fleet: std::sync::OnceLock<Arc<crate::cluster::Link>>,
+    fleet: std::sync::OnceLock<Arc<dyn FleetHook>>,
     /// Bounds the Validate calls and dry runs checked at once (each may parse 4 MiB and read
     /// certificate files): more are refused at once rather than queued.
     checks: Arc<tokio::sync::Semaphore>,
@@ -206,9 +206,9 @@ impl Reloader {
     pub async fn reload(&self, options: ReloadOptions) -> ReloadReport {
         // In a fleet, a reload publishes the file's fleet part to every host.
         if !options.dry_run
-            && let Some(link) = self.fleet.get()
+            && let Some(fleet) = self.fleet.get()
         {
-            return crate::cluster::reload(self, link, options).await;
+            return fleet.reload(self, options).await;
         }
         let started = Instant::now();
         if options.dry_run {
@@ -262,63 +262,6 @@ impl Reloader {
         .await
     }
 
-    /// Joins this host to its fleet: from now on a (non-dry-run) reload publishes to it.
-    pub fn join_fleet(&self, link: Arc<crate::cluster::Link>) {
-        let _ = self.fleet.set(link);
-    }
-
-    /// The fleet this host belongs to, if any.
-    pub fn fleet(&self) -> Option<&Arc<crate::cluster::Link>> {
-        self.fleet.get()
-    }
-
-    /// Publishes `text` (a fleet version joined to this host's tables) as a reload of the file
-    /// would: validated, diffed, versioned, sent to the data planes and waited for, under the
-    /// reload lock. `name` locates its diagnostics. The config file is not touched.
-    pub async fn reload_text(&self, text: String, name: PathBuf, origin: Origin) -> ReloadReport {
-        let started = Instant::now();
-        let options = ReloadOptions {
-            origin,
-            ..ReloadOptions::default()
-        };
-        let _serialized = self.lock.lock().await;
-        self.around(&options, started, async {
-            let current = self.current();
-            match parse_off_thread(text.clone(), name.clone(), None).await {
-                Ok(config) => self.publish(current, config, &text, &options).await,
-                Err(e) => self.rejected(&current, e.diagnostics(&name)),
-            }
-        })
-        .await
-    }
-
-    /// Checks `text` as a reload of it would be checked (parse, validation, the data plane's
-    /// conversion of its snapshot; off the async threads), without a check's place: the
-    /// problems, and what it would change against the serving config.
-    pub async fn check_text(&self, text: String, file: PathBuf) -> (Vec<Diagnostic>, ConfigDiff) {
-        let current = self.current();
-        match parse_off_thread(text, file.clone(), None).await {
-            Err(e) => (e.diagnostics(&file), ConfigDiff::default()),
-            Ok(config) => {
-                let diff = ConfigDiff::between(&current.config, &config);
-                match build_off_thread(config, self.acme_overlay(), file, None).await {
-                    Ok((_, _, None)) => (Vec::new(), diff),
-                    Ok((_, _, Some(refused))) | Err(refused) => (vec![refused], diff),
-                }
-            }
-        }
-    }
-
-    /// How long a reload waits for the data planes' answers.
-    pub fn ack_timeout(&self) -> Duration {
-        self.ack_timeout
-    }
-
-    /// Reads the config file as a reload does (off the async threads), without publishing.
-    pub async fn read_file(&self) -> Result<(Config, String), crate::config::LoadError> {
-        load_off_thread(self.config_path.clone(), None).await
-    }
-
     /// Publishes the config `version` was built from again, as a new version; `None`: the
     /// version before the one serving. The config file is not touched.
     pub async fn rollback(
@@ -327,19 +270,8 @@ impl Reloader {
         origin: Origin,
     ) -> Result<ReloadReport, RollbackError> {
         // In a fleet, the fleet rolls back.
-        if let Some(link) = self.fleet.get() {
-            return match crate::cluster::rollback(self, link, version, &origin).await {
-                Ok(report) => Ok(report),
-                Err(crate::cluster::RollbackError::UnknownVersion(v)) => {
-                    Err(RollbackError::UnknownVersion(v))
-                }
-                Err(crate::cluster::RollbackError::NothingEarlier) => {
-                    Err(RollbackError::NothingEarlier)
-                }
-                Err(crate::cluster::RollbackError::Etcd(e)) => {
-                    Ok(crate::cluster::unreachable(self, &e))
-                }
-            };
+        if let Some(fleet) = self.fleet.get() {
+            return fleet.rollback(self, version, origin).await;
         }
         let started = Instant::now();
         let _serialized = self.lock.lock().await;
@@ -394,69 +326,6 @@ impl Reloader {
             })
             .await;
         Ok(report)
-    }
-
-    /// Checks `text` exactly as a reload of it would be checked, and diffs it against the
-    /// running snapshot; publishes nothing.
-    ///
-    /// Parsing and the certificate files it names are read off the async threads, and at most
-    /// [`MAX_CONCURRENT_CHECKS`] run at once: any local user may call it.
-    pub async fn validate(
-        &self,
-        text: String,
-        file: PathBuf,
-    ) -> Result<ValidateReport, CheckError> {
-        let permit = self.check_permit()?;
-        let current = self.current();
-        let mut report = ValidateReport {
-            text_hash: crate::snapshot::text_hash(&text),
-            diagnostics: Vec::new(),
-            diff: ConfigDiff::default(),
-            warnings: Vec::new(),
-            current_version: current.version,
-            next_version: current.version,
-        };
-        if text.len() as u64 > crate::config::MAX_CONFIG_BYTES {
-            report.diagnostics =
-                crate::config::LoadError::TooLarge { path: file.clone() }.diagnostics(&file);
-            return Ok(report);
-        }
-        let parsed = parse_off_thread(text, file.clone(), Some(permit.clone())).await;
-        match parsed {
-            Ok(config) => {
-                let built =
-                    build_off_thread(config, self.acme_overlay(), file.clone(), Some(permit)).await;
-                let (config, content, refused) = match built {
-                    Ok(built) => built,
-                    Err(failed) => {
-                        report.diagnostics.push(failed);
-                        return Ok(report);
-                    }
-                };
-                report.diff = ConfigDiff::between(&current.config, &config);
-                report.warnings = self.warnings(&report.diff, &config);
-                if let Some(refused) = refused {
-                    report.diagnostics.push(refused);
-                } else if content.hash != current.content.hash
-                    || controld_changed(&current.config, &config)
-                {
-                    report.next_version = current.version + 1;
-                }
-            }
-            Err(e) => report.diagnostics = e.diagnostics(&file),
-        }
-        Ok(report)
-    }
-
-    /// A place among the [`MAX_CONCURRENT_CHECKS`] Validate calls and dry runs checked at once.
-    /// Held by the work, not the caller: a caller that hangs up does not free its place while
-    /// the parse it started goes on.
-    pub fn check_permit(&self) -> Result<Arc<tokio::sync::OwnedSemaphorePermit>, CheckError> {
-        self.checks
-            .clone()
-            .try_acquire_owned()
-            .map(Arc::new)
-            .map_err(|_| CheckError::Busy)
     }
 
     /// The config text `version` was built from, if the history still has it.
@@ -658,7 +527,9 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 }
 
 mod acme;
+mod check;
 mod commit;
+mod fleet;
 mod io;
 mod report;
 
@@ -676,6 +547,7 @@ fn expected_text(
     }
 }
 
+pub use fleet::{BoxFuture, FleetHook};
 use io::{bind_failed, build_off_thread, load_off_thread, parse_off_thread, replace_if_changed};
 pub use report::*;
 

@@ -22,6 +22,8 @@ pub use reads::SharedReads;
 
 pub struct AdminService {
     pub reloader: Arc<Reloader>,
+    /// The fleet this host belongs to, if any: Status and History answer for it.
+    pub fleet: Option<Arc<crate::cluster::Link>>,
     pub planes: Arc<DataPlanes>,
     pub access: Access,
     pub started_at: SystemTime,
@@ -198,7 +200,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::HistoryReply>, Status> {
         self.access.authorize_read(&request, "History")?;
         // In a fleet: the fleet's versions, from etcd.
-        if let Some(link) = self.reloader.fleet() {
+        if let Some(link) = &self.fleet {
             return crate::cluster::history(link)
                 .await
                 .map(Response::new)
@@ -326,7 +328,7 @@ impl pb::admin_server::Admin for AdminService {
                     .unwrap_or_default(),
             }),
             data_planes,
-            fleet: match self.reloader.fleet() {
+            fleet: match &self.fleet {
                 Some(link) => Some(crate::cluster::status(link).await),
                 None => None,
             },

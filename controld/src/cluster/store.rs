@@ -140,7 +140,9 @@ pub fn text_hash(text: &str) -> String {
 }
 
 fn unix_ms() -> u64 {
-    crate::reloader::unix_ms(std::time::SystemTime::now())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Fleet {

@@ -100,7 +100,7 @@ where
         let read = match request.uri().path() {
             GET_CONFIG => Read::Config,
             // In a fleet, the history is the fleet's, read from etcd by the service itself.
-            HISTORY if self.replies.reloader.fleet().is_none() => Read::History,
+            HISTORY if !self.replies.reloader.in_fleet() => Read::History,
             _ => return Box::pin(self.inner.call(request)),
         };
         let replies = self.replies.clone();

@@ -1,0 +1,72 @@
+//! The fleet version this host applied last, kept in its state directory, and where a
+//! restarting controld starts from.
+
+use crate::config::Config;
+
+/// The fleet version this host applied last, kept in the state directory so that a controld
+/// that restarts serves it (with this host's tables as the file has them now), not the fleet
+/// part of its config file, which may be older.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct Applied {
+    pub(super) version: u64,
+    pub(super) hash: String,
+    pub(super) text: String,
+}
+
+const APPLIED_FILE: &str = "fleet-applied.json";
+
+pub(super) fn load_applied(state_dir: &std::path::Path) -> Option<Applied> {
+    let bytes = std::fs::read(state_dir.join(APPLIED_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+pub(super) fn save_applied(
+    state_dir: &std::path::Path,
+    applied: &Applied,
+) -> Result<(), crate::Error> {
+    let bytes = serde_json::to_vec(applied).unwrap_or_default();
+    crate::state::write_atomically(state_dir, APPLIED_FILE, &bytes)
+}
+
+/// What controld starts with in a fleet: the fleet version it applied last joined to this
+/// file's host tables, when it kept one and that still checks; else the file as it is.
+pub fn resume(config: Config, text: &str, path: &std::path::Path) -> (Config, String) {
+    let Some(cluster) = config.statics.cluster.as_ref() else {
+        return (config, text.to_owned());
+    };
+    let Some(applied) = load_applied(&config.statics.control.state_dir) else {
+        return (config, text.to_owned());
+    };
+    let host = match proxy_config::fleet::split(text) {
+        Ok(split) => split.host,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot split the config file; starting from it as it is");
+            return (config, text.to_owned());
+        }
+    };
+    let joined = proxy_config::fleet::join(&applied.text, &host);
+    let name = path.with_file_name(format!("fleet-version-{}.toml", applied.version));
+    let checked = crate::config::parse(&joined, &name)
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            match crate::snapshot::data_plane_refusal(&crate::snapshot::Content::build(&c), &name) {
+                Some(refused) => Err(refused.to_string()),
+                None => Ok(c),
+            }
+        });
+    match checked {
+        Ok(resumed) if resumed.statics.cluster.as_ref() == Some(cluster) => {
+            tracing::info!(
+                version = applied.version,
+                "starting from the fleet version applied last"
+            );
+            (resumed, joined)
+        }
+        Ok(_) => (config, text.to_owned()),
+        Err(e) => {
+            tracing::warn!(version = applied.version, error = %e,
+                "the fleet version applied last no longer checks with this host's tables; starting from the config file");
+            (config, text.to_owned())
+        }
+    }
+}

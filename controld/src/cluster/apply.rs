@@ -1,0 +1,281 @@
+//! Applying fleet versions here: one joined to this host's tables and reloaded locally, its
+//! outcome recorded; following the fleet's head; and waiting for every node's answer.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::applied::{Applied, save_applied};
+use super::etcd::Watched;
+use super::link::{Link, RETRY_FIRST, RETRY_MAX};
+use super::store::{NodeState, PublishError};
+use crate::dataplanes::{PlaneOutcome, PlaneResult};
+use crate::reloader::{Origin, Outcome, ReloadReport, Reloader};
+
+/// Applies fleet version `version` (its text `fleet_text`) here: joined to this host's tables
+/// from the config file, reloaded, and the outcome recorded for the fleet.
+pub(super) async fn apply(
+    reloader: &Reloader,
+    link: &Link,
+    version: u64,
+    hash: &str,
+    fleet_text: &str,
+    why: &str,
+) -> ReloadReport {
+    let host = match reloader.read_file().await {
+        Ok((_, text)) => proxy_config::fleet::split(&text).map(|s| s.host),
+        Err(e) => Err(proxy_config::fleet::SplitError {
+            line: 0,
+            message: e.to_string(),
+        }),
+    };
+    let report = match host {
+        Ok(host) => {
+            let text = proxy_config::fleet::join(fleet_text, &host);
+            let name = PathBuf::from(format!("fleet-version-{version}.toml"));
+            let origin = Origin {
+                source: format!("fleet version {version} ({why})"),
+                uid: None,
+                pid: None,
+            };
+            reloader.reload_text(text, name, origin).await
+        }
+        Err(e) => ReloadReport {
+            diagnostics: vec![crate::config::Diagnostic {
+                key_path: String::new(),
+                file: reloader.config_path().to_owned(),
+                line: u32::try_from(e.line).unwrap_or(u32::MAX),
+                column: 1,
+                message: format!("this host's tables: {}", e.message),
+            }],
+            ..report_of(reloader.current().version)
+        },
+    };
+    let error = local_problem(&report);
+    if !error.is_empty() {
+        tracing::warn!(version, node = link.node(), %error, "this node does not serve the fleet version");
+    }
+    if error.is_empty() {
+        let applied = Applied {
+            version,
+            hash: hash.to_owned(),
+            text: fleet_text.to_owned(),
+        };
+        let dir = link.state_dir.clone();
+        let saved = tokio::task::spawn_blocking(move || save_applied(&dir, &applied)).await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!(version, error = %e, "cannot keep the applied fleet version in the state directory; a restart starts from the config file's");
+        }
+    }
+    let recorded = link
+        .record(|state| {
+            state.tried_version = version;
+            if error.is_empty() {
+                state.applied_version = version;
+                state.applied_hash = hash.to_owned();
+            }
+            state.error = error.clone();
+        })
+        .await;
+    if let Err(e) = recorded {
+        tracing::warn!(version, error = %e, "cannot record this node's state in etcd");
+    }
+    report
+}
+
+/// Why this host does not serve what `report` tried, in one line; empty when it does.
+fn local_problem(report: &ReloadReport) -> String {
+    if let Some(d) = report.diagnostics.first() {
+        return d.to_string();
+    }
+    report
+        .data_planes
+        .iter()
+        .find(|p| p.result != PlaneResult::Acked)
+        .map(|p| {
+            format!(
+                "data plane {}: {:?}{}",
+                p.node_id,
+                p.result,
+                if p.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", p.error)
+                }
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until each node of `waiting` has recorded `version` applied (or tried with an error),
+/// has dropped out (its lease lapsed), or `deadline` passes.
+pub(super) async fn wait_for_nodes(
+    link: &Link,
+    version: u64,
+    hash: &str,
+    waiting: &[String],
+    deadline: tokio::time::Instant,
+) -> Vec<PlaneOutcome> {
+    let prefix = link.fleet.key("nodes/");
+    let mut latest: BTreeMap<String, Option<NodeState>> =
+        waiting.iter().map(|n| (n.clone(), None)).collect();
+    let answered = |s: &NodeState| {
+        (s.applied_version >= version && (s.applied_version > version || s.applied_hash == hash))
+            || (s.tried_version >= version && !s.error.is_empty())
+    };
+    loop {
+        let Ok((kvs, revision)) = link.fleet.etcd().prefix(&prefix).await else {
+            break;
+        };
+        let mut present = std::collections::BTreeSet::new();
+        for kv in &kvs {
+            if let Ok(state) = serde_json::from_slice::<NodeState>(&kv.value) {
+                present.insert(state.node.clone());
+                if let Some(slot) = latest.get_mut(&state.node) {
+                    *slot = Some(state);
+                }
+            }
+        }
+        for (node, state) in &mut latest {
+            if !present.contains(node) {
+                *state = None;
+            }
+        }
+        if latest.values().all(|s| s.as_ref().is_none_or(answered)) {
+            break;
+        }
+        let Ok(mut watch) = link.fleet.etcd().watch(&prefix, revision + 1).await else {
+            break;
+        };
+        // Any change under nodes/: read them all again.
+        match tokio::time::timeout_at(deadline, watch.recv()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Watched::Changes { .. }))) => {}
+            Ok(_) => {
+                // The watch broke: read everything again, after a breath.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+    }
+    latest
+        .into_iter()
+        .map(|(node, state)| match state {
+            None => PlaneOutcome {
+                node_id: node,
+                pid: 0,
+                result: PlaneResult::Disconnected,
+                serving_version: 0,
+                error: "not live (its lease lapsed, or it never recorded a state)".to_owned(),
+            },
+            Some(s) => {
+                let result = if s.applied_version >= version
+                    && (s.applied_version > version || s.applied_hash == hash)
+                {
+                    PlaneResult::Acked
+                } else if s.tried_version >= version && !s.error.is_empty() {
+                    PlaneResult::Nacked
+                } else {
+                    PlaneResult::TimedOut
+                };
+                PlaneOutcome {
+                    node_id: node,
+                    pid: 0,
+                    result,
+                    serving_version: s.applied_version,
+                    error: if result == PlaneResult::Acked {
+                        String::new()
+                    } else {
+                        s.error
+                    },
+                }
+            }
+        })
+        .collect()
+}
+
+/// Follows the fleet until `shutdown`: every new head is applied here, and this node's lease
+/// kept alive. etcd unreachable: this host serves on, and follows again when etcd answers
+/// (from the head then: a node that was away for several versions goes to the newest).
+pub async fn follow(reloader: Arc<Reloader>, link: Arc<Link>, shutdown: CancellationToken) {
+    tokio::spawn(link.clone().keep_alive(shutdown.clone()));
+    let mut wait = RETRY_FIRST;
+    loop {
+        let followed = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = follow_once(&reloader, &link) => r,
+        };
+        if let Err(e) = followed {
+            tracing::warn!(node = link.node(), error = %e, retry_in = ?wait,
+                "cannot follow the fleet; serving the last version applied");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
+/// Applies the head if this node does not serve it, then every head after it, until the watch
+/// breaks (an error) or the revisions it would resume from were compacted (Ok: start over).
+async fn follow_once(reloader: &Reloader, link: &Link) -> Result<(), PublishError> {
+    let head_key = link.fleet.key("head");
+    let (kv, revision) = link.fleet.etcd().get(&head_key).await?;
+    if kv.is_some() {
+        catch_up(reloader, link).await?;
+    }
+    let mut watch = link.fleet.etcd().watch(&head_key, revision + 1).await?;
+    while let Some(watched) = watch.recv().await {
+        match watched? {
+            Watched::Changes { .. } => catch_up(reloader, link).await?,
+            Watched::Compacted { .. } => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Applies the fleet's head here unless this node serves it already.
+async fn catch_up(reloader: &Reloader, link: &Link) -> Result<(), PublishError> {
+    let (Some(head), _) = link.fleet.head().await? else {
+        return Ok(());
+    };
+    let serving = {
+        let state = link.state.lock().unwrap_or_else(|e| e.into_inner());
+        (state.applied_version, state.applied_hash.clone())
+    };
+    if serving == (head.version, head.hash.clone()) {
+        return Ok(());
+    }
+    let Some(version) = link.fleet.version(head.version).await? else {
+        return Ok(());
+    };
+    apply(
+        reloader,
+        link,
+        version.version,
+        &version.hash,
+        &version.text,
+        &format!("published on {}", version.node),
+    )
+    .await;
+    Ok(())
+}
+
+pub(super) fn report_of(version: u64) -> ReloadReport {
+    ReloadReport {
+        outcome: Outcome::Rejected,
+        previous_version: version,
+        version,
+        diagnostics: Vec::new(),
+        diff: Default::default(),
+        warnings: Vec::new(),
+        data_planes: Vec::new(),
+        duration: Duration::ZERO,
+    }
+}

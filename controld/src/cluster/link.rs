@@ -1,0 +1,130 @@
+//! This host's link to its fleet: the etcd client, the fleet's keys, this node's lease and the
+//! state it last recorded.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::applied::load_applied;
+use super::etcd::Etcd;
+use super::store::{Fleet, NodeState, PublishError};
+use super::tls;
+use crate::config::ClusterConfig;
+
+/// How long one etcd call may take.
+pub(super) const ETCD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The first wait before following again after etcd failed; doubles to [`RETRY_MAX`].
+pub(super) const RETRY_FIRST: Duration = Duration::from_millis(200);
+pub(super) const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// This host's link to its fleet.
+pub struct Link {
+    pub(super) fleet: Fleet,
+    pub(super) config: ClusterConfig,
+    /// controld's state directory: the last fleet version applied here is kept there.
+    pub(super) state_dir: PathBuf,
+    /// The lease this node's state is attached to; 0 while it has none.
+    pub(super) lease: AtomicI64,
+    /// What this node serves, as last recorded (or about to be).
+    pub(super) state: std::sync::Mutex<NodeState>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("fleet", &self.config.name)
+            .field("node", &self.config.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// A link to the fleet `config` names; connects lazily (etcd may be down now). It starts
+    /// from the fleet version this host applied last (kept in `state_dir`), if any.
+    pub fn new(config: &ClusterConfig, state_dir: &std::path::Path) -> Result<Link, String> {
+        let tls = config.tls.as_ref().map(tls::client_config).transpose()?;
+        let etcd = Etcd::connect(&config.etcd, ETCD_TIMEOUT, tls).map_err(|e| e.to_string())?;
+        let applied = load_applied(state_dir);
+        Ok(Link {
+            fleet: Fleet::new(etcd, &config.name, &config.node),
+            config: config.clone(),
+            state_dir: state_dir.to_owned(),
+            lease: AtomicI64::new(0),
+            state: std::sync::Mutex::new(NodeState {
+                node: config.node.clone(),
+                build: proto::BUILD_VERSION.to_owned(),
+                applied_version: applied.as_ref().map_or(0, |a| a.version),
+                applied_hash: applied.map(|a| a.hash).unwrap_or_default(),
+                tried_version: 0,
+                error: String::new(),
+                at_unix_ms: 0,
+            }),
+        })
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    pub fn node(&self) -> &str {
+        &self.config.node
+    }
+
+    /// Records this node's state, attached to its lease (granted first when it has none).
+    pub(super) async fn record(
+        &self,
+        change: impl FnOnce(&mut NodeState),
+    ) -> Result<(), PublishError> {
+        let state = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            change(&mut state);
+            state.at_unix_ms = crate::reloader::unix_ms(std::time::SystemTime::now());
+            state.clone()
+        };
+        let mut lease = self.lease.load(Ordering::Acquire);
+        if lease == 0 {
+            lease = self.fleet.etcd().grant(self.config.lease_ttl).await?;
+            self.lease.store(lease, Ordering::Release);
+        }
+        self.fleet.record(&state, lease).await
+    }
+
+    /// Keeps the lease alive until `shutdown`; a lease that lapsed (etcd was away longer than
+    /// its TTL) is replaced, and the state recorded again under the new one.
+    pub(super) async fn keep_alive(self: Arc<Self>, shutdown: CancellationToken) {
+        let every = self.config.lease_ttl / 3;
+        let mut wait = RETRY_FIRST;
+        loop {
+            let lease = self.lease.load(Ordering::Acquire);
+            let stopped = if lease == 0 {
+                match self.record(|_| {}).await {
+                    Ok(()) => None,
+                    Err(e) => Some(e.to_string()),
+                }
+            } else {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    e = self.fleet.etcd().keep_alive(lease, every) => {
+                        // Whatever broke, the next round starts with a new lease.
+                        self.lease.store(0, Ordering::Release);
+                        Some(e.to_string())
+                    }
+                }
+            };
+            if let Some(reason) = stopped {
+                tracing::warn!(node = self.node(), %reason, "the fleet lease was lost; taking a new one");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(RETRY_MAX);
+            } else {
+                wait = RETRY_FIRST;
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! What `Admin.Status` and `Admin.History` answer in a fleet, read from etcd.
+
+use super::link::{ETCD_TIMEOUT, Link};
+use super::store::{NodeState, PublishError};
+
+/// What `Admin.History` answers in a fleet: the fleet's versions, newest first.
+pub async fn history(link: &Link) -> Result<proto::v1::HistoryReply, PublishError> {
+    let (head, _) = link.fleet.head().await?;
+    let entries = link.fleet.history().await?;
+    Ok(proto::v1::HistoryReply {
+        current_version: head.map_or(0, |h| h.version),
+        entries: entries
+            .into_iter()
+            .map(|e| proto::v1::HistoryEntry {
+                version: e.version,
+                content_hash: e.hash,
+                at_unix_ms: e.at_unix_ms,
+                source: e.source,
+                uid: e.uid,
+                pid: e.pid,
+                summary: e.summary,
+                kind: "config".to_owned(),
+                diff: None,
+                node: e.node,
+            })
+            .collect(),
+    })
+}
+
+/// The fleet as `Admin.Status` shows it: its head and every live node. etcd unreachable: the
+/// reason, and this node alone as it last recorded itself.
+pub async fn status(link: &Link) -> proto::v1::FleetStatus {
+    use proto::v1 as pb;
+    let node = |s: NodeState, desired: (u64, &str)| pb::FleetNode {
+        in_sync: s.applied_version == desired.0 && s.applied_hash == desired.1,
+        node: s.node,
+        applied_version: s.applied_version,
+        applied_hash: s.applied_hash,
+        last_seen_unix_ms: s.at_unix_ms,
+        error: s.error,
+        tried_version: s.tried_version,
+        build: s.build,
+    };
+    let read = async {
+        let (head, _) = link.fleet.head().await?;
+        let nodes = link.fleet.nodes().await?;
+        Ok::<_, PublishError>((head, nodes))
+    };
+    match tokio::time::timeout(ETCD_TIMEOUT, read).await {
+        Ok(Ok((head, nodes))) => {
+            let (version, hash) = head.map_or((0, String::new()), |h| (h.version, h.hash));
+            pb::FleetStatus {
+                name: link.config.name.clone(),
+                node: link.node().to_owned(),
+                desired_version: version,
+                nodes: nodes
+                    .into_iter()
+                    .map(|s| node(s, (version, &hash)))
+                    .collect(),
+                desired_hash: hash,
+                error: String::new(),
+            }
+        }
+        failed => {
+            let error = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!(
+                    "etcd did not answer within {}",
+                    humantime::format_duration(ETCD_TIMEOUT)
+                ),
+            };
+            let own = link.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            pb::FleetStatus {
+                name: link.config.name.clone(),
+                node: link.node().to_owned(),
+                desired_version: 0,
+                desired_hash: String::new(),
+                nodes: vec![node(own, (0, ""))],
+                error,
+            }
+        }
+    }
+}
