@@ -31,7 +31,12 @@ pub struct Link {
     pub(super) lease: AtomicI64,
     /// What this node serves, as last recorded (or about to be).
     pub(super) state: std::sync::Mutex<NodeState>,
+    /// The last read of the fleet's state for `Admin.Status`, and when it was made.
+    pub(super) status_cache: Arc<tokio::sync::Mutex<Option<StatusRead>>>,
 }
+
+/// A read of the fleet's state and when it was made.
+pub(super) type StatusRead = (std::time::Instant, proto::v1::FleetStatus);
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,6 +68,7 @@ impl Link {
                 error: String::new(),
                 at_unix_ms: 0,
             }),
+            status_cache: Arc::default(),
         })
     }
 

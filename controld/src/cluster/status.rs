@@ -27,9 +27,45 @@ pub async fn history(link: &Link) -> Result<proto::v1::HistoryReply, PublishErro
     })
 }
 
+/// How long a read of the fleet's state serves `Admin.Status` (open to every caller of the
+/// socket): at most one read of etcd per this, however many ask.
+const STATUS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The fleet as `Admin.Status` shows it: its head and every live node. etcd unreachable: the
-/// reason, and this node alone as it last recorded itself.
+/// reason, and this node alone as it last recorded itself. Read by a task of its own (callers
+/// that hang up do not start one read each), and kept for [`STATUS_FRESH`].
 pub async fn status(link: &Link) -> proto::v1::FleetStatus {
+    let cache = link.status_cache.clone();
+    let fleet = link.fleet.clone();
+    let name = link.config.name.clone();
+    let own = link.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let read = tokio::spawn(async move {
+        let mut cached = cache.lock_owned().await;
+        if let Some((at, status)) = cached.as_ref()
+            && at.elapsed() < STATUS_FRESH
+        {
+            return status.clone();
+        }
+        let status = read_status(&fleet, name, own).await;
+        *cached = Some((std::time::Instant::now(), status.clone()));
+        status
+    });
+    match read.await {
+        Ok(status) => status,
+        Err(e) => proto::v1::FleetStatus {
+            name: link.config.name.clone(),
+            node: link.node().to_owned(),
+            error: format!("reading the fleet's state failed: {e}"),
+            ..Default::default()
+        },
+    }
+}
+
+async fn read_status(
+    fleet: &super::store::Fleet,
+    name: String,
+    own: NodeState,
+) -> proto::v1::FleetStatus {
     use proto::v1 as pb;
     let node = |s: NodeState, desired: (u64, &str)| pb::FleetNode {
         in_sync: s.applied_version == desired.0 && s.applied_hash == desired.1,
@@ -42,16 +78,16 @@ pub async fn status(link: &Link) -> proto::v1::FleetStatus {
         build: s.build,
     };
     let read = async {
-        let (head, _) = link.fleet.head().await?;
-        let nodes = link.fleet.nodes().await?;
+        let (head, _) = fleet.head().await?;
+        let nodes = fleet.nodes().await?;
         Ok::<_, PublishError>((head, nodes))
     };
     match tokio::time::timeout(ETCD_TIMEOUT, read).await {
         Ok(Ok((head, nodes))) => {
             let (version, hash) = head.map_or((0, String::new()), |h| (h.version, h.hash));
             pb::FleetStatus {
-                name: link.config.name.clone(),
-                node: link.node().to_owned(),
+                name,
+                node: fleet.node().to_owned(),
                 desired_version: version,
                 nodes: nodes
                     .into_iter()
@@ -69,10 +105,9 @@ pub async fn status(link: &Link) -> proto::v1::FleetStatus {
                     humantime::format_duration(ETCD_TIMEOUT)
                 ),
             };
-            let own = link.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
             pb::FleetStatus {
-                name: link.config.name.clone(),
-                node: link.node().to_owned(),
+                name,
+                node: fleet.node().to_owned(),
                 desired_version: 0,
                 desired_hash: String::new(),
                 nodes: vec![node(own, (0, ""))],
