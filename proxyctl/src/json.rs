@@ -180,60 +180,6 @@ pub struct Status {
     pub fleet: Option<Fleet>,
 }
 
-/// A fleet as controld read it from etcd.
-#[derive(Debug, Serialize)]
-pub struct Fleet {
-    pub name: String,
-    /// This host.
-    pub node: String,
-    /// The fleet's version now; 0 before the first publish or when etcd was not read.
-    pub desired_version: u64,
-    pub desired_hash: String,
-    /// Every live node.
-    pub nodes: Vec<FleetNode>,
-    /// Why etcd could not be read (`nodes` then holds this host alone); `null` when it was.
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct FleetNode {
-    pub node: String,
-    pub applied_version: u64,
-    pub applied_hash: String,
-    pub in_sync: bool,
-    pub last_seen_unix_ms: u64,
-    /// The fleet version it last tried, and why it does not serve it (`null`: it does).
-    pub tried_version: u64,
-    pub error: Option<String>,
-    pub build: String,
-}
-
-impl From<&pb::FleetStatus> for Fleet {
-    fn from(f: &pb::FleetStatus) -> Fleet {
-        Fleet {
-            name: f.name.clone(),
-            node: f.node.clone(),
-            desired_version: f.desired_version,
-            desired_hash: f.desired_hash.clone(),
-            nodes: f
-                .nodes
-                .iter()
-                .map(|n| FleetNode {
-                    node: n.node.clone(),
-                    applied_version: n.applied_version,
-                    applied_hash: n.applied_hash.clone(),
-                    in_sync: n.in_sync,
-                    last_seen_unix_ms: n.last_seen_unix_ms,
-                    tried_version: n.tried_version,
-                    error: non_empty(&n.error),
-                    build: n.build.clone(),
-                })
-                .collect(),
-            error: non_empty(&f.error),
-        }
-    }
-}
-
 #[derive(Debug, Serialize)]
 pub struct ControlPlane {
     pub pid: u32,
@@ -342,39 +288,6 @@ pub struct Shutdown {
     pub stopped: Option<bool>,
 }
 
-/// `proxyctl --json history`.
-#[derive(Debug, Serialize)]
-pub struct History {
-    /// The version serving now.
-    pub current_version: u64,
-    /// Newest first; controld keeps the last 50.
-    pub entries: Vec<HistoryEntry>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct HistoryEntry {
-    pub version: u64,
-    /// Hex SHA-256 of the version's content.
-    pub content_hash: String,
-    /// When it was published.
-    pub at_unix_ms: u64,
-    /// `startup`, `reload`, `sighup` or `rollback to N`.
-    pub source: String,
-    /// Who asked over the socket; `null` for startup and SIGHUP.
-    pub uid: Option<u32>,
-    pub pid: Option<i32>,
-    /// What changed against the version before it.
-    pub summary: String,
-    /// `config` (a reload, rollback or startup) or `certificate` (only what ACME adds); empty
-    /// from a controld older than kinds.
-    pub kind: String,
-    /// The same in detail, shaped like `reload`'s `diff`; `null` for versions published at
-    /// startup or by ACME, and for those recorded by a controld that did not keep it.
-    pub diff: Option<Diff>,
-    /// In a fleet, the node it was published from; `null` on a single host.
-    pub node: Option<String>,
-}
-
 /// `proxyctl --json version`: `{"proxyctl": "0.1.0"}`.
 #[derive(Debug, Serialize)]
 pub struct Version {
@@ -424,30 +337,6 @@ impl From<&pb::ReloadReply> for Reload {
                 .data_planes
                 .iter()
                 .map(DataPlaneOutcome::from)
-                .collect(),
-        }
-    }
-}
-
-impl From<&pb::HistoryReply> for History {
-    fn from(reply: &pb::HistoryReply) -> Self {
-        History {
-            current_version: reply.current_version,
-            entries: reply
-                .entries
-                .iter()
-                .map(|entry| HistoryEntry {
-                    version: entry.version,
-                    content_hash: entry.content_hash.clone(),
-                    at_unix_ms: entry.at_unix_ms,
-                    source: entry.source.clone(),
-                    uid: entry.uid,
-                    pid: entry.pid,
-                    summary: entry.summary.clone(),
-                    kind: entry.kind.clone(),
-                    diff: entry.diff.as_ref().map(Diff::from),
-                    node: non_empty(&entry.node),
-                })
                 .collect(),
         }
     }
@@ -646,6 +535,12 @@ impl From<&pb::DataPlaneStatusReply> for LocalDataPlane {
         }
     }
 }
+
+mod fleet;
+mod history;
+
+pub use fleet::Fleet;
+pub use history::History;
 
 #[cfg(test)]
 mod tests;
