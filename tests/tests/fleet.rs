@@ -17,6 +17,10 @@ use controld::cluster::store::{Fleet, NodeState, PublishError, Published, Publis
 use proxy_tests::etcd::EtcdCluster;
 use proxy_tests::{DEADLINE, eventually};
 
+/// One test at a time: each starts a three-member etcd (and most three hosts); ten at once on
+/// two cores starve their elections and deadlines.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn fleet(cluster: &EtcdCluster, node: &str) -> Fleet {
     let etcd = Etcd::connect(&cluster.endpoints(), Duration::from_secs(2), None).unwrap();
     Fleet::new(etcd, "test", node)
@@ -49,6 +53,7 @@ async fn publish_eventually(fleet: &Fleet, text: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn publishes_from_two_hosts_at_once_give_consecutive_versions_or_a_conflict_never_a_lost_one()
 {
+    let _serial = SERIAL.lock().await;
     let cluster = EtcdCluster::start(3).await;
     let (a, b) = (fleet(&cluster, "a"), fleet(&cluster, "b"));
     // Twenty publishes from each host at once, neither naming the version it expects: every
@@ -102,6 +107,7 @@ async fn publishes_from_two_hosts_at_once_give_consecutive_versions_or_a_conflic
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_stopped_then_the_leader_publishes_go_on_and_no_version_is_lost() {
+    let _serial = SERIAL.lock().await;
     let mut cluster = EtcdCluster::start(3).await;
     let a = fleet(&cluster, "a");
     assert_eq!(publish_eventually(&a, "# one\n").await, 1);
@@ -125,6 +131,7 @@ async fn a_member_stopped_then_the_leader_publishes_go_on_and_no_version_is_lost
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_etcd_gone_a_publish_fails_at_once_naming_etcd_and_changes_nothing() {
+    let _serial = SERIAL.lock().await;
     let mut cluster = EtcdCluster::start(3).await;
     let a = fleet(&cluster, "a");
     assert_eq!(publish_eventually(&a, "# one\n").await, 1);
@@ -159,6 +166,7 @@ async fn with_etcd_gone_a_publish_fails_at_once_naming_etcd_and_changes_nothing(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_whose_lease_lapses_drops_out_and_a_watch_sees_each_version() {
+    let _serial = SERIAL.lock().await;
     let cluster = EtcdCluster::start(3).await;
     let a = fleet(&cluster, "a");
     let b = fleet(&cluster, "b");
@@ -256,6 +264,7 @@ impl Hosts {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_on_any_host_is_applied_on_every_host_and_answers_for_each() {
+    let _serial = SERIAL.lock().await;
     let a = proxy_tests::MockUpstream::start("a").await;
     let b = proxy_tests::MockUpstream::start("b").await;
     let hosts = Hosts::start(&site(&a.url())).await;
@@ -327,6 +336,7 @@ async fn a_reload_on_any_host_is_applied_on_every_host_and_answers_for_each() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_etcd_gone_traffic_goes_on_a_reload_fails_at_once_and_every_node_converges_after() {
+    let _serial = SERIAL.lock().await;
     let a = proxy_tests::MockUpstream::start("a").await;
     let b = proxy_tests::MockUpstream::start("b").await;
     let mut hosts = Hosts::start(&site(&a.url())).await;
@@ -380,6 +390,7 @@ async fn with_etcd_gone_traffic_goes_on_a_reload_fails_at_once_and_every_node_co
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_that_was_down_for_several_versions_catches_up_to_the_newest_and_is_not_waited_for()
 {
+    let _serial = SERIAL.lock().await;
     let a = proxy_tests::MockUpstream::start("a").await;
     let b = proxy_tests::MockUpstream::start("b").await;
     let c = proxy_tests::MockUpstream::start("c").await;
@@ -433,6 +444,7 @@ async fn a_node_that_was_down_for_several_versions_catches_up_to_the_newest_and_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_whose_controld_dies_during_a_reload_is_reported_not_applied_and_catches_up_after_a_compaction()
  {
+    let _serial = SERIAL.lock().await;
     let a = proxy_tests::MockUpstream::start("a").await;
     let b = proxy_tests::MockUpstream::start("b").await;
     let mut hosts = Hosts::start(&site(&a.url())).await;
@@ -507,6 +519,7 @@ async fn a_host_whose_controld_dies_during_a_reload_is_reported_not_applied_and_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn history_and_rollback_answer_for_the_fleet_from_any_host() {
+    let _serial = SERIAL.lock().await;
     let a = proxy_tests::MockUpstream::start("a").await;
     let b = proxy_tests::MockUpstream::start("b").await;
     let hosts = Hosts::start(&site(&a.url())).await;
@@ -549,6 +562,7 @@ async fn history_and_rollback_answer_for_the_fleet_from_any_host() {
 #[tokio::test(flavor = "multi_thread")]
 async fn over_tls_with_a_client_certificate_a_fleet_works_and_without_one_etcd_refuses_and_says_so()
 {
+    let _serial = SERIAL.lock().await;
     let etcd = EtcdCluster::start_tls(3).await;
     let files = etcd.client_files().unwrap().clone();
     let a = proxy_tests::MockUpstream::start("a").await;

@@ -31,7 +31,7 @@ pub struct Link {
     pub(super) lease: AtomicI64,
     /// What this node serves, as last recorded (or about to be).
     pub(super) state: std::sync::Mutex<NodeState>,
-    /// The last read of the fleet's state for `Admin.Status`, and when it was made.
+    /// The last read of the fleet's state for `Admin.Status`, and when it started.
     pub(super) status_cache: Arc<tokio::sync::Mutex<Option<StatusRead>>>,
 }
 
@@ -96,7 +96,12 @@ impl Link {
             lease = self.fleet.etcd().grant(self.config.lease_ttl).await?;
             self.lease.store(lease, Ordering::Release);
         }
-        self.fleet.record(&state, lease).await
+        let recorded = self.fleet.record(&state, lease).await;
+        // What Status showed is stale now.
+        if let Ok(mut cached) = self.status_cache.try_lock() {
+            *cached = None;
+        }
+        recorded
     }
 
     /// Keeps the lease alive until `shutdown`; a lease that lapsed (etcd was away longer than

@@ -28,8 +28,9 @@ pub async fn history(link: &Link) -> Result<proto::v1::HistoryReply, PublishErro
 }
 
 /// How long a read of the fleet's state serves `Admin.Status` (open to every caller of the
-/// socket): at most one read of etcd per this, however many ask.
-const STATUS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// socket): at most one read of etcd per this, however many ask. Short: `status` right after a
+/// reload must show it.
+const STATUS_FRESH: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The fleet as `Admin.Status` shows it: its head and every live node. etcd unreachable: the
 /// reason, and this node alone as it last recorded itself. Read by a task of its own (callers
@@ -39,15 +40,18 @@ pub async fn status(link: &Link) -> proto::v1::FleetStatus {
     let fleet = link.fleet.clone();
     let name = link.config.name.clone();
     let own = link.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let asked = std::time::Instant::now();
     let read = tokio::spawn(async move {
         let mut cached = cache.lock_owned().await;
+        // A read that started after this call arrived, or a very recent one, answers it.
         if let Some((at, status)) = cached.as_ref()
-            && at.elapsed() < STATUS_FRESH
+            && (*at >= asked || at.elapsed() < STATUS_FRESH)
         {
             return status.clone();
         }
+        let started = std::time::Instant::now();
         let status = read_status(&fleet, name, own).await;
-        *cached = Some((std::time::Instant::now(), status.clone()));
+        *cached = Some((started, status.clone()));
         status
     });
     match read.await {
