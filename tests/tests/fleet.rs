@@ -630,3 +630,49 @@ async fn over_tls_with_a_client_certificate_a_fleet_works_and_without_one_etcd_r
     );
     eprintln!("{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_racing_a_reload_gives_consecutive_versions_and_every_host_serves_the_last() {
+    let _serial = SERIAL.lock().await;
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let c = proxy_tests::MockUpstream::start("c").await;
+    let hosts = Hosts::start(&site(&a.url())).await;
+    hosts.hosts[0].write_config(&site(&b.url()));
+    let out = hosts.hosts[0].proxyctl(&["reload"]).await;
+    assert!(out.status.success(), "{}", proxy_tests::output_text(&out));
+    // web-1 reloads (to c) while web-2 rolls back to version 1 (upstream b): both land, one
+    // after the other, neither lost.
+    hosts.hosts[0].write_config(&site(&c.url()));
+    let (reload, rollback) = tokio::join!(
+        hosts.hosts[0].proxyctl(&["--json", "reload"]),
+        hosts.hosts[1].proxyctl(&["--json", "rollback", "1"])
+    );
+    let versions: Vec<u64> = [&reload, &rollback]
+        .iter()
+        .map(|out| {
+            let text = proxy_tests::output_text(out);
+            assert!(out.status.success(), "{text}");
+            let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            reply["version"].as_u64().unwrap()
+        })
+        .collect();
+    let mut sorted = versions.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [2, 3], "{versions:?}");
+    // Whichever came last serves on every host.
+    let last_is_reload = versions[0] == 3;
+    let expected = if last_is_reload {
+        "upstream c"
+    } else {
+        "upstream b"
+    };
+    for i in 0..3 {
+        let body = eventually("the last version everywhere", || async {
+            let body = hosts.body(i).await;
+            body.starts_with(expected).then_some(body)
+        })
+        .await;
+        assert!(body.starts_with(expected), "host {i}");
+    }
+}
