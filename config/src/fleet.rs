@@ -79,7 +79,42 @@ pub fn split(text: &str) -> Result<Split, SplitError> {
     if !host.is_empty() && !host.ends_with('\n') {
         host.push('\n');
     }
+    check_parts(&fleet, &host)?;
     Ok(Split { fleet, host })
+}
+
+/// The parts checked as TOML, by their decoded table names: the fleet's must parse on its own
+/// and hold no host table, the host's only host tables. A text the line scan above cannot
+/// read right (escapes in a quoted header, strings that fool it) is refused here rather than
+/// published with a host table in it.
+fn check_parts(fleet: &str, host: &str) -> Result<(), SplitError> {
+    let refuse = |why: &str| SplitError {
+        line: 0,
+        message: format!(
+            "cannot tell this host's tables ([control], [proxy], [cluster]) from the fleet's \
+             config: {why}; write each host table under a plain header such as `[proxy]`"
+        ),
+    };
+    let fleet_doc = DeTable::parse(fleet).map_err(|e| refuse(e.message()))?;
+    if let Some(key) = fleet_doc
+        .get_ref()
+        .keys()
+        .find(|k| HOST_TABLES.contains(&k.get_ref().as_ref()))
+    {
+        return Err(refuse(&format!("`{}` would be published", key.get_ref())));
+    }
+    let host_doc = DeTable::parse(host).map_err(|e| refuse(e.message()))?;
+    if let Some(key) = host_doc
+        .get_ref()
+        .keys()
+        .find(|k| !HOST_TABLES.contains(&k.get_ref().as_ref()))
+    {
+        return Err(refuse(&format!(
+            "`{}` would stay on this host",
+            key.get_ref()
+        )));
+    }
+    Ok(())
 }
 
 /// Joins a fleet's part and a host's tables into the text the host serves.

@@ -68,6 +68,8 @@ pub struct Controld {
     access: access::Access,
     started_at: SystemTime,
     acme: Arc<acme::Acme>,
+    /// In a fleet: the fleet version it started from (see [`cluster::resume`]).
+    resumed: Option<(u64, String)>,
 }
 
 impl Controld {
@@ -75,7 +77,8 @@ impl Controld {
     /// `config_text` is the file's text `config` was parsed from, for the version history.
     pub fn start(options: &Options, config: Config, config_text: &str) -> Result<Controld, Error> {
         // A host of a fleet starts from the fleet version it applied last.
-        let (config, config_text) = cluster::resume(config, config_text, &options.config_path);
+        let (config, config_text, resumed) =
+            cluster::resume(config, config_text, &options.config_path);
         let config_text = config_text.as_str();
         let planes = Arc::new(dataplanes::DataPlanes::default());
         let access = access::Access::new(&config.statics.control);
@@ -97,6 +100,7 @@ impl Controld {
             access,
             started_at: SystemTime::now(),
             acme: Arc::new(acme),
+            resumed,
         })
     }
 
@@ -146,6 +150,7 @@ impl Controld {
                     cluster::Link::new(
                         &cluster,
                         &self.reloader.current().config.statics.control.state_dir,
+                        self.resumed.clone(),
                     )
                     .map_err(Error::Fleet)?,
                 );

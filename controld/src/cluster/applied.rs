@@ -15,7 +15,7 @@ pub(super) struct Applied {
 
 const APPLIED_FILE: &str = "fleet-applied.json";
 
-pub(super) fn load_applied(state_dir: &std::path::Path) -> Option<Applied> {
+fn load_applied(state_dir: &std::path::Path) -> Option<Applied> {
     let bytes = std::fs::read(state_dir.join(APPLIED_FILE)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
@@ -28,20 +28,25 @@ pub(super) fn save_applied(
     crate::state::write_atomically(state_dir, APPLIED_FILE, &bytes)
 }
 
-/// What controld starts with in a fleet: the fleet version it applied last joined to this
-/// file's host tables, when it kept one and that still checks; else the file as it is.
-pub fn resume(config: Config, text: &str, path: &std::path::Path) -> (Config, String) {
+/// What controld starts with, and the fleet version (number and hash) it starts from: in a
+/// fleet, the version it applied last joined to this file's host tables, when it kept one and
+/// that still checks; else the file as it is (and no fleet version).
+pub fn resume(
+    config: Config,
+    text: &str,
+    path: &std::path::Path,
+) -> (Config, String, Option<(u64, String)>) {
     let Some(cluster) = config.statics.cluster.as_ref() else {
-        return (config, text.to_owned());
+        return (config, text.to_owned(), None);
     };
     let Some(applied) = load_applied(&config.statics.control.state_dir) else {
-        return (config, text.to_owned());
+        return (config, text.to_owned(), None);
     };
     let host = match proxy_config::fleet::split(text) {
         Ok(split) => split.host,
         Err(e) => {
             tracing::warn!(error = %e, "cannot split the config file; starting from it as it is");
-            return (config, text.to_owned());
+            return (config, text.to_owned(), None);
         }
     };
     let joined = proxy_config::fleet::join(&applied.text, &host);
@@ -60,13 +65,13 @@ pub fn resume(config: Config, text: &str, path: &std::path::Path) -> (Config, St
                 version = applied.version,
                 "starting from the fleet version applied last"
             );
-            (resumed, joined)
+            (resumed, joined, Some((applied.version, applied.hash)))
         }
-        Ok(_) => (config, text.to_owned()),
+        Ok(_) => (config, text.to_owned(), None),
         Err(e) => {
             tracing::warn!(version = applied.version, error = %e,
                 "the fleet version applied last no longer checks with this host's tables; starting from the config file");
-            (config, text.to_owned())
+            (config, text.to_owned(), None)
         }
     }
 }

@@ -25,12 +25,26 @@ pub(super) async fn apply(
     fleet_text: &str,
     why: &str,
 ) -> ReloadReport {
-    let host = match reloader.read_file().await {
-        Ok((_, text)) => proxy_config::fleet::split(&text).map(|s| s.host),
-        Err(e) => Err(proxy_config::fleet::SplitError {
-            line: 0,
-            message: e.to_string(),
-        }),
+    // One apply at a time (a reload's and the follower's), and never back to an older
+    // version than this node applied: a reload that lost the race to a newer head leaves it.
+    let _turn = link.apply_turn.lock().await;
+    let newer = link
+        .state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .applied_version
+        > version;
+    if newer {
+        return ReloadReport {
+            outcome: Outcome::Unchanged,
+            ..report_of(reloader.current().version)
+        };
+    }
+    // Only this host's tables are taken from its file: its fleet part may be stale (a
+    // certificate the fleet has since replaced), and is never served.
+    let host = match reloader.read_text().await {
+        Ok(text) => proxy_config::fleet::split(&text).map(|s| s.host),
+        Err(message) => Err(proxy_config::fleet::SplitError { line: 0, message }),
     };
     let report = match host {
         Ok(host) => {
@@ -206,10 +220,16 @@ pub async fn follow(reloader: Arc<Reloader>, link: Arc<Link>, shutdown: Cancella
     tokio::spawn(link.clone().keep_alive(shutdown.clone()));
     let mut wait = RETRY_FIRST;
     loop {
+        let mut watching = false;
         let followed = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = follow_once(&reloader, &link) => r,
+            r = follow_once(&reloader, &link, &mut watching) => r,
         };
+        // A watch that was up and then broke (a member restarted, a compaction) is followed
+        // again at once; only failures in a row back off.
+        if watching {
+            wait = RETRY_FIRST;
+        }
         if let Err(e) = followed {
             tracing::warn!(node = link.node(), error = %e, retry_in = ?wait,
                 "cannot follow the fleet; serving the last version applied");
@@ -224,21 +244,50 @@ pub async fn follow(reloader: Arc<Reloader>, link: Arc<Link>, shutdown: Cancella
 
 /// Applies the head if this node does not serve it, then every head after it, until the watch
 /// breaks (an error) or the revisions it would resume from were compacted (Ok: start over).
-async fn follow_once(reloader: &Reloader, link: &Link) -> Result<(), PublishError> {
+async fn follow_once(
+    reloader: &Reloader,
+    link: &Link,
+    watching: &mut bool,
+) -> Result<(), PublishError> {
     let head_key = link.fleet.key("head");
     let (kv, revision) = link.fleet.etcd().get(&head_key).await?;
     if kv.is_some() {
         catch_up(reloader, link).await?;
     }
     let mut watch = link.fleet.etcd().watch(&head_key, revision + 1).await?;
-    while let Some(watched) = watch.recv().await {
-        match watched? {
-            Watched::Changes { .. } => catch_up(reloader, link).await?,
-            Watched::Compacted { .. } => return Ok(()),
+    *watching = true;
+    // A version this node could not apply (a file missing for a moment, a data plane that
+    // refused it) is tried again after a while, doubling to a minute, as a single host sends a
+    // refused version again: no new version needed.
+    let mut retry = RETRY_FIRST * 10;
+    loop {
+        let failed = !link
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .error
+            .is_empty();
+        tokio::select! {
+            watched = watch.recv() => match watched {
+                Some(watched) => match watched? {
+                    Watched::Changes { .. } => {
+                        retry = RETRY_FIRST * 10;
+                        catch_up(reloader, link).await?;
+                    }
+                    Watched::Compacted { .. } => return Ok(()),
+                },
+                None => return Ok(()),
+            },
+            () = tokio::time::sleep(retry), if failed => {
+                retry = (retry * 2).min(RETRY_AGAIN_MAX);
+                catch_up(reloader, link).await?;
+            }
         }
     }
-    Ok(())
 }
+
+/// The longest wait between tries of a version this node could not apply.
+const RETRY_AGAIN_MAX: Duration = Duration::from_secs(60);
 
 /// Applies the fleet's head here unless this node serves it already.
 async fn catch_up(reloader: &Reloader, link: &Link) -> Result<(), PublishError> {

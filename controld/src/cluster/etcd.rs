@@ -175,6 +175,24 @@ impl Etcd {
         Err(last.unwrap_or_else(|| self.gone("no endpoint")))
     }
 
+    /// Runs `call` once, on the current member; when that one is unreachable, the next becomes
+    /// current for the next call. For writes that are not idempotent (a transaction): an
+    /// answer lost on the way may hide a write that was applied, and only the caller can tell
+    /// (by reading), so the write is not sent again to another member here.
+    async fn call_once<T, F, Fut>(&self, call: F) -> Result<T, EtcdError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let n = self.channels.len();
+        let i = self.current.load(Ordering::Relaxed) % n;
+        let result = self.timed(call(self.channels[i].clone())).await;
+        if matches!(result, Err(EtcdError::Unreachable { .. })) {
+            self.current.store((i + 1) % n, Ordering::Relaxed);
+        }
+        result
+    }
+
     fn error(&self, status: tonic::Status) -> EtcdError {
         let endpoints = self.endpoints.to_string();
         let mut reason = match status.message() {
@@ -314,7 +332,7 @@ impl Etcd {
             failure: Vec::new(),
         };
         let reply = self
-            .call(|c| {
+            .call_once(|c| {
                 let request = request.clone();
                 async move { Etcd::kv(c).txn(request).await }
             })
@@ -452,7 +470,10 @@ impl Etcd {
         let index = self.current.load(Ordering::Relaxed) % self.channels.len();
         let channel = self.channels[index].clone();
         let mut responses = match self
-            .timed(pb::watch_client::WatchClient::new(channel).watch(ReceiverStream::new(rx)))
+            .timed(
+                pb::watch_client::WatchClient::new(channel)
+                    .watch(leader_required(ReceiverStream::new(rx))),
+            )
             .await
         {
             Ok(r) => r,
@@ -523,4 +544,16 @@ impl Etcd {
         });
         Ok(out)
     }
+}
+
+/// A watch request etcd answers only from a member that has a leader (etcd's `hasleader`
+/// metadata): a member cut off from the majority ends the watch instead of keeping it open
+/// with no events, and the follower goes to another member.
+fn leader_required<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "hasleader",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    request
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::applied::load_applied;
 use super::etcd::Etcd;
 use super::store::{Fleet, NodeState, PublishError};
 use super::tls;
@@ -31,12 +30,22 @@ pub struct Link {
     pub(super) lease: AtomicI64,
     /// What this node serves, as last recorded (or about to be).
     pub(super) state: std::sync::Mutex<NodeState>,
+    /// Taken by every apply of a fleet version here (a reload's, the follower's).
+    pub(super) apply_turn: tokio::sync::Mutex<()>,
+    /// The last read of the fleet's history for `Admin.History`, and when it started.
+    pub(super) history_cache: Arc<tokio::sync::Mutex<Option<HistoryRead>>>,
     /// The last read of the fleet's state for `Admin.Status`, and when it started.
     pub(super) status_cache: Arc<tokio::sync::Mutex<Option<StatusRead>>>,
 }
 
 /// A read of the fleet's state and when it was made.
 pub(super) type StatusRead = (std::time::Instant, proto::v1::FleetStatus);
+
+/// A read of the fleet's history and when it was made.
+pub(super) type HistoryRead = (
+    std::time::Instant,
+    Result<proto::v1::HistoryReply, super::store::PublishError>,
+);
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,10 +59,16 @@ impl std::fmt::Debug for Link {
 impl Link {
     /// A link to the fleet `config` names; connects lazily (etcd may be down now). It starts
     /// from the fleet version this host applied last (kept in `state_dir`), if any.
-    pub fn new(config: &ClusterConfig, state_dir: &std::path::Path) -> Result<Link, String> {
+    /// `resumed`: the fleet version (number and hash) controld started from, when it started
+    /// from the one this host applied last ([`super::resume`]); `None`: from its file.
+    pub fn new(
+        config: &ClusterConfig,
+        state_dir: &std::path::Path,
+        resumed: Option<(u64, String)>,
+    ) -> Result<Link, String> {
         let tls = config.tls.as_ref().map(tls::client_config).transpose()?;
         let etcd = Etcd::connect(&config.etcd, ETCD_TIMEOUT, tls).map_err(|e| e.to_string())?;
-        let applied = load_applied(state_dir);
+        let applied = resumed;
         Ok(Link {
             fleet: Fleet::new(etcd, &config.name, &config.node),
             config: config.clone(),
@@ -62,12 +77,14 @@ impl Link {
             state: std::sync::Mutex::new(NodeState {
                 node: config.node.clone(),
                 build: proto::BUILD_VERSION.to_owned(),
-                applied_version: applied.as_ref().map_or(0, |a| a.version),
-                applied_hash: applied.map(|a| a.hash).unwrap_or_default(),
+                applied_version: applied.as_ref().map_or(0, |a| a.0),
+                applied_hash: applied.map(|a| a.1).unwrap_or_default(),
                 tried_version: 0,
                 error: String::new(),
                 at_unix_ms: 0,
             }),
+            apply_turn: tokio::sync::Mutex::new(()),
+            history_cache: Arc::default(),
             status_cache: Arc::default(),
         })
     }

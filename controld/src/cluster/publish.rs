@@ -192,12 +192,9 @@ pub async fn rollback(
         .version(target)
         .await?
         .ok_or(RollbackError::UnknownVersion(target))?;
-    let host = match reloader.read_file().await {
-        Ok((_, text)) => proxy_config::fleet::split(&text).map(|s| s.host),
-        Err(e) => Err(proxy_config::fleet::SplitError {
-            line: 0,
-            message: e.to_string(),
-        }),
+    let host = match reloader.read_text().await {
+        Ok(text) => proxy_config::fleet::split(&text).map(|s| s.host),
+        Err(message) => Err(proxy_config::fleet::SplitError { line: 0, message }),
     };
     let host = match host {
         Ok(host) => host,

@@ -3,10 +3,38 @@
 use super::link::{ETCD_TIMEOUT, Link};
 use super::store::{NodeState, PublishError};
 
-/// What `Admin.History` answers in a fleet: the fleet's versions, newest first.
+/// What `Admin.History` answers in a fleet: the fleet's versions, newest first. Read as
+/// `Admin.Status` reads the fleet: by a task of its own, shared by the calls that arrive while
+/// it runs and for [`STATUS_FRESH`] after.
 pub async fn history(link: &Link) -> Result<proto::v1::HistoryReply, PublishError> {
-    let (head, _) = link.fleet.head().await?;
-    let entries = link.fleet.history().await?;
+    let cache = link.history_cache.clone();
+    let fleet = link.fleet.clone();
+    let asked = std::time::Instant::now();
+    let read = tokio::spawn(async move {
+        let mut cached = cache.lock_owned().await;
+        if let Some((at, reply)) = cached.as_ref()
+            && (*at >= asked || at.elapsed() < STATUS_FRESH)
+        {
+            return reply.clone();
+        }
+        let started = std::time::Instant::now();
+        let reply = read_history(&fleet).await;
+        *cached = Some((started, reply.clone()));
+        reply
+    });
+    read.await.unwrap_or_else(|e| {
+        Err(PublishError::Corrupt {
+            key: "history".to_owned(),
+            reason: e.to_string(),
+        })
+    })
+}
+
+async fn read_history(
+    fleet: &super::store::Fleet,
+) -> Result<proto::v1::HistoryReply, PublishError> {
+    let (head, _) = fleet.head().await?;
+    let entries = fleet.history().await?;
     Ok(proto::v1::HistoryReply {
         current_version: head.map_or(0, |h| h.version),
         entries: entries

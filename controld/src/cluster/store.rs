@@ -47,6 +47,9 @@ pub struct FleetVersion {
     pub uid: Option<u32>,
     pub pid: Option<i32>,
     pub summary: String,
+    /// Random, one per publish: how a publish whose answer was lost recognizes its own version.
+    #[serde(default)]
+    pub publish_id: String,
 }
 
 /// A version as `history` lists it: [`FleetVersion`] without its text.
@@ -111,7 +114,18 @@ pub enum PublishError {
     Etcd(#[from] EtcdError),
     #[error("etcd holds something this controld cannot read at {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// A version larger than etcd takes in one request.
+    #[error(
+        "the fleet's config would take {bytes} bytes in etcd, more than the {MAX_VERSION_BYTES} \
+         one version may (etcd refuses requests over 1.5 MiB by default): keep the fleet's part \
+         of the config smaller; nothing was published"
+    )]
+    TooLarge { bytes: usize },
 }
+
+/// The most one version may take in etcd (its record and its history entry are written in one
+/// transaction, and etcd's default `--max-request-bytes` is 1.5 MiB).
+pub const MAX_VERSION_BYTES: usize = 1024 * 1024;
 
 /// Who publishes, for the version's record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -227,6 +241,7 @@ impl Fleet {
         force: bool,
     ) -> Result<Published, PublishError> {
         let hash = text_hash(text);
+        let publish_id = format!("{:016x}", fastrand::u64(..));
         let mut tries = 0;
         // A transaction whose answer was lost (a timeout, a leader change) may have been
         // applied: then the head holds this text because of it, and it is this publish's.
@@ -238,7 +253,7 @@ impl Fleet {
             if let Some(mine) = maybe_applied.filter(|v| *v == now)
                 && head.as_ref().is_some_and(|h| h.hash == hash)
                 && let Some(version) = self.version(mine).await?
-                && version.node == self.node
+                && version.publish_id == publish_id
             {
                 return Ok(Published::New(version));
             }
@@ -258,14 +273,21 @@ impl Fleet {
                 uid: publisher.uid,
                 pid: publisher.pid,
                 summary: publisher.summary.clone(),
+                publish_id: publish_id.clone(),
             };
             let head = Head {
                 version: version.version,
                 hash: hash.clone(),
             };
+            let record = json(&version);
+            if record.len() > MAX_VERSION_BYTES {
+                return Err(PublishError::TooLarge {
+                    bytes: record.len(),
+                });
+            }
             let puts = vec![
                 (self.key("head"), json(&head)),
-                (self.version_key(version.version), json(&version)),
+                (self.version_key(version.version), record),
                 (
                     self.log_key(version.version),
                     json(&FleetEntry::from(&version)),

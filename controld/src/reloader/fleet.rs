@@ -76,6 +76,22 @@ impl Reloader {
         self.ack_timeout
     }
 
+    /// The config file's text, unchecked (off the async threads, at most the config size
+    /// limit): a host of a fleet takes only its own tables from it.
+    pub async fn read_text(&self) -> Result<String, String> {
+        let path = self.config_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let limit = crate::config::MAX_CONFIG_BYTES;
+            let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if meta.len() > limit {
+                return Err(format!("{}: larger than {limit} bytes", path.display()));
+            }
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+    }
+
     /// Reads the config file as a reload does (off the async threads), without publishing.
     pub async fn read_file(&self) -> Result<(Config, String), crate::config::LoadError> {
         load_off_thread(self.config_path.clone(), None).await

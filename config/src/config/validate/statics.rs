@@ -402,6 +402,14 @@ pub(super) fn cluster(file: &FileConfig, p: &mut Problems) -> Option<ClusterConf
             key_file,
         }
     });
+    let plain = cluster.etcd.iter().any(|e| e.starts_with("http://"));
+    if https && plain {
+        // A typo would send the fleet's config to that member in clear text.
+        p.push(
+            at.key("etcd"),
+            "mixes https:// and http:// endpoints: every member is reached the same way",
+        );
+    }
     if https && tls.is_none() {
         p.push(
             at.key("tls"),

@@ -1,0 +1,392 @@
+//! The review of issue 21 (fleets), each finding a test: concurrent reloads leave every node on
+//! the fleet's version; a restart that falls back to the file is not reported in sync;
+//! followers are not blocked by the stale fleet part of their own file; a publish whose answer
+//! was lost is told the truth; History from a read-only caller does not reach etcd per call.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use controld::cluster::etcd::Etcd;
+use controld::cluster::store::{Fleet, PublishError, Published, Publisher};
+use proxy_tests::etcd::EtcdCluster;
+use proxy_tests::eventually;
+use proxy_tests::tls::{Issued, TestCa};
+
+/// One test at a time: each starts a three-member etcd and three hosts.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Hosts {
+    etcd: EtcdCluster,
+    hosts: Vec<proxy_tests::TestEnv>,
+}
+
+fn site(upstream: &str, extra: &str) -> String {
+    format!("[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{upstream}\"]\n{extra}\n")
+}
+
+fn tls_site(upstream: &str, issued: &Issued) -> String {
+    format!(
+        "{}[[sites]]\nhostnames = [\"secure.example\"]\nupstreams = [\"{upstream}\"]\n{}\n",
+        site(upstream, ""),
+        issued.site_tls()
+    )
+}
+
+fn watcher(etcd: &EtcdCluster) -> Fleet {
+    Fleet::new(
+        Etcd::connect(&etcd.endpoints(), Duration::from_secs(2), None).unwrap(),
+        "shop",
+        "watcher",
+    )
+}
+
+impl Hosts {
+    async fn start(body: &str, listeners: &str) -> Hosts {
+        let etcd = EtcdCluster::start(3).await;
+        let mut hosts = Vec::new();
+        for node in ["web-1", "web-2", "web-3"] {
+            let setup = proxy_tests::Setup {
+                tables: format!(
+                    "[cluster]\netcd = {}\nname = \"shop\"\nnode = \"{node}\"\nlease_ttl = \"3s\"\n",
+                    etcd.toml_endpoints()
+                ),
+                listeners: listeners.to_owned(),
+                ..proxy_tests::Setup::default()
+            };
+            hosts.push(proxy_tests::TestEnv::start_setup(setup, body).await);
+        }
+        let w = watcher(&etcd);
+        eventually("three live nodes", || async {
+            (w.nodes().await.ok()?.len() == 3).then_some(())
+        })
+        .await;
+        Hosts { etcd, hosts }
+    }
+
+    async fn body(&self, i: usize) -> String {
+        proxy_tests::get(self.hosts[i].http, "app.example", "/")
+            .await
+            .body
+    }
+
+    async fn reload(&self, i: usize) -> serde_json::Value {
+        let out = self.hosts[i].proxyctl(&["--json", "reload"]).await;
+        let text = proxy_tests::output_text(&out);
+        eprintln!("reload on web-{}: {text}", i + 1);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{text}"))
+    }
+}
+
+fn results(reply: &serde_json::Value) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = reply["data_planes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["node_id"].as_str().unwrap_or_default().to_owned(),
+                p["result"].as_str().unwrap_or_default().to_owned(),
+                p["error"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// F1: a follower re-validates its own (stale, never-published) fleet part on every fleet
+/// version: after a certificate rotation done through the fleet, the hosts whose file still
+/// names the old certificate refuse every later version.
+#[tokio::test(flavor = "multi_thread")]
+async fn followers_are_not_blocked_by_the_stale_fleet_part_of_their_own_file() {
+    let _serial = SERIAL.lock().await;
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().unwrap();
+    let old = ca.issue(certs.path(), "old", &["secure.example"]);
+    let new = ca.issue(certs.path(), "new", &["secure.example"]);
+    let hosts = Hosts::start(&tls_site(&a.url(), &old), proxy_tests::HTTPS_ON_PORT_0).await;
+
+    // web-1 rotates the certificate for the fleet: applied everywhere.
+    hosts.hosts[0].write_config(&tls_site(&a.url(), &new));
+    let reply = hosts.reload(0).await;
+    assert!(results(&reply).iter().all(|r| r.1 == "acked"), "{reply}");
+    // The old certificate is removed from every host (no version names it any more).
+    std::fs::remove_file(&old.cert_file).unwrap();
+    std::fs::remove_file(&old.key_file).unwrap();
+
+    // web-1 changes the upstream: every node should apply it.
+    hosts.hosts[0].write_config(&tls_site(&b.url(), &new));
+    let reply = hosts.reload(0).await;
+    assert_eq!(
+        results(&reply)
+            .iter()
+            .map(|r| r.1.as_str())
+            .collect::<Vec<_>>(),
+        ["acked", "acked", "acked"],
+        "{reply}"
+    );
+}
+
+/// F2: a controld restart whose kept fleet version does not check at that moment (here: its
+/// certificate is briefly missing) falls back to the file's older fleet part, but the link
+/// still claims the kept version: status says "in sync" and catch_up never re-applies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_that_falls_back_to_the_file_is_not_reported_in_sync() {
+    let _serial = SERIAL.lock().await;
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().unwrap();
+    let old = ca.issue(certs.path(), "old", &["secure.example"]);
+    let new = ca.issue(certs.path(), "new", &["secure.example"]);
+    let mut hosts = Hosts::start(&tls_site(&a.url(), &old), proxy_tests::HTTPS_ON_PORT_0).await;
+    hosts.hosts[0].write_config(&tls_site(&b.url(), &new));
+    let reply = hosts.reload(0).await;
+    assert!(results(&reply).iter().all(|r| r.1 == "acked"), "{reply}");
+    assert!(hosts.body(1).await.starts_with("upstream b"));
+
+    // web-2's controld restarts while the new certificate is briefly unavailable.
+    hosts.hosts[1].stop_controld().await;
+    let hidden = certs.path().join("hidden.crt");
+    std::fs::rename(&new.cert_file, &hidden).unwrap();
+    hosts.hosts[1].start_controld().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::rename(&hidden, &new.cert_file).unwrap();
+    // It recovers by itself: the version it could not apply is tried again.
+    let body = eventually("web-2 back on the fleet's version", || async {
+        let body = hosts.body(1).await;
+        body.starts_with("upstream b").then_some(body)
+    })
+    .await;
+    let out = hosts.hosts[1].proxyctl(&["status"]).await;
+    let text = proxy_tests::output_text(&out);
+    let in_sync = text
+        .lines()
+        .any(|l| l.starts_with("web-2") && l.contains(" yes "));
+    eprintln!("web-2 serves {body:?}\n{text}");
+    assert!(
+        !(in_sync && body.starts_with("upstream a")),
+        "web-2 serves the file's old version (upstream a) while status says it is in sync \
+         with the fleet's version (upstream b), exit {:?}:\n{text}",
+        out.status.code()
+    );
+}
+
+/// F3: two reloads at once on two hosts: each host's own reload applies its version after
+/// its follower applied the newer one, so the host steps back and stays behind the head.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_reloads_on_two_hosts_leave_every_node_on_the_head() {
+    let _serial = SERIAL.lock().await;
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let hosts = Hosts::start(&site(&a.url(), ""), "").await;
+    let w = watcher(&hosts.etcd);
+    for round in 0..40 {
+        hosts.hosts[0].write_config(&site(&a.url(), &format!("# web-1 round {round}")));
+        hosts.hosts[1].write_config(&site(&a.url(), &format!("# web-2 round {round}")));
+        hosts.hosts[2].write_config(&site(&a.url(), &format!("# web-3 round {round}")));
+        let _ = tokio::join!(
+            hosts.hosts[0].proxyctl(&["reload"]),
+            hosts.hosts[1].proxyctl(&["reload"]),
+            hosts.hosts[2].proxyctl(&["reload"])
+        );
+        let head = w.head().await.unwrap().0.unwrap();
+        let settled = async {
+            loop {
+                let nodes = w.nodes().await.unwrap();
+                if nodes.len() == 3 && nodes.iter().all(|n| n.applied_version == head.version) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(8), settled)
+            .await
+            .is_err()
+        {
+            let nodes = w.nodes().await.unwrap();
+            panic!(
+                "round {round}: head is {} but nodes stay at {:?}",
+                head.version,
+                nodes
+                    .iter()
+                    .map(|n| (n.node.clone(), n.applied_version))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// A gRPC-aware proxy in front of one etcd member that forwards everything, but answers the
+/// next Txn it forwards with UNAVAILABLE after etcd applied it (as a leader change or a
+/// client-side timeout does: the outcome is unknown to the caller).
+async fn lying_proxy(target: SocketAddr, lie: Arc<AtomicBool>) -> SocketAddr {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    type Body = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let lie = lie.clone();
+            tokio::spawn(async move {
+                let upstream = tokio::net::TcpStream::connect(target).await.unwrap();
+                let (sender, conn) = hyper::client::conn::http2::handshake(
+                    TokioExecutor::new(),
+                    TokioIo::new(upstream),
+                )
+                .await
+                .unwrap();
+                tokio::spawn(conn);
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let mut sender = sender.clone();
+                        let lie = lie.clone();
+                        async move {
+                            let txn = req.uri().path() == "/etcdserverpb.KV/Txn";
+                            let resp = sender.send_request(req).await?;
+                            if txn && lie.swap(false, Ordering::SeqCst) {
+                                let _ = resp.into_body().collect().await;
+                                let body: Body = Empty::<bytes::Bytes>::new()
+                                    .map_err(|n: std::convert::Infallible| match n {})
+                                    .boxed();
+                                return Ok::<_, hyper::Error>(
+                                    http::Response::builder()
+                                        .status(200)
+                                        .header("content-type", "application/grpc")
+                                        .header("grpc-status", "14")
+                                        .header("grpc-message", "injected: the answer was lost")
+                                        .body(body)
+                                        .unwrap(),
+                                );
+                            }
+                            Ok(resp.map(|b| b.boxed()))
+                        }
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// F4: a publish whose transaction landed but whose answer was lost is retried on the next
+/// member by `Etcd::call`; the guard fails there (the head moved: by this very publish) and the
+/// caller is told UNCHANGED (or, with --if-version, CONFLICT "nothing was published"), while its
+/// text is the fleet's new version.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_whose_answer_was_lost_is_told_the_truth() {
+    let _serial = SERIAL.lock().await;
+    let cluster = EtcdCluster::start(3).await;
+    let endpoints = cluster.endpoints();
+    let target: SocketAddr = endpoints[0].trim_start_matches("http://").parse().unwrap();
+    let lie = Arc::new(AtomicBool::new(false));
+    let proxy = lying_proxy(target, lie.clone()).await;
+    let through_proxy = || {
+        let mut list = vec![format!("http://{proxy}")];
+        list.extend(endpoints[1..].iter().cloned());
+        Fleet::new(
+            Etcd::connect(&list, Duration::from_secs(2), None).unwrap(),
+            "test",
+            "a",
+        )
+    };
+    let by = Publisher {
+        source: "reload".into(),
+        ..Publisher::default()
+    };
+
+    // Plain publish: the caller must learn that it published version 1.
+    lie.store(true, Ordering::SeqCst);
+    let got = through_proxy().publish("# one\n", &by, None, false).await;
+    let head = through_proxy().head().await.unwrap().0.unwrap();
+    eprintln!("publish # one: {got:?}; head {head:?}");
+    // With --if-version 1: the caller must not be told "nothing was published".
+    lie.store(true, Ordering::SeqCst);
+    let got2 = through_proxy()
+        .publish("# two\n", &by, Some(1), false)
+        .await;
+    let head2 = through_proxy().head().await.unwrap().0.unwrap();
+    eprintln!("publish # two --if-version 1: {got2:?}; head {head2:?}");
+    assert_eq!(head.version, 1);
+    assert!(
+        matches!(got, Ok(Published::New(ref v)) if v.version == 1),
+        "{got:?}"
+    );
+    assert_eq!(head2.version, 2);
+    assert!(
+        !matches!(got2, Err(PublishError::Conflict { .. })),
+        "told 'nothing was published' while it published version 2: {got2:?}"
+    );
+}
+
+/// Range requests etcd's members have served (from their /metrics).
+async fn etcd_ranges(etcd: &EtcdCluster) -> f64 {
+    let mut total = 0.0;
+    for e in etcd.endpoints() {
+        let addr: SocketAddr = e.trim_start_matches("http://").parse().unwrap();
+        let text = proxy_tests::raw_exchange(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        for line in text.lines() {
+            if line.starts_with("grpc_server_started_total")
+                && line.contains("grpc_method=\"Range\"")
+            {
+                total += line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+            }
+        }
+    }
+    total
+}
+
+/// F5: Admin.History (open to every caller of the socket) reads etcd twice per call, with no
+/// sharing or bound (Status got a 1 s cache in 75bf442; History did not).
+#[tokio::test(flavor = "multi_thread")]
+async fn history_reads_of_a_read_only_caller_do_not_each_reach_etcd() {
+    let _serial = SERIAL.lock().await;
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let hosts = Hosts::start(&site(&a.url(), ""), "").await;
+    let before = etcd_ranges(&hosts.etcd).await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let mut admin = hosts.hosts[0].admin().await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                admin
+                    .history(proto::v1::HistoryRequest::default())
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let started = std::time::Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = etcd_ranges(&hosts.etcd).await;
+    eprintln!(
+        "1000 History calls in {:?}: {} Range requests at etcd",
+        started.elapsed(),
+        after - before
+    );
+    assert!(
+        after - before < 100.0,
+        "{} Range requests for 1000 History calls",
+        after - before
+    );
+}
