@@ -209,6 +209,7 @@ async fn a_node_whose_lease_lapses_drops_out_and_a_watch_sees_each_version() {
         tried_version: 2,
         error: String::new(),
         at_unix_ms: 0,
+        instance: "one".into(),
     };
     a.record(&state, lease).await.unwrap();
     assert_eq!(b.nodes().await.unwrap(), [state]);
@@ -675,4 +676,43 @@ async fn a_rollback_racing_a_reload_gives_consecutive_versions_and_every_host_se
         .await;
         assert!(body.starts_with(expected), "host {i}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_host_under_a_live_node_s_name_is_refused_and_says_so() {
+    let _serial = SERIAL.lock().await;
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let hosts = Hosts::start(&site(&a.url())).await;
+    // A clone of web-1 (same node name) joins.
+    let clone = proxy_tests::TestEnv::start_setup(
+        proxy_tests::Setup {
+            tables: format!(
+                "[cluster]\netcd = {}\nname = \"shop\"\nnode = \"web-1\"\nlease_ttl = \"3s\"\n",
+                hosts.etcd.toml_endpoints()
+            ),
+            ..proxy_tests::Setup::default()
+        },
+        &site(&a.url()),
+    )
+    .await;
+    let text = eventually("the clone told its name is taken", || async {
+        let out = clone.proxyctl(&["status"]).await;
+        let text = proxy_tests::output_text(&out);
+        text.contains("another controld").then_some(text)
+    })
+    .await;
+    assert!(
+        text.contains("give each host its own [cluster] node"),
+        "{text}"
+    );
+    // The fleet still lists one web-1: the first.
+    let nodes = Fleet::new(
+        Etcd::connect(&hosts.etcd.endpoints(), Duration::from_secs(2), None).unwrap(),
+        "shop",
+        "watcher",
+    )
+    .nodes()
+    .await
+    .unwrap();
+    assert_eq!(nodes.iter().filter(|n| n.node == "web-1").count(), 1);
 }

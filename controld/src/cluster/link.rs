@@ -30,6 +30,9 @@ pub struct Link {
     pub(super) lease: AtomicI64,
     /// What this node serves, as last recorded (or about to be).
     pub(super) state: std::sync::Mutex<NodeState>,
+    /// Why etcd refuses this node's records (another controld is live under its name); shown
+    /// by `Admin.Status`.
+    pub(super) refused: std::sync::Mutex<Option<String>>,
     /// Taken by every apply of a fleet version here (a reload's, the follower's).
     pub(super) apply_turn: tokio::sync::Mutex<()>,
     /// The last read of the fleet's history for `Admin.History`, and when it started.
@@ -82,7 +85,9 @@ impl Link {
                 tried_version: 0,
                 error: String::new(),
                 at_unix_ms: 0,
+                instance: instance(state_dir),
             }),
+            refused: std::sync::Mutex::new(None),
             apply_turn: tokio::sync::Mutex::new(()),
             history_cache: Arc::default(),
             status_cache: Arc::default(),
@@ -114,6 +119,13 @@ impl Link {
             self.lease.store(lease, Ordering::Release);
         }
         let recorded = self.fleet.record(&state, lease).await;
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = match &recorded {
+            Err(e @ PublishError::DuplicateNode { .. }) => {
+                tracing::error!(error = %e, "this node cannot record itself in the fleet");
+                Some(e.to_string())
+            }
+            _ => None,
+        };
         // What Status showed is stale now.
         if let Ok(mut cached) = self.status_cache.try_lock() {
             *cached = None;
@@ -155,4 +167,22 @@ impl Link {
             }
         }
     }
+}
+
+/// This host's instance id: random, made once and kept in the state directory, so that a
+/// controld that restarts is the same node, and a second host that took the same node name
+/// (a clone) is not.
+fn instance(state_dir: &std::path::Path) -> String {
+    const FILE: &str = "fleet-instance";
+    if let Ok(kept) = std::fs::read_to_string(state_dir.join(FILE)) {
+        let kept = kept.trim();
+        if !kept.is_empty() && kept.len() <= 64 {
+            return kept.to_owned();
+        }
+    }
+    let made = format!("{:016x}", fastrand::u64(..));
+    if let Err(e) = crate::state::write_atomically(state_dir, FILE, made.as_bytes()) {
+        tracing::warn!(error = %e, "cannot keep this node's instance id; a restart will look like another host until the old lease lapses");
+    }
+    made
 }

@@ -82,8 +82,23 @@ pub async fn status(link: &Link) -> proto::v1::FleetStatus {
         *cached = Some((started, status.clone()));
         status
     });
+    let refused = link
+        .refused
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     match read.await {
-        Ok(status) => status,
+        // This node's records are refused: say so first.
+        Ok(mut status) => {
+            if let Some(refused) = refused {
+                status.error = if status.error.is_empty() {
+                    refused
+                } else {
+                    format!("{refused}; {}", status.error)
+                };
+            }
+            status
+        }
         Err(e) => proto::v1::FleetStatus {
             name: link.config.name.clone(),
             node: link.node().to_owned(),

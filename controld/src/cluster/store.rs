@@ -92,6 +92,10 @@ pub struct NodeState {
     pub tried_version: u64,
     pub error: String,
     pub at_unix_ms: u64,
+    /// Random, one per controld process: two hosts that took the same node name tell each
+    /// other apart by it.
+    #[serde(default)]
+    pub instance: String,
 }
 
 /// What a publish did.
@@ -114,6 +118,12 @@ pub enum PublishError {
     Etcd(#[from] EtcdError),
     #[error("etcd holds something this controld cannot read at {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// Another controld, alive, records itself under this node's name.
+    #[error(
+        "another controld (instance {other}) is live as node {node:?}: give each host its own \
+         [cluster] node (the default is the host name, which cloned machines share)"
+    )]
+    DuplicateNode { node: String, other: String },
     /// A version larger than etcd takes in one request.
     #[error(
         "the fleet's config would take {bytes} bytes in etcd, more than the {MAX_VERSION_BYTES} \
@@ -329,9 +339,20 @@ impl Fleet {
         }
     }
 
-    /// Records what this node serves, attached to `lease` (so that it lapses with the node).
+    /// Records what this node serves, attached to `lease` (so that it lapses with the node);
+    /// refused while another controld (another instance) is live under the same name.
     pub async fn record(&self, state: &NodeState, lease: i64) -> Result<(), PublishError> {
         let key = self.key(&format!("nodes/{}", self.node));
+        if let (Some(kv), _) = self.etcd.get(&key).await?
+            && let Ok(other) = serde_json::from_slice::<NodeState>(&kv.value)
+            && !other.instance.is_empty()
+            && other.instance != state.instance
+        {
+            return Err(PublishError::DuplicateNode {
+                node: self.node.clone(),
+                other: other.instance,
+            });
+        }
         self.etcd.put(&key, json(state), lease).await?;
         Ok(())
     }
