@@ -140,14 +140,23 @@ pub(super) async fn wait_for_nodes(
         (s.applied_version >= version && (s.applied_version > version || s.applied_hash == hash))
             || (s.tried_version >= version && !s.error.is_empty())
     };
-    loop {
-        let Ok((kvs, revision)) = link.fleet.etcd().prefix(&prefix).await else {
+    // The watch first, from now, then one read: every change after the read comes as an
+    // event. (A watch that starts at a past revision waits for etcd's catch-up loop, up to
+    // 100 ms, where one from now gets each event as it happens.) Each node's newest record
+    // wins, by its revision.
+    'watched: loop {
+        let Ok(mut watch) = link.fleet.etcd().watch(&prefix, 0).await else {
             break;
         };
+        let Ok((kvs, _)) = link.fleet.etcd().prefix(&prefix).await else {
+            break;
+        };
+        let mut revisions: BTreeMap<String, i64> = BTreeMap::new();
         let mut present = std::collections::BTreeSet::new();
         for kv in &kvs {
             if let Ok(state) = serde_json::from_slice::<NodeState>(&kv.value) {
                 present.insert(state.node.clone());
+                revisions.insert(state.node.clone(), kv.mod_revision);
                 if let Some(slot) = latest.get_mut(&state.node) {
                     *slot = Some(state);
                 }
@@ -158,21 +167,41 @@ pub(super) async fn wait_for_nodes(
                 *state = None;
             }
         }
-        if latest.values().all(|s| s.as_ref().is_none_or(answered)) {
-            break;
-        }
-        let Ok(mut watch) = link.fleet.etcd().watch(&prefix, revision + 1).await else {
-            break;
-        };
-        // Any change under nodes/: read them all again.
-        match tokio::time::timeout_at(deadline, watch.recv()).await {
-            Err(_) => break,
-            Ok(Some(Ok(Watched::Changes { .. }))) => {}
-            Ok(_) => {
-                // The watch broke: read everything again, after a breath.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                if tokio::time::Instant::now() >= deadline {
-                    break;
+        loop {
+            if latest.values().all(|s| s.as_ref().is_none_or(answered)) {
+                break 'watched;
+            }
+            match tokio::time::timeout_at(deadline, watch.recv()).await {
+                Err(_) => break 'watched,
+                Ok(Some(Ok(Watched::Changes { changes, .. }))) => {
+                    for change in changes {
+                        let (kv, put) = match change {
+                            super::etcd::Change::Put(kv) => (kv, true),
+                            super::etcd::Change::Delete(kv) => (kv, false),
+                        };
+                        let node =
+                            String::from_utf8_lossy(&kv.key[prefix.len().min(kv.key.len())..])
+                                .into_owned();
+                        if revisions.get(&node).is_some_and(|r| *r >= kv.mod_revision) {
+                            continue;
+                        }
+                        revisions.insert(node.clone(), kv.mod_revision);
+                        if let Some(slot) = latest.get_mut(&node) {
+                            *slot = if put {
+                                serde_json::from_slice::<NodeState>(&kv.value).ok()
+                            } else {
+                                None
+                            };
+                        }
+                    }
+                }
+                Ok(_) => {
+                    // The watch broke: read everything again, after a breath.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if tokio::time::Instant::now() >= deadline {
+                        break 'watched;
+                    }
+                    continue 'watched;
                 }
             }
         }
@@ -250,12 +279,14 @@ async fn follow_once(
     watching: &mut bool,
 ) -> Result<(), PublishError> {
     let head_key = link.fleet.key("head");
-    let (kv, revision) = link.fleet.etcd().get(&head_key).await?;
+    // The watch first, from now (one from a past revision waits for etcd's catch-up loop, up
+    // to 100 ms), then the head as it is: a change in between comes as an event.
+    let mut watch = link.fleet.etcd().watch(&head_key, 0).await?;
+    *watching = true;
+    let (kv, _) = link.fleet.etcd().get(&head_key).await?;
     if kv.is_some() {
         catch_up(reloader, link).await?;
     }
-    let mut watch = link.fleet.etcd().watch(&head_key, revision + 1).await?;
-    *watching = true;
     // A version this node could not apply (a file missing for a moment, a data plane that
     // refused it) is tried again after a while, doubling to a minute, as a single host sends a
     // refused version again: no new version needed.
