@@ -113,6 +113,25 @@ async fn node(
         })
         .unwrap_or_default()
     };
+    let (watch_tx, watch_rx) = mpsc::channel(1);
+    watch_tx
+        .send(pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: head_key.clone(),
+                    range_end: Vec::new(),
+                    // From now, as controld does: a watch from a past revision waits for
+                    // etcd's catch-up loop.
+                    start_revision: 0,
+                    ..Default::default()
+                },
+            )),
+        })
+        .await?;
+    let mut watch = pb::watch_client::WatchClient::new(channel)
+        .watch(ReceiverStream::new(watch_rx))
+        .await?
+        .into_inner();
     let current = kv
         .range(pb::RangeRequest {
             key: head_key.clone(),
@@ -120,7 +139,6 @@ async fn node(
         })
         .await?
         .into_inner();
-    let revision = current.header.map_or(0, |h| h.revision);
     let head = current
         .kvs
         .first()
@@ -134,23 +152,6 @@ async fn node(
     })
     .await?;
     let _ = ready.send(()).await;
-    let (watch_tx, watch_rx) = mpsc::channel(1);
-    watch_tx
-        .send(pb::WatchRequest {
-            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-                pb::WatchCreateRequest {
-                    key: head_key.clone(),
-                    range_end: Vec::new(),
-                    start_revision: revision + 1,
-                    ..Default::default()
-                },
-            )),
-        })
-        .await?;
-    let mut watch = pb::watch_client::WatchClient::new(channel)
-        .watch(ReceiverStream::new(watch_rx))
-        .await?
-        .into_inner();
     while let Some(message) = watch.message().await? {
         for event in message.events {
             let Some(head) = event
