@@ -172,6 +172,10 @@ up() {
         export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
         exec setsid systemd-nspawn "${args[@]}" </dev/null >"$run/nspawn.log" 2>&1
     ) &
+    # The subshell becomes nspawn (exec): while it lives, the box is starting or up. (Asking
+    # for nspawn's processes by name raced with the exec: under load the first look found none
+    # and gave the box up while it was booting.)
+    local nspawn=$!
     local deadline=$((SECONDS + 120)) init="" state=""
     while :; do
         if init=$(init_of "$name"); then
@@ -179,7 +183,8 @@ up() {
                 systemctl is-system-running --wait 2>/dev/null || true)
             case $state in running|degraded) break ;; esac
         fi
-        if [[ -z $(pids_of "$name") ]]; then
+        # Gone, or exited and not yet reaped (a zombie still answers kill -0).
+        if ! kill -0 "$nspawn" 2>/dev/null || [[ $(awk '{print $3}' "/proc/$nspawn/stat" 2>/dev/null) == Z ]]; then
             tail -n 30 "$run/nspawn.log" >&2
             cleanup "$name"
             die "systemd-nspawn exited"
