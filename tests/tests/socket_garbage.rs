@@ -560,13 +560,7 @@ async fn proxyctl_status_shows_a_data_plane_with_the_longest_node_id() {
 async fn readers_that_never_open_their_window_share_one_reply() {
     let _serial = SERIAL.lock().await;
     // A config whose GetConfig reply is several MiB (its text and its snapshot).
-    let sites: String = (0..30_000)
-        .map(|i| {
-            format!(
-                "[[sites]]\nhostnames = [\"s{i}.example\"]\nupstreams = [\"http://127.0.0.1:9\"]\n"
-            )
-        })
-        .collect();
+    let sites = many_sites();
     let env = TestEnv::start(&sites).await;
     let get_config = message_frame(&pb::GetConfigRequest {});
     // One whole call first: the reply as a caller gets it, and its size.
@@ -619,13 +613,7 @@ async fn readers_that_never_open_their_window_share_one_reply() {
 #[tokio::test(flavor = "multi_thread")]
 async fn get_config_callers_that_hang_up_share_one_build() {
     let _serial = SERIAL.lock().await;
-    let sites: String = (0..30_000)
-        .map(|i| {
-            format!(
-                "[[sites]]\nhostnames = [\"s{i}.example\"]\nupstreams = [\"http://127.0.0.1:9\"]\n"
-            )
-        })
-        .collect();
+    let sites = many_sites();
     let env = TestEnv::start(&sites).await;
     let get_config = message_frame(&pb::GetConfigRequest {});
     let (rss, cpu) = (rss_kib(), cpu_ticks());
@@ -687,4 +675,15 @@ fn cpu_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// 30,000 sites: a config whose GetConfig reply is several MiB (its text and its snapshot).
+fn many_sites() -> String {
+    (0..30_000)
+        .map(|i| {
+            format!(
+                "[[sites]]\nhostnames = [\"s{i}.example\"]\nupstreams = [\"http://127.0.0.1:9\"]\n"
+            )
+        })
+        .collect()
 }
