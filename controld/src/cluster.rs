@@ -9,6 +9,7 @@
 
 mod applied;
 mod apply;
+mod canary;
 pub mod etcd;
 mod link;
 mod publish;

@@ -42,6 +42,9 @@ pub struct Plane {
     /// nothing refused).
     pub challenges_applied: u64,
     pub challenges_error: String,
+    /// Its responses since it started, and of them 5xx, as it last reported (`None`: not yet,
+    /// or an older proxyd).
+    pub traffic: Option<(u64, u64)>,
 }
 
 /// What one data plane did with a published version.
@@ -199,6 +202,22 @@ impl DataPlanes {
             p.challenges_applied = generation;
             p.challenges_error = error;
         });
+    }
+
+    /// The data plane's traffic since it started. Nobody waits on it: no wake-up.
+    pub fn traffic(&self, id: u64, responses: u64, responses_5xx: u64) {
+        if let Some(p) = self.lock().get_mut(&id) {
+            p.traffic = Some((responses, responses_5xx));
+        }
+    }
+
+    /// The traffic of every connected data plane that reported it, summed; `None` when none
+    /// did.
+    pub fn traffic_total(&self) -> Option<(u64, u64)> {
+        self.lock()
+            .values()
+            .filter_map(|p| p.traffic)
+            .reduce(|a, b| (a.0.saturating_add(b.0), a.1.saturating_add(b.1)))
     }
 
     /// A NACK; the data plane goes on serving `serving` with content `serving_hash`.
@@ -474,6 +493,7 @@ mod tests {
             connected_at_unix_ms: 0,
             answers_challenges: true,
             challenges_applied: 0,
+            traffic: None,
             challenges_error: String::new(),
         }
     }

@@ -182,6 +182,11 @@ impl Reloader {
         &self.metrics_listener
     }
 
+    /// The data planes subscribed here.
+    pub fn planes(&self) -> &DataPlanes {
+        &self.planes
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }
@@ -310,6 +315,7 @@ impl Reloader {
             if_version: None,
             if_text_hash: None,
             check_permit: None,
+            canary: None,
             origin: Origin {
                 source: format!("rollback to {target}"),
                 ..origin
@@ -369,7 +375,10 @@ impl Reloader {
                 Outcome::Applied => Some(ReloadResult::Applied),
                 Outcome::Unchanged => Some(ReloadResult::Unchanged),
                 Outcome::Rejected => Some(ReloadResult::Rejected),
-                Outcome::DryRun | Outcome::Conflict | Outcome::FileChanged => None,
+                Outcome::DryRun
+                | Outcome::Conflict
+                | Outcome::FileChanged
+                | Outcome::CanaryStopped => None,
             };
             if let Some(result) = result {
                 self.metrics.reloaded(result);
@@ -394,6 +403,7 @@ impl Reloader {
             warnings: Vec::new(),
             data_planes: Vec::new(),
             duration: Duration::ZERO,
+            canary: None,
         }
     }
 

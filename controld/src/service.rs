@@ -53,6 +53,7 @@ impl pb::admin_server::Admin for AdminService {
             if_version: req.if_version,
             if_text_hash: req.if_text_hash.clone(),
             check_permit: None,
+            canary: canary_plan(&req)?,
             origin: Origin {
                 source: "reload".to_owned(),
                 uid: caller.and_then(|c| c.uid),
@@ -359,6 +360,7 @@ fn outcome(o: Outcome) -> pb::ReloadOutcome {
         Outcome::Unchanged => pb::ReloadOutcome::Unchanged,
         Outcome::Rejected => pb::ReloadOutcome::Rejected,
         Outcome::DryRun => pb::ReloadOutcome::DryRun,
+        Outcome::CanaryStopped => pb::ReloadOutcome::CanaryStopped,
         // Answered as FAILED_PRECONDITION before a reply is built.
         Outcome::Conflict | Outcome::FileChanged => pb::ReloadOutcome::Unspecified,
     }
@@ -391,7 +393,82 @@ fn reload_reply(report: &ReloadReport, reloader: &Reloader) -> pb::ReloadReply {
             .collect(),
         duration_ms: u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
         config_path: reloader.config_path().display().to_string(),
+        canary: report.canary.as_ref().map(|c| pb::CanaryReport {
+            nodes: c.nodes.clone(),
+            wait_ms: u64::try_from(c.wait.as_millis()).unwrap_or(u64::MAX),
+            max_5xx_rise: c.max_5xx_rise,
+            figures: c
+                .figures
+                .iter()
+                .map(|f| pb::CanaryNode {
+                    node: f.node.clone(),
+                    responses_before: f.before.0,
+                    responses_5xx_before: f.before.1,
+                    responses: f.during.0,
+                    responses_5xx: f.during.1,
+                    no_figures: f.no_figures,
+                })
+                .collect(),
+            stopped: c.stopped.clone(),
+            reverted_version: c.reverted_version,
+        }),
     }
+}
+
+/// The staged rollout a Reload asks for, if any; refused as INVALID_ARGUMENT when it cannot be.
+#[allow(clippy::result_large_err)]
+fn canary_plan(req: &pb::ReloadRequest) -> Result<Option<crate::reloader::CanaryPlan>, Status> {
+    use crate::reloader::{CANARY_MAX_5XX_RISE, CANARY_WAIT, CANARY_WAIT_MAX, CanaryPlan};
+    if req.canary_nodes.is_empty() && req.canary_count == 0 {
+        if req.canary_wait_ms.is_some() || req.canary_max_5xx_rise.is_some() {
+            return Err(Status::invalid_argument(
+                "a canary window or bound without canaries: name them (canary_nodes) or count                  them (canary_count)",
+            ));
+        }
+        return Ok(None);
+    }
+    if !req.canary_nodes.is_empty() && req.canary_count != 0 {
+        return Err(Status::invalid_argument(
+            "name the canaries or count them, not both",
+        ));
+    }
+    if req.dry_run {
+        return Err(Status::invalid_argument(
+            "a dry run publishes nothing: it takes no canaries",
+        ));
+    }
+    const MAX_CANARIES: usize = 1000;
+    if req.canary_nodes.len() > MAX_CANARIES
+        || req
+            .canary_nodes
+            .iter()
+            .any(|n| n.is_empty() || n.len() > 253)
+    {
+        return Err(Status::invalid_argument(format!(
+            "canary_nodes: at most {MAX_CANARIES} node names, each 1 to 253 bytes"
+        )));
+    }
+    let wait = req
+        .canary_wait_ms
+        .map_or(CANARY_WAIT, std::time::Duration::from_millis);
+    if wait > CANARY_WAIT_MAX {
+        return Err(Status::invalid_argument(format!(
+            "canary_wait_ms: at most {} ms",
+            CANARY_WAIT_MAX.as_millis()
+        )));
+    }
+    let rise = req.canary_max_5xx_rise.unwrap_or(CANARY_MAX_5XX_RISE);
+    if !(0.0..=100.0).contains(&rise) {
+        return Err(Status::invalid_argument(
+            "canary_max_5xx_rise: percentage points, from 0 to 100",
+        ));
+    }
+    Ok(Some(CanaryPlan {
+        nodes: req.canary_nodes.clone(),
+        count: req.canary_count,
+        wait,
+        max_5xx_rise: rise,
+    }))
 }
 
 fn diagnostic(d: &crate::config::Diagnostic) -> pb::Diagnostic {

@@ -107,6 +107,21 @@ pub enum Command {
         /// validated (its `text_hash`); if another writer changed it, publish nothing and exit 4.
         #[arg(long, value_name = "HASH")]
         if_hash: Option<String>,
+        /// Fleets: a staged rollout. The nodes that get the new version first, by name
+        /// (`web-1,web-2`), or how many (`2`: the first live nodes by name); the others once
+        /// the canaries applied it and served it for --canary-wait within the 5xx bound. A
+        /// canary that refuses or degrades stops the rollout and gets the previous content
+        /// back; exit 1.
+        #[arg(long, value_name = "NODES|N", value_parser = parse_canary)]
+        canary: Option<Canary>,
+        /// How long the canaries serve the new version before the rest get it (default 30s).
+        /// The call's deadline grows by as much.
+        #[arg(long, value_name = "D", value_parser = parse_timeout, requires = "canary")]
+        canary_wait: Option<Duration>,
+        /// How many percentage points a canary's 5xx ratio may rise in the window over its
+        /// ratio before (default 1).
+        #[arg(long, value_name = "POINTS", requires = "canary")]
+        canary_max_5xx: Option<f64>,
     },
     /// Check a config file without applying it: here, with controld's own validation (no daemon
     /// needed), or with --remote by the running controld, which also says what a reload of it
@@ -173,6 +188,32 @@ pub enum ConfigCommand {
     /// Print the config text the serving version was built from (secret-looking values
     /// redacted), under a `# version N (sha256 ...) from PATH` comment.
     Show,
+}
+
+/// `--canary`: nodes by name, or a count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Canary {
+    Nodes(Vec<String>),
+    Count(u32),
+}
+
+fn parse_canary(text: &str) -> Result<Canary, String> {
+    if let Ok(count) = text.parse::<u32>() {
+        if count == 0 {
+            return Err("a count of canaries is at least 1".to_owned());
+        }
+        return Ok(Canary::Count(count));
+    }
+    let nodes: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if nodes.is_empty() {
+        return Err("name the canary nodes (web-1,web-2) or count them (2)".to_owned());
+    }
+    Ok(Canary::Nodes(nodes))
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {

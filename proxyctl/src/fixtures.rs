@@ -97,6 +97,7 @@ pub fn applied() -> ReloadReply {
         data_planes: vec![data_plane("node-a", 4712, DataPlaneResult::Acked, 4)],
         duration_ms: 12,
         config_path: "/etc/proxyd/proxy.toml".into(),
+        canary: None,
     }
 }
 

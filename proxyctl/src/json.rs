@@ -18,7 +18,8 @@
 //!
 //! Rules: fields are only ever added, never renamed, retyped or removed, so a script that reads
 //! a field today reads it tomorrow; the order of the fields is not part of the contract. Enums
-//! are lower-case strings (`"applied"`, `"unchanged"`, `"rejected"`, `"dry_run"`; `"acked"`,
+//! are lower-case strings (`"applied"`, `"unchanged"`, `"rejected"`, `"dry_run"`,
+//! `"canary_stopped"`; `"acked"`,
 //! `"nacked"`, `"timed_out"`, `"disconnected"`), with `"unspecified"` for a missing value and
 //! `"unknown"` for a value newer than this proxyctl; times are Unix milliseconds; the optional
 //! fields (`key_path`, `error`, `last_nack_version`, `last_nack_error`, `last_reload`, a history
@@ -36,7 +37,7 @@ use serde::Serialize;
 /// `proxyctl --json reload` and `proxyctl --json rollback`.
 #[derive(Debug, Serialize)]
 pub struct Reload {
-    /// `applied`, `unchanged`, `rejected` or `dry_run`.
+    /// `applied`, `unchanged`, `rejected`, `dry_run` or `canary_stopped`.
     pub outcome: &'static str,
     /// The version serving before the reload.
     pub previous_version: u64,
@@ -53,6 +54,8 @@ pub struct Reload {
     pub diagnostics: Vec<Diagnostic>,
     /// What each data plane did with the new version.
     pub data_planes: Vec<DataPlaneOutcome>,
+    /// A staged rollout (`--canary`, fleets): what its canaries did; `null` without one.
+    pub canary: Option<fleet::Canary>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -302,6 +305,7 @@ pub fn outcome_name(outcome: i32) -> &'static str {
         Ok(pb::ReloadOutcome::Unchanged) => "unchanged",
         Ok(pb::ReloadOutcome::Rejected) => "rejected",
         Ok(pb::ReloadOutcome::DryRun) => "dry_run",
+        Ok(pb::ReloadOutcome::CanaryStopped) => "canary_stopped",
         Err(_) => "unknown",
     }
 }
@@ -338,6 +342,7 @@ impl From<&pb::ReloadReply> for Reload {
                 .iter()
                 .map(DataPlaneOutcome::from)
                 .collect(),
+            canary: reply.canary.as_ref().map(fleet::Canary::from),
         }
     }
 }

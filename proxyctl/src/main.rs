@@ -52,14 +52,37 @@ async fn run(cli: &Cli) -> Exit {
             force,
             if_version,
             ref if_hash,
+            ref canary,
+            canary_wait,
+            canary_max_5xx,
         } => {
+            let (canary_nodes, canary_count) = match canary {
+                Some(cli::Canary::Nodes(nodes)) => (nodes.clone(), 0),
+                Some(cli::Canary::Count(n)) => (Vec::new(), *n),
+                None => (Vec::new(), 0),
+            };
             let request = ReloadRequest {
                 dry_run,
                 force,
                 if_version,
                 if_text_hash: if_hash.clone(),
+                canary_nodes,
+                canary_count,
+                canary_wait_ms: canary_wait
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                canary_max_5xx_rise: canary_max_5xx,
             };
-            match call(cli, |mut admin| async move { admin.reload(request).await }).await {
+            // A staged rollout takes its window on top of the usual wait.
+            let deadline = match canary {
+                Some(_) => cli.timeout + canary_wait.unwrap_or(CANARY_WAIT),
+                None => cli.timeout,
+            };
+            let reload = |mut admin: Admin| async move { admin.reload(request).await };
+            let called = match Admin::connect(&cli.socket, deadline).await {
+                Ok(admin) => reload(admin).await,
+                Err(e) => Err(e),
+            };
+            match called {
                 Ok(reply) => answer(
                     cli,
                     || json::Reload::from(&reply),
@@ -169,6 +192,9 @@ async fn run(cli: &Cli) -> Exit {
 }
 
 /// Connects to controld, then makes one call on the connection.
+/// A staged rollout's window when `--canary-wait` names none (controld's default).
+const CANARY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn call<T, F>(cli: &Cli, rpc: impl FnOnce(Admin) -> F) -> Result<T, client::Error>
 where
     F: Future<Output = Result<T, client::Error>>,

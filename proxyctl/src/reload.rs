@@ -108,6 +108,7 @@ pub fn render(reply: &ReloadReply, operation: Operation) -> String {
             }
         }
         Ok(ReloadOutcome::Rejected) => render_rejected(reply, operation, &mut out),
+        Ok(ReloadOutcome::CanaryStopped) => render_canary_stopped(reply, &mut out),
         // Only a reload has a dry run; controld never answers a rollback with one.
         Ok(ReloadOutcome::DryRun) => render_dry_run(reply, &mut out),
         Ok(ReloadOutcome::Unspecified) | Err(_) => out.push(format!(
@@ -152,7 +153,64 @@ fn render_applied(reply: &ReloadReply, operation: Operation, out: &mut Vec<Strin
                 .to_owned(),
         );
     }
+    canary_lines(reply, out);
     out.extend(diff::site_lines(reply.diff.as_ref(), ""));
+}
+
+/// A staged rollout that stopped at its canaries: why, what went back, what each node serves.
+fn render_canary_stopped(reply: &ReloadReply, out: &mut Vec<String>) {
+    let Some(canary) = &reply.canary else {
+        out.push(format!(
+            "reload stopped at its canaries; version {} serves",
+            reply.version
+        ));
+        return;
+    };
+    out.push(format!("reload stopped at its canaries: {}", canary.stopped));
+    if canary.reverted_version != 0 {
+        out.push(format!(
+            "the previous content went back to the canaries as version {}:",
+            canary.reverted_version
+        ));
+    }
+    data_plane_lines(reply, out);
+    canary_lines(reply, out);
+}
+
+/// One line per canary: its 5xx ratio before the window and in it.
+fn canary_lines(reply: &ReloadReply, out: &mut Vec<String>) {
+    let Some(canary) = &reply.canary else {
+        return;
+    };
+    if canary.stopped.is_empty() {
+        out.push(format!(
+            "canaries {} served it for {} first, within a 5xx rise of {} points:",
+            canary.nodes.join(", "),
+            humantime::format_duration(std::time::Duration::from_millis(canary.wait_ms)),
+            canary.max_5xx_rise
+        ));
+    }
+    let ratio = |errors: u64, all: u64| {
+        if all == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}%", errors as f64 * 100.0 / all as f64)
+        }
+    };
+    for f in &canary.figures {
+        out.push(if f.no_figures {
+            format!("  {}: its proxyd reports no figures (an older build): not checked", f.node)
+        } else {
+            format!(
+                "  {}: 5xx {} in the window ({} of {} responses), {} before",
+                f.node,
+                ratio(f.responses_5xx, f.responses),
+                f.responses_5xx,
+                f.responses,
+                ratio(f.responses_5xx_before, f.responses_before)
+            )
+        });
+    }
 }
 
 fn render_rejected(reply: &ReloadReply, operation: Operation, out: &mut Vec<String>) {

@@ -21,6 +21,9 @@ fn missing_daemon_is_3_for_status_and_69_for_reload() {
         force: false,
         if_version: None,
         if_hash: None,
+        canary: None,
+        canary_wait: None,
+        canary_max_5xx: None,
     };
     assert_eq!(error_exit(&missing, &reload), Exit::Unavailable);
     let check = Command::Check {
@@ -83,6 +86,9 @@ fn refusals_exit_1_for_every_command() {
             force: false,
             if_version: Some(3),
             if_hash: None,
+            canary: None,
+            canary_wait: None,
+            canary_max_5xx: None,
         },
         Command::Check {
             file: PathBuf::from("proxy.toml"),

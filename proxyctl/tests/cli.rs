@@ -551,6 +551,7 @@ async fn applied_reload_prints_the_change_and_exits_0() {
             force: true,
             if_version: None,
             if_text_hash: None,
+            ..Default::default()
         }
     );
     assert!(seen[0].1.is_some(), "the deadline travels to controld");

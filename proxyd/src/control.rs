@@ -17,6 +17,8 @@ use crate::saved::SavedSnapshot;
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the data plane's traffic is reported to controld, while it changes.
+const TRAFFIC_EVERY: Duration = Duration::from_secs(1);
 
 /// Who this data plane is, for controld.
 #[derive(Debug, Clone)]
@@ -133,7 +135,25 @@ async fn subscribe(
     let mut session = Session {
         received_any: false,
     };
-    while let Some(message) = inbound.message().await? {
+    // Its traffic, about once a second while it changes: controld reads a canary's 5xx
+    // ratio from it.
+    let mut traffic = tokio::time::interval(TRAFFIC_EVERY);
+    traffic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first report goes at once, zeros included: controld then knows this proxyd counts.
+    let mut sent_totals = None;
+    loop {
+        let message = tokio::select! {
+            message = inbound.message() => message?,
+            _ = traffic.tick() => {
+                if let Some(report) = traffic_report(plane, &mut sent_totals)
+                    && tx.send(send(report)).await.is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(message) = message else { break };
         session.received_any = true;
         let snapshot = match message.msg {
             Some(pb::control_message::Msg::Snapshot(snapshot)) => snapshot,
@@ -154,11 +174,34 @@ async fn subscribe(
             // Whatever serves now, controld has confirmed it.
             plane.set_from_saved(false);
         }
+        // The traffic as the new version starts serving, just before the answer: where a
+        // canary's window starts.
+        if let Some(report) = traffic_report(plane, &mut sent_totals)
+            && tx.send(send(report)).await.is_err()
+        {
+            break;
+        }
         if tx.send(send(answer)).await.is_err() {
             break;
         }
     }
     Ok(session)
+}
+
+/// This data plane's traffic as a report for controld, unless it is what was sent last.
+fn traffic_report(
+    plane: &DataPlane,
+    sent: &mut Option<(u64, u64)>,
+) -> Option<pb::data_plane_message::Msg> {
+    let totals = plane.metrics().response_totals();
+    if *sent == Some(totals) {
+        return None;
+    }
+    *sent = Some(totals);
+    Some(pb::data_plane_message::Msg::Traffic(pb::Traffic {
+        responses: totals.0,
+        responses_5xx: totals.1,
+    }))
 }
 
 /// Answers the challenges of `set` from now on (not the ones before), whatever snapshot serves.

@@ -135,6 +135,7 @@ pub struct Metrics {
     timeouts: Family<KindLabels, Counter>,
     upstream_overflow: Family<OverflowLabels, Counter>,
     upstream_tls_failures: Family<TlsFailureLabels, Counter>,
+    totals: totals::Totals,
 }
 
 impl Default for Metrics {
@@ -165,6 +166,7 @@ impl Metrics {
             timeouts: Family::default(),
             upstream_overflow: Family::default(),
             upstream_tls_failures: Family::default(),
+            totals: totals::Totals::default(),
         };
         m.register();
         for kind in TIMEOUT_KINDS {
@@ -322,6 +324,7 @@ impl Metrics {
     /// `site` is `None` when no site matched.
     pub fn request_finished(&self, site: Option<&str>, status: StatusCode, elapsed: Duration) {
         let site = site.unwrap_or(NO_SITE);
+        self.totals.count(status);
         self.duration
             .get_or_create(&SiteLabels {
                 site: site.to_owned(),
@@ -354,6 +357,7 @@ impl SiteMetrics {
         status: StatusCode,
         elapsed: Duration,
     ) {
+        metrics.totals.count(status);
         self.duration
             .get_or_init(|| {
                 metrics
@@ -382,6 +386,11 @@ impl SiteMetrics {
 }
 
 impl Metrics {
+    /// Responses sent since this process started, every site together, and of them 5xx.
+    pub fn response_totals(&self) -> (u64, u64) {
+        self.totals.read()
+    }
+
     /// Counts why proxyd answered a request itself, for the errors that have their own counter.
     pub fn request_failed(&self, site: Option<&str>, failure: Failure) {
         let site = site.unwrap_or(NO_SITE).to_owned();
@@ -564,6 +573,7 @@ impl Drop for InFlight {
 }
 
 mod latency;
+mod totals;
 
 pub use latency::Latency;
 

@@ -11,6 +11,7 @@
 pub mod backend;
 mod client;
 pub mod etcd;
+pub mod fleet;
 pub mod grpc_raw;
 pub mod h2raw;
 pub mod load;

@@ -86,6 +86,7 @@ async fn two_writers_racing_on_the_same_version_exactly_one_wins() {
         force: true,
         if_version: Some(1),
         if_text_hash: None,
+        ..Default::default()
     };
     let (mut one, mut two) = (env.admin().await, env.admin().await);
     let (first, second) = tokio::join!(one.reload(request()), two.reload(request()));
@@ -429,6 +430,7 @@ async fn a_reload_that_names_the_validated_text_publishes_only_that_text() {
         force: false,
         if_version: Some(1),
         if_text_hash: Some(hash.to_owned()),
+        ..Default::default()
     };
     // Someone else's file in place of the candidate: refused, nothing published.
     env.write_config(&site(&c.url()));

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use controld::cluster::etcd::{Change, Etcd, EtcdError, Watched};
 use controld::cluster::store::{Fleet, NodeState, PublishError, Published, Publisher};
 use proxy_tests::etcd::EtcdCluster;
+use proxy_tests::fleet::Hosts;
 use proxy_tests::{DEADLINE, eventually};
 
 /// One test at a time: each starts a three-member etcd (and most three hosts); ten at once on
@@ -38,7 +39,7 @@ fn by(source: &str) -> Publisher {
 async fn publish_eventually(fleet: &Fleet, text: &str) -> u64 {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        match fleet.publish(text, &by("reload"), None, false).await {
+        match fleet.publish(text, &by("reload"), None, false, None).await {
             Ok(Published::New(v)) => return v.version,
             Ok(other) => panic!("{other:?}"),
             Err(e) if Instant::now() < deadline => {
@@ -63,7 +64,7 @@ async fn publishes_from_two_hosts_at_once_give_consecutive_versions_or_a_conflic
             let mut got = Vec::new();
             for i in 0..20 {
                 let text = format!("# {tag} {i}\n");
-                match f.publish(&text, &by("reload"), None, false).await.unwrap() {
+                match f.publish(&text, &by("reload"), None, false, None).await.unwrap() {
                     Published::New(v) => got.push((v.version, text)),
                     other => panic!("{other:?}"),
                 }
@@ -86,8 +87,8 @@ async fn publishes_from_two_hosts_at_once_give_consecutive_versions_or_a_conflic
     // Both naming version 40: one lands as 41, the other is told the fleet moved on.
     let reload = by("reload");
     let (ra, rb) = tokio::join!(
-        a.publish("# a last\n", &reload, Some(40), false),
-        b.publish("# b last\n", &reload, Some(40), false)
+        a.publish("# a last\n", &reload, Some(40), false, None),
+        b.publish("# b last\n", &reload, Some(40), false, None)
     );
     match (ra, rb) {
         (Ok(Published::New(v)), Err(PublishError::Conflict { now: 41 }))
@@ -100,7 +101,7 @@ async fn publishes_from_two_hosts_at_once_give_consecutive_versions_or_a_conflic
     let head = a.head().await.unwrap().0.unwrap();
     let text = a.version(41).await.unwrap().unwrap().text;
     assert_eq!(
-        b.publish(&text, &by("reload"), None, false).await.unwrap(),
+        b.publish(&text, &by("reload"), None, false, None).await.unwrap(),
         Published::Unchanged(head)
     );
 }
@@ -140,7 +141,7 @@ async fn with_etcd_gone_a_publish_fails_at_once_naming_etcd_and_changes_nothing(
     }
     let started = Instant::now();
     let error = a
-        .publish("# two\n", &by("reload"), None, false)
+        .publish("# two\n", &by("reload"), None, false, None)
         .await
         .unwrap_err();
     assert!(
@@ -210,6 +211,7 @@ async fn a_node_whose_lease_lapses_drops_out_and_a_watch_sees_each_version() {
         error: String::new(),
         at_unix_ms: 0,
         instance: "one".into(),
+        traffic: None,
     };
     a.record(&state, lease).await.unwrap();
     assert_eq!(b.nodes().await.unwrap(), [state]);
@@ -221,46 +223,8 @@ async fn a_node_whose_lease_lapses_drops_out_and_a_watch_sees_each_version() {
 }
 
 /// Three hosts (controld and proxyd each, in this process) in one fleet on the etcd cluster.
-struct Hosts {
-    etcd: EtcdCluster,
-    hosts: Vec<proxy_tests::TestEnv>,
-}
-
 fn site(upstream: &str) -> String {
     format!("[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{upstream}\"]\n")
-}
-
-impl Hosts {
-    async fn start(body: &str) -> Hosts {
-        let etcd = EtcdCluster::start(3).await;
-        let mut hosts = Vec::new();
-        for node in ["web-1", "web-2", "web-3"] {
-            let setup = proxy_tests::Setup {
-                tables: format!(
-                    "[cluster]\netcd = {}\nname = \"shop\"\nnode = \"{node}\"\nlease_ttl = \"3s\"\n",
-                    etcd.toml_endpoints()
-                ),
-                ..proxy_tests::Setup::default()
-            };
-            hosts.push(proxy_tests::TestEnv::start_setup(setup, body).await);
-        }
-        let hosts = Hosts { etcd, hosts };
-        // Every node is live in etcd before a test reloads.
-        let watcher = fleet(&hosts.etcd, "watcher");
-        let watcher = Fleet::new(watcher.etcd().clone(), "shop", "watcher");
-        eventually("three live nodes", || async {
-            (watcher.nodes().await.ok()?.len() == 3).then_some(())
-        })
-        .await;
-        hosts
-    }
-
-    /// What host `i`'s proxyd answers for app.example.
-    async fn body(&self, i: usize) -> String {
-        proxy_tests::get(self.hosts[i].http, "app.example", "/")
-            .await
-            .body
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -268,7 +232,7 @@ async fn a_reload_on_any_host_is_applied_on_every_host_and_answers_for_each() {
     let _serial = SERIAL.lock().await;
     let a = proxy_tests::MockUpstream::start("a").await;
     let b = proxy_tests::MockUpstream::start("b").await;
-    let hosts = Hosts::start(&site(&a.url())).await;
+    let hosts = Hosts::start(&site(&a.url()), "").await;
 
     // web-1 changes the site: every host serves it when the reload returns.
     hosts.hosts[0].write_config(&site(&b.url()));
@@ -340,7 +304,7 @@ async fn with_etcd_gone_traffic_goes_on_a_reload_fails_at_once_and_every_node_co
     let _serial = SERIAL.lock().await;
     let a = proxy_tests::MockUpstream::start("a").await;
     let b = proxy_tests::MockUpstream::start("b").await;
-    let mut hosts = Hosts::start(&site(&a.url())).await;
+    let mut hosts = Hosts::start(&site(&a.url()), "").await;
     for i in 0..3 {
         hosts.etcd.stop_member(i).await;
     }
@@ -395,7 +359,7 @@ async fn a_node_that_was_down_for_several_versions_catches_up_to_the_newest_and_
     let a = proxy_tests::MockUpstream::start("a").await;
     let b = proxy_tests::MockUpstream::start("b").await;
     let c = proxy_tests::MockUpstream::start("c").await;
-    let mut hosts = Hosts::start(&site(&a.url())).await;
+    let mut hosts = Hosts::start(&site(&a.url()), "").await;
     let watcher = Fleet::new(
         Etcd::connect(&hosts.etcd.endpoints(), Duration::from_secs(2), None).unwrap(),
         "shop",
@@ -448,7 +412,7 @@ async fn a_host_whose_controld_dies_during_a_reload_is_reported_not_applied_and_
     let _serial = SERIAL.lock().await;
     let a = proxy_tests::MockUpstream::start("a").await;
     let b = proxy_tests::MockUpstream::start("b").await;
-    let mut hosts = Hosts::start(&site(&a.url())).await;
+    let mut hosts = Hosts::start(&site(&a.url()), "").await;
     // web-3's controld dies (no goodbye: its lease stays until it lapses), just as web-1
     // reloads.
     hosts.hosts[2].stop_controld().await;
@@ -523,7 +487,7 @@ async fn history_and_rollback_answer_for_the_fleet_from_any_host() {
     let _serial = SERIAL.lock().await;
     let a = proxy_tests::MockUpstream::start("a").await;
     let b = proxy_tests::MockUpstream::start("b").await;
-    let hosts = Hosts::start(&site(&a.url())).await;
+    let hosts = Hosts::start(&site(&a.url()), "").await;
     for (host, upstream) in [(0, &b), (1, &a)] {
         hosts.hosts[host].write_config(&site(&upstream.url()));
         let out = hosts.hosts[host].proxyctl(&["reload"]).await;
@@ -638,7 +602,7 @@ async fn a_rollback_racing_a_reload_gives_consecutive_versions_and_every_host_se
     let a = proxy_tests::MockUpstream::start("a").await;
     let b = proxy_tests::MockUpstream::start("b").await;
     let c = proxy_tests::MockUpstream::start("c").await;
-    let hosts = Hosts::start(&site(&a.url())).await;
+    let hosts = Hosts::start(&site(&a.url()), "").await;
     hosts.hosts[0].write_config(&site(&b.url()));
     let out = hosts.hosts[0].proxyctl(&["reload"]).await;
     assert!(out.status.success(), "{}", proxy_tests::output_text(&out));
@@ -682,7 +646,7 @@ async fn a_rollback_racing_a_reload_gives_consecutive_versions_and_every_host_se
 async fn a_second_host_under_a_live_node_s_name_is_refused_and_says_so() {
     let _serial = SERIAL.lock().await;
     let a = proxy_tests::MockUpstream::start("a").await;
-    let hosts = Hosts::start(&site(&a.url())).await;
+    let hosts = Hosts::start(&site(&a.url()), "").await;
     // A clone of web-1 (same node name) joins.
     let clone = proxy_tests::TestEnv::start_setup(
         proxy_tests::Setup {

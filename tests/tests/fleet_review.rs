@@ -19,15 +19,11 @@ use controld::cluster::etcd::Etcd;
 use controld::cluster::store::{Fleet, PublishError, Published, Publisher};
 use proxy_tests::etcd::EtcdCluster;
 use proxy_tests::eventually;
+use proxy_tests::fleet::{Hosts, watcher};
 use proxy_tests::tls::{Issued, TestCa};
 
 /// One test at a time: each starts a three-member etcd and three hosts.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Hosts {
-    etcd: EtcdCluster,
-    hosts: Vec<proxy_tests::TestEnv>,
-}
 
 fn site(upstream: &str, extra: &str) -> String {
     format!("[[sites]]\nhostnames = [\"app.example\"]\nupstreams = [\"{upstream}\"]\n{extra}\n")
@@ -39,51 +35,6 @@ fn tls_site(upstream: &str, issued: &Issued) -> String {
         site(upstream, ""),
         issued.site_tls()
     )
-}
-
-fn watcher(etcd: &EtcdCluster) -> Fleet {
-    Fleet::new(
-        Etcd::connect(&etcd.endpoints(), Duration::from_secs(2), None).unwrap(),
-        "shop",
-        "watcher",
-    )
-}
-
-impl Hosts {
-    async fn start(body: &str, listeners: &str) -> Hosts {
-        let etcd = EtcdCluster::start(3).await;
-        let mut hosts = Vec::new();
-        for node in ["web-1", "web-2", "web-3"] {
-            let setup = proxy_tests::Setup {
-                tables: format!(
-                    "[cluster]\netcd = {}\nname = \"shop\"\nnode = \"{node}\"\nlease_ttl = \"3s\"\n",
-                    etcd.toml_endpoints()
-                ),
-                listeners: listeners.to_owned(),
-                ..proxy_tests::Setup::default()
-            };
-            hosts.push(proxy_tests::TestEnv::start_setup(setup, body).await);
-        }
-        let w = watcher(&etcd);
-        eventually("three live nodes", || async {
-            (w.nodes().await.ok()?.len() == 3).then_some(())
-        })
-        .await;
-        Hosts { etcd, hosts }
-    }
-
-    async fn body(&self, i: usize) -> String {
-        proxy_tests::get(self.hosts[i].http, "app.example", "/")
-            .await
-            .body
-    }
-
-    async fn reload(&self, i: usize) -> serde_json::Value {
-        let out = self.hosts[i].proxyctl(&["--json", "reload"]).await;
-        let text = proxy_tests::output_text(&out);
-        eprintln!("reload on web-{}: {text}", i + 1);
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{text}"))
-    }
 }
 
 fn results(reply: &serde_json::Value) -> Vec<(String, String, String)> {
@@ -312,13 +263,13 @@ async fn a_publish_whose_answer_was_lost_is_told_the_truth() {
 
     // Plain publish: the caller must learn that it published version 1.
     lie.store(true, Ordering::SeqCst);
-    let got = through_proxy().publish("# one\n", &by, None, false).await;
+    let got = through_proxy().publish("# one\n", &by, None, false, None).await;
     let head = through_proxy().head().await.unwrap().0.unwrap();
     eprintln!("publish # one: {got:?}; head {head:?}");
     // With --if-version 1: the caller must not be told "nothing was published".
     lie.store(true, Ordering::SeqCst);
     let got2 = through_proxy()
-        .publish("# two\n", &by, Some(1), false)
+        .publish("# two\n", &by, Some(1), false, None)
         .await;
     let head2 = through_proxy().head().await.unwrap().0.unwrap();
     eprintln!("publish # two --if-version 1: {got2:?}; head {head2:?}");

@@ -92,6 +92,10 @@ pub(super) async fn apply(
                 state.applied_hash = hash.to_owned();
             }
             state.error = error.clone();
+            // A canary's traffic as it applied: where the rollout's window starts.
+            if link.canary_member.load(std::sync::atomic::Ordering::Acquire) {
+                state.traffic = super::canary::traffic_now(reloader);
+            }
         })
         .await;
     if let Err(e) = recorded {
@@ -247,6 +251,11 @@ pub(super) async fn wait_for_nodes(
 /// (from the head then: a node that was away for several versions goes to the newest).
 pub async fn follow(reloader: Arc<Reloader>, link: Arc<Link>, shutdown: CancellationToken) {
     tokio::spawn(link.clone().keep_alive(shutdown.clone()));
+    tokio::spawn(super::canary::report_traffic(
+        reloader.clone(),
+        link.clone(),
+        shutdown.clone(),
+    ));
     let mut wait = RETRY_FIRST;
     loop {
         let mut watching = false;
@@ -320,19 +329,27 @@ async fn follow_once(
 /// The longest wait between tries of a version this node could not apply.
 const RETRY_AGAIN_MAX: Duration = Duration::from_secs(60);
 
-/// Applies the fleet's head here unless this node serves it already.
+/// Applies the fleet's head here unless this node serves it already; during a staged rollout,
+/// a node that is not one of its canaries serves the stable version instead.
 async fn catch_up(reloader: &Reloader, link: &Link) -> Result<(), PublishError> {
     let (Some(head), _) = link.fleet.head().await? else {
         return Ok(());
     };
+    let member = head
+        .canary
+        .as_ref()
+        .is_some_and(|c| c.nodes.iter().any(|n| n == link.node()));
+    link.canary_member
+        .store(member, std::sync::atomic::Ordering::Release);
+    let (target, target_hash) = head.target_for(link.node());
     let serving = {
         let state = link.state.lock().unwrap_or_else(|e| e.into_inner());
         (state.applied_version, state.applied_hash.clone())
     };
-    if serving == (head.version, head.hash.clone()) {
+    if serving.0 == target && serving.1 == target_hash {
         return Ok(());
     }
-    let Some(version) = link.fleet.version(head.version).await? else {
+    let Some(version) = link.fleet.version(target).await? else {
         return Ok(());
     };
     apply(
@@ -357,5 +374,6 @@ pub(super) fn report_of(version: u64) -> ReloadReport {
         warnings: Vec::new(),
         data_planes: Vec::new(),
         duration: Duration::ZERO,
+        canary: None,
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,8 @@ pub struct Link {
     /// Why etcd refuses this node's records (another controld is live under its name); shown
     /// by `Admin.Status`.
     pub(super) refused: std::sync::Mutex<Option<String>>,
+    /// The fleet's head names this node a canary of a staged rollout: it records its traffic.
+    pub(super) canary_member: AtomicBool,
     /// Taken by every apply of a fleet version here (a reload's, the follower's).
     pub(super) apply_turn: tokio::sync::Mutex<()>,
     /// The last read of the fleet's history for `Admin.History`, and when it started.
@@ -86,8 +88,10 @@ impl Link {
                 error: String::new(),
                 at_unix_ms: 0,
                 instance: instance(state_dir),
+                traffic: None,
             }),
             refused: std::sync::Mutex::new(None),
+            canary_member: AtomicBool::new(false),
             apply_turn: tokio::sync::Mutex::new(()),
             history_cache: Arc::default(),
             status_cache: Arc::default(),

@@ -77,6 +77,18 @@ pub async fn reload(reloader: &Reloader, link: &Link, options: ReloadOptions) ->
         pid: options.origin.pid,
         summary: diff.summary(),
     };
+    if let Some(plan) = &options.canary {
+        return super::canary::rollout(
+            reloader,
+            link,
+            (&split.fleet, &publisher),
+            plan,
+            (options.if_version, options.force),
+            previous,
+            started,
+        )
+        .await;
+    }
     publish_and_wait(
         reloader,
         link,
@@ -103,7 +115,7 @@ async fn publish_and_wait(
 ) -> ReloadReport {
     let published = link
         .fleet
-        .publish(fleet_text, publisher, expected, force)
+        .publish(fleet_text, publisher, expected, force, None)
         .await;
     let (version, hash, new) = match published {
         Ok(Published::New(v)) => (v.version, v.hash, true),
@@ -148,6 +160,7 @@ async fn publish_and_wait(
         warnings: local.warnings,
         data_planes: outcomes,
         duration: started.elapsed(),
+        canary: None,
     }
 }
 
@@ -240,7 +253,7 @@ pub async fn rollback(
 }
 
 /// A reload that could not reach etcd: rejected, with the reason, and nothing changed.
-fn unreachable_report(reloader: &Reloader, link: &Link, e: &PublishError) -> ReloadReport {
+pub(super) fn unreachable_report(reloader: &Reloader, link: &Link, e: &PublishError) -> ReloadReport {
     // etcd with `--client-cert-auth` closes the connection of a client without a certificate
     // after the handshake, which reads as a broken pipe: say what is likely.
     let hint = Some(link)

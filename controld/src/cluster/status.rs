@@ -131,17 +131,33 @@ async fn read_status(
     };
     match tokio::time::timeout(ETCD_TIMEOUT, read).await {
         Ok(Ok((head, nodes))) => {
-            let (version, hash) = head.map_or((0, String::new()), |h| (h.version, h.hash));
+            let nodes = nodes
+                .into_iter()
+                .map(|s| {
+                    let target = head
+                        .as_ref()
+                        .map_or((0, ""), |h| h.target_for(&s.node));
+                    let (v, h) = (target.0, target.1.to_owned());
+                    node(s, (v, &h))
+                })
+                .collect();
+            let (version, hash) = head
+                .as_ref()
+                .map_or((0, String::new()), |h| (h.version, h.hash.clone()));
+            let canary = head.and_then(|h| h.canary);
             pb::FleetStatus {
                 name,
                 node: fleet.node().to_owned(),
                 desired_version: version,
-                nodes: nodes
-                    .into_iter()
-                    .map(|s| node(s, (version, &hash)))
-                    .collect(),
+                nodes,
                 desired_hash: hash,
                 error: String::new(),
+                stable_version: canary.as_ref().map_or(0, |c| c.stable_version),
+                stable_hash: canary
+                    .as_ref()
+                    .map(|c| c.stable_hash.clone())
+                    .unwrap_or_default(),
+                canary_nodes: canary.map(|c| c.nodes).unwrap_or_default(),
             }
         }
         failed => {
@@ -159,6 +175,7 @@ async fn read_status(
                 desired_hash: String::new(),
                 nodes: vec![node(own, (0, ""))],
                 error,
+                ..Default::default()
             }
         }
     }

@@ -3,7 +3,8 @@
 //! - `head`: the fleet's version now, `{"version": N, "hash": H}`. The one version counter:
 //!   every publish advances it in a transaction guarded by its last revision, so two publishes
 //!   at once give two consecutive versions (or a conflict when the caller named the version it
-//!   expected), never a lost or duplicated one.
+//!   expected), never a lost or duplicated one. During a staged rollout it also names the
+//!   canaries and the version every other node keeps serving meanwhile (`canary`).
 //! - `versions/<N, 20 digits>`: each version: the fleet's config text (the file without the
 //!   host's tables), its hash, who published it, from which node, when. The last
 //!   [`KEPT_VERSIONS`] are kept.
@@ -29,6 +30,30 @@ const PUBLISH_TRIES: usize = 64;
 pub struct Head {
     pub version: u64,
     pub hash: String,
+    /// A staged rollout at its canaries: only they serve `version` yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// A staged rollout at its canaries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    /// The canaries, by node name.
+    pub nodes: Vec<String>,
+    /// What every other node serves meanwhile: the version before.
+    pub stable_version: u64,
+    pub stable_hash: String,
+}
+
+impl Head {
+    /// The version `node` is to serve: the head's, or during a staged rollout the stable one
+    /// for a node that is not a canary.
+    pub fn target_for(&self, node: &str) -> (u64, &str) {
+        match &self.canary {
+            Some(c) if !c.nodes.iter().any(|n| n == node) => (c.stable_version, &c.stable_hash),
+            _ => (self.version, &self.hash),
+        }
+    }
 }
 
 /// One published version of the fleet's config.
@@ -96,6 +121,16 @@ pub struct NodeState {
     /// other apart by it.
     #[serde(default)]
     pub instance: String,
+    /// While this node is a canary: its data planes' responses since they started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Traffic>,
+}
+
+/// Responses sent by a node's data planes since they started, every site together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub responses: u64,
+    pub responses_5xx: u64,
 }
 
 /// What a publish did.
@@ -124,6 +159,9 @@ pub enum PublishError {
          [cluster] node (the default is the host name, which cloned machines share)"
     )]
     DuplicateNode { node: String, other: String },
+    /// A staged rollout needs a version before it, for every other node to keep serving.
+    #[error("a staged rollout needs an earlier fleet version for the other nodes to keep serving; publish the first version without --canary")]
+    NoStableVersion,
     /// A version larger than etcd takes in one request.
     #[error(
         "the fleet's config would take {bytes} bytes in etcd, more than the {MAX_VERSION_BYTES} \
@@ -249,6 +287,7 @@ impl Fleet {
         publisher: &Publisher,
         expected: Option<u64>,
         force: bool,
+        canary: Option<&[String]>,
     ) -> Result<Published, PublishError> {
         let hash = text_hash(text);
         let publish_id = format!("{:016x}", fastrand::u64(..));
@@ -270,9 +309,28 @@ impl Fleet {
             if expected.is_some_and(|e| e != now) {
                 return Err(PublishError::Conflict { now });
             }
-            if let Some(head) = head.filter(|h| h.hash == hash && !force) {
-                return Ok(Published::Unchanged(head));
+            if let Some(head) = head
+                .as_ref()
+                .filter(|h| h.hash == hash && !force && h.canary.is_none())
+            {
+                return Ok(Published::Unchanged(head.clone()));
             }
+            let canary = match (canary, &head) {
+                (None, _) => None,
+                (Some(_), None) => return Err(PublishError::NoStableVersion),
+                (Some(nodes), Some(head)) => {
+                    // A rollout over one still at its canaries keeps the stable version.
+                    let (stable_version, stable_hash) = match &head.canary {
+                        Some(c) => (c.stable_version, c.stable_hash.clone()),
+                        None => (head.version, head.hash.clone()),
+                    };
+                    Some(Canary {
+                        nodes: nodes.to_vec(),
+                        stable_version,
+                        stable_hash,
+                    })
+                }
+            };
             let version = FleetVersion {
                 version: now + 1,
                 hash: hash.clone(),
@@ -288,6 +346,7 @@ impl Fleet {
             let head = Head {
                 version: version.version,
                 hash: hash.clone(),
+                canary,
             };
             let record = json(&version);
             if record.len() > MAX_VERSION_BYTES {
@@ -337,6 +396,28 @@ impl Fleet {
                 }
             }
         }
+    }
+
+    /// Ends the staged rollout of `version` with `hash`: every node is to serve it now.
+    /// `false` when the head moved on (another publish superseded the rollout).
+    pub async fn promote(&self, version: u64, hash: &str) -> Result<bool, PublishError> {
+        let (head, revision) = self.head().await?;
+        let Some(head) = head.filter(|h| h.version == version && h.hash == hash) else {
+            return Ok(false);
+        };
+        if head.canary.is_none() {
+            return Ok(true);
+        }
+        let promoted = Head {
+            canary: None,
+            ..head
+        };
+        let key = self.key("head");
+        let written = self
+            .etcd
+            .put_if(&key, revision, vec![(key.clone(), json(&promoted))], Vec::new())
+            .await?;
+        Ok(written.is_some())
     }
 
     /// Records what this node serves, attached to `lease` (so that it lapses with the node);

@@ -22,6 +22,50 @@ pub struct ReloadOptions {
     pub if_text_hash: Option<String>,
     /// A dry run's place among the checks run at once, held by the work until it ends.
     pub check_permit: Option<std::sync::Arc<tokio::sync::OwnedSemaphorePermit>>,
+    /// Fleets only: a staged rollout.
+    pub canary: Option<CanaryPlan>,
+}
+
+/// A staged rollout: which nodes first, how long to watch them, how much worse they may get.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryPlan {
+    /// The canaries by name; empty: the first `count` live nodes by name.
+    pub nodes: Vec<String>,
+    pub count: u32,
+    /// The window after the canaries applied the version.
+    pub wait: Duration,
+    /// How far a canary's 5xx ratio may rise in the window, in percentage points.
+    pub max_5xx_rise: f64,
+}
+
+/// The window when the caller names none.
+pub const CANARY_WAIT: Duration = Duration::from_secs(30);
+/// The longest window a caller may ask for.
+pub const CANARY_WAIT_MAX: Duration = Duration::from_secs(3600);
+/// The rise of the 5xx ratio allowed when the caller names none, in percentage points.
+pub const CANARY_MAX_5XX_RISE: f64 = 1.0;
+
+/// What a staged rollout's canaries did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CanaryReport {
+    pub nodes: Vec<String>,
+    pub wait: Duration,
+    pub max_5xx_rise: f64,
+    pub figures: Vec<CanaryFigures>,
+    /// Why the rollout stopped, naming the node; empty when it went on to every node.
+    pub stopped: String,
+    /// The version that put the previous content back; 0 when none was published.
+    pub reverted_version: u64,
+}
+
+/// One canary's responses before the window (since its data planes started) and in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CanaryFigures {
+    pub node: String,
+    pub before: (u64, u64),
+    pub during: (u64, u64),
+    /// Its data planes reported no figures (an older proxyd).
+    pub no_figures: bool,
 }
 
 /// Where a published version came from.
@@ -63,6 +107,8 @@ pub enum Outcome {
     /// `if_text_hash` did not match: the file is not the config that was validated; nothing was
     /// published.
     FileChanged,
+    /// A staged rollout stopped at its canaries (see [`ReloadReport::canary`]).
+    CanaryStopped,
 }
 
 /// Everything a reload has to say; Admin.Reload sends it as is.
@@ -77,6 +123,8 @@ pub struct ReloadReport {
     pub warnings: Vec<String>,
     pub data_planes: Vec<PlaneOutcome>,
     pub duration: Duration,
+    /// A staged rollout's canaries.
+    pub canary: Option<CanaryReport>,
 }
 
 impl ReloadReport {

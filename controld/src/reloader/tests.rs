@@ -89,6 +89,7 @@ fn plane(name: &str) -> Plane {
         answers_challenges: true,
         challenges_applied: 0,
         challenges_error: String::new(),
+        traffic: None,
     }
 }
 

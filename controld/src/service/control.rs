@@ -94,6 +94,7 @@ impl pb::control_server::Control for ControlService {
             answers_challenges: hello.answers_challenges,
             challenges_applied: 0,
             challenges_error: String::new(),
+            traffic: None,
         });
         let answers_challenges = hello.answers_challenges;
         // Latest wins for a data plane that reads slowly: one message waits here at most, and
@@ -291,6 +292,10 @@ fn handle_answer(
                 applied.generation,
                 bounded(applied.error, MAX_NACK_ERROR_BYTES),
             );
+            false
+        }
+        Some(Msg::Traffic(t)) => {
+            planes.traffic(id, t.responses, t.responses_5xx);
             false
         }
         Some(Msg::Hello(_)) => {

@@ -45,6 +45,7 @@ fn global_flags_work_after_the_subcommand() {
             force: false,
             if_version: None,
             if_hash: None,
+            ..
         }
     ));
 }
@@ -59,6 +60,7 @@ fn reload_takes_if_version() {
             dry_run: false,
             force: false,
             if_hash: None,
+            ..
         })
     ));
     assert!(matches!(

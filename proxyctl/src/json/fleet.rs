@@ -18,6 +18,10 @@ pub struct Fleet {
     pub nodes: Vec<FleetNode>,
     /// Why etcd could not be read (`nodes` then holds this host alone); `null` when it was.
     pub error: Option<String>,
+    /// While a staged rollout is at its canaries: they serve `desired_version`, every other
+    /// node `stable_version`; `[]` and 0 otherwise.
+    pub canary_nodes: Vec<String>,
+    pub stable_version: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,6 +59,57 @@ impl From<&pb::FleetStatus> for Fleet {
                 })
                 .collect(),
             error: non_empty(&f.error),
+            canary_nodes: f.canary_nodes.clone(),
+            stable_version: f.stable_version,
+        }
+    }
+}
+
+/// A staged rollout's canaries, in `reload --json`'s `canary`.
+#[derive(Debug, Serialize)]
+pub struct Canary {
+    pub nodes: Vec<String>,
+    pub wait_ms: u64,
+    pub max_5xx_rise: f64,
+    /// Each canary's responses before the window (since its proxyd started) and in it.
+    pub figures: Vec<CanaryFigures>,
+    /// Why the rollout stopped, naming the node; `null` when it went on to every node.
+    pub stopped: Option<String>,
+    /// The version that put the previous content back; `null` when none was published.
+    pub reverted_version: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CanaryFigures {
+    pub node: String,
+    pub responses_before: u64,
+    pub responses_5xx_before: u64,
+    pub responses: u64,
+    pub responses_5xx: u64,
+    /// Its proxyd reported no figures (an older build): its 5xx ratio was not checked.
+    pub no_figures: bool,
+}
+
+impl From<&pb::CanaryReport> for Canary {
+    fn from(c: &pb::CanaryReport) -> Canary {
+        Canary {
+            nodes: c.nodes.clone(),
+            wait_ms: c.wait_ms,
+            max_5xx_rise: c.max_5xx_rise,
+            figures: c
+                .figures
+                .iter()
+                .map(|f| CanaryFigures {
+                    node: f.node.clone(),
+                    responses_before: f.responses_before,
+                    responses_5xx_before: f.responses_5xx_before,
+                    responses: f.responses,
+                    responses_5xx: f.responses_5xx,
+                    no_figures: f.no_figures,
+                })
+                .collect(),
+            stopped: non_empty(&c.stopped),
+            reverted_version: (c.reverted_version != 0).then_some(c.reverted_version),
         }
     }
 }

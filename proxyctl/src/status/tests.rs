@@ -281,6 +281,7 @@ fn a_fleet_lists_every_node_and_why_one_does_not_serve_the_fleet_s_version() {
             ),
         ],
         error: String::new(),
+        ..Default::default()
     };
     assert_eq!(
         fleet_lines(&fleet, now),
