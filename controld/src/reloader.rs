@@ -215,6 +215,21 @@ impl Reloader {
         {
             return fleet.reload(self, options).await;
         }
+        if options.canary.is_some() {
+            let current = self.current();
+            return self.rejected(
+                &current,
+                vec![Diagnostic {
+                    key_path: "cluster".to_owned(),
+                    file: self.config_path.clone(),
+                    line: 0,
+                    column: 0,
+                    message: "a staged rollout (--canary) is for fleets: this host has no \
+                              [cluster] table; nothing was published"
+                        .to_owned(),
+                }],
+            );
+        }
         let started = Instant::now();
         if options.dry_run {
             // Against the snapshot serving now, without the lock: a dry run never waits for a

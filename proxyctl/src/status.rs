@@ -166,6 +166,15 @@ pub fn fleet_lines(fleet: &FleetStatus, now: std::time::SystemTime) -> Vec<Strin
             },
             fleet.node
         ));
+        if !fleet.canary_nodes.is_empty() {
+            out.push(format!(
+                "staged rollout: version {} on its canaries ({}) first; the others keep \
+                 version {} meanwhile",
+                fleet.desired_version,
+                fleet.canary_nodes.join(", "),
+                fleet.stable_version
+            ));
+        }
     } else {
         out.push(format!(
             "fleet {}  etcd unreachable: {}; this host ({}) as it last recorded itself:",
@@ -193,10 +202,12 @@ pub fn fleet_lines(fleet: &FleetStatus, now: std::time::SystemTime) -> Vec<Strin
             } else {
                 format!("{} ({})", n.applied_version, short(&n.applied_hash))
             },
-            if fleet.error.is_empty() {
+            if !fleet.error.is_empty() {
+                "?".to_owned()
+            } else if fleet.canary_nodes.is_empty() || fleet.canary_nodes.contains(&n.node) {
                 fleet.desired_version.to_string()
             } else {
-                "?".to_owned()
+                fleet.stable_version.to_string()
             },
             if n.in_sync { "yes" } else { "no" }.to_owned(),
             seen,

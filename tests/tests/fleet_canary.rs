@@ -226,3 +226,19 @@ async fn a_canary_that_refuses_the_version_stops_the_rollout_at_once() {
         assert!(hosts.body(i).await.starts_with("upstream a"), "host {i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_host_refuses_a_staged_rollout_and_publishes_nothing() {
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let env = proxy_tests::TestEnv::start(&site(&a.url())).await;
+    env.write_config(&site(&b.url()));
+    let out = env.proxyctl(&["reload", "--canary", "1"]).await;
+    let text = proxy_tests::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("a staged rollout (--canary) is for fleets"), "{text}");
+    assert_eq!(env.status().await.control_plane.unwrap().version, 1);
+    // A window without canaries is a usage error, caught before anything is sent.
+    let out = env.proxyctl(&["reload", "--canary-wait", "5s"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", proxy_tests::output_text(&out));
+}

@@ -111,8 +111,9 @@ fn degraded(f: &CanaryFigures, rise: f64) -> Option<String> {
     (during > before + rise).then(|| {
         format!(
             "canary {}: 5xx ratio {during:.1}% in the window ({errors} of {responses} responses), \
-             {before:.1}% before; the bound is a rise of {rise} points",
-            f.node
+             {before:.1}% before; the bound is a rise of {rise} point{}",
+            f.node,
+            if rise == 1.0 { "" } else { "s" }
         )
     })
 }

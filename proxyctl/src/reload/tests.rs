@@ -402,3 +402,46 @@ fn warnings_come_last_whatever_the_outcome() {
     reply.warnings = vec!["w".into()];
     assert!(render(&reply, Operation::Reload).ends_with("still serving\nwarning: w\n"));
 }
+
+#[test]
+fn a_rollout_stopped_at_its_canaries_says_why_and_what_went_back_and_fails() {
+    let reply = ReloadReply {
+        outcome: ReloadOutcome::CanaryStopped as i32,
+        version: 6,
+        previous_version: 4,
+        data_planes: vec![data_plane("web-1", 0, DataPlaneResult::Acked, 6)],
+        canary: Some(proto::v1::CanaryReport {
+            nodes: vec!["web-1".into()],
+            wait_ms: 30_000,
+            max_5xx_rise: 1.0,
+            figures: vec![proto::v1::CanaryNode {
+                node: "web-1".into(),
+                responses_before: 1000,
+                responses_5xx_before: 2,
+                responses: 40,
+                responses_5xx: 30,
+                no_figures: false,
+            }],
+            stopped: "canary web-1: 5xx ratio 75.0% in the window (30 of 40 responses), 0.2% \
+                      before; the bound is a rise of 1 point"
+                .into(),
+            reverted_version: 6,
+        }),
+        ..fixtures::applied()
+    };
+    assert_eq!(exit(&reply), Exit::Failed);
+    let text = render(&reply, Operation::Reload);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[..2],
+        [
+            "reload stopped at its canaries: canary web-1: 5xx ratio 75.0% in the window (30 of \
+             40 responses), 0.2% before; the bound is a rise of 1 point",
+            "the previous content went back to the canaries as version 6:",
+        ]
+    );
+    assert!(
+        text.contains("  web-1: 5xx 75.0% in the window (30 of 40 responses), 0.2% before"),
+        "{text}"
+    );
+}

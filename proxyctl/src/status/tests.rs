@@ -293,6 +293,23 @@ fn a_fleet_lists_every_node_and_why_one_does_not_serve_the_fleet_s_version() {
             "web-2: does not serve version 3: upstream http://db:80: host \"db\" does not resolve",
         ]
     );
+    // A staged rollout at its canaries: web-2 is to serve 3, web-1 the stable 2.
+    let rollout = FleetStatus {
+        canary_nodes: vec!["web-2".into()],
+        stable_version: 2,
+        nodes: vec![node("web-1", 2, true, ""), node("web-2", 3, true, "")],
+        ..fleet.clone()
+    };
+    assert_eq!(
+        fleet_lines(&rollout, now),
+        [
+            "fleet shop  version 3 (3abcdef0)  this host: web-1",
+            "staged rollout: version 3 on its canaries (web-2) first; the others keep version 2 meanwhile",
+            "NODE   APPLIED       DESIRED  IN SYNC  LAST SEEN",
+            "web-1  2 (2abcdef0)  2        yes      2s ago",
+            "web-2  3 (3abcdef0)  3        yes      2s ago",
+        ]
+    );
     let unreachable = FleetStatus {
         error: "etcd (http://10.0.0.1:2379) is unreachable: tcp connect error".into(),
         nodes: vec![node("web-1", 2, false, "")],
