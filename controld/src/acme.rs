@@ -8,7 +8,9 @@
 //! never before the CA's Retry-After), and the back-off survives restarts. A certificate that is
 //! still valid keeps serving whatever happens: only a newer one replaces it.
 
+mod account;
 mod client;
+mod fleet;
 mod issue;
 mod schedule;
 mod store;
@@ -18,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use instant_acme::{Account, NewAccount};
+use instant_acme::Account;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AcmeConfig, Certificate, Config, Site, SiteTls};
@@ -27,6 +29,7 @@ use crate::error::Error;
 use crate::reloader::{Reloader, unix_ms};
 use crate::snapshot::AcmeOverlay;
 
+pub use fleet::{FleetAcme, FleetCertificate};
 pub use store::{Backoff, Store};
 
 /// Where time comes from; tests move it to make a certificate due.
@@ -114,6 +117,10 @@ pub struct Acme {
     retry_after: client::RetryAfter,
     /// Set when the CA answered that it has no ARI: not asked again.
     no_ari: std::sync::atomic::AtomicBool,
+    /// The fleet this host belongs to, if any: then only its issuer issues.
+    fleet: std::sync::OnceLock<Arc<dyn FleetAcme>>,
+    /// This node was the fleet's issuer at its last round.
+    was_issuer: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -145,6 +152,8 @@ impl Acme {
                 account: tokio::sync::Mutex::new(None),
                 retry_after: client::RetryAfter::default(),
                 no_ari: std::sync::atomic::AtomicBool::new(false),
+                fleet: std::sync::OnceLock::new(),
+                was_issuer: std::sync::atomic::AtomicBool::new(false),
             },
             overlay,
         ))
@@ -231,6 +240,12 @@ impl Acme {
         // The [acme] of the last accepted reload, even one that left the snapshot unchanged:
         // never whichever config last happened to change the snapshot.
         let acme = reloader.acme_config()?;
+        // In a fleet, only its issuer talks to the CA; the others look again shortly.
+        if acme_sites(&current.config).next().is_some()
+            && !self.lead(reloader, &current.config).await
+        {
+            return Some(self.now() + fleet::ISSUER_RECHECK);
+        }
         self.forget_removed_sites(&current.config).await;
         let mut next: Option<SystemTime> = None;
         for site in acme_sites(&current.config) {
@@ -327,7 +342,17 @@ impl Acme {
             "requesting a certificate through ACME");
         let talk = async {
             let account = self.account(acme).await?;
-            match issue::issue(&account, reloader, site.name(), &names, acme.challenge).await {
+            let fleet = self.fleet();
+            match issue::issue(
+                &account,
+                reloader,
+                fleet,
+                site.name(),
+                &names,
+                acme.challenge,
+            )
+            .await
+            {
                 Ok(issued) => Ok(issued),
                 Err(e) => {
                     if e.unknown_account() {
@@ -366,6 +391,23 @@ impl Acme {
         tracing::info!(site = site.name(), %serial, version = published.version,
             not_after = %humantime::format_rfc3339_seconds(not_after),
             "ACME certificate issued and published");
+        // For every node of the fleet; one that cannot be stored now is stored by the next
+        // round ([`Acme::lead`]).
+        if let Some(fleet) = self.fleet() {
+            let serving = reloader
+                .acme_overlay()
+                .certificates
+                .get(site.name())
+                .cloned();
+            if let Some(serving) = serving
+                && let Err(e) = fleet
+                    .save_certificate(site.name().to_owned(), serving)
+                    .await
+            {
+                tracing::warn!(site = site.name(), error = %e,
+                    "the certificate serves here but is not in the fleet yet; trying again next round");
+            }
+        }
         Ok(())
     }
 
@@ -400,9 +442,23 @@ impl Acme {
             }
         }
         *lock(&self.backoff) = state.clone();
+        if let Some(fleet) = self.fleet()
+            && let Err(e) = fleet.save_backoff(state.clone()).await
+        {
+            tracing::warn!(error = %e, "cannot keep the ACME back-off in the fleet");
+        }
         self.save_backoff(state).await;
         // The CA has decided (or the attempt was given up): the challenges are over.
         let names: BTreeSet<String> = site.hostnames.iter().map(|h| h.to_string()).collect();
+        if let Some(fleet) = self.fleet() {
+            if let Err(e) = fleet
+                .deliver_challenges(names.into_iter().collect(), Vec::new())
+                .await
+            {
+                tracing::warn!(site = site.name(), error = %e, "cannot withdraw the fleet's ACME challenges");
+            }
+            return;
+        }
         let withdrawn = reloader
             .publish_challenges(|pending| pending.retain(|c| !names.contains(c.name())))
             .await;
@@ -413,7 +469,7 @@ impl Acme {
     }
 
     /// Runs `work` on the ACME store off the async threads (its reads, writes and fsyncs).
-    async fn on_store<T: Send + 'static>(
+    pub(super) async fn on_store<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Result<T, String> {
@@ -421,116 +477,6 @@ impl Acme {
         tokio::task::spawn_blocking(move || work(&store))
             .await
             .map_err(|e| format!("the ACME store task failed: {e}"))
-    }
-
-    /// The account for the CA of `acme`: cached, else restored from the state directory, else
-    /// created (and stored) once.
-    async fn account(&self, acme: &AcmeConfig) -> Result<Account, String> {
-        let mut slot = self.account.lock().await;
-        if let Some((config, account)) = slot.as_ref()
-            && config == acme
-        {
-            return Ok(account.clone());
-        }
-        let http = client::CaClient::new(acme, self.retry_after.clone())?;
-        let builder = Account::builder_with_http(Box::new(http));
-        let url = acme.directory_url.clone();
-        let account = match self.on_store(move |s| s.load_account(&url)).await?? {
-            Some(credentials) => builder
-                .from_credentials(credentials)
-                .await
-                .map_err(|e| format!("reaching the ACME server: {e}"))?,
-            None => {
-                let contact: Vec<&str> = acme.contact.iter().map(String::as_str).collect();
-                let (account, credentials) = builder
-                    .create(
-                        &NewAccount {
-                            contact: &contact,
-                            terms_of_service_agreed: true,
-                            only_return_existing: false,
-                        },
-                        acme.directory_url.clone(),
-                        None,
-                    )
-                    .await
-                    .map_err(|e| format!("creating the ACME account: {e}"))?;
-                let url = acme.directory_url.clone();
-                self.on_store(move |s| s.save_account(&url, &credentials))
-                    .await??;
-                tracing::info!(ca = %acme.directory_url, "ACME account created and stored");
-                account
-            }
-        };
-        *slot = Some((acme.clone(), account.clone()));
-        Ok(account)
-    }
-
-    /// Asks the CA for its suggested renewal window (ARI) when it offers one and the last
-    /// answer is stale. Best effort: without an answer the one-third rule applies.
-    async fn refresh_ari(&self, acme: &AcmeConfig, site: &Site, certificate: Option<&Certificate>) {
-        use std::sync::atomic::Ordering;
-        let Some(certificate) = certificate else {
-            return;
-        };
-        if self.no_ari.load(Ordering::Relaxed) {
-            return;
-        }
-        let now = self.now();
-        let fresh = lock(&self.ari)
-            .get(site.name())
-            .is_some_and(|a| a.serial == certificate.serial && a.refresh_at > now);
-        if fresh {
-            return;
-        }
-        // Whatever the outcome, not asked again for an hour (or what the CA says): without an
-        // answer the one-third rule stands.
-        let fallback = AriChoice {
-            serial: certificate.serial.clone(),
-            renew_at: schedule::renewal_time(certificate.not_before, certificate.not_after),
-            refresh_at: now + Duration::from_secs(60 * 60),
-        };
-        lock(&self.ari).insert(site.name().to_owned(), fallback);
-        // In the background task, like every exchange with the CA; a CA that is down costs one
-        // refused connection per hour.
-        let account = match self.account(acme).await {
-            Ok(account) => account,
-            Err(e) => {
-                tracing::debug!(site = site.name(), error = %e, "no ARI: the CA is unreachable");
-                return;
-            }
-        };
-        use rustls_pki_types::pem::PemObject;
-        let Some(der) =
-            rustls_pki_types::CertificateDer::pem_slice_iter(certificate.chain_pem.as_bytes())
-                .next()
-                .and_then(Result::ok)
-        else {
-            return;
-        };
-        let Ok(id) = instant_acme::CertificateIdentifier::try_from(&der) else {
-            return;
-        };
-        match account.renewal_info(&id).await {
-            Ok((info, refresh)) => {
-                let renew_at = schedule::in_window(
-                    info.suggested_window.start.into(),
-                    info.suggested_window.end.into(),
-                    fastrand::f64(),
-                );
-                lock(&self.ari).insert(
-                    site.name().to_owned(),
-                    AriChoice {
-                        serial: certificate.serial.clone(),
-                        renew_at,
-                        refresh_at: now + refresh.max(Duration::from_secs(60 * 60)),
-                    },
-                );
-            }
-            Err(instant_acme::Error::Unsupported(_)) => {
-                self.no_ari.store(true, Ordering::Relaxed);
-            }
-            Err(e) => tracing::debug!(site = site.name(), error = %e, "no ARI answer"),
-        }
     }
 
     /// Drops the back-off of sites that no longer use ACME.

@@ -7,18 +7,22 @@
 //! Each controld follows the fleet's head ([`follow`]): every new version is joined to the
 //! host's own tables and reloaded locally, and the outcome recorded under the node's lease.
 
+mod acme;
 mod applied;
 mod apply;
 mod canary;
 pub mod etcd;
 mod link;
 mod publish;
+mod secret;
 mod status;
 pub mod store;
 mod tls;
 
+pub use acme::{FleetAcmeLink, follow_acme};
 pub use applied::resume;
 pub use apply::follow;
 pub use link::Link;
 pub use publish::{RollbackError, reload, rollback};
+pub use secret::FleetKey;
 pub use status::{history, status};

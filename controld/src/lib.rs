@@ -161,6 +161,25 @@ impl Controld {
                     link.clone(),
                     shutdown.clone(),
                 ));
+                // ACME once per fleet: one issuer, the fleet's certificates served here.
+                let key = match &cluster.key_file {
+                    Some(path) => Some(Arc::new(
+                        cluster::FleetKey::read(path).map_err(Error::Fleet)?,
+                    )),
+                    None => None,
+                };
+                self.acme.join_fleet(Arc::new(cluster::FleetAcmeLink::new(
+                    link.clone(),
+                    key.clone(),
+                    self.reloader.ack_timeout(),
+                )));
+                tokio::spawn(cluster::follow_acme(
+                    self.reloader.clone(),
+                    link.clone(),
+                    self.acme.clone(),
+                    key,
+                    shutdown.clone(),
+                ));
                 Some(link)
             }
         };

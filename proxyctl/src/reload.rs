@@ -166,7 +166,10 @@ fn render_canary_stopped(reply: &ReloadReply, out: &mut Vec<String>) {
         ));
         return;
     };
-    out.push(format!("reload stopped at its canaries: {}", canary.stopped));
+    out.push(format!(
+        "reload stopped at its canaries: {}",
+        canary.stopped
+    ));
     if canary.reverted_version != 0 {
         out.push(format!(
             "the previous content went back to the canaries as version {}:",
@@ -199,7 +202,10 @@ fn canary_lines(reply: &ReloadReply, out: &mut Vec<String>) {
     };
     for f in &canary.figures {
         out.push(if f.no_figures {
-            format!("  {}: its proxyd reports no figures (an older build): not checked", f.node)
+            format!(
+                "  {}: its proxyd reports no figures (an older build): not checked",
+                f.node
+            )
         } else {
             format!(
                 "  {}: 5xx {} in the window ({} of {} responses), {} before",

@@ -25,16 +25,25 @@ impl Hosts {
     /// Starts etcd and the three hosts with `body` (and `listeners` after the plain one), and
     /// returns when each node is live in etcd.
     pub async fn start(body: &str, listeners: &str) -> Hosts {
+        let setup = Setup {
+            listeners: listeners.to_owned(),
+            ..Setup::default()
+        };
+        Hosts::start_with(body, &setup, "").await
+    }
+
+    /// As [`Hosts::start`], each host from `setup` (its `tables` replaced by `[cluster]`, with
+    /// `cluster_keys` added to it).
+    pub async fn start_with(body: &str, setup: &Setup, cluster_keys: &str) -> Hosts {
         let etcd = EtcdCluster::start(3).await;
         let mut hosts = Vec::new();
         for node in ["web-1", "web-2", "web-3"] {
             let setup = Setup {
                 tables: format!(
-                    "[cluster]\netcd = {}\nname = \"shop\"\nnode = \"{node}\"\nlease_ttl = \"3s\"\n",
+                    "[cluster]\netcd = {}\nname = \"shop\"\nnode = \"{node}\"\nlease_ttl = \"3s\"\n{cluster_keys}\n",
                     etcd.toml_endpoints()
                 ),
-                listeners: listeners.to_owned(),
-                ..Setup::default()
+                ..setup.clone()
             };
             hosts.push(TestEnv::start_setup(setup, body).await);
         }

@@ -64,7 +64,11 @@ async fn publishes_from_two_hosts_at_once_give_consecutive_versions_or_a_conflic
             let mut got = Vec::new();
             for i in 0..20 {
                 let text = format!("# {tag} {i}\n");
-                match f.publish(&text, &by("reload"), None, false, None).await.unwrap() {
+                match f
+                    .publish(&text, &by("reload"), None, false, None)
+                    .await
+                    .unwrap()
+                {
                     Published::New(v) => got.push((v.version, text)),
                     other => panic!("{other:?}"),
                 }
@@ -101,7 +105,9 @@ async fn publishes_from_two_hosts_at_once_give_consecutive_versions_or_a_conflic
     let head = a.head().await.unwrap().0.unwrap();
     let text = a.version(41).await.unwrap().unwrap().text;
     assert_eq!(
-        b.publish(&text, &by("reload"), None, false, None).await.unwrap(),
+        b.publish(&text, &by("reload"), None, false, None)
+            .await
+            .unwrap(),
         Published::Unchanged(head)
     );
 }

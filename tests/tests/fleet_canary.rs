@@ -74,7 +74,9 @@ async fn a_canary_rollout_reaches_the_canary_first_and_every_node_after_its_wind
     let text = proxy_tests::output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("canary \"web-9\" is not a live node of the fleet (live: web-1, web-2, web-3)"),
+        text.contains(
+            "canary \"web-9\" is not a live node of the fleet (live: web-1, web-2, web-3)"
+        ),
         "{text}"
     );
 
@@ -91,7 +93,11 @@ async fn a_canary_rollout_reaches_the_canary_first_and_every_node_after_its_wind
     }
     let out = hosts.hosts[2].proxyctl(&["--json", "status"]).await;
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["fleet"]["canary_nodes"], serde_json::json!(["web-2"]), "{status}");
+    assert_eq!(
+        status["fleet"]["canary_nodes"],
+        serde_json::json!(["web-2"]),
+        "{status}"
+    );
     assert_eq!(status["fleet"]["stable_version"], 1, "{status}");
     assert_eq!(status["fleet"]["desired_version"], 2, "{status}");
     let in_sync: Vec<bool> = status["fleet"]["nodes"]
@@ -100,7 +106,11 @@ async fn a_canary_rollout_reaches_the_canary_first_and_every_node_after_its_wind
         .iter()
         .map(|n| n["in_sync"].as_bool().unwrap())
         .collect();
-    assert_eq!(in_sync, [true, true, true], "each node serves what it should: {status}");
+    assert_eq!(
+        in_sync,
+        [true, true, true],
+        "each node serves what it should: {status}"
+    );
     // Traffic on the canary in its window: counted, all 2xx.
     for _ in 0..20 {
         assert!(hosts.body(1).await.starts_with("upstream b"));
@@ -130,7 +140,11 @@ async fn a_canary_rollout_reaches_the_canary_first_and_every_node_after_its_wind
     }
     let out = hosts.hosts[1].proxyctl(&["--json", "status"]).await;
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["fleet"]["canary_nodes"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        status["fleet"]["canary_nodes"],
+        serde_json::json!([]),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -170,7 +184,10 @@ async fn a_canary_whose_5xx_ratio_rises_stops_the_rollout_and_gets_the_previous_
         "{text}"
     );
     let figures = &reply["canary"]["figures"][0];
-    assert!(figures["responses_before"].as_u64().unwrap() >= 10, "{text}");
+    assert!(
+        figures["responses_before"].as_u64().unwrap() >= 10,
+        "{text}"
+    );
     assert!(figures["responses_5xx"].as_u64().unwrap() >= 19, "{text}");
     assert_eq!(reply["canary"]["reverted_version"], 3, "{text}");
     assert_eq!(reply["version"], 3, "{text}");
@@ -181,7 +198,10 @@ async fn a_canary_whose_5xx_ratio_rises_stops_the_rollout_and_gets_the_previous_
     let history = watcher(&hosts.etcd).history().await.unwrap();
     assert_eq!(history[0].version, 3);
     assert_eq!(history[0].source, "canary of 2 reverted");
-    assert_eq!(history[0].hash, history[2].hash, "version 3 is version 1's content");
+    assert_eq!(
+        history[0].hash, history[2].hash,
+        "version 3 is version 1's content"
+    );
 
     // The same without --json: one line says why, naming the node.
     hosts.hosts[0].write_config(&broken_site());
@@ -191,7 +211,10 @@ async fn a_canary_whose_5xx_ratio_rises_stops_the_rollout_and_gets_the_previous_
     let text = proxy_tests::output_text(&out);
     // No traffic in this window: nothing to judge, the rollout goes on.
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("canaries web-1 served it for 2s first"), "{text}");
+    assert!(
+        text.contains("canaries web-1 served it for 2s first"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,7 +243,10 @@ async fn a_canary_that_refuses_the_version_stops_the_rollout_at_once() {
     assert_eq!(code, Some(1), "{text}");
     assert_eq!(reply["outcome"], "canary_stopped", "{text}");
     let stopped = reply["canary"]["stopped"].as_str().unwrap();
-    assert!(stopped.starts_with("canary web-3 refused version 2"), "{text}");
+    assert!(
+        stopped.starts_with("canary web-3 refused version 2"),
+        "{text}"
+    );
     assert!(stopped.contains("shutdown_timeout"), "{text}");
     for i in 0..3 {
         assert!(hosts.body(i).await.starts_with("upstream a"), "host {i}");
@@ -236,9 +262,17 @@ async fn a_single_host_refuses_a_staged_rollout_and_publishes_nothing() {
     let out = env.proxyctl(&["reload", "--canary", "1"]).await;
     let text = proxy_tests::output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("a staged rollout (--canary) is for fleets"), "{text}");
+    assert!(
+        text.contains("a staged rollout (--canary) is for fleets"),
+        "{text}"
+    );
     assert_eq!(env.status().await.control_plane.unwrap().version, 1);
     // A window without canaries is a usage error, caught before anything is sent.
     let out = env.proxyctl(&["reload", "--canary-wait", "5s"]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", proxy_tests::output_text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        proxy_tests::output_text(&out)
+    );
 }

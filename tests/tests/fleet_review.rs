@@ -263,7 +263,9 @@ async fn a_publish_whose_answer_was_lost_is_told_the_truth() {
 
     // Plain publish: the caller must learn that it published version 1.
     lie.store(true, Ordering::SeqCst);
-    let got = through_proxy().publish("# one\n", &by, None, false, None).await;
+    let got = through_proxy()
+        .publish("# one\n", &by, None, false, None)
+        .await;
     let head = through_proxy().head().await.unwrap().0.unwrap();
     eprintln!("publish # one: {got:?}; head {head:?}");
     // With --if-version 1: the caller must not be told "nothing was published".

@@ -38,6 +38,7 @@ pub struct ClusterFile {
     pub node: Option<String>,
     pub lease_ttl: Option<String>,
     pub tls: Option<ClusterTlsFile>,
+    pub key_file: Option<String>,
 }
 
 /// `[cluster] tls = { ... }`: client TLS to etcd.

@@ -667,15 +667,35 @@ fn a_cluster_table_joins_a_fleet_and_its_mistakes_are_each_located() {
             "{expected}: {got:#?}"
         );
     }
-    // ACME in a fleet would order one certificate per host: refused until the fleet has one
-    // issuer.
+    // ACME in a fleet keeps private keys in etcd: it needs the fleet key, a well-formed one.
     let acme = MINIMAL.replace("upstreams = [", "tls = \"acme\"\nupstreams = [")
         + "[acme]\ndirectory_url = \"https://ca.example/dir\"\n"
         + "[cluster]\netcd = [\"http://10.0.0.1:2379\"]\nnode = \"a\"\n";
     let got = rendered(&acme);
     assert!(
         got.iter()
-            .any(|d| d.contains("sites[0].tls: tls = \"acme\" is not supported in a fleet yet")),
+            .any(|d| d.contains("sites[0].tls: tls = \"acme\" in a fleet needs [cluster] key_file")),
+        "{got:#?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    let with_key = format!("{acme}key_file = \"{}\"\n", key.display());
+    assert!(
+        !rendered(&with_key).iter().any(|d| d.contains("key_file")),
+        "{:#?}",
+        rendered(&with_key)
+    );
+    assert_eq!(read_fleet_key(&key).unwrap()[..3], [0x00, 0x11, 0x22]);
+    std::fs::write(&key, "not hex").unwrap();
+    let got = rendered(&with_key);
+    assert!(
+        got.iter()
+            .any(|d| d.contains("cluster.key_file: ") && d.contains("not a fleet key")),
         "{got:#?}"
     );
     // https:// endpoints need a CA; tls goes with https:// only.

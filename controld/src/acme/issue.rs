@@ -48,6 +48,7 @@ fn other(text: impl Into<String>) -> IssueError {
 pub async fn issue(
     account: &Account,
     reloader: &Reloader,
+    fleet: Option<&dyn super::FleetAcme>,
     site: &str,
     names: &[String],
     challenge: AcmeChallenge,
@@ -101,6 +102,38 @@ pub async fn issue(
     }
 
     if !answers.is_empty() {
+        // In a fleet, every live node answers them: the CA may reach any host.
+        if let Some(fleet) = fleet {
+            fleet
+                .deliver_challenges(names.to_vec(), answers)
+                .await
+                .map_err(other)?;
+        } else {
+            deliver_here(reloader, site, names, answers).await?;
+        }
+        // Second pass: no network, the states are cached; tell the CA to validate.
+        let mut authorizations = order.authorizations();
+        while let Some(authorization) = authorizations.next().await {
+            let mut authorization = authorization?;
+            if authorization.status != AuthorizationStatus::Pending {
+                continue;
+            }
+            if let Some(mut handle) = authorization.challenge(wanted.clone()) {
+                handle.set_ready().await?;
+            }
+        }
+    }
+    finish_order(order, names).await
+}
+
+/// Delivers `answers` to this host's data planes and returns once each answers them.
+async fn deliver_here(
+    reloader: &Reloader,
+    site: &str,
+    names: &[String],
+    answers: Vec<Challenge>,
+) -> Result<(), IssueError> {
+    {
         // The CA may look only once every data plane answers them. Challenges are not config:
         // a data plane that refuses the serving config answers them all the same.
         let planes = reloader
@@ -126,19 +159,15 @@ pub async fn issue(
                 }
             )));
         }
-        // Second pass: no network, the states are cached; tell the CA to validate.
-        let mut authorizations = order.authorizations();
-        while let Some(authorization) = authorizations.next().await {
-            let mut authorization = authorization?;
-            if authorization.status != AuthorizationStatus::Pending {
-                continue;
-            }
-            if let Some(mut handle) = authorization.challenge(wanted.clone()) {
-                handle.set_ready().await?;
-            }
-        }
     }
+    Ok(())
+}
 
+/// Waits for the CA to validate, then finalizes with a new key and fetches the chain.
+async fn finish_order(
+    mut order: instant_acme::Order,
+    names: &[String],
+) -> Result<Issued, IssueError> {
     let policy = RetryPolicy::new()
         .initial_delay(Duration::from_millis(250))
         .backoff(1.5)

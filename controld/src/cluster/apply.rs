@@ -93,7 +93,10 @@ pub(super) async fn apply(
             }
             state.error = error.clone();
             // A canary's traffic as it applied: where the rollout's window starts.
-            if link.canary_member.load(std::sync::atomic::Ordering::Acquire) {
+            if link
+                .canary_member
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
                 state.traffic = super::canary::traffic_now(reloader);
             }
         })

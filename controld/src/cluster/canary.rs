@@ -46,11 +46,7 @@ pub(super) async fn report_traffic(
             () = tokio::time::sleep(TRAFFIC_EVERY) => {}
         }
         let member = link.canary_member.load(Ordering::Acquire);
-        let recorded = link
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .traffic;
+        let recorded = link.state.lock().unwrap_or_else(|e| e.into_inner()).traffic;
         let now = member.then(|| traffic_now(&reloader)).flatten();
         if now != recorded
             && let Err(e) = link.record(|state| state.traffic = now).await
@@ -200,7 +196,9 @@ async fn watch_window(
             let Some(state) = nodes.iter().find(|n| &n.node == canary) else {
                 return Watched::Stopped(
                     figures_now(&start, &last),
-                    format!("canary {canary} dropped out of the fleet (its lease lapsed) in the window"),
+                    format!(
+                        "canary {canary} dropped out of the fleet (its lease lapsed) in the window"
+                    ),
                 );
             };
             if state.applied_version < version {
@@ -329,7 +327,15 @@ pub(super) async fn rollout(
     };
     if canaries.iter().any(|c| c == link.node()) {
         link.canary_member.store(true, Ordering::Release);
-        let local = apply(reloader, link, version, &hash, fleet_text, &publisher.source).await;
+        let local = apply(
+            reloader,
+            link,
+            version,
+            &hash,
+            fleet_text,
+            &publisher.source,
+        )
+        .await;
         report.diff = local.diff;
         report.warnings = local.warnings;
     }
@@ -427,7 +433,10 @@ async fn promote(
             return report;
         }
     }
-    tracing::info!(version, "staged rollout: the canaries passed; every node now");
+    tracing::info!(
+        version,
+        "staged rollout: the canaries passed; every node now"
+    );
     let nodes = link.fleet.nodes().await.unwrap_or_default();
     let mut waiting: Vec<String> = nodes.into_iter().map(|n| n.node).collect();
     if !waiting.iter().any(|n| n == link.node()) {
@@ -496,7 +505,11 @@ async fn revert_canaries(
             return report;
         }
     };
-    tracing::info!(version = reverted.version, from = version, "staged rollout reverted");
+    tracing::info!(
+        version = reverted.version,
+        from = version,
+        "staged rollout reverted"
+    );
     apply(
         reloader,
         link,

@@ -342,6 +342,36 @@ impl Etcd {
             .then(|| reply.header.map_or(0, |h| h.revision)))
     }
 
+    /// Puts `key` attached to `lease` only if it does not exist; whether it did. A call whose
+    /// answer was lost may have landed: the caller reads the key to know.
+    pub async fn create(&self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<bool, EtcdError> {
+        let request = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: pb::compare::CompareResult::Equal.into(),
+                target: pb::compare::CompareTarget::Create.into(),
+                key: key.to_vec(),
+                target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+                range_end: Vec::new(),
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: key.to_vec(),
+                    value,
+                    lease,
+                    ..Default::default()
+                })),
+            }],
+            failure: Vec::new(),
+        };
+        let reply = self
+            .call_once(|c| {
+                let request = request.clone();
+                async move { Etcd::kv(c).txn(request).await }
+            })
+            .await?;
+        Ok(reply.succeeded)
+    }
+
     /// Compacts the store's history up to `revision`: watches cannot start before it since.
     pub async fn compact(&self, revision: i64) -> Result<(), EtcdError> {
         let request = pb::CompactionRequest {

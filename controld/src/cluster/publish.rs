@@ -253,7 +253,11 @@ pub async fn rollback(
 }
 
 /// A reload that could not reach etcd: rejected, with the reason, and nothing changed.
-pub(super) fn unreachable_report(reloader: &Reloader, link: &Link, e: &PublishError) -> ReloadReport {
+pub(super) fn unreachable_report(
+    reloader: &Reloader,
+    link: &Link,
+    e: &PublishError,
+) -> ReloadReport {
     // etcd with `--client-cert-auth` closes the connection of a client without a certificate
     // after the handshake, which reads as a broken pipe: say what is likely.
     let hint = Some(link)

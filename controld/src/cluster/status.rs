@@ -134,9 +134,7 @@ async fn read_status(
             let nodes = nodes
                 .into_iter()
                 .map(|s| {
-                    let target = head
-                        .as_ref()
-                        .map_or((0, ""), |h| h.target_for(&s.node));
+                    let target = head.as_ref().map_or((0, ""), |h| h.target_for(&s.node));
                     let (v, h) = (target.0, target.1.to_owned());
                     node(s, (v, &h))
                 })

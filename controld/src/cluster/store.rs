@@ -160,7 +160,9 @@ pub enum PublishError {
     )]
     DuplicateNode { node: String, other: String },
     /// A staged rollout needs a version before it, for every other node to keep serving.
-    #[error("a staged rollout needs an earlier fleet version for the other nodes to keep serving; publish the first version without --canary")]
+    #[error(
+        "a staged rollout needs an earlier fleet version for the other nodes to keep serving; publish the first version without --canary"
+    )]
     NoStableVersion,
     /// A version larger than etcd takes in one request.
     #[error(
@@ -415,7 +417,12 @@ impl Fleet {
         let key = self.key("head");
         let written = self
             .etcd
-            .put_if(&key, revision, vec![(key.clone(), json(&promoted))], Vec::new())
+            .put_if(
+                &key,
+                revision,
+                vec![(key.clone(), json(&promoted))],
+                Vec::new(),
+            )
             .await?;
         Ok(written.is_some())
     }

@@ -16,6 +16,42 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// Client TLS to etcd; required for `https://` endpoints.
     pub tls: Option<ClusterTls>,
+    /// The fleet key (32 bytes, hex), the same file on every host: it encrypts the private
+    /// keys the fleet keeps in etcd (ACME). Required when the fleet has ACME sites.
+    pub key_file: Option<PathBuf>,
+}
+
+/// The fleet key's length in bytes.
+pub const FLEET_KEY_BYTES: usize = 32;
+
+/// Reads a fleet key file: 64 hex digits (32 bytes), surrounding white space allowed, as
+/// `openssl rand -hex 32` writes it.
+pub fn read_fleet_key(path: &std::path::Path) -> Result<[u8; FLEET_KEY_BYTES], String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > 1024 {
+        return Err(format!(
+            "{}: not a fleet key (expected 64 hex digits, as `openssl rand -hex 32` writes)",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = text.trim();
+    let mut key = [0u8; FLEET_KEY_BYTES];
+    let valid = text.len() == FLEET_KEY_BYTES * 2
+        && text.is_ascii()
+        && key.iter_mut().enumerate().all(|(i, byte)| {
+            text.get(2 * i..2 * i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .map(|b| *byte = b)
+                .is_some()
+        });
+    if !valid {
+        return Err(format!(
+            "{}: not a fleet key (expected 64 hex digits, as `openssl rand -hex 32` writes)",
+            path.display()
+        ));
+    }
+    Ok(key)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -423,11 +423,21 @@ pub(super) fn cluster(file: &FileConfig, p: &mut Problems) -> Option<ClusterConf
             "tls applies to https:// endpoints; these are http://",
         );
     }
+    let key_file = cluster.key_file.as_deref().map(|f| {
+        let path = non_empty_path(Some(f), "", at.key("key_file"), p);
+        if !f.is_empty()
+            && let Err(e) = read_fleet_key(&path)
+        {
+            p.push(at.key("key_file"), e);
+        }
+        path
+    });
     Some(ClusterConfig {
         etcd: cluster.etcd.clone(),
         name,
         node,
         lease_ttl,
         tls,
+        key_file,
     })
 }

@@ -25,13 +25,18 @@ pub(super) fn site_tls(
             if statics.acme.is_none() {
                 p.push(at.clone(), "tls = \"acme\" needs an [acme] section");
             }
-            if statics.cluster.is_some() {
-                // Each host would order its own certificate and answer only its own challenges,
-                // while the CA may reach any host (docs/fleets.md).
+            if statics
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.key_file.is_none())
+            {
+                // The fleet's issuer keeps the certificates' private keys in etcd, encrypted
+                // with the fleet key (docs/fleets.md).
                 p.push(
                     at.clone(),
-                    "tls = \"acme\" is not supported in a fleet yet ([cluster]): give the site \
-                     certificate files, the same on every host",
+                    "tls = \"acme\" in a fleet needs [cluster] key_file: the fleet key that \
+                     encrypts the certificates' private keys in etcd, the same file on every \
+                     host (`openssl rand -hex 32 > fleet.key`)",
                 );
             }
             TlsWanted::Acme
