@@ -378,6 +378,9 @@ impl Acme {
             self.on_store(move |s| s.save_certificate(&name, &issued.chain_pem, &issued.key_pem))
                 .await??
         };
+        // The talk with the CA is over: whoever sees the new certificate served sees an
+        // attempt that is no longer running.
+        *lock(&self.issuing) = None;
         let summary = format!("acme: certificate for {}", site.name());
         let name = site.name().to_owned();
         let serial = certificate.serial.clone();
