@@ -359,6 +359,11 @@ impl Acme {
                         tracing::warn!(ca = %acme.directory_url, "the CA does not know the stored ACME account; a new one will be created");
                         let url = acme.directory_url.clone();
                         let _ = self.on_store(move |s| s.forget_account(&url)).await;
+                        if let Some(fleet) = self.fleet()
+                            && let Err(e) = fleet.forget_account(acme.directory_url.clone()).await
+                        {
+                            tracing::warn!(error = %e, "cannot forget the fleet's ACME account");
+                        }
                         *self.account.lock().await = None;
                     }
                     Err(e.to_string())

@@ -37,6 +37,8 @@ pub trait FleetAcme: Send + Sync {
         directory_url: String,
         json: Vec<u8>,
     ) -> BoxFuture<'_, Result<(), String>>;
+    /// Forgets the fleet's account at a CA that no longer knows it.
+    fn forget_account(&self, directory_url: String) -> BoxFuture<'_, Result<(), String>>;
     /// The certificates the fleet keeps, by site.
     fn certificates(&self) -> BoxFuture<'_, Result<BTreeMap<String, FleetCertificate>, String>>;
     fn save_certificate(

@@ -335,6 +335,18 @@ impl FleetAcme for FleetAcmeLink {
         })
     }
 
+    fn forget_account(&self, directory_url: String) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let key = self.link.fleet.key(&account_place(&directory_url));
+            self.link
+                .fleet
+                .etcd()
+                .delete(&key)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
     fn certificates(&self) -> BoxFuture<'_, Result<BTreeMap<String, FleetCertificate>, String>> {
         Box::pin(async move {
             let records = read_certs(&self.link).await?;

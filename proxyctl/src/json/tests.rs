@@ -22,6 +22,7 @@ fn reload_reply_shape() {
             "version": 4,
             "config_path": "/etc/proxyd/proxy.toml",
             "duration_ms": 12,
+            "canary": null,
             "diff": {
                 "sites_added": ["a.example"],
                 "sites_removed": [],
@@ -104,7 +105,7 @@ fn rejected_reply_lists_diagnostics_and_an_empty_diff() {
 
 #[test]
 fn enum_names_are_lower_case() {
-    let outcomes: Vec<_> = (0..=5).map(outcome_name).collect();
+    let outcomes: Vec<_> = (0..=6).map(outcome_name).collect();
     assert_eq!(
         outcomes,
         [
@@ -113,6 +114,7 @@ fn enum_names_are_lower_case() {
             "unchanged",
             "rejected",
             "dry_run",
+            "canary_stopped",
             "unknown"
         ]
     );
