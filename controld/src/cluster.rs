@@ -20,7 +20,7 @@ pub mod store;
 mod tls;
 
 pub use acme::{FleetAcmeLink, follow_acme};
-pub use applied::resume;
+pub use applied::{resume, start_from_kept};
 pub use apply::follow;
 pub use link::Link;
 pub use publish::{RollbackError, reload, rollback};

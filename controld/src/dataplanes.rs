@@ -117,6 +117,11 @@ impl DataPlanes {
         self.planes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Wakes on every change of the registry (a data plane subscribed, answered, left).
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     fn notify(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }

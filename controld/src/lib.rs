@@ -311,7 +311,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Loads the config, binds its control socket and serves until `shutdown`.
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
-    let (config, text) = snapshot::load_checked(&options.config_path)?;
+    let (config, text) = match snapshot::load_checked(&options.config_path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let (config, text, version) =
+                cluster::start_from_kept(&options.config_path).ok_or(e)?;
+            tracing::warn!(version, file = %options.config_path.display(),
+                "the config file does not check; starting from the fleet version this host \
+                 applied last, with the file's host tables");
+            (config, text)
+        }
+    };
     let controld = Controld::start(&options, config, &text)?;
     let socket = socket::bind(&controld.socket_path())?;
     controld.serve(socket, shutdown).await

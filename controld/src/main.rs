@@ -75,7 +75,23 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn serve(config_path: PathBuf) -> ExitCode {
-    let (config, text) = match controld::snapshot::load_checked(&config_path) {
+    let loaded = match controld::snapshot::load_checked(&config_path) {
+        Ok(loaded) => Ok(loaded),
+        // A host of a fleet whose file's fleet part went stale starts from what it applied.
+        Err(e) => match controld::cluster::start_from_kept(&config_path) {
+            Some((config, text, version)) => {
+                eprintln!(
+                    "controld: {} does not check; starting from fleet version {version}, which \
+                     this host applied last, with the file's host tables (`controld check` \
+                     shows the problems)",
+                    config_path.display()
+                );
+                Ok((config, text))
+            }
+            None => Err(e),
+        },
+    };
+    let (config, text) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             let diagnostics = e.diagnostics(&config_path);

@@ -135,6 +135,50 @@ async fn a_restart_that_falls_back_to_the_file_is_not_reported_in_sync() {
     );
 }
 
+/// A host whose file's fleet part went stale and no longer checks (here: it names a
+/// certificate the fleet has since replaced and removed) still starts: from the fleet version
+/// it applied last, with its file's host tables; it used to refuse to start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_whose_file_no_longer_checks_starts_from_the_fleet_version_applied_last() {
+    let _serial = SERIAL.lock().await;
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().unwrap();
+    let old = ca.issue(certs.path(), "old", &["secure.example"]);
+    let new = ca.issue(certs.path(), "new", &["secure.example"]);
+    let mut hosts = Hosts::start(&tls_site(&a.url(), &old), proxy_tests::HTTPS_ON_PORT_0).await;
+    hosts.hosts[0].write_config(&tls_site(&b.url(), &new));
+    let reply = hosts.reload(0).await;
+    assert!(results(&reply).iter().all(|r| r.1 == "acked"), "{reply}");
+
+    // web-2's file still names the old certificate, which is gone: the file does not check.
+    hosts.hosts[1].stop_controld().await;
+    std::fs::remove_file(&old.cert_file).unwrap();
+    let check = controld::snapshot::load_checked(&hosts.hosts[1].config_path);
+    assert!(check.is_err(), "the file itself does not check");
+    hosts.hosts[1].start_controld().await;
+    // Its proxyd (which served on meanwhile) back on the restarted controld.
+    let status = eventually("web-2's proxyd subscribed again", || async {
+        let status = hosts.hosts[1].status().await;
+        (status.data_planes.len() == 1).then_some(status)
+    })
+    .await;
+    let fleet = status.fleet.unwrap();
+    let me = fleet.nodes.iter().find(|n| n.node == "web-2");
+    assert!(
+        me.is_some_and(|n| n.applied_version == 1 && n.in_sync),
+        "{fleet:?}"
+    );
+    assert!(hosts.body(1).await.starts_with("upstream b"));
+    // And it follows the fleet from there.
+    hosts.hosts[2].write_config(&tls_site(&a.url(), &new));
+    let reply = hosts.reload(2).await;
+    assert!(results(&reply).iter().all(|r| r.1 == "acked"), "{reply}");
+    let body = hosts.body(1).await;
+    assert!(body.starts_with("upstream a"), "{body} {reply}");
+}
+
 /// F3: two reloads at once on two hosts: each host's own reload applies its version after
 /// its follower applied the newer one, so the host steps back and stays behind the head.
 #[tokio::test(flavor = "multi_thread")]

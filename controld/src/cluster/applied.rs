@@ -75,3 +75,26 @@ pub fn resume(
         }
     }
 }
+
+/// When the config file does not check at startup: in a fleet, the fleet version this host
+/// applied last joined to the file's host tables, if the host tables check and that version
+/// does too. A stale fleet part in the file (a certificate file the fleet has since replaced)
+/// then does not keep a host of the fleet from starting; the fleet brings it up to date.
+/// Returns the config, its text and the fleet version it holds.
+pub fn start_from_kept(path: &std::path::Path) -> Option<(Config, String, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let host = proxy_config::fleet::split(&text).ok()?.host;
+    // The host tables alone say where the state directory is, and that this is a fleet.
+    let alone = crate::config::parse(&proxy_config::fleet::join("", &host), path).ok()?;
+    alone.statics.cluster.as_ref()?;
+    let applied = load_applied(&alone.statics.control.state_dir)?;
+    let joined = proxy_config::fleet::join(&applied.text, &host);
+    let name = path.with_file_name(format!("fleet-version-{}.toml", applied.version));
+    let config = crate::config::parse(&joined, &name).ok()?;
+    if crate::snapshot::data_plane_refusal(&crate::snapshot::Content::build(&config), &name)
+        .is_some()
+    {
+        return None;
+    }
+    Some((config, joined, applied.version))
+}

@@ -68,7 +68,12 @@ pub(super) async fn apply(
             ..report_of(reloader.current().version)
         },
     };
-    let error = local_problem(&report);
+    let mut error = local_problem(&report);
+    // ACK = applied: a node whose controld has no data plane connected serves nothing of it
+    // yet (its proxyd is reconnecting, or down). Tried again until one is.
+    if error.is_empty() && reloader.planes().list().is_empty() {
+        error = NO_DATA_PLANE.to_owned();
+    }
     if !error.is_empty() {
         tracing::warn!(version, node = link.node(), %error, "this node does not serve the fleet version");
     }
@@ -106,6 +111,11 @@ pub(super) async fn apply(
     }
     report
 }
+
+/// Why a node whose controld has no data plane does not serve a version; it is tried again as
+/// soon as one subscribes.
+const NO_DATA_PLANE: &str =
+    "no data plane is connected to this host's controld: nothing serves the version here yet";
 
 /// Why this host does not serve what `report` tried, in one line; empty when it does.
 fn local_problem(report: &ReloadReport) -> String {
@@ -152,10 +162,15 @@ pub(super) async fn wait_for_nodes(
     // 100 ms, where one from now gets each event as it happens.) Each node's newest record
     // wins, by its revision.
     'watched: loop {
-        let Ok(mut watch) = link.fleet.etcd().watch(&prefix, 0).await else {
+        // Every etcd call of the wait is under its deadline too.
+        let Ok(Ok(mut watch)) =
+            tokio::time::timeout_at(deadline, link.fleet.etcd().watch(&prefix, 0)).await
+        else {
             break;
         };
-        let Ok((kvs, _)) = link.fleet.etcd().prefix(&prefix).await else {
+        let Ok(Ok((kvs, _))) =
+            tokio::time::timeout_at(deadline, link.fleet.etcd().prefix(&prefix)).await
+        else {
             break;
         };
         let mut revisions: BTreeMap<String, i64> = BTreeMap::new();
@@ -303,14 +318,19 @@ async fn follow_once(
     // refused it) is tried again after a while, doubling to a minute, as a single host sends a
     // refused version again: no new version needed.
     let mut retry = RETRY_FIRST * 10;
+    let mut planes = reloader.planes().subscribe_changes();
     loop {
-        let failed = !link
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .error
-            .is_empty();
+        let (failed, no_plane) = {
+            let state = link.state.lock().unwrap_or_else(|e| e.into_inner());
+            (!state.error.is_empty(), state.error == NO_DATA_PLANE)
+        };
         tokio::select! {
+            // A data plane subscribed to a node that had none: at once, not after the wait.
+            _ = planes.changed(), if no_plane => {
+                if !reloader.planes().list().is_empty() {
+                    catch_up(reloader, link).await?;
+                }
+            }
             watched = watch.recv() => match watched {
                 Some(watched) => match watched? {
                     Watched::Changes { .. } => {

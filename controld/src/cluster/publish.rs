@@ -131,7 +131,8 @@ async fn publish_and_wait(
     };
     tracing::info!(version, node = link.node(), new, source = %publisher.source, "fleet version published");
     // The waiting list: the nodes live now (this one included once it records).
-    let nodes = link.fleet.nodes().await.unwrap_or_default();
+    let listed = tokio::time::timeout(reloader.ack_timeout(), link.fleet.nodes()).await;
+    let nodes = listed.ok().and_then(Result::ok).unwrap_or_default();
     let local = apply(
         reloader,
         link,
