@@ -37,6 +37,7 @@ fn site(app: &MockUpstream, acme: &str) -> String {
 }
 
 struct FleetAcme {
+    challenge: &'static str,
     hosts: Hosts,
     pebble: Pebble,
     clock: Arc<TestClock>,
@@ -47,7 +48,7 @@ struct FleetAcme {
 impl FleetAcme {
     /// Three hosts with the fleet key, serving the site on plain HTTP; web-1 made the fleet's
     /// issuer (its lease holds the issuer key) and Pebble validating against web-3.
-    async fn start(app: &MockUpstream) -> FleetAcme {
+    async fn start(app: &MockUpstream, challenge: &'static str) -> FleetAcme {
         let key_dir = tempfile::tempdir().unwrap();
         let key_file = key_dir.path().join("fleet.key");
         std::fs::write(
@@ -96,6 +97,7 @@ impl FleetAcme {
         })
         .await;
         FleetAcme {
+            challenge,
             hosts,
             pebble,
             clock,
@@ -105,7 +107,7 @@ impl FleetAcme {
     }
 
     fn body(&self, app: &MockUpstream) -> String {
-        site(app, &self.pebble.acme_section("http-01"))
+        site(app, &self.pebble.acme_section(self.challenge))
     }
 
     /// The serial host `i` serves for the site (Admin.Certificates); empty while none.
@@ -186,11 +188,40 @@ async fn everything(hosts: &Hosts) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every value ever written under the fleet's prefix (etcd keeps each revision until a
+/// compaction, which these tests never run): what a backup of etcd's history holds.
+async fn ever_written(hosts: &Hosts) -> Vec<(String, String)> {
+    use controld::cluster::etcd::{Change, Watched};
+    let w = watcher(&hosts.etcd);
+    let (_, now) = w.etcd().get(b"/").await.unwrap();
+    let mut watch = w.etcd().watch(b"/proxy/fleets/shop/", 1).await.unwrap();
+    let mut seen = Vec::new();
+    let mut at = 0;
+    while at < now {
+        match tokio::time::timeout(proxy_tests::DEADLINE, watch.recv()).await {
+            Ok(Some(Ok(Watched::Changes { revision, changes }))) => {
+                at = at.max(revision);
+                for change in changes {
+                    if let Change::Put(kv) = change {
+                        at = at.max(kv.mod_revision);
+                        seen.push((
+                            String::from_utf8_lossy(&kv.key).into_owned(),
+                            String::from_utf8_lossy(&kv.value).into_owned(),
+                        ));
+                    }
+                }
+            }
+            other => panic!("the history of etcd: {other:?}"),
+        }
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_issuer_orders_every_host_answers_and_serves_and_etcd_holds_no_usable_key() {
     let _serial = SERIAL.lock().await;
     let app = MockUpstream::start("app").await;
-    let t = FleetAcme::start(&app).await;
+    let t = FleetAcme::start(&app, "http-01").await;
 
     // web-2 publishes the site with tls = "acme" for the fleet.
     t.hosts.hosts[1].write_config(&t.body(&app));
@@ -219,8 +250,11 @@ async fn one_issuer_orders_every_host_answers_and_serves_and_etcd_holds_no_usabl
         1,
         "one account for the fleet: {all:#?}"
     );
-    // No private key in clear anywhere in etcd; the sealed one opens with the fleet key.
-    for (key, value) in &all {
+    // No private key in clear anywhere in etcd, at any revision; the sealed one opens with
+    // the fleet key.
+    let history = ever_written(&t.hosts).await;
+    assert!(history.iter().any(|(k, _)| k.ends_with("acme/challenges")));
+    for (key, value) in history.iter().chain(&all) {
         assert!(!value.contains("PRIVATE KEY"), "{key} holds a key in clear");
     }
     let fleet_key = FleetKey::read(&t.key_file).unwrap();
@@ -253,7 +287,7 @@ async fn a_renewal_racing_a_reload_both_land_and_another_node_issues_when_the_is
     let _serial = SERIAL.lock().await;
     let app = MockUpstream::start("app").await;
     let other = MockUpstream::start("other").await;
-    let mut t = FleetAcme::start(&app).await;
+    let mut t = FleetAcme::start(&app, "http-01").await;
     t.hosts.hosts[0].write_config(&t.body(&app));
     assert_eq!(t.hosts.reload(0).await["outcome"], "applied");
     let first = t.wait_served(&[0, 1, 2], "").await;
@@ -316,4 +350,34 @@ async fn a_renewal_racing_a_reload_both_land_and_another_node_issues_when_the_is
         .unwrap();
     let record: serde_json::Value = serde_json::from_str(&record.1).unwrap();
     assert_eq!(record["node"], next.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_alpn01_challenges_are_answered_by_every_host_with_their_key_sealed() {
+    let _serial = SERIAL.lock().await;
+    let app = MockUpstream::start("app").await;
+    let t = FleetAcme::start(&app, "tls-alpn-01").await;
+    t.hosts.hosts[0].write_config(&t.body(&app));
+    assert_eq!(t.hosts.reload(0).await["outcome"], "applied");
+    // Pebble dials web-3's TLS listener with ALPN acme-tls/1; web-1 issues.
+    t.wait_served(&[0, 1, 2], "").await;
+    let all = everything(&t.hosts).await;
+    let challenges = all
+        .iter()
+        .find(|(k, _)| k.ends_with("acme/challenges"))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    // The challenge's key went through etcd sealed, at every revision.
+    let history = ever_written(&t.hosts).await;
+    assert!(
+        history
+            .iter()
+            .any(|(k, v)| k.ends_with("acme/challenges") && v.contains("\"key_sealed\":\"v1:")),
+        "a TLS-ALPN-01 challenge with its key sealed"
+    );
+    for (key, value) in history.iter().chain(&all) {
+        assert!(!value.contains("PRIVATE KEY"), "{key} holds a key in clear");
+    }
+    let record: serde_json::Value = serde_json::from_str(&challenges).unwrap();
+    assert!(record["generation"].as_u64().unwrap() >= 2, "{record}");
 }
