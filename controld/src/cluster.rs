@@ -14,10 +14,12 @@ mod canary;
 pub mod etcd;
 mod link;
 mod publish;
+mod report;
 mod secret;
 mod status;
 pub mod store;
 mod tls;
+mod traffic;
 
 pub use acme::{FleetAcmeLink, follow_acme};
 pub use applied::{resume, start_from_kept};

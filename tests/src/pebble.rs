@@ -265,3 +265,33 @@ fn free_dns_port() -> u16 {
         assert!(std::time::Instant::now() < deadline, "no free DNS port");
     }
 }
+
+/// What `Admin.Certificates` of `env`'s controld says about `site` (empty while it has none).
+pub async fn certificate_status(env: &crate::TestEnv, site: &str) -> proto::v1::CertificateStatus {
+    #[allow(clippy::unwrap_used, reason = "test helper")]
+    let reply = env
+        .admin()
+        .await
+        .certificates(proto::v1::CertificatesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    reply
+        .certificates
+        .into_iter()
+        .find(|c| c.site == site)
+        .unwrap_or_default()
+}
+
+/// A TLS client (HTTP/1.1) that trusts `roots` alone: Pebble's, for what ACME issued.
+pub fn client_config(roots: &RootCertStore) -> rustls::ClientConfig {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    #[allow(clippy::unwrap_used, reason = "test helper; the defaults are valid")]
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}

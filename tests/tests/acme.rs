@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::v1 as pb;
-use proxy_tests::pebble::{Pebble, PebbleOptions};
+use proxy_tests::pebble::{Pebble, PebbleOptions, certificate_status, client_config};
 use proxy_tests::{
     Answer, Conn, HTTPS_ON_PORT_0, MockUpstream, Setup, TestClock, TestEnv, eventually, output_text,
 };
@@ -140,7 +140,7 @@ impl AcmeTest {
 
     /// What `Admin.Certificates` says about `acme.test`.
     async fn certificate(&self) -> pb::CertificateStatus {
-        certificate(&self.env).await
+        certificate_status(&self.env, HOST).await
     }
 
     /// controld's `/metrics` page.
@@ -160,33 +160,6 @@ impl AcmeTest {
     fn state(&self, path: &str) -> std::path::PathBuf {
         self.env.dir.path().join("state/acme").join(path)
     }
-}
-
-/// What `Admin.Certificates` says about `acme.test` in `env`.
-async fn certificate(env: &TestEnv) -> pb::CertificateStatus {
-    let reply = env
-        .admin()
-        .await
-        .certificates(pb::CertificatesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    reply
-        .certificates
-        .into_iter()
-        .find(|c| c.site == HOST)
-        .unwrap()
-}
-
-fn client_config(roots: &RootCertStore) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
 }
 
 async fn connect(env: &TestEnv, roots: &RootCertStore) -> std::io::Result<TlsStream<TcpStream>> {
@@ -559,7 +532,7 @@ async fn an_unreachable_or_untrusted_ca_is_named_in_the_error() {
         assert!(out.status.success(), "{}", output_text(&out));
         let deadline = tokio::time::Instant::now() + proxy_tests::DEADLINE;
         loop {
-            let status = certificate(&env).await;
+            let status = certificate_status(&env, HOST).await;
             if status.last_error.starts_with(&expected) {
                 break;
             }

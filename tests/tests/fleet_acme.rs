@@ -14,10 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use controld::cluster::FleetKey;
-use proto::v1 as pb;
 use proxy_tests::fleet::{Hosts, watcher};
-use proxy_tests::pebble::{Pebble, PebbleOptions};
-use proxy_tests::{HTTPS_ON_PORT_0, MockUpstream, Setup, TestClock, TestEnv, eventually};
+use proxy_tests::pebble::{Pebble, PebbleOptions, certificate_status, client_config};
+use proxy_tests::{HTTPS_ON_PORT_0, MockUpstream, Setup, TestClock, eventually};
 
 /// One test at a time: each starts a three-member etcd, three hosts and Pebble.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -112,7 +111,7 @@ impl FleetAcme {
 
     /// The serial host `i` serves for the site (Admin.Certificates); empty while none.
     async fn serial(&self, i: usize) -> String {
-        certificate(&self.hosts.hosts[i]).await.serial
+        certificate_status(&self.hosts.hosts[i], HOST).await.serial
     }
 
     /// Waits until each of `hosts` serves a certificate other than `not`, the same on each,
@@ -146,32 +145,6 @@ impl FleetAcme {
         }
         serial
     }
-}
-
-async fn certificate(env: &TestEnv) -> pb::CertificateStatus {
-    let reply = env
-        .admin()
-        .await
-        .certificates(pb::CertificatesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    reply
-        .certificates
-        .into_iter()
-        .find(|c| c.site == HOST)
-        .unwrap_or_default()
-}
-
-fn client_config(roots: &rustls::RootCertStore) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
 }
 
 /// Every value etcd holds for the fleet, by key.
@@ -294,7 +267,10 @@ async fn a_renewal_racing_a_reload_both_land_and_another_node_issues_when_the_is
 
     // The certificate falls due on the issuer while web-3 reloads a new upstream: both land,
     // on every host.
-    let due = certificate(&t.hosts.hosts[0]).await.not_after_unix - 3600;
+    let due = certificate_status(&t.hosts.hosts[0], HOST)
+        .await
+        .not_after_unix
+        - 3600;
     t.hosts.hosts[2].write_config(&t.body(&other));
     t.clock.set(UNIX_EPOCH + Duration::from_secs(due + 1));
     let reply = t.hosts.reload(2).await;
@@ -333,7 +309,10 @@ async fn a_renewal_racing_a_reload_both_land_and_another_node_issues_when_the_is
         .into_iter()
         .filter(|(k, _)| k.contains("/acme/accounts/"))
         .collect();
-    let due = certificate(&t.hosts.hosts[1]).await.not_after_unix - 3600;
+    let due = certificate_status(&t.hosts.hosts[1], HOST)
+        .await
+        .not_after_unix
+        - 3600;
     t.clock.set(UNIX_EPOCH + Duration::from_secs(due + 1));
     t.wait_served(&[1, 2], &renewed).await;
     t.clock.reset();

@@ -54,6 +54,38 @@ fn results(reply: &serde_json::Value) -> Vec<(String, String, String)> {
     v
 }
 
+/// Three hosts whose files name upstream a and certificate `old`; web-1 has published version
+/// 1 with upstream b and certificate `new`, applied everywhere.
+struct Rotated {
+    hosts: Hosts,
+    a: proxy_tests::MockUpstream,
+    b: proxy_tests::MockUpstream,
+    certs: tempfile::TempDir,
+    old: Issued,
+    new: Issued,
+}
+
+async fn rotated() -> Rotated {
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().unwrap();
+    let old = ca.issue(certs.path(), "old", &["secure.example"]);
+    let new = ca.issue(certs.path(), "new", &["secure.example"]);
+    let hosts = Hosts::start(&tls_site(&a.url(), &old), proxy_tests::HTTPS_ON_PORT_0).await;
+    hosts.hosts[0].write_config(&tls_site(&b.url(), &new));
+    let reply = hosts.reload(0).await;
+    assert!(results(&reply).iter().all(|r| r.1 == "acked"), "{reply}");
+    Rotated {
+        hosts,
+        a,
+        b,
+        certs,
+        old,
+        new,
+    }
+}
+
 /// F1: a follower re-validates its own (stale, never-published) fleet part on every fleet
 /// version: after a certificate rotation done through the fleet, the hosts whose file still
 /// names the old certificate refuse every later version.
@@ -95,16 +127,14 @@ async fn followers_are_not_blocked_by_the_stale_fleet_part_of_their_own_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_that_falls_back_to_the_file_is_not_reported_in_sync() {
     let _serial = SERIAL.lock().await;
-    let a = proxy_tests::MockUpstream::start("a").await;
-    let b = proxy_tests::MockUpstream::start("b").await;
-    let ca = TestCa::new();
-    let certs = tempfile::tempdir().unwrap();
-    let old = ca.issue(certs.path(), "old", &["secure.example"]);
-    let new = ca.issue(certs.path(), "new", &["secure.example"]);
-    let mut hosts = Hosts::start(&tls_site(&a.url(), &old), proxy_tests::HTTPS_ON_PORT_0).await;
-    hosts.hosts[0].write_config(&tls_site(&b.url(), &new));
-    let reply = hosts.reload(0).await;
-    assert!(results(&reply).iter().all(|r| r.1 == "acked"), "{reply}");
+    let Rotated {
+        mut hosts,
+        a: _a,
+        b: _b,
+        certs,
+        old: _old,
+        new,
+    } = rotated().await;
     assert!(hosts.body(1).await.starts_with("upstream b"));
 
     // web-2's controld restarts while the new certificate is briefly unavailable.
@@ -141,16 +171,14 @@ async fn a_restart_that_falls_back_to_the_file_is_not_reported_in_sync() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_whose_file_no_longer_checks_starts_from_the_fleet_version_applied_last() {
     let _serial = SERIAL.lock().await;
-    let a = proxy_tests::MockUpstream::start("a").await;
-    let b = proxy_tests::MockUpstream::start("b").await;
-    let ca = TestCa::new();
-    let certs = tempfile::tempdir().unwrap();
-    let old = ca.issue(certs.path(), "old", &["secure.example"]);
-    let new = ca.issue(certs.path(), "new", &["secure.example"]);
-    let mut hosts = Hosts::start(&tls_site(&a.url(), &old), proxy_tests::HTTPS_ON_PORT_0).await;
-    hosts.hosts[0].write_config(&tls_site(&b.url(), &new));
-    let reply = hosts.reload(0).await;
-    assert!(results(&reply).iter().all(|r| r.1 == "acked"), "{reply}");
+    let Rotated {
+        mut hosts,
+        a,
+        b: _b,
+        certs: _certs,
+        old,
+        new,
+    } = rotated().await;
 
     // web-2's file still names the old certificate, which is gone: the file does not check.
     hosts.hosts[1].stop_controld().await;

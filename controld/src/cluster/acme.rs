@@ -135,6 +135,18 @@ fn time_ms(ms: u64) -> SystemTime {
 }
 
 impl FleetAcmeLink {
+    /// Puts `value` at `place` under the fleet's prefix, attached to no lease.
+    async fn put(&self, place: &str, value: Vec<u8>) -> Result<(), String> {
+        let key = self.link.fleet.key(place);
+        self.link
+            .fleet
+            .etcd()
+            .put(&key, value, 0)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     async fn issuer(&self) -> Result<bool, String> {
         let lease = self.link.lease.load(std::sync::atomic::Ordering::Acquire);
         if lease == 0 {
@@ -324,14 +336,7 @@ impl FleetAcme for FleetAcmeLink {
                 sealed: fleet_key(self.key.as_deref())?.seal(&place, &json_bytes)?,
                 directory_url,
             };
-            let key = self.link.fleet.key(&place);
-            self.link
-                .fleet
-                .etcd()
-                .put(&key, json(&record), 0)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            self.put(&place, json(&record)).await
         })
     }
 
@@ -382,14 +387,7 @@ impl FleetAcme for FleetAcmeLink {
                 node: self.link.node().to_owned(),
                 at_unix_ms: unix_ms(SystemTime::now()),
             };
-            let key = self.link.fleet.key(&place);
-            self.link
-                .fleet
-                .etcd()
-                .put(&key, json(&record), 0)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            self.put(&place, json(&record)).await
         })
     }
 
@@ -410,16 +408,7 @@ impl FleetAcme for FleetAcmeLink {
     }
 
     fn save_backoff(&self, state: BTreeMap<String, Backoff>) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let key = self.link.fleet.key("acme/backoff");
-            self.link
-                .fleet
-                .etcd()
-                .put(&key, json(&state), 0)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(async move { self.put("acme/backoff", json(&state)).await })
     }
 
     fn deliver_challenges(

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::applied::{Applied, save_applied};
 use super::etcd::Watched;
 use super::link::{Link, RETRY_FIRST, RETRY_MAX};
+use super::report::report_of;
 use super::store::{NodeState, PublishError};
 use crate::dataplanes::{PlaneOutcome, PlaneResult};
 use crate::reloader::{Origin, Outcome, ReloadReport, Reloader};
@@ -102,7 +103,7 @@ pub(super) async fn apply(
                 .canary_member
                 .load(std::sync::atomic::Ordering::Acquire)
             {
-                state.traffic = super::canary::traffic_now(reloader);
+                state.traffic = super::traffic::traffic_now(reloader);
             }
         })
         .await;
@@ -269,7 +270,7 @@ pub(super) async fn wait_for_nodes(
 /// (from the head then: a node that was away for several versions goes to the newest).
 pub async fn follow(reloader: Arc<Reloader>, link: Arc<Link>, shutdown: CancellationToken) {
     tokio::spawn(link.clone().keep_alive(shutdown.clone()));
-    tokio::spawn(super::canary::report_traffic(
+    tokio::spawn(super::traffic::report_traffic(
         reloader.clone(),
         link.clone(),
         shutdown.clone(),
@@ -385,18 +386,4 @@ async fn catch_up(reloader: &Reloader, link: &Link) -> Result<(), PublishError> 
     )
     .await;
     Ok(())
-}
-
-pub(super) fn report_of(version: u64) -> ReloadReport {
-    ReloadReport {
-        outcome: Outcome::Rejected,
-        previous_version: version,
-        version,
-        diagnostics: Vec::new(),
-        diff: Default::default(),
-        warnings: Vec::new(),
-        data_planes: Vec::new(),
-        duration: Duration::ZERO,
-        canary: None,
-    }
 }

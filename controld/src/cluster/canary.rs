@@ -11,50 +11,13 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use super::apply::{apply, report_of, wait_for_nodes};
+use super::apply::{apply, wait_for_nodes};
 use super::link::Link;
+use super::report::{report_of, unreachable_report};
 use super::store::{NodeState, PublishError, Published, Publisher, Traffic};
+use super::traffic::TRAFFIC_EVERY;
 use crate::dataplanes::{PlaneOutcome, PlaneResult};
 use crate::reloader::{CanaryFigures, CanaryPlan, CanaryReport, Outcome, ReloadReport, Reloader};
-
-/// How often a canary records its traffic, and the rollout reads it.
-const TRAFFIC_EVERY: Duration = Duration::from_secs(1);
-
-/// This host's data planes' traffic now, if any reported it.
-pub(super) fn traffic_now(reloader: &Reloader) -> Option<Traffic> {
-    reloader
-        .planes()
-        .traffic_total()
-        .map(|(responses, responses_5xx)| Traffic {
-            responses,
-            responses_5xx,
-        })
-}
-
-/// While this node is a canary, records its traffic about once a second (when it changed);
-/// when it no longer is, records once without it.
-pub(super) async fn report_traffic(
-    reloader: std::sync::Arc<Reloader>,
-    link: std::sync::Arc<Link>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(TRAFFIC_EVERY) => {}
-        }
-        let member = link.canary_member.load(Ordering::Acquire);
-        let recorded = link.state.lock().unwrap_or_else(|e| e.into_inner()).traffic;
-        let now = member.then(|| traffic_now(&reloader)).flatten();
-        if now != recorded
-            && let Err(e) = link.record(|state| state.traffic = now).await
-        {
-            tracing::debug!(error = %e, "cannot record this canary's traffic");
-        }
-    }
-}
 
 /// The canaries `plan` names among the live `nodes`, or why it names none that can be.
 fn choose(plan: &CanaryPlan, nodes: &[NodeState]) -> Result<Vec<String>, String> {
@@ -273,7 +236,7 @@ pub(super) async fn rollout(
     };
     let nodes = match link.fleet.nodes().await {
         Ok(nodes) => nodes,
-        Err(e) => return super::publish::unreachable_report(reloader, link, &e),
+        Err(e) => return unreachable_report(reloader, link, &e),
     };
     let canaries = match choose(plan, &nodes) {
         Ok(canaries) => canaries,
@@ -302,7 +265,7 @@ pub(super) async fn rollout(
         Err(PublishError::NoStableVersion) => {
             return refused(PublishError::NoStableVersion.to_string());
         }
-        Err(e) => return super::publish::unreachable_report(reloader, link, &e),
+        Err(e) => return unreachable_report(reloader, link, &e),
     };
     // The version every other node keeps meanwhile, as the head names it (a publish that lost
     // a race went after another one).

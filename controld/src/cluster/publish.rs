@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::apply::{apply, report_of, wait_for_nodes};
-use super::etcd;
+use super::apply::{apply, wait_for_nodes};
 use super::link::Link;
+use super::report::{report_of, unreachable_report};
 use super::store::{self, PublishError, Published, Publisher};
 use crate::reloader::{Origin, Outcome, ReloadOptions, ReloadReport, Reloader};
 
@@ -251,41 +251,6 @@ pub async fn rollback(
         started,
     )
     .await)
-}
-
-/// A reload that could not reach etcd: rejected, with the reason, and nothing changed.
-pub(super) fn unreachable_report(
-    reloader: &Reloader,
-    link: &Link,
-    e: &PublishError,
-) -> ReloadReport {
-    // etcd with `--client-cert-auth` closes the connection of a client without a certificate
-    // after the handshake, which reads as a broken pipe: say what is likely.
-    let hint = Some(link)
-        .filter(|link| {
-            matches!(e, PublishError::Etcd(etcd::EtcdError::Unreachable { .. }))
-                && link.config.etcd.iter().any(|u| u.starts_with("https://"))
-                && link
-                    .config
-                    .tls
-                    .as_ref()
-                    .is_some_and(|t| t.cert_file.is_none())
-        })
-        .map(|_| {
-            " (this host presents no client certificate: if etcd runs with --client-cert-auth, \
-             set cert_file and key_file in [cluster] tls)"
-        })
-        .unwrap_or_default();
-    ReloadReport {
-        diagnostics: vec![crate::config::Diagnostic {
-            key_path: "cluster.etcd".to_owned(),
-            file: reloader.config_path().to_owned(),
-            line: 0,
-            column: 0,
-            message: format!("nothing was published: {e}{hint}"),
-        }],
-        ..report_of(reloader.current().version)
-    }
 }
 
 impl crate::reloader::FleetHook for Link {
