@@ -422,7 +422,8 @@ fn canary_plan(req: &pb::ReloadRequest) -> Result<Option<crate::reloader::Canary
     if req.canary_nodes.is_empty() && req.canary_count == 0 {
         if req.canary_wait_ms.is_some() || req.canary_max_5xx_rise.is_some() {
             return Err(Status::invalid_argument(
-                "a canary window or bound without canaries: name them (canary_nodes) or count                  them (canary_count)",
+                "a canary window or bound without canaries: name them (canary_nodes) or count \
+                 them (canary_count)",
             ));
         }
         return Ok(None);

@@ -162,9 +162,13 @@ impl Proxy {
             .forward(&runtime, req, &peer, conn, grpc, &mut out, &mut guards)
             .await;
         let site_name = out.site.map(|s| s.name.as_str());
+        // A gRPC client gets proxyd's failures as HTTP 200 with a grpc-status: counted as the
+        // 5xx they are in the totals a canary is judged on.
+        let mut grpc_failure = false;
         let mut response = match forwarded {
             Ok(r) => r,
             Err(e) => {
+                grpc_failure = grpc && e.status().is_server_error();
                 if let Some(failure) = e.counted() {
                     self.metrics.request_failed(site_name, failure);
                 }
@@ -196,6 +200,11 @@ impl Proxy {
         let elapsed = started.elapsed();
         match site {
             Some(site) => {
+                self.metrics.count_response(if grpc_failure {
+                    http::StatusCode::BAD_GATEWAY
+                } else {
+                    response.status()
+                });
                 site.metrics
                     .request_finished(&self.metrics, &site.name, response.status(), elapsed)
             }

@@ -324,7 +324,6 @@ impl Metrics {
     /// `site` is `None` when no site matched.
     pub fn request_finished(&self, site: Option<&str>, status: StatusCode, elapsed: Duration) {
         let site = site.unwrap_or(NO_SITE);
-        self.totals.count(status);
         self.duration
             .get_or_create(&SiteLabels {
                 site: site.to_owned(),
@@ -357,7 +356,6 @@ impl SiteMetrics {
         status: StatusCode,
         elapsed: Duration,
     ) {
-        metrics.totals.count(status);
         self.duration
             .get_or_init(|| {
                 metrics
@@ -386,7 +384,15 @@ impl SiteMetrics {
 }
 
 impl Metrics {
-    /// Responses sent since this process started, every site together, and of them 5xx.
+    /// Counts a response of a configured site in the totals ([`Metrics::response_totals`]).
+    /// Requests no site matched (anyone can send them) are not counted: they must not dilute a
+    /// canary's 5xx ratio.
+    pub fn count_response(&self, status: StatusCode) {
+        self.totals.count(status);
+    }
+
+    /// Responses of the configured sites sent since this process started, every site together,
+    /// and of them 5xx. Requests no site matched are not counted.
     pub fn response_totals(&self) -> (u64, u64) {
         self.totals.read()
     }

@@ -10,7 +10,7 @@
     reason = "tests"
 )]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proxy_tests::eventually;
 use proxy_tests::fleet::{Hosts, watcher};
@@ -275,4 +275,133 @@ async fn a_single_host_refuses_a_staged_rollout_and_publishes_nothing() {
         "{}",
         proxy_tests::output_text(&out)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_whose_proxyd_stops_in_the_window_stops_the_rollout() {
+    let _serial = SERIAL.lock().await;
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let mut hosts = Hosts::start(&site(&a.url()), "").await;
+    first_version(&hosts).await;
+    hosts.hosts[0].write_config(&site(&b.url()));
+    let rollout = reload_in_background(&hosts, 0, &["--canary", "web-2", "--canary-wait", "8s"]);
+    eventually("web-2 serves version 2", || async {
+        hosts.body(1).await.starts_with("upstream b").then_some(())
+    })
+    .await;
+    // Its proxyd goes (crashed under the new version, say): nothing left to judge it on.
+    hosts.hosts[1].stop_proxyd().await;
+    let (code, reply, text) = rollout.await.unwrap();
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(reply["outcome"], "canary_stopped", "{text}");
+    assert!(
+        reply["canary"]["stopped"]
+            .as_str()
+            .unwrap()
+            .starts_with("canary web-2: its proxyd stopped serving in the window"),
+        "{text}"
+    );
+    for i in [0, 2] {
+        assert!(hosts.body(i).await.starts_with("upstream a"), "host {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clearly_degraded_canary_stops_the_rollout_before_its_window_ends_whatever_else_it_serves()
+ {
+    let _serial = SERIAL.lock().await;
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let hosts = Hosts::start(&site(&a.url()), "").await;
+    first_version(&hosts).await;
+    hosts.hosts[0].write_config(&broken_site());
+    let started = Instant::now();
+    let rollout = reload_in_background(&hosts, 0, &["--canary", "web-1", "--canary-wait", "60s"]);
+    eventually("web-1 serves the broken version", || async {
+        (hosts.body(0).await == "broken\n").then_some(())
+    })
+    .await;
+    // Requests for a host no site serves (anyone can send them) do not dilute its ratio.
+    let mut conn = proxy_tests::Conn::open(hosts.hosts[0].http).await;
+    for _ in 0..500 {
+        assert_eq!(conn.get("nothing.example", "/").await.status, 404);
+    }
+    for _ in 0..30 {
+        assert_eq!(hosts.body(0).await, "broken\n");
+    }
+    let (code, reply, text) = rollout.await.unwrap();
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(reply["outcome"], "canary_stopped", "{text}");
+    assert!(
+        reply["canary"]["stopped"]
+            .as_str()
+            .unwrap()
+            .starts_with("canary web-1: 5xx ratio 100.0% in the window"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "stopped at once, not after the 60 s window: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_over_one_still_at_its_canaries_keeps_the_earlier_canaries_among_its_own() {
+    let _serial = SERIAL.lock().await;
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let c = proxy_tests::MockUpstream::start("c").await;
+    let hosts = Hosts::start(&site(&a.url()), "").await;
+    first_version(&hosts).await;
+    hosts.hosts[0].write_config(&site(&b.url()));
+    let first = reload_in_background(&hosts, 0, &["--canary", "web-2", "--canary-wait", "30s"]);
+    eventually("web-2 serves b", || async {
+        hosts.body(1).await.starts_with("upstream b").then_some(())
+    })
+    .await;
+    hosts.hosts[2].write_config(&site(&c.url()));
+    let second = reload_in_background(&hosts, 2, &["--canary", "web-3", "--canary-wait", "3s"]);
+    // web-2 (a canary of the first) is one of the second's: it goes forward to c, never back;
+    // web-1 keeps the stable version meanwhile.
+    eventually("web-2 and web-3 serve c", || async {
+        (hosts.body(1).await.starts_with("upstream c")
+            && hosts.body(2).await.starts_with("upstream c"))
+        .then_some(())
+    })
+    .await;
+    assert!(hosts.body(0).await.starts_with("upstream a"));
+    let out = hosts.hosts[0].proxyctl(&["--json", "status"]).await;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["fleet"]["canary_nodes"],
+        serde_json::json!(["web-2", "web-3"]),
+        "{status}"
+    );
+    assert!(
+        status["fleet"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["in_sync"] == true),
+        "{status}"
+    );
+    let (code, reply, text) = second.await.unwrap();
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        reply["canary"]["nodes"],
+        serde_json::json!(["web-2", "web-3"])
+    );
+    let (_, reply, text) = first.await.unwrap();
+    assert_eq!(reply["outcome"], "canary_stopped", "{text}");
+    assert!(
+        reply["canary"]["stopped"]
+            .as_str()
+            .unwrap()
+            .starts_with("superseded"),
+        "{text}"
+    );
+    for i in 0..3 {
+        assert!(hosts.body(i).await.starts_with("upstream c"), "host {i}");
+    }
 }

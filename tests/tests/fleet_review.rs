@@ -416,3 +416,67 @@ async fn history_reads_of_a_read_only_caller_do_not_each_reach_etcd() {
         after - before
     );
 }
+
+/// etcd's revision now (every put makes one).
+async fn revision(hosts: &Hosts) -> i64 {
+    let w = watcher(&hosts.etcd);
+    w.etcd().get(&w.key("head")).await.unwrap().1
+}
+
+/// Review finding: a node whose data planes could not answer the fleet's ACME challenge set
+/// rewrote `acme/confirmed/<node>` on every watch event, its own write included: a write loop
+/// on etcd for as long as its proxyd was down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_without_a_data_plane_does_not_write_to_etcd_in_a_loop() {
+    let _serial = SERIAL.lock().await;
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let mut hosts = Hosts::start(&site(&a.url(), ""), "").await;
+    let w = watcher(&hosts.etcd);
+    let set = |generation: u64, id: &str, challenges: &str| {
+        format!(r#"{{"generation":{generation},"id":"{id}","challenges":[{challenges}]}}"#)
+            .into_bytes()
+    };
+    w.etcd()
+        .put(&w.key("acme/challenges"), set(1, "one", ""), 0)
+        .await
+        .unwrap();
+    eventually("every node confirmed the set", || async {
+        let (kvs, _) = w.etcd().prefix(&w.key("acme/confirmed/")).await.ok()?;
+        (kvs.len() == 3).then_some(())
+    })
+    .await;
+    hosts.hosts[2].stop_proxyd().await;
+    w.etcd()
+        .put(
+            &w.key("acme/challenges"),
+            set(
+                2,
+                "two",
+                r#"{"type":"http-01","name":"x.example","token":"t","key_authorization":"t.k"}"#,
+            ),
+            0,
+        )
+        .await
+        .unwrap();
+    eventually("web-3 confirmed the new set", || async {
+        let (kv, _) = w.etcd().get(&w.key("acme/confirmed/web-3")).await.ok()?;
+        let c: serde_json::Value = serde_json::from_slice(&kv?.value).ok()?;
+        (c["tried"] == "two").then_some(())
+    })
+    .await;
+    // It says why it cannot answer (the issuer names it), once; then it is quiet.
+    let (kv, _) = w.etcd().get(&w.key("acme/confirmed/web-3")).await.unwrap();
+    let confirmed: serde_json::Value = serde_json::from_slice(&kv.unwrap().value).unwrap();
+    assert_eq!(confirmed["set"], "one", "{confirmed}");
+    assert_eq!(
+        confirmed["error"], "no data plane is connected here",
+        "{confirmed}"
+    );
+    let before = revision(&hosts).await;
+    let quiet = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < quiet {
+        let written = revision(&hosts).await - before;
+        assert!(written < 10, "{written} etcd revisions within 2 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -684,6 +684,10 @@ fn a_cluster_table_joins_a_fleet_and_its_mistakes_are_each_located() {
         "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
     )
     .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let with_key = format!("{acme}key_file = \"{}\"\n", key.display());
     assert!(
         !rendered(&with_key).iter().any(|d| d.contains("key_file")),

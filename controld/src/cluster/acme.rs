@@ -55,6 +55,10 @@ struct CertRecord {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ChallengesRecord {
     generation: u64,
+    /// Random, one per set: what nodes confirm (a number could start again from 1 if the key
+    /// were lost, and old confirmations would pass for new ones).
+    #[serde(default)]
+    id: String,
     challenges: Vec<WireChallenge>,
 }
 
@@ -84,12 +88,12 @@ impl WireChallenge {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, Clone, PartialEq, Eq)]
 struct Confirmed {
-    /// The last generation this node's data planes all answer.
-    generation: u64,
-    /// The last generation it tried, and why its data planes do not answer it (empty: they do).
-    tried: u64,
+    /// The last set (its id) this node's data planes all answer.
+    set: String,
+    /// The last set it tried, and why its data planes do not answer it (empty: they do).
+    tried: String,
     error: String,
 }
 
@@ -98,6 +102,9 @@ pub struct FleetAcmeLink {
     link: Arc<Link>,
     key: Option<Arc<FleetKey>>,
     ack_timeout: Duration,
+    /// The revision of the issuer key when this node last found it holds it; 0 when it does
+    /// not. The issuer's writes are guarded by it.
+    issuer_revision: std::sync::atomic::AtomicI64,
 }
 
 impl FleetAcmeLink {
@@ -106,6 +113,7 @@ impl FleetAcmeLink {
             link,
             key,
             ack_timeout,
+            issuer_revision: std::sync::atomic::AtomicI64::new(0),
         }
     }
 }
@@ -135,16 +143,35 @@ fn time_ms(ms: u64) -> SystemTime {
 }
 
 impl FleetAcmeLink {
-    /// Puts `value` at `place` under the fleet's prefix, attached to no lease.
-    async fn put(&self, place: &str, value: Vec<u8>) -> Result<(), String> {
+    /// Puts `value` at `place` under the fleet's prefix (or deletes it: `None`), only while this
+    /// node still holds the issuer key as it last saw it: an issuer whose lease lapsed in the
+    /// middle of an attempt never overwrites what the next one wrote.
+    async fn put(&self, place: &str, value: Option<Vec<u8>>) -> Result<(), String> {
+        let revision = self
+            .issuer_revision
+            .load(std::sync::atomic::Ordering::Acquire);
+        if revision == 0 {
+            return Err("this node is not the fleet's ACME issuer (any more)".to_owned());
+        }
         let key = self.link.fleet.key(place);
-        self.link
+        let (puts, deletes) = match value {
+            Some(value) => (vec![(key, value)], Vec::new()),
+            None => (Vec::new(), vec![key]),
+        };
+        let written = self
+            .link
             .fleet
             .etcd()
-            .put(&key, value, 0)
+            .put_if(&self.link.fleet.key("acme/issuer"), revision, puts, deletes)
             .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        match written {
+            Some(_) => Ok(()),
+            None => Err(
+                "this node is no longer the fleet's ACME issuer (its lease lapsed): nothing written"
+                    .to_owned(),
+            ),
+        }
     }
 
     async fn issuer(&self) -> Result<bool, String> {
@@ -167,8 +194,17 @@ impl FleetAcmeLink {
                     .is_ok_and(|i| i.node == self.link.node() && i.instance == instance)
         };
         let (kv, _) = etcd.get(&key).await.map_err(|e| e.to_string())?;
+        let held = |kv: &super::etcd::KeyValue| {
+            let ours = mine(kv);
+            // What this node writes as the issuer is guarded by the key as it holds it.
+            self.issuer_revision.store(
+                if ours { kv.mod_revision } else { 0 },
+                std::sync::atomic::Ordering::Release,
+            );
+            ours
+        };
         if let Some(kv) = kv {
-            return Ok(mine(&kv));
+            return Ok(held(&kv));
         }
         let me = Issuer {
             node: self.link.node().to_owned(),
@@ -177,14 +213,14 @@ impl FleetAcmeLink {
         // A create whose answer was lost may have landed: the key says.
         let _ = etcd.create(&key, json(&me), lease).await;
         let (kv, _) = etcd.get(&key).await.map_err(|e| e.to_string())?;
-        Ok(kv.is_some_and(|kv| mine(&kv)))
+        Ok(kv.is_some_and(|kv| held(&kv)))
     }
 
     async fn put_challenges(
         &self,
         names: &[String],
         answers: Vec<Challenge>,
-    ) -> Result<u64, String> {
+    ) -> Result<String, String> {
         let key = self.link.fleet.key("acme/challenges");
         let etcd = self.link.fleet.etcd();
         let mut wire = Vec::new();
@@ -224,7 +260,8 @@ impl FleetAcmeLink {
                 .challenges
                 .retain(|c| !names.iter().any(|n| n == c.name()));
             record.challenges.extend(wire.iter().cloned());
-            record.generation += 1;
+            record.generation = record.generation.wrapping_add(1);
+            record.id = format!("{:016x}", fastrand::u64(..));
             let written = etcd
                 .put_if(
                     &key,
@@ -235,14 +272,14 @@ impl FleetAcmeLink {
                 .await
                 .map_err(|e| e.to_string())?;
             if written.is_some() {
-                return Ok(record.generation);
+                return Ok(record.id);
             }
         }
         Err("the fleet's ACME challenges kept changing under this issuer".to_owned())
     }
 
-    /// Waits until every live node's data planes answer challenge generation `generation`.
-    async fn wait_confirmed(&self, generation: u64) -> Result<(), String> {
+    /// Waits until every live node's data planes answer the challenge set `set`.
+    async fn wait_confirmed(&self, set: &str) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + self.ack_timeout + Duration::from_secs(2);
         let prefix = self.link.fleet.key("acme/confirmed/");
         loop {
@@ -264,8 +301,8 @@ impl FleetAcmeLink {
             let mut waiting = Vec::new();
             for node in &nodes {
                 match confirmed.get(&node.node) {
-                    Some(c) if c.generation >= generation => {}
-                    Some(c) if c.tried >= generation && !c.error.is_empty() => {
+                    Some(c) if c.set == set => {}
+                    Some(c) if c.tried == set && !c.error.is_empty() => {
                         return Err(format!(
                             "node {} cannot answer the ACME challenges: {}",
                             node.node, c.error
@@ -336,20 +373,12 @@ impl FleetAcme for FleetAcmeLink {
                 sealed: fleet_key(self.key.as_deref())?.seal(&place, &json_bytes)?,
                 directory_url,
             };
-            self.put(&place, json(&record)).await
+            self.put(&place, Some(json(&record))).await
         })
     }
 
     fn forget_account(&self, directory_url: String) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let key = self.link.fleet.key(&account_place(&directory_url));
-            self.link
-                .fleet
-                .etcd()
-                .delete(&key)
-                .await
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(async move { self.put(&account_place(&directory_url), None).await })
     }
 
     fn certificates(&self) -> BoxFuture<'_, Result<BTreeMap<String, FleetCertificate>, String>> {
@@ -387,7 +416,7 @@ impl FleetAcme for FleetAcmeLink {
                 node: self.link.node().to_owned(),
                 at_unix_ms: unix_ms(SystemTime::now()),
             };
-            self.put(&place, json(&record)).await
+            self.put(&place, Some(json(&record))).await
         })
     }
 
@@ -408,7 +437,7 @@ impl FleetAcme for FleetAcmeLink {
     }
 
     fn save_backoff(&self, state: BTreeMap<String, Backoff>) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move { self.put("acme/backoff", json(&state)).await })
+        Box::pin(async move { self.put("acme/backoff", Some(json(&state))).await })
     }
 
     fn deliver_challenges(
@@ -418,11 +447,11 @@ impl FleetAcme for FleetAcmeLink {
     ) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let withdraw = answers.is_empty();
-            let generation = self.put_challenges(&names, answers).await?;
+            let set = self.put_challenges(&names, answers).await?;
             if withdraw {
                 return Ok(());
             }
-            self.wait_confirmed(generation).await
+            self.wait_confirmed(&set).await
         })
     }
 }

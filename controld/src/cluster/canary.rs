@@ -101,6 +101,12 @@ fn figures(node: &str, start: Option<Traffic>, now: Option<Traffic>) -> CanaryFi
     }
 }
 
+/// Reads in a row without a canary's figures, after it had some, that stop the rollout.
+const SILENT_READS: u32 = 3;
+
+/// Responses in the window from which a canary is judged before the window ends.
+const EARLY_VERDICT_RESPONSES: u64 = 20;
+
 /// Each canary's traffic, by node name (`None`: none recorded).
 type Traffics = std::collections::BTreeMap<String, Option<Traffic>>;
 
@@ -125,6 +131,7 @@ async fn watch_window(
     // A canary that had no figures yet when it applied starts at its first.
     let mut start = start.clone();
     let mut last: Traffics = start.clone();
+    let mut silent: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
     let figures_now = |start: &Traffics, last: &Traffics| {
         canaries
             .iter()
@@ -178,13 +185,41 @@ async fn watch_window(
                     ),
                 );
             }
-            if state.traffic.is_some() {
-                last.insert(canary.clone(), state.traffic);
-                start
-                    .entry(canary.clone())
-                    .or_default()
-                    .get_or_insert(state.traffic.unwrap_or_default());
+            match state.traffic {
+                Some(traffic) => {
+                    silent.remove(canary);
+                    last.insert(canary.clone(), Some(traffic));
+                    start
+                        .entry(canary.clone())
+                        .or_default()
+                        .get_or_insert(traffic);
+                }
+                // Its proxyd reported figures and no longer does: no data plane is connected
+                // to its controld (crashed under the new version, say). A few reads in a row,
+                // so that a worker handing over to the next is not taken for it.
+                None if start.get(canary).is_some_and(Option::is_some) => {
+                    let misses = silent.entry(canary.clone()).or_insert(0);
+                    *misses += 1;
+                    if *misses >= SILENT_READS {
+                        return Watched::Stopped(
+                            figures_now(&start, &last),
+                            format!(
+                                "canary {canary}: its proxyd stopped serving in the window (no \
+                                 data plane is connected to its controld)"
+                            ),
+                        );
+                    }
+                }
+                None => {}
             }
+        }
+        // A canary clearly worse already stops the rollout at once, not at the window's end.
+        if let Some(why) = figures_now(&start, &last)
+            .iter()
+            .filter(|f| f.during.0 >= EARLY_VERDICT_RESPONSES)
+            .find_map(|f| degraded(f, plan.max_5xx_rise))
+        {
+            return Watched::Stopped(figures_now(&start, &last), why);
         }
     }
     let figures = figures_now(&start, &last);
@@ -269,11 +304,13 @@ pub(super) async fn rollout(
     };
     // The version every other node keeps meanwhile, as the head names it (a publish that lost
     // a race went after another one).
-    let stable = match link.fleet.head().await {
-        Ok((Some(head), _)) if head.version == version => {
-            head.canary.map_or(previous, |c| c.stable_version)
-        }
-        _ => previous,
+    // The canaries, as the head names them: an earlier rollout's still at theirs are among them.
+    let (stable, canaries) = match link.fleet.head().await {
+        Ok((Some(head), _)) if head.version == version => match head.canary {
+            Some(c) => (c.stable_version, c.nodes),
+            None => (previous, canaries),
+        },
+        _ => (previous, canaries),
     };
     tracing::info!(version, canaries = ?canaries, wait = ?plan.wait, "staged rollout: the canaries first");
     let mut report = ReloadReport {
@@ -498,80 +535,4 @@ async fn revert_canaries(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn state(node: &str) -> NodeState {
-        NodeState {
-            node: node.to_owned(),
-            build: String::new(),
-            applied_version: 1,
-            applied_hash: String::new(),
-            tried_version: 1,
-            error: String::new(),
-            at_unix_ms: 0,
-            instance: String::new(),
-            traffic: None,
-        }
-    }
-
-    fn plan(nodes: &[&str], count: u32) -> CanaryPlan {
-        CanaryPlan {
-            nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
-            count,
-            wait: Duration::from_secs(1),
-            max_5xx_rise: 1.0,
-        }
-    }
-
-    #[test]
-    fn canaries_are_live_nodes_by_name_or_the_first_by_count() {
-        let live = [state("web-3"), state("web-1"), state("web-2")];
-        assert_eq!(choose(&plan(&[], 2), &live).unwrap(), ["web-1", "web-2"]);
-        assert_eq!(
-            choose(&plan(&["web-3", "web-3"], 0), &live).unwrap(),
-            ["web-3"]
-        );
-        let e = choose(&plan(&["web-9"], 0), &live).unwrap_err();
-        assert!(e.contains("\"web-9\" is not a live node"), "{e}");
-        assert!(choose(&plan(&[], 0), &live).is_err());
-        assert!(choose(&plan(&[], 4), &live).is_err());
-        assert_eq!(choose(&plan(&[], 3), &live).unwrap().len(), 3);
-    }
-
-    #[test]
-    fn a_canary_degrades_when_its_5xx_ratio_rises_past_the_bound() {
-        let f = |before: (u64, u64), during: (u64, u64)| CanaryFigures {
-            node: "web-1".into(),
-            before,
-            during,
-            no_figures: false,
-        };
-        // 0.5% before, 1.4% in the window: within one point.
-        assert!(degraded(&f((1000, 5), (1000, 14)), 1.0).is_none());
-        // 0.5% before, 1.6% in the window: past it.
-        let why = degraded(&f((1000, 5), (1000, 16)), 1.0).unwrap();
-        assert!(why.contains("canary web-1: 5xx ratio 1.6%"), "{why}");
-        // No traffic in the window, or no figures at all: nothing to judge.
-        assert!(degraded(&f((1000, 5), (0, 0)), 1.0).is_none());
-        let none = CanaryFigures {
-            no_figures: true,
-            ..f((0, 0), (10, 10))
-        };
-        assert!(degraded(&none, 1.0).is_none());
-        // A proxyd that restarted in the window is judged on what it counted since.
-        let restarted = figures(
-            "web-1",
-            Some(Traffic {
-                responses: 500,
-                responses_5xx: 0,
-            }),
-            Some(Traffic {
-                responses: 20,
-                responses_5xx: 10,
-            }),
-        );
-        assert_eq!(restarted.during, (20, 10));
-        assert!(degraded(&restarted, 1.0).is_some());
-    }
-}
+mod tests;

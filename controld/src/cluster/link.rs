@@ -35,6 +35,8 @@ pub struct Link {
     pub(super) refused: std::sync::Mutex<Option<String>>,
     /// The fleet's head names this node a canary of a staged rollout: it records its traffic.
     pub(super) canary_member: AtomicBool,
+    /// Taken by every record of this node's state, across its write.
+    pub(super) record_turn: tokio::sync::Mutex<()>,
     /// Taken by every apply of a fleet version here (a reload's, the follower's).
     pub(super) apply_turn: tokio::sync::Mutex<()>,
     /// The last read of the fleet's history for `Admin.History`, and when it started.
@@ -93,6 +95,7 @@ impl Link {
             refused: std::sync::Mutex::new(None),
             canary_member: AtomicBool::new(false),
             apply_turn: tokio::sync::Mutex::new(()),
+            record_turn: tokio::sync::Mutex::new(()),
             history_cache: Arc::default(),
             status_cache: Arc::default(),
         })
@@ -111,6 +114,9 @@ impl Link {
         &self,
         change: impl FnOnce(&mut NodeState),
     ) -> Result<(), PublishError> {
+        // Records land in etcd in the order their states were taken: an apply's and a canary's
+        // traffic report never overtake each other.
+        let _turn = self.record_turn.lock().await;
         let state = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             change(&mut state);

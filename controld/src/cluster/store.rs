@@ -321,13 +321,20 @@ impl Fleet {
                 (None, _) => None,
                 (Some(_), None) => return Err(PublishError::NoStableVersion),
                 (Some(nodes), Some(head)) => {
-                    // A rollout over one still at its canaries keeps the stable version.
-                    let (stable_version, stable_hash) = match &head.canary {
-                        Some(c) => (c.stable_version, c.stable_hash.clone()),
-                        None => (head.version, head.hash.clone()),
+                    // A rollout over one still at its canaries keeps the stable version, and
+                    // the earlier canaries among its own: they serve a newer version than the
+                    // stable one already, and a node never steps back.
+                    let (stable_version, stable_hash, mut all) = match &head.canary {
+                        Some(c) => (c.stable_version, c.stable_hash.clone(), c.nodes.clone()),
+                        None => (head.version, head.hash.clone(), Vec::new()),
                     };
+                    for node in nodes {
+                        if !all.contains(node) {
+                            all.push(node.clone());
+                        }
+                    }
                     Some(Canary {
-                        nodes: nodes.to_vec(),
+                        nodes: all,
                         stable_version,
                         stable_hash,
                     })

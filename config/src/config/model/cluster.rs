@@ -27,7 +27,16 @@ pub const FLEET_KEY_BYTES: usize = 32;
 /// Reads a fleet key file: 64 hex digits (32 bytes), surrounding white space allowed, as
 /// `openssl rand -hex 32` writes it.
 pub fn read_fleet_key(path: &std::path::Path) -> Result<[u8; FLEET_KEY_BYTES], String> {
+    use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: the fleet key is readable by others (mode {mode:04o}): `chmod 600` it, owned by \
+             controld's user",
+            path.display()
+        ));
+    }
     if meta.len() > 1024 {
         return Err(format!(
             "{}: not a fleet key (expected 64 hex digits, as `openssl rand -hex 32` writes)",
@@ -48,6 +57,14 @@ pub fn read_fleet_key(path: &std::path::Path) -> Result<[u8; FLEET_KEY_BYTES], S
     if !valid {
         return Err(format!(
             "{}: not a fleet key (expected 64 hex digits, as `openssl rand -hex 32` writes)",
+            path.display()
+        ));
+    }
+    // A key of one repeated byte (all zeros, a placeholder) is no secret.
+    if key.iter().all(|b| *b == key[0]) {
+        return Err(format!(
+            "{}: not a usable fleet key (one byte repeated): write a random one with `openssl \
+             rand -hex 32`",
             path.display()
         ));
     }

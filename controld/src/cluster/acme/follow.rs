@@ -27,7 +27,8 @@ pub async fn follow_acme(
 ) {
     let prefix = link.fleet.key("acme/");
     let mut changes = reloader.subscribe();
-    let mut delivered: Option<u64> = None;
+    let mut planes = reloader.planes().subscribe_changes();
+    let mut delivery = Delivery::default();
     let mut wait = RETRY_FIRST;
     loop {
         let watch = tokio::select! {
@@ -50,7 +51,7 @@ pub async fn follow_acme(
             }
         };
         loop {
-            sync(&reloader, &link, &acme, key.as_deref(), &mut delivered).await;
+            sync(&reloader, &link, &acme, key.as_deref(), &mut delivery).await;
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 watched = watch.recv() => match watched {
@@ -58,8 +59,33 @@ pub async fn follow_acme(
                     _ => break,
                 },
                 changed = changes.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep(RESYNC_EVERY) => {}
+                // A set this node could not answer (no data plane) is tried again when one
+                // subscribes, not on every etcd event.
+                _ = planes.changed(), if delivery.failed() => delivery.retry_now(),
+                () = tokio::time::sleep(RESYNC_EVERY) => delivery.retry_now(),
             }
+        }
+    }
+}
+
+/// Where this node stands with the fleet's challenge sets.
+#[derive(Default)]
+struct Delivery {
+    /// The last set handed to the data planes here, and whether they all answer it.
+    set: Option<(String, bool)>,
+    /// What this node last recorded in `acme/confirmed/<node>`.
+    recorded: Option<Confirmed>,
+}
+
+impl Delivery {
+    fn failed(&self) -> bool {
+        matches!(self.set, Some((_, false)))
+    }
+
+    /// The set that failed is handed over again at the next look.
+    fn retry_now(&mut self) {
+        if self.failed() {
+            self.set = None;
         }
     }
 }
@@ -70,12 +96,12 @@ async fn sync(
     link: &Link,
     acme: &Acme,
     key: Option<&FleetKey>,
-    delivered: &mut Option<u64>,
+    delivery: &mut Delivery,
 ) {
     if let Err(e) = sync_certificates(reloader, link, acme, key).await {
         tracing::warn!(error = %e, "cannot take the fleet's ACME certificates");
     }
-    if let Err(e) = sync_challenges(reloader, link, key, delivered).await {
+    if let Err(e) = sync_challenges(reloader, link, key, delivery).await {
         tracing::warn!(error = %e, "cannot take the fleet's ACME challenges");
     }
 }
@@ -97,33 +123,49 @@ async fn sync_certificates(
         if !sites.contains(&record.site) {
             continue;
         }
-        let overlay = reloader.acme_overlay();
-        let newer = overlay.certificates.get(&record.site).is_none_or(|c| {
-            c.serial != record.serial && unix_ms(c.not_after) <= record.not_after_unix_ms
-        });
-        if !newer {
-            continue;
+        // One record that cannot be taken (sealed with another key, say) does not hold back
+        // the others.
+        if let Err(e) = take_certificate(reloader, acme, key, record).await {
+            tracing::warn!(error = %e, "cannot take a fleet's ACME certificate");
         }
-        let place = format!("acme/certs/{}", record.site);
-        let key_pem = fleet_key(key)?.open(&place, &record.key_sealed)?;
-        let key_pem = String::from_utf8(key_pem).map_err(|_| format!("{place}: not a PEM key"))?;
-        let certificate = acme
-            .keep_certificate(&record.site, record.chain_pem.clone(), key_pem)
-            .await?;
-        let site = record.site.clone();
-        let summary = format!(
-            "acme: fleet certificate for {site} (issued on {})",
-            record.node
-        );
-        let published = reloader
-            .publish_acme(&summary, |o| {
-                o.certificates.insert(site, certificate);
-            })
-            .await
-            .map_err(|e| format!("serving the fleet's certificate for {}: {e}", record.site))?;
-        tracing::info!(site = %record.site, serial = %record.serial, version = published.version,
-            issued_on = %record.node, "serving the fleet's ACME certificate");
     }
+    Ok(())
+}
+
+/// Keeps and serves the fleet's certificate `record` here unless this host serves it (or a
+/// newer one) already.
+async fn take_certificate(
+    reloader: &Reloader,
+    acme: &Acme,
+    key: Option<&FleetKey>,
+    record: super::CertRecord,
+) -> Result<(), String> {
+    let overlay = reloader.acme_overlay();
+    let newer = overlay.certificates.get(&record.site).is_none_or(|c| {
+        c.serial != record.serial && unix_ms(c.not_after) <= record.not_after_unix_ms
+    });
+    if !newer {
+        return Ok(());
+    }
+    let place = format!("acme/certs/{}", record.site);
+    let key_pem = fleet_key(key)?.open(&place, &record.key_sealed)?;
+    let key_pem = String::from_utf8(key_pem).map_err(|_| format!("{place}: not a PEM key"))?;
+    let certificate = acme
+        .keep_certificate(&record.site, record.chain_pem.clone(), key_pem)
+        .await?;
+    let site = record.site.clone();
+    let summary = format!(
+        "acme: fleet certificate for {site} (issued on {})",
+        record.node
+    );
+    let published = reloader
+        .publish_acme(&summary, |o| {
+            o.certificates.insert(site, certificate);
+        })
+        .await
+        .map_err(|e| format!("serving the fleet's certificate for {}: {e}", record.site))?;
+    tracing::info!(site = %record.site, serial = %record.serial, version = published.version,
+        issued_on = %record.node, "serving the fleet's ACME certificate");
     Ok(())
 }
 
@@ -131,7 +173,7 @@ async fn sync_challenges(
     reloader: &Reloader,
     link: &Link,
     key: Option<&FleetKey>,
-    delivered: &mut Option<u64>,
+    delivery: &mut Delivery,
 ) -> Result<(), String> {
     let (kv, _) = link
         .fleet
@@ -142,7 +184,13 @@ async fn sync_challenges(
     let Some(kv) = kv else { return Ok(()) };
     let record: ChallengesRecord =
         serde_json::from_slice(&kv.value).map_err(|e| format!("acme/challenges: {e}"))?;
-    if *delivered == Some(record.generation) {
+    // Each set once; one that failed again only when a data plane subscribes or after a while
+    // ([`Delivery::retry_now`]), never on every etcd event.
+    if delivery
+        .set
+        .as_ref()
+        .is_some_and(|(id, _)| *id == record.id)
+    {
         return Ok(());
     }
     let mut challenges = Vec::new();
@@ -178,10 +226,12 @@ async fn sync_challenges(
             }
         }
     }
+    let answering = !challenges.is_empty();
     let planes = reloader
         .publish_challenges(|pending| *pending = challenges)
         .await;
-    if planes.is_empty() {
+    // An empty set (challenges withdrawn) needs no data plane to answer it.
+    if planes.is_empty() && answering {
         problems.push("no data plane is connected here".to_owned());
     }
     problems.extend(
@@ -202,37 +252,33 @@ async fn sync_challenges(
             }),
     );
     let error = problems.join("; ");
+    delivery.set = Some((record.id.clone(), error.is_empty()));
     let lease = link.lease.load(std::sync::atomic::Ordering::Acquire);
     if lease == 0 {
+        delivery.set = None;
         return Err("this node has no lease yet; the challenges are confirmed later".to_owned());
     }
-    let key = link.fleet.key(&format!("acme/confirmed/{}", link.node()));
-    let previous: Confirmed = link
-        .fleet
-        .etcd()
-        .get(&key)
-        .await
-        .ok()
-        .and_then(|(kv, _)| serde_json::from_slice(&kv?.value).ok())
-        .unwrap_or_default();
     let confirmed = Confirmed {
-        generation: if error.is_empty() {
-            record.generation
+        set: if error.is_empty() {
+            record.id.clone()
         } else {
-            previous.generation
+            delivery
+                .recorded
+                .as_ref()
+                .map(|c| c.set.clone())
+                .unwrap_or_default()
         },
-        tried: record.generation,
+        tried: record.id,
         error: error.clone(),
     };
-    link.fleet
-        .etcd()
-        .put(&key, json(&confirmed), lease)
-        .await
-        .map_err(|e| e.to_string())?;
-    if error.is_empty() {
-        *delivered = Some(record.generation);
-        Ok(())
-    } else {
-        Err(error)
+    // Written only when it says something new: its own write comes back on the watch.
+    if delivery.recorded.as_ref() != Some(&confirmed) {
+        let key = link.fleet.key(&format!("acme/confirmed/{}", link.node()));
+        if let Err(e) = link.fleet.etcd().put(&key, json(&confirmed), lease).await {
+            delivery.set = None;
+            return Err(e.to_string());
+        }
+        delivery.recorded = Some(confirmed);
     }
+    if error.is_empty() { Ok(()) } else { Err(error) }
 }
