@@ -405,3 +405,47 @@ async fn a_rollout_over_one_still_at_its_canaries_keeps_the_earlier_canaries_amo
         assert!(hosts.body(i).await.starts_with("upstream c"), "host {i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_is_not_stopped_by_an_earlier_rollout_s_canary_that_left_the_fleet() {
+    let _serial = SERIAL.lock().await;
+    let a = proxy_tests::MockUpstream::start("a").await;
+    let b = proxy_tests::MockUpstream::start("b").await;
+    let c = proxy_tests::MockUpstream::start("c").await;
+    let mut hosts = Hosts::start(&site(&a.url()), "").await;
+    first_version(&hosts).await;
+    // A rollout whose controld died in its window (here: published as it does, and no one
+    // watches it): the head stays at its canary web-2.
+    let w = watcher(&hosts.etcd);
+    w.publish(
+        &site(&b.url()),
+        &controld::cluster::store::Publisher::default(),
+        None,
+        true,
+        Some(&["web-2".to_owned()]),
+    )
+    .await
+    .unwrap();
+    eventually("web-2 serves b", || async {
+        hosts.body(1).await.starts_with("upstream b").then_some(())
+    })
+    .await;
+    // web-2 is taken out of the fleet (decommissioned, or down): its lease lapses.
+    hosts.hosts[1].stop_controld().await;
+    eventually("web-2 is no longer live", || async {
+        let nodes = w.nodes().await.ok()?;
+        (!nodes.iter().any(|n| n.node == "web-2")).then_some(())
+    })
+    .await;
+    hosts.hosts[2].write_config(&site(&c.url()));
+    let (code, reply, text) =
+        reload_in_background(&hosts, 2, &["--canary", "web-3", "--canary-wait", "2s"])
+            .await
+            .unwrap();
+    assert_eq!(
+        code,
+        Some(0),
+        "a healthy rollout naming only live web-3 was stopped: {text}"
+    );
+    assert_eq!(reply["outcome"], "applied", "{text}");
+}

@@ -25,15 +25,25 @@ fn choose(plan: &CanaryPlan, nodes: &[NodeState]) -> Result<Vec<String>, String>
     live.sort_unstable();
     live.dedup();
     if plan.nodes.is_empty() {
+        // By count: nodes that serve what they were last given (not one whose proxyd is down,
+        // which could not apply the version and would stop every rollout).
+        let mut serving: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.error.is_empty())
+            .map(|n| n.node.as_str())
+            .collect();
+        serving.sort_unstable();
+        serving.dedup();
         let count = usize::try_from(plan.count).unwrap_or(usize::MAX);
-        if count == 0 || count > live.len() {
+        if count == 0 || count > serving.len() {
             return Err(format!(
-                "--canary {count}: the fleet has {} live node(s) ({})",
-                live.len(),
-                live.join(", ")
+                "--canary {count}: the fleet has {} live node(s) that serve what they were \
+                 given ({}); name the canaries to choose others",
+                serving.len(),
+                serving.join(", ")
             ));
         }
-        return Ok(live[..count].iter().map(|n| (*n).to_owned()).collect());
+        return Ok(serving[..count].iter().map(|n| (*n).to_owned()).collect());
     }
     let mut chosen: Vec<String> = Vec::new();
     for name in &plan.nodes {
@@ -77,6 +87,15 @@ fn degraded(f: &CanaryFigures, rise: f64) -> Option<String> {
     })
 }
 
+/// Whether a canary is clearly degraded before its window ends: enough responses, and enough
+/// of them 5xx, that the ratio is no accident of a few requests.
+fn early_verdict(f: &CanaryFigures, rise: f64) -> Option<String> {
+    if f.during.0 < EARLY_VERDICT_RESPONSES || f.during.1 < EARLY_VERDICT_ERRORS {
+        return None;
+    }
+    degraded(f, rise)
+}
+
 /// The window's figures of a canary from its traffic at the start and now.
 fn figures(node: &str, start: Option<Traffic>, now: Option<Traffic>) -> CanaryFigures {
     match (start, now) {
@@ -106,6 +125,10 @@ const SILENT_READS: u32 = 3;
 
 /// Responses in the window from which a canary is judged before the window ends.
 const EARLY_VERDICT_RESPONSES: u64 = 20;
+
+/// And 5xx responses: a healthy canary's occasional 5xx early in the window (1 of the first 20
+/// is 5 %) must not stop a rollout; a clearly broken one gets there in moments.
+const EARLY_VERDICT_ERRORS: u64 = 10;
 
 /// Each canary's traffic, by node name (`None`: none recorded).
 type Traffics = std::collections::BTreeMap<String, Option<Traffic>>;
@@ -216,8 +239,7 @@ async fn watch_window(
         // A canary clearly worse already stops the rollout at once, not at the window's end.
         if let Some(why) = figures_now(&start, &last)
             .iter()
-            .filter(|f| f.during.0 >= EARLY_VERDICT_RESPONSES)
-            .find_map(|f| degraded(f, plan.max_5xx_rise))
+            .find_map(|f| early_verdict(f, plan.max_5xx_rise))
         {
             return Watched::Stopped(figures_now(&start, &last), why);
         }
@@ -304,10 +326,17 @@ pub(super) async fn rollout(
     };
     // The version every other node keeps meanwhile, as the head names it (a publish that lost
     // a race went after another one).
-    // The canaries, as the head names them: an earlier rollout's still at theirs are among them.
+    // The canaries, as the head names them: an earlier rollout's still at theirs are among them
+    // (those of them still live are waited for and watched).
     let (stable, canaries) = match link.fleet.head().await {
         Ok((Some(head), _)) if head.version == version => match head.canary {
-            Some(c) => (c.stable_version, c.nodes),
+            Some(c) => (
+                c.stable_version,
+                c.nodes
+                    .into_iter()
+                    .filter(|n| canaries.contains(n) || nodes.iter().any(|l| &l.node == n))
+                    .collect(),
+            ),
             None => (previous, canaries),
         },
         _ => (previous, canaries),

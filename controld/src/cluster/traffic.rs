@@ -39,8 +39,15 @@ pub(super) async fn report_traffic(
         let member = link.canary_member.load(Ordering::Acquire);
         let recorded = link.state.lock().unwrap_or_else(|e| e.into_inner()).traffic;
         let now = member.then(|| traffic_now(&reloader)).flatten();
+        // Read again as it is recorded (under the record's turn): a reading taken before an
+        // apply's record never lands after it.
+        let reader = reloader.clone();
         if now != recorded
-            && let Err(e) = link.record(|state| state.traffic = now).await
+            && let Err(e) = link
+                .record(move |state| {
+                    state.traffic = member.then(|| traffic_now(&reader)).flatten();
+                })
+                .await
         {
             tracing::debug!(error = %e, "cannot record this canary's traffic");
         }

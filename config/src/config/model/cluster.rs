@@ -30,10 +30,12 @@ pub fn read_fleet_key(path: &std::path::Path) -> Result<[u8; FLEET_KEY_BYTES], S
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    // Group-readable is allowed (`root:controld 0640`, a secret volume shared through its
+    // group); readable or writable by every user is not.
+    if mode & 0o007 != 0 {
         return Err(format!(
-            "{}: the fleet key is readable by others (mode {mode:04o}): `chmod 600` it, owned by \
-             controld's user",
+            "{}: the fleet key is open to every user (mode {mode:04o}): `chmod 600` it (or 640, \
+             with controld's group)",
             path.display()
         ));
     }

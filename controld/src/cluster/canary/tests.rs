@@ -73,3 +73,32 @@ fn a_canary_degrades_when_its_5xx_ratio_rises_past_the_bound() {
     assert_eq!(restarted.during, (20, 10));
     assert!(degraded(&restarted, 1.0).is_some());
 }
+
+#[test]
+fn only_a_clearly_degraded_canary_is_stopped_before_its_window_ends() {
+    let f = |during: (u64, u64)| CanaryFigures {
+        node: "web-1".into(),
+        before: (200_000, 1_000),
+        during,
+        no_figures: false,
+    };
+    // A healthy canary (0.5 %) with one 5xx among its first 20 responses: judged at the end
+    // only, where it passes.
+    assert!(early_verdict(&f((20, 1)), 1.0).is_none());
+    assert!(degraded(&f((600, 3)), 1.0).is_none());
+    // A broken one: stopped at once.
+    assert!(early_verdict(&f((20, 20)), 1.0).is_some());
+    assert!(early_verdict(&f((25, 10)), 1.0).is_some());
+}
+
+#[test]
+fn a_count_of_canaries_skips_nodes_that_serve_nothing() {
+    let mut down = state("web-1");
+    down.error = "no data plane is connected to this host's controld".into();
+    let live = [down, state("web-2"), state("web-3")];
+    assert_eq!(choose(&plan(&[], 1), &live).unwrap(), ["web-2"]);
+    let e = choose(&plan(&[], 3), &live).unwrap_err();
+    assert!(e.contains("2 live node(s) that serve"), "{e}");
+    // Named, it is the operator's choice.
+    assert_eq!(choose(&plan(&["web-1"], 0), &live).unwrap(), ["web-1"]);
+}
