@@ -16,6 +16,18 @@ if ! command -v pebble >/dev/null 2>&1 || ! command -v pebble-challtestsrv >/dev
     fi
 fi
 
+# TLS session resumption is checked with an independent client, OpenSSL's `s_client`
+# (tests/tests/tls_resumption.rs): Debian's `openssl`, installed when missing.
+if ! command -v openssl >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    if ! $sudo apt-get install -y -qq openssl >/dev/null 2>&1; then
+        $sudo apt-get update -qq >/dev/null
+        $sudo apt-get install -y -qq openssl >/dev/null
+    fi
+fi
+
 # The fleet tests (tests/tests/fleet.rs) run a three-member etcd cluster on loopback: Debian's
 # `etcd-server`, installed when missing. Where systemd runs, the package starts its own etcd on
 # 127.0.0.1:2379; the tests use ports of their own, and that service is stopped and disabled again

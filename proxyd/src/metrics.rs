@@ -133,6 +133,7 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_refused: Family<ReasonLabels, Counter>,
     timeouts: Family<KindLabels, Counter>,
+    tls_handshakes: Family<KindLabels, Counter>,
     upstream_overflow: Family<OverflowLabels, Counter>,
     upstream_tls_failures: Family<TlsFailureLabels, Counter>,
     totals: totals::Totals,
@@ -164,6 +165,7 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_refused: Family::default(),
             timeouts: Family::default(),
+            tls_handshakes: Family::default(),
             upstream_overflow: Family::default(),
             upstream_tls_failures: Family::default(),
             totals: totals::Totals::default(),
@@ -171,6 +173,11 @@ impl Metrics {
         m.register();
         for kind in TIMEOUT_KINDS {
             m.timeouts.get_or_create(&KindLabels { kind }).inc_by(0);
+        }
+        for kind in ["full", "resumed"] {
+            m.tls_handshakes
+                .get_or_create(&KindLabels { kind })
+                .inc_by(0);
         }
         for reason in ["max_connections", "max_connections_per_ip"] {
             m.connections_refused
@@ -266,6 +273,11 @@ impl Metrics {
             self.connections_refused.clone(),
         );
         r.register(
+            "tls_handshakes",
+            "TLS handshakes completed on client connections, full or resumed (a session ticket)",
+            self.tls_handshakes.clone(),
+        );
+        r.register(
             "timeouts",
             "Connections and requests ended by a deadline, by kind",
             self.timeouts.clone(),
@@ -285,6 +297,14 @@ impl Metrics {
     /// A deadline of `kind` (one of [`TIMEOUT_KINDS`]) ended a connection or request.
     pub fn timed_out(&self, kind: &'static str) {
         self.timeouts.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// A client's TLS handshake completed; `resumed`: on a session it had (a ticket).
+    pub fn tls_handshake(&self, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "full" };
+        self.tls_handshakes
+            .get_or_create(&KindLabels { kind })
+            .inc();
     }
 
     /// A connection was closed at accept by the cap `reason`.
@@ -335,51 +355,6 @@ impl Metrics {
                 status_class: status_class(status),
             })
             .inc();
-    }
-}
-
-/// A site's request series, resolved once per runtime rather than looked up by label on every
-/// request (a label lookup copies the site name and hashes it). A series still appears only
-/// when first used.
-#[derive(Debug, Default)]
-pub struct SiteMetrics {
-    requests: [std::sync::OnceLock<Counter>; STATUS_CLASSES.len()],
-    duration: std::sync::OnceLock<Latency>,
-}
-
-impl SiteMetrics {
-    /// Counts a finished request of the site named `site`, as [`Metrics::request_finished`].
-    pub fn request_finished(
-        &self,
-        metrics: &Metrics,
-        site: &str,
-        status: StatusCode,
-        elapsed: Duration,
-    ) {
-        self.duration
-            .get_or_init(|| {
-                metrics
-                    .duration
-                    .get_or_create(&SiteLabels {
-                        site: site.to_owned(),
-                    })
-                    .clone()
-            })
-            .observe(elapsed);
-        let class = status_class_index(status);
-        if let Some(counter) = self.requests.get(class) {
-            counter
-                .get_or_init(|| {
-                    metrics
-                        .requests
-                        .get_or_create(&RequestLabels {
-                            site: site.to_owned(),
-                            status_class: STATUS_CLASSES[class],
-                        })
-                        .clone()
-                })
-                .inc();
-        }
     }
 }
 
@@ -579,7 +554,10 @@ impl Drop for InFlight {
 }
 
 mod latency;
+mod site;
 mod totals;
+
+pub use site::SiteMetrics;
 
 pub use latency::Latency;
 

@@ -277,7 +277,10 @@ impl Connection {
             () = self.shutdown.cancelled() => return,
         };
         match handshake {
-            Ok((stream, session)) => self.serve_http(stream, Some(session)).await,
+            Ok((stream, session)) => {
+                self.proxy.metrics().tls_handshake(session.resumed);
+                self.serve_http(stream, Some(session)).await
+            }
             Err(e) => {
                 if matches!(e, crate::tls::HandshakeError::Timeout(_)) {
                     self.proxy.metrics().timed_out("tls_handshake");

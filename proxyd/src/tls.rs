@@ -61,6 +61,8 @@ pub struct Session {
     pub site: String,
     /// What ALPN agreed on: `Some(true)` h2, `Some(false)` http/1.1, `None` nothing.
     pub h2: Option<bool>,
+    /// The handshake resumed an earlier session (a ticket) rather than a full one.
+    pub resumed: bool,
 }
 
 /// Terminates TLS for every TLS listener of this proxyd.
@@ -128,7 +130,8 @@ impl Terminator {
         };
         let stream = start.into_stream(self.config.clone()).await?;
         let h2 = stream.get_ref().1.alpn_protocol().map(|p| p == b"h2");
-        Ok((stream, Session { site, h2 }))
+        let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        Ok((stream, Session { site, h2, resumed }))
     }
 }
 
