@@ -225,14 +225,18 @@ done
 # next request. h2load resumes TLS sessions when the server offers tickets, as browsers do.
 for r in $(seq 1 "$ROUNDS"); do
     for t in $(rotate "$r" "${PROXIES[@]}"); do
+        # proxyd says how many of the handshakes were full and how many resumed a session.
+        read -r full0 resumed0 < <(if [ "$t" = proxyd ]; then proxyd_handshakes; else echo 0 0; fi)
         ticks0=$(cpu_ticks "${PID[$t]}")
         on "$LOADGEN_CPU" h2load --h1 -c16 -n "$NEWCONN_N" -H ':authority: bench.test' -H 'Connection: close' \
             "https://127.0.0.1:${TLS_PORT[$t]}/12" >"$WORK/newconn.txt" 2>&1 || true
         ticks1=$(cpu_ticks "${PID[$t]}")
+        read -r full1 resumed1 < <(if [ "$t" = proxyd ]; then proxyd_handshakes; else echo 0 0; fi)
         read -r rps done_ errs < <(h2load_parse "$WORK/newconn.txt")
         proto=$(awk -F': ' '/^TLS Protocol/ {print $2}' "$WORK/newconn.txt")
         emit fig=tls_new mode=pinned round="$r" target="$t" rps="$rps" requests="$done_" errors="$errs" \
-            cpu_ticks=$((ticks1 - ticks0)) hz="$(getconf CLK_TCK)" tls="${proto:-?}"
+            cpu_ticks=$((ticks1 - ticks0)) hz="$(getconf CLK_TCK)" tls="${proto:-?}" \
+            full_handshakes=$((full1 - full0)) resumed_handshakes=$((resumed1 - resumed0))
         log "tls new conns round $r $t: $rps conn/s, $errs errors ($proto)"
         read -r rps reqs errs < <(run_wrk "$WORK/wrk.txt" -t1 -c64 -d"${SECS}s" -H 'Host: bench.test' \
             "https://127.0.0.1:${TLS_PORT[$t]}/12")

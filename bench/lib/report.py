@@ -355,6 +355,14 @@ for t in PROXIES:
     chart_groups[0][1].append((t, stats(new, t, "nginx")))
     chart_groups[1][1].append((t, stats(ka, t, "nginx")))
 md.append("")
+# Which rate this is: proxyd counts its full and resumed handshakes (proxy_tls_handshakes_total).
+hs = [r for r in sel(fig="tls_new") if r["target"] == "proxyd" and "resumed_handshakes" in r]
+full = sum(r.get("full_handshakes", 0) for r in hs)
+resumed = sum(r.get("resumed_handshakes", 0) for r in hs)
+if full + resumed > 0:
+    md.append(f"Of proxyd's handshakes in these runs, {resumed * 100 / (full + resumed):.1f} % resumed a "
+              f"session ({resumed:,} resumed, {full:,} full; `proxy_tls_handshakes_total`): the new "
+              "connections/s above are a resumed-handshake rate, not a full-handshake one.\n")
 md.append(bar_chart("tls-ratio", "TLS throughput, ratio to nginx", "× nginx", chart_groups, (1.0, "nginx")))
 md.append("")
 s = stats(new, "proxyd", "nginx")

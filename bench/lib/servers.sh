@@ -12,6 +12,8 @@
 # and reload_cmd X N (the timed command, printed as a shell command line).
 
 declare -A H1_PORT TLS_PORT H2C_PORT PID LOGF DIR
+# proxyd's admin listener (its /metrics: full and resumed TLS handshakes, figure 5).
+PROXYD_ADMIN_PORT=0
 
 ORIGIN_PORT=""
 
@@ -90,6 +92,7 @@ state_dir = "$d/state"
 
 [proxy]
 shutdown_timeout = "1s"
+admin_address = "127.0.0.1:$PROXYD_ADMIN_PORT"
 max_connections = 50000
 max_connections_per_ip = 0
 request_header_timeout = "300s"
@@ -111,6 +114,7 @@ start_proxyd() {
     DIR[proxyd]=$d
     H1_PORT[proxyd]=$(free_port)
     TLS_PORT[proxyd]=$(free_port)
+    PROXYD_ADMIN_PORT=$(free_port)
     H2C_PORT[proxyd]=${H1_PORT[proxyd]}
     proxyd_config 0 >"$d/proxy.toml"
     spawn "$cpus" "$BIN/controld" --config "$d/proxy.toml" 2>"$d/controld.log" &
@@ -323,4 +327,23 @@ reload_cmd() {
         nginx) echo "nginx -p $d -c $d/nginx.conf -s reload" ;;
         caddy) echo "curl -sf -X POST -H 'Content-Type: application/json' --data-binary @$d/reload/{n} http://127.0.0.1:$CADDY_ADMIN/load" ;;
     esac
+}
+
+# proxyd's TLS handshakes so far, "FULL RESUMED" (proxy_tls_handshakes_total); "0 0" when its
+# metrics cannot be read.
+proxyd_handshakes() {
+    python3 - "$PROXYD_ADMIN_PORT" <<'PY'
+import sys, urllib.request
+full = resumed = 0
+try:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=2).read().decode()
+    for line in text.splitlines():
+        if line.startswith('proxy_tls_handshakes_total{kind="full"}'):
+            full = int(float(line.split()[-1]))
+        elif line.startswith('proxy_tls_handshakes_total{kind="resumed"}'):
+            resumed = int(float(line.split()[-1]))
+except Exception:
+    pass
+print(full, resumed)
+PY
 }
