@@ -127,19 +127,39 @@ fn local_problem(report: &ReloadReport) -> String {
         .data_planes
         .iter()
         .find(|p| p.result != PlaneResult::Acked)
-        .map(|p| {
-            format!(
-                "data plane {}: {:?}{}",
-                p.node_id,
-                p.result,
-                if p.error.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", p.error)
-                }
-            )
-        })
+        .map(plane_problem)
         .unwrap_or_default()
+}
+
+/// What a data plane that did not take something did, in one line.
+pub(super) fn plane_problem(p: &PlaneOutcome) -> String {
+    if p.error.is_empty() {
+        format!("data plane {}: {:?}", p.node_id, p.result)
+    } else {
+        format!("data plane {}: {:?}: {}", p.node_id, p.result, p.error)
+    }
+}
+
+/// The nodes a publish waits for: `nodes` (those live when it published) and this one.
+pub(super) fn waiting_list(link: &Link, nodes: Vec<NodeState>) -> Vec<String> {
+    let mut waiting: Vec<String> = nodes.into_iter().map(|n| n.node).collect();
+    if !waiting.iter().any(|n| n == link.node()) {
+        waiting.push(link.node().to_owned());
+    }
+    waiting
+}
+
+/// Waits, as a reload does, until every node live now (and this one) has applied `version`.
+pub(super) async fn wait_for_every_node(
+    reloader: &Reloader,
+    link: &Link,
+    version: u64,
+    hash: &str,
+) -> Vec<PlaneOutcome> {
+    let listed = tokio::time::timeout(reloader.ack_timeout(), link.fleet.nodes()).await;
+    let waiting = waiting_list(link, listed.ok().and_then(Result::ok).unwrap_or_default());
+    let deadline = tokio::time::Instant::now() + reloader.ack_timeout() + Duration::from_secs(2);
+    wait_for_nodes(link, version, hash, &waiting, deadline).await
 }
 
 /// Waits until each node of `waiting` has recorded `version` applied (or tried with an error),

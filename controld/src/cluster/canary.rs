@@ -11,7 +11,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::apply::{apply, wait_for_nodes};
+use super::apply::{apply, wait_for_every_node, wait_for_nodes};
 use super::link::Link;
 use super::report::{report_of, unreachable_report};
 use super::store::{NodeState, PublishError, Published, Publisher, Traffic};
@@ -466,13 +466,7 @@ async fn promote(
         version,
         "staged rollout: the canaries passed; every node now"
     );
-    let nodes = link.fleet.nodes().await.unwrap_or_default();
-    let mut waiting: Vec<String> = nodes.into_iter().map(|n| n.node).collect();
-    if !waiting.iter().any(|n| n == link.node()) {
-        waiting.push(link.node().to_owned());
-    }
-    let deadline = tokio::time::Instant::now() + reloader.ack_timeout() + Duration::from_secs(2);
-    report.data_planes = wait_for_nodes(link, version, hash, &waiting, deadline).await;
+    report.data_planes = wait_for_every_node(reloader, link, version, hash).await;
     report.duration = started.elapsed();
     report
 }
@@ -548,14 +542,8 @@ async fn revert_canaries(
         &publisher.source,
     )
     .await;
-    let nodes = link.fleet.nodes().await.unwrap_or_default();
-    let mut waiting: Vec<String> = nodes.into_iter().map(|n| n.node).collect();
-    if !waiting.iter().any(|n| n == link.node()) {
-        waiting.push(link.node().to_owned());
-    }
-    let deadline = tokio::time::Instant::now() + reloader.ack_timeout() + Duration::from_secs(2);
     report.data_planes =
-        wait_for_nodes(link, reverted.version, &reverted.hash, &waiting, deadline).await;
+        wait_for_every_node(reloader, link, reverted.version, &reverted.hash).await;
     report.version = reverted.version;
     if let Some(canary) = report.canary.as_mut() {
         canary.reverted_version = reverted.version;

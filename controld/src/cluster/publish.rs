@@ -143,10 +143,7 @@ async fn publish_and_wait(
     )
     .await;
     let deadline = tokio::time::Instant::now() + reloader.ack_timeout() + Duration::from_secs(2);
-    let mut waiting: Vec<String> = nodes.into_iter().map(|n| n.node).collect();
-    if !waiting.iter().any(|n| n == link.node()) {
-        waiting.push(link.node().to_owned());
-    }
+    let waiting = super::apply::waiting_list(link, nodes);
     let outcomes = wait_for_nodes(link, version, &hash, &waiting, deadline).await;
     ReloadReport {
         outcome: if new {

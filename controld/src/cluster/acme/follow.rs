@@ -238,18 +238,7 @@ async fn sync_challenges(
         planes
             .iter()
             .filter(|p| p.result != PlaneResult::Acked)
-            .map(|p| {
-                format!(
-                    "data plane {}: {:?}{}",
-                    p.node_id,
-                    p.result,
-                    if p.error.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", p.error)
-                    }
-                )
-            }),
+            .map(crate::cluster::apply::plane_problem),
     );
     let error = problems.join("; ");
     delivery.set = Some((record.id.clone(), error.is_empty()));
