@@ -334,6 +334,10 @@ fn proxy_fields(s: &StaticConfig) -> Vec<(&'static str, String)> {
             s.proxy.admin_address.map_or_else(none, |a| a.to_string()),
         ),
         (
+            "proxy.tls_session_resumption",
+            s.proxy.tls_session_resumption.to_string(),
+        ),
+        (
             "proxy.max_request_headers",
             s.proxy.max_request_headers.to_string(),
         ),

@@ -102,6 +102,7 @@ impl Content {
                 upstream_idle_timeout_ms: millis(statics.proxy.upstream_idle_timeout),
                 upstream_h2_ping_interval_ms: millis(statics.proxy.upstream_h2_ping_interval),
                 upstream_h2_ping_timeout_ms: millis(statics.proxy.upstream_h2_ping_timeout),
+                disable_tls_session_resumption: !statics.proxy.tls_session_resumption,
                 connection_limits: Some(connection_limits(&statics.proxy.limits)),
             }),
             dynamic: Some(pb::DynamicConfig {

@@ -60,6 +60,8 @@ pub struct StaticSpec {
     pub max_request_header_bytes: usize,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; `None`: nowhere.
     pub admin_address: Option<SocketAddr>,
+    /// Clients may resume TLS sessions.
+    pub tls_session_resumption: bool,
     /// How long a client may take to send a request head.
     pub request_header_timeout: Duration,
     pub upstream_connect_timeout: Duration,
@@ -172,6 +174,7 @@ impl TryFrom<pb::Snapshot> for Spec {
                         .max(MIN_HEADER_BYTES),
                 },
                 admin_address: admin_address(statics.admin_address)?,
+                tls_session_resumption: !statics.disable_tls_session_resumption,
                 request_header_timeout: millis_or(
                     statics.request_header_timeout_ms,
                     DEFAULT_REQUEST_HEADER_TIMEOUT,

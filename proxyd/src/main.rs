@@ -8,6 +8,13 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, reload};
 
+/// mimalloc rather than glibc's malloc: it keeps allocations of one size together and gives
+/// pages whose blocks are all free back to the kernel, so the buffers an idle connection gives
+/// back leave the resident set (glibc's heap mixes sizes and keeps them). docs/benchmarks.md
+/// measures what it buys.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "proxyd",

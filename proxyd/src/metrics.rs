@@ -131,6 +131,7 @@ pub struct Metrics {
     retries: Family<SiteLabels, Counter>,
     control_plane_connected: Gauge,
     connections_open: Gauge,
+    connections_idle: Gauge,
     connections_refused: Family<ReasonLabels, Counter>,
     timeouts: Family<KindLabels, Counter>,
     tls_handshakes: Family<KindLabels, Counter>,
@@ -163,6 +164,7 @@ impl Metrics {
             retries: Family::default(),
             control_plane_connected: Gauge::default(),
             connections_open: Gauge::default(),
+            connections_idle: Gauge::default(),
             connections_refused: Family::default(),
             timeouts: Family::default(),
             tls_handshakes: Family::default(),
@@ -256,6 +258,11 @@ impl Metrics {
             "connections_open",
             "Client connections open now, on every listener",
             self.connections_open.clone(),
+        );
+        r.register(
+            "connections_idle",
+            "HTTP/1.1 client connections waiting for their next request with no buffers held",
+            self.connections_idle.clone(),
         );
         r.register(
             "control_plane_connected",
@@ -427,6 +434,12 @@ impl Metrics {
         ConnectionOpen(self.connections_open.clone())
     }
 
+    /// Counts a client connection as idle without buffers until the guard drops.
+    pub fn connection_idle(&self) -> ConnectionOpen {
+        self.connections_idle.inc();
+        ConnectionOpen(self.connections_idle.clone())
+    }
+
     pub fn open_connections(&self) -> u64 {
         u64::try_from(self.connections_open.get()).unwrap_or(0)
     }
@@ -515,7 +528,7 @@ fn status_class_index(status: StatusCode) -> usize {
 
 /// Holds one request in `proxy_requests_in_flight`; dropping it takes the request out.
 #[must_use = "the request counts as in flight only while the guard lives"]
-/// Keeps a client connection counted in `proxy_connections_open`.
+/// Keeps a client connection counted in `proxy_connections_open` (or `_idle`).
 pub struct ConnectionOpen(Gauge);
 
 impl Drop for ConnectionOpen {

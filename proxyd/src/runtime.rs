@@ -31,6 +31,8 @@ pub struct Runtime {
     pub paths: PathRules,
     /// The body and tunnel deadlines of requests this runtime takes.
     pub limits: ConnectionLimits,
+    /// Whether a TLS handshake may resume a session (`proxy.tls_session_resumption`).
+    tls_session_resumption: bool,
 }
 
 #[derive(Debug)]
@@ -225,6 +227,7 @@ impl Runtime {
             delivered: Arc::default(),
             paths: PathRules::default(),
             limits: ConnectionLimits::default(),
+            tls_session_resumption: true,
         }
     }
 
@@ -314,6 +317,7 @@ impl Runtime {
             delivered: Arc::default(),
             paths: spec.paths,
             limits: spec.statics.limits,
+            tls_session_resumption: spec.statics.tls_session_resumption,
         }
     }
 
@@ -387,6 +391,10 @@ impl crate::tls::Certificates for arc_swap::ArcSwap<Runtime> {
     fn alpn_challenge(&self, server_name: Option<&str>) -> Option<Arc<rustls::sign::CertifiedKey>> {
         self.load().alpn_challenge(server_name)
     }
+
+    fn session_resumption(&self) -> bool {
+        self.load().tls_session_resumption
+    }
 }
 
 #[cfg(test)]
@@ -429,6 +437,7 @@ mod tests {
                 max_request_headers: 100,
                 max_request_header_bytes: 65536,
                 admin_address: None,
+                tls_session_resumption: true,
                 request_header_timeout: std::time::Duration::from_secs(1),
                 upstream_connect_timeout: std::time::Duration::from_secs(1),
                 upstream_idle_timeout: std::time::Duration::from_secs(1),

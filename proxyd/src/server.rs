@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -292,53 +293,103 @@ impl Connection {
 
     async fn serve_http<S>(self, stream: S, session: Option<crate::tls::Session>)
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: io::Idle + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let metrics = self.proxy.metrics().clone();
         let negotiated = session.as_ref().and_then(|s| s.h2);
+        let activity = Arc::new(Activity::new());
         let io = io::GuardedIo::new(
             stream,
             self.settings.first_bytes,
             self.settings.limits.response_send_timeout,
             metrics.clone(),
+            activity.clone(),
         );
-        let activity = Arc::new(Activity::new());
         let client = Arc::new(ClientConn {
             peer: self.peer,
             tls: session,
             activity: activity.clone(),
             permit: self.permit.clone(),
         });
-        let proxy = self.proxy;
+        let proxy = self.proxy.clone();
         let service = service_fn(move |req| {
             let (proxy, client) = (proxy.clone(), client.clone());
             async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
         });
-        let Some((io, h2)) = io::choose_protocol(io, negotiated).await else {
+        // Boxed: the task keeps no room for it while it waits for requests.
+        let Some((mut io, h2)) = Box::pin(io::choose_protocol(io, negotiated)).await else {
             return;
         };
-        let mut connection: Pin<Box<dyn Served>> = if h2 {
-            Box::pin(
+        if h2 {
+            let mut connection = Box::pin(
                 self.settings
                     .builders
                     .h2
                     .serve_connection(TokioIo::new(io), service),
-            )
-        } else {
-            Box::pin(
+            );
+            Box::pin(self.drive(connection.as_mut(), &activity, None)).await;
+            return;
+        }
+        // HTTP/1.1 in rounds: a round ends when the connection has waited for its next request
+        // for `PARK_AFTER`; hyper's connection (its buffers, its state) is dropped, the bytes it
+        // had read and not used are kept, and the next round starts when the client sends more.
+        loop {
+            let mut connection = Box::pin(
                 self.settings
                     .builders
                     .h1
-                    .serve_connection(TokioIo::new(io), service)
+                    .serve_connection(TokioIo::new(io), service.clone())
                     .with_upgrades(),
-            )
-        };
+            );
+            let started = activity.requests_started();
+            // Boxed, as the connection is: a parked connection keeps neither.
+            let round = Box::pin(self.drive(connection.as_mut(), &activity, Some(started)));
+            if let Round::Closed = round.await {
+                return;
+            }
+            // `None`: upgraded, the tunnel has the socket.
+            let Some(parts) = Pin::into_inner(connection).into_parts() else {
+                return;
+            };
+            io = parts.io.into_inner().replaying(parts.read_buf);
+            let _idle = metrics.connection_idle();
+            let idle_timeout = self.settings.limits.http2_idle_timeout;
+            let more = tokio::select! {
+                ready = io.readable() => ready.is_ok(),
+                () = self.shutdown.cancelled() => false,
+                () = activity.idle(idle_timeout) => {
+                    metrics.timed_out("idle");
+                    tracing::debug!(client = %self.peer, timeout = ?idle_timeout, "idle connection closed");
+                    false
+                }
+            };
+            if !more {
+                // TLS: a close_notify first, if the client takes it.
+                let send_timeout = self.settings.limits.response_send_timeout;
+                let _ = tokio::time::timeout(send_timeout, io.shutdown()).await;
+                return;
+            }
+        }
+    }
+
+    /// Serves on `connection` until it ends, under the connection's deadlines; with `park`
+    /// (the requests started before it), until the connection may wait without hyper
+    /// ([`Activity::park_due`]).
+    async fn drive<C: Served + ?Sized>(
+        &self,
+        mut connection: Pin<&mut C>,
+        activity: &Activity,
+        park: Option<u64>,
+    ) -> Round {
+        let metrics = self.proxy.metrics();
         let mut closing = false;
         let idle_timeout = self.settings.limits.http2_idle_timeout;
         let send_timeout = self.settings.limits.response_send_timeout;
         let min_rate = self.settings.limits.response_min_rate;
         let result = loop {
             tokio::select! {
+                // First: a connection that has ended is not parked.
+                biased;
                 result = connection.as_mut() => break result,
                 // A client that keeps responses waiting, taking them slower than the minimum
                 // rate, loses the connection: its responses' upstream connections and places
@@ -358,12 +409,28 @@ impl Connection {
                     tracing::debug!(client = %self.peer, timeout = ?idle_timeout, "idle connection closed");
                     connection.as_mut().graceful_shutdown();
                 }
+                () = activity.park_due(PARK_AFTER, park.unwrap_or(0)), if !closing && park.is_some() => {
+                    return Round::Park;
+                }
             }
         };
         if let Err(e) = result {
             tracing::debug!(client = %self.peer, error = %e, "connection ended with an error");
         }
+        Round::Closed
     }
+}
+
+/// How long an HTTP/1.1 connection waits for its next request before it gives its buffers back
+/// (nginx gives them back at once; a connection busy with requests keeps them).
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How a round of serving a connection ended.
+enum Round {
+    /// The connection is done.
+    Closed,
+    /// The connection waits for a request: it can do so without hyper.
+    Park,
 }
 
 #[cfg(test)]

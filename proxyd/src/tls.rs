@@ -28,6 +28,8 @@ pub trait Certificates: std::fmt::Debug + Send + Sync + 'static {
     fn site(&self, server_name: Option<&str>) -> Option<(String, Arc<CertifiedKey>)>;
     /// The certificate of a pending ACME TLS-ALPN-01 challenge for `server_name`.
     fn alpn_challenge(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>>;
+    /// Whether a handshake may resume a session (`proxy.tls_session_resumption`).
+    fn session_resumption(&self) -> bool;
 }
 
 /// A fatal `unrecognized_name` alert (RFC 6066 §3) as a plaintext record: nothing has been
@@ -67,7 +69,10 @@ pub struct Session {
 
 /// Terminates TLS for every TLS listener of this proxyd.
 pub struct Terminator {
+    /// Sessions resume: TLS 1.3 tickets and the TLS 1.2 session cache (rustls's, in memory).
     config: Arc<ServerConfig>,
+    /// Every handshake is a full one: no tickets, no cache.
+    full_only: Arc<ServerConfig>,
     certificates: Arc<dyn Certificates>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
@@ -84,8 +89,12 @@ impl Terminator {
         // The server's order (rustls': AES-GCM first, then ChaCha20), as TLS scanners and most
         // hardening guides expect; every suite offered is a forward-secret AEAD either way.
         config.ignore_client_order = true;
+        let mut full_only = config.clone();
+        full_only.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        full_only.send_tls13_tickets = 0;
         Ok(Terminator {
             config: Arc::new(config),
+            full_only: Arc::new(full_only),
             certificates,
             provider,
         })
@@ -128,7 +137,12 @@ impl Terminator {
             refuse(start).await;
             return Err(HandshakeError::UnknownServerName(server_name));
         };
-        let stream = start.into_stream(self.config.clone()).await?;
+        let config = if self.certificates.session_resumption() {
+            self.config.clone()
+        } else {
+            self.full_only.clone()
+        };
+        let stream = start.into_stream(config).await?;
         let h2 = stream.get_ref().1.alpn_protocol().map(|p| p == b"h2");
         let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         Ok((stream, Session { site, h2, resumed }))

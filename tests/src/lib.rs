@@ -282,6 +282,11 @@ impl TestEnv {
         )
     }
 
+    /// Replaces the extra lines of the fixed `[proxy]` table, for the configs written from now on.
+    pub fn set_proxy_keys(&mut self, keys: &str) {
+        keys.clone_into(&mut self.proxy_keys);
+    }
+
     pub fn write_config(&self, body: &str) {
         std::fs::write(&self.config_path, self.config_text(body)).unwrap();
     }

@@ -1,7 +1,8 @@
 //! TLS session resumption, seen by an independent client: OpenSSL's `s_client` saves the
 //! session proxyd gives it (TLS 1.3 tickets) and offers it on its next connection; proxyd counts
 //! full and resumed handshakes apart (`proxy_tls_handshakes_total{kind}`), which the benchmark
-//! harness reads to tell which rate it measured.
+//! harness reads to tell which rate it measured. With `proxy.tls_session_resumption = false`
+//! (applied by a reload) every handshake is a full one.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,7 +14,9 @@
 use std::process::Stdio;
 
 use proxy_tests::tls::TestCa;
-use proxy_tests::{ADMIN_ON_PORT_0, HTTPS_ON_PORT_0, MockUpstream, Setup, TestEnv, metric};
+use proxy_tests::{
+    ADMIN_ON_PORT_0, HTTPS_ON_PORT_0, MockUpstream, Setup, TestEnv, metric, output_text,
+};
 use tokio::io::AsyncWriteExt;
 
 /// `openssl s_client` to `env`'s TLS listener for `secure.test`, one request, its output.
@@ -71,7 +74,7 @@ async fn a_client_resumes_its_session_and_proxyd_counts_full_and_resumed_handsha
         proxy_keys: ADMIN_ON_PORT_0.to_owned(),
         ..Setup::default()
     };
-    let env = TestEnv::start_setup(setup, &body).await;
+    let mut env = TestEnv::start_setup(setup, &body).await;
     let session = certs.path().join("session.pem");
 
     let first = s_client(&env, &session, false).await;
@@ -82,13 +85,30 @@ async fn a_client_resumes_its_session_and_proxyd_counts_full_and_resumed_handsha
     assert!(second.contains("Reused, TLSv1.3"), "{second}");
 
     let metrics = env.metrics().await;
-    let count = |kind: &str| {
-        metric(
-            &metrics,
-            &format!("proxy_tls_handshakes_total{{kind=\"{kind}\"}}"),
-        )
-        .unwrap_or(-1.0)
-    };
-    assert_eq!(count("full"), 1.0, "{metrics}");
-    assert_eq!(count("resumed"), 1.0, "{metrics}");
+    assert_eq!(handshakes(&metrics, "full"), 1.0, "{metrics}");
+    assert_eq!(handshakes(&metrics, "resumed"), 1.0, "{metrics}");
+
+    // Resumption off, live: the session saved before is refused.
+    env.set_proxy_keys(&format!(
+        "{ADMIN_ON_PORT_0}\ntls_session_resumption = false"
+    ));
+    env.write_config(&body);
+    let out = env.proxyctl(&["reload"]).await;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("proxy.tls_session_resumption"), "{text}");
+    let refused = s_client(&env, &session, true).await;
+    assert!(refused.contains("upstream app"), "{refused}");
+    assert!(refused.contains("New, TLSv1.3"), "{refused}");
+    let metrics = env.metrics().await;
+    assert_eq!(handshakes(&metrics, "full"), 2.0, "{metrics}");
+    assert_eq!(handshakes(&metrics, "resumed"), 1.0, "{metrics}");
+}
+
+fn handshakes(metrics: &str, kind: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("proxy_tls_handshakes_total{{kind=\"{kind}\"}}"),
+    )
+    .unwrap_or(-1.0)
 }

@@ -248,6 +248,7 @@ pub struct ProxyFile {
     pub upstream_h2_ping_timeout: Option<String>,
     pub max_request_header_bytes: Option<SizeValue>,
     pub admin_address: Option<String>,
+    pub tls_session_resumption: Option<bool>,
     pub listeners: Vec<ListenerFile>,
     pub max_connections: Option<i64>,
     pub max_connections_per_ip: Option<i64>,

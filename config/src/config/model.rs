@@ -472,6 +472,9 @@ pub struct ProxyConfig {
     pub upstream_h2_ping_timeout: Duration,
     pub max_request_header_bytes: u64,
     pub admin_address: Option<SocketAddr>,
+    /// Clients may resume a TLS session (TLS 1.3 tickets, the TLS 1.2 session cache) rather
+    /// than run a full handshake.
+    pub tls_session_resumption: bool,
     /// Never empty; names and addresses unique.
     pub listeners: Vec<ListenerConfig>,
     /// Caps and deadlines on client connections.

@@ -23,6 +23,7 @@ fn snapshot() -> pb::Snapshot {
             upstream_idle_timeout_ms: 0,
             upstream_h2_ping_interval_ms: 0,
             upstream_h2_ping_timeout_ms: 0,
+            disable_tls_session_resumption: false,
             connection_limits: None,
         }),
         dynamic: Some(pb::DynamicConfig {

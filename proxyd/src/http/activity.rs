@@ -2,9 +2,10 @@
 //! it: requests (the HTTP/2 idle timeout waits for none to be in progress), and responses on
 //! their way to the client (a client that takes them slower than `response_min_rate` loses the
 //! connection: a response body that hyper does not poll cannot time itself, and it holds an
-//! upstream connection and a `max_requests` place meanwhile).
+//! upstream connection and a `max_requests` place meanwhile). It also tells an HTTP/1.1
+//! connection when it may give its buffers back while it waits ([`Activity::park_due`]).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Activity {
     active: AtomicUsize,
+    /// Requests started on the connection, ever.
+    started: AtomicU64,
+    /// A write to the client is blocked (the client does not read): bytes may wait in hyper's
+    /// write buffer.
+    write_blocked: AtomicBool,
     /// Milliseconds since `start` when the last request ended.
     idle_since_ms: AtomicU64,
     start: Instant,
@@ -105,6 +111,8 @@ impl Activity {
     pub fn new() -> Activity {
         Activity {
             active: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
             start: Instant::now(),
             deliveries: Mutex::default(),
@@ -114,6 +122,7 @@ impl Activity {
 
     pub fn request_started(self: &Arc<Self>) -> ActiveRequest {
         self.active.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::Relaxed);
         ActiveRequest {
             activity: self.clone(),
             delivery: None,
@@ -164,6 +173,34 @@ impl Activity {
         }
         let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
         Some(self.start.elapsed().saturating_sub(since))
+    }
+
+    /// Requests started on the connection so far.
+    pub fn requests_started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Whether a write to the client is blocked now (set by the socket's wrapper).
+    pub fn set_write_blocked(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    /// Resolves once an HTTP/1.1 connection may be taken back from hyper and wait for its next
+    /// request without buffers: a request started since `started_before` (so a request head
+    /// that hyper holds half-read is not handed over again and again, each time with a fresh
+    /// header timeout), none is in progress and none has been for `after`, and nothing waits to
+    /// be written to the client.
+    pub async fn park_due(&self, after: Duration, started_before: u64) {
+        loop {
+            self.idle(after).await;
+            if self.requests_started() > started_before
+                && !self.write_blocked.load(Ordering::Relaxed)
+                && self.idle_for().is_some_and(|idle| idle >= after)
+            {
+                return;
+            }
+            tokio::time::sleep(after).await;
+        }
     }
 
     /// Resolves once the connection has been idle for `timeout`.

@@ -9,6 +9,10 @@
 //! - **a client that does not read**: while a write makes no progress for `send_timeout`, it
 //!   fails with `TimedOut`, which ends the connection (hyper stops polling a response body when
 //!   the socket is full, so a timer on the body would never fire).
+//!
+//! It also lets an idle HTTP/1.1 connection wait for its next request without holding a buffer
+//! ([`Idle`], [`Prefixed::replaying`]): the connection is taken back from hyper, and the bytes
+//! hyper had read and not used yet are replayed to the next hyper connection on the socket.
 
 use std::io;
 use std::pin::Pin;
@@ -16,9 +20,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use tokio_rustls::server::TlsStream;
 
+use crate::http::Activity;
 use crate::metrics::Metrics;
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
@@ -28,11 +36,14 @@ pub struct GuardedIo<T> {
     inner: T,
     /// Bytes of the preface matched so far; `None` once the protocol is clear.
     sniffed: Option<usize>,
-    first_bytes: Pin<Box<Sleep>>,
+    /// The deadline of the first bytes; dropped once the protocol is clear.
+    first_bytes: Option<Pin<Box<Sleep>>>,
     send_timeout: Duration,
     /// Armed while a write is blocked.
     send_stall: Option<Pin<Box<Sleep>>>,
     metrics: Arc<Metrics>,
+    /// Told when writes block and unblock.
+    activity: Arc<Activity>,
 }
 
 impl<T> GuardedIo<T> {
@@ -41,15 +52,23 @@ impl<T> GuardedIo<T> {
         first_bytes: Duration,
         send_timeout: Duration,
         metrics: Arc<Metrics>,
+        activity: Arc<Activity>,
     ) -> GuardedIo<T> {
         GuardedIo {
             inner,
             sniffed: Some(0),
-            first_bytes: Box::pin(tokio::time::sleep(first_bytes)),
+            first_bytes: Some(Box::pin(tokio::time::sleep(first_bytes))),
             send_timeout,
             send_stall: None,
             metrics,
+            activity,
         }
+    }
+
+    /// The protocol is clear: no deadline of this layer on reads any more.
+    fn sniffed(&mut self) {
+        self.sniffed = None;
+        self.first_bytes = None;
     }
 
     /// Follows the preface over newly read bytes; disarms the deadline once the protocol is
@@ -58,12 +77,12 @@ impl<T> GuardedIo<T> {
         let Some(mut at) = self.sniffed else { return };
         for b in bytes {
             if H2_PREFACE.get(at) != Some(b) {
-                self.sniffed = None;
+                self.sniffed();
                 return;
             }
             at += 1;
             if at == H2_PREFACE.len() {
-                self.sniffed = None;
+                self.sniffed();
                 return;
             }
         }
@@ -79,8 +98,8 @@ impl<T> GuardedIo<T> {
     ) -> Poll<io::Result<R>> {
         if polled.is_pending() {
             self.stalled(cx)?;
-        } else {
-            self.send_stall = None;
+        } else if self.send_stall.take().is_some() {
+            self.activity.set_write_blocked(false);
         }
         polled
     }
@@ -88,6 +107,9 @@ impl<T> GuardedIo<T> {
     /// Polls the stall timer of a blocked write: `Err(TimedOut)` once it has run out.
     fn stalled(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let timeout = self.send_timeout;
+        if self.send_stall.is_none() {
+            self.activity.set_write_blocked(true);
+        }
         let stall = self
             .send_stall
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
@@ -117,7 +139,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                 if me.sniffed.is_some() {
                     let new = &buf.filled()[before..];
                     if new.is_empty() {
-                        me.sniffed = None;
+                        me.sniffed();
                     } else {
                         me.sniff(new);
                     }
@@ -126,8 +148,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if me.sniffed.is_some() && me.first_bytes.as_mut().poll(cx).is_ready() {
-                    me.sniffed = None;
+                let expired = me
+                    .first_bytes
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if me.sniffed.is_some() && expired {
+                    me.sniffed();
                     me.metrics.timed_out("first_bytes");
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -187,18 +213,10 @@ pub async fn choose_protocol<T: AsyncRead + Unpin>(
     negotiated: Option<bool>,
 ) -> Option<(Prefixed<GuardedIo<T>>, bool)> {
     use tokio::io::AsyncReadExt;
-    let mut head = [0u8; H2_PREFACE.len()];
     if let Some(h2) = negotiated {
-        return Some((
-            Prefixed {
-                head,
-                at: 0,
-                len: 0,
-                inner: io,
-            },
-            h2,
-        ));
+        return Some((Prefixed::new(io), h2));
     }
+    let mut head = [0u8; H2_PREFACE.len()];
     let mut len = 0;
     while len < head.len() {
         match io.read(&mut head[len..]).await {
@@ -211,22 +229,77 @@ pub async fn choose_protocol<T: AsyncRead + Unpin>(
     }
     let h2 = head[..len] == H2_PREFACE[..];
     Some((
-        Prefixed {
-            head,
-            at: 0,
-            len,
-            inner: io,
-        },
+        Prefixed::new(io).replaying(Bytes::copy_from_slice(&head[..len])),
         h2,
     ))
 }
 
 /// A socket with bytes already read from it put back in front.
 pub struct Prefixed<T> {
-    head: [u8; H2_PREFACE.len()],
-    at: usize,
-    len: usize,
+    head: Bytes,
     inner: T,
+}
+
+impl<T> Prefixed<T> {
+    fn new(inner: T) -> Prefixed<T> {
+        Prefixed {
+            head: Bytes::new(),
+            inner,
+        }
+    }
+
+    /// `read`, read from the socket and not used yet, comes first again (after what is left
+    /// of any earlier such bytes). Copied: `read` may be a view into a buffer much larger than
+    /// itself, which is given back here.
+    pub fn replaying(mut self, read: Bytes) -> Prefixed<T> {
+        if !read.is_empty() {
+            let mut both = Vec::with_capacity(self.head.len() + read.len());
+            both.extend_from_slice(&self.head);
+            both.extend_from_slice(&read);
+            self.head = both.into();
+        }
+        self
+    }
+}
+
+/// A client socket that can wait for its client's next bytes without holding a buffer.
+pub trait Idle {
+    /// Bytes the client sent are already here (TLS plaintext decrypted ahead, a close_notify):
+    /// no need to wait.
+    fn buffered(&self) -> bool;
+    /// The TCP socket, whose readiness says the client sent something.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Idle for TcpStream {
+    fn buffered(&self) -> bool {
+        false
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Idle for TlsStream<TcpStream> {
+    fn buffered(&self) -> bool {
+        // rustls wants TLS bytes only when it has no plaintext (or end of stream) to give.
+        !self.get_ref().1.wants_read()
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl<T: Idle> Prefixed<GuardedIo<T>> {
+    /// Resolves once the client has sent something (or closed): bytes to serve.
+    pub async fn readable(&self) -> io::Result<()> {
+        if !self.head.is_empty() || self.inner.inner.buffered() {
+            return Ok(());
+        }
+        self.inner.inner.tcp().readable().await
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
@@ -236,10 +309,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = &mut *self;
-        if me.at < me.len {
-            let n = (me.len - me.at).min(buf.remaining());
-            buf.put_slice(&me.head[me.at..me.at + n]);
-            me.at += n;
+        if !me.head.is_empty() {
+            let n = me.head.len().min(buf.remaining());
+            buf.put_slice(&me.head[..n]);
+            me.head.advance(n);
+            if me.head.is_empty() {
+                // Gives the allocation back.
+                me.head = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut me.inner).poll_read(cx, buf)
@@ -287,6 +364,7 @@ mod tests {
             Duration::from_millis(200),
             Duration::from_millis(200),
             Arc::new(Metrics::new()),
+            Arc::new(Activity::new()),
         )
     }
 
@@ -338,6 +416,41 @@ mod tests {
         client.write_all(&H2_PREFACE[..5]).await.unwrap();
         drop(client);
         assert!(choose_protocol(guarded(server), None).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_writes_are_blocked_is_not_due_to_park_until_they_go_through() {
+        let activity = Arc::new(Activity::new());
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = GuardedIo::new(
+            server,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Arc::new(Metrics::new()),
+            activity.clone(),
+        );
+        // A request came and went: only a blocked write keeps the connection from parking.
+        drop(activity.request_started());
+        let park = Duration::from_millis(20);
+        let write = tokio::time::timeout(Duration::from_millis(100), io.write_all(&[7u8; 256]));
+        assert!(
+            write.await.is_err(),
+            "the client reads nothing: the write blocks"
+        );
+        let due = tokio::time::timeout(Duration::from_millis(300), activity.park_due(park, 0));
+        assert!(due.await.is_err(), "due to park while a write is blocked");
+        let mut taken = [0u8; 256];
+        client.read_exact(&mut taken[..64]).await.unwrap();
+        io.write_all(&[7u8; 8]).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), activity.park_due(park, 0))
+            .await
+            .expect("due to park once the write went through");
+        // No request in this round yet: not due.
+        let due = tokio::time::timeout(Duration::from_millis(100), activity.park_due(park, 1));
+        assert!(
+            due.await.is_err(),
+            "due to park before a request of its round"
+        );
     }
 
     #[tokio::test]

@@ -282,6 +282,10 @@ fn proxy(p: &ProxyConfig) -> Value {
     if let Some(addr) = p.admin_address {
         t.insert("admin_address".into(), addr.to_string().into());
     }
+    t.insert(
+        "tls_session_resumption".into(),
+        p.tls_session_resumption.into(),
+    );
     let listeners = p.listeners.iter().map(|l| {
         let mut t = Table::new();
         t.insert("name".into(), l.name.as_str().into());

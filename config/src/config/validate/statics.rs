@@ -188,6 +188,7 @@ pub(super) fn proxy(file: &FileConfig, p: &mut Problems) -> ProxyConfig {
         ),
         max_request_header_bytes,
         admin_address,
+        tls_session_resumption: file.proxy.tls_session_resumption.unwrap_or(true),
         listeners,
         limits: hardening::connection_limits(&file.proxy, &at, p),
     }
