@@ -223,27 +223,43 @@ done
 # New connections: h2load --h1 -c16 -n N with `Connection: close` on every request: the server
 # closes after each response and h2load opens a new connection (TCP + TLS 1.3 handshake) for the
 # next request. h2load resumes TLS sessions when the server offers tickets, as browsers do.
+
+# tls_newconn FIG ROUND TARGET: the new-connection run, emitted as FIG; proxyd also says how many
+# of the handshakes were full and how many resumed a session.
+tls_newconn() {
+    local fig=$1 r=$2 t=$3 full0 resumed0 full1 resumed1 ticks0 ticks1 rps done_ errs proto
+    read -r full0 resumed0 < <(if [ "$t" = proxyd ]; then proxyd_handshakes; else echo 0 0; fi)
+    ticks0=$(cpu_ticks "${PID[$t]}")
+    on "$LOADGEN_CPU" h2load --h1 -c16 -n "$NEWCONN_N" -H ':authority: bench.test' -H 'Connection: close' \
+        "https://127.0.0.1:${TLS_PORT[$t]}/12" >"$WORK/newconn.txt" 2>&1 || true
+    ticks1=$(cpu_ticks "${PID[$t]}")
+    read -r full1 resumed1 < <(if [ "$t" = proxyd ]; then proxyd_handshakes; else echo 0 0; fi)
+    read -r rps done_ errs < <(h2load_parse "$WORK/newconn.txt")
+    proto=$(awk -F': ' '/^TLS Protocol/ {print $2}' "$WORK/newconn.txt")
+    emit fig="$fig" mode=pinned round="$r" target="$t" rps="$rps" requests="$done_" errors="$errs" \
+        cpu_ticks=$((ticks1 - ticks0)) hz="$(getconf CLK_TCK)" tls="${proto:-?}" \
+        full_handshakes=$((full1 - full0)) resumed_handshakes=$((resumed1 - resumed0))
+    log "$fig round $r $t: $rps conn/s, $errs errors ($proto)"
+}
 for r in $(seq 1 "$ROUNDS"); do
     for t in $(rotate "$r" "${PROXIES[@]}"); do
-        # proxyd says how many of the handshakes were full and how many resumed a session.
-        read -r full0 resumed0 < <(if [ "$t" = proxyd ]; then proxyd_handshakes; else echo 0 0; fi)
-        ticks0=$(cpu_ticks "${PID[$t]}")
-        on "$LOADGEN_CPU" h2load --h1 -c16 -n "$NEWCONN_N" -H ':authority: bench.test' -H 'Connection: close' \
-            "https://127.0.0.1:${TLS_PORT[$t]}/12" >"$WORK/newconn.txt" 2>&1 || true
-        ticks1=$(cpu_ticks "${PID[$t]}")
-        read -r full1 resumed1 < <(if [ "$t" = proxyd ]; then proxyd_handshakes; else echo 0 0; fi)
-        read -r rps done_ errs < <(h2load_parse "$WORK/newconn.txt")
-        proto=$(awk -F': ' '/^TLS Protocol/ {print $2}' "$WORK/newconn.txt")
-        emit fig=tls_new mode=pinned round="$r" target="$t" rps="$rps" requests="$done_" errors="$errs" \
-            cpu_ticks=$((ticks1 - ticks0)) hz="$(getconf CLK_TCK)" tls="${proto:-?}" \
-            full_handshakes=$((full1 - full0)) resumed_handshakes=$((resumed1 - resumed0))
-        log "tls new conns round $r $t: $rps conn/s, $errs errors ($proto)"
+        tls_newconn tls_new "$r" "$t"
         read -r rps reqs errs < <(run_wrk "$WORK/wrk.txt" -t1 -c64 -d"${SECS}s" -H 'Host: bench.test' \
             "https://127.0.0.1:${TLS_PORT[$t]}/12")
         emit fig=tls_ka mode=pinned round="$r" target="$t" rps="$rps" requests="$reqs" errors="$errs"
         log "https keep-alive round $r $t: $rps req/s"
     done
 done
+
+# Full handshakes: every proxy restarted with session resumption off (proxyd
+# tls_session_resumption = false; nginx ssl_session_tickets off and ssl_session_cache off; HAProxy
+# no-tls-tickets and tune.ssl.cachesize 0; Caddy session_tickets disabled), the same h2load run.
+TLS_RESUMPTION=off
+for t in "${PROXIES[@]}"; do stop_target "$t"; "start_$t" "$SERVER_CPU" 1; done
+for r in $(seq 1 "$ROUNDS"); do
+    for t in $(rotate "$r" "${PROXIES[@]}"); do tls_newconn tls_full "$r" "$t"; done
+done
+TLS_RESUMPTION=on
 
 # ---- figure 6: RSS per idle keep-alive client connection ----
 SETTLE=6 # > proxyd's upstream_idle_timeout (4 s): idle upstream connections beyond the pool closed

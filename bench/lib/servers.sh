@@ -12,6 +12,9 @@
 # and reload_cmd X N (the timed command, printed as a shell command line).
 
 declare -A H1_PORT TLS_PORT H2C_PORT PID LOGF DIR
+# TLS session resumption on every proxy ("on": each one's defaults; "off": none of them issues
+# tickets or keeps a session cache, so every handshake is a full one). Read when a proxy starts.
+TLS_RESUMPTION=on
 # proxyd's admin listener (its /metrics: full and resumed TLS handshakes, figure 5).
 PROXYD_ADMIN_PORT=0
 
@@ -93,6 +96,7 @@ state_dir = "$d/state"
 [proxy]
 shutdown_timeout = "1s"
 admin_address = "127.0.0.1:$PROXYD_ADMIN_PORT"
+tls_session_resumption = $([ "$TLS_RESUMPTION" = on ] && echo true || echo false)
 max_connections = 50000
 max_connections_per_ip = 0
 request_header_timeout = "300s"
@@ -130,8 +134,9 @@ start_proxyd() {
 
 # ---- nginx as a proxy ----
 nginx_proxy_config() { # $1: route number, $2: workers
-    local d=${DIR[nginx]} route=""
+    local d=${DIR[nginx]} route="" sessions=""
     if [ "$1" -gt 0 ]; then route="location = /r$1 { return 200 \"r$1\"; }"; fi
+    if [ "$TLS_RESUMPTION" = off ]; then sessions="ssl_session_tickets off; ssl_session_cache off;"; fi
     cat <<EOF
 worker_processes $2;
 worker_rlimit_nofile $FD_LIMIT;
@@ -161,6 +166,7 @@ http {
         ssl_certificate $CERT;
         ssl_certificate_key $KEY;
         ssl_protocols TLSv1.2 TLSv1.3;
+        $sessions
         $route
         location / {
             proxy_pass http://origin;
@@ -190,7 +196,8 @@ start_nginx() {
 
 # ---- HAProxy ----
 start_haproxy() {
-    local cpus=$1 threads=$2 d="$WORK/haproxy"
+    local cpus=$1 threads=$2 d="$WORK/haproxy" cache="" tickets=""
+    if [ "$TLS_RESUMPTION" = off ]; then cache="tune.ssl.cachesize 0"; tickets="no-tls-tickets"; fi
     # HAProxy wants two descriptors per connection (client + server side) under ulimit-n.
     HAPROXY_MAXCONN=$(( (FD_LIMIT - 200) / 2 ))
     mkdir -p "$d"
@@ -204,6 +211,7 @@ global
     maxconn $HAPROXY_MAXCONN
     ulimit-n $FD_LIMIT
     ssl-default-bind-options ssl-min-ver TLSv1.2
+    $cache
 
 defaults
     mode http
@@ -216,7 +224,7 @@ defaults
 
 frontend fe
     bind 127.0.0.1:${H1_PORT[haproxy]}
-    bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $CERT_PEM alpn h2,http/1.1
+    bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $CERT_PEM alpn h2,http/1.1 $tickets
     bind 127.0.0.1:${H2C_PORT[haproxy]} proto h2
     default_backend origin
 
@@ -271,9 +279,21 @@ start_caddy() {
     H2C_PORT[caddy]=${H1_PORT[caddy]}
     CADDY_ADMIN=$(free_port)
     caddy_config 0 >"$d/Caddyfile"
+    local config=(--config "$d/Caddyfile" --adapter caddyfile)
+    if [ "$TLS_RESUMPTION" = off ]; then
+        # The Caddyfile has no session-ticket option: adapt it to JSON and turn tickets off there
+        # (Go's TLS server resumes by tickets only).
+        HOME="$d/home" caddy adapt "${config[@]}" >"$d/caddy.json" 2>"$d/adapt.log" \
+            || { cat "$d/adapt.log" >&2; die "caddy adapt failed"; }
+        python3 -c 'import json, sys
+c = json.load(open(sys.argv[1]))
+c.setdefault("apps", {}).setdefault("tls", {})["session_tickets"] = {"disabled": True}
+json.dump(c, open(sys.argv[1], "w"))' "$d/caddy.json"
+        config=(--config "$d/caddy.json")
+    fi
     # HOME / XDG dirs: Caddy's storage and autosave stay in the temp dir.
     HOME="$d/home" XDG_CONFIG_HOME="$d/home" XDG_DATA_HOME="$d/home" GOMAXPROCS=$procs \
-        spawn "$cpus" caddy run --config "$d/Caddyfile" --adapter caddyfile >"$d/caddy.log" 2>&1 &
+        spawn "$cpus" caddy run "${config[@]}" >"$d/caddy.log" 2>&1 &
     PID[caddy]=$!
     track "${PID[caddy]}"
     LOGF[caddy]="$d/caddy.log"
