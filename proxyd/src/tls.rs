@@ -42,6 +42,11 @@ const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// The ALPN protocol of ACME TLS-ALPN-01 validation.
 const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
+/// A client's TLS stream, boxed: rustls's connection state is over a kilobyte, and the
+/// connection's task moves it from the handshake to HTTP; as a box it is one pointer in the
+/// task's frame, which an idle connection keeps.
+pub type ClientTls = Box<TlsStream<TcpStream>>;
+
 /// Why a TLS connection did not get as far as HTTP.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -107,7 +112,7 @@ impl Terminator {
         &self,
         tcp: TcpStream,
         deadline: Duration,
-    ) -> Result<(TlsStream<TcpStream>, Session), HandshakeError> {
+    ) -> Result<(ClientTls, Session), HandshakeError> {
         tokio::time::timeout(deadline, self.negotiate(tcp))
             .await
             .unwrap_or(Err(HandshakeError::Timeout(deadline)))
@@ -116,10 +121,7 @@ impl Terminator {
     /// Reads the ClientHello first, so that a name no site can answer for gets
     /// `unrecognized_name` rather than rustls's generic refusal; then finishes the handshake,
     /// whose certificate the resolver picks from the runtime by the same rule.
-    async fn negotiate(
-        &self,
-        tcp: TcpStream,
-    ) -> Result<(TlsStream<TcpStream>, Session), HandshakeError> {
+    async fn negotiate(&self, tcp: TcpStream) -> Result<(ClientTls, Session), HandshakeError> {
         let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
         let server_name = start.client_hello().server_name().map(str::to_owned);
         let acme = start
@@ -145,7 +147,7 @@ impl Terminator {
         let stream = start.into_stream(config).await?;
         let h2 = stream.get_ref().1.alpn_protocol().map(|p| p == b"h2");
         let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        Ok((stream, Session { site, h2, resumed }))
+        Ok((Box::new(stream), Session { site, h2, resumed }))
     }
 }
 
@@ -156,7 +158,7 @@ impl Terminator {
         &self,
         start: StartHandshake<TcpStream>,
         server_name: Option<String>,
-    ) -> Result<(TlsStream<TcpStream>, Session), HandshakeError> {
+    ) -> Result<(ClientTls, Session), HandshakeError> {
         let Some(key) = self.certificates.alpn_challenge(server_name.as_deref()) else {
             refuse(start).await;
             return Err(HandshakeError::UnknownServerName(server_name));

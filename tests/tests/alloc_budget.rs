@@ -30,14 +30,14 @@ use tokio::net::{TcpListener, TcpStream};
 /// upstream pool; 24.0 with hyper-util's client before it).
 const ALLOCATIONS_PER_REQUEST: f64 = 21.0;
 
-/// Heap bytes proxyd keeps per idle HTTP/1.1 keep-alive client connection, at most: 6,999
-/// measured in a debug build (most of it the connection task's own frame, which a release build
-/// makes smaller), since an idle connection gives hyper's buffers back; 39,044 before, while
-/// hyper kept its read and write buffers on every idle connection.
-const BYTES_PER_IDLE_CONNECTION: f64 = 8.0 * 1024.0;
+/// Heap bytes proxyd keeps per idle HTTP/1.1 keep-alive client connection, at most: 2,263
+/// measured in a debug build since an idle connection gives hyper's buffers back and its task's
+/// frame holds the TLS state boxed (39,044 while hyper kept its read and write buffers on every
+/// idle connection and the frame held rustls's state more than once).
+const BYTES_PER_IDLE_CONNECTION: f64 = 3.0 * 1024.0;
 
-/// The same over TLS: 13,498 measured (rustls's state, with its 4 KiB receive buffer, on top).
-const BYTES_PER_IDLE_TLS_CONNECTION: f64 = 15.0 * 1024.0;
+/// The same over TLS: 9,986 measured (rustls's state, with its 4 KiB receive buffer, on top).
+const BYTES_PER_IDLE_TLS_CONNECTION: f64 = 11.0 * 1024.0;
 
 const REQUEST: &[u8] =
     b"GET /budget HTTP/1.1\r\nHost: budget.test\r\nUser-Agent: alloc-budget\r\n\r\n";

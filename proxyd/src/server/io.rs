@@ -24,7 +24,6 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
-use tokio_rustls::server::TlsStream;
 
 use crate::http::Activity;
 use crate::metrics::Metrics;
@@ -281,7 +280,7 @@ impl Idle for TcpStream {
     }
 }
 
-impl Idle for TlsStream<TcpStream> {
+impl Idle for crate::tls::ClientTls {
     fn buffered(&self) -> bool {
         // rustls wants TLS bytes only when it has no plaintext (or end of stream) to give.
         !self.get_ref().1.wants_read()
