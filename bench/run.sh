@@ -255,7 +255,13 @@ done
 # tls_session_resumption = false; nginx ssl_session_tickets off and ssl_session_cache off; HAProxy
 # no-tls-tickets and tune.ssl.cachesize 0; Caddy session_tickets disabled), the same h2load run.
 TLS_RESUMPTION=off
-for t in "${PROXIES[@]}"; do stop_target "$t"; "start_$t" "$SERVER_CPU" 1; done
+for t in "${PROXIES[@]}"; do
+    stop_target "$t"
+    "start_$t" "$SERVER_CPU" 1
+    # Warm-up, as start_all does: the upstream pool and the first handshakes.
+    on "$LOADGEN_CPU" wrk -t1 -c64 -d1s -H 'Host: bench.test' "https://127.0.0.1:${TLS_PORT[$t]}/12" \
+        >/dev/null 2>&1 || true
+done
 for r in $(seq 1 "$ROUNDS"); do
     for t in $(rotate "$r" "${PROXIES[@]}"); do tls_newconn tls_full "$r" "$t"; done
 done

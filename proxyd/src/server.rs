@@ -353,7 +353,13 @@ impl Connection {
             };
             io = parts.io.into_inner().replaying(parts.read_buf);
             let _idle = metrics.connection_idle();
-            let idle_timeout = self.settings.limits.http2_idle_timeout;
+            // An idle HTTP/1.1 connection lives for `request_header_timeout` after its last
+            // request, as it does in hyper (whose header timer runs while it waits), and never
+            // past `http2_idle_timeout`.
+            let idle_timeout = self
+                .settings
+                .first_bytes
+                .min(self.settings.limits.http2_idle_timeout);
             let more = tokio::select! {
                 ready = io.readable() => ready.is_ok(),
                 () = self.shutdown.cancelled() => false,

@@ -3,7 +3,9 @@
 //! buffer (`proxy_connections_idle`), and its next request, on the same socket, is served by a
 //! new hyper connection. What must not change for the client: requests after the wait (plain,
 //! TLS, an Upgrade), a request head half-sent before the wait, the request-head timeout for a
-//! client that trickles one, and a response the client had not read yet.
+//! client that trickles one, a response the client had not read yet, a request body still on its
+//! way after its response (never read as a request of its own), and the idle keep-alive timeout
+//! (`request_header_timeout`).
 
 #![allow(
     clippy::unwrap_used,
@@ -12,7 +14,7 @@
     reason = "tests"
 )]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proxy_tests::tls::TestCa;
@@ -281,5 +283,124 @@ async fn responses_the_client_has_not_read_past_the_park_delay_arrive_whole() {
     }
     // Then they are idle like any other.
     wait_idle(&env, SIZES.len() as f64).await;
+    env.stop().await;
+}
+
+/// An upstream that answers as soon as it has a request head, before reading the body (as
+/// nginx's 401 and 413 do), then reads on; it logs every request line it sees.
+async fn early_answer_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                loop {
+                    // A head smuggled inside a body proxyd forwards as body shows here too.
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                        log.lock()
+                            .unwrap()
+                            .push(head.lines().next().unwrap_or("").to_owned());
+                        got.drain(..end + 4);
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+                            .await;
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// What arrives on `stream` within `wait` (until it closes).
+async fn read_for(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + wait;
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rest_of_a_request_body_after_its_early_response_is_never_a_request_of_its_own() {
+    let (upstream, seen) = early_answer_upstream().await;
+    let env = TestEnv::start_with(
+        ADMIN_ON_PORT_0,
+        &format!("[[sites]]\nhostnames = [\"a.test\"]\nupstreams = [\"http://{upstream}\"]\n"),
+    )
+    .await;
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n";
+    let mut stream = TcpStream::connect(env.http).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\n\r\n",
+        smuggled.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (first, body) = response(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert_eq!(body, b"early");
+    // The upload goes on after a pause longer than the park delay: the time is the test.
+    tokio::time::sleep(PAST_PARK_DELAY).await;
+    assert_eq!(
+        idle_count(&env).await,
+        0.0,
+        "parked with a request body on its way"
+    );
+    stream.write_all(smuggled).await.unwrap();
+    let after = read_for(&mut stream, Duration::from_secs(1)).await;
+    assert!(
+        after.is_empty(),
+        "the rest of the body was answered as a request: {:?}; the upstream saw {:?}",
+        String::from_utf8_lossy(&after),
+        seen.lock().unwrap()
+    );
+    // It reached the upstream as the body it is.
+    eventually("the body forwarded", || async {
+        (seen.lock().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["POST /upload HTTP/1.1", "GET /smuggled HTTP/1.1"],
+        "the upstream reads the body's bytes, one connection"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_keep_alive_connection_closes_at_the_request_header_timeout() {
+    let app = MockUpstream::start("app").await;
+    let env = TestEnv::start_with(
+        &format!("{ADMIN_ON_PORT_0}\nrequest_header_timeout = \"2s\""),
+        &format!(
+            "[[sites]]\nhostnames = [\"a.test\"]\nupstreams = [\"{}\"]\n",
+            app.url()
+        ),
+    )
+    .await;
+    let mut stream = TcpStream::connect(env.http).await.unwrap();
+    stream.write_all(&request("/one")).await.unwrap();
+    response(&mut stream).await;
+    let since = Instant::now();
+    // Parked after 1 s, closed at 2 s.
+    let rest = read_for(&mut stream, Duration::from_secs(6)).await;
+    let closed = since.elapsed();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        closed >= Duration::from_millis(1900) && closed < Duration::from_secs(5),
+        "closed {closed:?} after its last request, with request_header_timeout = 2s"
+    );
     env.stop().await;
 }

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Activity {
     active: AtomicUsize,
+    /// Request bodies still being read from the client and forwarded: a response can end
+    /// before its request's body (an upstream that answers early and reads on).
+    bodies: AtomicUsize,
     /// Requests started on the connection, ever.
     started: AtomicU64,
     /// A write to the client is blocked (the client does not read): bytes may wait in hyper's
@@ -111,6 +114,7 @@ impl Activity {
     pub fn new() -> Activity {
         Activity {
             active: AtomicUsize::new(0),
+            bodies: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
@@ -166,13 +170,22 @@ impl Activity {
         }
     }
 
-    /// How long the connection has been without a request; `None` while one is in progress.
+    /// How long the connection has been without a request; `None` while one is in progress (its
+    /// response or its request body).
     fn idle_for(&self) -> Option<Duration> {
-        if self.active.load(Ordering::Acquire) > 0 {
+        if self.active.load(Ordering::Acquire) > 0 || self.bodies.load(Ordering::Acquire) > 0 {
             return None;
         }
         let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
         Some(self.start.elapsed().saturating_sub(since))
+    }
+
+    /// Holds the connection busy while a request body is forwarded, until it ends or is dropped.
+    pub fn body_open(self: &Arc<Self>) -> BodyOpen {
+        self.bodies.fetch_add(1, Ordering::AcqRel);
+        BodyOpen {
+            activity: self.clone(),
+        }
     }
 
     /// Requests started on the connection so far.
@@ -216,12 +229,31 @@ impl Activity {
     }
 }
 
+impl Activity {
+    /// Something in progress ended now.
+    fn mark_idle_since(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since_ms.store(now, Ordering::Release);
+    }
+}
+
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        let activity = &self.activity;
-        let now = u64::try_from(activity.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        activity.idle_since_ms.store(now, Ordering::Release);
-        activity.active.fetch_sub(1, Ordering::AcqRel);
+        self.activity.mark_idle_since();
+        self.activity.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request body being forwarded ([`Activity::body_open`]).
+#[derive(Debug)]
+pub struct BodyOpen {
+    activity: Arc<Activity>,
+}
+
+impl Drop for BodyOpen {
+    fn drop(&mut self) {
+        self.activity.mark_idle_since();
+        self.activity.bodies.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

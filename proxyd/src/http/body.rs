@@ -77,6 +77,8 @@ pub struct Watched<B> {
     metrics: Arc<Metrics>,
     /// Follows how sending the body goes (request bodies only).
     progress: Option<Arc<Upload>>,
+    /// Keeps the client connection busy until the body ends (request bodies only).
+    open: Option<super::BodyOpen>,
     /// Kept until the body is dropped (a proxied response body holds its request's guards).
     _held: Option<super::RequestGuards>,
     /// The upstream's count of requests outstanding, for least-requests and `max_requests`:
@@ -154,6 +156,7 @@ impl<B> Watched<B> {
             side,
             metrics,
             progress: None,
+            open: None,
             _held: None,
             _outstanding: None,
         }
@@ -194,13 +197,16 @@ impl<B> Watched<B> {
         Some(self.started? + grace + bought)
     }
 
-    /// Reports the body's progress to `upload`.
-    pub fn report_to(mut self, upload: Arc<Upload>) -> Watched<B> {
+    /// Reports the body's progress to `upload`, and keeps the client connection busy (`open`)
+    /// until the body ends or is dropped.
+    pub fn report_to(mut self, upload: Arc<Upload>, open: super::BodyOpen) -> Watched<B> {
         self.progress = Some(upload);
+        self.open = Some(open);
         self
     }
 
     fn ended(&mut self) {
+        self.open = None;
         if let Some(upload) = self.progress.take() {
             upload.ended.store(true, Ordering::Release);
             upload.changed.notify_waiters();

@@ -230,6 +230,7 @@ impl Proxy {
         route: &Route,
         prepared: &mut Prepared,
         body: Incoming,
+        activity: &std::sync::Arc<super::Activity>,
         deadline: Deadline,
         runtime: &Runtime,
         out: &mut Outcome<'r>,
@@ -262,7 +263,7 @@ impl Proxy {
                 Deadline::Head(_) => runtime.limits.request_body_min_rate,
                 Deadline::Call(_) => None,
             })
-            .report_to(upload.clone());
+            .report_to(upload.clone(), activity.body_open());
             Limited::new(watched, limit).boxed()
         });
         let mut tried = Vec::new();
