@@ -270,7 +270,7 @@ TLS_RESUMPTION=on
 # ---- figure 6: RSS per idle keep-alive client connection ----
 SETTLE=6 # > proxyd's upstream_idle_timeout (4 s): idle upstream connections beyond the pool closed
 for t in "${PROXIES[@]}"; do
-    for tls in plain tls; do
+    for tls in plain tls h2c; do
         # A fresh process for each measurement: memory an allocator kept from an earlier one would
         # otherwise be reused and hide part of the cost. Warm up (pools, first handshake) first.
         stop_target "$t"
@@ -283,6 +283,9 @@ for t in "${PROXIES[@]}"; do
         args=(--addr "127.0.0.1:${H1_PORT[$t]}" --count "$n" --host bench.test --path /12 --ignore-stdin)
         if [ "$tls" = tls ]; then args=(--addr "127.0.0.1:${TLS_PORT[$t]}" --count "$n" --host bench.test
             --path /12 --tls --sni bench.test --ignore-stdin); fi
+        # HTTP/2 with prior knowledge, one GET per connection; holdconns answers the PINGs.
+        if [ "$tls" = h2c ]; then args=(--addr "127.0.0.1:${H2C_PORT[$t]}" --count "$n" --host bench.test
+            --path /12 --h2 --ignore-stdin); fi
         sleep "$SETTLE"
         before=$(rss_kib "${PID[$t]}")
         : >"$WORK/hold.out" # before the spawn: the wait loop below may read it first

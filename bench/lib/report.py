@@ -245,7 +245,8 @@ md.append("")
 md.append(bar_chart("cpu-per-request", "Proxy CPU time per request (HTTP/1.1 keep-alive)", "µs / request", chart_groups))
 md.append("")
 c = stats(cpu["12"], "proxyd")
-target_row("CPU per request ≤ 12 µs (12 B)", f"{fmt(c, 2)} µs", c and c[0] <= 12)
+cn = stats(cpu["12"], "proxyd", "nginx")
+target_row("CPU per request ≤ nginx's (12 B)", f"{fmt(c, 2)} µs, {ratio(cn)} × nginx", cn and cn[0] <= 1.0)
 
 # Figure 3
 lat = sel(fig="latency", mode="pinned")
@@ -397,7 +398,9 @@ target_row("new TLS connections per second ≥ nginx, full handshakes", ratio(s)
 
 # Figure 6
 md.append("## 6. Memory per idle keep-alive client connection\n")
-md.append("`holdconns` opens N connections, makes one `GET /12` on each and leaves them idle. "
+md.append("`holdconns` opens N connections, makes one `GET /12` on each and leaves them idle: HTTP/1.1 "
+          "plaintext, HTTP/1.1 over TLS, and HTTP/2 with prior knowledge (h2c; holdconns answers the "
+          "server's PINGs). "
           "RSS (VmRSS of the proxy's processes) 6 s after the last response, when idle upstream "
           "connections beyond each proxy's pool have closed (proxyd's `upstream_idle_timeout` is "
           "4 s), minus RSS just before, divided by N. KiB per connection. HAProxy needs two descriptors "
@@ -405,27 +408,32 @@ md.append("`holdconns` opens N connections, makes one `GET /12` on each and leav
           "measured with as many connections as it can hold (see the connections column). Each "
           "measurement starts a fresh proxy process (warmed up by 1 s of wrk over plain HTTP and over "
           "TLS), so memory an allocator kept from an earlier test cannot hide part of the cost.\n")
-md.append("| target | plaintext KiB / conn | TLS KiB / conn | connections (plain / TLS) | RSS before, MiB (plain / TLS) |\n|---|---:|---:|---:|---:|")
+md.append("| target | plaintext KiB / conn | TLS KiB / conn | h2c KiB / conn | connections (plain / TLS / h2c) | RSS before, MiB (plain / TLS / h2c) |\n|---|---:|---:|---:|---:|---:|")
 rss = {}
 for r in sel(fig="rss"):
     per = (r["rss_after_kib"] - r["rss_before_kib"]) / r["conns"] if r["conns"] else None
     rss.setdefault(r["target"], {})[r["tls"]] = (per, r["conns"], r["wanted"], r["rss_before_kib"])
-chart_groups = [("plaintext", []), ("TLS", [])]
+kinds = [("plain", "plaintext"), ("tls", "TLS"), ("h2c", "h2c")]
+chart_groups = [(label, []) for _, label in kinds]
 for t in PROXIES:
     if t not in rss:
         continue
-    p = rss[t].get("plain", (None, 0, 0, 0))
-    q = rss[t].get("tls", (None, 0, 0, 0))
-    md.append(f"| {t} | {fmt(p[0], 2)} | {fmt(q[0], 2)} | {p[1]:,} / {q[1]:,} | {p[3] / 1024:.1f} / {q[3] / 1024:.1f} |")
-    chart_groups[0][1].append((t, (p[0], p[0], p[0]) if p[0] is not None else None))
-    chart_groups[1][1].append((t, (q[0], q[0], q[0]) if q[0] is not None else None))
+    got = [rss[t].get(kind, (None, 0, 0, 0)) for kind, _ in kinds]
+    md.append(f"| {t} | " + " | ".join(fmt(g[0], 2) for g in got) + " | "
+              + " / ".join(f"{g[1]:,}" for g in got) + " | "
+              + " / ".join(f"{g[3] / 1024:.1f}" for g in got) + " |")
+    for group, g in zip(chart_groups, got):
+        group[1].append((t, (g[0], g[0], g[0]) if g[0] is not None else None))
 md.append("")
 md.append(bar_chart("rss-per-conn", "RSS per idle keep-alive connection", "KiB / connection", chart_groups))
 md.append("")
 pr = rss.get("proxyd", {})
-pp, pt = pr.get("plain", (None,))[0], pr.get("tls", (None,))[0]
-target_row("RSS per idle keep-alive connection ≤ 4 kB plaintext", f"{fmt(pp, 2)} KiB", None if pp is None else pp * 1.024 <= 4)
-target_row("RSS per idle keep-alive connection ≤ 16 kB TLS", f"{fmt(pt, 2)} KiB", None if pt is None else pt * 1.024 <= 16)
+pp, pt, ph = (pr.get(kind, (None,))[0] for kind, _ in kinds)
+target_row("RSS per idle keep-alive connection ≤ 2 kB plaintext", f"{fmt(pp, 2)} KiB", None if pp is None else pp * 1.024 <= 2)
+target_row("RSS per idle keep-alive connection ≤ 8 kB TLS", f"{fmt(pt, 2)} KiB", None if pt is None else pt * 1.024 <= 8)
+nh = rss.get("nginx", {}).get("h2c", (None,))[0]
+target_row("RSS per idle HTTP/2 connection ≤ nginx's", f"{fmt(ph, 2)} KiB (nginx {fmt(nh, 2)})",
+           None if ph is None or nh is None else ph <= nh)
 
 # Figure 7
 md.append("## 7. Reload → visible\n")

@@ -79,7 +79,8 @@ impl Args {
     }
 
     pub fn required<T: FromStr>(&self, name: &str) -> Result<T, String> {
-        self.get(name)?.ok_or_else(|| format!("--{name} is required"))
+        self.get(name)?
+            .ok_or_else(|| format!("--{name} is required"))
     }
 }
 

@@ -152,7 +152,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HttpConn<S> {
                 Framing::Chunked => loop {
                     let len = self.line().await?;
                     let line = &self.buf[..len];
-                    let hex = line.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
+                    let hex = line
+                        .split(|b| *b == b';')
+                        .next()
+                        .unwrap_or(b"")
+                        .trim_ascii();
                     let size = std::str::from_utf8(hex)
                         .ok()
                         .and_then(|s| u64::from_str_radix(s, 16).ok())
@@ -197,20 +201,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HttpConn<S> {
 
 /// Parses the status line and headers (`head` ends with the empty line).
 fn parse_head(head: &[u8]) -> io::Result<(u16, Framing, bool)> {
-    let mut lines = head.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = head
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let status_line = lines.next().unwrap_or(b"");
     let (http10, status) = match status_line {
-        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor, b' ', d0, d1, d2, rest @ ..]
-            if (rest.is_empty() || rest[0] == b' ')
-                && d0.is_ascii_digit()
-                && d1.is_ascii_digit()
-                && d2.is_ascii_digit() =>
+        [
+            b'H',
+            b'T',
+            b'T',
+            b'P',
+            b'/',
+            b'1',
+            b'.',
+            minor,
+            b' ',
+            d0,
+            d1,
+            d2,
+            rest @ ..,
+        ] if (rest.is_empty() || rest[0] == b' ')
+            && d0.is_ascii_digit()
+            && d1.is_ascii_digit()
+            && d2.is_ascii_digit() =>
         {
             let s = (d0 - b'0') as u16 * 100 + (d1 - b'0') as u16 * 10 + (d2 - b'0') as u16;
             (*minor == b'0', s)
         }
         _ => {
-            let shown = String::from_utf8_lossy(&status_line[..status_line.len().min(60)]).into_owned();
+            let shown =
+                String::from_utf8_lossy(&status_line[..status_line.len().min(60)]).into_owned();
             return Err(bad(format!("bad status line {shown:?}")));
         }
     };
@@ -305,7 +325,10 @@ mod tests {
     async fn until_close_and_truncated() {
         let r = read_all(b"HTTP/1.0 200 OK\r\n\r\nabcdef").await;
         let first = r[0].as_ref().expect("ok");
-        assert_eq!((first.status, first.body_bytes, first.close), (200, 6, true));
+        assert_eq!(
+            (first.status, first.body_bytes, first.close),
+            (200, 6, true)
+        );
         let r = read_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await;
         assert!(r[0].is_err());
         let r = read_all(b"garbage\r\n\r\n").await;

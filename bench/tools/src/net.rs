@@ -37,7 +37,11 @@ impl Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -46,7 +50,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -131,7 +139,8 @@ impl TlsTarget {
         if !resume {
             cfg.resumption = rustls::client::Resumption::disabled();
         }
-        let sni = ServerName::try_from(sni.to_string()).map_err(|e| format!("--sni {sni:?}: {e}"))?;
+        let sni =
+            ServerName::try_from(sni.to_string()).map_err(|e| format!("--sni {sni:?}: {e}"))?;
         Ok(TlsTarget {
             connector: TlsConnector::from(Arc::new(cfg)),
             sni,
@@ -200,7 +209,10 @@ impl ErrorLog {
         if self.total == 0 {
             return;
         }
-        eprintln!("{tool}: {} {what} failed; first kinds of error:", self.total);
+        eprintln!(
+            "{tool}: {} {what} failed; first kinds of error:",
+            self.total
+        );
         for (m, n) in &self.kinds {
             eprintln!("{tool}:   {n} x {m}");
         }

@@ -79,7 +79,9 @@ async fn node(
     // Kept alive every third of the TTL. The first request goes out with the call: etcd
     // answers (and sends the headers the call waits for) only then.
     let (keep_tx, keep_rx) = mpsc::channel(1);
-    keep_tx.send(pb::LeaseKeepAliveRequest { id: lease }).await?;
+    keep_tx
+        .send(pb::LeaseKeepAliveRequest { id: lease })
+        .await?;
     let mut keep = leases
         .lease_keep_alive(ReceiverStream::new(keep_rx))
         .await?
@@ -196,7 +198,10 @@ async fn sizes(channel: Channel, fleet: &str) -> Result<(), Error> {
             .map(|kv| kv.key.len() + kv.value.len())
             .sum::<usize>()
     };
-    let newest = versions.kvs.last().map_or(0, |kv| kv.key.len() + kv.value.len());
+    let newest = versions
+        .kvs
+        .last()
+        .map_or(0, |kv| kv.key.len() + kv.value.len());
     println!(
         "head {} version {} nodes {} node_count {} versions_kept {}",
         bytes(&head.kvs),
@@ -257,7 +262,12 @@ async fn main() {
     let (ready_tx, mut ready_rx) = mpsc::channel(count.max(1));
     for i in 0..count {
         // A connection of its own, as a host's controld has.
-        let channel = match Endpoint::from_shared(etcd.split(',').nth(i % channels.len()).unwrap_or("").to_owned()) {
+        let channel = match Endpoint::from_shared(
+            etcd.split(',')
+                .nth(i % channels.len())
+                .unwrap_or("")
+                .to_owned(),
+        ) {
             Ok(e) => e.connect_lazy(),
             Err(_) => channels[i % channels.len()].clone(),
         };

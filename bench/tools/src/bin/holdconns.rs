@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 
 const USAGE: &str = "\
 usage: holdconns --addr HOST:PORT --count N [--host HOSTHEADER] [--path /]
-                 [--tls] [--sni NAME] [--no-resume] [--concurrency 256]
+                 [--tls] [--sni NAME] [--no-resume] [--h2] [--concurrency 256]
                  [--timeout SECONDS] [--ignore-stdin]
 
 Opens N connections (TLS with --tls, trusting any certificate, ALPN http/1.1),
@@ -44,6 +44,9 @@ Exit 0 if all N succeeded, 2 if some failed, 1 on bad arguments.
   --path          request path (default /)
   --tls           TLS; --sni sets the server name (default: --host without port)
   --no-resume     no TLS session resumption (default: rustls' session cache)
+  --h2            HTTP/2 with prior knowledge (h2c; not with --tls): one GET on
+                  each connection, which then stays open answering the server's
+                  PINGs and SETTINGS
   --concurrency   connection attempts in flight at once (default 256)
   --timeout       per-connection limit for connect+handshake+response (default 10 s)
   --ignore-stdin  hold until a signal only (for stdin at /dev/null, e.g. `cmd &`)";
@@ -77,7 +80,49 @@ fn raise_nofile(need: u64) {
     }
 }
 
-async fn open_one(addr: SocketAddr, tls: Option<&TlsTarget>, req: &[u8]) -> io::Result<Stream> {
+/// A connection held open.
+enum Held {
+    Http1(Stream),
+    /// The request handle (its connection lives while it does) and the task driving the
+    /// connection, which ends when the server closes it.
+    H2c {
+        _client: h2::client::SendRequest<bytes::Bytes>,
+        driver: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// Opens an h2c connection (prior knowledge), makes one GET and reads its response.
+async fn open_h2c(addr: SocketAddr, host: &str, path: &str) -> io::Result<Held> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (client, connection) = h2::client::handshake(tcp).await.map_err(io::Error::other)?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.map_err(io::Error::other)?;
+    let request = http::Request::get(format!("http://{host}{path}"))
+        .body(())
+        .map_err(io::Error::other)?;
+    let (response, _) = client
+        .send_request(request, true)
+        .map_err(io::Error::other)?;
+    let response = response.await.map_err(io::Error::other)?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(io::Error::other)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    if !(200..400).contains(&status) {
+        return Err(io::Error::other(format!("status {status}")));
+    }
+    Ok(Held::H2c {
+        _client: client,
+        driver,
+    })
+}
+
+async fn open_one(addr: SocketAddr, tls: Option<&TlsTarget>, req: &[u8]) -> io::Result<Held> {
     let mut c = HttpConn::new(net::connect(addr, tls).await?);
     let resp = c.request(req).await?;
     if resp.close {
@@ -92,11 +137,15 @@ async fn open_one(addr: SocketAddr, tls: Option<&TlsTarget>, req: &[u8]) -> io::
         let s = resp.status;
         WARNED.call_once(|| eprintln!("holdconns: note: response status {s} (connection kept)"));
     }
-    Ok(c.into_inner())
+    Ok(Held::Http1(c.into_inner()))
 }
 
-/// Whether the peer has closed `s` (EOF or reset seen by the runtime).
-fn peer_closed(s: &Stream) -> bool {
+/// Whether the peer has closed `held` (EOF or reset seen by the runtime).
+fn peer_closed(held: &Held) -> bool {
+    let s = match held {
+        Held::Http1(s) => s,
+        Held::H2c { driver, .. } => return driver.is_finished(),
+    };
     let mut b = [0u8; 64];
     match s.tcp().try_read(&mut b) {
         Ok(0) => true,
@@ -109,8 +158,16 @@ fn peer_closed(s: &Stream) -> bool {
 fn main() {
     let args = match Args::parse(
         std::env::args().skip(1),
-        &["addr", "count", "host", "path", "sni", "concurrency", "timeout"],
-        &["tls", "no-resume", "ignore-stdin"],
+        &[
+            "addr",
+            "count",
+            "host",
+            "path",
+            "sni",
+            "concurrency",
+            "timeout",
+        ],
+        &["tls", "no-resume", "ignore-stdin", "h2"],
     ) {
         Ok(a) => a,
         Err(ParseError::Help) => {
@@ -146,6 +203,10 @@ fn main() {
     })();
     let (addr, count, conc, timeout, host, path, sni) = parsed.unwrap_or_else(|m| fail(&m));
     let tls_on = args.flag("tls");
+    let h2c = args.flag("h2");
+    if h2c && tls_on {
+        fail("--h2 is h2c (prior knowledge): not with --tls");
+    }
     let resume = !args.flag("no-resume");
     let ignore_stdin = args.flag("ignore-stdin");
 
@@ -176,15 +237,23 @@ fn main() {
             let sem = Arc::clone(&sem);
             let tls = tls.clone();
             let req = Arc::clone(&req);
+            let (host, path) = (host.clone(), path.clone());
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await.map_err(|e| io::Error::other(e.to_string()))?;
-                match tokio::time::timeout(timeout, open_one(sockaddr, tls.as_ref(), &req)).await {
+                let open = async {
+                    if h2c {
+                        open_h2c(sockaddr, &host, &path).await
+                    } else {
+                        open_one(sockaddr, tls.as_ref(), &req).await
+                    }
+                };
+                match tokio::time::timeout(timeout, open).await {
                     Ok(r) => r,
                     Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "timed out (connect, handshake or response)")),
                 }
             });
         }
-        let mut held: Vec<Stream> = Vec::with_capacity(count as usize);
+        let mut held: Vec<Held> = Vec::with_capacity(count as usize);
         let mut errs = ErrorLog::default();
         let mut interrupted = false;
         loop {

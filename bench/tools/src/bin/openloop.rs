@@ -146,7 +146,10 @@ struct SlotTimer {
 
 impl SlotTimer {
     fn new() -> io::Result<SlotTimer> {
-        let fd = timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC)?;
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
         // `with_interest` is deprecated in favour of the `unsafe` `register_with_interest`
         // because a generic `T: AsRawFd` could swap its fd while registered; an
         // `OwnedFd` that we own and never replace cannot, so the safe call is sound here
@@ -183,9 +186,15 @@ impl SlotTimer {
     }
 
     async fn wait_timerfd(&self, deadline: Instant) -> io::Result<()> {
-        let abs = self.base_ns + deadline.saturating_duration_since(self.base_instant).as_nanos() as i128;
+        let abs = self.base_ns
+            + deadline
+                .saturating_duration_since(self.base_instant)
+                .as_nanos() as i128;
         let spec = Itimerspec {
-            it_interval: Timespec { tv_sec: 0, tv_nsec: 0 },
+            it_interval: Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
             it_value: Timespec {
                 tv_sec: (abs / 1_000_000_000) as i64,
                 tv_nsec: (abs % 1_000_000_000) as _,
@@ -195,7 +204,9 @@ impl SlotTimer {
         loop {
             let mut guard = self.fd.readable().await?;
             let mut expirations = [0u8; 8];
-            match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut expirations).map_err(io::Error::from)) {
+            match guard.try_io(|fd| {
+                rustix::io::read(fd.get_ref(), &mut expirations).map_err(io::Error::from)
+            }) {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -227,11 +238,14 @@ async fn connection(plan: Arc<Plan>, id: u64, first: Stream) -> io::Result<Stats
             timer.sleep_until(intended, plan.spin).await?;
         }
         if recorded && idle {
-            st.timer_lag.record(Instant::now().saturating_duration_since(intended));
+            st.timer_lag
+                .record(Instant::now().saturating_duration_since(intended));
         }
         let res = tokio::time::timeout(plan.timeout, async {
             if conn.is_none() {
-                conn = Some(HttpConn::new(net::connect(plan.addr, plan.tls.as_ref()).await?));
+                conn = Some(HttpConn::new(
+                    net::connect(plan.addr, plan.tls.as_ref()).await?,
+                ));
             }
             match conn.as_mut() {
                 Some(c) => c.request(&plan.request).await,
@@ -240,9 +254,8 @@ async fn connection(plan: Arc<Plan>, id: u64, first: Stream) -> io::Result<Stats
         })
         .await;
         let done = Instant::now();
-        let res = res.unwrap_or_else(|_| {
-            Err(io::Error::new(io::ErrorKind::TimedOut, "request timed out"))
-        });
+        let res = res
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "request timed out")));
         match res {
             Ok(resp) => {
                 if resp.close {
@@ -279,7 +292,18 @@ fn fail(msg: &str) -> ! {
 fn main() {
     let args = match Args::parse(
         std::env::args().skip(1),
-        &["url", "host", "rate", "duration", "connections", "warmup", "threads", "timeout", "sni", "spin-us"],
+        &[
+            "url",
+            "host",
+            "rate",
+            "duration",
+            "connections",
+            "warmup",
+            "threads",
+            "timeout",
+            "sni",
+            "spin-us",
+        ],
         &["busy"],
     ) {
         Ok(a) => a,
@@ -312,7 +336,9 @@ fn main() {
         } else if let Some(r) = url.strip_prefix("https://") {
             (true, r)
         } else {
-            return Err(format!("--url {url:?}: only http:// and https:// are supported"));
+            return Err(format!(
+                "--url {url:?}: only http:// and https:// are supported"
+            ));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -321,7 +347,11 @@ fn main() {
         if authority.is_empty() {
             return Err(format!("--url {url:?}: no host"));
         }
-        let connect_to = if authority.starts_with('[') || authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        let connect_to = if authority.starts_with('[')
+            || authority
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
             authority.to_string()
         } else {
             format!("{authority}:{}", if tls { 443 } else { 80 })
@@ -338,16 +368,34 @@ fn main() {
                 h.to_string()
             }
         };
-        Ok((connect_to, path.to_string(), host, tls, sni, rate, duration, warmup, timeout, conns, threads, spin))
+        Ok((
+            connect_to,
+            path.to_string(),
+            host,
+            tls,
+            sni,
+            rate,
+            duration,
+            warmup,
+            timeout,
+            conns,
+            threads,
+            spin,
+        ))
     })();
     let (connect_to, path, host, tls, sni, rate, duration, warmup, timeout, conns, threads, spin) =
         cfg.unwrap_or_else(|m| fail(&m));
 
     let busy = args.flag("busy");
     let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
     };
     let rt = rt.unwrap_or_else(|e| fail(&format!("tokio runtime: {e}")));
 
@@ -438,7 +486,11 @@ fn main() {
         d,
         us(h.min_ns() as f64),
         stats.unsent,
-        if d > 0.0 { ((h.count() as f64 / d) * 10.0).round() / 10.0 } else { 0.0 },
+        if d > 0.0 {
+            ((h.count() as f64 / d) * 10.0).round() / 10.0
+        } else {
+            0.0
+        },
         conns,
         us(lag.quantile_ns(0.50)),
         us(lag.quantile_ns(0.99)),
