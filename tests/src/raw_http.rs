@@ -70,6 +70,17 @@ pub async fn exchange(addr: SocketAddr, raw: &[u8], half_close: bool, deadline: 
         // Keep the write half (and so the connection) open until the read is done.
         writer
     });
+    let reply = read_response(&mut reader, deadline).await;
+    write.abort();
+    reply
+}
+
+/// Reads one response from `stream`, a connection with one request outstanding (bytes after
+/// the response, which there should be none of, are dropped), until `deadline` passes.
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    deadline: Duration,
+) -> Reply {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(deadline, async {
         let mut chunk = [0u8; 16 * 1024];
@@ -77,7 +88,7 @@ pub async fn exchange(addr: SocketAddr, raw: &[u8], half_close: bool, deadline: 
             if let Some(reply) = parse_response(&buf, false) {
                 return reply;
             }
-            match reader.read(&mut chunk).await {
+            match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => {
                     return match parse_response(&buf, true) {
                         Some(reply) => reply,
@@ -90,7 +101,6 @@ pub async fn exchange(addr: SocketAddr, raw: &[u8], half_close: bool, deadline: 
         }
     })
     .await;
-    write.abort();
     read.unwrap_or_else(|_| Reply::Incomplete(String::from_utf8_lossy(&buf).into_owned()))
 }
 

@@ -17,6 +17,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use proxy_tests::raw_http::{Reply, read_response};
 use proxy_tests::tls::TestCa;
 use proxy_tests::{
     ADMIN_ON_PORT_0, HTTPS_ON_PORT_0, MockUpstream, Setup, TestEnv, eventually, metric,
@@ -32,41 +33,12 @@ fn request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n").into_bytes()
 }
 
-/// Reads one response with a Content-Length body: its head and body.
+/// Reads one response: its head and body.
 async fn response<S: AsyncRead + Unpin>(stream: &mut S) -> (String, Vec<u8>) {
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 16384];
-    let head_end = loop {
-        if let Some(at) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let n = tokio::time::timeout(proxy_tests::DEADLINE, stream.read(&mut chunk))
-            .await
-            .expect("a response in time")
-            .unwrap();
-        assert!(n > 0, "closed before a response head: {bytes:?}");
-        bytes.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&bytes[..head_end]).into_owned();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("a Content-Length in {head}"));
-    let mut body = bytes[head_end..].to_vec();
-    while body.len() < length {
-        let n = tokio::time::timeout(proxy_tests::DEADLINE, stream.read(&mut chunk))
-            .await
-            .expect("the body in time")
-            .unwrap();
-        assert!(n > 0, "closed inside the body");
-        body.extend_from_slice(&chunk[..n]);
+    match read_response(stream, proxy_tests::DEADLINE).await {
+        Reply::Response { head, body, .. } => (head, body),
+        other => panic!("no response: {other}"),
     }
-    assert_eq!(body.len(), length, "one response at a time");
-    (head, body)
 }
 
 async fn idle_count(env: &TestEnv) -> f64 {
