@@ -23,7 +23,7 @@ use http::{Request, Response, Uri, header};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 
-pub use activity::{ActiveRequest, Activity, BodyOpen};
+pub use activity::{ActiveRequest, Activity, BodyOpen, Due};
 pub use error::ProxyError;
 
 use crate::convert::Answer;

@@ -32,7 +32,7 @@ pub use crate::gate::Permit;
 use arc_swap::ArcSwap;
 
 use crate::convert::{ConnectionLimits, StaticSpec};
-use crate::http::{Activity, ClientConn, Proxy};
+use crate::http::{Activity, ClientConn, Due, Proxy};
 use crate::tls::Terminator;
 
 /// The next connection, with `TCP_NODELAY` set; `None` once `shutdown` is cancelled.
@@ -327,9 +327,18 @@ impl Connection {
                     .h2
                     .serve_connection(TokioIo::new(io), service),
             );
-            Box::pin(self.drive(connection.as_mut(), &activity, None)).await;
+            let idle_timeout = self.settings.limits.http2_idle_timeout;
+            Box::pin(self.drive(connection.as_mut(), &activity, idle_timeout, None)).await;
             return;
         }
+        // An idle HTTP/1.1 connection lives for `request_header_timeout` after its last request
+        // (or its accept), as it does in hyper, whose header timer runs while it waits, and
+        // whatever the rounds (a byte sent before the deadline starts a round whose fresh header
+        // timer must not extend it); never past `http2_idle_timeout`.
+        let idle_timeout = self
+            .settings
+            .first_bytes
+            .min(self.settings.limits.http2_idle_timeout);
         // HTTP/1.1 in rounds: a round ends when the connection has waited for its next request
         // for `PARK_AFTER`; hyper's connection (its buffers, its state) is dropped, the bytes it
         // had read and not used are kept, and the next round starts when the client sends more.
@@ -343,7 +352,8 @@ impl Connection {
             );
             let started = activity.requests_started();
             // Boxed, as the connection is: a parked connection keeps neither.
-            let round = Box::pin(self.drive(connection.as_mut(), &activity, Some(started)));
+            let round =
+                Box::pin(self.drive(connection.as_mut(), &activity, idle_timeout, Some(started)));
             if let Round::Closed = round.await {
                 return;
             }
@@ -353,13 +363,6 @@ impl Connection {
             };
             io = parts.io.into_inner().replaying(parts.read_buf);
             let _idle = metrics.connection_idle();
-            // An idle HTTP/1.1 connection lives for `request_header_timeout` after its last
-            // request, as it does in hyper (whose header timer runs while it waits), and never
-            // past `http2_idle_timeout`.
-            let idle_timeout = self
-                .settings
-                .first_bytes
-                .min(self.settings.limits.http2_idle_timeout);
             let more = tokio::select! {
                 ready = io.readable() => ready.is_ok(),
                 () = self.shutdown.cancelled() => false,
@@ -378,18 +381,20 @@ impl Connection {
         }
     }
 
-    /// Serves on `connection` until it ends, under the connection's deadlines; with `park`
-    /// (the requests started before it), until the connection may wait without hyper
-    /// ([`Activity::park_due`]).
+    /// Serves on `connection` until it ends, under the connection's deadlines (closed gracefully
+    /// after `idle_timeout` without a request); with `park` (the requests started before it),
+    /// until the connection may wait without hyper ([`Due::Park`]).
     async fn drive<C: Served + ?Sized>(
         &self,
         mut connection: Pin<&mut C>,
         activity: &Activity,
+        idle_timeout: Duration,
         park: Option<u64>,
     ) -> Round {
         let metrics = self.proxy.metrics();
         let mut closing = false;
-        let idle_timeout = self.settings.limits.http2_idle_timeout;
+        let park = park.map(|started| (PARK_AFTER, started));
+        let body_timeout = self.settings.limits.request_body_timeout;
         let send_timeout = self.settings.limits.response_send_timeout;
         let min_rate = self.settings.limits.response_min_rate;
         let result = loop {
@@ -409,15 +414,26 @@ impl Connection {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                () = activity.idle(idle_timeout), if !closing => {
-                    closing = true;
-                    metrics.timed_out("idle");
-                    tracing::debug!(client = %self.peer, timeout = ?idle_timeout, "idle connection closed");
-                    connection.as_mut().graceful_shutdown();
-                }
-                () = activity.park_due(PARK_AFTER, park.unwrap_or(0)), if !closing && park.is_some() => {
-                    return Round::Park;
-                }
+                due = activity.due(idle_timeout, park, body_timeout), if !closing => match due {
+                    Due::Idle => {
+                        metrics.timed_out("idle");
+                        tracing::debug!(client = %self.peer, timeout = ?idle_timeout, "idle connection closed");
+                        // HTTP/1.1: closed as hyper's header timer would (a request head begun
+                        // in this round must not keep it open); HTTP/2: GOAWAY.
+                        if park.is_some() {
+                            break Ok(());
+                        }
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    Due::Park => return Round::Park,
+                    // Its response is done; the rest of its body can go nowhere.
+                    Due::BodyStalled => {
+                        metrics.timed_out("request_body");
+                        tracing::debug!(client = %self.peer, timeout = ?body_timeout, "request body stalled after its response; connection closed");
+                        break Ok(());
+                    }
+                },
             }
         };
         if let Err(e) = result {

@@ -259,8 +259,9 @@ async fn responses_the_client_has_not_read_past_the_park_delay_arrive_whole() {
 }
 
 /// An upstream that answers as soon as it has a request head, before reading the body (as
-/// nginx's 401 and 413 do), then reads on; it logs every request line it sees.
-async fn early_answer_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+/// nginx's 401 and 413 do), then reads on (or, unless `read_on`, never reads nor closes again);
+/// it logs every request line it sees.
+async fn early_answer_upstream(read_on: bool) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -282,6 +283,9 @@ async fn early_answer_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>
                         let _ = stream
                             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
                             .await;
+                        if !read_on {
+                            std::future::pending::<()>().await;
+                        }
                     }
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
@@ -307,46 +311,113 @@ async fn read_for(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rest_of_a_request_body_after_its_early_response_is_never_a_request_of_its_own() {
-    let (upstream, seen) = early_answer_upstream().await;
+    let (upstream, seen) = early_answer_upstream(true).await;
     let env = TestEnv::start_with(
         ADMIN_ON_PORT_0,
         &format!("[[sites]]\nhostnames = [\"a.test\"]\nupstreams = [\"http://{upstream}\"]\n"),
     )
     .await;
     let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n";
+    let length = smuggled.len();
+    let mut chunked = format!("{length:x}\r\n").into_bytes();
+    chunked.extend_from_slice(smuggled);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    // (head, rest of the body, whether the rest reaches the upstream: after its final response
+    // hyper never tells an `Expect: 100-continue` client to send, and closes instead of reading).
+    let cases = [
+        (
+            format!("POST /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: {length}\r\n\r\n"),
+            smuggled.to_vec(),
+            true,
+        ),
+        (
+            "POST /upload HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_owned(),
+            chunked,
+            true,
+        ),
+        (
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
+            ),
+            smuggled.to_vec(),
+            false,
+        ),
+    ];
+    for (head, rest, forwarded) in &cases {
+        let mut stream = TcpStream::connect(env.http).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let (first, body) = response(&mut stream).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert_eq!(body, b"early");
+        let heads = seen.lock().unwrap().len();
+        // The upload goes on after a pause longer than the park delay: the time is the test.
+        tokio::time::sleep(PAST_PARK_DELAY).await;
+        assert_eq!(
+            idle_count(&env).await,
+            0.0,
+            "parked with a request body on its way: {head}"
+        );
+        // (A write error: proxyd closed the connection, which is fine.)
+        let _ = stream.write_all(rest).await;
+        let after = read_for(&mut stream, Duration::from_secs(1)).await;
+        assert!(
+            after.is_empty(),
+            "the rest of the body was answered as a request: {:?}; the upstream saw {:?}",
+            String::from_utf8_lossy(&after),
+            seen.lock().unwrap()
+        );
+        if *forwarded {
+            // It reached the upstream as the body it is (the upstream here reads whatever ends
+            // in a blank line as a head: with chunked framing, its first line is the chunk's
+            // size).
+            eventually("the body forwarded", || async {
+                (seen.lock().unwrap().len() > heads).then_some(())
+            })
+            .await;
+            if !head.contains("chunked") {
+                assert_eq!(
+                    seen.lock().unwrap()[heads],
+                    "GET /smuggled HTTP/1.1",
+                    "{head}"
+                );
+            }
+        }
+    }
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_stops_reading_after_answering_does_not_pin_the_client_connection() {
+    let (upstream, _) = early_answer_upstream(false).await;
+    let env = TestEnv::start_with(
+        &format!("{ADMIN_ON_PORT_0}\nrequest_body_timeout = \"2s\""),
+        &format!(
+            "[[sites]]\nhostnames = [\"a.test\"]\nupstreams = [\"http://{upstream}\"]\nbody_limit_bytes = \"1g\"\n"
+        ),
+    )
+    .await;
     let mut stream = TcpStream::connect(env.http).await.unwrap();
-    let head = format!(
-        "POST /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\n\r\n",
-        smuggled.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let (first, body) = response(&mut stream).await;
+    let head = b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000000000\r\n\r\n";
+    stream.write_all(head).await.unwrap();
+    let (first, _) = response(&mut stream).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    assert_eq!(body, b"early");
-    // The upload goes on after a pause longer than the park delay: the time is the test.
-    tokio::time::sleep(PAST_PARK_DELAY).await;
-    assert_eq!(
-        idle_count(&env).await,
-        0.0,
-        "parked with a request body on its way"
-    );
-    stream.write_all(smuggled).await.unwrap();
-    let after = read_for(&mut stream, Duration::from_secs(1)).await;
-    assert!(
-        after.is_empty(),
-        "the rest of the body was answered as a request: {:?}; the upstream saw {:?}",
-        String::from_utf8_lossy(&after),
-        seen.lock().unwrap()
-    );
-    // It reached the upstream as the body it is.
-    eventually("the body forwarded", || async {
-        (seen.lock().unwrap().len() == 2).then_some(())
+    // Upload until every buffer on the way is full: the upstream reads no more.
+    let chunk = vec![b'x'; 64 << 10];
+    while let Ok(Ok(())) =
+        tokio::time::timeout(Duration::from_millis(500), stream.write_all(&chunk)).await
+    {}
+    // The response is done and the body goes nowhere: closed after request_body_timeout.
+    let open = || async { metric(&env.metrics().await, "proxy_connections_open") };
+    eventually("the connection closed", || async {
+        (open().await == Some(0.0)).then_some(())
     })
     .await;
+    let metrics = env.metrics().await;
     assert_eq!(
-        *seen.lock().unwrap(),
-        ["POST /upload HTTP/1.1", "GET /smuggled HTTP/1.1"],
-        "the upstream reads the body's bytes, one connection"
+        metric(&metrics, "proxy_timeouts_total{kind=\"request_body\"}"),
+        Some(1.0),
+        "{metrics}"
     );
     env.stop().await;
 }
@@ -373,6 +444,35 @@ async fn an_idle_keep_alive_connection_closes_at_the_request_header_timeout() {
     assert!(
         closed >= Duration::from_millis(1900) && closed < Duration::from_secs(5),
         "closed {closed:?} after its last request, with request_header_timeout = 2s"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_byte_before_the_idle_close_does_not_extend_it() {
+    let app = MockUpstream::start("app").await;
+    let env = TestEnv::start_with(
+        &format!("{ADMIN_ON_PORT_0}\nrequest_header_timeout = \"3s\""),
+        &format!(
+            "[[sites]]\nhostnames = [\"a.test\"]\nupstreams = [\"{}\"]\n",
+            app.url()
+        ),
+    )
+    .await;
+    let mut stream = TcpStream::connect(env.http).await.unwrap();
+    stream.write_all(&request("/one")).await.unwrap();
+    response(&mut stream).await;
+    let since = Instant::now();
+    wait_idle(&env, 1.0).await;
+    // Just before the idle close: one byte starts a round of its own.
+    tokio::time::sleep(Duration::from_millis(2700).saturating_sub(since.elapsed())).await;
+    stream.write_all(b"G").await.unwrap();
+    let rest = read_for(&mut stream, Duration::from_secs(6)).await;
+    let closed = since.elapsed();
+    assert!(
+        closed < Duration::from_millis(3600),
+        "closed {closed:?} after its last request (request_header_timeout 3s); got {:?}",
+        String::from_utf8_lossy(&rest)
     );
     env.stop().await;
 }

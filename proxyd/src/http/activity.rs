@@ -17,6 +17,8 @@ pub struct Activity {
     /// Request bodies still being read from the client and forwarded: a response can end
     /// before its request's body (an upstream that answers early and reads on).
     bodies: AtomicUsize,
+    /// Milliseconds since `start` when a forwarded request body last moved.
+    body_moved_ms: AtomicU64,
     /// Requests started on the connection, ever.
     started: AtomicU64,
     /// A write to the client is blocked (the client does not read): bytes may wait in hyper's
@@ -115,6 +117,7 @@ impl Activity {
         Activity {
             active: AtomicUsize::new(0),
             bodies: AtomicUsize::new(0),
+            body_moved_ms: AtomicU64::new(0),
             started: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
@@ -176,16 +179,17 @@ impl Activity {
         if self.active.load(Ordering::Acquire) > 0 || self.bodies.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        Some(self.start.elapsed().saturating_sub(since))
+        Some(self.since(&self.idle_since_ms))
     }
 
     /// Holds the connection busy while a request body is forwarded, until it ends or is dropped.
     pub fn body_open(self: &Arc<Self>) -> BodyOpen {
         self.bodies.fetch_add(1, Ordering::AcqRel);
-        BodyOpen {
+        let open = BodyOpen {
             activity: self.clone(),
-        }
+        };
+        open.moved();
+        open
     }
 
     /// Requests started on the connection so far.
@@ -198,22 +202,61 @@ impl Activity {
         self.write_blocked.store(blocked, Ordering::Relaxed);
     }
 
-    /// Resolves once an HTTP/1.1 connection may be taken back from hyper and wait for its next
-    /// request without buffers: a request started since `started_before` (so a request head
-    /// that hyper holds half-read is not handed over again and again, each time with a fresh
-    /// header timeout), none is in progress and none has been for `after`, and nothing waits to
-    /// be written to the client.
-    pub async fn park_due(&self, after: Duration, started_before: u64) {
+    /// What the connection's deadlines call for next, once it is due (one timer for all):
+    ///
+    /// - [`Due::Idle`]: no request in progress (nor a request body) for `idle_timeout`;
+    /// - [`Due::Park`], with `park` = (delay, requests started before the round): an HTTP/1.1
+    ///   connection may be taken back from hyper and wait for its next request without buffers.
+    ///   A request started in the round (so a head hyper holds half-read is not handed over
+    ///   again and again, each time with a fresh header timeout), none in progress and none for
+    ///   the delay, no request body still forwarded (its rest would be read as a request), and
+    ///   nothing waiting to be written to the client;
+    /// - [`Due::BodyStalled`]: every response is done, but a request body still forwarded has
+    ///   not moved for `body_timeout` (an upstream that answered early and stopped reading):
+    ///   nothing else would ever end the connection.
+    pub async fn due(
+        &self,
+        idle_timeout: Duration,
+        park: Option<(Duration, u64)>,
+        body_timeout: Duration,
+    ) -> Due {
+        // While requests are in progress nothing wakes this when they end: look again at the
+        // shortest of the deadlines (1 s when parking).
+        let busy_wait = park.map_or(idle_timeout, |(after, _)| after.min(idle_timeout));
         loop {
-            self.idle(after).await;
-            if self.requests_started() > started_before
-                && !self.write_blocked.load(Ordering::Relaxed)
-                && self.idle_for().is_some_and(|idle| idle >= after)
-            {
-                return;
+            let mut wait = busy_wait.min(body_timeout);
+            if self.active.load(Ordering::Acquire) == 0 {
+                if self.bodies.load(Ordering::Acquire) > 0 {
+                    let stalled = self.since(&self.body_moved_ms);
+                    if stalled >= body_timeout {
+                        return Due::BodyStalled;
+                    }
+                    wait = body_timeout - stalled;
+                } else {
+                    let idle = self.since(&self.idle_since_ms);
+                    if idle >= idle_timeout {
+                        return Due::Idle;
+                    }
+                    wait = idle_timeout - idle;
+                    if let Some((after, started_before)) = park {
+                        let ready = self.requests_started() > started_before
+                            && !self.write_blocked.load(Ordering::Relaxed);
+                        if ready && idle >= after {
+                            return Due::Park;
+                        }
+                        // Not ready yet: look again after the delay.
+                        wait = wait.min(if ready { after - idle } else { after });
+                    }
+                }
             }
-            tokio::time::sleep(after).await;
+            tokio::time::sleep(wait).await;
         }
+    }
+
+    /// How long ago the instant in `ms` (milliseconds since `start`) was.
+    fn since(&self, ms: &AtomicU64) -> Duration {
+        let at = Duration::from_millis(ms.load(Ordering::Acquire));
+        self.start.elapsed().saturating_sub(at)
     }
 
     /// Resolves once the connection has been idle for `timeout`.
@@ -230,11 +273,22 @@ impl Activity {
 }
 
 impl Activity {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Something in progress ended now.
     fn mark_idle_since(&self) {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.idle_since_ms.store(now, Ordering::Release);
+        self.idle_since_ms.store(self.now_ms(), Ordering::Release);
     }
+}
+
+/// What [`Activity::due`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Idle,
+    Park,
+    BodyStalled,
 }
 
 impl Drop for ActiveRequest {
@@ -248,6 +302,16 @@ impl Drop for ActiveRequest {
 #[derive(Debug)]
 pub struct BodyOpen {
     activity: Arc<Activity>,
+}
+
+impl BodyOpen {
+    /// The body moved (a frame read from the client).
+    pub fn moved(&self) {
+        let activity = &self.activity;
+        activity
+            .body_moved_ms
+            .store(activity.now_ms(), Ordering::Release);
+    }
 }
 
 impl Drop for BodyOpen {

@@ -342,6 +342,9 @@ where
                 me.sleep = None;
                 me.pause_ends = None;
                 me.moved(false);
+                if let Some(open) = &me.open {
+                    open.moved();
+                }
                 if let Some(data) = frame.data_ref() {
                     me.bytes = me.bytes.saturating_add(data.len() as u64);
                 }

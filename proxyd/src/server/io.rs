@@ -247,14 +247,15 @@ impl<T> Prefixed<T> {
         }
     }
 
-    /// `read`, read from the socket and not used yet, comes first again (after what is left
-    /// of any earlier such bytes). Copied: `read` may be a view into a buffer much larger than
-    /// itself, which is given back here.
+    /// `read`, read through this and not used yet, comes first again, before what is left of
+    /// any earlier such bytes (`read` came from them, or from the socket once they were all
+    /// read). Copied: `read` may be a view into a buffer much larger than itself, which is
+    /// given back here.
     pub fn replaying(mut self, read: Bytes) -> Prefixed<T> {
         if !read.is_empty() {
-            let mut both = Vec::with_capacity(self.head.len() + read.len());
-            both.extend_from_slice(&self.head);
+            let mut both = Vec::with_capacity(read.len() + self.head.len());
             both.extend_from_slice(&read);
+            both.extend_from_slice(&self.head);
             self.head = both.into();
         }
         self
@@ -436,16 +437,29 @@ mod tests {
             write.await.is_err(),
             "the client reads nothing: the write blocks"
         );
-        let due = tokio::time::timeout(Duration::from_millis(300), activity.park_due(park, 0));
+        let never = Duration::from_secs(3600);
+        let due = tokio::time::timeout(
+            Duration::from_millis(300),
+            activity.due(never, Some((park, 0)), never),
+        );
         assert!(due.await.is_err(), "due to park while a write is blocked");
         let mut taken = [0u8; 256];
         client.read_exact(&mut taken[..64]).await.unwrap();
         io.write_all(&[7u8; 8]).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(2), activity.park_due(park, 0))
-            .await
-            .expect("due to park once the write went through");
+        let due = tokio::time::timeout(
+            Duration::from_secs(2),
+            activity.due(never, Some((park, 0)), never),
+        );
+        assert_eq!(
+            due.await.ok(),
+            Some(crate::http::Due::Park),
+            "due once the write went through"
+        );
         // No request in this round yet: not due.
-        let due = tokio::time::timeout(Duration::from_millis(100), activity.park_due(park, 1));
+        let due = tokio::time::timeout(
+            Duration::from_millis(100),
+            activity.due(never, Some((park, 1)), never),
+        );
         assert!(
             due.await.is_err(),
             "due to park before a request of its round"
