@@ -381,9 +381,10 @@ impl Connection {
         }
     }
 
-    /// Serves on `connection` until it ends, under the connection's deadlines (closed gracefully
-    /// after `idle_timeout` without a request); with `park` (the requests started before it),
-    /// until the connection may wait without hyper ([`Due::Park`]).
+    /// Serves on `connection` until it ends, under the connection's deadlines (after
+    /// `idle_timeout` without a request: HTTP/2 closed gracefully, HTTP/1.1 at once); with `park`
+    /// (HTTP/1.1: the requests started before this round), until the connection may wait
+    /// without hyper ([`Due::Park`]).
     async fn drive<C: Served + ?Sized>(
         &self,
         mut connection: Pin<&mut C>,
