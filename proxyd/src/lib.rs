@@ -18,6 +18,7 @@ mod notify;
 mod runtime;
 mod saved;
 mod server;
+mod stripes;
 mod takeover;
 mod tls;
 mod upstreams;
@@ -26,7 +27,8 @@ mod upstreams;
 #[doc(hidden)]
 pub mod contention {
     pub use crate::limits::{LimiterStore, Scope, SiteLimiter};
-    pub use crate::metrics::Latency;
+    pub use crate::metrics::{Latency, StripedCounter, StripedGauge};
+    pub use crate::stripes::Striped;
 }
 
 use std::path::PathBuf;

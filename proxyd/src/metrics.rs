@@ -117,9 +117,9 @@ type DurationFamily = Family<SiteLabels, Latency>;
 /// Every metric proxyd exports. Cheap handles (atomics behind `Arc`s) registered once.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
+    requests: Family<RequestLabels, StripedCounter>,
     duration: DurationFamily,
-    in_flight: Gauge,
+    in_flight: StripedGauge,
     rate_limited: Family<SiteLabels, Counter>,
     body_too_large: Family<SiteLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -130,8 +130,8 @@ pub struct Metrics {
     upstream_healthy: Family<UpstreamLabels, Gauge>,
     retries: Family<SiteLabels, Counter>,
     control_plane_connected: Gauge,
-    connections_open: Gauge,
-    connections_idle: Gauge,
+    connections_open: StripedGauge,
+    connections_idle: StripedGauge,
     connections_refused: Family<ReasonLabels, Counter>,
     timeouts: Family<KindLabels, Counter>,
     tls_handshakes: Family<KindLabels, Counter>,
@@ -152,7 +152,7 @@ impl Metrics {
             registry: Registry::with_prefix("proxy"),
             requests: Family::default(),
             duration: Family::default(),
-            in_flight: Gauge::default(),
+            in_flight: StripedGauge::default(),
             rate_limited: Family::default(),
             body_too_large: Family::default(),
             upstream_errors: Family::default(),
@@ -163,8 +163,8 @@ impl Metrics {
             upstream_healthy: Family::default(),
             retries: Family::default(),
             control_plane_connected: Gauge::default(),
-            connections_open: Gauge::default(),
-            connections_idle: Gauge::default(),
+            connections_open: StripedGauge::default(),
+            connections_idle: StripedGauge::default(),
             connections_refused: Family::default(),
             timeouts: Family::default(),
             tls_handshakes: Family::default(),
@@ -526,10 +526,8 @@ fn status_class_index(status: StatusCode) -> usize {
     }
 }
 
-/// Holds one request in `proxy_requests_in_flight`; dropping it takes the request out.
-#[must_use = "the request counts as in flight only while the guard lives"]
 /// Keeps a client connection counted in `proxy_connections_open` (or `_idle`).
-pub struct ConnectionOpen(Gauge);
+pub struct ConnectionOpen(StripedGauge);
 
 impl Drop for ConnectionOpen {
     fn drop(&mut self) {
@@ -537,7 +535,9 @@ impl Drop for ConnectionOpen {
     }
 }
 
-pub struct InFlight(Gauge);
+/// Holds one request in `proxy_requests_in_flight`; dropping it takes the request out.
+#[must_use = "the request counts as in flight only while the guard lives"]
+pub struct InFlight(StripedGauge);
 
 /// Keeps `guard` alive until the response body has been sent or dropped, rather than only until
 /// the response head is ready.
@@ -568,11 +568,13 @@ impl Drop for InFlight {
 
 mod latency;
 mod site;
+mod striped;
 mod totals;
 
 pub use site::SiteMetrics;
 
 pub use latency::Latency;
+pub use striped::{StripedCounter, StripedGauge};
 
 #[cfg(test)]
 mod tests;

@@ -150,7 +150,11 @@ impl Upstream {
     /// The upstream answered (any status: a 5xx is the application's answer, not a transport
     /// failure).
     pub fn succeeded(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        // Read first: a store on every request would pass the line between cores even when
+        // nothing failed.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
     }
 
     /// The exchange failed (connect error, reset, timeout). Enough failures in a row eject it

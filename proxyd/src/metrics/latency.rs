@@ -39,13 +39,9 @@ struct Counts {
     sum_micros: AtomicU64,
 }
 
-/// This thread's stripe: threads take them in turn as they first observe.
+/// This thread's stripe.
 fn stripe() -> usize {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-    }
-    STRIPE.with(|s| *s)
+    crate::stripes::thread_index() % STRIPES
 }
 
 impl Latency {

@@ -3,16 +3,17 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use prometheus_client::metrics::counter::Counter;
 
-use super::{Latency, Metrics, RequestLabels, STATUS_CLASSES, SiteLabels, status_class_index};
+use super::{
+    Latency, Metrics, RequestLabels, STATUS_CLASSES, SiteLabels, StripedCounter, status_class_index,
+};
 
 /// A site's request series, resolved once per runtime rather than looked up by label on every
 /// request (a label lookup copies the site name and hashes it). A series still appears only
 /// when first used.
 #[derive(Debug, Default)]
 pub struct SiteMetrics {
-    requests: [std::sync::OnceLock<Counter>; STATUS_CLASSES.len()],
+    requests: [std::sync::OnceLock<StripedCounter>; STATUS_CLASSES.len()],
     duration: std::sync::OnceLock<Latency>,
 }
 

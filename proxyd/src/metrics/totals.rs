@@ -2,7 +2,7 @@
 //! canary's 5xx ratio from. Counted on the request path, so striped: each thread adds to a
 //! stripe of its own (its own cache line), and a read sums the stripes.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::StatusCode;
 
@@ -22,17 +22,10 @@ pub struct Totals {
     stripes: [Stripe; STRIPES],
 }
 
-/// The next stripe handed to a thread that counts for the first time.
-static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static STRIPE: usize = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
-}
-
 impl Totals {
     /// Counts one response with `status`.
     pub fn count(&self, status: StatusCode) {
-        let index = STRIPE.with(|s| *s);
+        let index = crate::stripes::thread_index() % STRIPES;
         if let Some(stripe) = self.stripes.get(index) {
             stripe.responses.fetch_add(1, Ordering::Relaxed);
             if status.is_server_error() {

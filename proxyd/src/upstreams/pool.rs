@@ -2,9 +2,12 @@
 //! through hyper-util's generic client (which cost 15 % of the instructions of a proxied request:
 //! a boxed 3 kB response future, a SipHash pool key and six allocations; docs/benchmarks.md).
 //!
-//! - HTTP/1.1: idle connections wait in a LIFO stack (the warmest first); a connection goes back
-//!   when its response body has been read to the end, and is closed instead when the body is
-//!   dropped early, the upstream asked to close, or `max_idle_connections` wait already.
+//! - HTTP/1.1: idle connections wait in LIFO stacks (the warmest first), one per worker thread
+//!   (a stripe: threads on different cores do not take turns on one lock); a request takes from
+//!   its thread's stack first, then from the others'. A connection goes back when its response
+//!   body has been read to the end, and is closed instead when the body is dropped early, the
+//!   upstream asked to close, or `max_idle_connections` wait already in its thread's stack (per
+//!   worker thread, as nginx's `keepalive` is per worker process).
 //! - HTTP/2 (h2 over TLS, h2c with prior knowledge, or what ALPN picked with `auto`): requests
 //!   share connections up to the upstream's stream limit, more connections open when they are
 //!   full, one dial at a time ([`h2`]). A connection silent while requests wait on it is PINGed
@@ -21,6 +24,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::stripes::Striped;
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
@@ -207,7 +212,13 @@ struct Shared {
     authority: Authority,
     settings: Settings,
     breaker: Arc<Breaker>,
+    /// Idle HTTP/1.1 connections, per thread, the most recently used last.
+    http1: Striped<Mutex<IdleStack>>,
     idle: Mutex<Idle>,
+    /// Whether a task is expiring idle connections.
+    reaping: AtomicBool,
+    /// The pool was dropped: nothing comes back.
+    closed: AtomicBool,
     /// An `auto` pool's upstream picked h2 by ALPN.
     learned_h2: AtomicBool,
     /// Woken when a full HTTP/2 connection frees a stream.
@@ -216,15 +227,16 @@ struct Shared {
 
 #[derive(Default)]
 struct Idle {
-    /// Idle HTTP/1.1 connections, the most recently used last.
-    http1: Vec<(http1::SendRequest<UpstreamBody>, Instant)>,
     /// The HTTP/2 connections.
     h2: h2::Conns,
-    /// Whether a task is expiring idle connections.
-    reaping: bool,
-    /// The pool was dropped: nothing comes back.
-    closed: bool,
 }
+
+/// Idle HTTP/1.1 connections and since when they idle, the most recently used last.
+type IdleStack = Vec<(http1::SendRequest<UpstreamBody>, Instant)>;
+
+/// Stripes of idle HTTP/1.1 connections: more than the worker threads usually are, so that two
+/// rarely share one.
+const HTTP1_STRIPES: usize = 16;
 
 impl Pool {
     pub fn new(
@@ -239,7 +251,10 @@ impl Pool {
                 authority,
                 settings,
                 breaker,
+                http1: Striped::new(HTTP1_STRIPES),
                 idle: Mutex::default(),
+                reaping: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
                 learned_h2: AtomicBool::new(false),
                 freed: Arc::default(),
             }),
@@ -316,7 +331,11 @@ impl Pool {
     /// HTTP/1.1 connections waiting idle.
     #[cfg(test)]
     fn idle_count(&self) -> usize {
-        self.shared.lock().http1.len()
+        self.shared
+            .http1
+            .iter()
+            .map(|stack| lock(stack).len())
+            .sum()
     }
 
     /// The streams open on each HTTP/2 connection, oldest first.
@@ -328,16 +347,20 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let mut idle = self.shared.lock();
-        idle.closed = true;
-        idle.http1.clear();
-        idle.h2.clear();
+        let shared = &self.shared;
+        // Set before the stacks are emptied: whatever comes back after sees it under the same
+        // lock (`put_back`, `share_h2`).
+        shared.closed.store(true, Ordering::SeqCst);
+        for stack in shared.http1.iter() {
+            lock(stack).clear();
+        }
+        shared.lock().h2.clear();
     }
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Idle> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.idle)
     }
 
     /// Whether requests look for an HTTP/2 stream first: h2 and h2c pools, and `auto` pools
@@ -354,30 +377,37 @@ impl Shared {
     /// on it for the request that dialed it.
     fn share_h2(self: &Arc<Self>, conn: h2::Conn) -> h2::Stream {
         self.learned_h2.store(true, Ordering::Relaxed);
-        let mut idle = self.lock();
-        if idle.closed {
-            return h2::Conns::default().add(conn);
-        }
-        let stream = idle.h2.add(conn);
-        if idle.h2.len() > 1 {
-            self.start_reaper(&mut idle);
+        let (stream, reap) = {
+            let mut idle = self.lock();
+            if self.closed.load(Ordering::SeqCst) {
+                return h2::Conns::default().add(conn);
+            }
+            let stream = idle.h2.add(conn);
+            (stream, idle.h2.len() > 1)
+        };
+        if reap {
+            self.start_reaper();
         }
         stream
     }
 
-    fn start_reaper(self: &Arc<Self>, idle: &mut Idle) {
-        if !idle.reaping {
-            idle.reaping = true;
+    /// Starts the task that expires idle connections, unless it runs. Called after a connection
+    /// was added: the reaper looks again after it says it stops (`idle::reap`), so one of the two
+    /// sees the connection.
+    fn start_reaper(self: &Arc<Self>) {
+        if !self.reaping.load(Ordering::SeqCst) && !self.reaping.swap(true, Ordering::SeqCst) {
             tokio::spawn(reap(Arc::downgrade(self)));
         }
     }
 
-    /// The warmest idle HTTP/1.1 connection that is still open.
+    /// The warmest idle HTTP/1.1 connection that is still open: this thread's first.
     fn checkout_http1(&self) -> Option<http1::SendRequest<UpstreamBody>> {
-        let mut idle = self.lock();
-        while let Some((sender, since)) = idle.http1.pop() {
-            if sender.is_ready() && since.elapsed() < self.settings.timeouts.idle() {
-                return Some(sender);
+        for stack in self.http1.mine_first() {
+            let mut stack = lock(stack);
+            while let Some((sender, since)) = stack.pop() {
+                if sender.is_ready() && since.elapsed() < self.settings.timeouts.idle() {
+                    return Some(sender);
+                }
             }
         }
         None
@@ -407,12 +437,14 @@ impl Shared {
     }
 
     fn put_back(self: &Arc<Self>, sender: http1::SendRequest<UpstreamBody>) {
-        let mut idle = self.lock();
-        if idle.closed || idle.http1.len() >= self.settings.max_idle {
-            return;
+        {
+            let mut stack = lock(self.http1.mine());
+            if self.closed.load(Ordering::SeqCst) || stack.len() >= self.settings.max_idle {
+                return;
+            }
+            stack.push((sender, Instant::now()));
         }
-        idle.http1.push((sender, Instant::now()));
-        self.start_reaper(&mut idle);
+        self.start_reaper();
     }
 
     /// HTTP/2 carries the target as :scheme and :authority: the authority the client asked
@@ -519,6 +551,12 @@ impl Shared {
             Ok(Dialed::Http1(sender))
         }
     }
+}
+
+/// Locks `mutex`; a thread that panicked while holding it left nothing half done that matters
+/// here (a stack of connections).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

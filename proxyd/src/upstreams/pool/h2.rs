@@ -377,11 +377,14 @@ impl Shared {
 
     /// A new HTTP/2 connection joins the pool with no stream on it.
     fn keep_h2(self: &Arc<Self>, conn: Conn) {
-        let mut idle = self.lock();
-        if !idle.closed {
+        {
+            let mut idle = self.lock();
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
             idle.h2.keep(conn);
-            self.start_reaper(&mut idle);
         }
+        self.start_reaper();
     }
 }
 

@@ -2,6 +2,7 @@
 //! the reaper that closes idle ones.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -17,23 +18,15 @@ use super::{Shared, UpstreamBody, h2};
 pub(super) async fn reap(pool: Weak<Shared>) {
     loop {
         let Some(shared) = pool.upgrade() else { return };
-        let timeout = shared.settings.timeouts.idle();
-        let next = {
-            let mut idle = shared.lock();
-            let now = Instant::now();
-            idle.http1
-                .retain(|(sender, since)| !sender.is_closed() && now - *since < timeout);
-            // The oldest is the first to expire.
-            let http1 = idle.http1.first().map(|(_, since)| *since + timeout);
-            let h2 = idle
-                .h2
-                .reap(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-            match (http1, h2) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(next), None) | (None, Some(next)) => next,
-                (None, None) => {
-                    idle.reaping = false;
-                    return;
+        let next = match shared.expire_idle() {
+            Some(next) => next,
+            None => {
+                // Says it stops, then looks again: a connection that came back meanwhile was
+                // either seen here or saw `reaping` false and started another reaper.
+                shared.reaping.store(false, Ordering::SeqCst);
+                match shared.expire_idle() {
+                    Some(next) if !shared.reaping.swap(true, Ordering::SeqCst) => next,
+                    _ => return,
                 }
             }
         };
@@ -43,6 +36,33 @@ pub(super) async fn reap(pool: Weak<Shared>) {
         tokio::select! {
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
             () = timeouts.changed.notified() => {}
+        }
+    }
+}
+
+impl Shared {
+    /// Closes the idle connections that timed out or that the upstream closed; when the next
+    /// one is due, if any is left.
+    fn expire_idle(&self) -> Option<Instant> {
+        let timeout = self.settings.timeouts.idle();
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for stack in self.http1.iter() {
+            let mut stack = super::lock(stack);
+            stack.retain(|(sender, since)| !sender.is_closed() && now - *since < timeout);
+            // The oldest is the first to expire.
+            if let Some((_, since)) = stack.first() {
+                let due = *since + timeout;
+                next = Some(next.map_or(due, |next| next.min(due)));
+            }
+        }
+        let h2 = self
+            .lock()
+            .h2
+            .reap(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        match (next, h2) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }

@@ -100,6 +100,33 @@ async fn a_connection_read_to_the_end_is_reused_and_expires_after_the_idle_timeo
 }
 
 #[tokio::test]
+async fn a_thread_with_no_idle_connection_of_its_own_takes_another_thread_s() {
+    let (authority, accepted) = upstream(None).await;
+    let pool = Arc::new(pool(authority, Duration::from_secs(60)));
+    assert_eq!(get(&pool).await.unwrap(), "ok");
+    eventually("the connection to come back", || pool.idle_count() == 1).await;
+    // Another thread (a runtime of its own) takes it from this thread's stack, and gives it
+    // back to its own; this thread then takes it back from there. One connection throughout.
+    let theirs = pool.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let answer = get(&theirs).await.unwrap();
+            eventually("the connection to come back", || theirs.idle_count() == 1).await;
+            answer
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer, "ok");
+    assert_eq!(get(&pool).await.unwrap(), "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
+}
+
+#[tokio::test]
 async fn a_shorter_idle_timeout_set_by_a_snapshot_applies_to_the_connections_already_idle() {
     let (authority, accepted) = upstream(None).await;
     let timeouts = Arc::new(Timeouts::new(
