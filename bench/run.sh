@@ -191,14 +191,20 @@ print(max(500, min(5000, int(low * 0.4) // 500 * 500)))
 PY
 )
 log "open-loop rate: $RATE req/s"
+# Each round runs every target in LAT_SECS / LAT_SEGMENT segments, the targets' segments
+# interleaved, and the report merges a target's segments (their histograms): the direct run and
+# the proxies' then share the same stretch of time, and what else the machine does in it.
+LAT_SEGMENT=2
 for r in $(seq 1 "$ROUNDS"); do
-    for t in $(rotate "$r" direct "${PROXIES[@]}"); do
-        line=$(on "$LOADGEN_CPU" "$OPENLOOP" --url "$(url_h1 "$t" 12)" --host bench.test --rate "$RATE" \
-            --duration "$LAT_SECS" --connections 16 2>"$WORK/openloop.err") \
-            || { cat "$WORK/openloop.err" >&2; die "openloop failed against $t"; }
-        python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(fig="latency", mode="pinned", round=int(sys.argv[2]), target=sys.argv[3], rate=int(sys.argv[4])); print(json.dumps(d))' \
-            "$line" "$r" "$t" "$RATE" >>"$RESULTS/results.jsonl"
-        log "latency round $r $t: $line"
+    for s in $(seq 1 $(((LAT_SECS + LAT_SEGMENT - 1) / LAT_SEGMENT))); do
+        for t in $(rotate "$((r + s))" direct "${PROXIES[@]}"); do
+            line=$(on "$LOADGEN_CPU" "$OPENLOOP" --url "$(url_h1 "$t" 12)" --host bench.test --rate "$RATE" \
+                --warmup 0.5 --duration "$LAT_SEGMENT" --connections 16 2>"$WORK/openloop.err") \
+                || { cat "$WORK/openloop.err" >&2; die "openloop failed against $t"; }
+            python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(fig="latency", mode="pinned", round=int(sys.argv[2]), segment=int(sys.argv[3]), target=sys.argv[4], rate=int(sys.argv[5])); print(json.dumps(d))' \
+                "$line" "$r" "$s" "$t" "$RATE" >>"$RESULTS/results.jsonl"
+            log "latency round $r segment $s $t: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print({k: d[k] for k in ("p50_us", "p99_us", "errors")})' "$line")"
+        done
     done
 done
 

@@ -14,6 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import charts  # noqa: E402 (beside this file)
+import hist  # noqa: E402
 
 TARGETS = charts.TARGETS
 PROXIES = TARGETS[1:]
@@ -196,14 +197,17 @@ target_row("CPU per request ≤ nginx's (12 B)", f"{fmt(c, 2)} µs, {ratio(cn)} 
 lat = sel(fig="latency", mode="pinned")
 rate = lat[0]["rate"] if lat else None
 md.append("## 3. Added latency at a fixed rate (open loop)\n")
-md.append(f"`openloop --rate {rate} --connections 16 --duration {meta['latency_seconds']}` (12 B, "
-          "HTTP/1.1 keep-alive; latency from each request's scheduled start, so queueing counts). "
-          "The rate is 40 % of the slowest peer's 12 B figure-1 median (at most 5000/s), below every "
-          "peer's maximum. Added latency = the proxy's percentile − direct's, within the round; "
-          "median (min–max) over rounds, µs.\n")
+segments = max(1, len(lat) // max(1, len({(r["round"], r["target"]) for r in lat})))
+md.append(f"`openloop --rate {rate} --connections 16` (12 B, HTTP/1.1 keep-alive; latency from "
+          "each request's scheduled start, so queueing counts), "
+          f"{meta['latency_seconds']} s per target and round in {segments} segment(s), the targets' "
+          "segments interleaved; a round's percentiles are over its merged segments, so that "
+          "whatever else the machine did in that time weighs on every target alike. The rate is 40 % "
+          "of the slowest peer's 12 B figure-1 median (at most 5000/s), below every peer's maximum. "
+          "Added latency = the proxy's percentile − direct's, within the round; median (min–max) "
+          "over rounds, µs.\n")
 md.append("| target | p50 µs | p99 µs | added p50 µs | added p99 µs | errors |\n|---|---:|---:|---:|---:|---:|")
-p50 = by_round(lat, lambda r: r["p50_us"])
-p99 = by_round(lat, lambda r: r["p99_us"])
+p50, p99 = hist.percentiles_by_round(lat)
 # A round whose direct p99 is off its median by more than half is dropped (p99 is noisier
 # than throughput; only with 3 rounds or more), for both percentiles.
 _, dropped = kept_rounds(p99, "direct", 0.5)

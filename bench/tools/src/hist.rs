@@ -114,6 +114,19 @@ impl Hist {
         self.max_ns as f64
     }
 
+    /// The non-empty buckets as `[index, count]` pairs, for a report that merges runs (bucket
+    /// `i` spans what `bucket(i)` says; `bench/lib/report.py` has the same mapping).
+    pub fn sparse_json(&self) -> String {
+        let pairs: Vec<String> = self
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| format!("[{i},{c}]"))
+            .collect();
+        format!("[{}]", pairs.join(","))
+    }
+
     pub fn max_ns(&self) -> u64 {
         if self.n == 0 { 0 } else { self.max_ns }
     }

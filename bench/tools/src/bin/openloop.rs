@@ -76,7 +76,9 @@ Open-loop HTTP/1.1 keep-alive GET load: R requests per second in total on C
 connections (connection i sends slots i, i+C, ...). Latency is measured from
 each request's scheduled time to the end of its response. Prints one JSON line:
 {\"sent\",\"ok\",\"errors\",\"non2xx\",\"p50_us\",\"p90_us\",\"p99_us\",\"p999_us\",
- \"max_us\",\"mean_us\",\"rate\",\"duration_s\", ...}
+ \"max_us\",\"mean_us\",\"rate\",\"duration_s\", ..., \"hist\"}: hist is the
+latency histogram's non-empty buckets as [index, count] pairs (see hist.rs),
+so that a report can merge runs.
 
   --url          target; https:// trusts any certificate
   --host         Host header (default: the URL's host[:port])
@@ -471,7 +473,7 @@ fn main() {
     let lag = &stats.timer_lag;
     let d = duration.as_secs_f64();
     println!(
-        "{{\"sent\":{},\"ok\":{},\"errors\":{},\"non2xx\":{},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"mean_us\":{},\"rate\":{},\"duration_s\":{},\"min_us\":{},\"unsent\":{},\"achieved_rps\":{},\"connections\":{},\"timer_lag_p50_us\":{},\"timer_lag_p99_us\":{},\"timer_lag_max_us\":{}}}",
+        "{{\"sent\":{},\"ok\":{},\"errors\":{},\"non2xx\":{},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"mean_us\":{},\"rate\":{},\"duration_s\":{},\"min_us\":{},\"unsent\":{},\"achieved_rps\":{},\"connections\":{},\"timer_lag_p50_us\":{},\"timer_lag_p99_us\":{},\"timer_lag_max_us\":{},\"min_ns\":{},\"max_ns\":{},\"hist\":{}}}",
         stats.sent,
         stats.ok,
         stats.errors,
@@ -495,5 +497,8 @@ fn main() {
         us(lag.quantile_ns(0.50)),
         us(lag.quantile_ns(0.99)),
         us(lag.max_ns() as f64),
+        h.min_ns(),
+        h.max_ns(),
+        h.sparse_json(),
     );
 }
