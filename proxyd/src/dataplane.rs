@@ -78,6 +78,8 @@ pub struct DataPlane {
     handover: Mutex<HandoverState>,
     /// The sockets systemd passed (socket activation), for every snapshot.
     activation: Activation,
+    /// The serving threads' runtimes besides this one's ([`crate::Shards`]).
+    shards: Vec<tokio::runtime::Handle>,
 }
 
 /// Sockets and snapshot for a hand-over ([`crate::takeover`]).
@@ -161,6 +163,7 @@ impl DataPlane {
         abort: CancellationToken,
         log_level_hook: Option<LogLevelHook>,
         activation: Activation,
+        shards: Vec<tokio::runtime::Handle>,
     ) -> DataPlane {
         let challenges = Arc::<ArcSwap<crate::convert::Challenges>>::default();
         let runtime = Arc::new(ArcSwap::from_pointee(
@@ -187,6 +190,7 @@ impl DataPlane {
             started_at: std::time::SystemTime::now(),
             handover: Mutex::default(),
             activation,
+            shards,
         }
     }
 
@@ -429,6 +433,7 @@ impl DataPlane {
                         self.shutdown.clone(),
                         self.abort.clone(),
                         self.servers.clone(),
+                        self.shards.clone(),
                     )))
                     .clone(),
             }

@@ -18,6 +18,7 @@ mod notify;
 mod runtime;
 mod saved;
 mod server;
+mod shards;
 mod stripes;
 mod takeover;
 mod tls;
@@ -38,6 +39,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use activation::Activation;
+pub use shards::Shards;
 pub use control::{Identity, backoff};
 pub use dataplane::LogLevelHook;
 
@@ -73,6 +75,9 @@ pub struct Options {
     /// The sockets systemd passed ([`Activation::from_env`]); listeners take them instead of
     /// binding.
     pub activation: Activation,
+    /// The runtimes of the serving threads besides the one `run` runs on ([`Shards`]): each
+    /// accepts on every listener too.
+    pub shards: Vec<tokio::runtime::Handle>,
 }
 
 impl Options {
@@ -92,6 +97,7 @@ impl Options {
             failed: Arc::default(),
             handed_over: Arc::default(),
             activation: Activation::default(),
+            shards: Vec::new(),
         }
     }
 }
@@ -108,6 +114,7 @@ pub async fn run(mut options: Options, shutdown: CancellationToken) {
         options.fast_stop.clone(),
         options.log_level_hook.clone(),
         std::mem::take(&mut options.activation),
+        std::mem::take(&mut options.shards),
     ));
     let eviction = tokio::spawn(
         plane

@@ -92,6 +92,9 @@ pub struct Serving {
     pub shutdown: CancellationToken,
     pub abort: CancellationToken,
     pub servers: TaskTracker,
+    /// The other serving threads' runtimes: each runs an accept loop of its own on every
+    /// listener ([`crate::Shards`]).
+    pub shards: Vec<tokio::runtime::Handle>,
 }
 
 impl Serving {
@@ -102,6 +105,7 @@ impl Serving {
         shutdown: CancellationToken,
         abort: CancellationToken,
         servers: TaskTracker,
+        shards: Vec<tokio::runtime::Handle>,
     ) -> Serving {
         Serving {
             proxy,
@@ -111,6 +115,7 @@ impl Serving {
             shutdown,
             abort,
             servers,
+            shards,
         }
     }
 
@@ -226,16 +231,35 @@ impl Listeners {
         for s in plan.start {
             let stop = serving.shutdown.child_token();
             tracing::info!(listener = %s.name, address = %s.local, tls = s.tls, "listening");
-            serving.servers.spawn(crate::server::serve(
-                s.name.clone(),
-                s.listener,
-                serving.proxy.clone(),
-                serving.settings.clone(),
-                serving.gate.clone(),
-                tls.clone().filter(|_| s.tls),
-                stop.clone(),
-                serving.abort.clone(),
-            ));
+            let ctx = crate::server::Listening {
+                name: s.name.clone(),
+                proxy: serving.proxy.clone(),
+                settings: serving.settings.clone(),
+                gate: serving.gate.clone(),
+                tls: tls.clone().filter(|_| s.tls),
+                shutdown: stop.clone(),
+                abort: serving.abort.clone(),
+            };
+            // One accept loop here and one on each other serving thread, on duplicates of the
+            // socket; they spread the connections between them.
+            let mut places = crate::server::Spread::places(1 + serving.shards.len()).into_iter();
+            let Some(here) = places.next() else { continue };
+            for (shard, place) in serving.shards.iter().zip(places) {
+                // Registered with the shard's own epoll in its runtime (`serve_std`).
+                let socket = match socket2::SockRef::from(&s.listener).try_clone() {
+                    Ok(socket) => std::net::TcpListener::from(socket),
+                    Err(e) => {
+                        tracing::warn!(listener = %s.name, error = %e, "cannot duplicate the listening socket for a serving thread; the others accept for it");
+                        continue;
+                    }
+                };
+                serving
+                    .servers
+                    .spawn_on(crate::server::serve_std(ctx.clone(), socket, place), shard);
+            }
+            serving
+                .servers
+                .spawn(crate::server::serve(ctx, s.listener, here));
             running.insert(
                 s.name,
                 Running {

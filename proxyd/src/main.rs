@@ -88,19 +88,22 @@ fn main() -> ExitCode {
     let threads = cli.worker_threads.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    // One thread: tokio's current-thread scheduler, which serves on the main thread itself and
-    // so never wakes a second one; more: the work-stealing multi-thread scheduler.
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(threads);
-        builder
-    };
-    let runtime = match builder.enable_all().build() {
+    // One runtime per thread, tokio's current-thread scheduler: the main thread's, and one on
+    // each other serving thread (`shards.rs`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("proxyd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shards = match proxyd::Shards::start(threads.saturating_sub(1)) {
+        Ok(shards) => shards,
+        Err(e) => {
+            eprintln!("proxyd: cannot start the serving threads: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
     options.takeover = cli.takeover;
     options.worker = cli.worker;
     options.activation = activation;
+    options.shards = shards.handles();
     let failed = options.failed.clone();
     let handed_over = options.handed_over.clone();
     let fast_stop = options.fast_stop.clone();
@@ -123,6 +127,9 @@ fn main() -> ExitCode {
         tokio::spawn(signals(shutdown.clone(), fast_stop, signalled.clone()));
         proxyd::run(options, shutdown).await;
     });
+    // Drained: what is left on the serving threads is dropped with them.
+    drop(runtime);
+    shards.stop();
     if failed.load(std::sync::atomic::Ordering::Relaxed) {
         return ExitCode::FAILURE;
     }

@@ -12,6 +12,7 @@
 //! TCP keepalive.
 
 mod io;
+mod spread;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::gate::Permit;
+pub use spread::{Place, Spread};
+use spread::{Given, Handoff};
 
 use arc_swap::ArcSwap;
 
@@ -69,25 +72,45 @@ pub async fn accept(
     }
 }
 
+/// What every accept loop of one listener shares.
+#[derive(Clone)]
+pub struct Listening {
+    pub name: String,
+    pub proxy: Arc<Proxy>,
+    /// The per-connection settings of the snapshot serving now.
+    pub settings: Arc<ArcSwap<Settings>>,
+    /// The connection caps, one for every listener.
+    pub gate: Arc<Gate>,
+    /// On TLS listeners.
+    pub tls: Option<Arc<Terminator>>,
+    /// Cancelled to stop accepting; the connections then drain.
+    pub shutdown: CancellationToken,
+    /// A fast stop: cuts the drain short.
+    pub abort: CancellationToken,
+}
+
 /// Serves `listener` until `shutdown`, then stops accepting, lets in-flight requests finish
 /// (keep-alive off, HTTP/2 GOAWAY) for up to the drain deadline in force then, and drops what
 /// is left; `abort` (a fast stop) cuts the drain short. With `tls`, every connection starts
 /// with a TLS handshake. Each connection is served under the `settings` current at its accept.
-/// Connections of every listener count against one `gate`.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the listener's whole context, passed once"
-)]
-pub async fn serve(
-    name: String,
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    settings: Arc<ArcSwap<Settings>>,
-    gate: Arc<Gate>,
-    tls: Option<Arc<Terminator>>,
-    shutdown: CancellationToken,
-    abort: CancellationToken,
-) {
+/// Connections of every listener count against one `gate`. With several serving threads, this
+/// is one of the listener's accept loops (`place`): it serves the connections it accepts and
+/// those handed to it, and hands some of its own to the others ([`spread`]).
+pub async fn serve(ctx: Listening, listener: TcpListener, place: Place) {
+    let Listening {
+        name,
+        proxy,
+        settings,
+        gate,
+        tls,
+        shutdown,
+        abort,
+    } = ctx;
+    let Place {
+        spread,
+        me,
+        mut inbox,
+    } = place;
     let connections = TaskTracker::new();
     // Cancelled when the drain deadline passes: drops every connection still open.
     let hard_stop = CancellationToken::new();
@@ -95,7 +118,36 @@ pub async fn serve(
     // again on the listener when a snapshot changes it.
     let mut keepalive = settings.load().limits.tcp_keepalive;
     set_keepalive(socket2::SockRef::from(&listener), keepalive, &name);
-    while let Some((stream, peer)) = accept(&listener, &name, &shutdown).await {
+    let serve = |stream: TcpStream, peer: SocketAddr, permit: Permit, current: Arc<Settings>| {
+        let connection = Connection {
+            permit: Arc::new(permit),
+            peer,
+            proxy: proxy.clone(),
+            settings: current,
+            shutdown: shutdown.clone(),
+        };
+        let given = Given::new(spread.clone(), me);
+        let (tls, hard_stop) = (tls.clone(), hard_stop.clone());
+        // Tracked from the accept, so that a drain waits for a handshake in progress too.
+        connections.spawn(async move {
+            let _given = given;
+            tokio::select! {
+                () = connection.run(stream, tls) => {}
+                () = hard_stop.cancelled() => {}
+            }
+        });
+    };
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = accept(&listener, &name, &shutdown) => match accepted {
+                Some(accepted) => accepted,
+                None => break,
+            },
+            Some(handoff) = inbox.recv() => {
+                adopt(handoff, &name, &spread, me, &settings, &serve);
+                continue;
+            }
+        };
         let current = settings.load_full();
         if current.limits.tcp_keepalive != keepalive {
             keepalive = current.limits.tcp_keepalive;
@@ -109,23 +161,38 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let connection = Connection {
-            permit: Arc::new(permit),
-            peer,
-            proxy: proxy.clone(),
-            settings: current,
-            shutdown: shutdown.clone(),
-        };
-        let (tls, hard_stop) = (tls.clone(), hard_stop.clone());
-        // Tracked from the accept, so that a drain waits for a handshake in progress too.
-        connections.spawn(async move {
-            tokio::select! {
-                () = connection.run(stream, tls) => {}
-                () = hard_stop.cancelled() => {}
+        let to = spread.pick(me);
+        if to == me {
+            serve(stream, peer, permit, current);
+            continue;
+        }
+        // Out of this runtime's epoll, into the other loop's inbox (counted on it already).
+        match stream.into_std() {
+            Ok(stream) => {
+                let handoff = Handoff {
+                    stream,
+                    peer,
+                    permit,
+                };
+                if let Err(handoff) = spread.send(to, handoff) {
+                    // That loop has stopped: this one serves it.
+                    spread.done(to);
+                    spread.take(me);
+                    adopt(handoff, &name, &spread, me, &settings, &serve);
+                }
             }
-        });
+            Err(e) => {
+                spread.done(to);
+                tracing::warn!(listener = %name, client = %peer, error = %e, "cannot hand a connection to another serving thread; closed");
+            }
+        }
     }
     drop(listener);
+    // Connections handed over before this loop stopped are served (and drain) here.
+    inbox.close();
+    while let Ok(handoff) = inbox.try_recv() {
+        adopt(handoff, &name, &spread, me, &settings, &serve);
+    }
     connections.close();
     let drain_timeout = settings.load().shutdown_timeout;
     tracing::info!(listener = %name, "stopped accepting; draining connections");
@@ -136,6 +203,41 @@ pub async fn serve(
         () = abort.cancelled() => tracing::warn!(listener = %name, "fast stop: closing every connection"),
     }
     hard_stop.cancel();
+}
+
+/// Serves a connection another accept loop handed to this one (already counted on it), once
+/// its socket is registered with this runtime.
+fn adopt(
+    handoff: Handoff,
+    name: &str,
+    spread: &Spread,
+    me: usize,
+    settings: &ArcSwap<Settings>,
+    serve: &impl Fn(TcpStream, SocketAddr, Permit, Arc<Settings>),
+) {
+    let Handoff {
+        stream,
+        peer,
+        permit,
+    } = handoff;
+    match TcpStream::from_std(stream) {
+        Ok(stream) => serve(stream, peer, permit, settings.load_full()),
+        Err(e) => {
+            spread.done(me);
+            tracing::warn!(listener = %name, client = %peer, error = %e, "cannot take a connection from another serving thread; closed");
+        }
+    }
+}
+
+/// [`serve`] on a listening socket not registered with a runtime yet: the runtime this runs on
+/// takes it (a serving thread's, [`crate::Shards`]).
+pub async fn serve_std(ctx: Listening, listener: std::net::TcpListener, place: Place) {
+    match TcpListener::from_std(listener) {
+        Ok(listener) => serve(ctx, listener, place).await,
+        Err(e) => {
+            tracing::warn!(listener = %ctx.name, error = %e, "a serving thread cannot accept on the listening socket; the others accept for it");
+        }
+    }
 }
 
 pub use crate::gate::Gate;
