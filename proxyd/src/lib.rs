@@ -39,9 +39,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use activation::Activation;
-pub use shards::Shards;
 pub use control::{Identity, backoff};
 pub use dataplane::LogLevelHook;
+pub use shards::Shards;
 
 /// How often idle clients are dropped from the rate limiters.
 const LIMITER_EVICTION_INTERVAL: Duration = Duration::from_secs(60);

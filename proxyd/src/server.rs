@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::gate::Permit;
-pub use spread::{Place, Spread};
 use spread::{Given, Handoff};
+pub use spread::{Place, Spread};
 
 use arc_swap::ArcSwap;
 

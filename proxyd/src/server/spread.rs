@@ -62,7 +62,11 @@ impl Spread {
     /// The loop that takes the next connection accepted by `me`, counted as given to it: the
     /// one given the fewest, `me` on a tie.
     pub fn pick(&self, me: usize) -> usize {
-        let count = |i: usize| self.given.get(i).map_or(usize::MAX, |c| c.0.load(Ordering::Relaxed));
+        let count = |i: usize| {
+            self.given
+                .get(i)
+                .map_or(usize::MAX, |c| c.0.load(Ordering::Relaxed))
+        };
         let mut best = me;
         for i in 0..self.given.len() {
             if count(i) < count(best) {
@@ -138,6 +142,9 @@ mod tests {
     fn one_loop_keeps_everything() {
         let places = Spread::places(1);
         assert_eq!(places.len(), 1);
-        assert_eq!((0..3).map(|_| places[0].spread.pick(0)).collect::<Vec<_>>(), [0, 0, 0]);
+        assert_eq!(
+            (0..3).map(|_| places[0].spread.pick(0)).collect::<Vec<_>>(),
+            [0, 0, 0]
+        );
     }
 }
