@@ -118,13 +118,17 @@ pub async fn serve(ctx: Listening, listener: TcpListener, place: Place) {
     // again on the listener when a snapshot changes it.
     let mut keepalive = settings.load().limits.tcp_keepalive;
     set_keepalive(socket2::SockRef::from(&listener), keepalive, &name);
+    // This loop's connections wait on a token of their own: every wake of a connection's task
+    // polls it, which locks the token's waiter list, and one token for every thread's
+    // connections would pass that lock between cores.
+    let connections_stop = shutdown.child_token();
     let serve = |stream: TcpStream, peer: SocketAddr, permit: Permit, current: Arc<Settings>| {
         let connection = Connection {
             permit: Arc::new(permit),
             peer,
             proxy: proxy.clone(),
             settings: current,
-            shutdown: shutdown.clone(),
+            shutdown: connections_stop.clone(),
         };
         let given = Given::new(spread.clone(), me);
         let (tls, hard_stop) = (tls.clone(), hard_stop.clone());
