@@ -6,6 +6,7 @@ target's segments gives percentiles over the same stretch of time for every targ
 what else the machine does in that time weighs on the direct run as on the proxies'.
 """
 
+import math
 import statistics
 
 SUB = 128  # buckets per power of two
@@ -33,8 +34,14 @@ def quantile_us(counts, n, lo, hi, q):
         if seen >= rank:
             low, width = bucket(i)
             mid = low + (width - 1) / 2
-            return round(min(max(mid, lo), hi) / 1000, 1)
-    return round(hi / 1000, 1)
+            return tenths(min(max(mid, lo), hi))
+    return tenths(hi)
+
+
+def tenths(ns):
+    """ns in µs rounded to 0.1, as openloop computes its own figures ((ns / 100).round() / 10:
+    halves away from zero, not to even as Python's round)."""
+    return math.floor(ns / 100 + 0.5) / 10
 
 
 def percentiles_by_round(rows, qs=(0.50, 0.99)):

@@ -41,7 +41,10 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    while let Some((stream, peer)) = crate::server::accept(&listener, "admin", &stop).await {
+    let mut failures = 0;
+    while let Some((stream, peer)) =
+        crate::server::accept(&listener, "admin", &stop, &mut failures).await
+    {
         let state = state.clone();
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let response = answer(req.method(), req.uri().path(), &state);

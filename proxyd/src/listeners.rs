@@ -83,6 +83,12 @@ impl Plan {
     }
 }
 
+/// Serving threads that accept on each listener (the main one included); the others serve the
+/// connections these hand them. Every accepting thread is woken by every new connection (each
+/// has the socket in its own epoll, and tokio registers it without `EPOLLEXCLUSIVE`), and all
+/// but one find nothing to accept.
+const ACCEPTING_THREADS: usize = 4;
+
 /// What every accept loop shares, from the first snapshot on.
 pub struct Serving {
     pub proxy: Arc<Proxy>,
@@ -240,11 +246,19 @@ impl Listeners {
                 shutdown: stop.clone(),
                 abort: serving.abort.clone(),
             };
-            // One accept loop here and one on each other serving thread, on duplicates of the
-            // socket; they spread the connections between them.
+            // An accept loop here and one on each other serving thread; they spread the
+            // connections between them. Every loop that accepts (on a duplicate of the socket,
+            // in its own epoll) is woken by every new connection: past `ACCEPTING_THREADS`,
+            // the threads serve only what the others hand them.
             let mut places = crate::server::Spread::places(1 + serving.shards.len()).into_iter();
             let Some(here) = places.next() else { continue };
-            for (shard, place) in serving.shards.iter().zip(places) {
+            for (i, (shard, place)) in serving.shards.iter().zip(places).enumerate() {
+                if i + 1 >= ACCEPTING_THREADS {
+                    serving
+                        .servers
+                        .spawn_on(crate::server::serve(ctx.clone(), None, place), shard);
+                    continue;
+                }
                 // Registered with the shard's own epoll in its runtime (`serve_std`).
                 let socket = match socket2::SockRef::from(&s.listener).try_clone() {
                     Ok(socket) => std::net::TcpListener::from(socket),
@@ -259,7 +273,7 @@ impl Listeners {
             }
             serving
                 .servers
-                .spawn(crate::server::serve(ctx, s.listener, here));
+                .spawn(crate::server::serve(ctx, Some(s.listener), here));
             running.insert(
                 s.name,
                 Running {

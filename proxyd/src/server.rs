@@ -39,13 +39,14 @@ use crate::http::{Activity, ClientConn, Due, Proxy};
 use crate::tls::Terminator;
 
 /// The next connection, with `TCP_NODELAY` set; `None` once `shutdown` is cancelled.
+/// `failures`: accept failures in a row, logged at the first, then once a second with how many
+/// there were (the caller keeps it, so that a wait cut short does not start the count again).
 pub async fn accept(
     listener: &TcpListener,
     name: &str,
     shutdown: &CancellationToken,
+    failures: &mut u64,
 ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    // Failures in a row: logged at the first, then once a second with how many there were.
-    let mut failures = 0u64;
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return None,
@@ -53,16 +54,17 @@ pub async fn accept(
         };
         match accepted {
             Ok((stream, peer)) => {
-                if failures > 1 {
+                if *failures > 1 {
                     tracing::info!(listener = %name, failures, "accepting again");
                 }
+                *failures = 0;
                 let _ = stream.set_nodelay(true);
                 return Some((stream, peer));
             }
             Err(e) => {
-                failures += 1;
+                *failures += 1;
                 // 20 a second while it lasts (the back-off below): one line a second.
-                if failures % 20 == 1 {
+                if *failures % 20 == 1 {
                     tracing::warn!(listener = %name, error = %e, failures, "accept failed");
                 }
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -95,8 +97,9 @@ pub struct Listening {
 /// with a TLS handshake. Each connection is served under the `settings` current at its accept.
 /// Connections of every listener count against one `gate`. With several serving threads, this
 /// is one of the listener's accept loops (`place`): it serves the connections it accepts and
-/// those handed to it, and hands some of its own to the others ([`spread`]).
-pub async fn serve(ctx: Listening, listener: TcpListener, place: Place) {
+/// those handed to it, and hands some of its own to the others ([`spread`]). Without a
+/// `listener`, it serves only what the others hand it.
+pub async fn serve(ctx: Listening, listener: Option<TcpListener>, place: Place) {
     let Listening {
         name,
         proxy,
@@ -117,7 +120,10 @@ pub async fn serve(ctx: Listening, listener: TcpListener, place: Place) {
     // Accepted sockets inherit keepalive from the listener (Linux copies the options); set
     // again on the listener when a snapshot changes it.
     let mut keepalive = settings.load().limits.tcp_keepalive;
-    set_keepalive(socket2::SockRef::from(&listener), keepalive, &name);
+    if let Some(listener) = &listener {
+        set_keepalive(socket2::SockRef::from(listener), keepalive, &name);
+    }
+    let mut failures = 0;
     // This loop's connections wait on a token of their own: every wake of a connection's task
     // polls it, which locks the token's waiter list, and one token for every thread's
     // connections would pass that lock between cores.
@@ -142,8 +148,17 @@ pub async fn serve(ctx: Listening, listener: TcpListener, place: Place) {
         });
     };
     loop {
+        let next = async {
+            match &listener {
+                Some(listener) => accept(listener, &name, &shutdown, &mut failures).await,
+                None => {
+                    shutdown.cancelled().await;
+                    None
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
-            accepted = accept(&listener, &name, &shutdown) => match accepted {
+            accepted = next => match accepted {
                 Some(accepted) => accepted,
                 None => break,
             },
@@ -155,7 +170,9 @@ pub async fn serve(ctx: Listening, listener: TcpListener, place: Place) {
         let current = settings.load_full();
         if current.limits.tcp_keepalive != keepalive {
             keepalive = current.limits.tcp_keepalive;
-            set_keepalive(socket2::SockRef::from(&listener), keepalive, &name);
+            if let Some(listener) = &listener {
+                set_keepalive(socket2::SockRef::from(listener), keepalive, &name);
+            }
             // This one was accepted with the previous setting.
             set_keepalive(socket2::SockRef::from(&stream), keepalive, &name);
         }
@@ -237,7 +254,7 @@ fn adopt(
 /// takes it (a serving thread's, [`crate::Shards`]).
 pub async fn serve_std(ctx: Listening, listener: std::net::TcpListener, place: Place) {
     match TcpListener::from_std(listener) {
-        Ok(listener) => serve(ctx, listener, place).await,
+        Ok(listener) => serve(ctx, Some(listener), place).await,
         Err(e) => {
             tracing::warn!(listener = %ctx.name, error = %e, "a serving thread cannot accept on the listening socket; the others accept for it");
         }

@@ -9,10 +9,38 @@
 //! the timers of the whole process. A runtime busy with its connections is slower to come back
 //! to `accept`, so new connections go mostly to the idle ones.
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
+
+/// Serving threads in all, the main one included.
+static COUNT: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// This thread's place among the serving threads: the main thread (and any thread that is
+    /// not a serving one) 0, the others 1, 2...
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many threads serve, the main one included: what per-thread state (an upstream's
+/// connection pool) has a part for each of.
+pub fn count() -> usize {
+    COUNT.load(Ordering::Relaxed)
+}
+
+/// This thread's place among the serving threads, below [`count`].
+pub fn current() -> usize {
+    CURRENT.with(Cell::get)
+}
+
+/// Makes this thread serving thread `index`, for tests of per-thread state.
+#[cfg(test)]
+pub fn enter(index: usize) {
+    CURRENT.with(|current| current.set(index));
+}
 
 /// The serving threads started besides the main one; stopped (and joined) by [`Shards::stop`].
 #[derive(Debug, Default)]
@@ -27,6 +55,7 @@ impl Shards {
     /// [`Shards::stop`].
     pub fn start(count: usize) -> std::io::Result<Shards> {
         let mut shards = Shards::default();
+        COUNT.store(count + 1, Ordering::Relaxed);
         for i in 1..=count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -35,7 +64,10 @@ impl Shards {
             let stop = shards.stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("proxyd-worker-{i}"))
-                .spawn(move || runtime.block_on(stop.cancelled()));
+                .spawn(move || {
+                    CURRENT.with(|current| current.set(i));
+                    runtime.block_on(stop.cancelled());
+                });
             match thread {
                 Ok(thread) => shards.threads.push(thread),
                 Err(e) => {

@@ -43,11 +43,10 @@ impl<T> Striped<T> {
         &self.stripes[index].0
     }
 
-    /// Every stripe, this thread's first, then the others in turn.
-    pub fn mine_first(&self) -> impl Iterator<Item = &T> {
-        let start = thread_index() % self.stripes.len();
-        let (before, after) = self.stripes.split_at(start);
-        after.iter().chain(before).map(|padded| &padded.0)
+    /// Stripe `index` (modulo their number).
+    pub fn get(&self, index: usize) -> &T {
+        // In range: the index is taken modulo the length, which is at least one.
+        &self.stripes[index % self.stripes.len()].0
     }
 
     /// Every stripe.
@@ -62,16 +61,13 @@ mod tests {
     use std::sync::atomic::AtomicU64;
 
     #[test]
-    fn a_thread_keeps_its_stripe_and_sees_it_first() {
+    fn a_thread_keeps_its_stripe() {
         let striped: Striped<AtomicU64> = Striped::new(4);
         striped.mine().fetch_add(1, Ordering::Relaxed);
         striped.mine().fetch_add(1, Ordering::Relaxed);
-        let first = striped
-            .mine_first()
-            .next()
-            .map(|s| s.load(Ordering::Relaxed));
-        assert_eq!(first, Some(2));
-        assert_eq!(striped.mine_first().count(), 4);
+        assert_eq!(striped.mine().load(Ordering::Relaxed), 2);
+        assert_eq!(striped.get(thread_index()).load(Ordering::Relaxed), 2);
+        assert_eq!(striped.iter().count(), 4);
         let mine = thread_index();
         let (theirs, added_to) = std::thread::scope(|scope| {
             scope

@@ -1,35 +1,49 @@
-//! proxyd with several serving threads (`--worker-threads`), as a real process: every thread's
-//! event loop accepts and serves connections, and the process stops cleanly.
+//! proxyd with several serving threads (`--worker-threads`), as a real process: the connections
+//! are spread over every thread's event loop, those of the threads that do not accept included,
+//! they are served there, and the process stops cleanly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 use std::collections::BTreeMap;
 
-use proxy_tests::{Conn, MockUpstream, Process, TestEnv, listener_address};
+use proxy_tests::{Conn, MockUpstream, Process, TestEnv, eventually, listener_address};
+use tokio::net::TcpStream;
 
-const THREADS: usize = 2;
-const CONNECTIONS: usize = 32;
-const REQUESTS: usize = 50;
+/// More than the threads that accept on a listener (4): two serve only what they are handed.
+const THREADS: usize = 6;
+const CONNECTIONS: usize = 60;
 
-/// Run time in ns of each of proxyd's threads, by name (`/proc/PID/task/*/schedstat`).
-fn run_time_by_thread(pid: u32) -> BTreeMap<String, u64> {
-    let mut times = BTreeMap::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let path = task.unwrap().path();
-        let (Ok(name), Ok(stat)) = (
-            std::fs::read_to_string(path.join("comm")),
-            std::fs::read_to_string(path.join("schedstat")),
-        ) else {
-            continue; // a thread that just ended
+/// The file descriptors registered in each of the process's epoll instances (one per serving
+/// thread's runtime), by the epoll's descriptor: `/proc/PID/fdinfo` lists them as `tfd:`. An
+/// instance open under two descriptors (tokio keeps a duplicate) is counted once.
+fn registered_by_epoll(pid: u32) -> BTreeMap<String, usize> {
+    let mut instances = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let entry = entry.unwrap();
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue; // closed meanwhile
         };
-        let ns: u64 = stat.split_whitespace().next().unwrap().parse().unwrap();
-        *times.entry(name.trim().to_owned()).or_default() += ns;
+        let registered: Vec<&str> = info.lines().filter(|l| l.starts_with("tfd:")).collect();
+        if registered.is_empty() {
+            continue;
+        }
+        let fd = entry.file_name().to_string_lossy().into_owned();
+        // Duplicates list the same registrations: the lowest descriptor names the instance.
+        let key = registered.join("\n");
+        instances
+            .entry(key)
+            .and_modify(|(first, _): &mut (String, usize)| {
+                if fd.parse::<u32>().ok() < first.parse::<u32>().ok() {
+                    first.clone_from(&fd);
+                }
+            })
+            .or_insert((fd, registered.len()));
     }
-    times
+    instances.into_values().collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn every_serving_thread_accepts_and_serves_and_the_process_stops_cleanly() {
+async fn connections_are_spread_over_every_serving_thread_and_served_there() {
     let upstream = MockUpstream::start("a").await;
     let env = TestEnv::paths_only();
     env.write_config(&format!(
@@ -53,38 +67,47 @@ async fn every_serving_thread_accepts_and_serves_and_the_process_stops_cleanly()
     );
     let status = env.wait_for_applied(1).await;
     let http = listener_address(&status, "http");
-    let before = run_time_by_thread(proxyd.pid());
+    let pid = proxyd.pid();
+    let before = registered_by_epoll(pid);
     assert!(
-        before.contains_key("proxyd-worker-1"),
-        "a second serving thread: {before:?}"
+        before.len() >= THREADS,
+        "an epoll per serving thread: {before:?}"
     );
 
-    // Connections opened all at once, each then busy with requests: the threads share them.
-    let clients: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
-            tokio::spawn(async move {
-                let mut conn = Conn::open(http).await;
-                for _ in 0..REQUESTS {
-                    let answer = conn.get("app.example", "/").await;
-                    assert_eq!(answer.status, 200);
-                }
-            })
-        })
-        .collect();
-    for client in clients {
-        client.await.unwrap();
+    // Opened all at once, before any request: whichever thread wakes first would take them all.
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        held.push(TcpStream::connect(http).await.unwrap());
     }
-
-    let after = run_time_by_thread(proxyd.pid());
-    let spent = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
-    let (main, worker) = (spent("proxyd"), spent("proxyd-worker-1"));
-    println!("run time during the requests: main {main} ns, worker {worker} ns");
-    // Without spreading, whichever thread woke first took the whole burst (the other ran next
-    // to nothing in two runs of three); spread, each serves about half.
+    let added = eventually("every connection registered with a thread's epoll", || {
+        let after = registered_by_epoll(pid);
+        let added: Vec<usize> = before
+            .iter()
+            .map(|(fd, n)| after.get(fd).copied().unwrap_or(0).saturating_sub(*n))
+            .collect();
+        let all: usize = added.iter().sum();
+        std::future::ready((all >= CONNECTIONS).then_some(added))
+    })
+    .await;
+    // The epolls that hold connections: one per serving thread.
+    let added: Vec<usize> = added.into_iter().filter(|n| *n > 0).collect();
+    let share = CONNECTIONS / THREADS;
     assert!(
-        main * 4 >= main + worker && worker * 4 >= main + worker,
-        "each thread served a quarter of the work at least: main {main} ns, worker {worker} ns"
+        added.len() == THREADS && added.iter().all(|n| n.abs_diff(share) <= 3),
+        "each of {THREADS} threads holds about {share} of {CONNECTIONS} connections: {added:?}"
     );
+
+    // Each of them, whichever thread holds it, is served.
+    let mut served = Vec::new();
+    for stream in held {
+        served.push(tokio::spawn(async move {
+            let mut conn = Conn::over(stream).await;
+            conn.get("app.example", "/").await.status
+        }));
+    }
+    for answer in served {
+        assert_eq!(answer.await.unwrap(), 200);
+    }
 
     proxyd.signal("TERM").await;
     assert_eq!(proxyd.exit_code().await, Some(0));

@@ -48,8 +48,10 @@ impl EncodeMetric for StripedCounter {
     }
 }
 
-/// A gauge counted up and down, possibly on different threads: a stripe may go below zero, the
-/// sum does not. Cheap to clone: clones share the series.
+/// A gauge of things that are never fewer than none (connections, requests), counted up and
+/// down, possibly on different threads: a stripe may go below zero. A read sums the stripes one
+/// after another while they move, so it may be a few off, never below zero. Cheap to clone:
+/// clones share the series.
 #[derive(Debug, Clone)]
 pub struct StripedGauge(Arc<Striped<AtomicI64>>);
 
@@ -69,7 +71,11 @@ impl StripedGauge {
     }
 
     pub fn get(&self) -> i64 {
-        self.0.iter().map(|s| s.load(Ordering::Relaxed)).sum()
+        self.0
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .sum::<i64>()
+            .max(0)
     }
 }
 

@@ -67,6 +67,11 @@ impl Breaker {
         waited.map_err(|_| overflow)
     }
 
+    /// Whether requests wait for a place under `max_connections`.
+    pub(super) fn has_pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) > 0
+    }
+
     /// Connections open now.
     #[cfg(test)]
     fn open_connections(&self) -> usize {

@@ -2,12 +2,16 @@
 //! through hyper-util's generic client (which cost 15 % of the instructions of a proxied request:
 //! a boxed 3 kB response future, a SipHash pool key and six allocations; docs/benchmarks.md).
 //!
-//! - HTTP/1.1: idle connections wait in LIFO stacks (the warmest first), one per worker thread
-//!   (a stripe: threads on different cores do not take turns on one lock); a request takes from
-//!   its thread's stack first, then from the others'. A connection goes back when its response
-//!   body has been read to the end, and is closed instead when the body is dropped early, the
-//!   upstream asked to close, or `max_idle_connections` wait already in its thread's stack (per
-//!   worker thread, as nginx's `keepalive` is per worker process).
+//! - Per serving thread ([`crate::shards`]), as Envoy keeps a connection pool per worker and
+//!   nginx per worker process: a connection's task runs on the thread that dialed it, and only
+//!   that thread's requests use it, so no request waits for another thread to get to it, and
+//!   threads on different cores take no lock in turn. The breaker's limits stay the upstream's.
+//! - HTTP/1.1: idle connections wait in a LIFO stack (the warmest first). A connection goes
+//!   back when its response body has been read to the end, and is closed instead when the body
+//!   is dropped early, the upstream asked to close, `max_idle_connections` wait already in its
+//!   thread's stack, or requests wait for a place under `max_connections` (an idle connection
+//!   would keep its place from them; a request that finds none free closes another thread's
+//!   oldest idle connection for one).
 //! - HTTP/2 (h2 over TLS, h2c with prior knowledge, or what ALPN picked with `auto`): requests
 //!   share connections up to the upstream's stream limit, more connections open when they are
 //!   full, one dial at a time ([`h2`]). A connection silent while requests wait on it is PINGed
@@ -212,9 +216,8 @@ struct Shared {
     authority: Authority,
     settings: Settings,
     breaker: Arc<Breaker>,
-    /// Idle HTTP/1.1 connections, per thread, the most recently used last.
-    http1: Striped<Mutex<IdleStack>>,
-    idle: Mutex<Idle>,
+    /// Each serving thread's connections.
+    idle: Striped<Mutex<Idle>>,
     /// Whether a task is expiring idle connections.
     reaping: AtomicBool,
     /// The pool was dropped: nothing comes back.
@@ -225,18 +228,14 @@ struct Shared {
     freed: Arc<tokio::sync::Notify>,
 }
 
+/// One serving thread's connections of the pool.
 #[derive(Default)]
 struct Idle {
+    /// Idle HTTP/1.1 connections and since when they idle, the most recently used last.
+    http1: Vec<(http1::SendRequest<UpstreamBody>, Instant)>,
     /// The HTTP/2 connections.
     h2: h2::Conns,
 }
-
-/// Idle HTTP/1.1 connections and since when they idle, the most recently used last.
-type IdleStack = Vec<(http1::SendRequest<UpstreamBody>, Instant)>;
-
-/// Stripes of idle HTTP/1.1 connections: more than the worker threads usually are, so that two
-/// rarely share one.
-const HTTP1_STRIPES: usize = 16;
 
 impl Pool {
     pub fn new(
@@ -245,14 +244,24 @@ impl Pool {
         settings: Settings,
         breaker: Arc<Breaker>,
     ) -> Pool {
+        Pool::for_threads(scheme, authority, settings, breaker, crate::shards::count())
+    }
+
+    /// With a part for each of `threads` serving threads.
+    fn for_threads(
+        scheme: Scheme,
+        authority: Authority,
+        settings: Settings,
+        breaker: Arc<Breaker>,
+        threads: usize,
+    ) -> Pool {
         Pool {
             shared: Arc::new(Shared {
                 scheme,
                 authority,
                 settings,
                 breaker,
-                http1: Striped::new(HTTP1_STRIPES),
-                idle: Mutex::default(),
+                idle: Striped::new(threads),
                 reaping: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 learned_h2: AtomicBool::new(false),
@@ -332,9 +341,9 @@ impl Pool {
     #[cfg(test)]
     fn idle_count(&self) -> usize {
         self.shared
-            .http1
+            .idle
             .iter()
-            .map(|stack| lock(stack).len())
+            .map(|idle| lock(idle).http1.len())
             .sum()
     }
 
@@ -351,16 +360,18 @@ impl Drop for Pool {
         // Set before the stacks are emptied: whatever comes back after sees it under the same
         // lock (`put_back`, `share_h2`).
         shared.closed.store(true, Ordering::SeqCst);
-        for stack in shared.http1.iter() {
-            lock(stack).clear();
+        for idle in shared.idle.iter() {
+            let mut idle = lock(idle);
+            idle.http1.clear();
+            idle.h2.clear();
         }
-        shared.lock().h2.clear();
     }
 }
 
 impl Shared {
+    /// This thread's connections.
     fn lock(&self) -> MutexGuard<'_, Idle> {
-        lock(&self.idle)
+        lock(self.idle.get(crate::shards::current()))
     }
 
     /// Whether requests look for an HTTP/2 stream first: h2 and h2c pools, and `auto` pools
@@ -400,17 +411,31 @@ impl Shared {
         }
     }
 
-    /// The warmest idle HTTP/1.1 connection that is still open: this thread's first.
+    /// This thread's warmest idle HTTP/1.1 connection that is still open.
     fn checkout_http1(&self) -> Option<http1::SendRequest<UpstreamBody>> {
-        for stack in self.http1.mine_first() {
-            let mut stack = lock(stack);
-            while let Some((sender, since)) = stack.pop() {
-                if sender.is_ready() && since.elapsed() < self.settings.timeouts.idle() {
-                    return Some(sender);
-                }
+        let mut idle = self.lock();
+        while let Some((sender, since)) = idle.http1.pop() {
+            if sender.is_ready() && since.elapsed() < self.settings.timeouts.idle() {
+                return Some(sender);
             }
         }
         None
+    }
+
+    /// Closes the oldest idle HTTP/1.1 connection of another thread, if there is one: its place
+    /// under `max_connections` comes back once its thread has closed it.
+    fn close_an_idle_elsewhere(&self) {
+        let mine = crate::shards::current() % self.idle.iter().count().max(1);
+        for (i, idle) in self.idle.iter().enumerate() {
+            if i == mine {
+                continue;
+            }
+            let mut idle = lock(idle);
+            if !idle.http1.is_empty() {
+                drop(idle.http1.remove(0));
+                return;
+            }
+        }
     }
 
     /// The response, with its connection going back to the pool once the body is read.
@@ -438,11 +463,15 @@ impl Shared {
 
     fn put_back(self: &Arc<Self>, sender: http1::SendRequest<UpstreamBody>) {
         {
-            let mut stack = lock(self.http1.mine());
-            if self.closed.load(Ordering::SeqCst) || stack.len() >= self.settings.max_idle {
+            let mut idle = self.lock();
+            // Requests waiting for a place under `max_connections` get this one's.
+            if self.closed.load(Ordering::SeqCst)
+                || idle.http1.len() >= self.settings.max_idle
+                || self.breaker.has_pending()
+            {
                 return;
             }
-            stack.push((sender, Instant::now()));
+            idle.http1.push((sender, Instant::now()));
         }
         self.start_reaper();
     }
@@ -496,7 +525,14 @@ impl Shared {
     ) -> Result<Dialed, Error> {
         let permit = match (counted, permit) {
             (_, Some(permit)) => Some(permit),
-            (true, None) => Some(self.breaker.connection().await.map_err(Error::connect)?),
+            (true, None) => match self.breaker.try_connection() {
+                Some(permit) => Some(permit),
+                None => {
+                    // No place: an idle connection of another thread may hold one.
+                    self.close_an_idle_elsewhere();
+                    Some(self.breaker.connection().await.map_err(Error::connect)?)
+                }
+            },
             (false, None) => None,
         };
         let timeout = self.settings.timeouts.connect();

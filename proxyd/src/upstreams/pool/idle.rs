@@ -47,23 +47,18 @@ impl Shared {
         let timeout = self.settings.timeouts.idle();
         let now = Instant::now();
         let mut next: Option<Instant> = None;
-        for stack in self.http1.iter() {
-            let mut stack = super::lock(stack);
-            stack.retain(|(sender, since)| !sender.is_closed() && now - *since < timeout);
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        for idle in self.idle.iter() {
+            let mut idle = super::lock(idle);
+            idle.http1
+                .retain(|(sender, since)| !sender.is_closed() && now - *since < timeout);
             // The oldest is the first to expire.
-            if let Some((_, since)) = stack.first() {
-                let due = *since + timeout;
+            let http1 = idle.http1.first().map(|(_, since)| *since + timeout);
+            for due in [http1, idle.h2.reap(timeout_ms)].into_iter().flatten() {
                 next = Some(next.map_or(due, |next| next.min(due)));
             }
         }
-        let h2 = self
-            .lock()
-            .h2
-            .reap(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-        match (next, h2) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        next
     }
 }
 
