@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::gate::Permit;
-use spread::{Given, Handoff};
+use spread::{Given, Handoff, adopt};
 pub use spread::{Place, Spread};
 
 use arc_swap::ArcSwap;
@@ -224,30 +224,6 @@ pub async fn serve(ctx: Listening, listener: Option<TcpListener>, place: Place) 
         () = abort.cancelled() => tracing::warn!(listener = %name, "fast stop: closing every connection"),
     }
     hard_stop.cancel();
-}
-
-/// Serves a connection another accept loop handed to this one (already counted on it), once
-/// its socket is registered with this runtime.
-fn adopt(
-    handoff: Handoff,
-    name: &str,
-    spread: &Spread,
-    me: usize,
-    settings: &ArcSwap<Settings>,
-    serve: &impl Fn(TcpStream, SocketAddr, Permit, Arc<Settings>),
-) {
-    let Handoff {
-        stream,
-        peer,
-        permit,
-    } = handoff;
-    match TcpStream::from_std(stream) {
-        Ok(stream) => serve(stream, peer, permit, settings.load_full()),
-        Err(e) => {
-            spread.done(me);
-            tracing::warn!(listener = %name, client = %peer, error = %e, "cannot take a connection from another serving thread; closed");
-        }
-    }
 }
 
 /// [`serve`] on a listening socket not registered with a runtime yet: the runtime this runs on

@@ -156,11 +156,12 @@ async fn a_head_trickled_after_a_request_still_ends_at_the_request_header_timeou
     let dir = tempfile::tempdir().unwrap();
     let env = start(&app, &ca, dir.path(), "request_header_timeout = \"3s\"").await;
     let mut stream = TcpStream::connect(env.http).await.unwrap();
+    // proxyd counts the timeout from the last request's start: no later than this.
+    let started = Instant::now();
     stream.write_all(&request("/one")).await.unwrap();
     response(&mut stream).await;
     // A head that never ends, a byte at a time: parked once with it (after 1 s), it gets
     // `request_header_timeout` from then, never a fresh one per park.
-    let started = Instant::now();
     stream.write_all(b"GET /slow HTTP/1.1\r\n").await.unwrap();
     let mut buf = [0u8; 1024];
     let closed = loop {

@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use arc_swap::ArcSwap;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::Permit;
+use super::{Permit, Settings};
 
 /// A connection accepted by one loop for another: the socket (taken out of the accepting
 /// runtime's epoll), its peer, and its place under the connection caps.
@@ -96,6 +98,30 @@ impl Spread {
     pub fn done(&self, at: usize) {
         if let Some(c) = self.given.get(at) {
             c.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves a connection another accept loop handed to this one (already counted on it), once
+/// its socket is registered with this runtime.
+pub fn adopt(
+    handoff: Handoff,
+    name: &str,
+    spread: &Spread,
+    me: usize,
+    settings: &ArcSwap<Settings>,
+    serve: &impl Fn(TcpStream, SocketAddr, Permit, Arc<Settings>),
+) {
+    let Handoff {
+        stream,
+        peer,
+        permit,
+    } = handoff;
+    match TcpStream::from_std(stream) {
+        Ok(stream) => serve(stream, peer, permit, settings.load_full()),
+        Err(e) => {
+            spread.done(me);
+            tracing::warn!(listener = %name, client = %peer, error = %e, "cannot take a connection from another serving thread; closed");
         }
     }
 }
