@@ -187,7 +187,9 @@ async fn a_head_trickled_after_a_request_still_ends_at_the_request_header_timeou
     env.stop().await;
 }
 
-/// An upstream that answers `GET /<size>` with that many bytes.
+/// An upstream that answers `GET /<size>` with that many bytes, one request per connection
+/// (and says so: an upstream that closed a kept-alive connection unannounced would race the next
+/// request sent on it, which fails as a 502).
 async fn big_upstream() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -207,7 +209,9 @@ async fn big_upstream() -> std::net::SocketAddr {
                     .nth(1)
                     .and_then(|path| path.trim_start_matches('/').parse().ok())
                     .unwrap_or(0);
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+                );
                 let _ = stream.write_all(head.as_bytes()).await;
                 let _ = stream.write_all(&vec![b'x'; size]).await;
             });
