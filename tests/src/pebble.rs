@@ -12,7 +12,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::tls::{self, TestCa};
-use crate::{Conn, DEADLINE, eventually};
+use crate::{Conn, DEADLINE};
 
 /// Whether Pebble is installed; a test that needs it fails with this hint when it is not.
 pub fn installed() -> bool {
@@ -73,15 +73,29 @@ pub struct Pebble {
 }
 
 impl Pebble {
-    /// Starts Pebble and its DNS, waiting until Pebble's directory answers.
+    /// Starts Pebble and its DNS, waiting until Pebble's directory answers. With free ports
+    /// (`options.ports` unset), a start whose Pebble or DNS exits at once (a port taken
+    /// meanwhile by another test's connection) is tried again on other free ports.
     pub async fn start(options: PebbleOptions) -> Pebble {
         assert!(
             installed(),
             "pebble and pebble-challtestsrv are not on PATH: install the Debian package `pebble` \
              (scripts/test.sh does)"
         );
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let ports = options.ports.unwrap_or_else(PebblePorts::free);
+            match Pebble::try_start(&options, ports).await {
+                Ok(pebble) => return pebble,
+                Err(why) if options.ports.is_none() => failures.push(why),
+                Err(why) => panic!("Pebble did not start on {ports:?}: {why}"),
+            }
+        }
+        panic!("Pebble did not start in {START_ATTEMPTS} attempts: {failures:#?}");
+    }
+
+    async fn try_start(options: &PebbleOptions, ports: PebblePorts) -> Result<Pebble, String> {
         let dir = tempfile::tempdir().unwrap();
-        let ports = options.ports.unwrap_or_else(PebblePorts::free);
         let ca = TestCa::new();
         let issued = ca.issue(dir.path(), "pebble", &["localhost", "127.0.0.1"]);
         let ca_roots = dir.path().join("ca.pem");
@@ -101,7 +115,8 @@ impl Pebble {
         let config_path = dir.path().join("pebble-config.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
 
-        let dns = command("pebble-challtestsrv")
+        let dns_log = dir.path().join("challtestsrv.log");
+        let mut dns = command("pebble-challtestsrv", &dns_log)
             .args([
                 "-dns01",
                 &format!("127.0.0.1:{}", ports.dns),
@@ -120,6 +135,18 @@ impl Pebble {
             ])
             .spawn()
             .unwrap();
+        let management = SocketAddr::from(([127, 0, 0, 1], ports.challtestsrv_management));
+        let up = until_serving(&mut dns, &dns_log, || async move {
+            tokio::net::TcpStream::connect(management)
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        if let Err(why) = up {
+            let _ = dns.kill().await;
+            return Err(format!("pebble-challtestsrv: {why}"));
+        }
         let mut pebble = Pebble {
             _dir: dir,
             config_path,
@@ -130,47 +157,46 @@ impl Pebble {
             ports,
             ca_roots,
         };
-        let management = SocketAddr::from(([127, 0, 0, 1], ports.challtestsrv_management));
-        eventually("pebble-challtestsrv", || async move {
-            tokio::net::TcpStream::connect(management)
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
-        pebble.spawn_pebble().await;
-        pebble
+        pebble.spawn_pebble().await.map(|()| pebble)
     }
 
-    async fn spawn_pebble(&mut self) {
-        self.pebble = Some(
-            command("pebble")
-                .args(["-config", &self.config_path.display().to_string()])
-                .args(["-dnsserver", &format!("127.0.0.1:{}", self.ports.dns)])
-                .env("PEBBLE_VA_NOSLEEP", "1")
-                .env("PEBBLE_WFE_NONCEREJECT", self.nonce_reject.to_string())
-                .spawn()
-                .unwrap(),
-        );
-        self.wait_until_serving().await;
+    async fn spawn_pebble(&mut self) -> Result<(), String> {
+        let log = self._dir.path().join("pebble.log");
+        let mut child = command("pebble", &log)
+            .args(["-config", &self.config_path.display().to_string()])
+            .args(["-dnsserver", &format!("127.0.0.1:{}", self.ports.dns)])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", self.nonce_reject.to_string())
+            .spawn()
+            .unwrap();
+        let this = &*self;
+        let up = until_serving(&mut child, &log, || async {
+            let answer =
+                tokio::time::timeout(Duration::from_secs(2), this.get(this.ports.acme, "/dir"))
+                    .await
+                    .ok()??;
+            (answer.status == 200).then_some(())
+        })
+        .await;
+        match up {
+            Ok(()) => {
+                self.pebble = Some(child);
+                Ok(())
+            }
+            Err(why) => {
+                let _ = child.kill().await;
+                Err(format!("pebble: {why}"))
+            }
+        }
     }
 
     /// Starts Pebble again after [`Pebble::kill`], on the same ports (with a new root CA and
     /// no memory of accounts: Pebble keeps nothing).
     pub async fn restart(&mut self) {
         self.kill().await;
-        self.spawn_pebble().await;
-    }
-
-    async fn wait_until_serving(&self) {
-        eventually("Pebble's ACME directory", || async {
-            let answer =
-                tokio::time::timeout(Duration::from_secs(2), self.get(self.ports.acme, "/dir"))
-                    .await
-                    .ok()??;
-            (answer.status == 200).then_some(())
-        })
-        .await;
+        if let Err(why) = self.spawn_pebble().await {
+            panic!("Pebble did not start again on {:?}: {why}", self.ports);
+        }
     }
 
     /// GET `path` over HTTPS on Pebble's `port`, trusting the test CA.
@@ -234,13 +260,57 @@ pub fn acme_section(directory_url: &str, ca_roots: &std::path::Path, challenge: 
     )
 }
 
-fn command(binary: &str) -> tokio::process::Command {
-    let logs = || match std::env::var_os("PROXY_TESTS_LOG") {
-        Some(_) => std::process::Stdio::inherit(),
-        None => std::process::Stdio::null(),
-    };
+/// How many times [`Pebble::start`] tries free ports.
+const START_ATTEMPTS: usize = 3;
+
+/// Polls `check` every 20 ms until it answers, while `child` runs: an error with the end of
+/// `log` when the child exits first or [`DEADLINE`] passes.
+async fn until_serving<F, Fut>(
+    child: &mut tokio::process::Child,
+    log: &std::path::Path,
+    mut check: F,
+) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if check().await.is_some() {
+            return Ok(());
+        }
+        let tail = || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(10)..].join("\n")
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited ({status}); its log ends:\n{}", tail()));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "not serving after {DEADLINE:?}; its log ends:\n{}",
+                tail()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `binary` with its output in `log` (or this process's, with `PROXY_TESTS_LOG` set).
+fn command(binary: &str, log: &std::path::Path) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(binary);
-    c.stdout(logs()).stderr(logs()).kill_on_drop(true);
+    match std::env::var_os("PROXY_TESTS_LOG") {
+        Some(_) => {
+            c.stdout(std::process::Stdio::inherit())
+                .stderr(std::process::Stdio::inherit());
+        }
+        None => {
+            let file = std::fs::File::create(log).unwrap();
+            c.stdout(file.try_clone().unwrap()).stderr(file);
+        }
+    }
+    c.kill_on_drop(true);
     c
 }
 
