@@ -11,19 +11,16 @@
 //! the idle timeout below; a client that stops reading, the send timeout ([`io`]); a dead peer,
 //! TCP keepalive.
 
+mod connection;
+use connection::Connection;
 mod io;
 mod spread;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,7 +32,7 @@ pub use spread::{Place, Spread};
 use arc_swap::ArcSwap;
 
 use crate::convert::{ConnectionLimits, StaticSpec};
-use crate::http::{Activity, ClientConn, Due, Proxy};
+use crate::http::Proxy;
 use crate::tls::Terminator;
 
 /// The next connection, with `TCP_NODELAY` set; `None` once `shutdown` is cancelled.
@@ -137,15 +134,8 @@ pub async fn serve(ctx: Listening, listener: Option<TcpListener>, place: Place) 
             shutdown: connections_stop.clone(),
         };
         let given = Given::new(spread.clone(), me);
-        let (tls, hard_stop) = (tls.clone(), hard_stop.clone());
         // Tracked from the accept, so that a drain waits for a handshake in progress too.
-        connections.spawn(async move {
-            let _given = given;
-            tokio::select! {
-                () = connection.run(stream, tls) => {}
-                () = hard_stop.cancelled() => {}
-            }
-        });
+        connections.spawn(connection.task(stream, tls.clone(), &hard_stop, given));
     };
     loop {
         let next = async {
@@ -314,245 +304,6 @@ fn http_builder(statics: &StaticSpec) -> Builders {
         .keep_alive_interval(Some(limits.http2_keepalive_interval))
         .keep_alive_timeout(limits.http2_keepalive_timeout);
     Builders { h1, h2 }
-}
-
-/// A client connection being served, whichever the protocol.
-trait Served: Future<Output = Result<(), hyper::Error>> + Send {
-    /// Stops taking requests; those in progress finish (HTTP/2: GOAWAY).
-    fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S, B> Served for hyper::server::conn::http1::UpgradeableConnection<I, S>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send,
-    S::Future: Send,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
-    }
-}
-
-impl<I, S, B> Served for hyper::server::conn::http2::Connection<I, S, TokioExecutor>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper::server::conn::http2::Connection::graceful_shutdown(self);
-    }
-}
-
-/// One accepted connection and what serving it needs.
-struct Connection {
-    /// Its place under the connection caps, shared with an Upgrade tunnel it turns into.
-    permit: Arc<Permit>,
-    peer: SocketAddr,
-    proxy: Arc<Proxy>,
-    /// Those in force at its accept.
-    settings: Arc<Settings>,
-    shutdown: CancellationToken,
-}
-
-impl Connection {
-    /// TLS handshake first when the listener has one, then HTTP until either side closes.
-    async fn run(self, stream: TcpStream, tls: Option<Arc<Terminator>>) {
-        let Some(tls) = tls else {
-            return self.serve_http(stream, None).await;
-        };
-        let handshake = tokio::select! {
-            // Boxed: the handshake's state is large, and the connection's task would otherwise
-            // keep room for it while it serves requests.
-            handshake = Box::pin(tls.handshake(stream, self.settings.limits.tls_handshake_timeout)) => handshake,
-            // A drain does not wait for handshakes.
-            () = self.shutdown.cancelled() => return,
-        };
-        match handshake {
-            Ok((stream, session)) => {
-                self.proxy.metrics().tls_handshake(session.resumed);
-                self.serve_http(stream, Some(session)).await
-            }
-            Err(e) => {
-                if matches!(e, crate::tls::HandshakeError::Timeout(_)) {
-                    self.proxy.metrics().timed_out("tls_handshake");
-                }
-                tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
-            }
-        }
-    }
-
-    async fn serve_http<S>(self, stream: S, session: Option<crate::tls::Session>)
-    where
-        S: io::Idle + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let metrics = self.proxy.metrics().clone();
-        let negotiated = session.as_ref().and_then(|s| s.h2);
-        let activity = Arc::new(Activity::new());
-        let io = io::GuardedIo::new(
-            stream,
-            self.settings.first_bytes,
-            self.settings.limits.response_send_timeout,
-            metrics.clone(),
-            activity.clone(),
-        );
-        let client = Arc::new(ClientConn {
-            peer: self.peer,
-            tls: session,
-            activity: activity.clone(),
-            permit: self.permit.clone(),
-        });
-        let proxy = self.proxy.clone();
-        let service = service_fn(move |req| {
-            let (proxy, client) = (proxy.clone(), client.clone());
-            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
-        });
-        // Boxed: the task keeps no room for it while it waits for requests.
-        let Some((mut io, h2)) = Box::pin(io::choose_protocol(io, negotiated)).await else {
-            return;
-        };
-        if h2 {
-            let mut connection = Box::pin(
-                self.settings
-                    .builders
-                    .h2
-                    .serve_connection(TokioIo::new(io), service),
-            );
-            let idle_timeout = self.settings.limits.http2_idle_timeout;
-            Box::pin(self.drive(connection.as_mut(), &activity, idle_timeout, None)).await;
-            return;
-        }
-        // An idle HTTP/1.1 connection lives for `request_header_timeout` after its last request
-        // (or its accept), as it does in hyper, whose header timer runs while it waits, and
-        // whatever the rounds (a byte sent before the deadline starts a round whose fresh header
-        // timer must not extend it); never past `http2_idle_timeout`.
-        let idle_timeout = self
-            .settings
-            .first_bytes
-            .min(self.settings.limits.http2_idle_timeout);
-        // HTTP/1.1 in rounds: a round ends when the connection has waited for its next request
-        // for `PARK_AFTER`; hyper's connection (its buffers, its state) is dropped, the bytes it
-        // had read and not used are kept, and the next round starts when the client sends more.
-        loop {
-            let mut connection = Box::pin(
-                self.settings
-                    .builders
-                    .h1
-                    .serve_connection(TokioIo::new(io), service.clone())
-                    .with_upgrades(),
-            );
-            let started = activity.requests_started();
-            // Boxed, as the connection is: a parked connection keeps neither.
-            let round =
-                Box::pin(self.drive(connection.as_mut(), &activity, idle_timeout, Some(started)));
-            if let Round::Closed = round.await {
-                return;
-            }
-            // `None`: upgraded, the tunnel has the socket.
-            let Some(parts) = Pin::into_inner(connection).into_parts() else {
-                return;
-            };
-            io = parts.io.into_inner().replaying(parts.read_buf);
-            let _idle = metrics.connection_idle();
-            let more = tokio::select! {
-                ready = io.readable() => ready.is_ok(),
-                () = self.shutdown.cancelled() => false,
-                () = activity.idle(idle_timeout) => {
-                    metrics.timed_out("idle");
-                    tracing::debug!(client = %self.peer, timeout = ?idle_timeout, "idle connection closed");
-                    false
-                }
-            };
-            if !more {
-                // TLS: a close_notify first, if the client takes it.
-                let send_timeout = self.settings.limits.response_send_timeout;
-                let _ = tokio::time::timeout(send_timeout, io.shutdown()).await;
-                return;
-            }
-        }
-    }
-
-    /// Serves on `connection` until it ends, under the connection's deadlines (after
-    /// `idle_timeout` without a request: HTTP/2 closed gracefully, HTTP/1.1 at once); with `park`
-    /// (HTTP/1.1: the requests started before this round), until the connection may wait
-    /// without hyper ([`Due::Park`]).
-    async fn drive<C: Served + ?Sized>(
-        &self,
-        mut connection: Pin<&mut C>,
-        activity: &Activity,
-        idle_timeout: Duration,
-        park: Option<u64>,
-    ) -> Round {
-        let metrics = self.proxy.metrics();
-        let mut closing = false;
-        let park = park.map(|started| (PARK_AFTER, started));
-        let body_timeout = self.settings.limits.request_body_timeout;
-        let send_timeout = self.settings.limits.response_send_timeout;
-        let min_rate = self.settings.limits.response_min_rate;
-        let result = loop {
-            tokio::select! {
-                // First: a connection that has ended is not parked.
-                biased;
-                result = connection.as_mut() => break result,
-                // A client that keeps responses waiting, taking them slower than the minimum
-                // rate, loses the connection: its responses' upstream connections and places
-                // go with it.
-                () = activity.slow_reader(send_timeout, min_rate.unwrap_or(0)), if min_rate.is_some() => {
-                    metrics.timed_out("response_rate");
-                    tracing::debug!(client = %self.peer, "client reads responses too slowly; connection closed");
-                    break Ok(());
-                }
-                () = self.shutdown.cancelled(), if !closing => {
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-                due = activity.due(idle_timeout, park, body_timeout), if !closing => match due {
-                    Due::Idle => {
-                        metrics.timed_out("idle");
-                        tracing::debug!(client = %self.peer, timeout = ?idle_timeout, "idle connection closed");
-                        // HTTP/1.1: closed as hyper's header timer would (a request head begun
-                        // in this round must not keep it open); HTTP/2: GOAWAY.
-                        if park.is_some() {
-                            break Ok(());
-                        }
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    Due::Park => return Round::Park,
-                    // Its response is done; the rest of its body can go nowhere.
-                    Due::BodyStalled => {
-                        metrics.timed_out("request_body");
-                        tracing::debug!(client = %self.peer, timeout = ?body_timeout, "request body stalled after its response; connection closed");
-                        break Ok(());
-                    }
-                },
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(client = %self.peer, error = %e, "connection ended with an error");
-        }
-        Round::Closed
-    }
-}
-
-/// How long an HTTP/1.1 connection waits for its next request before it gives its buffers back
-/// (nginx gives them back at once; a connection busy with requests keeps them).
-const PARK_AFTER: Duration = Duration::from_secs(1);
-
-/// How a round of serving a connection ended.
-enum Round {
-    /// The connection is done.
-    Closed,
-    /// The connection waits for a request: it can do so without hyper.
-    Park,
 }
 
 #[cfg(test)]

@@ -31,20 +31,20 @@ use tokio::net::{TcpListener, TcpStream};
 /// upstream pool; 24.0 with hyper-util's client before it).
 const ALLOCATIONS_PER_REQUEST: f64 = 21.0;
 
-/// Heap bytes proxyd keeps per idle HTTP/1.1 keep-alive client connection, at most: 2,263
-/// measured in a debug build since an idle connection gives hyper's buffers back and its task's
-/// frame holds the TLS state boxed (39,044 while hyper kept its read and write buffers on every
-/// idle connection and the frame held rustls's state more than once).
-const BYTES_PER_IDLE_CONNECTION: f64 = 3.0 * 1024.0;
+/// Heap bytes proxyd keeps per idle HTTP/1.1 keep-alive client connection, at most: 1,388
+/// measured in a debug build since a connection's task is one future of 768 bytes (2,263 when
+/// it kept its arguments twice and every state's room, 1,664 bytes of task; 39,044 while hyper
+/// kept its read and write buffers on every idle connection).
+const BYTES_PER_IDLE_CONNECTION: f64 = 1.5 * 1024.0;
 
-/// The same over TLS: 9,986 measured (rustls's state, with its 4 KiB receive buffer, on top).
-const BYTES_PER_IDLE_TLS_CONNECTION: f64 = 11.0 * 1024.0;
+/// The same over TLS: 9,111 measured (rustls's state, with its 4 KiB receive buffer, on top).
+const BYTES_PER_IDLE_TLS_CONNECTION: f64 = 10.0 * 1024.0;
 
-/// Heap bytes proxyd keeps per idle HTTP/2 connection (h2c), at most: 47,418 measured. An idle
+/// Heap bytes proxyd keeps per idle HTTP/2 connection (h2c), at most: 46,531 measured. An idle
 /// HTTP/2 connection is not parked: most of it is the `h2` crate's, kept for the connection's
 /// life whatever it carries (a 16 KiB write buffer, tokio-util's 8 KiB read buffer, a 4 KiB
 /// HPACK decoding buffer, both HPACK tables).
-const BYTES_PER_IDLE_H2C_CONNECTION: f64 = 50.0 * 1024.0;
+const BYTES_PER_IDLE_H2C_CONNECTION: f64 = 48.0 * 1024.0;
 
 const REQUEST: &[u8] =
     b"GET /budget HTTP/1.1\r\nHost: budget.test\r\nUser-Agent: alloc-budget\r\n\r\n";

@@ -259,16 +259,15 @@ impl Activity {
         self.start.elapsed().saturating_sub(at)
     }
 
-    /// Resolves once the connection has been idle for `timeout`.
-    pub async fn idle(&self, timeout: Duration) {
-        loop {
-            let wait = match self.idle_for() {
-                Some(idle) if idle >= timeout => return,
-                Some(idle) => timeout - idle,
-                None => timeout,
-            };
-            tokio::time::sleep(wait).await;
-        }
+    /// When the connection will have been idle for `timeout`: `None` when it has been already.
+    /// With something in progress, `timeout` from now (to be asked again then).
+    pub fn idle_deadline(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+        let wait = match self.idle_for() {
+            Some(idle) if idle >= timeout => return None,
+            Some(idle) => timeout - idle,
+            None => timeout,
+        };
+        Some(tokio::time::Instant::now() + wait)
     }
 }
 
@@ -333,8 +332,15 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(request);
         assert!(activity.idle_for().unwrap() < Duration::from_millis(200));
-        let started = Instant::now();
-        activity.idle(Duration::from_millis(300)).await;
-        assert!(started.elapsed() >= Duration::from_millis(300));
+        // Idle for 300 ms from the end of the request, not from its start.
+        let deadline = activity.idle_deadline(Duration::from_millis(300)).unwrap();
+        let left = deadline - tokio::time::Instant::now();
+        assert!(left > Duration::from_millis(100), "{left:?}");
+        assert!(left <= Duration::from_millis(300), "{left:?}");
+        assert!(activity.idle_deadline(Duration::ZERO).is_none());
+        // Busy: asked again a whole timeout later.
+        let _request = activity.request_started();
+        let deadline = activity.idle_deadline(Duration::from_secs(60)).unwrap();
+        assert!(deadline - tokio::time::Instant::now() > Duration::from_secs(59));
     }
 }

@@ -262,43 +262,100 @@ impl<T> Prefixed<T> {
     }
 }
 
-/// A client socket that can wait for its client's next bytes without holding a buffer.
-pub trait Idle {
+/// A client's socket, plain or TLS: one type, so that one HTTP server (one copy of hyper's
+/// code) serves both.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(crate::tls::ClientTls),
+}
+
+impl ClientStream {
     /// Bytes the client sent are already here (TLS plaintext decrypted ahead, a close_notify):
-    /// no need to wait.
-    fn buffered(&self) -> bool;
-    /// The TCP socket, whose readiness says the client sent something.
-    fn tcp(&self) -> &TcpStream;
-}
-
-impl Idle for TcpStream {
+    /// no need to wait for the socket.
     fn buffered(&self) -> bool {
-        false
-    }
-
-    fn tcp(&self) -> &TcpStream {
-        self
-    }
-}
-
-impl Idle for crate::tls::ClientTls {
-    fn buffered(&self) -> bool {
-        // rustls wants TLS bytes only when it has no plaintext (or end of stream) to give.
-        !self.get_ref().1.wants_read()
-    }
-
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
-    }
-}
-
-impl<T: Idle> Prefixed<GuardedIo<T>> {
-    /// Resolves once the client has sent something (or closed): bytes to serve.
-    pub async fn readable(&self) -> io::Result<()> {
-        if !self.head.is_empty() || self.inner.inner.buffered() {
-            return Ok(());
+        match self {
+            ClientStream::Plain(_) => false,
+            // rustls wants TLS bytes only when it has no plaintext (or end of stream) to give.
+            ClientStream::Tls(tls) => !tls.get_ref().1.wants_read(),
         }
-        self.inner.inner.tcp().readable().await
+    }
+
+    /// The TCP socket, whose readiness says the client sent something.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(tcp) => tcp,
+            ClientStream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            ClientStream::Tls(tls) => Pin::new(tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            ClientStream::Tls(tls) => Pin::new(tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(tls) => Pin::new(tls).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(tcp) => tcp.is_write_vectored(),
+            ClientStream::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            ClientStream::Tls(tls) => Pin::new(tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            ClientStream::Tls(tls) => Pin::new(tls).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Prefixed<GuardedIo<ClientStream>> {
+    /// Ready once the client has sent something (or closed): bytes to serve. A poll rather
+    /// than a future: an idle connection waits in it, and keeps no waiter of its own (the
+    /// socket's registration keeps the waker).
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.head.is_empty() || self.inner.inner.buffered() {
+            return Poll::Ready(Ok(()));
+        }
+        self.inner.inner.tcp().poll_read_ready(cx)
     }
 }
 
