@@ -15,12 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::server::{
+    Accepted, Acceptor, ClientHello, ResolvesServerCert, UnbufferedServerConnection,
+};
 use rustls::sign::CertifiedKey;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::{LazyConfigAcceptor, StartHandshake};
+
+mod stream;
+pub use stream::TlsStream;
 
 /// Where the terminator finds certificates, asked on every handshake.
 pub trait Certificates: std::fmt::Debug + Send + Sync + 'static {
@@ -45,7 +48,7 @@ const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 /// A client's TLS stream, boxed: rustls's connection state is over a kilobyte, and the
 /// connection's task moves it from the handshake to HTTP; as a box it is one pointer in the
 /// task's frame, which an idle connection keeps.
-pub type ClientTls = Box<TlsStream<TcpStream>>;
+pub type ClientTls = Box<TlsStream>;
 
 /// Why a TLS connection did not get as far as HTTP.
 #[derive(Debug, thiserror::Error)]
@@ -122,21 +125,23 @@ impl Terminator {
     /// `unrecognized_name` rather than rustls's generic refusal; then finishes the handshake,
     /// whose certificate the resolver picks from the runtime by the same rule.
     async fn negotiate(&self, tcp: TcpStream) -> Result<(ClientTls, Session), HandshakeError> {
-        let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
-        let server_name = start.client_hello().server_name().map(str::to_owned);
-        let acme = start
+        let mut incoming = Vec::new();
+        let hello = read_client_hello(&tcp, &mut incoming).await?;
+        let server_name = hello.client_hello().server_name().map(str::to_owned);
+        let acme = hello
             .client_hello()
             .alpn()
             .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        drop(hello);
         if acme {
-            return self.answer_challenge(start, server_name).await;
+            return self.answer_challenge(tcp, incoming, server_name).await;
         }
         let site = self
             .certificates
             .site(server_name.as_deref())
             .map(|(site, _)| site);
         let Some(site) = site else {
-            refuse(start).await;
+            refuse(tcp).await;
             return Err(HandshakeError::UnknownServerName(server_name));
         };
         let config = if self.certificates.session_resumption() {
@@ -144,10 +149,11 @@ impl Terminator {
         } else {
             self.full_only.clone()
         };
-        let stream = start.into_stream(config).await?;
-        let h2 = stream.get_ref().1.alpn_protocol().map(|p| p == b"h2");
-        let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        Ok((Box::new(stream), Session { site, h2, resumed }))
+        let stream = handshake(config, tcp, incoming).await?;
+        let conn = stream.connection();
+        let h2 = conn.alpn_protocol().map(|p| p == b"h2");
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        Ok((stream, Session { site, h2, resumed }))
     }
 }
 
@@ -156,11 +162,12 @@ impl Terminator {
     /// for the SNI (or refuses it when there is none), then closes the connection.
     async fn answer_challenge(
         &self,
-        start: StartHandshake<TcpStream>,
+        tcp: TcpStream,
+        incoming: Vec<u8>,
         server_name: Option<String>,
     ) -> Result<(ClientTls, Session), HandshakeError> {
         let Some(key) = self.certificates.alpn_challenge(server_name.as_deref()) else {
-            refuse(start).await;
+            refuse(tcp).await;
             return Err(HandshakeError::UnknownServerName(server_name));
         };
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
@@ -169,7 +176,7 @@ impl Terminator {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Fixed(key)));
         config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
-        let mut stream = start.into_stream(Arc::new(config)).await?;
+        let mut stream = handshake(Arc::new(config), tcp, incoming).await?;
         let _ = stream.shutdown().await;
         tracing::info!(
             name = server_name.as_deref().unwrap_or("-"),
@@ -177,6 +184,62 @@ impl Terminator {
         );
         Err(HandshakeError::AcmeChallenge(server_name))
     }
+}
+
+/// Reads from `tcp` into `incoming` until it holds a whole ClientHello, which rustls's
+/// acceptor parses from a copy: the bytes stay in `incoming` for the connection's handshake.
+/// A ClientHello rustls refuses gets its alert.
+async fn read_client_hello(
+    tcp: &TcpStream,
+    incoming: &mut Vec<u8>,
+) -> Result<Accepted, HandshakeError> {
+    let mut acceptor = Acceptor::default();
+    let mut fed = 0;
+    loop {
+        tcp.readable().await?;
+        incoming.reserve(4096);
+        match tcp.try_read_buf(incoming) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the client closed the connection before its ClientHello",
+                )
+                .into());
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+        while fed < incoming.len() {
+            let mut unread = &incoming[fed..];
+            match acceptor.read_tls(&mut unread)? {
+                0 => break,
+                n => fed += n,
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return Ok(accepted),
+            Ok(None) => {}
+            Err((e, mut alert)) => {
+                let mut bytes = Vec::new();
+                let _ = alert.write_all(&mut bytes);
+                let _ = tcp.try_write(&bytes);
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e).into());
+            }
+        }
+    }
+}
+
+/// The handshake under `config`, from the ClientHello in `incoming` on.
+async fn handshake(
+    config: Arc<ServerConfig>,
+    tcp: TcpStream,
+    incoming: Vec<u8>,
+) -> Result<ClientTls, HandshakeError> {
+    let conn = UnbufferedServerConnection::new(config).map_err(std::io::Error::other)?;
+    let mut stream = Box::new(TlsStream::new(conn, tcp, incoming));
+    std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    Ok(stream)
 }
 
 /// Always the same certificate: the challenge's.
@@ -190,10 +253,9 @@ impl ResolvesServerCert for Fixed {
 }
 
 /// Sends `unrecognized_name` and closes; the client may already be gone.
-async fn refuse(start: StartHandshake<TcpStream>) {
-    let StartHandshake { mut io, .. } = start;
-    let _ = io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
-    let _ = io.shutdown().await;
+async fn refuse(mut tcp: TcpStream) {
+    let _ = tcp.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+    let _ = tcp.shutdown().await;
 }
 
 /// The certificate resolver: the certificates in force at the handshake.

@@ -275,8 +275,7 @@ impl ClientStream {
     fn buffered(&self) -> bool {
         match self {
             ClientStream::Plain(_) => false,
-            // rustls wants TLS bytes only when it has no plaintext (or end of stream) to give.
-            ClientStream::Tls(tls) => !tls.get_ref().1.wants_read(),
+            ClientStream::Tls(tls) => tls.buffered(),
         }
     }
 
@@ -284,7 +283,7 @@ impl ClientStream {
     fn tcp(&self) -> &TcpStream {
         match self {
             ClientStream::Plain(tcp) => tcp,
-            ClientStream::Tls(tls) => tls.get_ref().0,
+            ClientStream::Tls(tls) => tls.tcp(),
         }
     }
 }

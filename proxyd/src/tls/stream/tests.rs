@@ -1,0 +1,195 @@
+//! The stream against rustls's own client (tokio-rustls, rustls's buffered API).
+
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+
+fn configs(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["stream.test".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(cert.der().to_vec()))
+        .unwrap();
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
+
+/// A handshake between a `TlsStream` and tokio-rustls's client (rustls's buffered API).
+async fn pair(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
+    let (server, client) = configs(versions);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(client)
+            .connect(ServerName::try_from("stream.test").unwrap(), tcp)
+            .await
+            .unwrap()
+    };
+    let accept = async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let conn = UnbufferedServerConnection::new(server).unwrap();
+        let mut stream = TlsStream::new(conn, tcp, Vec::new());
+        std::future::poll_fn(|cx| stream.poll_handshake(cx))
+            .await
+            .unwrap();
+        stream
+    };
+    tokio::join!(accept, connect)
+}
+
+fn holds_no_buffer(stream: &TlsStream) -> bool {
+    stream.incoming.capacity() == 0
+        && stream.outgoing.capacity() == 0
+        && stream.plaintext.capacity() == 0
+}
+
+#[tokio::test]
+async fn large_and_small_writes_cross_both_ways_and_an_idle_stream_holds_no_buffer() {
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        let (mut server, mut client) = pair(versions).await;
+        // 1 MiB each way, at once: neither side reads until it has written everything,
+        // so the socket fills and writes wait.
+        let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let (to_server, to_client) = (big.clone(), big.clone());
+        let server_side = async {
+            let mut got = vec![0; to_server.len()];
+            let (mut read, mut write) = tokio::io::split(&mut server);
+            let reading = read.read_exact(&mut got);
+            let writing = async {
+                write.write_all(&to_client).await.unwrap();
+                write.flush().await.unwrap();
+            };
+            let (read, ()) = tokio::join!(reading, writing);
+            read.unwrap();
+            got
+        };
+        let client_side = async {
+            let mut got = vec![0; big.len()];
+            let (mut read, mut write) = tokio::io::split(&mut client);
+            let writing = async {
+                write.write_all(&big).await.unwrap();
+                write.flush().await.unwrap();
+            };
+            let (read, ()) = tokio::join!(read.read_exact(&mut got), writing);
+            read.unwrap();
+            got
+        };
+        let (at_server, at_client) = tokio::join!(server_side, client_side);
+        assert!(at_server == to_server && at_client == big, "{versions:?}");
+
+        // A small request and its answer; then, waiting, the stream holds no buffer.
+        client.write_all(b"ping").await.unwrap();
+        client.flush().await.unwrap();
+        let mut ping = [0; 4];
+        server.read_exact(&mut ping).await.unwrap();
+        server.write_all(b"pong").await.unwrap();
+        server.flush().await.unwrap();
+        let mut pong = [0; 4];
+        client.read_exact(&mut pong).await.unwrap();
+        assert_eq!((&ping, &pong), (b"ping", b"pong"));
+        let mut more = [0; 1];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_millis(50), server.read(&mut more))
+                .await;
+        assert!(read.is_err(), "nothing to read");
+        assert!(holds_no_buffer(&server), "{versions:?}");
+        assert!(!server.buffered());
+    }
+}
+
+#[tokio::test]
+async fn a_client_key_update_is_answered_and_traffic_goes_on() {
+    let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
+    for round in 0..3u8 {
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(&[round; 100]).await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0; 100];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [round; 100]);
+        server.write_all(&[round + 10; 100]).await.unwrap();
+        server.flush().await.unwrap();
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [round + 10; 100]);
+    }
+}
+
+#[tokio::test]
+async fn close_notify_ends_reads_and_shutdown_sends_one() {
+    let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
+    client.write_all(b"last").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"last");
+    // Still writable after the client's close_notify; then ours.
+    server.write_all(b"bye").await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"bye");
+    assert!(server.write_all(b"more").await.is_err());
+}
+
+#[tokio::test]
+async fn an_end_of_stream_without_close_notify_is_an_error() {
+    let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
+    // The client reads what the server sent (its tickets too), so that its close is a
+    // plain end of stream rather than a reset.
+    server.write_all(b"x").await.unwrap();
+    server.flush().await.unwrap();
+    let mut x = [0; 1];
+    client.read_exact(&mut x).await.unwrap();
+    let (tcp, _) = client.into_inner();
+    drop(tcp);
+    let mut got = Vec::new();
+    let e = server.read_to_end(&mut got).await.unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+}
+
+#[tokio::test]
+async fn garbage_after_the_handshake_is_an_error_and_an_alert() {
+    let (mut server, client) = pair(&[&rustls::version::TLS13]).await;
+    let (mut tcp, _) = client.into_inner();
+    // An application-data record that does not decrypt.
+    tcp.write_all(&[23, 3, 3, 0, 32]).await.unwrap();
+    tcp.write_all(&[0xAB; 32]).await.unwrap();
+    let mut got = [0; 16];
+    let e = server.read(&mut got).await.unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    // The alert record (encrypted, TLS 1.3: type 23 on the wire).
+    let mut alert = [0; 5];
+    tcp.read_exact(&mut alert).await.unwrap();
+    assert_eq!(alert[0], 23, "{alert:?}");
+}
