@@ -189,7 +189,7 @@ impl Terminator {
 /// Reads from `tcp` into `incoming` until it holds a whole ClientHello, which rustls's
 /// acceptor parses from a copy: the bytes stay in `incoming` for the connection's handshake.
 /// A ClientHello rustls refuses gets its alert.
-async fn read_client_hello(
+pub(crate) async fn read_client_hello(
     tcp: &TcpStream,
     incoming: &mut Vec<u8>,
 ) -> Result<Accepted, HandshakeError> {
@@ -210,28 +210,30 @@ async fn read_client_hello(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e.into()),
         }
+        // The acceptor takes a record at a time until it has a message begun (a ClientHello of
+        // several records): it processes what it took before it takes more.
         while fed < incoming.len() {
             let mut unread = &incoming[fed..];
             match acceptor.read_tls(&mut unread)? {
                 0 => break,
                 n => fed += n,
             }
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => return Ok(accepted),
-            Ok(None) => {}
-            Err((e, mut alert)) => {
-                let mut bytes = Vec::new();
-                let _ = alert.write_all(&mut bytes);
-                let _ = tcp.try_write(&bytes);
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e).into());
+            match acceptor.accept() {
+                Ok(Some(accepted)) => return Ok(accepted),
+                Ok(None) => {}
+                Err((e, mut alert)) => {
+                    let mut bytes = Vec::new();
+                    let _ = alert.write_all(&mut bytes);
+                    let _ = tcp.try_write(&bytes);
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e).into());
+                }
             }
         }
     }
 }
 
 /// The handshake under `config`, from the ClientHello in `incoming` on.
-async fn handshake(
+pub(crate) async fn handshake(
     config: Arc<ServerConfig>,
     tcp: TcpStream,
     incoming: Vec<u8>,

@@ -136,11 +136,12 @@ impl Pebble {
             .spawn()
             .unwrap();
         let management = SocketAddr::from(([127, 0, 0, 1], ports.challtestsrv_management));
+        let resolver = SocketAddr::from(([127, 0, 0, 1], ports.dns));
+        // Both its management API and its DNS: with its DNS port taken, it logs the failure
+        // and serves on without DNS.
         let up = until_serving(&mut dns, &dns_log, || async move {
-            tokio::net::TcpStream::connect(management)
-                .await
-                .ok()
-                .map(|_| ())
+            tokio::net::TcpStream::connect(management).await.ok()?;
+            dns_answers(resolver).await.then_some(())
         })
         .await;
         if let Err(why) = up {
@@ -287,6 +288,10 @@ where
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("exited ({status}); its log ends:\n{}", tail()));
         }
+        // A port taken meanwhile: it says so, and may serve on without it.
+        if std::fs::read_to_string(log).is_ok_and(|text| text.contains("address already in use")) {
+            return Err(format!("a port is taken; its log ends:\n{}", tail()));
+        }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!(
                 "not serving after {DEADLINE:?}; its log ends:\n{}",
@@ -294,6 +299,24 @@ where
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether a DNS server answers an A query for `pebble.test` on `resolver` (UDP) within 200 ms.
+async fn dns_answers(resolver: SocketAddr) -> bool {
+    let Ok(socket) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+        return false;
+    };
+    // Id 0x5050, recursion desired, one question: pebble.test, type A, class IN.
+    let query =
+        b"\x50\x50\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06pebble\x04test\x00\x00\x01\x00\x01";
+    if socket.send_to(query, resolver).await.is_err() {
+        return false;
+    }
+    let mut answer = [0; 512];
+    match tokio::time::timeout(Duration::from_millis(200), socket.recv_from(&mut answer)).await {
+        Ok(Ok((n, _))) => n >= 12 && answer[..2] == query[..2],
+        _ => false,
     }
 }
 

@@ -2,7 +2,9 @@
 //! (ALPN h2) and h2c (prior knowledge), plus `--strict`: every case over TLS, every case but one
 //! ([`SHARED_PORT_CASE`]) over h2c. h2spec cannot be downloaded on a test
 //! machine; it comes as a static build in `../shared/tools/` (its README has the recipe) or on
-//! PATH. Without it the test says it was skipped; with it, any failed case fails the test.
+//! PATH. Without it the test says it was skipped; with it, any failed case fails the test (a
+//! case that failed runs once more alone against a slow upstream, for the race described where
+//! that happens, and must pass then).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
@@ -33,38 +35,84 @@ fn h2spec() -> Option<PathBuf> {
 /// h2, and the GOAWAY comes).
 const SHARED_PORT_CASE: &str = "Sends invalid connection preface";
 
-/// Runs h2spec against `addr`: its summary line, and the names of the cases that failed.
-async fn run(binary: &PathBuf, addr: SocketAddr, tls: bool, strict: bool) -> (String, Vec<String>) {
+/// A path on which the recording upstream answers after 300 ms (`/sleep/<ms>/`).
+const SLOW_PATH: &str = "/sleep/300/";
+
+/// What one h2spec run reported.
+struct Report {
+    /// The last line: "146 tests, 146 passed, 0 skipped, 0 failed".
+    summary: String,
+    /// Each failed case: its id for h2spec's command line (`http2/5.1/8`) and its description.
+    failed: Vec<(String, String)>,
+    /// h2spec's account of the failures: what each case expected and what it got.
+    details: String,
+}
+
+/// Runs h2spec against `addr`: every case, or only `case` (an id such as `http2/5.1/8`), with
+/// requests for `path`.
+async fn run(
+    binary: &PathBuf,
+    addr: SocketAddr,
+    tls: bool,
+    strict: bool,
+    case: Option<&str>,
+    path: &str,
+) -> Report {
     let mut command = tokio::process::Command::new(binary);
     command
         .args(["-h", "localhost", "-p", &addr.port().to_string()])
-        .args(["-o", "5"]);
+        .args(["-o", "5", "-P", path]);
     if tls {
         command.args(["-t", "-k"]);
     }
     if strict {
         command.arg("--strict");
     }
+    command.args(case);
     let out = command.output().await.expect("h2spec runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    // The last line: "146 tests, 146 passed, 0 skipped, 0 failed".
     let summary = text
         .lines()
         .rev()
         .find(|l| l.contains(" tests, "))
         .unwrap_or("no summary")
         .to_owned();
-    // The failures are listed again after "Failures:", one "× N: description" line each.
-    let failed = text
+    let details = text
         .split_once("Failures:")
-        .map(|(_, list)| {
-            list.lines()
-                .filter_map(|l| l.trim().strip_prefix("× "))
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|(_, list)| list.to_owned())
         .unwrap_or_default();
-    (summary, failed)
+    Report {
+        summary,
+        failed: failed_cases(&details),
+        details,
+    }
+}
+
+/// The failed cases of h2spec's "Failures:" list, where each "× N: description" line sits under
+/// its spec ("Hypertext Transfer Protocol Version 2 (HTTP/2)") and section ("5.1. Stream
+/// States"): `("http2/5.1/8", "closed: Sends a DATA frame after sending RST_STREAM frame")`.
+fn failed_cases(details: &str) -> Vec<(String, String)> {
+    let (mut spec, mut section) = ("", "");
+    let mut failed = Vec::new();
+    for line in details.lines() {
+        let trimmed = line.trim();
+        if let Some(case) = trimmed.strip_prefix("× ") {
+            let (number, description) = case.split_once(": ").unwrap_or((case, ""));
+            failed.push((format!("{spec}/{section}/{number}"), description.to_owned()));
+        } else if !line.starts_with(' ') && !trimmed.is_empty() {
+            spec = match trimmed {
+                t if t.starts_with("Generic") => "generic",
+                t if t.starts_with("HPACK") => "hpack",
+                _ => "http2",
+            };
+        } else if let Some((number, _)) = trimmed.split_once(". ")
+            && number.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && !number.is_empty()
+        {
+            section = number;
+        }
+    }
+    failed
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -93,14 +141,71 @@ async fn every_h2spec_case_passes_over_tls_and_h2c() {
         ("h2c", env.http, false, false),
         ("h2c --strict", env.http, false, true),
     ] {
-        let (summary, failed) = run(&binary, addr, tls, strict).await;
-        eprintln!("h2spec {what}: {summary}");
-        let allowed = |case: &String| !tls && case.ends_with(SHARED_PORT_CASE);
-        let unexpected: Vec<_> = failed.iter().filter(|c| !allowed(c)).collect();
+        let report = run(&binary, addr, tls, strict, None, "/").await;
+        eprintln!("h2spec {what}: {}", report.summary);
         assert!(
-            unexpected.is_empty() && summary.contains(" tests, "),
-            "h2spec {what}: {summary}; failed: {unexpected:?}"
+            report.summary.contains(" tests, "),
+            "h2spec {what}: {}",
+            report.summary
         );
+        for (id, description) in &report.failed {
+            if !tls && description == SHARED_PORT_CASE {
+                continue;
+            }
+            // The recording upstream answers a GET at once, without the body h2spec's request
+            // announced: when h2spec is descheduled between two of its frames, the response is
+            // complete before its next frame arrives, and a frame on a stream the server has
+            // finished and reset is ignored (RFC 9113, 5.1), not the error the case wants. Such
+            // a case runs again alone against an upstream that answers after 300 ms, and must
+            // pass then.
+            let again = run(&binary, addr, tls, strict, Some(id), SLOW_PATH).await;
+            eprintln!(
+                "h2spec {what}: {id} ({description}) again, slow: {}",
+                again.summary
+            );
+            assert!(
+                again.summary.contains("1 tests, 1 passed") && again.failed.is_empty(),
+                "h2spec {what}: {}; {id} failed, and again with a slow upstream: {}\n{}\n{}",
+                report.summary,
+                again.summary,
+                report.details,
+                again.details
+            );
+        }
     }
     env.stop().await;
+}
+
+#[test]
+fn failed_cases_are_named_by_their_h2spec_ids() {
+    let details = "
+Generic tests for HTTP/2 server
+  3. Frame Definitions
+    3.5. SETTINGS
+      × 1: Sends a SETTINGS frame
+        -> The endpoint MUST accept it.
+
+Hypertext Transfer Protocol Version 2 (HTTP/2)
+  5. Streams and Multiplexing
+    5.1. Stream States
+      × 8: closed: Sends a DATA frame after sending RST_STREAM frame
+           Expected: GOAWAY Frame (Error Code: STREAM_CLOSED)
+             Actual: DATA Frame (length:24, flags:0x01, stream_id:1)
+  6. Frame Definitions
+    6.9. WINDOW_UPDATE
+      6.9.1. The Flow-Control Window
+        × 3: Sends multiple WINDOW_UPDATE frames
+
+HPACK: Header Compression for HTTP/2
+  2. Compression Process Overview
+    × 1: Sends a indexed header field representation
+";
+    let ids: Vec<_> = failed_cases(details)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        ids,
+        ["generic/3.5/1", "http2/5.1/8", "http2/6.9.1/3", "hpack/2/1"]
+    );
 }

@@ -34,8 +34,11 @@ const WRITE_CHUNK: usize = 4 * MAX_FRAGMENT;
 pub struct TlsStream {
     conn: UnbufferedServerConnection,
     tcp: TcpStream,
-    /// TLS bytes read and not processed yet (a partial record, or records not asked for yet).
+    /// TLS bytes read, of which `consumed` are processed: the rest is a partial record, or
+    /// records not asked for yet. Processed bytes are cut off the front before the next read
+    /// (not after each record: many small records would move the rest each time).
     incoming: Vec<u8>,
+    consumed: usize,
     /// TLS bytes to send, of which `sent` are.
     outgoing: Vec<u8>,
     sent: usize,
@@ -84,6 +87,7 @@ impl TlsStream {
             conn,
             tcp,
             incoming,
+            consumed: 0,
             outgoing: Vec::new(),
             sent: 0,
             plaintext: Vec::new(),
@@ -109,7 +113,7 @@ impl TlsStream {
     /// Bytes the client sent are here already (decrypted or not), or its end: no need to wait
     /// for the socket.
     pub fn buffered(&self) -> bool {
-        self.taken < self.plaintext.len() || !self.incoming.is_empty() || self.read_closed
+        self.taken < self.plaintext.len() || self.consumed < self.incoming.len() || self.read_closed
     }
 
     /// Runs the handshake to its end (what rustls sends last is sent, or on its way).
@@ -153,7 +157,9 @@ impl TlsStream {
                 "the TLS connection failed",
             ));
         }
-        let status = self.conn.process_tls_records(&mut self.incoming);
+        let status = self
+            .conn
+            .process_tls_records(&mut self.incoming[self.consumed..]);
         let discard = status.discard;
         let step = match status.state {
             Ok(ConnectionState::ReadTraffic(mut traffic)) => {
@@ -252,7 +258,11 @@ impl TlsStream {
             ))),
             Err(e) => Err(tls_error(e)),
         };
-        self.incoming.drain(..discard.min(self.incoming.len()));
+        self.consumed = (self.consumed + discard).min(self.incoming.len());
+        if self.consumed == self.incoming.len() {
+            self.incoming.clear();
+            self.consumed = 0;
+        }
         if step.is_err() {
             self.failed = true;
             self.alert_due = true;
@@ -266,7 +276,9 @@ impl TlsStream {
         if !std::mem::take(&mut self.alert_due) {
             return;
         }
-        let status = self.conn.process_tls_records(&mut self.incoming);
+        let status = self
+            .conn
+            .process_tls_records(&mut self.incoming[self.consumed..]);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
             let start = self.outgoing.len();
             self.outgoing
@@ -295,6 +307,10 @@ impl TlsStream {
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.tcp.poll_read_ready(cx))?;
+            if self.consumed > 0 {
+                self.incoming.drain(..self.consumed);
+                self.consumed = 0;
+            }
             if self.incoming.capacity() - self.incoming.len() < READ_SIZE {
                 self.incoming.reserve(READ_SIZE);
             }
@@ -332,6 +348,16 @@ impl AsyncRead for TlsStream {
         loop {
             if me.taken < me.plaintext.len() {
                 me.take_plaintext(buf);
+                // More records already here fill the rest of `buf` (many small records are
+                // one read, not one each); the socket is not read for them.
+                while buf.remaining() > 0 && me.consumed < me.incoming.len() {
+                    match me.step(Out::Nothing) {
+                        Ok(Step::Again) if me.taken < me.plaintext.len() => me.take_plaintext(buf),
+                        Ok(Step::Again) => {}
+                        // An error is the next read's.
+                        _ => break,
+                    }
+                }
                 return Poll::Ready(Ok(()));
             }
             if me.read_closed {
@@ -372,39 +398,82 @@ impl AsyncRead for TlsStream {
     }
 }
 
+impl TlsStream {
+    /// Encrypts `bufs` in order (a record or more each, up to [`WRITE_CHUNK`] in all) into
+    /// `outgoing` and sends what the socket takes: one system call for all of them. The last
+    /// write is sent before this one is taken, so one write's worth waits at most.
+    fn poll_write_slices(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.write_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        ready!(self.poll_send(cx))?;
+        let mut taken = 0;
+        for buf in bufs.iter().filter(|b| !b.is_empty()) {
+            let room = WRITE_CHUNK - taken;
+            if room == 0 {
+                break;
+            }
+            let data = &buf[..buf.len().min(room)];
+            let encrypted = loop {
+                match self.step(Out::Data(data)) {
+                    Ok(Step::Writable(n)) => break Ok(n),
+                    Ok(Step::Again) => {}
+                    Ok(Step::NeedInput) => {
+                        break Err(io::Error::other("a write before the TLS handshake ended"));
+                    }
+                    Ok(Step::Closed) => break Err(io::ErrorKind::BrokenPipe.into()),
+                    Err(e) => break Err(e),
+                }
+            };
+            let n = match encrypted {
+                Ok(n) => n,
+                // What was taken is sent; the error is the next write's.
+                Err(_) if taken > 0 => break,
+                Err(e) => {
+                    self.queue_alert();
+                    let _ = self.poll_send(cx);
+                    return Poll::Ready(Err(e));
+                }
+            };
+            taken += n;
+            if n < buf.len() {
+                break;
+            }
+        }
+        // On its way now; what the socket does not take waits for the next call.
+        if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(taken))
+    }
+}
+
 impl AsyncWrite for TlsStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        if data.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        if me.write_closed {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        // The last write is sent before this one is taken: one write's worth waits at most.
-        ready!(me.poll_send(cx))?;
-        loop {
-            match me.step(Out::Data(data))? {
-                Step::Writable(n) => {
-                    // On its way now; what the socket does not take waits for the next call.
-                    if let Poll::Ready(Err(e)) = me.poll_send(cx) {
-                        return Poll::Ready(Err(e));
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Step::Again => {}
-                Step::NeedInput => {
-                    return Poll::Ready(Err(io::Error::other(
-                        "a write before the TLS handshake ended",
-                    )));
-                }
-                Step::Closed => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        }
+        self.get_mut()
+            .poll_write_slices(cx, &[io::IoSlice::new(data)])
+    }
+
+    /// A record or more per slice, sent together (HTTP/2's frame header and its payload, hyper's
+    /// response head and body) rather than a system call each.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_slices(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -193,3 +193,77 @@ async fn garbage_after_the_handshake_is_an_error_and_an_alert() {
     tcp.read_exact(&mut alert).await.unwrap();
     assert_eq!(alert[0], 23, "{alert:?}");
 }
+
+#[tokio::test]
+async fn a_client_hello_of_several_records_in_one_read_is_accepted() {
+    let (mut server, client) = configs(&[&rustls::version::TLS13]);
+    Arc::get_mut(&mut server).unwrap().alpn_protocols = vec![b"http/1.1".to_vec()];
+    // 100 ALPN names of 200 bytes: a ClientHello of about 20 KB, two records, one write.
+    let mut client = Arc::unwrap_or_clone(client);
+    client.alpn_protocols = (0..100)
+        .map(|i| format!("x{i:03}{}", "y".repeat(196)).into_bytes())
+        .chain([b"http/1.1".to_vec()])
+        .collect();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(ServerName::try_from("stream.test").unwrap(), tcp)
+            .await
+            .unwrap()
+    };
+    let accept = async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        // The whole ClientHello is in the socket before it is read.
+        let mut incoming = Vec::new();
+        let hello = crate::tls::read_client_hello(&tcp, &mut incoming)
+            .await
+            .unwrap();
+        assert_eq!(hello.client_hello().alpn().unwrap().count(), 101);
+        drop(hello);
+        assert!(incoming.len() > 20_000, "{}", incoming.len());
+        crate::tls::handshake(server, tcp, incoming).await.unwrap()
+    };
+    let (server, client) = tokio::join!(accept, connect);
+    assert_eq!(server.connection().alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(client.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+}
+
+#[tokio::test]
+async fn many_small_records_come_in_few_reads_and_vectored_writes_arrive_in_order() {
+    let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
+    // 1,000 records of one byte each, all sent before the server reads.
+    for i in 0..1000u32 {
+        client.write_all(&[(i % 256) as u8]).await.unwrap();
+        client.flush().await.unwrap();
+    }
+    client.write_all(b"!").await.unwrap();
+    client.flush().await.unwrap();
+    let mut got = Vec::new();
+    let mut reads = 0;
+    let mut buf = [0; 4096];
+    while got.last() != Some(&b'!') {
+        let n = server.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+        reads += 1;
+    }
+    let sent: Vec<u8> = (0..1000u32)
+        .map(|i| (i % 256) as u8)
+        .chain([b'!'])
+        .collect();
+    assert_eq!(got, sent);
+    assert!(reads < 50, "{reads} reads for 1,001 records");
+
+    // Several slices at once: each its records, in order.
+    let slices = [&b"head "[..], &[], &b"and "[..], &b"body"[..]];
+    let bufs: Vec<io::IoSlice<'_>> = slices.iter().map(|s| io::IoSlice::new(s)).collect();
+    assert!(server.is_write_vectored());
+    let n = server.write_vectored(&bufs).await.unwrap();
+    assert_eq!(n, 13);
+    server.flush().await.unwrap();
+    let mut got = [0; 13];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"head and body");
+}
