@@ -290,6 +290,18 @@ async fn a_canary_whose_proxyd_stops_in_the_window_stops_the_rollout() {
         hosts.body(1).await.starts_with("upstream b").then_some(())
     })
     .await;
+    // Its controld has recorded that it serves version 2 (its proxyd's ACK), so the rollout
+    // is in the window: a proxyd gone before its ACK is a refusal, another test's case.
+    eventually("web-2 recorded as serving version 2", || async {
+        let out = hosts.hosts[0].proxyctl(&["--json", "status"]).await;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        status["fleet"]["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["node"] == "web-2" && n["applied_version"] == 2)
+            .then_some(())
+    })
+    .await;
     // Its proxyd goes (crashed under the new version, say): nothing left to judge it on.
     hosts.hosts[1].stop_proxyd().await;
     let (code, reply, text) = rollout.await.unwrap();
