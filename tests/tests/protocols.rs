@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy_tests::{DEADLINE, MockUpstream, TestEnv, output_text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,6 +43,49 @@ async fn h2c_clients_are_served_from_http1_upstreams() {
         seen.headers["host"], "app.example",
         "the :authority becomes Host upstream"
     );
+    env.stop().await;
+}
+
+/// A GET or HEAD may carry a body (search APIs send queries that way). hyper's client sends
+/// one of unknown length as bodiless unless told otherwise: an HTTP/2 client's DATA frames and
+/// an HTTP/1.1 client's chunks were dropped on the way to an HTTP/1.1 upstream, with no error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_get_keeps_its_body_of_unknown_length_from_http2_and_chunked_http1() {
+    let app = MockUpstream::start("app").await;
+    let env = TestEnv::start(&site("app.example", &app.url())).await;
+
+    let stream = TcpStream::connect(env.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // DATA frames without a content-length: the body's length is known only at its end.
+    let frames = [b"hello ".as_slice(), b"world"]
+        .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b))));
+    let body = StreamBody::new(tokio_stream::iter(frames));
+    let request = http::Request::get("http://app.example/search")
+        .body(body)
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(text, "upstream app got 11 bytes");
+
+    let chunked =
+        b"GET /search HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n";
+    let reply = proxy_tests::raw_http::exchange(env.http, chunked, false, DEADLINE).await;
+    match reply {
+        proxy_tests::raw_http::Reply::Response { status, body, .. } => {
+            assert_eq!(status, 200);
+            assert_eq!(body, b"upstream app got 11 bytes");
+        }
+        other => panic!("{other:?}"),
+    }
+    for seen in app.requests() {
+        assert_eq!(seen.method, http::Method::GET);
+        assert_eq!(seen.body.as_deref(), Some(b"hello world".as_slice()));
+    }
     env.stop().await;
 }
 

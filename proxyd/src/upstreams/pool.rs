@@ -43,6 +43,7 @@ use super::breaker::Breaker;
 use super::connect::{self, Counted, DialError, Negotiated, TlsConnector};
 use tokio::sync::OwnedSemaphorePermit;
 
+mod framing;
 mod h2;
 mod idle;
 
@@ -495,10 +496,10 @@ impl Shared {
         }
     }
 
-    /// Back from [`Self::absolute_form`] (for an HTTP/1.1 connection after an HTTP/2 one
-    /// refused the request): origin-form, the authority as Host.
+    /// For HTTP/1.1: a GET's body kept ([`framing::keep_body`]), no `te` (hop-by-hop there), and
+    /// back from [`Self::absolute_form`] (HTTP/2 refused it): origin-form, the authority as Host.
     fn origin_form(&self, request: &mut Request<UpstreamBody>) {
-        // `te: trailers` is for HTTP/2 only: hop-by-hop in HTTP/1.1.
+        framing::keep_body(request);
         if self.settings.protocol != Protocol::Http1 {
             request.headers_mut().remove(http::header::TE);
         }
@@ -589,8 +590,7 @@ impl Shared {
     }
 }
 
-/// Locks `mutex`; a thread that panicked while holding it left nothing half done that matters
-/// here (a stack of connections).
+/// Locks `mutex`; a thread that panicked holding it left nothing half done (a stack of them).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
