@@ -13,6 +13,7 @@ mod limits;
 mod listeners;
 mod local;
 pub mod master;
+pub mod memory;
 mod metrics;
 mod notify;
 mod runtime;

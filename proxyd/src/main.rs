@@ -125,6 +125,7 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone(), fast_stop, signalled.clone()));
+        tokio::spawn(proxyd::memory::give_back_freed_pages());
         proxyd::run(options, shutdown).await;
     });
     // Drained: what is left on the serving threads is dropped with them.

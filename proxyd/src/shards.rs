@@ -61,6 +61,7 @@ impl Shards {
                 .enable_all()
                 .build()?;
             shards.handles.push(runtime.handle().clone());
+            runtime.spawn(crate::memory::give_back_freed_pages());
             let stop = shards.stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("proxyd-worker-{i}"))
