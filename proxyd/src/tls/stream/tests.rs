@@ -267,3 +267,77 @@ async fn many_small_records_come_in_few_reads_and_vectored_writes_arrive_in_orde
     client.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"head and body");
 }
+
+/// The TLS records in `raw` up to and including the first whose length is `last_len`: the
+/// length of each.
+fn record_lengths(raw: &[u8], last_len: usize) -> Option<Vec<usize>> {
+    let mut lengths = Vec::new();
+    let mut at = 0;
+    while raw.len() >= at + 5 {
+        let len = usize::from(u16::from_be_bytes([raw[at + 3], raw[at + 4]]));
+        if raw.len() < at + 5 + len {
+            return None;
+        }
+        lengths.push(len);
+        at += 5 + len;
+        if len == last_len {
+            return Some(lengths);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn small_slices_of_a_vectored_write_share_one_record() {
+    let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
+    // Past the handshake and its session tickets: what the client reads next is raw.
+    server.write_all(b"x").await.unwrap();
+    server.flush().await.unwrap();
+    let mut x = [0; 1];
+    client.read_exact(&mut x).await.unwrap();
+
+    // hyper's chunk: size line, data, CRLF; then a write of its own, one byte, as a marker.
+    let slices = [&b"5\r\n"[..], &[], &b"hello"[..], &b"\r\n"[..]];
+    let bufs: Vec<io::IoSlice<'_>> = slices.iter().map(|s| io::IoSlice::new(s)).collect();
+    assert_eq!(server.write_vectored(&bufs).await.unwrap(), 10);
+    server.write_all(b"!").await.unwrap();
+    server.flush().await.unwrap();
+    // TLS 1.3 application data: plaintext + content type (1) + AEAD tag (16).
+    let marker = 1 + 1 + 16;
+    let tcp = &mut client.get_mut().0;
+    let mut raw = Vec::new();
+    let lengths = loop {
+        if let Some(lengths) = record_lengths(&raw, marker) {
+            break lengths;
+        }
+        let mut buf = [0; 1024];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed; got {raw:?}");
+        raw.extend_from_slice(&buf[..n]);
+    };
+    assert_eq!(
+        lengths,
+        [10 + 1 + 16, marker],
+        "one record for the three slices"
+    );
+}
+
+#[tokio::test]
+async fn a_vectored_write_of_small_and_large_slices_arrives_in_order() {
+    let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
+    // A slice of a record's size or more goes as it is, after what was staged before it.
+    let big = vec![7u8; MAX_FRAGMENT + 100];
+    let bufs = [
+        io::IoSlice::new(b"ab"),
+        io::IoSlice::new(&big),
+        io::IoSlice::new(b"cd"),
+    ];
+    let n = server.write_vectored(&bufs).await.unwrap();
+    assert_eq!(n, 2 + big.len() + 2);
+    server.flush().await.unwrap();
+    let mut got = vec![0; n];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got[..2], b"ab");
+    assert!(got[2..2 + big.len()].iter().all(|&b| b == 7));
+    assert_eq!(&got[2 + big.len()..], b"cd");
+}

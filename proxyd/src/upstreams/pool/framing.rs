@@ -8,7 +8,9 @@ use hyper::body::Body;
 /// client sends such a request as bodiless (GET and HEAD "almost never have bodies") and the
 /// client's body, HTTP/2 DATA frames or HTTP/1.1 chunks, would be lost without an error; nginx
 /// forwards it. A body of known length keeps its Content-Length, and an empty one stays
-/// bodiless.
+/// bodiless. As with nginx, such a GET goes on once its body has ended: an HTTP/2 GET whose
+/// HEADERS frame leaves the stream open waits for its DATA frames or END_STREAM (within
+/// `request_body_timeout`), where it used to go at once without them.
 pub(super) fn keep_body<B: Body>(request: &mut Request<B>) {
     let needs_chunked = matches!(*request.method(), http::Method::GET | http::Method::HEAD)
         && !request.body().is_end_stream()
