@@ -11,6 +11,9 @@ use proto::etcd::etcdserverpb as pb;
 use crate::pebble::free_port;
 use crate::{DEADLINE, eventually};
 
+/// Starts tried, on new ports each, before a test gives up on etcd.
+const START_ATTEMPTS: usize = 3;
+
 /// Whether etcd is installed; a test that needs it fails with this hint when it is not.
 pub fn installed() -> bool {
     std::env::var_os("PATH")
@@ -61,6 +64,31 @@ impl EtcdCluster {
             "etcd is not on PATH: install the Debian package `etcd-server` (scripts/test.sh \
              does when it is missing)"
         );
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let mut cluster = EtcdCluster::new(size, tls);
+            for i in 0..size {
+                cluster.start_member(i);
+            }
+            match cluster.until_healthy().await {
+                Ok(()) => {
+                    if cluster.tls.is_none() {
+                        cluster.wait_for_leader().await;
+                    }
+                    return cluster;
+                }
+                // Killed on drop; the next attempt takes other ports.
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!(
+            "etcd did not start in {START_ATTEMPTS} attempts:\n{}",
+            failures.join("\n\n")
+        );
+    }
+
+    /// Members on free ports (none started), with their certificates for a TLS cluster.
+    fn new(size: usize, tls: bool) -> EtcdCluster {
         let dir = tempfile::tempdir().unwrap();
         let members = (0..size)
             .map(|i| Member {
@@ -86,15 +114,53 @@ impl EtcdCluster {
                 },
             )
         });
-        let mut cluster = EtcdCluster { dir, members, tls };
-        for i in 0..size {
-            cluster.start_member(i);
+        EtcdCluster { dir, members, tls }
+    }
+
+    /// Waits until a member says it is healthy; an error, with the end of each member's log,
+    /// when one exits first (a port taken meanwhile by another test) or none is within
+    /// [`DEADLINE`].
+    async fn until_healthy(&mut self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            for m in self.members.iter().filter(|m| m.process.is_some()) {
+                if health(m.metrics_port).await {
+                    return Ok(());
+                }
+            }
+            let exited = self.members.iter_mut().find_map(|m| {
+                let status = m.process.as_mut()?.try_wait().ok()??;
+                Some(format!("{} exited ({status})", m.name))
+            });
+            let why = match exited {
+                Some(why) => why,
+                None if tokio::time::Instant::now() >= deadline => {
+                    format!("no member healthy within {DEADLINE:?}")
+                }
+                None => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let logs: Vec<String> = self
+                .members
+                .iter()
+                .map(|m| {
+                    let log = std::fs::read_to_string(self.log_path(&m.name)).unwrap_or_default();
+                    let lines: Vec<&str> = log.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(5)..].join("\n  ");
+                    format!("{}:\n  {tail}", m.name)
+                })
+                .collect();
+            return Err(format!(
+                "{why}; the end of each member's log:\n{}",
+                logs.join("\n")
+            ));
         }
-        cluster.wait_healthy().await;
-        if cluster.tls.is_none() {
-            cluster.wait_for_leader().await;
-        }
-        cluster
+    }
+
+    fn log_path(&self, member: &str) -> PathBuf {
+        self.dir.path().join(format!("{member}.log"))
     }
 
     /// What a client of this TLS cluster uses; `None` for a plain one.
@@ -127,6 +193,7 @@ impl EtcdCluster {
     pub fn start_member(&mut self, i: usize) {
         let initial = self.initial_cluster();
         let data: PathBuf = self.dir.path().join(&self.members[i].name);
+        let log_path = self.log_path(&self.members[i].name);
         let tls = self.tls.clone();
         let member = &mut self.members[i];
         assert!(member.process.is_none(), "member {i} runs already");
@@ -146,9 +213,15 @@ impl EtcdCluster {
                 "--client-cert-auth".into(),
             ],
         };
+        // Its log goes to a file beside the data (appended to across restarts), shown when the
+        // cluster does not start; to the test's output with PROXY_TESTS_LOG.
         let logs = || match std::env::var_os("PROXY_TESTS_LOG") {
             Some(_) => std::process::Stdio::inherit(),
-            None => std::process::Stdio::null(),
+            None => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_or_else(|_| std::process::Stdio::null(), std::process::Stdio::from),
         };
         let child = tokio::process::Command::new("etcd")
             .arg("--name")
