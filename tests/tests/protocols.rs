@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy_tests::{DEADLINE, MockUpstream, TestEnv, output_text};
+use proxy_tests::{DEADLINE, H2Conn, MockUpstream, TestEnv, output_text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -54,22 +54,15 @@ async fn a_get_keeps_its_body_of_unknown_length_from_http2_and_chunked_http1() {
     let app = MockUpstream::start("app").await;
     let env = TestEnv::start(&site("app.example", &app.url())).await;
 
-    let stream = TcpStream::connect(env.http).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
     // DATA frames without a content-length: the body's length is known only at its end.
     let frames = [b"hello ".as_slice(), b"world"]
         .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b))));
-    let body = StreamBody::new(tokio_stream::iter(frames));
+    let body = StreamBody::new(tokio_stream::iter(frames)).boxed();
     let request = http::Request::get("http://app.example/search")
         .body(body)
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let text = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(text, "upstream app got 11 bytes");
+    let answer = H2Conn::open(env.http).await.send(request).await;
+    assert_eq!(answer.body, "upstream app got 11 bytes");
 
     let chunked =
         b"GET /search HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n\
