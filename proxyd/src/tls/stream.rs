@@ -127,15 +127,10 @@ impl TlsStream {
                 Ok(Step::NeedInput | Step::Writable(_)) => {
                     // The client waits for what rustls has to say before it says more.
                     ready!(self.poll_send(cx))?;
-                    if self.eof {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the client closed the connection during the TLS handshake",
-                        )));
-                    }
-                    if ready!(self.poll_receive(cx))? == 0 {
-                        self.eof = true;
-                    }
+                    ready!(self.poll_input(
+                        cx,
+                        "the client closed the connection during the TLS handshake"
+                    ))?;
                 }
                 Ok(Step::Closed) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
                 Err(e) => {
@@ -288,6 +283,18 @@ impl TlsStream {
         }
     }
 
+    /// More TLS bytes from the socket for rustls; an end of stream is noted, and an error
+    /// (`eof_error`) once rustls has asked for more again after it.
+    fn poll_input(&mut self, cx: &mut Context<'_>, eof_error: &str) -> Poll<io::Result<()>> {
+        if self.eof {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, eof_error)));
+        }
+        if ready!(self.poll_receive(cx))? == 0 {
+            self.eof = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Sends what `outgoing` holds, and gives the buffer back once it is all sent.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.outgoing.len() {
@@ -383,15 +390,10 @@ impl AsyncRead for TlsStream {
                 Step::Again => {}
                 Step::Closed => me.read_closed = true,
                 Step::NeedInput | Step::Writable(_) => {
-                    if me.eof {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the client closed the connection without a TLS close_notify",
-                        )));
-                    }
-                    if ready!(me.poll_receive(cx))? == 0 {
-                        me.eof = true;
-                    }
+                    ready!(me.poll_input(
+                        cx,
+                        "the client closed the connection without a TLS close_notify"
+                    ))?;
                 }
             }
         }

@@ -65,6 +65,17 @@ async fn pair(
     tokio::join!(accept, connect)
 }
 
+/// A TLS 1.3 pair whose client has read everything the server sent after the handshake (its
+/// session tickets, then one byte): nothing is left in flight.
+async fn settled_pair() -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
+    let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
+    server.write_all(b"x").await.unwrap();
+    server.flush().await.unwrap();
+    let mut x = [0; 1];
+    client.read_exact(&mut x).await.unwrap();
+    (server, client)
+}
+
 fn holds_no_buffer(stream: &TlsStream) -> bool {
     stream.incoming.capacity() == 0
         && stream.outgoing.capacity() == 0
@@ -164,13 +175,9 @@ async fn close_notify_ends_reads_and_shutdown_sends_one() {
 
 #[tokio::test]
 async fn an_end_of_stream_without_close_notify_is_an_error() {
-    let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
-    // The client reads what the server sent (its tickets too), so that its close is a
+    // The client has read what the server sent (its tickets too), so that its close is a
     // plain end of stream rather than a reset.
-    server.write_all(b"x").await.unwrap();
-    server.flush().await.unwrap();
-    let mut x = [0; 1];
-    client.read_exact(&mut x).await.unwrap();
+    let (mut server, client) = settled_pair().await;
     let (tcp, _) = client.into_inner();
     drop(tcp);
     let mut got = Vec::new();
@@ -289,12 +296,8 @@ fn record_lengths(raw: &[u8], last_len: usize) -> Option<Vec<usize>> {
 
 #[tokio::test]
 async fn small_slices_of_a_vectored_write_share_one_record() {
-    let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
     // Past the handshake and its session tickets: what the client reads next is raw.
-    server.write_all(b"x").await.unwrap();
-    server.flush().await.unwrap();
-    let mut x = [0; 1];
-    client.read_exact(&mut x).await.unwrap();
+    let (mut server, mut client) = settled_pair().await;
 
     // hyper's chunk: size line, data, CRLF; then a write of its own, one byte, as a marker.
     let slices = [&b"5\r\n"[..], &[], &b"hello"[..], &b"\r\n"[..]];
